@@ -1,0 +1,317 @@
+//! The agent loop against an in-memory sink and the scripted provider.
+
+use super::*;
+use crate::definition::Source;
+use crate::domain::state::CurrentExecution;
+use crate::provider::scripted::Scripted;
+use std::collections::BTreeMap;
+
+#[derive(Default)]
+struct Memory {
+    events: Vec<EventPayload>,
+    transcript: Vec<TranscriptLine>,
+    checkpoints: usize,
+    /// Stop requested once this many events were recorded.
+    stop_after: Option<(usize, Stop)>,
+}
+
+impl Sink for Memory {
+    fn emit(&mut self, payload: EventPayload) -> anyhow::Result<()> {
+        self.events.push(payload);
+        Ok(())
+    }
+    fn checkpoint(
+        &mut self,
+        lines: Vec<TranscriptLine>,
+        state: &mut AgentState,
+    ) -> anyhow::Result<()> {
+        self.transcript.extend(lines);
+        state.transcript.lines = self.transcript.len() as u64;
+        self.checkpoints += 1;
+        Ok(())
+    }
+    fn stop_requested(&mut self) -> Option<Stop> {
+        self.stop_after
+            .filter(|(n, _)| self.events.len() >= *n)
+            .map(|(_, s)| s)
+    }
+    fn now(&self) -> Timestamp {
+        Timestamp(0)
+    }
+}
+
+impl Memory {
+    fn types(&self) -> Vec<&'static str> {
+        self.events.iter().map(EventPayload::type_name).collect()
+    }
+}
+
+fn agent(body: &str) -> AgentDef {
+    let text = format!("name = \"t\"\n{body}");
+    Source {
+        path: "agents/t.toml".into(),
+        text,
+    }
+    .load(&BTreeMap::new())
+    .unwrap()
+}
+
+struct Harness {
+    def: AgentDef,
+    workspace: tempfile::TempDir,
+    preset: EventsPreset,
+}
+
+impl Harness {
+    fn new(body: &str) -> Harness {
+        Harness {
+            def: agent(body),
+            workspace: tempfile::tempdir().unwrap(),
+            preset: EventsPreset::Standard,
+        }
+    }
+
+    fn run(&self, sink: &mut Memory, input: &str) -> (LoopEnd, AgentState) {
+        let provider = Scripted::new(self.def.model.script.clone());
+        let tools = Toolbox::new(self.workspace.path().to_owned(), &self.def.tools.builtin);
+        let run = Run {
+            def: &self.def,
+            provider: &provider,
+            tools: &tools,
+            preset: self.preset,
+            execution_id: Uuid::nil(),
+            message_id: Uuid::nil(),
+            session_usage: Usage::default(),
+        };
+        let mut state = AgentState {
+            current: Some(CurrentExecution {
+                execution_id: Uuid::nil(),
+                message_id: Uuid::nil(),
+                steps: 0,
+                usage: Usage::default(),
+                started_at: Timestamp(0),
+            }),
+            ..AgentState::default()
+        };
+        let mut history = vec![Message::User {
+            content: input.into(),
+        }];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let end = rt
+            .block_on(super::run(&run, &mut history, &mut state, sink))
+            .unwrap();
+        (end, state)
+    }
+}
+
+const READ_THEN_ANSWER: &str = r#"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Writing."
+tool_calls = [{ name = "write_file", arguments = { path = "a.txt", content = "hello" } }, { name = "read_file", arguments = { path = "a.txt" } }]
+usage = { input = 10, output = 2 }
+[[model.script]]
+text = "Done: {input}"
+usage = { input = 20, output = 3 }
+[tools]
+builtin = ["read_file", "write_file"]
+"#;
+
+#[test]
+fn tool_results_go_back_to_the_model_until_it_answers() {
+    let h = Harness::new(READ_THEN_ANSWER);
+    let mut sink = Memory::default();
+    let (end, state) = h.run(&mut sink, "go");
+    let LoopEnd::Settled(outcome) = end else {
+        panic!("suspended")
+    };
+    assert_eq!(outcome.status, ExecStatus::Completed);
+    assert_eq!(outcome.response.as_deref(), Some("Done: go"));
+    assert_eq!(state.model_calls, 2);
+    let current = state.current.unwrap();
+    assert_eq!(current.steps, 2);
+    assert_eq!(current.usage, Usage::new(30, 5));
+    assert_eq!(sink.checkpoints, 2);
+    let tool_result = &sink.transcript[2].message;
+    assert_eq!(
+        tool_result,
+        &Message::Tool {
+            tool_call_id: "call_1_2".into(),
+            name: "read_file".into(),
+            content: "hello".into(),
+            is_error: false
+        }
+    );
+    assert_eq!(
+        sink.types(),
+        vec![
+            "agent.step.started",
+            "agent.stream.chunk",
+            "agent.tool.started",
+            "agent.tool.completed",
+            "agent.tool.started",
+            "agent.tool.completed",
+            "agent.step.completed",
+            "agent.step.started",
+            "agent.stream.chunk",
+            "agent.stream.chunk",
+            "agent.step.completed",
+            "agent.message.completed",
+        ]
+    );
+}
+
+#[test]
+fn max_steps_stops_the_execution() {
+    let h = Harness::new(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        text = "again"
+        tool_calls = [{ name = "list_dir", arguments = { path = "." } }]
+        [limits]
+        max_steps = 3
+        [tools]
+        builtin = ["list_dir"]
+        "#,
+    );
+    let mut sink = Memory::default();
+    let (end, state) = h.run(&mut sink, "loop");
+    let LoopEnd::Settled(outcome) = end else {
+        panic!("suspended")
+    };
+    assert_eq!(
+        (outcome.status, outcome.stop_reason),
+        (ExecStatus::Stopped, StopReason::StepsLimit)
+    );
+    assert_eq!(state.current.unwrap().steps, 3);
+}
+
+#[test]
+fn a_transient_provider_error_fails_as_unavailable() {
+    let h = Harness::new(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        error = { status = 503, message = "overloaded" }
+        "#,
+    );
+    let mut sink = Memory::default();
+    let (end, state) = h.run(&mut sink, "x");
+    let LoopEnd::Settled(outcome) = end else {
+        panic!("suspended")
+    };
+    assert_eq!(outcome.stop_reason, StopReason::ProviderUnavailable);
+    assert!(outcome.error.unwrap().message.contains("overloaded"));
+    assert_eq!(state.model_calls, 1, "the script entry is used up");
+    assert_eq!(sink.checkpoints, 0);
+}
+
+#[test]
+fn unknown_tools_are_errors_the_model_sees() {
+    let h = Harness::new(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        tool_calls = [{ name = "rm_rf", arguments = {} }]
+        [[model.script]]
+        text = "sorry"
+        "#,
+    );
+    let mut sink = Memory::default();
+    let (end, _) = h.run(&mut sink, "x");
+    assert!(matches!(
+        end,
+        LoopEnd::Settled(Outcome {
+            status: ExecStatus::Completed,
+            ..
+        })
+    ));
+    let Message::Tool {
+        is_error, content, ..
+    } = &sink.transcript[1].message
+    else {
+        panic!()
+    };
+    assert!(is_error);
+    assert!(content.contains("unknown tool `rm_rf`"));
+}
+
+#[test]
+fn cancellation_between_tool_calls_answers_the_rest_with_errors() {
+    let h = Harness::new(READ_THEN_ANSWER);
+    // Stop once the first tool has completed (step.started, chunk, tool.started, tool.completed).
+    let mut sink = Memory {
+        stop_after: Some((4, Stop::Cancel)),
+        ..Memory::default()
+    };
+    let (end, _) = h.run(&mut sink, "x");
+    assert_eq!(end, LoopEnd::Settled(cancelled()));
+    assert_eq!(
+        sink.transcript.len(),
+        3,
+        "assistant line and both tool results are kept"
+    );
+    let Message::Tool {
+        is_error, content, ..
+    } = &sink.transcript[2].message
+    else {
+        panic!()
+    };
+    assert!(*is_error && content.contains("cancelled"));
+}
+
+#[test]
+fn shutdown_mid_stream_leaves_the_step_unsettled() {
+    let h = Harness::new(READ_THEN_ANSWER);
+    let mut sink = Memory {
+        stop_after: Some((1, Stop::Shutdown)),
+        ..Memory::default()
+    };
+    let (end, state) = h.run(&mut sink, "x");
+    assert_eq!(end, LoopEnd::Suspended);
+    assert_eq!(sink.checkpoints, 0);
+    assert_eq!(
+        state.model_calls, 0,
+        "the interrupted call will be made again"
+    );
+    assert!(!h.workspace.path().join("a.txt").exists(), "no tool ran");
+}
+
+#[test]
+fn the_debug_preset_traces_each_continuation() {
+    let mut h = Harness::new(READ_THEN_ANSWER);
+    h.preset = EventsPreset::Debug;
+    let mut sink = Memory::default();
+    h.run(&mut sink, "x");
+    let traces: Vec<_> = sink
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EventPayload::Continuation(c) => Some((c.step_number, c.should_continue)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(traces, vec![(1, true), (2, false)]);
+    let full_args = sink
+        .events
+        .iter()
+        .any(|e| matches!(e, EventPayload::ToolStarted(t) if t.args.is_some()));
+    assert!(full_args);
+}
+
+#[test]
+fn the_minimal_preset_records_no_chunks() {
+    let mut h = Harness::new(READ_THEN_ANSWER);
+    h.preset = EventsPreset::Minimal;
+    let mut sink = Memory::default();
+    h.run(&mut sink, "x");
+    assert!(!sink.types().contains(&"agent.stream.chunk"));
+}

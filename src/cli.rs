@@ -1,0 +1,275 @@
+//! The command line as the user types it (ARCHITECTURE.md §7). Parsing only: values are
+//! checked and turned into work by the commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::session::{EventsPreset, SessionStatus};
+
+const ABOUT: &str = "A job runner for LLM agents whose whole state lives in files";
+
+const AFTER_HELP: &str = "\
+Examples:
+  agentq init
+  id=$(agentq session new --agent demo --title \"notes\")
+  agentq send \"$id\" \"What is in the notes?\"
+  agentq worker --once
+  agentq watch \"$id\" --from-start
+  agentq run --agent demo \"Hello\"
+
+Exit codes: 0 completed, 1 failed, 2 usage error, 3 stopped by a limit,
+75 temporarily unavailable, 130 cancelled.";
+
+#[derive(Debug, Parser)]
+#[command(name = "agentq", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// The home directory holding agents/ and sessions/ [default: the current directory]
+    #[arg(long, global = true, env = "AGENTQ_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// When to use colours in output (NO_COLOR is honoured with `auto`)
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    /// More log output on stderr (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create agents/, sessions/ and the example agent agents/demo.toml
+    #[command(after_help = "Example:\n  agentq --home ./work init")]
+    Init,
+
+    /// List, show and check agent definitions
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+
+    /// Create, inspect and manage sessions
+    #[command(subcommand)]
+    Session(SessionCommand),
+
+    /// Queue a message for a session (works with no worker running)
+    #[command(
+        after_help = "Examples:\n  agentq send 0193a7c2 \"Summarise the notes\"\n  echo \"text\" | agentq send 0193a7c2 -\n  agentq send 0193a7c2 --file prompt.md --key daily-2026-11-21\n  agentq send 0193a7c2 \"Hello\" --wait --timeout 2m"
+    )]
+    Send(SendArgs),
+
+    /// Cancel the running execution of a session
+    #[command(after_help = "Example:\n  agentq cancel 0193a7c2")]
+    Cancel(CancelArgs),
+
+    /// Process pending messages: claim sessions, run the agent loop, record events
+    #[command(
+        after_help = "Examples:\n  agentq worker                 run until Ctrl-C or SIGTERM\n  agentq worker --once          handle what is pending now, then exit (cron, CI)\n  agentq worker --concurrency 4 --max-duration 10m"
+    )]
+    Worker(WorkerArgs),
+
+    /// Follow a session's event log and render it live
+    #[command(
+        after_help = "Examples:\n  agentq watch 0193a7c2\n  agentq watch 0193a7c2 --from-start --plain\n  agentq watch 0193a7c2 --json | jq .type\n  agentq send 0193a7c2 \"Hi\" && agentq watch 0193a7c2 --exit-on-idle"
+    )]
+    Watch(WatchArgs),
+
+    /// One shot: queue a message, process it here, render it, print the answer
+    #[command(
+        after_help = "Examples:\n  agentq run --agent demo \"What is in the notes?\"\n  agentq run --agent demo --session 0193a7c2 \"And then?\""
+    )]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List the agents in agents/
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one agent's definition
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check definitions and report every problem (exit 2 if any)
+    #[command(
+        after_help = "Examples:\n  agentq agents validate\n  agentq agents validate agents/demo.toml --json"
+    )]
+    Validate {
+        /// Files to check [default: every agents/*.toml]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Create a session and print its id
+    #[command(
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq session new --agent demo --title \"release notes\" --set limits.max_steps=5 --events debug"
+    )]
+    New(SessionNewArgs),
+    /// List sessions
+    List {
+        /// Only sessions with this status
+        #[arg(long, value_enum)]
+        status: Option<StatusFilter>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a session: status, counters, usage, last execution
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a session's transcript
+    Messages {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a session: it takes no new messages
+    Close { id: String },
+    /// Pause a session: workers skip it until it is resumed
+    Pause { id: String },
+    /// Resume a paused session
+    Resume { id: String },
+    /// Remove a session and all its files
+    Rm { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    Active,
+    Paused,
+    Closed,
+}
+
+impl StatusFilter {
+    pub fn matches(self, status: SessionStatus) -> bool {
+        matches!(
+            (self, status),
+            (StatusFilter::Active, SessionStatus::Active)
+                | (StatusFilter::Paused, SessionStatus::Paused)
+                | (StatusFilter::Closed, SessionStatus::Closed)
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SessionNewArgs {
+    /// The agent definition to use (agents/NAME.toml)
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Override a key of the agent definition for this session, e.g. limits.max_steps=5
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// How much detail the event log records
+    #[arg(long, value_enum, default_value_t = EventsPreset::Standard)]
+    pub events: EventsPreset,
+    /// Print the whole session record as JSON instead of the id
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    /// The message; `-` reads it from standard input
+    #[arg(conflicts_with = "file")]
+    pub text: Option<String>,
+    /// Read the message from a file
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Idempotency key: sending the same key again is a no-op returning the first id
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Wait for the answer, print it and exit with the execution's exit code
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 75), e.g. 30s, 5m
+    #[arg(long, requires = "wait", value_name = "DURATION")]
+    pub timeout: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Handle every pending message, then exit
+    #[arg(long)]
+    pub once: bool,
+    /// Sessions processed at the same time (each session stays strictly serial)
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Only this session
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Stop claiming new messages after this long, e.g. 10m
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<String>,
+    /// Scan on this interval instead of using file notifications (network file systems)
+    #[arg(long, value_name = "DURATION")]
+    pub poll: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    /// Start after this event sequence number
+    #[arg(long, value_name = "SEQ", conflicts_with = "from_start")]
+    pub since: Option<u64>,
+    /// Replay the whole log first [default: start at the last execution]
+    #[arg(long)]
+    pub from_start: bool,
+    /// Print the raw event lines
+    #[arg(long, conflicts_with = "plain")]
+    pub json: bool,
+    /// Plain lines, no terminal rendering
+    #[arg(long)]
+    pub plain: bool,
+    /// Exit once nothing is pending or running, with the last execution's exit code
+    #[arg(long)]
+    pub exit_on_idle: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent to run (a new session is created unless --session is given)
+    #[arg(long, value_name = "NAME", required_unless_present = "session")]
+    pub agent: Option<String>,
+    /// The message; `-` reads it from standard input
+    pub text: Option<String>,
+    /// Use this existing session
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}

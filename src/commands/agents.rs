@@ -1,0 +1,181 @@
+//! `agentq agents list|show|validate`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{Context, print_json};
+use crate::cli::AgentsCommand;
+use crate::definition::{self, Source, schema::Problem};
+use crate::error::{UserError, exit};
+
+pub fn run(ctx: &Context, command: AgentsCommand) -> Result<u8> {
+    match command {
+        AgentsCommand::List { json } => list(ctx, json),
+        AgentsCommand::Show { name, json } => show(ctx, &name, json),
+        AgentsCommand::Validate { files, json } => validate(ctx, files, json),
+    }
+}
+
+/// One definition file and what checking it found.
+#[derive(Serialize)]
+struct Checked {
+    name: String,
+    file: PathBuf,
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    problems: Vec<Problem>,
+}
+
+fn check(path: &Path) -> Checked {
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut checked = Checked {
+        name,
+        file: path.to_owned(),
+        valid: false,
+        description: None,
+        provider: None,
+        model: None,
+        problems: Vec::new(),
+    };
+    let source = match Source::read(path) {
+        Ok(source) => source,
+        Err(e) => {
+            checked.problems.push(Problem {
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            });
+            return checked;
+        }
+    };
+    match source.load(&BTreeMap::new()) {
+        Ok(def) => {
+            checked.valid = true;
+            checked.description = Some(def.description);
+            checked.provider = Some(def.model.provider);
+            checked.model = def.model.name;
+        }
+        Err(problems) => checked.problems = problems,
+    }
+    checked
+}
+
+/// Every `*.toml` in agents/, sorted.
+fn definition_files(ctx: &Context) -> Result<Vec<PathBuf>> {
+    let dir = ctx.store.agents_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(UserError::usage(format!(
+                "{} does not exist; run `agentq init` to create it",
+                dir.display()
+            ))
+            .into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn list(ctx: &Context, json: bool) -> Result<u8> {
+    let checked: Vec<Checked> = definition_files(ctx)?.iter().map(|p| check(p)).collect();
+    if json {
+        print_json(&checked)?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    if checked.is_empty() {
+        writeln!(out, "no agents in {}", ctx.store.agents_dir().display())?;
+        return Ok(0);
+    }
+    let width = checked
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(out, "{:width$}  {:10}  DESCRIPTION", "NAME", "PROVIDER")?;
+    for c in &checked {
+        let description = if c.valid {
+            c.description.clone().unwrap_or_default()
+        } else {
+            format!(
+                "invalid ({} problems): agentq agents validate {}",
+                c.problems.len(),
+                c.file.display()
+            )
+        };
+        let provider = c.provider.as_deref().unwrap_or("-");
+        writeln!(
+            out,
+            "{:width$}  {provider:10}  {}",
+            c.name,
+            crate::render::sanitize(&description)
+        )?;
+    }
+    Ok(0)
+}
+
+fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
+    let (_, source) = definition::load_named(&ctx.store.agents_dir(), name, &BTreeMap::new())?;
+    if json {
+        let table: toml::Table = toml::from_str(&source.text)?;
+        print_json(&serde_json::json!({
+            "name": name,
+            "file": source.path,
+            "hash": source.hash(),
+            "definition": definition::toml_to_json(toml::Value::Table(table)),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "# {} ({})", source.path.display(), source.hash())?;
+        out.write_all(source.text.as_bytes())?;
+    }
+    Ok(0)
+}
+
+fn validate(ctx: &Context, files: Vec<PathBuf>, json: bool) -> Result<u8> {
+    let files = if files.is_empty() {
+        definition_files(ctx)?
+    } else {
+        files
+    };
+    let checked: Vec<Checked> = files.iter().map(|p| check(p)).collect();
+    let invalid = checked.iter().filter(|c| !c.valid).count();
+    if json {
+        print_json(&checked)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for c in &checked {
+            if c.valid {
+                writeln!(out, "ok       {}", c.file.display())?;
+            }
+            for problem in &c.problems {
+                writeln!(out, "invalid  {}: {problem}", c.file.display())?;
+            }
+        }
+        if checked.is_empty() {
+            writeln!(out, "no agent definitions to check")?;
+        }
+    }
+    Ok(if invalid > 0 { exit::USAGE } else { 0 })
+}

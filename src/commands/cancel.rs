@@ -1,0 +1,56 @@
+//! `agentq cancel`: asks the owner of a session to cancel the running execution (or the
+//! next one to start), through a `cancel` entry in the inbox.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::Context;
+use crate::cli::CancelArgs;
+use crate::domain::inbox::EntryKind;
+use crate::store::inbox;
+use crate::store::session::NewEntry;
+
+pub fn run(ctx: &Context, args: CancelArgs) -> Result<u8> {
+    let dir = ctx.store.resolve(&args.id)?;
+    let listing = inbox::list(&dir.inbox_dir())?;
+    let has_work = listing
+        .entries
+        .iter()
+        .any(|f| f.entry.kind == EntryKind::User);
+    let requested = if has_work {
+        Some(ctx.store.enqueue(
+            &dir,
+            NewEntry {
+                kind: EntryKind::Cancel,
+                content: String::new(),
+                key: None,
+                metadata: Default::default(),
+            },
+        )?)
+    } else {
+        None
+    };
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "session_id": dir.id,
+            "requested": requested.is_some(),
+            "entry_id": requested.map(|r| r.id),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        match requested {
+            Some(_) => writeln!(
+                out,
+                "cancel requested for session {}: the running execution stops at its next safe point",
+                dir.id
+            )?,
+            None => writeln!(
+                out,
+                "nothing to cancel: session {} has no running or pending message",
+                dir.id
+            )?,
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,73 @@
+//! `agentq init`: creates the home's directories and the demo agent. Idempotent: what
+//! exists is left as it is, so running it twice changes nothing.
+
+use std::io::Write;
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use crate::store::fs;
+
+/// The example agent: runs offline on the scripted provider.
+pub const DEMO_AGENT: &str = r#"# The demo agent. It runs offline on the `scripted` provider, which replays the
+# answers below instead of calling a model: one [[model.script]] entry per model call,
+# the last one repeating. `{input}` stands for the latest user message.
+# To use a real model, set provider = "openai" or "anthropic" and a model name.
+name = "demo"
+description = "Offline demo: writes a note, reads it back with a tool, and answers"
+system = "You are a careful assistant. Check facts with your file tools before answering."
+
+[model]
+provider = "scripted"
+
+[[model.script]]
+text = "I'll write a note about your question, then read it back before answering."
+tool_calls = [
+  { name = "write_file", arguments = { path = "notes.md", content = "The demo agent was here.\n" } },
+  { name = "read_file", arguments = { path = "notes.md" } },
+]
+usage = { input = 120, output = 30 }
+delay_ms = 30
+
+[[model.script]]
+text = "You asked: \"{input}\". I wrote notes.md in this session's workspace and read it back: it says \"The demo agent was here.\" Each later message in this session continues the same conversation."
+usage = { input = 180, output = 45 }
+delay_ms = 30
+
+[limits]
+max_steps = 8
+timeout = "60s"
+
+[tools]
+builtin = ["read_file", "write_file", "list_dir"]
+workspace = "session"
+"#;
+
+pub fn run(ctx: &Context) -> Result<u8> {
+    let store = &ctx.store;
+    let mut out = std::io::stdout().lock();
+    let mut created = 0;
+    for dir in [store.agents_dir(), store.sessions_dir(), store.ready_dir()] {
+        if !dir.is_dir() {
+            fs::create_dir_private(&dir)?;
+            if dir != store.ready_dir() {
+                writeln!(out, "created {}/", dir.display())?;
+            }
+            created += 1;
+        }
+    }
+    let demo = store.agents_dir().join("demo.toml");
+    if !demo.exists() {
+        std::fs::write(&demo, DEMO_AGENT).with_context(|| format!("writing {}", demo.display()))?;
+        writeln!(out, "created {}", demo.display())?;
+        created += 1;
+    }
+    if created == 0 {
+        writeln!(
+            out,
+            "{} is already set up; nothing changed",
+            store.home().display()
+        )?;
+    }
+    Ok(0)
+}

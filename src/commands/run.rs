@@ -1,0 +1,140 @@
+//! `agentq run`: one shot. Queues a message (in a new session unless `--session`),
+//! processes that session right here without a separate worker, renders the execution
+//! as `watch` would, and exits with the execution's exit code.
+//!
+//! If a worker already owns the session, `run` waits for it instead of competing.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use super::watch::{Interrupted, MessageResult, wait_for_message};
+use crate::cli::RunArgs;
+use crate::definition;
+use crate::domain::inbox::EntryKind;
+use crate::domain::session::{EventsPreset, SessionStatus};
+use crate::error::{UserError, exit};
+use crate::render::PlainRenderer;
+use crate::store::session::{NewEntry, NewSession, read_meta};
+use crate::worker::{self, Shutdown};
+
+pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
+    let config = ctx.config()?;
+    let text = super::message_text(args.text, None, config.inbox.max_message_bytes)?;
+    let dir = match (&args.session, &args.agent) {
+        (Some(id), agent) => {
+            let dir = ctx.store.resolve(id)?;
+            let meta = read_meta(&dir)?;
+            if let Some(agent) = agent
+                && *agent != meta.agent
+            {
+                return Err(UserError::usage(format!(
+                    "session {} runs agent `{}`, not `{agent}`",
+                    dir.id, meta.agent
+                ))
+                .into());
+            }
+            if meta.status == SessionStatus::Paused {
+                return Err(UserError::usage(format!(
+                    "session {} is paused; resume it with `agentq session resume {}`",
+                    dir.id, dir.id
+                ))
+                .into());
+            }
+            dir
+        }
+        (None, Some(agent)) => {
+            let (_, source) =
+                definition::load_named(&ctx.store.agents_dir(), agent, &BTreeMap::new())?;
+            let meta = ctx.store.create_session(NewSession {
+                agent: agent.clone(),
+                title: None,
+                config: BTreeMap::new(),
+                events: EventsPreset::Standard,
+                agent_hash: source.hash(),
+            })?;
+            ctx.store.session(meta.id)
+        }
+        (None, None) => return Err(UserError::usage("give --agent NAME or --session ID").into()),
+    };
+    let offset = std::fs::metadata(dir.events_path()).map_or(0, |m| m.len());
+    let queued = ctx.store.enqueue(
+        &dir,
+        NewEntry {
+            kind: EntryKind::User,
+            content: text,
+            key: None,
+            metadata: Default::default(),
+        },
+    )?;
+
+    // On a terminal everything goes to stdout as it happens; otherwise the progress
+    // goes to stderr and stdout gets only the answer, ready for a pipe.
+    let interactive = std::io::stdout().is_terminal();
+    let progress: Box<dyn Write + Send> = if args.json {
+        Box::new(std::io::sink())
+    } else if interactive {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::io::stderr())
+    };
+    let mut renderer = PlainRenderer::new(progress).with_color(ctx.color && interactive);
+
+    let store = ctx.store.clone();
+    let outcome: Result<MessageResult> = super::runtime(1)?.block_on(async {
+        let shutdown = Arc::new(Shutdown::default());
+        let session_id = dir.id;
+        let drain = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let me = worker::this_worker();
+                worker::drain(&store, session_id, &shutdown, &me, Some(queued.id)).await
+            })
+        };
+        let wait = wait_for_message(&dir, offset, queued.id, None, Some(&mut renderer));
+        tokio::pin!(wait);
+        let mut drain = Some(drain);
+        let waited = loop {
+            tokio::select! {
+                waited = &mut wait => break waited,
+                drained = async { drain.as_mut().expect("polled only while present").await }, if drain.is_some() => {
+                    drain = None;
+                    // Owned by another worker: keep waiting for it. A failure to
+                    // record means the message cannot finish here: report it.
+                    drained.context("the session task panicked")??;
+                }
+            }
+        };
+        if waited.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+            // Ctrl-C: the inline execution stops at a safe point and stays resumable.
+            shutdown.trigger();
+        }
+        if let Some(drain) = drain {
+            drain.await.context("the session task panicked")??;
+        }
+        waited
+    });
+    let result = match outcome {
+        Ok(result) => result,
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!(
+                "agentq: interrupted; `agentq worker` resumes session {}",
+                dir.id
+            );
+            return Ok(exit::CANCELLED);
+        }
+        Err(err) => return Err(err),
+    };
+    if args.json {
+        result.print(true)?;
+    } else if !interactive {
+        // The renderer wrote to stderr; stdout gets the answer alone.
+        result.print(false)?;
+    } else if result.status != crate::domain::execution::ExecStatus::Completed {
+        result.print(false)?;
+    }
+    Ok(result.exit_code)
+}

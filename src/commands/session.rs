@@ -1,0 +1,318 @@
+//! `agentq session new|list|show|messages|close|pause|resume|rm`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Context, print_json};
+use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
+use crate::definition;
+use crate::domain::Usage;
+use crate::domain::execution::Execution;
+use crate::domain::session::{SessionMeta, SessionStatus};
+use crate::domain::transcript::Message;
+use crate::error::UserError;
+use crate::render::sanitize;
+use crate::store::session::{NewSession, read_meta};
+use crate::store::{SessionDir, inbox, transcript};
+use crate::time::Timestamp;
+
+pub fn run(ctx: &Context, command: SessionCommand) -> Result<u8> {
+    match command {
+        SessionCommand::New(args) => new(ctx, args),
+        SessionCommand::List { status, json } => list(ctx, status, json),
+        SessionCommand::Show { id, json } => show(ctx, &id, json),
+        SessionCommand::Messages { id, json } => messages(ctx, &id, json),
+        SessionCommand::Close { id } => set_status(ctx, &id, SessionStatus::Closed),
+        SessionCommand::Pause { id } => set_status(ctx, &id, SessionStatus::Paused),
+        SessionCommand::Resume { id } => set_status(ctx, &id, SessionStatus::Active),
+        SessionCommand::Rm { id } => remove(ctx, &id),
+    }
+}
+
+fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, serde_json::Value>, UserError> {
+    let mut overrides = BTreeMap::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(UserError::usage(format!(
+                "--set `{}` needs the form KEY=VALUE, e.g. limits.max_steps=5",
+                pair.escape_default()
+            )));
+        };
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return Err(UserError::usage(format!(
+                "--set `{}`: the key must be a dotted name such as limits.max_steps",
+                key.escape_default()
+            )));
+        }
+        overrides.insert(
+            key.to_owned(),
+            definition::parse_override_value(value.trim()),
+        );
+    }
+    Ok(overrides)
+}
+
+fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
+    let overrides = parse_overrides(&args.set)?;
+    let (_, source) = definition::load_named(&ctx.store.agents_dir(), &args.agent, &overrides)?;
+    let meta = ctx.store.create_session(NewSession {
+        agent: args.agent,
+        title: args.title,
+        config: overrides,
+        events: args.events,
+        agent_hash: source.hash(),
+    })?;
+    if args.json {
+        print_json(&meta)?;
+    } else {
+        writeln!(std::io::stdout().lock(), "{}", meta.id)?;
+    }
+    Ok(0)
+}
+
+/// A session as listed: its record and how many entries wait in its inbox.
+#[derive(Serialize)]
+struct Listed {
+    id: uuid::Uuid,
+    agent: String,
+    title: Option<String>,
+    status: SessionStatus,
+    messages: u64,
+    pending: usize,
+    usage: Usage,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+fn pending_count(dir: &SessionDir) -> Result<usize> {
+    Ok(inbox::entry_names(&dir.inbox_dir())?.len())
+}
+
+fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
+    let mut rows = Vec::new();
+    for id in ctx.store.session_ids()? {
+        let dir = ctx.store.session(id);
+        let meta = match dir.read_meta() {
+            Ok(meta) => meta,
+            Err(err) => {
+                eprintln!("agentq: skipping session {id}: {err}");
+                continue;
+            }
+        };
+        if status.is_some_and(|s| !s.matches(meta.status)) {
+            continue;
+        }
+        rows.push(Listed {
+            id,
+            pending: pending_count(&dir)?,
+            agent: meta.agent,
+            title: meta.title,
+            status: meta.status,
+            messages: meta.counters.messages,
+            usage: meta.usage,
+            created_at: meta.created_at,
+            updated_at: meta.updated_at,
+        });
+    }
+    if json {
+        print_json(&rows)?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() {
+        writeln!(out, "no sessions")?;
+        return Ok(0);
+    }
+    let agent_width = rows.iter().map(|r| r.agent.len()).max().unwrap_or(5).max(5);
+    writeln!(
+        out,
+        "{:36}  {:agent_width$}  {:6}  {:>4}  {:>7}  {:>8}  {:24}  TITLE",
+        "ID", "AGENT", "STATUS", "MSGS", "PENDING", "TOKENS", "UPDATED"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:36}  {:agent_width$}  {:6}  {:>4}  {:>7}  {:>8}  {:24}  {}",
+            r.id.to_string(),
+            r.agent,
+            r.status.as_str(),
+            r.messages,
+            r.pending,
+            r.usage.total,
+            r.updated_at.to_string(),
+            sanitize(r.title.as_deref().unwrap_or(""))
+        )?;
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct Shown {
+    session: SessionMeta,
+    pending: usize,
+    /// The execution in progress, if one is running (or was left running by a crash).
+    running: Option<Execution>,
+    last_execution: Option<Execution>,
+}
+
+fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
+    let dir = ctx.store.resolve(id)?;
+    let meta = read_meta(&dir)?;
+    let state = dir.read_state()?;
+    let running = match &state.current {
+        Some(current) => dir
+            .read_execution(current.execution_id)
+            .ok()
+            .filter(|e| !e.status.is_terminal()),
+        None => None,
+    };
+    let last_execution = match meta.last_execution {
+        Some(id) => Some(dir.read_execution(id)?),
+        None => None,
+    };
+    let shown = Shown {
+        pending: pending_count(&dir)?,
+        session: meta,
+        running,
+        last_execution,
+    };
+    if json {
+        print_json(&shown)?;
+        return Ok(0);
+    }
+    let m = &shown.session;
+    let c = &m.counters;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "session   {}", m.id)?;
+    writeln!(out, "agent     {} ({})", m.agent, m.agent_hash)?;
+    if let Some(title) = &m.title {
+        writeln!(out, "title     {}", sanitize(title))?;
+    }
+    writeln!(out, "status    {}", m.status.as_str())?;
+    writeln!(out, "events    {:?}", m.events)?;
+    for (key, value) in &m.config {
+        writeln!(out, "set       {key} = {value}")?;
+    }
+    writeln!(out, "created   {}", m.created_at)?;
+    writeln!(out, "updated   {}", m.updated_at)?;
+    writeln!(
+        out,
+        "messages  {} queued, {} pending",
+        c.messages, shown.pending
+    )?;
+    writeln!(
+        out,
+        "runs      {} executions: {} completed, {} failed, {} stopped, {} cancelled",
+        c.executions, c.completed, c.failed, c.stopped, c.cancelled
+    )?;
+    writeln!(
+        out,
+        "usage     {} tokens ({} input, {} output)",
+        m.usage.total, m.usage.input, m.usage.output
+    )?;
+    if let Some(e) = &shown.running {
+        writeln!(
+            out,
+            "running   {} (attempt {}, worker {} on {}, since {})",
+            e.id, e.attempts, e.worker.pid, e.worker.host, e.started_at
+        )?;
+    }
+    if let Some(e) = &shown.last_execution {
+        writeln!(
+            out,
+            "last      {} {} ({}), {} steps, {} tokens, exit {}",
+            e.id,
+            e.status.as_str(),
+            e.stop_reason.map_or("", |r| r.as_str()),
+            e.steps,
+            e.usage.total,
+            e.exit_code.unwrap_or_default()
+        )?;
+        if let Some(error) = &e.error {
+            writeln!(out, "error     {}", sanitize(&error.message))?;
+        }
+    }
+    Ok(0)
+}
+
+fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
+    let dir = ctx.store.resolve(id)?;
+    let state = dir.read_state()?;
+    let lines = transcript::read(&dir.transcript_path(), state.transcript)?;
+    if json {
+        print_json(&lines)?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    for line in &lines {
+        match &line.message {
+            Message::User { content } => writeln!(out, "user: {}", sanitize(content))?,
+            Message::Assistant {
+                content,
+                tool_calls,
+            } => {
+                if !content.is_empty() {
+                    writeln!(out, "assistant: {}", sanitize(content))?;
+                }
+                for call in tool_calls {
+                    let args = crate::tools::summarize_args(&call.arguments, 100);
+                    writeln!(out, "  → {} {}", call.name, sanitize(&args))?;
+                }
+            }
+            Message::Tool {
+                name,
+                content,
+                is_error,
+                ..
+            } => {
+                let mark = if *is_error { "✗" } else { "✓" };
+                let preview = crate::store::session::preview(content, 200);
+                writeln!(out, "  {mark} {name}: {}", sanitize(&preview))?;
+            }
+        }
+    }
+    if lines.is_empty() {
+        writeln!(out, "no messages yet")?;
+    }
+    Ok(0)
+}
+
+fn set_status(ctx: &Context, id: &str, to: SessionStatus) -> Result<u8> {
+    let dir = ctx.store.resolve(id)?;
+    let from = ctx.store.set_status(&dir, to)?;
+    if to == SessionStatus::Active && !inbox::entry_names(&dir.inbox_dir())?.is_empty() {
+        // Wake workers for the messages that waited while the session was paused.
+        ctx.store.mark_ready(dir.id)?;
+    }
+    let mut out = std::io::stdout().lock();
+    if from == to {
+        writeln!(out, "session {} is already {}", dir.id, to.as_str())?;
+    } else {
+        writeln!(
+            out,
+            "session {} {}",
+            dir.id,
+            match to {
+                SessionStatus::Active => "resumed",
+                SessionStatus::Paused => "paused",
+                SessionStatus::Closed => "closed",
+            }
+        )?;
+    }
+    Ok(0)
+}
+
+fn remove(ctx: &Context, id: &str) -> Result<u8> {
+    let dir = ctx.store.resolve(id)?;
+    ctx.store.remove_session(&dir)?;
+    writeln!(std::io::stdout().lock(), "removed session {}", dir.id)?;
+    Ok(0)
+}

@@ -1,0 +1,293 @@
+//! `agentq watch`: follows a session's event log and renders it live. Also home of the
+//! waiting that `send --wait` and `run` share: following the log until one message's
+//! execution has finished.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::Context;
+use crate::cli::WatchArgs;
+use crate::domain::Usage;
+use crate::domain::event::{Event, EventPayload, ExecutionFinished};
+use crate::domain::execution::{ExecStatus, StopReason};
+use crate::domain::inbox::EntryKind;
+use crate::error::{UserError, exit};
+use crate::render::PlainRenderer;
+use crate::store::SessionDir;
+use crate::store::events::{offset_after_seq, offset_of_last};
+use crate::store::follow::Follower;
+use crate::store::inbox;
+
+pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
+    let dir = ctx.store.resolve(&args.id)?;
+    let path = dir.events_path();
+    let offset = if args.from_start {
+        0
+    } else if let Some(seq) = args.since {
+        offset_after_seq(&path, seq)?
+    } else {
+        offset_of_last(&path, &["execution.started"])?.map_or(0, |(offset, _)| offset)
+    };
+    let color = ctx.color && !args.plain && std::io::stdout().is_terminal();
+    super::runtime(1)?.block_on(watch(&dir, offset, &args, color))
+}
+
+async fn watch(dir: &SessionDir, offset: u64, args: &WatchArgs, color: bool) -> Result<u8> {
+    let mut follower = Follower::open(dir, offset)?;
+    let stdout = std::io::stdout();
+    let mut renderer = PlainRenderer::new(stdout.lock()).with_color(color);
+    let mut last_exit: Option<u8> = None;
+    loop {
+        let lines = follower.read()?;
+        for line in &lines {
+            if args.json {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line.raw)?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+            let Some(event) = line
+                .event
+                .clone()
+                .and_then(|raw| raw.into_event().ok().flatten())
+            else {
+                continue;
+            };
+            if let EventPayload::ExecutionFinished(done) = &event.payload {
+                last_exit = Some(done.exit_code);
+            }
+            if !args.json {
+                renderer.render(&event)?;
+            }
+        }
+        if !lines.is_empty() {
+            continue;
+        }
+        if !follower.exists() {
+            renderer.finish()?;
+            return Err(UserError::usage(format!("session {} was removed", dir.id)).into());
+        }
+        if args.exit_on_idle && is_idle(dir)? {
+            // Entries leave the inbox only after their final events were written:
+            // one more read takes in everything up to idleness.
+            for line in follower.read()? {
+                if args.json {
+                    writeln!(
+                        std::io::stdout().lock(),
+                        "{}",
+                        String::from_utf8_lossy(&line.raw)
+                    )?;
+                } else if let Some(event) =
+                    line.event.and_then(|raw| raw.into_event().ok().flatten())
+                {
+                    if let EventPayload::ExecutionFinished(done) = &event.payload {
+                        last_exit = Some(done.exit_code);
+                    }
+                    renderer.render(&event)?;
+                }
+            }
+            renderer.finish()?;
+            return Ok(match last_exit {
+                Some(code) => code,
+                None => last_exit_code(dir)?,
+            });
+        }
+        tokio::select! {
+            () = follower.wait() => {}
+            _ = tokio::signal::ctrl_c() => {
+                renderer.finish()?;
+                return Ok(exit::CANCELLED);
+            }
+        }
+    }
+}
+
+/// Nothing pending or running: no user entry left in the inbox (an entry stays there
+/// until its execution has settled).
+fn is_idle(dir: &SessionDir) -> Result<bool> {
+    let listing = inbox::list(&dir.inbox_dir())?;
+    Ok(!listing
+        .entries
+        .iter()
+        .any(|f| f.entry.kind == EntryKind::User))
+}
+
+/// The exit code of the session's last finished execution, 0 if there was none.
+fn last_exit_code(dir: &SessionDir) -> Result<u8> {
+    let last = offset_of_last(&dir.events_path(), &["execution.finished"])?;
+    Ok(last
+        .and_then(|(_, raw)| raw.into_event().ok().flatten())
+        .and_then(|event| match event.payload {
+            EventPayload::ExecutionFinished(done) => Some(done.exit_code),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
+/// The result of one message, as `send --wait --json` and `run --json` print it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageResult {
+    pub session_id: Uuid,
+    pub message_id: Uuid,
+    pub execution_id: Option<Uuid>,
+    pub status: ExecStatus,
+    pub stop_reason: Option<StopReason>,
+    pub exit_code: u8,
+    pub response: Option<String>,
+    pub usage: Usage,
+    pub steps: u32,
+    pub error: Option<String>,
+}
+
+impl MessageResult {
+    /// Prints the answer (stdout) or the error (stderr), or the whole result as JSON.
+    pub fn print(&self, json: bool) -> Result<()> {
+        if json {
+            return super::print_json(self);
+        }
+        if let Some(response) = &self.response {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", crate::render::sanitize(response))?;
+        }
+        if self.status != ExecStatus::Completed {
+            let reason = self.stop_reason.map_or("", StopReason::as_str);
+            let detail = self
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            eprintln!(
+                "agentq: execution {} ({reason}){detail}",
+                self.status.as_str()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Collects what the log says about one message's execution.
+struct Tracker {
+    session_id: Uuid,
+    message_id: Uuid,
+    execution_id: Option<Uuid>,
+    response: Option<String>,
+    claimed: bool,
+}
+
+impl Tracker {
+    fn observe(&mut self, event: &Event) -> Option<MessageResult> {
+        match &event.payload {
+            EventPayload::ExecutionStarted(p) if p.message_id == self.message_id => {
+                self.execution_id = event.execution_id;
+                self.claimed = true;
+            }
+            EventPayload::MessageCompleted(p) if p.message_id == self.message_id => {
+                self.response = Some(p.response.clone());
+            }
+            EventPayload::ExecutionFinished(p)
+                if p.message_id == Some(self.message_id)
+                    || (p.message_id.is_none()
+                        && event.execution_id.is_some()
+                        && event.execution_id == self.execution_id) =>
+            {
+                return Some(self.result(event.execution_id, p));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn result(&self, execution_id: Option<Uuid>, p: &ExecutionFinished) -> MessageResult {
+        MessageResult {
+            session_id: self.session_id,
+            message_id: self.message_id,
+            execution_id,
+            status: p.status,
+            stop_reason: p.stop_reason,
+            exit_code: p.exit_code,
+            response: self.response.clone(),
+            usage: p.usage.execution,
+            steps: p.steps,
+            error: p.error.clone(),
+        }
+    }
+}
+
+/// How long `send --wait` waits for a worker before saying that none seems to run.
+const NO_WORKER_HINT_AFTER: Duration = Duration::from_secs(10);
+
+/// Follows the log from `offset` until the execution of `message_id` finishes, passing
+/// every event to `renderer` if there is one.
+pub async fn wait_for_message<W: Write>(
+    dir: &SessionDir,
+    offset: u64,
+    message_id: Uuid,
+    timeout: Option<Duration>,
+    mut renderer: Option<&mut PlainRenderer<W>>,
+) -> Result<MessageResult> {
+    let mut follower = Follower::open(dir, offset)?;
+    let started = Instant::now();
+    let mut hinted = false;
+    let mut tracker = Tracker {
+        session_id: dir.id,
+        message_id,
+        execution_id: None,
+        response: None,
+        claimed: false,
+    };
+    loop {
+        for line in follower.read()? {
+            let Some(event) = line.event.and_then(|raw| raw.into_event().ok().flatten()) else {
+                continue;
+            };
+            if let Some(r) = renderer.as_deref_mut() {
+                r.render(&event)?;
+            }
+            if let Some(result) = tracker.observe(&event) {
+                if let Some(r) = renderer.as_deref_mut() {
+                    r.finish()?;
+                }
+                return Ok(result);
+            }
+        }
+        if !follower.exists() {
+            return Err(
+                UserError::usage(format!("session {} was removed while waiting", dir.id)).into(),
+            );
+        }
+        let waited = started.elapsed();
+        if let Some(limit) = timeout
+            && waited >= limit
+        {
+            let what = if tracker.claimed {
+                "its execution is still running".to_owned()
+            } else {
+                "no worker has picked it up; start one with `agentq worker`".to_owned()
+            };
+            return Err(UserError::unavailable(format!(
+                "gave up waiting for message {message_id} after {}: {what}",
+                crate::time::human_duration(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+            ))
+            .into());
+        }
+        if !tracker.claimed && !hinted && waited >= NO_WORKER_HINT_AFTER {
+            hinted = true;
+            eprintln!(
+                "agentq: waiting for a worker: nothing has picked up message {message_id} yet; start one with `agentq worker`"
+            );
+        }
+        tokio::select! {
+            () = follower.wait() => {}
+            _ = tokio::signal::ctrl_c() => return Err(Interrupted.into()),
+        }
+    }
+}
+
+/// Ctrl-C while waiting; `main` exits 130 for it.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;

@@ -1,0 +1,83 @@
+//! `agentq worker`: runs the worker until SIGINT/SIGTERM, or with `--once` until
+//! nothing is pending. A first signal stops claiming and lets running executions reach
+//! a safe point; a second one exits at once.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tracing::info;
+
+use super::Context;
+use crate::cli::WorkerArgs;
+use crate::error::{UserError, exit};
+use crate::time::parse_duration;
+use crate::worker::{self, Shutdown, WorkerOptions};
+
+fn duration_arg(flag: &str, value: Option<&str>) -> Result<Option<std::time::Duration>, UserError> {
+    value
+        .map(|v| parse_duration(v).map_err(|e| UserError::usage(format!("{flag}: {e}"))))
+        .transpose()
+}
+
+pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
+    let max_duration = duration_arg("--max-duration", args.max_duration.as_deref())?;
+    let poll = duration_arg("--poll", args.poll.as_deref())?;
+    if poll.is_some_and(|p| p.is_zero()) {
+        return Err(UserError::usage("--poll must be longer than 0ms").into());
+    }
+    let session = args
+        .session
+        .as_deref()
+        .map(|id| ctx.store.resolve(id))
+        .transpose()?;
+    let options = WorkerOptions {
+        once: args.once,
+        concurrency: usize::from(args.concurrency),
+        session: session.map(|dir| dir.id),
+        max_duration,
+        poll,
+    };
+    // One thread per session worked on: file writes block, and one session's fsync
+    // must not hold up another's stream.
+    let runtime = super::runtime(options.concurrency)?;
+    let store = ctx.store.clone();
+    runtime.block_on(async move {
+        let shutdown = Arc::new(Shutdown::default());
+        tokio::spawn(handle_signals(shutdown.clone()));
+        let report = worker::run(store, options, shutdown).await?;
+        info!(
+            settled = report.settled,
+            suspended = report.suspended,
+            "worker stopped"
+        );
+        Ok(0)
+    })
+}
+
+async fn handle_signals(shutdown: Arc<Shutdown>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    let mut received = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        received += 1;
+        if received == 1 {
+            info!(
+                "stopping: no new claims; running executions stop at their next safe point (signal again to exit now)"
+            );
+            shutdown.trigger();
+        } else {
+            // Every file is replaced atomically or appended whole, so what is on disk
+            // stays readable; the interrupted step is repeated by the next worker.
+            std::process::exit(i32::from(exit::CANCELLED));
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! Agent definitions: `agents/<name>.toml`, checked, typed, and with a session's
+//! `--set` overrides applied (ARCHITECTURE.md §5).
+
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use crate::error::UserError;
+use crate::time::parse_duration;
+use schema::Problem;
+
+/// Built-in tools this version provides, by their contract names.
+pub const BUILTIN_TOOLS: &[&str] = &["read_file", "write_file", "list_dir"];
+
+/// Providers this version knows.
+pub const PROVIDERS: &[&str] = &["openai", "anthropic", "scripted"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub system: String,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub tools: ToolsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub provider: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// The `scripted` provider's answers, one per model call.
+    #[serde(default)]
+    pub script: Vec<ScriptEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptEntry {
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub tool_calls: Vec<ScriptToolCall>,
+    #[serde(default)]
+    pub usage: Option<ScriptUsage>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub error: Option<ScriptError>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptToolCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Table,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptUsage {
+    #[serde(default)]
+    pub input: u64,
+    #[serde(default)]
+    pub output: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptError {
+    pub status: u16,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub session_max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_steps: default_max_steps(),
+            max_tokens: None,
+            session_max_tokens: None,
+            timeout: None,
+        }
+    }
+}
+
+fn default_max_steps() -> u32 {
+    20
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Built-in tools the agent may use; none unless granted.
+    #[serde(default)]
+    pub builtin: Vec<String>,
+    /// `"session"` for the session's own `workspace/`, or a directory under the home.
+    #[serde(default = "default_workspace")]
+    pub workspace: String,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            builtin: Vec::new(),
+            workspace: default_workspace(),
+        }
+    }
+}
+
+fn default_workspace() -> String {
+    "session".to_owned()
+}
+
+/// An agent name is a file stem under `agents/`, so it is checked before it becomes one.
+pub fn check_name(name: &str) -> Result<(), UserError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['-', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::usage(format!(
+            "`{}` is not an agent name: use letters, digits, `-` and `_` (at most 64)",
+            name.escape_default()
+        )))
+    }
+}
+
+/// A definition file as read from disk, before it is checked.
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> std::io::Result<Source> {
+        Ok(Source {
+            path: path.to_owned(),
+            text: std::fs::read_to_string(path)?,
+        })
+    }
+
+    /// A stable fingerprint of the file, recorded by sessions to notice later edits.
+    pub fn hash(&self) -> String {
+        // FNV-1a: not for security, only to tell two versions of a file apart.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.text.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("fnv1a64:{h:016x}")
+    }
+
+    fn stem(&self) -> String {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Parses and checks the definition, with session overrides applied on top.
+    /// Returns every problem found, or the typed definition.
+    pub fn load(
+        &self,
+        overrides: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<AgentDef, Vec<Problem>> {
+        let mut table: Table =
+            toml::from_str(&self.text).map_err(|e| vec![toml_problem(&self.text, &e)])?;
+        for (key, value) in overrides {
+            set_dotted(&mut table, key, json_to_toml(value)).map_err(|message| {
+                vec![Problem {
+                    key: key.clone(),
+                    message,
+                }]
+            })?;
+        }
+        let mut problems = Vec::new();
+        schema::check_table(&table, schema::AGENT, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let def: AgentDef = Value::Table(table).try_into().map_err(|e| {
+            vec![Problem {
+                key: String::new(),
+                message: e.message().to_owned(),
+            }]
+        })?;
+        let semantic = check_semantics(&def, &self.stem());
+        if semantic.is_empty() {
+            Ok(def)
+        } else {
+            Err(semantic)
+        }
+    }
+}
+
+/// What the schema cannot say: names that must match, values from a fixed set.
+fn check_semantics(def: &AgentDef, stem: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem {
+            key: key.to_owned(),
+            message,
+        })
+    };
+    if def.name != stem {
+        problem(
+            "name",
+            format!("`{}` does not match the file name `{stem}.toml`", def.name),
+        );
+    } else if let Err(e) = check_name(&def.name) {
+        problem("name", e.message);
+    }
+    if !PROVIDERS.contains(&def.model.provider.as_str()) {
+        problem(
+            "model.provider",
+            format!(
+                "unknown provider `{}`; use one of {}",
+                def.model.provider,
+                PROVIDERS.join(", ")
+            ),
+        );
+    }
+    if def.model.provider == "scripted" && def.model.script.is_empty() {
+        problem(
+            "model.script",
+            "the scripted provider needs at least one [[model.script]] entry".to_owned(),
+        );
+    }
+    for (i, entry) in def.model.script.iter().enumerate() {
+        for (j, call) in entry.tool_calls.iter().enumerate() {
+            if call.name.is_empty() {
+                problem(
+                    &format!("model.script[{i}].tool_calls[{j}].name"),
+                    "is empty".to_owned(),
+                );
+            }
+        }
+    }
+    if def.limits.max_steps == 0 {
+        problem("limits.max_steps", "must be at least 1".to_owned());
+    }
+    for (i, tool) in def.tools.builtin.iter().enumerate() {
+        if !BUILTIN_TOOLS.contains(&tool.as_str()) {
+            problem(
+                &format!("tools.builtin[{i}]"),
+                format!(
+                    "unknown tool `{tool}`; built-in tools are {}",
+                    BUILTIN_TOOLS.join(", ")
+                ),
+            );
+        }
+    }
+    if let Err(message) = check_workspace(&def.tools.workspace) {
+        problem("tools.workspace", message);
+    }
+    problems
+}
+
+fn check_workspace(workspace: &str) -> Result<(), String> {
+    if workspace == "session" {
+        return Ok(());
+    }
+    let path = Path::new(workspace);
+    let inside = !workspace.is_empty()
+        && !workspace.contains('\0')
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+    if inside {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` must be \"session\" or a relative path under the home without `..`",
+            workspace.escape_default()
+        ))
+    }
+}
+
+/// One problem for a TOML syntax error, with its line and column.
+fn toml_problem(text: &str, err: &toml::de::Error) -> Problem {
+    let position = err.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    Problem {
+        key: String::new(),
+        message: format!(
+            "invalid TOML: {}{}",
+            position.unwrap_or_default(),
+            err.message().trim().replace('\n', " ")
+        ),
+    }
+}
+
+/// Sets `a.b.c = value` in a table, creating intermediate tables.
+fn set_dotted(table: &mut Table, key: &str, value: Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("is not a dotted key such as limits.max_steps".to_owned());
+    }
+    let (last, parents) = parts.split_last().ok_or("is empty")?;
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        current = match entry {
+            Value::Table(t) => t,
+            _ => return Err(format!("`{part}` is not a table")),
+        };
+    }
+    current.insert((*last).to_owned(), value);
+    Ok(())
+}
+
+/// Parses the value of `--set KEY=VALUE`: a TOML value (`3`, `true`, `"x"`, `[..]`), or
+/// else the text itself as a string, so `--set model.name=gpt-4o` needs no quotes.
+pub fn parse_override_value(text: &str) -> serde_json::Value {
+    match toml::from_str::<Table>(&format!("v = {text}")) {
+        Ok(mut t) => t.remove("v").map_or(serde_json::Value::Null, toml_to_json),
+        Err(_) => serde_json::Value::String(text.to_owned()),
+    }
+}
+
+pub fn toml_to_json(value: Value) -> serde_json::Value {
+    match value {
+        Value::String(s) => serde_json::Value::String(s),
+        Value::Integer(i) => i.into(),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Boolean(b) => b.into(),
+        Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        Value::Array(items) => items.into_iter().map(toml_to_json).collect(),
+        Value::Table(t) => {
+            serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+fn json_to_toml(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Null => Value::String(String::new()),
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Integer)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0))),
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(items) => Value::Array(items.iter().map(json_to_toml).collect()),
+        serde_json::Value::Object(map) => Value::Table(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_to_toml(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str, text: &str) -> Source {
+        Source {
+            path: PathBuf::from(format!("agents/{name}.toml")),
+            text: text.to_owned(),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        name = "bot"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        text = "hi"
+    "#;
+
+    #[test]
+    fn a_minimal_definition_gets_the_defaults() {
+        let def = source("bot", MINIMAL).load(&BTreeMap::new()).unwrap();
+        assert_eq!(def.limits.max_steps, 20);
+        assert_eq!(def.tools.workspace, "session");
+        assert!(def.tools.builtin.is_empty());
+    }
+
+    #[test]
+    fn the_name_must_match_the_file() {
+        let problems = source("other", MINIMAL).load(&BTreeMap::new()).unwrap_err();
+        assert_eq!(problems[0].key, "name");
+        assert!(problems[0].message.contains("other.toml"));
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked_like_the_file() {
+        let mut overrides = BTreeMap::new();
+        overrides.insert("limits.max_steps".to_owned(), parse_override_value("3"));
+        let def = source("bot", MINIMAL).load(&overrides).unwrap();
+        assert_eq!(def.limits.max_steps, 3);
+
+        overrides.insert("limits.max_stepz".to_owned(), parse_override_value("3"));
+        let problems = source("bot", MINIMAL).load(&overrides).unwrap_err();
+        assert_eq!(problems[0].key, "limits.max_stepz");
+    }
+
+    #[test]
+    fn override_values_are_toml_or_else_text() {
+        assert_eq!(parse_override_value("3"), serde_json::json!(3));
+        assert_eq!(parse_override_value("true"), serde_json::json!(true));
+        assert_eq!(parse_override_value("gpt-4o"), serde_json::json!("gpt-4o"));
+        assert_eq!(parse_override_value("\"30s\""), serde_json::json!("30s"));
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let problems = source("bot", "name = \n")
+            .load(&BTreeMap::new())
+            .unwrap_err();
+        assert!(
+            problems[0].message.starts_with("invalid TOML: line 1"),
+            "{:?}",
+            problems
+        );
+    }
+
+    #[test]
+    fn workspaces_stay_under_the_home() {
+        assert!(check_workspace("session").is_ok());
+        assert!(check_workspace("projects/site").is_ok());
+        for bad in ["/etc", "../x", "a/../../b", ""] {
+            assert!(check_workspace(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_safe_file_stems() {
+        for good in ["demo", "general-assistant", "a_1"] {
+            assert!(check_name(good).is_ok());
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", "é"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Where the definition of agent `name` lives; the name is checked first.
+pub fn path_for(agents_dir: &Path, name: &str) -> Result<PathBuf, UserError> {
+    check_name(name)?;
+    Ok(agents_dir.join(format!("{name}.toml")))
+}
+
+/// Reads and checks agent `name`, with overrides. Every failure is a usage error that
+/// names the file and lists its problems.
+pub fn load_named(
+    agents_dir: &Path,
+    name: &str,
+    overrides: &BTreeMap<String, serde_json::Value>,
+) -> Result<(AgentDef, Source), UserError> {
+    let path = path_for(agents_dir, name)?;
+    let source = Source::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            UserError::usage(format!(
+                "no agent `{name}`: {} does not exist; `agentq agents list` shows the agents, `agentq init` creates the demo",
+                path.display()
+            ))
+        } else {
+            UserError::usage(format!("cannot read {}: {e}", path.display()))
+        }
+    })?;
+    match source.load(overrides) {
+        Ok(def) => Ok((def, source)),
+        Err(problems) => Err(UserError::usage(format!(
+            "{} is invalid: {}",
+            path.display(),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+    }
+}

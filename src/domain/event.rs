@@ -1,0 +1,346 @@
+//! The event log's records (ARCHITECTURE.md §3): an envelope with a gapless `seq`, and a
+//! typed payload per event type.
+//!
+//! Readers must ignore types they do not know, so parsing is two-stage: the envelope
+//! with its payload as raw JSON, then the payload by its `type` ([`EventPayload::parse`]).
+//! The list of types below is the single place a type name is tied to its payload.
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+use uuid::Uuid;
+
+use super::Usage;
+use super::execution::{ExecStatus, StopReason, WorkerInfo};
+use super::session::{EventsPreset, SessionStatus};
+use crate::time::Timestamp;
+
+/// One line of `events.ndjson`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub v: u32,
+    pub seq: u64,
+    pub session_id: Uuid,
+    pub execution_id: Option<Uuid>,
+    pub timestamp: Timestamp,
+    pub payload: EventPayload,
+}
+
+impl Serialize for Event {
+    // Written by hand so the keys come in the documented order, `type` before `payload`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Event", 7)?;
+        st.serialize_field("v", &self.v)?;
+        st.serialize_field("seq", &self.seq)?;
+        st.serialize_field("type", self.payload.type_name())?;
+        st.serialize_field("session_id", &self.session_id)?;
+        st.serialize_field("execution_id", &self.execution_id)?;
+        st.serialize_field("timestamp", &self.timestamp)?;
+        st.serialize_field("payload", &self.payload)?;
+        st.end()
+    }
+}
+
+/// An event line with its payload not yet interpreted.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawEvent {
+    pub v: u32,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub session_id: Uuid,
+    #[serde(default)]
+    pub execution_id: Option<Uuid>,
+    pub timestamp: Timestamp,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+impl RawEvent {
+    /// The typed event, or `None` for a type this version does not know.
+    pub fn into_event(self) -> Result<Option<Event>, serde_json::Error> {
+        let Some(payload) = EventPayload::parse(&self.kind, self.payload)? else {
+            return Ok(None);
+        };
+        Ok(Some(Event {
+            v: self.v,
+            seq: self.seq,
+            session_id: self.session_id,
+            execution_id: self.execution_id,
+            timestamp: self.timestamp,
+            payload,
+        }))
+    }
+}
+
+macro_rules! event_payloads {
+    ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal, )*) => {
+        /// Every event type agentq writes, by its payload.
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub enum EventPayload {
+            $( $(#[$doc])* $variant($payload), )*
+        }
+
+        impl EventPayload {
+            /// The `type` written in the envelope.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( EventPayload::$variant(_) => $name, )*
+                }
+            }
+
+            /// Interprets a payload by its type name; `None` for an unknown type.
+            pub fn parse(type_name: &str, payload: serde_json::Value)
+                -> Result<Option<EventPayload>, serde_json::Error>
+            {
+                Ok(Some(match type_name {
+                    $( $name => EventPayload::$variant(serde_json::from_value(payload)?), )*
+                    _ => return Ok(None),
+                }))
+            }
+
+            /// Every type name, in the order of the table in ARCHITECTURE.md.
+            pub const TYPE_NAMES: &'static [&'static str] = &[$( $name ),*];
+        }
+    };
+}
+
+event_payloads! {
+    SessionCreated(SessionCreated) = "session.created",
+    SessionStatus(SessionStatusChanged) = "session.status",
+    MessageQueued(MessageQueued) = "message.queued",
+    /// Written by `agentq cancel`; the owner of the session acts on it.
+    CancelRequested(CancelRequested) = "cancel.requested",
+    ExecutionStarted(ExecutionStarted) = "execution.started",
+    AgentStatus(AgentStatusChanged) = "agent.status",
+    StepStarted(StepStarted) = "agent.step.started",
+    StreamChunk(StreamChunk) = "agent.stream.chunk",
+    ToolStarted(ToolStarted) = "agent.tool.started",
+    ToolCompleted(ToolCompleted) = "agent.tool.completed",
+    StepCompleted(StepCompleted) = "agent.step.completed",
+    Continuation(Continuation) = "agent.continuation",
+    ProviderRetry(ProviderRetry) = "provider.retry",
+    MessageCompleted(MessageCompleted) = "agent.message.completed",
+    ExecutionFinished(ExecutionFinished) = "execution.finished",
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub agent: String,
+    pub title: Option<String>,
+    pub config: serde_json::Map<String, serde_json::Value>,
+    pub events: EventsPreset,
+    #[serde(default)]
+    pub agent_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatusChanged {
+    pub status: SessionStatus,
+    pub previous_status: SessionStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageQueued {
+    pub message_id: Uuid,
+    pub seq: u64,
+    pub key: Option<String>,
+    pub content_preview: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    pub message_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionStarted {
+    pub message_id: Uuid,
+    pub attempt: u32,
+    pub worker: WorkerInfo,
+    /// True when a worker picks up an execution another worker left unfinished.
+    #[serde(default)]
+    pub resumed: bool,
+}
+
+/// The agent's status as `watch` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    Idle,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+    Stopped,
+}
+
+impl From<ExecStatus> for AgentStatus {
+    fn from(status: ExecStatus) -> Self {
+        match status {
+            ExecStatus::Pending => AgentStatus::Idle,
+            ExecStatus::Running => AgentStatus::Processing,
+            ExecStatus::Completed => AgentStatus::Completed,
+            ExecStatus::Failed => AgentStatus::Failed,
+            ExecStatus::Cancelled => AgentStatus::Cancelled,
+            ExecStatus::Stopped => AgentStatus::Stopped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatusChanged {
+    pub status: AgentStatus,
+    pub previous_status: AgentStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepStarted {
+    pub step_number: u32,
+    pub message_count: usize,
+    pub available_tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub content: String,
+    pub chunk_index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolStarted {
+    pub tool_name: String,
+    pub tool_call_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_summary: Option<String>,
+    /// The arguments themselves, with the `debug` preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCompleted {
+    pub tool_name: String,
+    pub tool_call_id: String,
+    pub success: bool,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepCompleted {
+    pub step_number: u32,
+    pub has_tool_calls: bool,
+    /// Tool calls of this step that ended in an error.
+    pub errors: u32,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    pub duration_ms: u64,
+}
+
+/// One check made when deciding whether to run another step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub check: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Continuation {
+    pub step_number: u32,
+    pub should_continue: bool,
+    pub stop_reason: Option<StopReason>,
+    pub evaluations: Vec<Evaluation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderRetry {
+    pub attempt: u32,
+    pub delay_ms: u64,
+    pub http_status: Option<u16>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageCompleted {
+    pub message_id: Uuid,
+    pub response: String,
+}
+
+/// Usage of the execution and the session's running total after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedUsage {
+    pub execution: Usage,
+    pub session: Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionFinished {
+    pub status: ExecStatus,
+    pub stop_reason: Option<StopReason>,
+    pub exit_code: u8,
+    pub steps: u32,
+    pub usage: FinishedUsage,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    /// The message the execution answered, so a reader needs no other event to match them.
+    #[serde(default)]
+    pub message_id: Option<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(payload: EventPayload) -> Event {
+        Event {
+            v: 1,
+            seq: 42,
+            session_id: Uuid::nil(),
+            execution_id: Some(Uuid::max()),
+            timestamp: Timestamp(1_795_240_800_123),
+            payload,
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_written_as_documented() {
+        let event = sample(EventPayload::ToolStarted(ToolStarted {
+            tool_name: "read_file".into(),
+            tool_call_id: "call_1".into(),
+            args_summary: Some("path: 'src/main.rs'".into()),
+            args: None,
+        }));
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            line,
+            r#"{"v":1,"seq":42,"type":"agent.tool.started","session_id":"00000000-0000-0000-0000-000000000000","execution_id":"ffffffff-ffff-ffff-ffff-ffffffffffff","timestamp":"2026-11-21T06:00:00.123Z","payload":{"tool_name":"read_file","tool_call_id":"call_1","args_summary":"path: 'src/main.rs'"}}"#
+        );
+        let raw: RawEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(raw.into_event().unwrap(), Some(event));
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_ignored() {
+        let line = r#"{"v":1,"seq":7,"type":"agent.thought","session_id":"00000000-0000-0000-0000-000000000000","execution_id":null,"timestamp":"2026-11-21T06:00:00.123Z","payload":{"x":1},"extra":true}"#;
+        let raw: RawEvent = serde_json::from_str(line).unwrap();
+        assert_eq!(raw.seq, 7);
+        assert_eq!(raw.into_event().unwrap(), None);
+
+        let line = r#"{"v":1,"seq":8,"type":"message.queued","session_id":"00000000-0000-0000-0000-000000000000","execution_id":null,"timestamp":"2026-11-21T06:00:00.123Z","payload":{"message_id":"00000000-0000-0000-0000-000000000000","seq":1,"key":null,"content_preview":"hi","later":"field"}}"#;
+        let raw: RawEvent = serde_json::from_str(line).unwrap();
+        assert!(matches!(
+            raw.into_event().unwrap().unwrap().payload,
+            EventPayload::MessageQueued(_)
+        ));
+    }
+
+    #[test]
+    fn every_type_name_is_distinct() {
+        let mut names = EventPayload::TYPE_NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EventPayload::TYPE_NAMES.len());
+    }
+}

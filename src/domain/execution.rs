@@ -1,0 +1,121 @@
+//! An execution: one run of the agent loop for one user message
+//! (`<session>/executions/<id>.json`).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Usage;
+use crate::error::exit;
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Stopped,
+}
+
+impl ExecStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExecStatus::Pending | ExecStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecStatus::Pending => "pending",
+            ExecStatus::Running => "running",
+            ExecStatus::Completed => "completed",
+            ExecStatus::Failed => "failed",
+            ExecStatus::Cancelled => "cancelled",
+            ExecStatus::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Completed,
+    StepsLimit,
+    TokenLimit,
+    TimeLimit,
+    Error,
+    UserRequested,
+    ProviderUnavailable,
+    TooManyAttempts,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Completed => "completed",
+            StopReason::StepsLimit => "steps_limit",
+            StopReason::TokenLimit => "token_limit",
+            StopReason::TimeLimit => "time_limit",
+            StopReason::Error => "error",
+            StopReason::UserRequested => "user_requested",
+            StopReason::ProviderUnavailable => "provider_unavailable",
+            StopReason::TooManyAttempts => "too_many_attempts",
+        }
+    }
+}
+
+/// The exit code of a settled execution (ARCHITECTURE.md §7).
+pub fn exit_code(status: ExecStatus, reason: Option<StopReason>) -> u8 {
+    match (status, reason) {
+        (ExecStatus::Completed, _) => exit::COMPLETED,
+        (ExecStatus::Stopped, _) => exit::STOPPED,
+        (ExecStatus::Cancelled, _) => exit::CANCELLED,
+        (ExecStatus::Failed, Some(StopReason::ProviderUnavailable)) => exit::UNAVAILABLE,
+        _ => exit::FAILED,
+    }
+}
+
+/// Which process ran (or runs) an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub pid: u32,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub message: String,
+    /// Where it happened, for example `step 2, tool read_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    #[serde(default = "super::format_version")]
+    pub v: u32,
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub message_id: Uuid,
+    pub message_seq: u64,
+    pub status: ExecStatus,
+    #[serde(default)]
+    pub stop_reason: Option<StopReason>,
+    /// How many times a worker started or resumed this execution.
+    pub attempts: u32,
+    pub steps: u32,
+    #[serde(default)]
+    pub usage: Usage,
+    pub started_at: Timestamp,
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub response: Option<String>,
+    #[serde(default)]
+    pub error: Option<ErrorInfo>,
+    #[serde(default)]
+    pub exit_code: Option<u8>,
+    pub worker: WorkerInfo,
+}

@@ -1,0 +1,39 @@
+//! An inbox entry: one message waiting for a worker, one file in `<session>/inbox/`.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A message for the agent: one execution.
+    User,
+    /// A request to cancel the running execution.
+    Cancel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    pub id: Uuid,
+    /// Order within the session: entries run in ascending `seq`.
+    pub seq: u64,
+    pub kind: EntryKind,
+    pub content: String,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub created_at: Timestamp,
+    /// Executions already attempted for this entry before it was (re-)queued.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl InboxEntry {
+    /// The file name: zero-padded `seq` first, so a sorted listing is the run order.
+    pub fn file_name(&self) -> String {
+        format!("{:012}-{}.json", self.seq, self.id)
+    }
+}

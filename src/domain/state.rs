@@ -1,0 +1,50 @@
+//! `state.json`: the agent's state between steps. Small on purpose: the history itself
+//! lives in the transcript, and the state says how much of it is settled.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Usage;
+use crate::time::Timestamp;
+
+/// How much of `transcript.ndjson` belongs to settled steps. Lines past this point were
+/// written by a step that never finished and are cut off before the next append.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptMark {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+/// The execution in progress, so a later worker can resume it after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentExecution {
+    pub execution_id: Uuid,
+    pub message_id: Uuid,
+    /// Steps settled so far; a resumed execution continues with the next one.
+    pub steps: u32,
+    pub usage: Usage,
+    pub started_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    #[serde(default = "super::format_version")]
+    pub v: u32,
+    pub transcript: TranscriptMark,
+    /// Model calls made in this session so far; the scripted provider's cursor.
+    #[serde(default)]
+    pub model_calls: u64,
+    #[serde(default)]
+    pub current: Option<CurrentExecution>,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState {
+            v: super::FORMAT_VERSION,
+            transcript: TranscriptMark::default(),
+            model_calls: 0,
+            current: None,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The errors a user can see, and the exit code each one maps to.
+//!
+//! Most code returns `anyhow::Result` with context naming the path or id involved.
+//! Where the exit code must differ from the generic failure (1), the root cause is a
+//! [`UserError`] carrying its [`ExitKind`]; `main` finds it in the chain and exits with
+//! its code. This is the only place exit codes for errors are decided.
+
+use std::fmt;
+
+/// Exit codes of the CLI contract (ARCHITECTURE.md §7).
+pub mod exit {
+    pub const COMPLETED: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const STOPPED: u8 = 3;
+    pub const UNAVAILABLE: u8 = 75;
+    pub const CANCELLED: u8 = 130;
+}
+
+/// Which exit code an error ends the process with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Bad arguments or input, unknown agent or session, invalid definition: exit 2.
+    Usage,
+    /// Something outside agentq is temporarily unavailable: exit 75.
+    Unavailable,
+    /// Anything else that went wrong: exit 1.
+    Failed,
+}
+
+impl ExitKind {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitKind::Usage => exit::USAGE,
+            ExitKind::Unavailable => exit::UNAVAILABLE,
+            ExitKind::Failed => exit::FAILED,
+        }
+    }
+}
+
+/// An error whose message is written for the user: what is wrong and, where it helps,
+/// what to do about it, in one line.
+#[derive(Debug)]
+pub struct UserError {
+    pub kind: ExitKind,
+    pub message: String,
+}
+
+impl UserError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        UserError {
+            kind: ExitKind::Usage,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        UserError {
+            kind: ExitKind::Unavailable,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Returns early with a usage error (exit 2), formatted like `format!`.
+#[macro_export]
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err($crate::error::UserError::usage(format!($($arg)*)).into())
+    };
+}
+
+/// The exit code for an error chain: the first [`UserError`] decides, else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<UserError>())
+        .map_or(exit::FAILED, |e| e.kind.code())
+}
+
+/// True when the error is a closed pipe on output, which ends a command successfully
+/// (`agentq watch ID --json | head -1`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Renders an error chain as one line: `outer: inner: root`.
+pub fn render(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        let text = cause.to_string();
+        // anyhow contexts often repeat their source's text; skip exact repeats.
+        if i > 0 && line.ends_with(&text) {
+            continue;
+        }
+        if i > 0 {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn the_first_user_error_in_the_chain_decides_the_code() {
+        let err =
+            anyhow::Error::new(UserError::unavailable("provider down")).context("running step 2");
+        assert_eq!(exit_code(&err), 75);
+        assert_eq!(render(&err), "running step 2: provider down");
+    }
+
+    #[test]
+    fn other_errors_exit_1() {
+        let err: anyhow::Error = Err::<(), _>(std::io::Error::other("disk"))
+            .context("writing state.json")
+            .unwrap_err();
+        assert_eq!(exit_code(&err), 1);
+        assert!(!is_broken_pipe(&err));
+    }
+}

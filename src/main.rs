@@ -1,0 +1,54 @@
+//! The `agentq` binary: parse the command line, run one command, and turn its result
+//! into an exit code. Errors are rendered here and nowhere else.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use agentq::cli::{Cli, ColorChoice, Command};
+use agentq::commands::{self, Context};
+use agentq::error;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = Context::new(cli.home.clone(), cli.color)
+        .and_then(|ctx| commands::dispatch(&ctx, cli.command));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("agentq: {}", agentq::render::sanitize(&error::render(&err)));
+            ExitCode::from(error::exit_code(&err))
+        }
+    }
+}
+
+/// Logs go to stderr through `tracing`: the worker reports claims and finishes at
+/// `info`, other commands only warnings unless asked with `-v`.
+fn init_logging(cli: &Cli) {
+    let base = match cli.command {
+        Command::Worker(_) => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    };
+    let level = match cli.verbose {
+        0 => base,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let ansi = match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stderr().is_terminal()
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
+}

@@ -1,0 +1,89 @@
+//! Following a session's event log as it grows: tails by byte offset, woken early by
+//! file-system notifications, with a short poll as the baseline where they are missing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+
+use super::SessionDir;
+use super::events::{LogReader, parse_line};
+use crate::domain::event::RawEvent;
+
+/// How often the log is checked when no notification arrives.
+const POLL: Duration = Duration::from_millis(200);
+
+pub struct Follower {
+    path: PathBuf,
+    reader: LogReader,
+    wake: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// One line read from the log: the raw text (for `--json`) and the parsed envelope,
+/// absent for a line that is not an event (skipped by renderers).
+pub struct Line {
+    pub raw: Vec<u8>,
+    pub event: Option<RawEvent>,
+}
+
+impl Follower {
+    /// Starts following at byte `offset` of the session's log.
+    pub fn open(dir: &SessionDir, offset: u64) -> Result<Follower> {
+        let path = dir.events_path();
+        let reader = LogReader::open_at(&path, offset)?;
+        let (tx, wake) = mpsc::unbounded_channel();
+        let watcher = watch(&dir.path, tx);
+        Ok(Follower {
+            path,
+            reader,
+            wake,
+            _watcher: watcher,
+        })
+    }
+
+    /// Lines appended since the last call, without waiting.
+    pub fn read(&mut self) -> Result<Vec<Line>> {
+        let lines = self.reader.read_lines()?;
+        Ok(lines
+            .into_iter()
+            .map(|raw| {
+                let event = parse_line(&raw);
+                Line { raw, event }
+            })
+            .collect())
+    }
+
+    /// Waits until the log may have grown (a notification, or the poll interval).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.wake.recv() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+        // Several notifications for one write are common; one read handles them all.
+        while self.wake.try_recv().is_ok() {}
+    }
+
+    /// False once the session (and so its log) was removed.
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+}
+
+fn watch(
+    dir: &std::path::Path,
+    wake: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = wake.send(());
+        }
+    })
+    .ok()?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .ok()?;
+    Some(watcher)
+}

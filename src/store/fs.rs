@@ -1,0 +1,284 @@
+//! The two ways agentq writes a file (ARCHITECTURE.md §1), and reading them back.
+//!
+//! - Replace: a unique temp file in the same directory, fsync, rename over the target,
+//!   fsync the directory. Readers see the old file or the new one, never a mix.
+//! - Append: one `write` of one whole line under an exclusive lock of the file. A line
+//!   left unterminated by a crashed writer is cut off by the next writer, and readers
+//!   skip it until then.
+//!
+//! Session files are created 0600 and directories 0700.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a file could not be read as what it should be. Callers branch on this: a missing
+/// session is a usage error, a corrupt one is moved aside by recovery.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{} does not exist", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{} is corrupt: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Reads and parses a JSON file. An empty or unparsable file is `Corrupt`, never a default.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
+    let bytes = fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => ReadError::NotFound {
+            path: path.to_owned(),
+        },
+        _ => ReadError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ReadError::Corrupt {
+        path: path.to_owned(),
+        reason: if bytes.is_empty() {
+            "the file is empty".to_owned()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+/// Serialises `value` and replaces `path` with it durably.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    replace(path, &bytes)
+}
+
+/// Replaces `path` with `bytes`: temp file, fsync, rename, fsync directory.
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent(path)?;
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = create_private(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless (readers ignore dot files) but untidy.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| with_path(e, path))
+}
+
+/// Creates a new file (failing if it exists) readable only by the owner.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// A temp name beside `path`, unique across processes and threads. Dot-prefixed, so
+/// directory listings of entries skip it.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates a directory (and its parents) with mode 0700.
+pub fn create_dir_private(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| with_path(e, path))
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))
+}
+
+/// Adds the path to an I/O error's message, keeping its kind.
+pub fn with_path(err: io::Error, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+}
+
+/// Opens an NDJSON file for appending, creating it 0600.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| with_path(e, path))
+}
+
+/// Cuts off an unterminated last line left by a writer that crashed mid-write.
+/// Call with the file's lock held. Returns the file's length afterwards.
+pub fn repair_torn_tail(file: &mut File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len == 0 || last_byte(file, len)? == b'\n' {
+        return Ok(len);
+    }
+    let cut = match find_last_newline(file, len)? {
+        Some(pos) => pos + 1,
+        None => 0,
+    };
+    file.set_len(cut)?;
+    Ok(cut)
+}
+
+fn last_byte(file: &mut File, len: u64) -> io::Result<u8> {
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut byte)?;
+    Ok(byte[0])
+}
+
+/// The offset of the last `\n` before `end`, reading backwards in blocks.
+pub fn find_last_newline(file: &mut File, end: u64) -> io::Result<Option<u64>> {
+    const BLOCK: u64 = 16 * 1024;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut hi = end;
+    while hi > 0 {
+        let lo = hi.saturating_sub(BLOCK);
+        let chunk = &mut buf[..(hi - lo) as usize];
+        file.seek(SeekFrom::Start(lo))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(lo + i as u64));
+        }
+        hi = lo;
+    }
+    Ok(None)
+}
+
+/// The last complete line before `end` (which must sit just after a `\n`), without
+/// its terminator; `None` for an empty file.
+pub fn last_line(file: &mut File, end: u64) -> io::Result<Option<Vec<u8>>> {
+    if end == 0 {
+        return Ok(None);
+    }
+    let start = match find_last_newline(file, end - 1)? {
+        Some(pos) => pos + 1,
+        None => 0,
+    };
+    let mut line = vec![0u8; (end - 1 - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut line)?;
+    Ok(Some(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_writes_the_new_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace(&path, b"one").unwrap();
+        replace(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn replaced_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session.json");
+        replace(&path, b"{}").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_failed_replace_keeps_the_old_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace(&path, b"old").unwrap();
+        // Renaming a file over a non-empty directory fails after the temp file is written.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("x"), b"").unwrap();
+        assert!(replace(&blocked, b"new").is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn read_json_tells_missing_from_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session.json");
+        assert!(matches!(
+            read_json::<serde_json::Value>(&path),
+            Err(ReadError::NotFound { .. })
+        ));
+        fs::write(&path, b"").unwrap();
+        let err = read_json::<serde_json::Value>(&path).unwrap_err();
+        assert!(err.to_string().contains("the file is empty"), "{err}");
+        fs::write(&path, b"{\"a\":").unwrap();
+        assert!(matches!(
+            read_json::<serde_json::Value>(&path),
+            Err(ReadError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        fs::write(&path, b"{\"seq\":1}\n{\"seq\":2}\n{\"se").unwrap();
+        let mut file = open_append(&path).unwrap();
+        assert_eq!(repair_torn_tail(&mut file).unwrap(), 20);
+        assert_eq!(fs::read(&path).unwrap(), b"{\"seq\":1}\n{\"seq\":2}\n");
+        assert_eq!(last_line(&mut file, 20).unwrap().unwrap(), b"{\"seq\":2}");
+
+        fs::write(&path, b"torn without any newline").unwrap();
+        let mut file = open_append(&path).unwrap();
+        assert_eq!(repair_torn_tail(&mut file).unwrap(), 0);
+        assert_eq!(last_line(&mut file, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn the_last_line_is_found_across_read_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.ndjson");
+        let long = "x".repeat(40_000);
+        fs::write(&path, format!("first\n{long}\n")).unwrap();
+        let mut file = open_append(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        assert_eq!(last_line(&mut file, len).unwrap().unwrap(), long.as_bytes());
+    }
+}

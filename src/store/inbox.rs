@@ -1,0 +1,141 @@
+//! The inbox of a session: one file per pending entry, published by temp file and
+//! rename so a reader never sees half an entry, removed only once settled.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::fs::{self, ReadError};
+use crate::domain::inbox::InboxEntry;
+
+/// An entry as found in the inbox.
+#[derive(Debug, Clone)]
+pub struct InboxFile {
+    pub path: PathBuf,
+    pub entry: InboxEntry,
+}
+
+/// What a listing found: entries in run order, and files that could not be read.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<InboxFile>,
+    pub unreadable: Vec<ReadError>,
+}
+
+/// Writes an entry durably: temp file, fsync, rename, fsync the directory.
+pub fn publish(inbox: &Path, entry: &InboxEntry) -> io::Result<PathBuf> {
+    let path = inbox.join(entry.file_name());
+    fs::write_json(&path, entry)?;
+    Ok(path)
+}
+
+/// Names of entry files in run order (temp files, which start with a dot, excluded).
+pub fn entry_names(inbox: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(inbox) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fs::with_path(e, inbox)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if let Some(name) = entry.file_name().to_str()
+            && !name.starts_with('.')
+            && name.ends_with(".json")
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Reads every entry, in run order.
+pub fn list(inbox: &Path) -> io::Result<Listing> {
+    let mut listing = Listing::default();
+    for name in entry_names(inbox)? {
+        let path = inbox.join(&name);
+        match fs::read_json::<InboxEntry>(&path) {
+            Ok(entry) => listing.entries.push(InboxFile { path, entry }),
+            // Settled and removed between the listing and the read.
+            Err(ReadError::NotFound { .. }) => {}
+            Err(err) => listing.unreadable.push(err),
+        }
+    }
+    Ok(listing)
+}
+
+/// The highest `seq` among the entry names, read from the zero-padded prefix.
+pub fn highest_seq(inbox: &Path) -> io::Result<u64> {
+    Ok(entry_names(inbox)?
+        .iter()
+        .filter_map(|name| name.split('-').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0))
+}
+
+/// Removes a settled entry durably.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(fs::with_path(e, path)),
+    }
+    match path.parent() {
+        Some(dir) => fs::sync_dir(dir).map_err(|e| fs::with_path(e, dir)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::inbox::EntryKind;
+    use crate::time::Timestamp;
+    use uuid::Uuid;
+
+    fn entry(seq: u64) -> InboxEntry {
+        InboxEntry {
+            id: Uuid::now_v7(),
+            seq,
+            kind: EntryKind::User,
+            content: format!("message {seq}"),
+            metadata: Default::default(),
+            key: None,
+            created_at: Timestamp(0),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn entries_list_in_seq_order_and_temp_files_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [10, 2, 1] {
+            publish(dir.path(), &entry(seq)).unwrap();
+        }
+        std::fs::write(dir.path().join(".000000000099-x.json.tmp-1-0"), b"{").unwrap();
+        let listing = list(dir.path()).unwrap();
+        let seqs: Vec<u64> = listing.entries.iter().map(|f| f.entry.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 10]);
+        assert!(listing.unreadable.is_empty());
+        assert_eq!(highest_seq(dir.path()).unwrap(), 10);
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_reported_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        publish(dir.path(), &entry(1)).unwrap();
+        std::fs::write(dir.path().join("000000000002-bad.json"), b"not json").unwrap();
+        let listing = list(dir.path()).unwrap();
+        assert_eq!(listing.entries.len(), 1);
+        assert_eq!(listing.unreadable.len(), 1);
+    }
+
+    #[test]
+    fn removing_a_missing_entry_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = publish(dir.path(), &entry(1)).unwrap();
+        remove(&path).unwrap();
+        remove(&path).unwrap();
+        assert!(entry_names(dir.path()).unwrap().is_empty());
+    }
+}

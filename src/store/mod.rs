@@ -1,0 +1,265 @@
+//! The file store: everything agentq keeps, as files under one home directory
+//! (ARCHITECTURE.md §1).
+//!
+//! [`Store`] knows the layout of the home; [`SessionDir`] the layout of one session.
+//! Other modules never build a path under `sessions/` themselves, and a session id only
+//! becomes a path after [`Store::resolve`] matched it against the directory listing.
+
+pub mod events;
+pub mod follow;
+pub mod fs;
+pub mod inbox;
+pub mod session;
+pub mod transcript;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use crate::domain::execution::Execution;
+use crate::domain::session::SessionMeta;
+use crate::domain::state::AgentState;
+use crate::error::UserError;
+use crate::ids::{IdGen, IdQuery};
+use crate::time::Clock;
+use events::EventLog;
+use fs::ReadError;
+
+/// The home directory and the services every store operation needs.
+#[derive(Clone)]
+pub struct Store {
+    home: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdGen>,
+}
+
+impl Store {
+    pub fn new(home: PathBuf, clock: Arc<dyn Clock>, ids: Arc<dyn IdGen>) -> Store {
+        Store { home, clock, ids }
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn agents_dir(&self) -> PathBuf {
+        self.home.join("agents")
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.home.join("sessions")
+    }
+
+    /// `sessions/.ready/`: one empty marker per session with pending inbox entries.
+    pub fn ready_dir(&self) -> PathBuf {
+        self.sessions_dir().join(".ready")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.home.join("agentq.toml")
+    }
+
+    /// The directory of a session known to exist (from a listing or a marker).
+    pub fn session(&self, id: Uuid) -> SessionDir {
+        SessionDir {
+            id,
+            path: self.sessions_dir().join(id.to_string()),
+        }
+    }
+
+    /// Every session id in the home, oldest first. Entries that are not ids are ignored.
+    pub fn session_ids(&self) -> io::Result<Vec<Uuid>> {
+        let mut ids = uuid_entries(&self.sessions_dir())?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Sessions with a `.ready` marker.
+    pub fn ready_ids(&self) -> io::Result<Vec<Uuid>> {
+        uuid_entries(&self.ready_dir())
+    }
+
+    /// Finds the one session a whole id or unique prefix names.
+    pub fn resolve(&self, input: &str) -> anyhow::Result<SessionDir> {
+        let query = IdQuery::parse(input)?;
+        let sessions = self.sessions_dir();
+        if let IdQuery::Full(id) = query {
+            let dir = self.session(id);
+            if dir.path.is_dir() {
+                return Ok(dir);
+            }
+            return Err(
+                UserError::usage(format!("no session {id} in {}", sessions.display())).into(),
+            );
+        }
+        let matches: Vec<Uuid> = self
+            .session_ids()
+            .with_context(|| format!("listing {}", sessions.display()))?
+            .into_iter()
+            .filter(|id| query.matches(id))
+            .collect();
+        match matches.as_slice() {
+            [id] => Ok(self.session(*id)),
+            [] => Err(UserError::usage(format!(
+                "no session id starts with `{input}` in {}",
+                sessions.display()
+            ))
+            .into()),
+            many => Err(UserError::usage(format!(
+                "`{input}` matches {} sessions ({}); give more of the id",
+                many.len(),
+                many.iter()
+                    .take(3)
+                    .map(Uuid::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into()),
+        }
+    }
+
+    /// Marks a session as having pending entries. Not fsynced: the marker only speeds up
+    /// discovery, and the worker's full scan finds the entries without it.
+    pub fn mark_ready(&self, id: Uuid) -> io::Result<()> {
+        let dir = self.ready_dir();
+        let path = dir.join(id.to_string());
+        match fs::create_private(&path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_private(&dir)?;
+                fs::create_private(&path).map(drop).or_else(ignore_exists)
+            }
+            Err(e) => Err(fs::with_path(e, &path)),
+        }
+    }
+
+    pub fn clear_ready(&self, id: Uuid) -> io::Result<()> {
+        let path = self.ready_dir().join(id.to_string());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs::with_path(e, &path)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn ignore_exists(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Names in `dir` that are UUIDs; a missing directory has none.
+fn uuid_entries(dir: &Path) -> io::Result<Vec<Uuid>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fs::with_path(e, dir)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        // Only the canonical form: a directory named in upper case, or without hyphens,
+        // would not be found again under the id's canonical name.
+        if let Some(name) = name.to_str()
+            && let Ok(id) = Uuid::try_parse(name)
+            && id.hyphenated().to_string() == name
+        {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// The files of one session.
+#[derive(Debug, Clone)]
+pub struct SessionDir {
+    pub id: Uuid,
+    pub path: PathBuf,
+}
+
+impl SessionDir {
+    pub fn meta_path(&self) -> PathBuf {
+        self.path.join("session.json")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn transcript_path(&self) -> PathBuf {
+        self.path.join("transcript.ndjson")
+    }
+    pub fn events_path(&self) -> PathBuf {
+        self.path.join("events.ndjson")
+    }
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.path.join("inbox")
+    }
+    pub fn executions_dir(&self) -> PathBuf {
+        self.path.join("executions")
+    }
+    /// `keys/<hex of key>`: idempotency keys of `send --key`, each holding a message id.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.path.join("keys")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+    pub fn execution_path(&self, id: Uuid) -> PathBuf {
+        self.executions_dir().join(format!("{id}.json"))
+    }
+
+    pub fn read_meta(&self) -> Result<SessionMeta, ReadError> {
+        fs::read_json(&self.meta_path())
+    }
+
+    pub fn read_state(&self) -> Result<AgentState, ReadError> {
+        fs::read_json(&self.state_path())
+    }
+
+    pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
+        fs::write_json(&self.state_path(), state)
+    }
+
+    pub fn read_execution(&self, id: Uuid) -> Result<Execution, ReadError> {
+        fs::read_json(&self.execution_path(id))
+    }
+
+    pub fn write_execution(&self, execution: &Execution) -> io::Result<()> {
+        fs::write_json(&self.execution_path(execution.id), execution)
+    }
+
+    pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
+        EventLog::open(&self.events_path(), self.id, clock)
+    }
+
+    /// Every execution record, oldest first (ids are time-ordered).
+    pub fn execution_ids(&self) -> io::Result<Vec<Uuid>> {
+        let dir = self.executions_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(fs::with_path(e, &dir)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uuid::try_parse(n).ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}

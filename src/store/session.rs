@@ -1,0 +1,322 @@
+//! Operations on a whole session: creating it, changing `session.json` under the
+//! session's write lock, queueing inbox entries, the owner lock, removal.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+
+use anyhow::{Context, Result};
+use uuid::Uuid;
+
+use super::fs::{self, ReadError};
+use super::{SessionDir, Store, inbox};
+use crate::domain::event::{
+    CancelRequested, EventPayload, MessageQueued, SessionCreated, SessionStatusChanged,
+};
+use crate::domain::execution::WorkerInfo;
+use crate::domain::inbox::{EntryKind, InboxEntry};
+use crate::domain::session::{Counters, EventsPreset, SessionMeta, SessionStatus};
+use crate::domain::state::AgentState;
+use crate::domain::{FORMAT_VERSION, Usage};
+use crate::error::UserError;
+
+/// What `session new` asks for.
+pub struct NewSession {
+    pub agent: String,
+    pub title: Option<String>,
+    pub config: BTreeMap<String, serde_json::Value>,
+    pub events: EventsPreset,
+    pub agent_hash: String,
+}
+
+impl Store {
+    /// Creates a session. It is assembled in a dot-named staging directory and renamed
+    /// into place, so a crash never leaves a half-made session that looks real.
+    pub fn create_session(&self, new: NewSession) -> Result<SessionMeta> {
+        let id = self.ids.new_id();
+        let sessions = self.sessions_dir();
+        fs::create_dir_private(&sessions)?;
+        fs::create_dir_private(&self.ready_dir())?;
+        let staging = SessionDir {
+            id,
+            path: sessions.join(format!(".new-{id}")),
+        };
+        let now = self.clock.now();
+        let meta = SessionMeta {
+            v: FORMAT_VERSION,
+            id,
+            agent: new.agent,
+            title: new.title,
+            status: SessionStatus::Active,
+            events: new.events,
+            config: new.config,
+            agent_hash: new.agent_hash,
+            created_at: now,
+            updated_at: now,
+            counters: Counters::default(),
+            usage: Usage::default(),
+            last_message_seq: 0,
+            last_execution: None,
+        };
+        let build = || -> Result<()> {
+            for dir in [
+                staging.path.clone(),
+                staging.inbox_dir(),
+                staging.executions_dir(),
+                staging.workspace_dir(),
+            ] {
+                fs::create_dir_private(&dir)?;
+            }
+            fs::write_json(&staging.meta_path(), &meta)?;
+            staging.write_state(&AgentState::default())?;
+            let created = SessionCreated {
+                agent: meta.agent.clone(),
+                title: meta.title.clone(),
+                config: meta.config.clone().into_iter().collect(),
+                events: meta.events,
+                agent_hash: Some(meta.agent_hash.clone()),
+            };
+            let mut log = staging.open_events(self.clock.clone())?;
+            log.append(None, EventPayload::SessionCreated(created))?;
+            std::fs::rename(&staging.path, self.session(id).path)?;
+            fs::sync_dir(&sessions)?;
+            Ok(())
+        };
+        if let Err(err) = build() {
+            let _ = std::fs::remove_dir_all(&staging.path);
+            return Err(err).with_context(|| format!("creating session in {}", sessions.display()));
+        }
+        Ok(meta)
+    }
+
+    /// Queues an entry in a session's inbox (`send`, `cancel`).
+    pub fn enqueue(&self, dir: &SessionDir, new: NewEntry) -> Result<Enqueued> {
+        let mut log = dir.open_events(self.clock.clone())?;
+        let mut locked = log.lock()?;
+        let mut meta = read_meta(dir)?;
+        if new.kind == EntryKind::User && meta.status == SessionStatus::Closed {
+            return Err(UserError::usage(format!(
+                "session {} is closed and takes no new messages; start another with `agentq session new --agent {}`",
+                dir.id, meta.agent
+            ))
+            .into());
+        }
+        let key_path = new
+            .key
+            .as_deref()
+            .map(|key| dir.keys_dir().join(hex(key.as_bytes())));
+        if let Some(path) = &key_path
+            && let Some(first) = read_key(path)?
+        {
+            return Ok(Enqueued {
+                id: first,
+                seq: None,
+                duplicate: true,
+            });
+        }
+        let seq = meta
+            .last_message_seq
+            .max(inbox::highest_seq(&dir.inbox_dir())?)
+            + 1;
+        let entry = InboxEntry {
+            id: self.ids.new_id(),
+            seq,
+            kind: new.kind,
+            content: new.content,
+            metadata: new.metadata,
+            key: new.key,
+            created_at: self.clock.now(),
+            attempts: 0,
+        };
+        inbox::publish(&dir.inbox_dir(), &entry)
+            .with_context(|| format!("writing to the inbox of session {}", dir.id))?;
+        if let Some(path) = &key_path {
+            fs::create_dir_private(&dir.keys_dir())?;
+            fs::replace(path, entry.id.to_string().as_bytes())?;
+        }
+        self.mark_ready(dir.id)?;
+        meta.last_message_seq = seq;
+        meta.updated_at = entry.created_at;
+        if entry.kind == EntryKind::User {
+            meta.counters.messages += 1;
+        }
+        fs::write_json(&dir.meta_path(), &meta)?;
+        let payload = match entry.kind {
+            EntryKind::User => EventPayload::MessageQueued(MessageQueued {
+                message_id: entry.id,
+                seq,
+                key: entry.key.clone(),
+                content_preview: preview(&entry.content, 100),
+            }),
+            EntryKind::Cancel => EventPayload::CancelRequested(CancelRequested {
+                message_id: entry.id,
+            }),
+        };
+        locked.append(None, payload)?;
+        Ok(Enqueued {
+            id: entry.id,
+            seq: Some(seq),
+            duplicate: false,
+        })
+    }
+
+    /// Moves a session to another status, recording the change as an event. Moving to
+    /// the status it already has changes nothing and records nothing.
+    pub fn set_status(&self, dir: &SessionDir, to: SessionStatus) -> Result<SessionStatus> {
+        let mut log = dir.open_events(self.clock.clone())?;
+        let mut locked = log.lock()?;
+        let mut meta = read_meta(dir)?;
+        let from = meta.status;
+        if from == to {
+            return Ok(from);
+        }
+        if from == SessionStatus::Closed {
+            return Err(UserError::usage(format!(
+                "session {} is closed; a closed session cannot be {}",
+                dir.id,
+                match to {
+                    SessionStatus::Active => "resumed",
+                    _ => "paused",
+                }
+            ))
+            .into());
+        }
+        meta.status = to;
+        meta.updated_at = self.clock.now();
+        fs::write_json(&dir.meta_path(), &meta)?;
+        locked.append(
+            None,
+            EventPayload::SessionStatus(SessionStatusChanged {
+                status: to,
+                previous_status: from,
+            }),
+        )?;
+        Ok(from)
+    }
+
+    /// Removes a session and everything in it. Refused while a worker owns it.
+    pub fn remove_session(&self, dir: &SessionDir) -> Result<()> {
+        let Some(_owner) = dir.try_lock_owner(None)? else {
+            return Err(UserError::usage(format!(
+                "session {} is being worked on; cancel it with `agentq cancel {}` or wait, then remove it",
+                dir.id, dir.id
+            ))
+            .into());
+        };
+        // Renamed away first so that a crash midway never leaves a half-deleted session
+        // under its id; a dot name is invisible to listings.
+        let trash = self
+            .sessions_dir()
+            .join(format!(".trash-{}-{}", dir.id, std::process::id()));
+        std::fs::rename(&dir.path, &trash)
+            .with_context(|| format!("removing {}", dir.path.display()))?;
+        fs::sync_dir(&self.sessions_dir())?;
+        self.clear_ready(dir.id)?;
+        std::fs::remove_dir_all(&trash).with_context(|| format!("removing {}", trash.display()))?;
+        Ok(())
+    }
+}
+
+/// Reads `session.json`, turning a missing file into a clear error.
+pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
+    match dir.read_meta() {
+        Ok(meta) => Ok(meta),
+        Err(ReadError::NotFound { .. }) => Err(UserError::usage(format!(
+            "session {} has no session.json; it was removed or never finished being created",
+            dir.id
+        ))
+        .into()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// An entry to queue.
+pub struct NewEntry {
+    pub kind: EntryKind,
+    pub content: String,
+    pub key: Option<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The outcome of [`Store::enqueue`].
+#[derive(Debug, Clone, Copy)]
+pub struct Enqueued {
+    pub id: Uuid,
+    /// `None` when the key matched an earlier message and nothing was queued.
+    pub seq: Option<u64>,
+    pub duplicate: bool,
+}
+
+fn read_key(path: &std::path::Path) -> Result<Option<Uuid>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Uuid::try_parse(text.trim())
+            .map(Some)
+            .with_context(|| format!("{} does not hold a message id", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first `max` characters of a text on one line, with an ellipsis if cut.
+pub fn preview(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// The advisory lock a worker holds while it owns a session. Released when dropped
+/// (closing the file releases the lock, even when the process is killed).
+pub struct OwnerLock {
+    _file: File,
+}
+
+impl SessionDir {
+    /// Takes the owner lock without waiting; `None` if another process holds it.
+    /// The lock file is never deleted: two processes locking two different inodes of
+    /// the same name would both think they own the session.
+    pub fn try_lock_owner(&self, worker: Option<&WorkerInfo>) -> Result<Option<OwnerLock>> {
+        let path = self.lock_path();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        if let Some(worker) = worker {
+            // Who owns it, for `agentq status`; informative only, so not fsynced.
+            let line = serde_json::json!({"pid": worker.pid, "host": worker.host});
+            file.set_len(0)?;
+            writeln!(file, "{line}")?;
+        }
+        Ok(Some(OwnerLock { _file: file }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_are_one_line_and_bounded() {
+        assert_eq!(preview("hello\n  world", 100), "hello world");
+        assert_eq!(preview("abcdef", 4), "abc…");
+    }
+}

@@ -1,0 +1,120 @@
+//! `transcript.ndjson`: appended once per settled step, fsynced before `state.json`
+//! points past the new lines, and read back up to that point only.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use super::fs::{open_append, with_path};
+use crate::domain::state::TranscriptMark;
+use crate::domain::transcript::TranscriptLine;
+
+/// Appends lines after `mark`, cutting off anything a crashed step left past it, and
+/// returns the new mark. The caller records the mark in `state.json` afterwards.
+pub fn append(
+    path: &Path,
+    mark: TranscriptMark,
+    lines: &[TranscriptLine],
+) -> io::Result<TranscriptMark> {
+    let mut file = open_append(path)?;
+    file.lock().map_err(|e| with_path(e, path))?;
+    let result = (|| {
+        if file.metadata()?.len() != mark.bytes {
+            file.set_len(mark.bytes)?;
+        }
+        let mut buf = Vec::new();
+        for line in lines {
+            serde_json::to_writer(&mut buf, line).map_err(io::Error::other)?;
+            buf.push(b'\n');
+        }
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        Ok(TranscriptMark {
+            lines: mark.lines + lines.len() as u64,
+            bytes: mark.bytes + buf.len() as u64,
+        })
+    })();
+    let _ = file.unlock();
+    result.map_err(|e| with_path(e, path))
+}
+
+/// Reads the settled lines (up to `mark`). A missing file is an empty transcript.
+pub fn read(path: &Path, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && mark.bytes == 0 => return Ok(Vec::new()),
+        Err(e) => return Err(with_path(e, path)),
+    };
+    let reader = BufReader::new(file.take(mark.bytes));
+    let mut lines = Vec::with_capacity(mark.lines as usize);
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| with_path(e, path))?;
+        let parsed = serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} line {}: {e}", path.display(), n + 1),
+            )
+        })?;
+        lines.push(parsed);
+    }
+    if (lines.len() as u64) < mark.lines {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} has {} settled lines, state.json expects {}",
+                path.display(),
+                lines.len(),
+                mark.lines
+            ),
+        ));
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::transcript::Message;
+    use crate::time::Timestamp;
+
+    fn user(text: &str) -> TranscriptLine {
+        TranscriptLine {
+            message: Message::User {
+                content: text.into(),
+            },
+            message_id: None,
+            execution_id: None,
+            step: None,
+            timestamp: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn lines_past_the_mark_are_cut_off_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("transcript.ndjson");
+        let mark = append(&path, TranscriptMark::default(), &[user("one")]).unwrap();
+        // A step that crashed after writing but before its checkpoint:
+        append(&path, mark, &[user("lost")]).unwrap();
+        let mark2 = append(&path, mark, &[user("two")]).unwrap();
+        let lines = read(&path, mark2).unwrap();
+        let texts: Vec<_> = lines
+            .iter()
+            .map(|l| match &l.message {
+                Message::User { content } => content.as_str(),
+                _ => "",
+            })
+            .collect();
+        assert_eq!(texts, vec!["one", "two"]);
+        assert_eq!(mark2.lines, 2);
+    }
+
+    #[test]
+    fn reading_stops_at_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("transcript.ndjson");
+        let mark = append(&path, TranscriptMark::default(), &[user("one")]).unwrap();
+        append(&path, mark, &[user("unsettled")]).unwrap();
+        assert_eq!(read(&path, mark).unwrap().len(), 1);
+    }
+}

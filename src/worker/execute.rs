@@ -1,0 +1,427 @@
+//! Running one inbox message to a settled execution, as the session's owner.
+//!
+//! The order of writes is what makes a crash at any point recoverable:
+//! 1. the execution record (`running`) and, for a new execution, the user message in
+//!    the transcript with `state.current` naming the execution;
+//! 2. one checkpoint per settled step (transcript lines, then `state.json`);
+//! 3. the record settled (the commit point), then the session totals and the final
+//!    events, each skipped if a previous attempt already wrote them;
+//! 4. the inbox entry removed last. `state.current` keeps naming the message until the
+//!    next execution replaces it, so a settled message is never run again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::Shutdown;
+use crate::agent::{self, LoopEnd, Outcome, Sink, Stop};
+use crate::definition;
+use crate::domain::event::{
+    AgentStatus, AgentStatusChanged, EventPayload, ExecutionFinished, ExecutionStarted,
+    FinishedUsage,
+};
+use crate::domain::execution::{self, ErrorInfo, ExecStatus, Execution, StopReason, WorkerInfo};
+use crate::domain::inbox::{EntryKind, InboxEntry};
+use crate::domain::state::{AgentState, CurrentExecution};
+use crate::domain::transcript::{Message, TranscriptLine};
+use crate::domain::{FORMAT_VERSION, Usage};
+use crate::provider;
+use crate::store::events::{EventLog, offset_of_last};
+use crate::store::fs::ReadError;
+use crate::store::inbox::{self, InboxFile};
+use crate::store::session::read_meta;
+use crate::store::{SessionDir, Store, transcript};
+use crate::time::Timestamp;
+use crate::tools::Toolbox;
+
+/// How many times an execution may be started or resumed before it is given up.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// What happened to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    Settled(ExecStatus),
+    /// Left running for a later worker (shutdown).
+    Suspended,
+}
+
+pub struct Owner<'a> {
+    pub store: &'a Store,
+    pub dir: &'a SessionDir,
+    pub log: &'a mut EventLog,
+    pub shutdown: &'a Shutdown,
+    pub worker: &'a WorkerInfo,
+}
+
+impl Owner<'_> {
+    /// Runs (or resumes, or finishes settling) the execution of a user entry.
+    pub async fn handle(&mut self, file: &InboxFile) -> Result<Handled> {
+        let entry = &file.entry;
+        let mut state = self
+            .dir
+            .read_state()
+            .with_context(|| format!("reading the state of session {}", self.dir.id))?;
+        let previous = state
+            .current
+            .clone()
+            .filter(|current| current.message_id == entry.id);
+        let (mut exec, resumed) = match previous {
+            Some(current) => {
+                let mut exec = match self.dir.read_execution(current.execution_id) {
+                    Ok(exec) => exec,
+                    // A crash between naming the execution in the state and writing
+                    // its record: the record is rebuilt from the state.
+                    Err(ReadError::NotFound { .. }) => Execution {
+                        id: current.execution_id,
+                        started_at: current.started_at,
+                        ..self.new_execution(entry)
+                    },
+                    Err(err) => return Err(err.into()),
+                };
+                if exec.status.is_terminal() {
+                    // Settled by a worker that stopped before removing the entry.
+                    info!(session = %self.dir.id, execution = %exec.id, "finishing an execution settled before a crash");
+                    self.finish(&exec, true)?;
+                    inbox::remove(&file.path)?;
+                    return Ok(Handled::Settled(exec.status));
+                }
+                exec.attempts += 1;
+                exec.worker = self.worker.clone();
+                (exec, true)
+            }
+            None => (self.new_execution(entry), false),
+        };
+        if resumed {
+            info!(session = %self.dir.id, execution = %exec.id, attempt = exec.attempts, "resuming");
+        } else {
+            info!(session = %self.dir.id, message_id = %entry.id, execution = %exec.id, "claimed");
+            self.begin(entry, &exec, &mut state)?;
+        }
+        self.dir.write_execution(&exec)?;
+        self.log.append(
+            Some(exec.id),
+            EventPayload::ExecutionStarted(ExecutionStarted {
+                message_id: entry.id,
+                attempt: exec.attempts,
+                worker: self.worker.clone(),
+                resumed,
+            }),
+        )?;
+        if !resumed {
+            self.status_event(exec.id, AgentStatus::Processing, AgentStatus::Idle)?;
+        }
+
+        let outcome = if exec.attempts > MAX_ATTEMPTS {
+            Outcome {
+                status: ExecStatus::Failed,
+                stop_reason: StopReason::TooManyAttempts,
+                response: None,
+                error: Some(ErrorInfo {
+                    message: format!("gave up after {MAX_ATTEMPTS} attempts"),
+                    context: None,
+                }),
+            }
+        } else {
+            match self.run_loop(&exec, &mut state, file).await? {
+                LoopEnd::Settled(outcome) => outcome,
+                LoopEnd::Suspended => {
+                    info!(session = %self.dir.id, execution = %exec.id, "suspended for shutdown; a later worker resumes it");
+                    return Ok(Handled::Suspended);
+                }
+            }
+        };
+        let current = state.current.clone();
+        exec.status = outcome.status;
+        exec.stop_reason = Some(outcome.stop_reason);
+        exec.response = outcome.response;
+        exec.error = outcome.error;
+        if let Some(current) = current {
+            exec.steps = current.steps;
+            exec.usage = current.usage;
+        }
+        let now = self.store.clock.now();
+        exec.finished_at = Some(now);
+        exec.duration_ms = Some(now.millis_since(exec.started_at));
+        exec.exit_code = Some(execution::exit_code(exec.status, exec.stop_reason));
+        // The record is the commit point; the state keeps naming the message (see above).
+        self.dir.write_execution(&exec)?;
+        self.dir.write_state(&state)?;
+        self.finish(&exec, false)?;
+        inbox::remove(&file.path)?;
+        info!(
+            session = %self.dir.id,
+            execution = %exec.id,
+            status = exec.status.as_str(),
+            stop_reason = exec.stop_reason.map_or("", StopReason::as_str),
+            steps = exec.steps,
+            "finished"
+        );
+        Ok(Handled::Settled(exec.status))
+    }
+
+    fn new_execution(&self, entry: &InboxEntry) -> Execution {
+        Execution {
+            v: FORMAT_VERSION,
+            id: self.store.ids.new_id(),
+            session_id: self.dir.id,
+            message_id: entry.id,
+            message_seq: entry.seq,
+            status: ExecStatus::Running,
+            stop_reason: None,
+            attempts: entry.attempts + 1,
+            steps: 0,
+            usage: Usage::default(),
+            started_at: self.store.clock.now(),
+            finished_at: None,
+            duration_ms: None,
+            response: None,
+            error: None,
+            exit_code: None,
+            worker: self.worker.clone(),
+        }
+    }
+
+    /// Puts the user message into the transcript and names the execution in the state:
+    /// from here on, a crash resumes this execution instead of starting another.
+    fn begin(&self, entry: &InboxEntry, exec: &Execution, state: &mut AgentState) -> Result<()> {
+        let line = TranscriptLine {
+            message: Message::User {
+                content: entry.content.clone(),
+            },
+            message_id: Some(entry.id),
+            execution_id: Some(exec.id),
+            step: None,
+            timestamp: exec.started_at,
+        };
+        state.transcript =
+            transcript::append(&self.dir.transcript_path(), state.transcript, &[line])?;
+        state.current = Some(CurrentExecution {
+            execution_id: exec.id,
+            message_id: entry.id,
+            steps: 0,
+            usage: Usage::default(),
+            started_at: exec.started_at,
+        });
+        self.dir.write_state(state)?;
+        Ok(())
+    }
+
+    async fn run_loop(
+        &mut self,
+        exec: &Execution,
+        state: &mut AgentState,
+        file: &InboxFile,
+    ) -> Result<LoopEnd> {
+        let meta = read_meta(self.dir)?;
+        let prepared = definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config)
+            .and_then(|(def, _)| provider::for_agent(&def).map(|p| (def, p)));
+        let (def, provider) = match prepared {
+            Ok(ready) => ready,
+            Err(err) => {
+                warn!(session = %self.dir.id, "cannot run: {err}");
+                return Ok(LoopEnd::Settled(Outcome {
+                    status: ExecStatus::Failed,
+                    stop_reason: StopReason::Error,
+                    response: None,
+                    error: Some(ErrorInfo {
+                        message: err.message,
+                        context: Some(format!("agent {}", meta.agent)),
+                    }),
+                }));
+            }
+        };
+        let workspace = match def.tools.workspace.as_str() {
+            "session" => self.dir.workspace_dir(),
+            path => self.store.home().join(path),
+        };
+        let tools = Toolbox::new(workspace, &def.tools.builtin);
+        let mut history: Vec<Message> =
+            transcript::read(&self.dir.transcript_path(), state.transcript)?
+                .into_iter()
+                .map(|line| line.message)
+                .collect();
+        let run = agent::Run {
+            def: &def,
+            provider: provider.as_ref(),
+            tools: &tools,
+            preset: meta.events,
+            execution_id: exec.id,
+            message_id: exec.message_id,
+            session_usage: meta.usage,
+        };
+        let mut sink = StoreSink {
+            dir: self.dir,
+            log: self.log,
+            execution_id: exec.id,
+            clock: self.store.clock.as_ref(),
+            shutdown: self.shutdown,
+            cancels: CancelWatch::new(self.dir.inbox_dir(), file.entry.seq),
+        };
+        let end = agent::run(&run, &mut history, state, &mut sink).await?;
+        if matches!(&end, LoopEnd::Settled(o) if o.status == ExecStatus::Cancelled) {
+            for path in sink.cancels.seen {
+                inbox::remove(&path)?;
+            }
+        }
+        Ok(end)
+    }
+
+    /// Adds the execution to the session totals and writes the final events, under the
+    /// session lock. When `recovering`, parts an earlier attempt wrote are skipped.
+    fn finish(&mut self, exec: &Execution, recovering: bool) -> Result<()> {
+        let clock = self.store.clock.clone();
+        let mut locked = self.log.lock()?;
+        let mut meta = read_meta(self.dir)?;
+        if meta.last_execution != Some(exec.id) {
+            meta.counters.executions += 1;
+            match exec.status {
+                ExecStatus::Completed => meta.counters.completed += 1,
+                ExecStatus::Failed => meta.counters.failed += 1,
+                ExecStatus::Cancelled => meta.counters.cancelled += 1,
+                ExecStatus::Stopped => meta.counters.stopped += 1,
+                ExecStatus::Pending | ExecStatus::Running => {}
+            }
+            meta.usage.add(exec.usage);
+            meta.last_execution = Some(exec.id);
+            meta.updated_at = clock.now();
+            crate::store::fs::write_json(&self.dir.meta_path(), &meta)?;
+        }
+        if recovering {
+            let written = offset_of_last(&self.dir.events_path(), &["execution.finished"])?
+                .is_some_and(|(_, event)| event.execution_id == Some(exec.id));
+            if written {
+                return Ok(());
+            }
+        }
+        locked.append(
+            Some(exec.id),
+            EventPayload::AgentStatus(AgentStatusChanged {
+                status: exec.status.into(),
+                previous_status: AgentStatus::Processing,
+            }),
+        )?;
+        locked.append(
+            Some(exec.id),
+            EventPayload::ExecutionFinished(ExecutionFinished {
+                status: exec.status,
+                stop_reason: exec.stop_reason,
+                exit_code: execution::exit_code(exec.status, exec.stop_reason),
+                steps: exec.steps,
+                usage: FinishedUsage {
+                    execution: exec.usage,
+                    session: meta.usage,
+                },
+                duration_ms: exec.duration_ms.unwrap_or(0),
+                error: exec.error.as_ref().map(|e| e.message.clone()),
+                message_id: Some(exec.message_id),
+            }),
+        )?;
+        Ok(())
+    }
+
+    fn status_event(
+        &mut self,
+        exec_id: Uuid,
+        status: AgentStatus,
+        previous: AgentStatus,
+    ) -> Result<()> {
+        self.log.append(
+            Some(exec_id),
+            EventPayload::AgentStatus(AgentStatusChanged {
+                status,
+                previous_status: previous,
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// The agent loop's sink, backed by the session's files.
+struct StoreSink<'a> {
+    dir: &'a SessionDir,
+    log: &'a mut EventLog,
+    execution_id: Uuid,
+    clock: &'a dyn crate::time::Clock,
+    shutdown: &'a Shutdown,
+    cancels: CancelWatch,
+}
+
+impl Sink for StoreSink<'_> {
+    fn emit(&mut self, payload: EventPayload) -> Result<()> {
+        self.log.append(Some(self.execution_id), payload)?;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
+        state.transcript =
+            transcript::append(&self.dir.transcript_path(), state.transcript, &lines)?;
+        self.dir.write_state(state)?;
+        Ok(())
+    }
+
+    fn stop_requested(&mut self) -> Option<Stop> {
+        if self.cancels.requested() {
+            Some(Stop::Cancel)
+        } else if self.shutdown.is_requested() {
+            Some(Stop::Shutdown)
+        } else {
+            None
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
+
+/// Notices `cancel` entries queued after the running message. The inbox is listed at
+/// most every 50 ms, and only entries not seen before are read.
+struct CancelWatch {
+    inbox: std::path::PathBuf,
+    after_seq: u64,
+    checked: Option<Instant>,
+    known: std::collections::HashSet<String>,
+    seen: Vec<std::path::PathBuf>,
+}
+
+impl CancelWatch {
+    const INTERVAL: Duration = Duration::from_millis(50);
+
+    fn new(inbox: std::path::PathBuf, after_seq: u64) -> CancelWatch {
+        CancelWatch {
+            inbox,
+            after_seq,
+            checked: None,
+            known: Default::default(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn requested(&mut self) -> bool {
+        if !self.seen.is_empty() {
+            return true;
+        }
+        if self.checked.is_some_and(|t| t.elapsed() < Self::INTERVAL) {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        let Ok(names) = inbox::entry_names(&self.inbox) else {
+            return false;
+        };
+        for name in names {
+            if !self.known.insert(name.clone()) {
+                continue;
+            }
+            let path = self.inbox.join(&name);
+            if let Ok(entry) = crate::store::fs::read_json::<InboxEntry>(&path)
+                && entry.kind == EntryKind::Cancel
+                && entry.seq > self.after_seq
+            {
+                self.seen.push(path);
+            }
+        }
+        !self.seen.is_empty()
+    }
+}

@@ -1,0 +1,267 @@
+//! The worker: finds sessions with pending messages, takes each one's owner lock, and
+//! drains its inbox in order (ARCHITECTURE.md §2, §4).
+//!
+//! Discovery has two sources. File-system notifications on `sessions/.ready/` wake the
+//! worker early; a periodic scan of the markers, plus a full scan of every session's
+//! inbox at start-up and every [`FULL_SCAN_EVERY`] ticks, is the source of truth, so a
+//! lost notification or a lost marker delays work but never loses it.
+
+pub mod execute;
+mod shutdown;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{error, warn};
+use uuid::Uuid;
+
+pub use shutdown::Shutdown;
+
+use crate::domain::execution::WorkerInfo;
+use crate::domain::inbox::EntryKind;
+use crate::domain::session::SessionStatus;
+use crate::store::Store;
+use crate::store::inbox;
+use crate::store::session::read_meta;
+use execute::{Handled, Owner};
+
+/// Every this many ticks, every session's inbox is listed, not only the marked ones.
+const FULL_SCAN_EVERY: u64 = 30;
+
+pub struct WorkerOptions {
+    /// Handle what is pending, then exit.
+    pub once: bool,
+    /// Sessions worked on at the same time.
+    pub concurrency: usize,
+    /// Only this session.
+    pub session: Option<Uuid>,
+    /// Stop claiming after this long.
+    pub max_duration: Option<Duration>,
+    /// Scan interval; `None` uses notifications plus a scan every second.
+    pub poll: Option<Duration>,
+}
+
+/// What a worker did, for its exit summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Report {
+    pub settled: u64,
+    pub suspended: u64,
+}
+
+/// This process, as recorded in executions and locks.
+pub fn this_worker() -> WorkerInfo {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    WorkerInfo {
+        pid: std::process::id(),
+        host,
+    }
+}
+
+/// Runs the worker until shutdown (or, with `once`, until nothing is pending).
+pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) -> Result<Report> {
+    crate::store::fs::create_dir_private(&store.ready_dir())?;
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = match options.poll {
+        Some(_) => None,
+        None => watch_ready_dir(&store, wake_tx),
+    };
+    let tick = options.poll.unwrap_or(Duration::from_secs(1));
+    let deadline = options.max_duration.map(|d| Instant::now() + d);
+    let worker = Arc::new(this_worker());
+    let mut tasks: JoinSet<(Uuid, Result<Drained>)> = JoinSet::new();
+    let mut active: HashSet<Uuid> = HashSet::new();
+    // Sessions another worker owns, or that are paused: not retried until the next tick
+    // (with `once`, not at all).
+    let mut deferred: HashSet<Uuid> = HashSet::new();
+    let mut report = Report::default();
+    let mut ticks = 0u64;
+    loop {
+        let claiming = !shutdown.is_requested() && deadline.is_none_or(|d| Instant::now() < d);
+        let mut spawned = 0;
+        if claiming {
+            let full = ticks.is_multiple_of(FULL_SCAN_EVERY);
+            for id in candidates(&store, full, options.session)? {
+                if active.len() >= options.concurrency.max(1) {
+                    break;
+                }
+                if active.contains(&id) || deferred.contains(&id) {
+                    continue;
+                }
+                active.insert(id);
+                spawned += 1;
+                let (store, shutdown, worker) = (store.clone(), shutdown.clone(), worker.clone());
+                tasks.spawn(async move {
+                    let result = drain(&store, id, &shutdown, &worker, None).await;
+                    (id, result)
+                });
+            }
+        }
+        if active.is_empty() && (!claiming || (options.once && spawned == 0)) {
+            return Ok(report);
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next() => {
+                let (id, result) = joined.context("a session task panicked")?;
+                active.remove(&id);
+                match result {
+                    Ok(drained) => {
+                        report.settled += drained.settled;
+                        report.suspended += u64::from(drained.suspended);
+                        if drained.skipped {
+                            deferred.insert(id);
+                        }
+                    }
+                    Err(err) => {
+                        error!(session = %id, "{}", crate::error::render(&err));
+                        deferred.insert(id);
+                    }
+                }
+            }
+            Some(()) = wake_rx.recv() => {}
+            () = tokio::time::sleep(tick) => {
+                ticks += 1;
+                if !options.once {
+                    deferred.clear();
+                }
+            }
+            () = shutdown.wait(), if claiming => {}
+        }
+    }
+}
+
+/// Sessions that may have pending entries.
+fn candidates(store: &Store, full: bool, only: Option<Uuid>) -> Result<Vec<Uuid>> {
+    let mut ids = if full {
+        let mut ids = Vec::new();
+        for id in store.session_ids()? {
+            if !inbox::entry_names(&store.session(id).inbox_dir())?.is_empty() {
+                ids.push(id);
+            }
+        }
+        ids
+    } else {
+        store.ready_ids()?
+    };
+    if let Some(only) = only {
+        ids.retain(|id| *id == only);
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Wakes the worker when a marker appears. Without notifications (some file systems,
+/// exhausted inotify limits) the periodic scan still finds the work.
+fn watch_ready_dir(
+    store: &Store,
+    wake: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| e.kind.is_create() || e.kind.is_modify()) {
+            let _ = wake.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(err) => {
+            warn!("file notifications unavailable ({err}); scanning every second");
+            return None;
+        }
+    };
+    if let Err(err) = watcher.watch(&store.ready_dir(), notify::RecursiveMode::NonRecursive) {
+        warn!(
+            "cannot watch {} ({err}); scanning every second",
+            store.ready_dir().display()
+        );
+        return None;
+    }
+    Some(watcher)
+}
+
+/// What draining one session did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Drained {
+    pub settled: u64,
+    pub suspended: bool,
+    /// Not drained: owned by another worker, or paused.
+    pub skipped: bool,
+}
+
+/// Takes a session's owner lock and runs its pending messages in `seq` order, until the
+/// inbox is empty, the session is paused, shutdown, or (with `until`) that message
+/// has settled.
+pub async fn drain(
+    store: &Store,
+    id: Uuid,
+    shutdown: &Shutdown,
+    worker: &WorkerInfo,
+    until: Option<Uuid>,
+) -> Result<Drained> {
+    let dir = store.session(id);
+    let mut drained = Drained::default();
+    if !dir.path.is_dir() {
+        store.clear_ready(id)?;
+        return Ok(drained);
+    }
+    let Some(_lock) = dir.try_lock_owner(Some(worker))? else {
+        drained.skipped = true;
+        return Ok(drained);
+    };
+    let mut log = dir.open_events(store.clock.clone())?;
+    let mut looked_again = false;
+    while !shutdown.is_requested() {
+        if read_meta(&dir)?.status == SessionStatus::Paused {
+            drained.skipped = true;
+            break;
+        }
+        let listing = inbox::list(&dir.inbox_dir())?;
+        for unreadable in &listing.unreadable {
+            // Left in place and reported; it is not ours to delete.
+            warn!(session = %id, "skipping an unreadable inbox entry: {unreadable}");
+        }
+        let Some(head) = listing.entries.into_iter().next() else {
+            // The marker goes only once the inbox was seen empty, and the inbox is
+            // looked at once more afterwards, so a concurrent `send` is never missed.
+            if looked_again {
+                break;
+            }
+            store.clear_ready(id)?;
+            looked_again = true;
+            continue;
+        };
+        looked_again = false;
+        if head.entry.kind == EntryKind::Cancel {
+            // Nothing is running that it could cancel.
+            inbox::remove(&head.path)?;
+            continue;
+        }
+        let mut owner = Owner {
+            store,
+            dir: &dir,
+            log: &mut log,
+            shutdown,
+            worker,
+        };
+        match owner.handle(&head).await? {
+            Handled::Settled(_) if until == Some(head.entry.id) => {
+                drained.settled += 1;
+                break;
+            }
+            Handled::Settled(_) => drained.settled += 1,
+            Handled::Suspended => {
+                drained.suspended = true;
+                break;
+            }
+        }
+    }
+    Ok(drained)
+}
