@@ -121,7 +121,11 @@ pub async fn run(
         let turn = match result {
             Ok(turn) => turn,
             Err(ProviderError::Interrupted) => match stop {
-                Some(Stop::Cancel) => return Ok(LoopEnd::Settled(cancelled())),
+                Some(Stop::Cancel) => {
+                    // The call was made and abandoned; a suspended one is made again.
+                    state.model_calls += 1;
+                    return Ok(LoopEnd::Settled(cancelled()));
+                }
                 _ => return Ok(LoopEnd::Suspended),
             },
             Err(err) => {

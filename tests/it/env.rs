@@ -1,0 +1,222 @@
+//! `TestEnv`: a temporary agentq home and helpers that read like the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+pub struct TestEnv {
+    home: tempfile::TempDir,
+}
+
+/// The usual scripted agent for tests: one tool call, then an answer that echoes.
+pub const ECHO_AGENT: &str = r#"
+name = "echo"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Listing."
+tool_calls = [{ name = "list_dir", arguments = { path = "." } }]
+usage = { input = 10, output = 5 }
+[[model.script]]
+text = "echo: {input}"
+usage = { input = 20, output = 5 }
+[tools]
+builtin = ["list_dir", "read_file", "write_file"]
+"#;
+
+impl TestEnv {
+    /// A home after `agentq init`, with the `echo` agent added.
+    pub fn new() -> TestEnv {
+        let env = TestEnv::empty();
+        env.ok(&["init"]);
+        env.write_agent("echo", ECHO_AGENT);
+        env
+    }
+
+    /// A home with nothing in it.
+    pub fn empty() -> TestEnv {
+        TestEnv {
+            home: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        self.home().join("sessions").join(id)
+    }
+
+    pub fn write_agent(&self, name: &str, text: &str) {
+        std::fs::write(self.home().join("agents").join(format!("{name}.toml")), text).unwrap();
+    }
+
+    /// The binary, pointed at this home, with an environment that cannot leak in.
+    pub fn cmd(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::cargo_bin("agentq").expect("binary");
+        cmd.arg("--home").arg(self.home());
+        cmd.env_remove("AGENTQ_HOME").env("NO_COLOR", "1").current_dir(self.home());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().expect("run agentq")
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agentq");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and requires exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(code(&out), 0, "agentq {args:?} failed:\n{}", describe(&out));
+        stdout(&out)
+    }
+
+    /// Runs and requires the given exit code; returns stderr.
+    pub fn fails(&self, args: &[&str], expected: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(code(&out), expected, "agentq {args:?}:\n{}", describe(&out));
+        stderr(&out)
+    }
+
+    pub fn new_session(&self, agent: &str) -> String {
+        self.ok(&["session", "new", "--agent", agent]).trim().to_owned()
+    }
+
+    pub fn send(&self, id: &str, text: &str) -> String {
+        self.ok(&["send", id, text]).trim().to_owned()
+    }
+
+    pub fn worker_once(&self) {
+        self.ok(&["worker", "--once"]);
+    }
+
+    /// Every event line of a session, parsed.
+    pub fn events(&self, id: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.session_dir(id).join("events.ndjson")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).expect("event line is JSON")).collect()
+    }
+
+    pub fn events_of(&self, id: &str, kind: &str) -> Vec<Value> {
+        self.events(id).into_iter().filter(|e| e["type"] == kind).collect()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON output")
+    }
+
+    /// Starts `agentq worker` in the background; it is stopped when the guard drops.
+    pub fn spawn_worker(&self, extra: &[&str]) -> Background {
+        let child = self
+            .cmd()
+            .arg("worker")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker");
+        Background { child }
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        let child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agentq");
+        Background { child }
+    }
+}
+
+/// A background agentq process, killed when dropped.
+pub struct Background {
+    pub child: Child,
+}
+
+impl Background {
+    /// Sends a signal (SIGTERM = 15, SIGINT = 2).
+    pub fn signal(&self, signal: i32) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                let child = std::mem::replace(&mut self.child, dummy_child());
+                return child.wait_with_output().unwrap();
+            }
+            assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn dummy_child() -> Child {
+    std::process::Command::new("true").spawn().unwrap()
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    )
+}
+
+pub const LONG: Duration = Duration::from_secs(30);

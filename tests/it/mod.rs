@@ -1,0 +1,4 @@
+mod env;
+mod pipeline;
+
+pub use env::*;
