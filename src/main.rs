@@ -11,7 +11,14 @@ use agentq::commands::{self, Context};
 use agentq::error;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version: print, exit 0
+        Err(err) => {
+            eprintln!("agentq: {}", one_line(&err.to_string()));
+            return ExitCode::from(error::exit::USAGE);
+        }
+    };
     init_logging(&cli);
     let result = Context::new(cli.home.clone(), cli.color)
         .and_then(|ctx| commands::dispatch(&ctx, cli.command));
@@ -51,4 +58,18 @@ fn init_logging(cli: &Cli) {
         .with_target(false)
         .with_ansi(ansi)
         .init();
+}
+
+/// Clap's message without its usage block, on one line:
+/// `the following required arguments were not provided: <ID> (see --help)`.
+fn one_line(clap_message: &str) -> String {
+    let body: Vec<&str> = clap_message
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let text = body.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{text} (see --help)")
 }

@@ -81,9 +81,10 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
+    // Serialised first, so a closed pipe surfaces as the plain I/O error it is.
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    std::io::stdout().lock().write_all(&text)?;
     Ok(())
 }
 
@@ -106,12 +107,14 @@ pub fn message_text(
         }
         (Some(t), None) => t.into_bytes(),
         (None, Some(path)) => {
-            let file = std::fs::File::open(path)
-                .map_err(|e| UserError::usage(format!("cannot read {}: {e}", path.display())))?;
+            let unreadable = |e: std::io::Error| {
+                UserError::usage(format!("cannot read {}: {e}", path.display()))
+            };
+            let file = std::fs::File::open(path).map_err(unreadable)?;
             let mut buf = Vec::new();
             file.take(max_bytes as u64 + 1)
                 .read_to_end(&mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
+                .map_err(unreadable)?;
             buf
         }
         (None, None) => {

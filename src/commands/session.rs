@@ -62,7 +62,17 @@ fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, serde_json::Valu
 
 fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
     let overrides = parse_overrides(&args.set)?;
-    let (_, source) = definition::load_named(&ctx.store.agents_dir(), &args.agent, &overrides)?;
+    let (_, source) =
+        definition::load_named(&ctx.store.agents_dir(), &args.agent, &BTreeMap::new())?;
+    if let Err(problems) = source.load(&overrides) {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(UserError::usage(format!(
+            "--set does not fit agent `{}`: {}",
+            args.agent,
+            listed.join("; ")
+        ))
+        .into());
+    }
     let meta = ctx.store.create_session(NewSession {
         agent: args.agent,
         title: args.title,

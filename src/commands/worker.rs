@@ -48,9 +48,11 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
         info!(
             settled = report.settled,
             suspended = report.suspended,
+            errors = report.errors,
             "worker stopped"
         );
-        Ok(0)
+        // Errors were logged as they happened; the exit code tells cron and CI.
+        Ok(if report.errors > 0 { exit::FAILED } else { 0 })
     })
 }
 

@@ -221,6 +221,9 @@ impl Source {
         }
         let mut problems = Vec::new();
         schema::check_table(&table, schema::AGENT, "", &mut problems);
+        if let Some(Value::String(name)) = table.get("name") {
+            problems.extend(check_file_name(name, &self.stem()));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -230,7 +233,7 @@ impl Source {
                 message: e.message().to_owned(),
             }]
         })?;
-        let semantic = check_semantics(&def, &self.stem());
+        let semantic = check_semantics(&def);
         if semantic.is_empty() {
             Ok(def)
         } else {
@@ -239,8 +242,24 @@ impl Source {
     }
 }
 
-/// What the schema cannot say: names that must match, values from a fixed set.
-fn check_semantics(def: &AgentDef, stem: &str) -> Vec<Problem> {
+/// The name must be the file's stem (and so a safe one).
+fn check_file_name(name: &str, stem: &str) -> Option<Problem> {
+    let message = if name != stem {
+        format!(
+            "`{}` does not match the file name `{stem}.toml`",
+            name.escape_default()
+        )
+    } else {
+        check_name(name).err()?.message
+    };
+    Some(Problem {
+        key: "name".to_owned(),
+        message,
+    })
+}
+
+/// What the schema cannot say: values from a fixed set, combinations of keys.
+fn check_semantics(def: &AgentDef) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         problems.push(Problem {
@@ -248,14 +267,6 @@ fn check_semantics(def: &AgentDef, stem: &str) -> Vec<Problem> {
             message,
         })
     };
-    if def.name != stem {
-        problem(
-            "name",
-            format!("`{}` does not match the file name `{stem}.toml`", def.name),
-        );
-    } else if let Err(e) = check_name(&def.name) {
-        problem("name", e.message);
-    }
     if !PROVIDERS.contains(&def.model.provider.as_str()) {
         problem(
             "model.provider",
@@ -407,6 +418,44 @@ fn json_to_toml(value: &serde_json::Value) -> Value {
     }
 }
 
+/// Where the definition of agent `name` lives; the name is checked first.
+pub fn path_for(agents_dir: &Path, name: &str) -> Result<PathBuf, UserError> {
+    check_name(name)?;
+    Ok(agents_dir.join(format!("{name}.toml")))
+}
+
+/// Reads and checks agent `name`, with overrides. Every failure is a usage error that
+/// names the file and lists its problems.
+pub fn load_named(
+    agents_dir: &Path,
+    name: &str,
+    overrides: &BTreeMap<String, serde_json::Value>,
+) -> Result<(AgentDef, Source), UserError> {
+    let path = path_for(agents_dir, name)?;
+    let source = Source::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            UserError::usage(format!(
+                "no agent `{name}`: {} does not exist; `agentq agents list` shows the agents, `agentq init` creates the demo",
+                path.display()
+            ))
+        } else {
+            UserError::usage(format!("cannot read {}: {e}", path.display()))
+        }
+    })?;
+    match source.load(overrides) {
+        Ok(def) => Ok((def, source)),
+        Err(problems) => Err(UserError::usage(format!(
+            "{} is invalid: {}",
+            path.display(),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,43 +539,5 @@ mod tests {
         for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", "é"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
-    }
-}
-
-/// Where the definition of agent `name` lives; the name is checked first.
-pub fn path_for(agents_dir: &Path, name: &str) -> Result<PathBuf, UserError> {
-    check_name(name)?;
-    Ok(agents_dir.join(format!("{name}.toml")))
-}
-
-/// Reads and checks agent `name`, with overrides. Every failure is a usage error that
-/// names the file and lists its problems.
-pub fn load_named(
-    agents_dir: &Path,
-    name: &str,
-    overrides: &BTreeMap<String, serde_json::Value>,
-) -> Result<(AgentDef, Source), UserError> {
-    let path = path_for(agents_dir, name)?;
-    let source = Source::read(&path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            UserError::usage(format!(
-                "no agent `{name}`: {} does not exist; `agentq agents list` shows the agents, `agentq init` creates the demo",
-                path.display()
-            ))
-        } else {
-            UserError::usage(format!("cannot read {}: {e}", path.display()))
-        }
-    })?;
-    match source.load(overrides) {
-        Ok(def) => Ok((def, source)),
-        Err(problems) => Err(UserError::usage(format!(
-            "{} is invalid: {}",
-            path.display(),
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))),
     }
 }

@@ -145,7 +145,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
         EventPayload::ExecutionStarted(p) => format!(
             "{} execution {} (attempt {}, worker {} on {})",
             if p.resumed { "resumed" } else { "started" },
-            short(&event.execution_id.unwrap_or_default()),
+            event.execution_id.unwrap_or_default(),
             p.attempt,
             p.worker.pid,
             p.worker.host

@@ -230,36 +230,81 @@ fn line_start_after(file: &mut File, pos: u64, end: u64) -> io::Result<Option<(u
 }
 
 /// The offset of the last line whose `type` is one of `types`, reading backwards from
-/// the end, so `watch` starts at the last execution without reading the whole log.
+/// the end in blocks, so `watch` starts at the last execution without reading the
+/// whole log.
 pub fn offset_of_last(path: &Path, types: &[&str]) -> io::Result<Option<(u64, RawEvent)>> {
     let mut file = File::open(path).map_err(|e| with_path(e, path))?;
-    let mut end = file.metadata()?.len();
-    // Ignore a torn tail: it is not an event yet.
-    end = match find_last_newline(&mut file, end)? {
-        Some(pos) => pos + 1,
-        None => return Ok(None),
+    let len = file.metadata()?.len();
+    // A torn tail is not an event yet.
+    let Some(last_newline) = find_last_newline(&mut file, len)? else {
+        return Ok(None);
     };
-    while end > 0 {
-        let start = match find_last_newline(&mut file, end - 1)? {
-            Some(pos) => pos + 1,
-            None => 0,
-        };
+    let mut lines = ReverseLines::new(file, last_newline + 1);
+    while let Some((offset, line)) = lines.next_line()? {
         // Cheap pre-filter before parsing: the type name must appear in the line.
-        let mut line = vec![0u8; (end - 1 - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut line)?;
-        let mentions = types
-            .iter()
-            .any(|t| line.windows(t.len()).any(|w| w == t.as_bytes()));
+        let mentions = types.iter().any(|t| contains(&line, t.as_bytes()));
         if mentions
             && let Some(event) = parse_line(&line)
             && types.contains(&event.kind.as_str())
         {
-            return Ok(Some((start, event)));
+            return Ok(Some((offset, event)));
         }
-        end = start;
     }
     Ok(None)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Complete lines of a file from the end backwards, read in large blocks.
+struct ReverseLines {
+    file: File,
+    /// File offset of `buf[0]`.
+    buf_start: u64,
+    /// Bytes from `buf_start` up to the end of the next line to return (its `\n` included).
+    buf: Vec<u8>,
+}
+
+impl ReverseLines {
+    const BLOCK: u64 = 64 * 1024;
+
+    /// Lines ending at or before `end`, which must sit just after a `\n`.
+    fn new(file: File, end: u64) -> ReverseLines {
+        ReverseLines {
+            file,
+            buf_start: end,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The previous line (without its `\n`) and its offset.
+    fn next_line(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        if self.buf.is_empty() && self.buf_start == 0 {
+            return Ok(None);
+        }
+        loop {
+            // The line ends at the buffer's end; it starts after the previous `\n`.
+            let body = &self.buf[..self.buf.len().saturating_sub(1)];
+            if let Some(i) = body.iter().rposition(|&b| b == b'\n') {
+                let line = self.buf[i + 1..self.buf.len() - 1].to_vec();
+                self.buf.truncate(i + 1);
+                return Ok(Some((self.buf_start + i as u64 + 1, line)));
+            }
+            if self.buf_start == 0 {
+                let line = body.to_vec();
+                self.buf.clear();
+                return Ok(Some((0, line)));
+            }
+            let lo = self.buf_start.saturating_sub(Self::BLOCK);
+            let mut block = vec![0u8; (self.buf_start - lo) as usize];
+            self.file.seek(SeekFrom::Start(lo))?;
+            self.file.read_exact(&mut block)?;
+            block.extend_from_slice(&self.buf);
+            self.buf = block;
+            self.buf_start = lo;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -390,5 +435,32 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_backward_search_crosses_read_blocks_and_long_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let mut log = open(&path);
+        let cancel = EventPayload::CancelRequested(CancelRequested {
+            message_id: Uuid::nil(),
+        });
+        log.append(None, cancel).unwrap();
+        for i in 0..3000 {
+            log.append(None, chunk(i)).unwrap();
+        }
+        let long = EventPayload::StreamChunk(StreamChunk {
+            content: "y".repeat(200_000),
+            chunk_index: 0,
+        });
+        log.append(None, long).unwrap();
+        let (offset, event) = offset_of_last(&path, &["cancel.requested"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((offset, event.seq), (0, 1));
+        let (_, event) = offset_of_last(&path, &["agent.stream.chunk"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, 3002);
     }
 }

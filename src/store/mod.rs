@@ -239,27 +239,4 @@ impl SessionDir {
     pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
         EventLog::open(&self.events_path(), self.id, clock)
     }
-
-    /// Every execution record, oldest first (ids are time-ordered).
-    pub fn execution_ids(&self) -> io::Result<Vec<Uuid>> {
-        let dir = self.executions_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(fs::with_path(e, &dir)),
-        };
-        let mut ids = Vec::new();
-        for entry in entries {
-            let name = entry?.file_name();
-            if let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| Uuid::try_parse(n).ok())
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        Ok(ids)
-    }
 }

@@ -50,6 +50,8 @@ pub struct WorkerOptions {
 pub struct Report {
     pub settled: u64,
     pub suspended: u64,
+    /// Sessions whose processing failed (logged as they happened).
+    pub errors: u64,
 }
 
 /// This process, as recorded in executions and locks.
@@ -82,18 +84,28 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
     // Sessions another worker owns, or that are paused: not retried until the next tick
     // (with `once`, not at all).
     let mut deferred: HashSet<Uuid> = HashSet::new();
+    // Sessions whose processing failed: retried only at the next full scan, so one
+    // broken session does not fill the log every second.
+    let mut failing: HashSet<Uuid> = HashSet::new();
     let mut report = Report::default();
     let mut ticks = 0u64;
+    let mut next_full_scan = 0u64;
     loop {
         let claiming = !shutdown.is_requested() && deadline.is_none_or(|d| Instant::now() < d);
         let mut spawned = 0;
         if claiming {
-            let full = ticks.is_multiple_of(FULL_SCAN_EVERY);
+            let full = ticks >= next_full_scan;
+            if full {
+                next_full_scan = ticks + FULL_SCAN_EVERY;
+                if !options.once {
+                    failing.clear();
+                }
+            }
             for id in candidates(&store, full, options.session)? {
                 if active.len() >= options.concurrency.max(1) {
                     break;
                 }
-                if active.contains(&id) || deferred.contains(&id) {
+                if active.contains(&id) || deferred.contains(&id) || failing.contains(&id) {
                     continue;
                 }
                 active.insert(id);
@@ -122,7 +134,8 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                     }
                     Err(err) => {
                         error!(session = %id, "{}", crate::error::render(&err));
-                        deferred.insert(id);
+                        report.errors += 1;
+                        failing.insert(id);
                     }
                 }
             }

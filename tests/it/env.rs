@@ -52,21 +52,33 @@ impl TestEnv {
     }
 
     pub fn write_agent(&self, name: &str, text: &str) {
-        std::fs::write(self.home().join("agents").join(format!("{name}.toml")), text).unwrap();
+        std::fs::write(
+            self.home().join("agents").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
     }
 
     /// The binary, pointed at this home, with an environment that cannot leak in.
     pub fn cmd(&self) -> std::process::Command {
         let mut cmd = std::process::Command::cargo_bin("agentq").expect("binary");
         cmd.arg("--home").arg(self.home());
-        cmd.env_remove("AGENTQ_HOME").env("NO_COLOR", "1").current_dir(self.home());
+        cmd.env_remove("AGENTQ_HOME")
+            .env("NO_COLOR", "1")
+            .current_dir(self.home());
         cmd
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).stdin(Stdio::null()).output().expect("run agentq")
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run agentq")
     }
 
+    /// Runs with `stdin` as standard input. agentq may refuse without reading it:
+    /// the pipe it closed is not a failure of the test.
     pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write;
         let mut child = self
@@ -77,8 +89,16 @@ impl TestEnv {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agentq");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
+        let mut pipe = child.stdin.take().unwrap();
+        // Written from a thread so a large input cannot block while stdout fills up.
+        let input = stdin.to_vec();
+        let writer = std::thread::spawn(move || match pipe.write_all(&input) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing stdin: {e}"),
+            _ => {}
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
     }
 
     /// Runs and requires exit 0; returns stdout.
@@ -96,7 +116,9 @@ impl TestEnv {
     }
 
     pub fn new_session(&self, agent: &str) -> String {
-        self.ok(&["session", "new", "--agent", agent]).trim().to_owned()
+        self.ok(&["session", "new", "--agent", agent])
+            .trim()
+            .to_owned()
     }
 
     pub fn send(&self, id: &str, text: &str) -> String {
@@ -110,11 +132,16 @@ impl TestEnv {
     /// Every event line of a session, parsed.
     pub fn events(&self, id: &str) -> Vec<Value> {
         let text = std::fs::read_to_string(self.session_dir(id).join("events.ndjson")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).expect("event line is JSON")).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("event line is JSON"))
+            .collect()
     }
 
     pub fn events_of(&self, id: &str, kind: &str) -> Vec<Value> {
-        self.events(id).into_iter().filter(|e| e["type"] == kind).collect()
+        self.events(id)
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -172,7 +199,10 @@ impl Background {
                 let child = std::mem::replace(&mut self.child, dummy_child());
                 return child.wait_with_output().unwrap();
             }
-            assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -193,7 +223,10 @@ impl Drop for Background {
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

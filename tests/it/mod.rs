@@ -1,4 +1,5 @@
 mod env;
 mod pipeline;
+mod refusals;
 
 pub use env::*;

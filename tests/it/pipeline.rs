@@ -72,7 +72,10 @@ fn a_message_goes_from_send_through_the_worker_to_an_answer() {
     assert_eq!(done["stop_reason"], "completed");
     assert_eq!(done["exit_code"], 0);
     assert_eq!(done["steps"], 2);
-    assert_eq!(done["usage"]["execution"], serde_json::json!({"input": 30, "output": 10, "total": 40}));
+    assert_eq!(
+        done["usage"]["execution"],
+        serde_json::json!({"input": 30, "output": 10, "total": 40})
+    );
     assert_eq!(done["message_id"], message_id.as_str());
 
     let tools: Vec<Value> = env.events_of(&id, "agent.tool.completed");
@@ -119,8 +122,10 @@ fn later_messages_continue_the_same_agent_state() {
         .map(|e| e["payload"]["message_count"].as_u64().unwrap())
         .collect();
     assert_eq!(counts, vec![1, 3, 5]);
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(env.session_dir(&id).join("state.json")).unwrap()).unwrap();
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.session_dir(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(state["model_calls"], 3);
 }
 
@@ -133,14 +138,22 @@ fn messages_queued_before_the_worker_starts_run_in_send_order() {
     let second = env.send(&id, "second");
     let third = env.send(&id, "third");
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["one: first", "two: second", "three: third"]);
+    assert_eq!(
+        responses(&env, &id),
+        vec!["one: first", "two: second", "three: third"]
+    );
     let started: Vec<String> = env
         .events_of(&id, "execution.started")
         .iter()
         .map(|e| e["payload"]["message_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(started, vec![first, second, third]);
-    assert!(std::fs::read_dir(env.session_dir(&id).join("inbox")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(env.session_dir(&id).join("inbox"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
@@ -163,9 +176,24 @@ fn the_event_log_has_the_documented_envelope_and_a_gapless_seq() {
 
     let raw = std::fs::read_to_string(env.session_dir(&id).join("events.ndjson")).unwrap();
     for line in raw.lines() {
-        let at = |key: &str| line.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {line}"));
-        let order = ["v", "seq", "type", "session_id", "execution_id", "timestamp", "payload"].map(at);
-        assert!(order.windows(2).all(|w| w[0] < w[1]), "keys in the documented order: {line}");
+        let at = |key: &str| {
+            line.find(&format!("\"{key}\":"))
+                .unwrap_or_else(|| panic!("{key} in {line}"))
+        };
+        let order = [
+            "v",
+            "seq",
+            "type",
+            "session_id",
+            "execution_id",
+            "timestamp",
+            "payload",
+        ]
+        .map(at);
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "keys in the documented order: {line}"
+        );
     }
     let events = env.events(&id);
     let timestamp = |t: &str| {
@@ -176,7 +204,11 @@ fn the_event_log_has_the_documented_envelope_and_a_gapless_seq() {
         assert_eq!(event["v"], 1);
         assert_eq!(event["seq"], i as u64 + 1, "seq is gapless from 1");
         assert_eq!(event["session_id"], id.as_str());
-        assert!(timestamp(event["timestamp"].as_str().unwrap()), "{}", event["timestamp"]);
+        assert!(
+            timestamp(event["timestamp"].as_str().unwrap()),
+            "{}",
+            event["timestamp"]
+        );
         assert!(event["payload"].is_object());
         let session_level = matches!(
             event["type"].as_str().unwrap(),
@@ -185,8 +217,14 @@ fn the_event_log_has_the_documented_envelope_and_a_gapless_seq() {
         assert_eq!(event["execution_id"].is_null(), session_level, "{event}");
     }
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(&types[..3], &["session.created", "message.queued", "message.queued"]);
-    assert_eq!(&types[types.len() - 2..], &["session.status", "session.status"]);
+    assert_eq!(
+        &types[..3],
+        &["session.created", "message.queued", "message.queued"]
+    );
+    assert_eq!(
+        &types[types.len() - 2..],
+        &["session.status", "session.status"]
+    );
 
     // Per execution: started first, finished last, status transitions once each.
     let mut by_execution: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
@@ -209,7 +247,10 @@ fn the_event_log_has_the_documented_envelope_and_a_gapless_seq() {
                 )
             })
             .collect();
-        assert_eq!(statuses, vec![("idle", "processing"), ("processing", "completed")]);
+        assert_eq!(
+            statuses,
+            vec![("idle", "processing"), ("processing", "completed")]
+        );
     }
 }
 
@@ -234,7 +275,11 @@ fn a_torn_last_line_is_skipped_by_watch_and_repaired_by_the_next_writer() {
     env.send(&id, "after the tear");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.ends_with('\n'));
-    let seqs: Vec<u64> = env.events(&id).iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = env
+        .events(&id)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![1, 2]);
 }
 
@@ -244,7 +289,11 @@ fn max_steps_stops_the_execution_with_exit_3() {
     env.write_agent("looping", LOOPING_AGENT);
     let out = env.run(&["run", "--agent", "looping", "go"]);
     assert_eq!(code(&out), 3, "{}", describe(&out));
-    assert!(stderr(&out).contains("stopped (steps_limit)"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("stopped (steps_limit)"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -295,14 +344,27 @@ fn run_creates_a_session_processes_inline_and_prints_the_answer() {
     let out = env.run(&["run", "--agent", "demo", "What is in the notes?"]);
     assert_eq!(code(&out), 0, "{}", describe(&out));
     let answer = stdout(&out);
-    assert!(answer.starts_with("You asked: \"What is in the notes?\""), "{answer}");
-    assert_eq!(answer.lines().count(), 1, "only the answer on stdout when piped: {answer}");
-    assert!(stderr(&out).contains("✓ read_file"), "progress goes to stderr: {}", describe(&out));
+    assert!(
+        answer.starts_with("You asked: \"What is in the notes?\""),
+        "{answer}"
+    );
+    assert_eq!(
+        answer.lines().count(),
+        1,
+        "only the answer on stdout when piped: {answer}"
+    );
+    assert!(
+        stderr(&out).contains("✓ read_file"),
+        "progress goes to stderr: {}",
+        describe(&out)
+    );
 
-    let result: Value = serde_json::from_str(&env.ok(&["run", "--agent", "echo", "hi", "--json"])).unwrap();
+    let result: Value =
+        serde_json::from_str(&env.ok(&["run", "--agent", "echo", "hi", "--json"])).unwrap();
     assert_eq!(result["response"], "echo: hi");
     let id = result["session_id"].as_str().unwrap();
-    let again: Value = serde_json::from_str(&env.ok(&["run", "--session", id, "more", "--json"])).unwrap();
+    let again: Value =
+        serde_json::from_str(&env.ok(&["run", "--session", id, "more", "--json"])).unwrap();
     assert_eq!(again["session_id"], id);
     assert_eq!(again["response"], "echo: more");
 }
@@ -339,7 +401,9 @@ fn cancel_ends_the_running_execution_and_keeps_later_messages() {
     env.send(&id, "long job");
     env.send(&id, "next");
     let _worker = env.spawn_worker(&[]);
-    wait_until("the first chunk", LONG, || !env.events_of(&id, "agent.stream.chunk").is_empty());
+    wait_until("the first chunk", LONG, || {
+        !env.events_of(&id, "agent.stream.chunk").is_empty()
+    });
     env.ok(&["cancel", &id]);
     wait_until("both executions", LONG, || finished(&env, &id).len() == 2);
     let done = finished(&env, &id);
@@ -370,7 +434,9 @@ fn a_worker_killed_mid_execution_is_resumed_by_the_next_one() {
     let id = env.new_session("slow");
     env.send(&id, "survive this");
     let worker = env.spawn_worker(&[]);
-    wait_until("a few chunks", LONG, || env.events_of(&id, "agent.stream.chunk").len() >= 3);
+    wait_until("a few chunks", LONG, || {
+        env.events_of(&id, "agent.stream.chunk").len() >= 3
+    });
     worker.signal(9);
     let _ = worker.wait(LONG);
     env.worker_once();
@@ -382,7 +448,11 @@ fn a_worker_killed_mid_execution_is_resumed_by_the_next_one() {
     let done = finished(&env, &id);
     assert_eq!(done.len(), 1, "settled exactly once");
     assert_eq!(done[0]["status"], "completed");
-    let seqs: Vec<u64> = env.events(&id).iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = env
+        .events(&id)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }
 
@@ -415,9 +485,21 @@ fn session_files_are_private() {
     env.send(&id, "x");
     env.worker_once();
     let dir = env.session_dir(&id);
-    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-    for file in ["session.json", "state.json", "events.ndjson", "transcript.ndjson"] {
-        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for file in [
+        "session.json",
+        "state.json",
+        "events.ndjson",
+        "transcript.ndjson",
+    ] {
+        let mode = std::fs::metadata(dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{file}");
     }
 }
@@ -431,7 +513,11 @@ fn init_twice_changes_nothing() {
     std::fs::write(&demo, format!("{before}\n# edited by the user\n")).unwrap();
     let out = env.ok(&["init"]);
     assert!(out.contains("nothing changed"), "{out}");
-    assert!(std::fs::read_to_string(&demo).unwrap().ends_with("# edited by the user\n"));
+    assert!(
+        std::fs::read_to_string(&demo)
+            .unwrap()
+            .ends_with("# edited by the user\n")
+    );
     env.ok(&["agents", "validate"]);
 }
 
@@ -444,7 +530,11 @@ fn watch_follows_a_session_until_it_is_idle() {
     env.worker_once();
     let out = watch.wait(LONG);
     assert_eq!(code(&out), 0, "{}", describe(&out));
-    assert!(stdout(&out).contains("echo: watch me"), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("echo: watch me"),
+        "{}",
+        describe(&out)
+    );
 
     env.write_agent("looping", LOOPING_AGENT);
     let looping = env.new_session("looping");
