@@ -202,7 +202,16 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let c = &m.counters;
     let mut out = std::io::stdout().lock();
     writeln!(out, "session   {}", m.id)?;
-    writeln!(out, "agent     {} ({})", m.agent, m.agent_hash)?;
+    let current_hash = definition::path_for(&ctx.store.agents_dir(), &m.agent)
+        .ok()
+        .and_then(|path| definition::Source::read(&path).ok())
+        .map(|source| source.hash());
+    let changed = match current_hash {
+        Some(hash) if hash == m.agent_hash => "",
+        Some(_) => "; the definition changed since the session was created",
+        None => "; the definition no longer exists",
+    };
+    writeln!(out, "agent     {} ({}{changed})", m.agent, m.agent_hash)?;
     if let Some(title) = &m.title {
         writeln!(out, "title     {}", sanitize(title))?;
     }

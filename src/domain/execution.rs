@@ -118,4 +118,8 @@ pub struct Execution {
     #[serde(default)]
     pub exit_code: Option<u8>,
     pub worker: WorkerInfo,
+    /// Left at a checkpoint by a worker that shut down cleanly; resuming it is not a
+    /// new attempt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }

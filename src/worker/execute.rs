@@ -87,7 +87,13 @@ impl Owner<'_> {
                     inbox::remove(&file.path)?;
                     return Ok(Handled::Settled(exec.status));
                 }
-                exec.attempts += 1;
+                // A worker that shut down cleanly left it at a checkpoint on purpose;
+                // only a crash counts as another attempt.
+                if exec.suspended {
+                    exec.suspended = false;
+                } else {
+                    exec.attempts += 1;
+                }
                 exec.worker = self.worker.clone();
                 (exec, true)
             }
@@ -127,6 +133,8 @@ impl Owner<'_> {
             match self.run_loop(&exec, &mut state, file).await? {
                 LoopEnd::Settled(outcome) => outcome,
                 LoopEnd::Suspended => {
+                    exec.suspended = true;
+                    self.dir.write_execution(&exec)?;
                     info!(session = %self.dir.id, execution = %exec.id, "suspended for shutdown; a later worker resumes it");
                     return Ok(Handled::Suspended);
                 }
@@ -180,6 +188,7 @@ impl Owner<'_> {
             error: None,
             exit_code: None,
             worker: self.worker.clone(),
+            suspended: false,
         }
     }
 
@@ -232,6 +241,17 @@ impl Owner<'_> {
                 }));
             }
         };
+        if let Ok(source) = definition::Source::read(&definition::path_for(
+            &self.store.agents_dir(),
+            &meta.agent,
+        )?) && source.hash() != meta.agent_hash
+        {
+            warn!(
+                session = %self.dir.id,
+                agent = %meta.agent,
+                "the agent definition changed since the session was created; this execution uses the current one"
+            );
+        }
         let workspace = match def.tools.workspace.as_str() {
             "session" => self.dir.workspace_dir(),
             path => self.store.home().join(path),

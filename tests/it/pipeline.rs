@@ -40,7 +40,7 @@ name = "slow"
 provider = "scripted"
 [[model.script]]
 text = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n o p q r s t u v w x y z"
-delay_ms = 100
+delay_ms = 50
 [[model.script]]
 text = "quick: {input}"
 "#;
@@ -542,4 +542,31 @@ fn watch_follows_a_session_until_it_is_idle() {
     env.worker_once();
     env.fails(&["watch", &looping, "--exit-on-idle"], 3);
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn sigterm_mid_execution_leaves_it_at_a_checkpoint_for_the_next_worker() {
+    let env = TestEnv::new();
+    env.write_agent("slow", SLOW_AGENT);
+    let id = env.new_session("slow");
+    env.send(&id, "take your time");
+    let worker = env.spawn_worker(&[]);
+    wait_until("a few chunks", LONG, || {
+        env.events_of(&id, "agent.stream.chunk").len() >= 2
+    });
+    worker.signal(15);
+    let out = worker.wait(LONG);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(finished(&env, &id).is_empty(), "suspended, not settled");
+    assert_eq!(env.json(&["session", "show", &id, "--json"])["pending"], 1);
+
+    env.worker_once();
+    let started = env.events_of(&id, "execution.started");
+    assert_eq!(started.len(), 2);
+    assert_eq!(started[1]["payload"]["resumed"], true);
+    assert_eq!(
+        started[1]["payload"]["attempt"], 1,
+        "a clean shutdown is not a failed attempt"
+    );
+    assert_eq!(finished(&env, &id)[0]["status"], "completed");
 }
