@@ -1,5 +1,6 @@
 //! `agentq.toml`: settings for the whole home. Optional; every key has a default.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -11,6 +12,36 @@ use crate::error::UserError;
 pub struct HomeConfig {
     #[serde(default)]
     pub inbox: InboxConfig,
+    /// Named model endpoints that agent definitions refer to by name
+    /// (`[model] provider = "local"`).
+    #[serde(default)]
+    pub providers: BTreeMap<String, NamedProvider>,
+}
+
+/// `[providers.NAME]`: an endpoint of one of the wire protocols.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedProvider {
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The name of the environment variable holding the key, never the key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Sent with every request (gateways often want a team or project header).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,13 +77,36 @@ impl HomeConfig {
                 )));
             }
         };
-        toml::from_str(&text).map_err(|e| {
-            UserError::usage(format!(
-                "{} is invalid: {}",
-                path.display(),
-                e.message().trim().replace('\n', " ")
-            ))
-        })
+        toml::from_str(&text)
+            .map_err(|e| {
+                UserError::usage(format!(
+                    "{} is invalid: {}",
+                    path.display(),
+                    e.message().trim().replace('\n', " ")
+                ))
+            })
+            .and_then(|config: HomeConfig| config.checked(path))
+    }
+
+    fn checked(self, path: &Path) -> Result<HomeConfig, UserError> {
+        for (name, provider) in &self.providers {
+            if let Err(e) = crate::definition::check_name(name) {
+                return Err(UserError::usage(format!(
+                    "{}: [providers.{name}]: {}",
+                    path.display(),
+                    e.message
+                )));
+            }
+            if let Some(idle) = &provider.idle_timeout
+                && let Err(e) = crate::time::parse_duration(idle)
+            {
+                return Err(UserError::usage(format!(
+                    "{}: providers.{name}.idle_timeout: {e}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -64,6 +118,21 @@ mod tests {
     fn a_missing_file_means_defaults() {
         let config = HomeConfig::load(Path::new("/nonexistent/agentq.toml")).unwrap();
         assert_eq!(config.inbox.max_message_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn named_providers_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.toml");
+        std::fs::write(
+            &path,
+            "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8080/v1\"\nheaders = { X-Team = \"a\" }\n",
+        )
+        .unwrap();
+        let config = HomeConfig::load(&path).unwrap();
+        let local = &config.providers["local"];
+        assert_eq!(local.kind, ProviderKind::Openai);
+        assert_eq!(local.headers["X-Team"], "a");
     }
 
     #[test]

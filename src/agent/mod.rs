@@ -14,14 +14,16 @@ use uuid::Uuid;
 use crate::definition::AgentDef;
 use crate::domain::Usage;
 use crate::domain::event::{
-    Continuation, Evaluation, EventPayload, MessageCompleted, StepCompleted, StepStarted,
-    StreamChunk, ToolCompleted, ToolStarted,
+    Continuation, Evaluation, EventPayload, MessageCompleted, ProviderRetry, StepCompleted,
+    StepStarted, StreamChunk, ToolCompleted, ToolStarted,
 };
 use crate::domain::execution::{ErrorInfo, ExecStatus, StopReason};
 use crate::domain::session::EventsPreset;
 use crate::domain::state::AgentState;
 use crate::domain::transcript::{Message, ToolCall, TranscriptLine};
-use crate::provider::{Interrupt, ModelRequest, ModelTurn, Provider, ProviderError};
+use crate::provider::{
+    Interrupt, ModelRequest, ModelTurn, Provider, ProviderError, RetryNotice, StreamObserver,
+};
 use crate::time::Timestamp;
 use crate::tools::{Toolbox, summarize_args};
 
@@ -192,8 +194,9 @@ pub async fn run(
     }
 }
 
-/// Streams one inference, turning text deltas into chunk events. Returns the provider's
-/// result, why it was interrupted (if it was), and any failure to record a chunk.
+/// Streams one inference, turning text deltas into chunk events and retries into
+/// `provider.retry` events. Returns the provider's result, why it was interrupted (if
+/// it was), and any failure to record an event.
 async fn stream_step(
     run: &Run<'_>,
     request: ModelRequest<'_>,
@@ -203,30 +206,70 @@ async fn stream_step(
     Option<Stop>,
     Option<anyhow::Error>,
 ) {
-    let mut chunk_index = 0u64;
-    let mut stop = None;
-    let mut record_error = None;
-    let streams = run.preset.streams_chunks();
-    let mut on_text = |text: &str| -> Result<(), Interrupt> {
-        if let Some(s) = sink.stop_requested() {
-            stop = Some(s);
+    let mut observer = StepObserver {
+        sink,
+        streams: run.preset.streams_chunks(),
+        chunk_index: 0,
+        stop: None,
+        record_error: None,
+    };
+    let result = run.provider.stream(request, &mut observer).await;
+    (result, observer.stop, observer.record_error)
+}
+
+/// Sees a step's stream on behalf of the loop.
+struct StepObserver<'s> {
+    sink: &'s mut dyn Sink,
+    streams: bool,
+    chunk_index: u64,
+    stop: Option<Stop>,
+    record_error: Option<anyhow::Error>,
+}
+
+impl StepObserver<'_> {
+    fn record(&mut self, payload: EventPayload) -> Result<(), Interrupt> {
+        if self.interrupted() {
             return Err(Interrupt);
         }
-        if streams && !text.is_empty() {
-            let chunk = StreamChunk {
-                content: text.to_owned(),
-                chunk_index,
+        self.sink.emit(payload).map_err(|err| {
+            self.record_error = Some(err);
+            Interrupt
+        })
+    }
+}
+
+impl StreamObserver for StepObserver<'_> {
+    fn text(&mut self, delta: &str) -> Result<(), Interrupt> {
+        if !self.streams || delta.is_empty() {
+            return if self.interrupted() {
+                Err(Interrupt)
+            } else {
+                Ok(())
             };
-            chunk_index += 1;
-            if let Err(err) = sink.emit(EventPayload::StreamChunk(chunk)) {
-                record_error = Some(err);
-                return Err(Interrupt);
-            }
         }
-        Ok(())
-    };
-    let result = run.provider.stream(request, &mut on_text).await;
-    (result, stop, record_error)
+        let chunk = StreamChunk {
+            content: delta.to_owned(),
+            chunk_index: self.chunk_index,
+        };
+        self.chunk_index += 1;
+        self.record(EventPayload::StreamChunk(chunk))
+    }
+
+    fn retry(&mut self, notice: &RetryNotice) -> Result<(), Interrupt> {
+        self.record(EventPayload::ProviderRetry(ProviderRetry {
+            attempt: notice.attempt,
+            delay_ms: notice.delay_ms,
+            http_status: notice.http_status,
+            error: notice.error.clone(),
+        }))
+    }
+
+    fn interrupted(&mut self) -> bool {
+        if self.stop.is_none() {
+            self.stop = self.sink.stop_requested();
+        }
+        self.stop.is_some() || self.record_error.is_some()
+    }
 }
 
 /// Runs the step's tool calls in order and builds the step's transcript lines.
@@ -302,7 +345,13 @@ fn run_tool(
         args,
     }))?;
     let started = Instant::now();
-    let output = run.tools.call(&call.name, &call.arguments);
+    let output = match &call.invalid_arguments {
+        Some(reason) => crate::tools::ToolOutput::error(format!(
+            "the arguments of `{}` are not valid JSON ({reason}); call it again with a JSON object",
+            call.name
+        )),
+        None => run.tools.call(&call.name, &call.arguments),
+    };
     sink.emit(EventPayload::ToolCompleted(ToolCompleted {
         tool_name: call.name.clone(),
         tool_call_id: call.id.clone(),

@@ -52,7 +52,7 @@ fn agent(body: &str) -> AgentDef {
         path: "agents/t.toml".into(),
         text,
     }
-    .load(&BTreeMap::new())
+    .load(&BTreeMap::new(), &crate::config::HomeConfig::default())
     .unwrap()
 }
 

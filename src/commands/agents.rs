@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Context, print_json};
 use crate::cli::AgentsCommand;
+use crate::config::HomeConfig;
 use crate::definition::{self, Source, schema::Problem};
 use crate::error::{UserError, exit};
 
@@ -35,7 +36,7 @@ struct Checked {
     problems: Vec<Problem>,
 }
 
-fn check(path: &Path) -> Checked {
+fn check(path: &Path, home: &HomeConfig) -> Checked {
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -59,7 +60,7 @@ fn check(path: &Path) -> Checked {
             return checked;
         }
     };
-    match source.load(&BTreeMap::new()) {
+    match source.load(&BTreeMap::new(), home) {
         Ok(def) => {
             checked.valid = true;
             checked.description = Some(def.description);
@@ -97,7 +98,11 @@ fn definition_files(ctx: &Context) -> Result<Vec<PathBuf>> {
 }
 
 fn list(ctx: &Context, json: bool) -> Result<u8> {
-    let checked: Vec<Checked> = definition_files(ctx)?.iter().map(|p| check(p)).collect();
+    let home = ctx.config()?;
+    let checked: Vec<Checked> = definition_files(ctx)?
+        .iter()
+        .map(|p| check(p, &home))
+        .collect();
     if json {
         print_json(&checked)?;
         return Ok(0);
@@ -136,7 +141,12 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
 }
 
 fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
-    let (_, source) = definition::load_named(&ctx.store.agents_dir(), name, &BTreeMap::new())?;
+    let (_, source) = definition::load_named(
+        &ctx.store.agents_dir(),
+        name,
+        &BTreeMap::new(),
+        &ctx.config()?,
+    )?;
     if json {
         let table: toml::Table = toml::from_str(&source.text)?;
         print_json(&serde_json::json!({
@@ -159,7 +169,8 @@ fn validate(ctx: &Context, files: Vec<PathBuf>, json: bool) -> Result<u8> {
     } else {
         files
     };
-    let checked: Vec<Checked> = files.iter().map(|p| check(p)).collect();
+    let home = ctx.config()?;
+    let checked: Vec<Checked> = files.iter().map(|p| check(p, &home)).collect();
     let invalid = checked.iter().filter(|c| !c.valid).count();
     if json {
         print_json(&checked)?;

@@ -47,8 +47,12 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             dir
         }
         (None, Some(agent)) => {
-            let (_, source) =
-                definition::load_named(&ctx.store.agents_dir(), agent, &BTreeMap::new())?;
+            let (_, source) = definition::load_named(
+                &ctx.store.agents_dir(),
+                agent,
+                &BTreeMap::new(),
+                &ctx.config()?,
+            )?;
             let meta = ctx.store.create_session(NewSession {
                 agent: agent.clone(),
                 title: None,

@@ -62,9 +62,13 @@ fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, serde_json::Valu
 
 fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
     let overrides = parse_overrides(&args.set)?;
-    let (_, source) =
-        definition::load_named(&ctx.store.agents_dir(), &args.agent, &BTreeMap::new())?;
-    if let Err(problems) = source.load(&overrides) {
+    let (_, source) = definition::load_named(
+        &ctx.store.agents_dir(),
+        &args.agent,
+        &BTreeMap::new(),
+        &ctx.config()?,
+    )?;
+    if let Err(problems) = source.load(&overrides, &ctx.config()?) {
         let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(UserError::usage(format!(
             "--set does not fit agent `{}`: {}",

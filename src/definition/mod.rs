@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::config::HomeConfig;
 use crate::error::UserError;
 use crate::time::parse_duration;
 use schema::Problem;
@@ -49,6 +50,13 @@ pub struct ModelConfig {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub max_output_tokens: Option<u64>,
+    /// Model calls made in all for one step when the first ones fail before their
+    /// stream begins (connection errors, 408, 409, 429, 5xx).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// How long a stream may stay silent before the step fails.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
     /// The `scripted` provider's answers, one per model call.
     #[serde(default)]
     pub script: Vec<ScriptEntry>,
@@ -208,6 +216,7 @@ impl Source {
     pub fn load(
         &self,
         overrides: &BTreeMap<String, serde_json::Value>,
+        home: &HomeConfig,
     ) -> Result<AgentDef, Vec<Problem>> {
         let mut table: Table =
             toml::from_str(&self.text).map_err(|e| vec![toml_problem(&self.text, &e)])?;
@@ -233,7 +242,7 @@ impl Source {
                 message: e.message().to_owned(),
             }]
         })?;
-        let semantic = check_semantics(&def);
+        let semantic = check_semantics(&def, home);
         if semantic.is_empty() {
             Ok(def)
         } else {
@@ -259,7 +268,7 @@ fn check_file_name(name: &str, stem: &str) -> Option<Problem> {
 }
 
 /// What the schema cannot say: values from a fixed set, combinations of keys.
-fn check_semantics(def: &AgentDef) -> Vec<Problem> {
+fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         problems.push(Problem {
@@ -267,14 +276,22 @@ fn check_semantics(def: &AgentDef) -> Vec<Problem> {
             message,
         })
     };
-    if !PROVIDERS.contains(&def.model.provider.as_str()) {
+    let provider = def.model.provider.as_str();
+    let named = home.providers.contains_key(provider);
+    if !named && !PROVIDERS.contains(&provider) {
+        let mut known: Vec<&str> = PROVIDERS.to_vec();
+        known.extend(home.providers.keys().map(String::as_str));
         problem(
             "model.provider",
             format!(
-                "unknown provider `{}`; use one of {}",
-                def.model.provider,
-                PROVIDERS.join(", ")
+                "unknown provider `{provider}`; use one of {} (or define [providers.{provider}] in agentq.toml)",
+                known.join(", ")
             ),
+        );
+    } else if (named || provider != "scripted") && def.model.name.is_none() {
+        problem(
+            "model.name",
+            format!("missing (required for provider `{provider}`)"),
         );
     }
     if def.model.provider == "scripted" && def.model.script.is_empty() {
@@ -430,6 +447,7 @@ pub fn load_named(
     agents_dir: &Path,
     name: &str,
     overrides: &BTreeMap<String, serde_json::Value>,
+    home: &HomeConfig,
 ) -> Result<(AgentDef, Source), UserError> {
     let path = path_for(agents_dir, name)?;
     let source = Source::read(&path).map_err(|e| {
@@ -442,7 +460,7 @@ pub fn load_named(
             UserError::usage(format!("cannot read {}: {e}", path.display()))
         }
     })?;
-    match source.load(overrides) {
+    match source.load(overrides, home) {
         Ok(def) => Ok((def, source)),
         Err(problems) => Err(UserError::usage(format!(
             "{} is invalid: {}",
@@ -477,7 +495,9 @@ mod tests {
 
     #[test]
     fn a_minimal_definition_gets_the_defaults() {
-        let def = source("bot", MINIMAL).load(&BTreeMap::new()).unwrap();
+        let def = source("bot", MINIMAL)
+            .load(&BTreeMap::new(), &HomeConfig::default())
+            .unwrap();
         assert_eq!(def.limits.max_steps, 20);
         assert_eq!(def.tools.workspace, "session");
         assert!(def.tools.builtin.is_empty());
@@ -485,7 +505,9 @@ mod tests {
 
     #[test]
     fn the_name_must_match_the_file() {
-        let problems = source("other", MINIMAL).load(&BTreeMap::new()).unwrap_err();
+        let problems = source("other", MINIMAL)
+            .load(&BTreeMap::new(), &HomeConfig::default())
+            .unwrap_err();
         assert_eq!(problems[0].key, "name");
         assert!(problems[0].message.contains("other.toml"));
     }
@@ -494,11 +516,15 @@ mod tests {
     fn overrides_apply_and_are_checked_like_the_file() {
         let mut overrides = BTreeMap::new();
         overrides.insert("limits.max_steps".to_owned(), parse_override_value("3"));
-        let def = source("bot", MINIMAL).load(&overrides).unwrap();
+        let def = source("bot", MINIMAL)
+            .load(&overrides, &HomeConfig::default())
+            .unwrap();
         assert_eq!(def.limits.max_steps, 3);
 
         overrides.insert("limits.max_stepz".to_owned(), parse_override_value("3"));
-        let problems = source("bot", MINIMAL).load(&overrides).unwrap_err();
+        let problems = source("bot", MINIMAL)
+            .load(&overrides, &HomeConfig::default())
+            .unwrap_err();
         assert_eq!(problems[0].key, "limits.max_stepz");
     }
 
@@ -513,7 +539,7 @@ mod tests {
     #[test]
     fn syntax_errors_say_where() {
         let problems = source("bot", "name = \n")
-            .load(&BTreeMap::new())
+            .load(&BTreeMap::new(), &HomeConfig::default())
             .unwrap_err();
         assert!(
             problems[0].message.starts_with("invalid TOML: line 1"),

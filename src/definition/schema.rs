@@ -80,6 +80,8 @@ const MODEL: &[Field] = &[
     opt("api_key_env", Kind::Str),
     opt("temperature", Kind::Number),
     opt("max_output_tokens", Kind::Count),
+    opt("max_attempts", Kind::Count),
+    opt("idle_timeout", Kind::Duration),
     opt("script", Kind::TableArray(SCRIPT_ENTRY)),
 ];
 const LIMITS: &[Field] = &[

@@ -12,7 +12,49 @@ use crate::time::Timestamp;
 pub struct ToolCall {
     pub id: String,
     pub name: String,
+    /// The arguments object; the raw text as a string when it was not valid JSON.
     pub arguments: serde_json::Value,
+    /// Why the arguments could not be parsed; the call is then answered with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_arguments: Option<String>,
+}
+
+impl ToolCall {
+    /// A call whose arguments arrived as JSON text (streamed by a provider).
+    pub fn from_json_text(id: String, name: String, text: &str) -> ToolCall {
+        let text = text.trim();
+        let parsed = if text.is_empty() {
+            // Servers send nothing at all for a tool without parameters.
+            Ok(serde_json::Value::Object(Default::default()))
+        } else {
+            serde_json::from_str::<serde_json::Value>(text)
+        };
+        let (arguments, invalid_arguments) = match parsed {
+            Ok(value) if value.is_object() => (value, None),
+            Ok(_) => (
+                serde_json::Value::String(text.to_owned()),
+                Some("the arguments are not a JSON object".to_owned()),
+            ),
+            Err(e) => (
+                serde_json::Value::String(text.to_owned()),
+                Some(e.to_string()),
+            ),
+        };
+        ToolCall {
+            id,
+            name,
+            arguments,
+            invalid_arguments,
+        }
+    }
+
+    /// The arguments as JSON text, as the wire formats want them back.
+    pub fn arguments_text(&self) -> String {
+        match (&self.invalid_arguments, &self.arguments) {
+            (Some(_), serde_json::Value::String(raw)) => raw.clone(),
+            (_, value) => value.to_string(),
+        }
+    }
 }
 
 /// A message as the model sees it, independent of any provider's wire format.
@@ -50,4 +92,30 @@ pub struct TranscriptLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
     pub timestamp: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_arguments_are_parsed_once_complete() {
+        let call = ToolCall::from_json_text("c".into(), "read_file".into(), r#"{"path":"a"}"#);
+        assert_eq!(call.arguments, serde_json::json!({"path": "a"}));
+        assert!(call.invalid_arguments.is_none());
+        let empty = ToolCall::from_json_text("c".into(), "list".into(), "");
+        assert_eq!(empty.arguments, serde_json::json!({}));
+    }
+
+    #[test]
+    fn invalid_arguments_are_kept_raw_with_the_reason() {
+        let call = ToolCall::from_json_text("c".into(), "read_file".into(), r#"{"path": "a"#);
+        assert!(call.invalid_arguments.is_some());
+        assert_eq!(call.arguments_text(), r#"{"path": "a"#);
+        let list = ToolCall::from_json_text("c".into(), "read_file".into(), "[1]");
+        assert_eq!(
+            list.invalid_arguments.as_deref(),
+            Some("the arguments are not a JSON object")
+        );
+    }
 }

@@ -1,15 +1,23 @@
 //! Model providers: each turns a request (system prompt, messages, tools) into a
 //! streamed answer: text deltas as they arrive, then tool calls, usage and finish reason.
 //!
-//! The agent loop only sees the [`Provider`] trait. `scripted` replays an answer script
-//! from the agent definition, so agents run in CI with no network and tests drive the
-//! loop deterministically.
+//! The agent loop only sees the [`Provider`] trait. `openai` speaks the Chat Completions
+//! API (OpenAI, Ollama, vLLM, llama.cpp, LiteLLM…), `anthropic` the Messages API, both
+//! over SSE; `scripted` replays an answer script from the agent definition, so agents
+//! run in CI with no network and tests drive the loop deterministically.
 
+pub mod anthropic;
+pub mod endpoint;
+pub mod http;
+pub mod openai;
+pub mod retry;
 pub mod scripted;
+pub mod sse;
 
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::config::HomeConfig;
 use crate::definition::AgentDef;
 use crate::domain::Usage;
 use crate::domain::transcript::{Message, ToolCall};
@@ -43,28 +51,46 @@ pub struct ModelTurn {
     pub finish_reason: Option<String>,
 }
 
-/// The receiver of text deltas returns `Err(Interrupt)` to stop the stream early
-/// (cancellation, shutdown).
+/// Returned by an observer to stop the stream early (cancellation, shutdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interrupt;
 
-pub type TextSink<'a> = dyn FnMut(&str) -> Result<(), Interrupt> + Send + 'a;
+/// A model call that failed before its stream began and will be made again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNotice {
+    /// The attempt about to be made (2 for the first retry).
+    pub attempt: u32,
+    pub delay_ms: u64,
+    pub http_status: Option<u16>,
+    pub error: String,
+}
+
+/// What a provider reports while it streams.
+pub trait StreamObserver: Send {
+    /// A text delta, as it arrives.
+    fn text(&mut self, delta: &str) -> Result<(), Interrupt>;
+    /// A retry is about to be waited for.
+    fn retry(&mut self, notice: &RetryNotice) -> Result<(), Interrupt>;
+    /// Asked while waiting (for a response, a chunk, a retry delay): stop now?
+    fn interrupted(&mut self) -> bool;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// Worth retrying later: connection failures, 408, 409, 429, 5xx.
+    /// Worth trying again later: connection failures, 408, 409, 429, 5xx, a stalled or
+    /// truncated stream, an overloaded server.
     #[error("{message}")]
     Transient {
         status: Option<u16>,
         message: String,
     },
-    /// Retrying will not help: bad request, authentication, unknown model.
+    /// Trying again will not help: bad request, authentication, unknown model.
     #[error("{message}")]
     Fatal {
         status: Option<u16>,
         message: String,
     },
-    /// The text sink asked to stop.
+    /// The observer asked to stop.
     #[error("interrupted")]
     Interrupted,
 }
@@ -72,8 +98,7 @@ pub enum ProviderError {
 impl ProviderError {
     /// Classifies an HTTP status the way every provider does.
     pub fn from_status(status: u16, message: String) -> ProviderError {
-        let transient = matches!(status, 408 | 409 | 429) || status >= 500;
-        if transient {
+        if is_transient_status(status) {
             ProviderError::Transient {
                 status: Some(status),
                 message,
@@ -85,29 +110,72 @@ impl ProviderError {
             }
         }
     }
+
+    pub fn transient(message: impl Into<String>) -> ProviderError {
+        ProviderError::Transient {
+            status: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn fatal(message: impl Into<String>) -> ProviderError {
+        ProviderError::Fatal {
+            status: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// 408, 409, 429 and 5xx are worth retrying; other statuses are not.
+pub fn is_transient_status(status: u16) -> bool {
+    matches!(status, 408 | 409 | 429) || status >= 500
 }
 
 pub trait Provider: Send + Sync {
-    /// Streams one answer. Text deltas go to `on_text` as they arrive.
+    /// Streams one answer, reporting text deltas and retries to `observer`.
     fn stream<'a>(
         &'a self,
         request: ModelRequest<'a>,
-        on_text: &'a mut TextSink<'a>,
+        observer: &'a mut dyn StreamObserver,
     ) -> BoxFuture<'a, Result<ModelTurn, ProviderError>>;
 }
 
-/// The provider an agent definition asks for.
-pub fn for_agent(def: &AgentDef) -> Result<Box<dyn Provider>, UserError> {
-    match def.model.provider.as_str() {
-        "scripted" => Ok(Box::new(scripted::Scripted::new(def.model.script.clone()))),
-        other => Err(UserError::usage(format!(
-            "agent `{}` uses provider `{other}`, which this build of agentq cannot call yet; use provider = \"scripted\"",
-            def.name
-        ))),
+/// The provider an agent definition asks for. Fails before any request when the
+/// configuration is incomplete (no model name, no API key where one is needed).
+pub fn for_agent(def: &AgentDef, home: &HomeConfig) -> Result<Box<dyn Provider>, UserError> {
+    if def.model.provider == "scripted" {
+        return Ok(Box::new(scripted::Scripted::new(def.model.script.clone())));
     }
+    let endpoint = endpoint::resolve(def, home, &|name| std::env::var(name).ok())?;
+    Ok(match endpoint.kind {
+        endpoint::Kind::OpenAi => Box::new(openai::OpenAi::new(endpoint)?),
+        endpoint::Kind::Anthropic => Box::new(anthropic::Anthropic::new(endpoint)?),
+    })
 }
 
 /// A rough token count (four bytes a token) for providers that report none.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
+}
+
+/// An estimate of the prompt's tokens, for servers that report no usage.
+pub fn estimate_prompt(request: &ModelRequest<'_>) -> u64 {
+    let messages: u64 = request
+        .messages
+        .iter()
+        .map(|m| match m {
+            Message::User { content } | Message::Tool { content, .. } => estimate_tokens(content),
+            Message::Assistant {
+                content,
+                tool_calls,
+            } => {
+                estimate_tokens(content)
+                    + tool_calls
+                        .iter()
+                        .map(|c| estimate_tokens(&c.arguments.to_string()) + 5)
+                        .sum::<u64>()
+            }
+        })
+        .sum();
+    estimate_tokens(request.system) + messages
 }

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use super::{
-    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, TextSink, estimate_tokens,
+    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, estimate_prompt,
+    estimate_tokens,
 };
 use crate::definition::ScriptEntry;
 use crate::domain::Usage;
@@ -33,7 +34,7 @@ impl Provider for Scripted {
     fn stream<'a>(
         &'a self,
         request: ModelRequest<'a>,
-        on_text: &'a mut TextSink<'a>,
+        observer: &'a mut dyn StreamObserver,
     ) -> BoxFuture<'a, Result<ModelTurn, ProviderError>> {
         Box::pin(async move {
             let entry = self.entry(request.call_index);
@@ -52,7 +53,9 @@ impl Provider for Scripted {
                 if let Some(ms) = entry.delay_ms.filter(|ms| *ms > 0) {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
-                on_text(chunk).map_err(|_| ProviderError::Interrupted)?;
+                observer
+                    .text(chunk)
+                    .map_err(|_| ProviderError::Interrupted)?;
             }
             let tool_calls: Vec<ToolCall> = entry
                 .tool_calls
@@ -64,11 +67,12 @@ impl Provider for Scripted {
                     arguments: crate::definition::toml_to_json(toml::Value::Table(
                         call.arguments.clone(),
                     )),
+                    invalid_arguments: None,
                 })
                 .collect();
             let usage = match entry.usage {
                 Some(u) => Usage::new(u.input, u.output),
-                None => Usage::new(prompt_tokens(&request), estimate_tokens(&text)),
+                None => Usage::new(estimate_prompt(&request), estimate_tokens(&text)),
             };
             let finish_reason = if tool_calls.is_empty() {
                 "stop"
@@ -95,21 +99,6 @@ fn latest_input(messages: &[Message]) -> &str {
             _ => None,
         })
         .unwrap_or("")
-}
-
-fn prompt_tokens(request: &ModelRequest<'_>) -> u64 {
-    let messages: u64 = request
-        .messages
-        .iter()
-        .map(|m| match m {
-            Message::User { content } | Message::Tool { content, .. } => estimate_tokens(content),
-            Message::Assistant {
-                content,
-                tool_calls,
-            } => estimate_tokens(content) + tool_calls.len() as u64 * 10,
-        })
-        .sum();
-    estimate_tokens(request.system) + messages
 }
 
 /// Splits text into words, each keeping the whitespace that follows it, so the chunks
@@ -146,11 +135,7 @@ mod tests {
         let messages = vec![Message::User {
             content: input.into(),
         }];
-        let mut chunks = Vec::new();
-        let mut sink = |t: &str| {
-            chunks.push(t.to_owned());
-            Ok(())
-        };
+        let mut sink = Chunks::default();
         let request = ModelRequest {
             system: "",
             messages: &messages,
@@ -162,7 +147,26 @@ mod tests {
             .build()
             .unwrap();
         let result = rt.block_on(provider.stream(request, &mut sink));
-        (result, chunks)
+        (result, sink.0)
+    }
+
+    #[derive(Default)]
+    struct Chunks(Vec<String>);
+
+    impl StreamObserver for Chunks {
+        fn text(&mut self, delta: &str) -> Result<(), crate::provider::Interrupt> {
+            self.0.push(delta.to_owned());
+            Ok(())
+        }
+        fn retry(
+            &mut self,
+            _: &crate::provider::RetryNotice,
+        ) -> Result<(), crate::provider::Interrupt> {
+            Ok(())
+        }
+        fn interrupted(&mut self) -> bool {
+            false
+        }
     }
 
     fn entry(text: &str) -> ScriptEntry {

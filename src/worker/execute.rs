@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::Shutdown;
 use crate::agent::{self, LoopEnd, Outcome, Sink, Stop};
+use crate::config::HomeConfig;
 use crate::definition;
 use crate::domain::event::{
     AgentStatus, AgentStatusChanged, EventPayload, ExecutionFinished, ExecutionStarted,
@@ -224,8 +225,12 @@ impl Owner<'_> {
         file: &InboxFile,
     ) -> Result<LoopEnd> {
         let meta = read_meta(self.dir)?;
-        let prepared = definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config)
-            .and_then(|(def, _)| provider::for_agent(&def).map(|p| (def, p)));
+        let prepared = HomeConfig::load(&self.store.config_path()).and_then(|home| {
+            let (def, _) =
+                definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
+            let provider = provider::for_agent(&def, &home)?;
+            Ok((def, provider))
+        });
         let (def, provider) = match prepared {
             Ok(ready) => ready,
             Err(err) => {

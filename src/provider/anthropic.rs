@@ -1,0 +1,468 @@
+//! The Anthropic Messages API with streaming.
+//!
+//! The stream is a sequence of typed events: `message_start` (input usage),
+//! `content_block_start` / `_delta` / `_stop` for text and tool use (tool input arrives
+//! as `input_json_delta` pieces), `message_delta` (stop reason, output usage),
+//! `message_stop`, `ping`, and `error`, which can arrive after an HTTP 200.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::endpoint::Endpoint;
+use super::sse::SseParser;
+use super::{BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, http};
+use crate::domain::Usage;
+use crate::domain::transcript::{Message, ToolCall};
+use crate::error::UserError;
+
+/// The API version this module speaks.
+const API_VERSION: &str = "2023-06-01";
+/// `max_tokens` is required by the API; this is used when the definition sets none.
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+pub struct Anthropic {
+    endpoint: Endpoint,
+    client: reqwest::Client,
+}
+
+impl Anthropic {
+    pub fn new(endpoint: Endpoint) -> Result<Anthropic, UserError> {
+        Ok(Anthropic {
+            client: http::client()?,
+            endpoint,
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn stream<'a>(
+        &'a self,
+        request: ModelRequest<'a>,
+        observer: &'a mut dyn StreamObserver,
+    ) -> BoxFuture<'a, Result<ModelTurn, ProviderError>> {
+        Box::pin(async move {
+            let endpoint = &self.endpoint;
+            let url = format!("{}/v1/messages", endpoint.base_url);
+            let mut headers = vec![("anthropic-version".to_owned(), API_VERSION.to_owned())];
+            if let Some(key) = &endpoint.api_key {
+                headers.push(("x-api-key".to_owned(), key.expose().to_owned()));
+            }
+            let body = request_body(endpoint, &request);
+            let mut response =
+                http::post_stream(&self.client, endpoint, &url, &headers, &body, observer).await?;
+            let mut parser = SseParser::new();
+            let mut turn = TurnBuilder::default();
+            while !turn.done {
+                let chunk =
+                    http::next_chunk(&mut response, endpoint.idle_timeout, observer).await?;
+                let events = match &chunk {
+                    Some(bytes) => parser.push(bytes),
+                    None => parser.finish().into_iter().collect(),
+                };
+                for event in events {
+                    let delta = turn.on_event(&event.data).map_err(|e| match e {
+                        ProviderError::Fatal { status, message } => ProviderError::Fatal {
+                            status,
+                            message: endpoint.redact(&message),
+                        },
+                        ProviderError::Transient { status, message } => ProviderError::Transient {
+                            status,
+                            message: endpoint.redact(&message),
+                        },
+                        other => other,
+                    })?;
+                    if !delta.is_empty() {
+                        observer
+                            .text(&delta)
+                            .map_err(|_| ProviderError::Interrupted)?;
+                    }
+                    if turn.done {
+                        break;
+                    }
+                }
+                if chunk.is_none() {
+                    break;
+                }
+            }
+            turn.finish()
+        })
+    }
+}
+
+pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
+    let mut body = json!({
+        "model": endpoint.model,
+        "max_tokens": endpoint.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        "stream": true,
+        "messages": wire_messages(request.messages),
+    });
+    if !request.system.is_empty() {
+        body["system"] = json!(request.system);
+    }
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+            .collect();
+    }
+    if let Some(t) = endpoint.temperature {
+        body["temperature"] = json!(t);
+    }
+    body
+}
+
+/// Maps the transcript to Messages API turns: tool results travel as `tool_result`
+/// blocks in a user turn, and consecutive turns of one role are merged, since the API
+/// wants the roles to alternate.
+pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for message in messages {
+        let (role, blocks) = match message {
+            Message::User { content } => ("user", vec![json!({"type": "text", "text": content})]),
+            Message::Assistant {
+                content,
+                tool_calls,
+            } => {
+                let mut blocks = Vec::new();
+                if !content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": content}));
+                }
+                for call in tool_calls {
+                    // The API insists on an object; invalid arguments were answered with
+                    // an error already, so an empty object stands in for them.
+                    let input = if call.arguments.is_object() {
+                        call.arguments.clone()
+                    } else {
+                        json!({})
+                    };
+                    blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
+                }
+                ("assistant", blocks)
+            }
+            Message::Tool {
+                tool_call_id,
+                content,
+                is_error,
+                ..
+            } => (
+                "user",
+                vec![
+                    json!({"type": "tool_result", "tool_use_id": tool_call_id, "content": content, "is_error": is_error}),
+                ],
+            ),
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect()
+}
+
+#[derive(Debug)]
+enum Block {
+    Text(String),
+    ToolUse {
+        id: String,
+        name: String,
+        json: String,
+        start_input: Value,
+    },
+}
+
+/// Assembles one answer from the stream's events.
+#[derive(Debug, Default)]
+pub struct TurnBuilder {
+    blocks: BTreeMap<u64, Block>,
+    input_tokens: u64,
+    output_tokens: u64,
+    stop_reason: Option<String>,
+    /// `message_stop` was seen.
+    pub done: bool,
+}
+
+impl TurnBuilder {
+    /// Takes one event's data; returns the text delta it carried (often empty).
+    pub fn on_event(&mut self, data: &str) -> Result<String, ProviderError> {
+        let event: Value = serde_json::from_str(data).map_err(|e| {
+            ProviderError::transient(format!("the server sent an event that is not JSON ({e})"))
+        })?;
+        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match event.get("type").and_then(Value::as_str).unwrap_or("") {
+            "message_start" => {
+                if let Some(usage) = event.pointer("/message/usage") {
+                    self.input_tokens = input_tokens(usage);
+                    self.output_tokens = usage
+                        .get("output_tokens")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                }
+            }
+            "content_block_start" => {
+                let block = event.get("content_block").cloned().unwrap_or(Value::Null);
+                let text = |key: &str| {
+                    block
+                        .get(key)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let started = match block.get("type").and_then(Value::as_str) {
+                    Some("tool_use") => Block::ToolUse {
+                        id: text("id"),
+                        name: text("name"),
+                        json: String::new(),
+                        start_input: block.get("input").cloned().unwrap_or(Value::Null),
+                    },
+                    _ => Block::Text(text("text")),
+                };
+                let initial = match &started {
+                    Block::Text(t) => t.clone(),
+                    Block::ToolUse { .. } => String::new(),
+                };
+                self.blocks.insert(index, started);
+                return Ok(initial);
+            }
+            "content_block_delta" => {
+                let delta = event.get("delta").cloned().unwrap_or(Value::Null);
+                match (
+                    delta.get("type").and_then(Value::as_str),
+                    self.blocks.get_mut(&index),
+                ) {
+                    (Some("text_delta"), Some(Block::Text(text))) => {
+                        let piece = delta.get("text").and_then(Value::as_str).unwrap_or("");
+                        text.push_str(piece);
+                        return Ok(piece.to_owned());
+                    }
+                    (Some("input_json_delta"), Some(Block::ToolUse { json, .. })) => {
+                        json.push_str(
+                            delta
+                                .get("partial_json")
+                                .and_then(Value::as_str)
+                                .unwrap_or(""),
+                        );
+                    }
+                    // Thinking and other block kinds are not part of the answer.
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = event.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    self.stop_reason = Some(reason.to_owned());
+                }
+                if let Some(usage) = event.get("usage") {
+                    if let Some(out) = usage.get("output_tokens").and_then(Value::as_u64) {
+                        self.output_tokens = out;
+                    }
+                    let input = input_tokens(usage);
+                    if input > 0 {
+                        self.input_tokens = input;
+                    }
+                }
+            }
+            "message_stop" => self.done = true,
+            "error" => return Err(stream_error(event.get("error").unwrap_or(&Value::Null))),
+            // `ping`, `content_block_stop` and event types added later.
+            _ => {}
+        }
+        Ok(String::new())
+    }
+
+    pub fn finish(self) -> Result<ModelTurn, ProviderError> {
+        if !self.done && self.stop_reason.is_none() {
+            return Err(ProviderError::transient(
+                "the stream ended before the answer was complete (no message_stop)",
+            ));
+        }
+        let mut text = String::new();
+        let mut tool_calls = Vec::new();
+        for block in self.blocks.into_values() {
+            match block {
+                Block::Text(t) => text.push_str(&t),
+                Block::ToolUse {
+                    id,
+                    name,
+                    json,
+                    start_input,
+                } => {
+                    let call = if json.trim().is_empty() && start_input.is_object() {
+                        ToolCall {
+                            id,
+                            name,
+                            arguments: start_input,
+                            invalid_arguments: None,
+                        }
+                    } else {
+                        ToolCall::from_json_text(id, name, &json)
+                    };
+                    tool_calls.push(call);
+                }
+            }
+        }
+        Ok(ModelTurn {
+            text,
+            tool_calls,
+            usage: Usage::new(self.input_tokens, self.output_tokens),
+            finish_reason: self.stop_reason,
+        })
+    }
+}
+
+/// Input tokens, counting cached prompt tokens too.
+fn input_tokens(usage: &Value) -> u64 {
+    [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .filter_map(|k| usage.get(*k).and_then(Value::as_u64))
+    .sum()
+}
+
+fn stream_error(error: &Value) -> ProviderError {
+    let kind = error.get("type").and_then(Value::as_str).unwrap_or("error");
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("no details given");
+    let message = format!("the server reported {kind} in the stream: {message}");
+    match kind {
+        "overloaded_error" | "api_error" | "rate_limit_error" | "timeout_error" => {
+            ProviderError::transient(message)
+        }
+        _ => ProviderError::fatal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(events: &[&str]) -> Result<ModelTurn, ProviderError> {
+        let mut turn = TurnBuilder::default();
+        for event in events {
+            turn.on_event(event)?;
+        }
+        turn.finish()
+    }
+
+    const START: &str = r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":25,"output_tokens":1}}}"#;
+    const STOP: &str = r#"{"type":"message_stop"}"#;
+
+    #[test]
+    fn text_and_tool_use_blocks_make_the_turn() {
+        let turn = feed(&[
+            START,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me "}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"look."}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"read_file","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"path\": \"a"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":".md\"}"}}"#,
+            r#"{"type":"content_block_stop","index":1}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":40}}"#,
+            STOP,
+        ])
+        .unwrap();
+        assert_eq!(turn.text, "Let me look.");
+        assert_eq!(turn.tool_calls[0].id, "toolu_1");
+        assert_eq!(turn.tool_calls[0].arguments, json!({"path": "a.md"}));
+        assert_eq!(turn.usage, Usage::new(25, 40));
+        assert_eq!(turn.finish_reason.as_deref(), Some("tool_use"));
+    }
+
+    #[test]
+    fn a_tool_without_input_deltas_gets_its_start_input() {
+        let turn = feed(&[
+            START,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"list_dir","input":{}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":3}}"#,
+            STOP,
+        ])
+        .unwrap();
+        assert_eq!(turn.tool_calls[0].arguments, json!({}));
+    }
+
+    #[test]
+    fn an_error_event_after_200_fails_the_step_by_its_kind() {
+        let overloaded =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert!(matches!(
+            feed(&[START, overloaded]),
+            Err(ProviderError::Transient { .. })
+        ));
+        let invalid =
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#;
+        assert!(matches!(
+            feed(&[START, invalid]),
+            Err(ProviderError::Fatal { .. })
+        ));
+    }
+
+    #[test]
+    fn a_stream_without_its_end_is_an_error() {
+        let partial = r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"Hi"}}"#;
+        assert!(matches!(
+            feed(&[START, partial]),
+            Err(ProviderError::Transient { .. })
+        ));
+    }
+
+    #[test]
+    fn tool_results_travel_in_user_turns_and_roles_alternate() {
+        let messages = vec![
+            Message::User {
+                content: "read a".into(),
+            },
+            Message::Assistant {
+                content: "ok".into(),
+                tool_calls: vec![
+                    ToolCall::from_json_text("t1".into(), "read_file".into(), r#"{"path":"a"}"#),
+                    ToolCall::from_json_text("t2".into(), "read_file".into(), "{bad"),
+                ],
+            },
+            Message::Tool {
+                tool_call_id: "t1".into(),
+                name: "read_file".into(),
+                content: "A".into(),
+                is_error: false,
+            },
+            Message::Tool {
+                tool_call_id: "t2".into(),
+                name: "read_file".into(),
+                content: "invalid".into(),
+                is_error: true,
+            },
+            Message::User {
+                content: "next".into(),
+            },
+        ];
+        assert_eq!(
+            Value::Array(wire_messages(&messages)),
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "read a"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "ok"},
+                    {"type": "tool_use", "id": "t1", "name": "read_file", "input": {"path": "a"}},
+                    {"type": "tool_use", "id": "t2", "name": "read_file", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "A", "is_error": false},
+                    {"type": "tool_result", "tool_use_id": "t2", "content": "invalid", "is_error": true},
+                    {"type": "text", "text": "next"}
+                ]}
+            ])
+        );
+    }
+}

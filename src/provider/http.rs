@@ -1,0 +1,222 @@
+//! HTTP for the streaming providers: one client, requests retried only before the
+//! response starts streaming, chunks read with an idle timeout, and every wait giving
+//! way promptly when the observer asks to stop.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::endpoint::Endpoint;
+use super::retry::{jitter, parse_retry_after};
+use super::{ProviderError, RetryNotice, StreamObserver};
+use crate::error::UserError;
+
+/// How often a wait checks whether to stop.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// A client for model APIs: TLS through rustls with the system's roots, a connect
+/// timeout, and no overall timeout (a stream may last minutes; idleness is watched
+/// per chunk instead).
+pub fn client() -> Result<reqwest::Client, UserError> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Fails only if a provider is already installed, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("agentq/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| UserError::usage(format!("cannot set up the HTTP client: {e}")))
+}
+
+/// How a wait ended, when the observer did not stop it.
+enum Waited<T> {
+    Done(T),
+    TimedOut,
+}
+
+/// Waits for `future`, checking the observer (and an optional deadline) as it goes.
+async fn interruptible<T>(
+    future: impl Future<Output = T>,
+    observer: &mut dyn StreamObserver,
+    deadline: Option<Instant>,
+) -> Result<Waited<T>, ProviderError> {
+    tokio::pin!(future);
+    loop {
+        tokio::select! {
+            value = &mut future => return Ok(Waited::Done(value)),
+            () = tokio::time::sleep(CHECK_EVERY) => {
+                if observer.interrupted() {
+                    return Err(ProviderError::Interrupted);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(Waited::TimedOut);
+                }
+            }
+        }
+    }
+}
+
+/// Waits for `future` with no deadline, unless the observer stops it.
+async fn until_done<T>(
+    future: impl Future<Output = T>,
+    observer: &mut dyn StreamObserver,
+) -> Result<T, ProviderError> {
+    match interruptible(future, observer, None).await? {
+        Waited::Done(value) => Ok(value),
+        Waited::TimedOut => Err(ProviderError::transient("timed out")),
+    }
+}
+
+/// POSTs a JSON body and returns the response once it is a success, retrying
+/// connection failures and transient statuses (408, 409, 429, 5xx) with backoff,
+/// honouring `Retry-After`, and reporting each retry to the observer.
+pub async fn post_stream(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    url: &str,
+    headers: &[(String, String)],
+    body: &serde_json::Value,
+    observer: &mut dyn StreamObserver,
+) -> Result<reqwest::Response, ProviderError> {
+    let body = serde_json::to_vec(body).map_err(|e| ProviderError::fatal(e.to_string()))?;
+    let policy = endpoint.retry;
+    let mut attempt = 1;
+    loop {
+        let mut request = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(body.clone());
+        for (name, value) in endpoint.headers.iter().chain(headers) {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let sent = until_done(request.send(), observer).await?;
+        let (error, retry_after) = match sent {
+            Ok(response) if response.status().is_success() => return Ok(response),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        parse_retry_after(
+                            v,
+                            crate::time::Timestamp::from_system(std::time::SystemTime::now()).0,
+                        )
+                    });
+                let text = until_done(response.text(), observer)
+                    .await?
+                    .unwrap_or_default();
+                let message = format!("HTTP {status} from {url}: {}", error_message(&text));
+                (
+                    ProviderError::from_status(status, endpoint.redact(&message)),
+                    retry_after,
+                )
+            }
+            Err(err) => (request_error(&err, url, endpoint), None),
+        };
+        let ProviderError::Transient { status, message } = &error else {
+            return Err(error);
+        };
+        if attempt >= policy.max_attempts {
+            return Err(ProviderError::Transient {
+                status: *status,
+                message: format!("{message} (gave up after {attempt} attempts)"),
+            });
+        }
+        attempt += 1;
+        let delay = policy.delay(attempt, retry_after, jitter());
+        let notice = RetryNotice {
+            attempt,
+            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            http_status: *status,
+            error: message.clone(),
+        };
+        observer
+            .retry(&notice)
+            .map_err(|_| ProviderError::Interrupted)?;
+        let until = Instant::now() + delay;
+        interruptible(std::future::pending::<()>(), observer, Some(until)).await?;
+    }
+}
+
+fn request_error(err: &reqwest::Error, url: &str, endpoint: &Endpoint) -> ProviderError {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let message = endpoint.redact(&format!("cannot reach {url}: {text}"));
+    if err.is_builder() {
+        ProviderError::fatal(message)
+    } else {
+        // Connection refused, reset, DNS, TLS handshake, timeouts: the server may be
+        // back in a moment.
+        ProviderError::transient(message)
+    }
+}
+
+/// The `error.message` of a JSON error body (OpenAI and Anthropic both use it), else
+/// the body itself, shortened.
+pub fn error_message(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .and_then(|m| m.as_str())
+    });
+    let text = message.unwrap_or(body).trim();
+    let text = if text.is_empty() {
+        "no details given"
+    } else {
+        text
+    };
+    crate::store::session::preview(text, 300)
+}
+
+/// The next piece of the response body; `None` at its end. Fails when nothing arrives
+/// for `idle`.
+pub async fn next_chunk(
+    response: &mut reqwest::Response,
+    idle: Duration,
+    observer: &mut dyn StreamObserver,
+) -> Result<Option<Bytes>, ProviderError> {
+    let deadline = Instant::now() + idle;
+    match interruptible(response.chunk(), observer, Some(deadline)).await? {
+        Waited::Done(Ok(chunk)) => Ok(chunk),
+        Waited::Done(Err(err)) => Err(ProviderError::transient(format!(
+            "the stream broke off: {err}"
+        ))),
+        Waited::TimedOut => Err(ProviderError::transient(format!(
+            "the stream stalled: nothing arrived for {}",
+            crate::time::human_duration(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_come_from_the_json_body() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"bad model","type":"x"}}"#),
+            "bad model"
+        );
+        assert_eq!(
+            error_message(
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
+            "Overloaded"
+        );
+        assert_eq!(error_message("Bad Gateway"), "Bad Gateway");
+        assert_eq!(error_message(""), "no details given");
+    }
+}

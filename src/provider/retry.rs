@@ -1,0 +1,146 @@
+//! When and how long to wait before trying a failed model call again.
+//!
+//! Only calls that failed before their stream began are retried: once text has been
+//! shown, repeating the call would show it twice.
+
+use std::time::Duration;
+
+/// How a provider retries: up to `max_attempts` calls in all, waiting `base`, then
+/// twice as long each time (at most `max_delay`), with random jitter so that many
+/// workers hitting the same rate limit do not retry in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The longest `Retry-After` honoured; a server asking for more is treated as down.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2 for the first retry). A server's
+    /// `Retry-After` wins over the backoff; `jitter` is a number in [0, 1).
+    pub fn delay(&self, next: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(MAX_RETRY_AFTER);
+        }
+        let exponent = next.saturating_sub(2).min(20);
+        let backoff = self.base.saturating_mul(1 << exponent).min(self.max_delay);
+        // "Equal jitter": half fixed, half random, so the wait never collapses to zero.
+        backoff.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// Parses a `Retry-After` value: seconds, or an HTTP date (relative to `now_ms`).
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = parse_http_date(value)?;
+    Some(Duration::from_millis(
+        u64::try_from(at - now_ms).unwrap_or(0),
+    ))
+}
+
+/// Parses the IMF-fixdate form of HTTP dates: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_http_date(value: &str) -> Option<i64> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let text = format!("{year}-{month:02}-{:0>2}T{time}Z", day);
+    crate::time::Timestamp::parse(&text).map(|t| t.0)
+}
+
+/// A number in [0, 1) that differs between processes and calls; good enough to spread
+/// retries, not for anything that needs real randomness.
+pub fn jitter() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = STATE.load(Ordering::Relaxed);
+    let mut x = if seed == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 32) | 1
+    } else {
+        seed
+    };
+    // xorshift64
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_between_half_and_all() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        assert_eq!(policy.delay(2, None, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.delay(3, None, 1.0), Duration::from_millis(200));
+        assert_eq!(policy.delay(4, None, 0.0), Duration::from_millis(200));
+        assert_eq!(policy.delay(9, None, 1.0), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn retry_after_wins_and_is_capped() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.delay(2, Some(Duration::from_secs(7)), 0.3),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            policy.delay(2, Some(Duration::from_secs(99_999)), 0.3),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        assert_eq!(parse_retry_after("3", 0), Some(Duration::from_secs(3)));
+        // 1994-11-06T08:49:37Z
+        let at = 784_111_777_000;
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at - 2_000),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at + 5_000),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", 0), None);
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+}
