@@ -198,6 +198,9 @@ pub struct SendArgs {
     /// Read the message from a file
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// No new text: carry on with the task the last execution left stopped or failed
+    #[arg(long = "continue", conflicts_with_all = ["text", "file"])]
+    pub continue_: bool,
     /// Idempotency key: sending the same key again is a no-op returning the first id
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,

@@ -8,10 +8,12 @@ use anyhow::Result;
 use super::Context;
 use super::watch::wait_for_message;
 use crate::cli::SendArgs;
-use crate::domain::inbox::EntryKind;
+use crate::domain::execution::ExecStatus;
+use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::error::UserError;
 use crate::render::PlainRenderer;
-use crate::store::session::NewEntry;
+use crate::store::SessionDir;
+use crate::store::session::{NewEntry, read_meta};
 use crate::time::parse_duration;
 
 /// The longest idempotency key: it is stored hex-encoded as a file name.
@@ -32,11 +34,19 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     }
     let dir = ctx.store.resolve(&args.id)?;
     let config = ctx.config()?;
-    let text = super::message_text(
-        args.text,
-        args.file.as_ref(),
-        config.inbox.max_message_bytes,
-    )?;
+    let (text, metadata) = if args.continue_ {
+        check_continuable(&dir)?;
+        let mut metadata = serde_json::Map::new();
+        metadata.insert(CONTINUE_KEY.to_owned(), true.into());
+        (String::new(), metadata)
+    } else {
+        let text = super::message_text(
+            args.text,
+            args.file.as_ref(),
+            config.inbox.max_message_bytes,
+        )?;
+        (text, serde_json::Map::new())
+    };
     // Where the log stands before this message, so `--wait` sees all of its events.
     let offset = std::fs::metadata(dir.events_path()).map_or(0, |m| m.len());
     let queued = ctx.store.enqueue(
@@ -45,7 +55,7 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
             kind: EntryKind::User,
             content: text,
             key: args.key,
-            metadata: Default::default(),
+            metadata,
         },
     )?;
     if !args.wait {
@@ -72,4 +82,26 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     ))?;
     result.print(args.json)?;
     Ok(result.exit_code)
+}
+
+/// `--continue` carries on a task the last execution left unfinished: stopped by a
+/// limit, failed (for example with the provider unavailable) or cancelled.
+fn check_continuable(dir: &SessionDir) -> Result<()> {
+    let meta = read_meta(dir)?;
+    let Some(last) = meta.last_execution else {
+        return Err(UserError::usage(format!(
+            "nothing to continue: session {} has no finished execution yet",
+            dir.id
+        ))
+        .into());
+    };
+    let status = dir.read_execution(last)?.status;
+    if status == ExecStatus::Completed {
+        return Err(UserError::usage(format!(
+            "nothing to continue: the last execution of session {} completed; send a new message instead",
+            dir.id
+        ))
+        .into());
+    }
+    Ok(())
 }

@@ -31,7 +31,18 @@ pub struct InboxEntry {
     pub attempts: u32,
 }
 
+/// `metadata.continue = true` marks an entry of `send --continue`: no new text, the
+/// agent carries on from where the last execution stopped.
+pub const CONTINUE_KEY: &str = "continue";
+
 impl InboxEntry {
+    pub fn is_continue(&self) -> bool {
+        self.metadata
+            .get(CONTINUE_KEY)
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+    }
+
     /// The file name: zero-padded `seq` first, so a sorted listing is the run order.
     pub fn file_name(&self) -> String {
         format!("{:012}-{}.json", self.seq, self.id)

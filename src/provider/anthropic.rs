@@ -466,3 +466,67 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::provider::sse::SseParser;
+    use proptest::prelude::*;
+
+    const STREAM: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Ça \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"va\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"read_file\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"path\\\": \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"n.md\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":22}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    fn normalise(pieces: &[&[u8]]) -> (Vec<String>, ModelTurn) {
+        let mut parser = SseParser::new();
+        let mut turn = TurnBuilder::default();
+        let mut deltas = Vec::new();
+        let mut events: Vec<_> = pieces.iter().flat_map(|p| parser.push(p)).collect();
+        events.extend(parser.finish());
+        for event in events {
+            let delta = turn.on_event(&event.data).unwrap();
+            if !delta.is_empty() {
+                deltas.push(delta);
+            }
+        }
+        (deltas, turn.finish().unwrap())
+    }
+
+    #[test]
+    fn the_whole_stream_gives_text_calls_and_usage() {
+        let (deltas, turn) = normalise(&[STREAM.as_bytes()]);
+        assert_eq!(deltas, vec!["Ça ", "va"]);
+        assert_eq!(turn.tool_calls[0].arguments, json!({"path": "n.md"}));
+        assert_eq!(turn.usage, Usage::new(30, 22));
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_the_bytes_gives_the_same_normalised_events(
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let bytes = STREAM.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for p in points {
+                pieces.push(&bytes[start..p]);
+                start = p;
+            }
+            pieces.push(&bytes[start..]);
+            prop_assert_eq!(normalise(&pieces), normalise(&[bytes]));
+        }
+    }
+}

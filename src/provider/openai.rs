@@ -519,3 +519,73 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::provider::sse::SseParser;
+    use proptest::prelude::*;
+
+    /// A stream with text, two tool calls split mid-string, usage in the last chunk,
+    /// a keep-alive comment and CRLF line endings.
+    const STREAM: &str = concat!(
+        ": keep-alive\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Héllo \"}}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"wörld\"}}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"read_file\",\"arguments\":\"{\\\"pa\"}}]}}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\",\"function\":{\"name\":\"list_dir\",\"arguments\":\"{}\"}}]}}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"th\\\":\\\"x\\\"}\"}}]}}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\r\n\r\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":7}}\r\n\r\n",
+        "data: [DONE]\r\n\r\n",
+    );
+
+    fn normalise(pieces: &[&[u8]]) -> (Vec<String>, ModelTurn) {
+        let mut parser = SseParser::new();
+        let mut turn = TurnBuilder::default();
+        let mut deltas = Vec::new();
+        let mut events: Vec<_> = pieces.iter().flat_map(|p| parser.push(p)).collect();
+        events.extend(parser.finish());
+        for event in events {
+            let delta = turn.on_data(&event.data).unwrap();
+            if !delta.is_empty() {
+                deltas.push(delta);
+            }
+        }
+        let request = ModelRequest {
+            system: "",
+            messages: &[],
+            tools: &[],
+            call_index: 0,
+        };
+        (deltas, turn.finish(&request).unwrap())
+    }
+
+    #[test]
+    fn the_whole_stream_gives_text_calls_and_usage() {
+        let (deltas, turn) = normalise(&[STREAM.as_bytes()]);
+        assert_eq!(deltas, vec!["Héllo ", "wörld"]);
+        assert_eq!(turn.tool_calls[0].arguments, json!({"path": "x"}));
+        assert_eq!(turn.tool_calls[1].name, "list_dir");
+        assert_eq!(turn.usage, Usage::new(12, 7));
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_the_bytes_gives_the_same_normalised_events(
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let bytes = STREAM.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for p in points {
+                pieces.push(&bytes[start..p]);
+                start = p;
+            }
+            pieces.push(&bytes[start..]);
+            prop_assert_eq!(normalise(&pieces), normalise(&[bytes]));
+        }
+    }
+}

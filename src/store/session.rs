@@ -147,7 +147,11 @@ impl Store {
                 message_id: entry.id,
                 seq,
                 key: entry.key.clone(),
-                content_preview: preview(&entry.content, 100),
+                content_preview: if entry.is_continue() {
+                    "(continue)".to_owned()
+                } else {
+                    preview(&entry.content, 100)
+                },
             }),
             EntryKind::Cancel => EventPayload::CancelRequested(CancelRequested {
                 message_id: entry.id,

@@ -196,17 +196,20 @@ impl Owner<'_> {
     /// Puts the user message into the transcript and names the execution in the state:
     /// from here on, a crash resumes this execution instead of starting another.
     fn begin(&self, entry: &InboxEntry, exec: &Execution, state: &mut AgentState) -> Result<()> {
-        let line = TranscriptLine {
-            message: Message::User {
-                content: entry.content.clone(),
-            },
-            message_id: Some(entry.id),
-            execution_id: Some(exec.id),
-            step: None,
-            timestamp: exec.started_at,
-        };
-        state.transcript =
-            transcript::append(&self.dir.transcript_path(), state.transcript, &[line])?;
+        // `send --continue` adds no text: the model carries on from the history as is.
+        if !entry.is_continue() {
+            let line = TranscriptLine {
+                message: Message::User {
+                    content: entry.content.clone(),
+                },
+                message_id: Some(entry.id),
+                execution_id: Some(exec.id),
+                step: None,
+                timestamp: exec.started_at,
+            };
+            state.transcript =
+                transcript::append(&self.dir.transcript_path(), state.transcript, &[line])?;
+        }
         state.current = Some(CurrentExecution {
             execution_id: exec.id,
             message_id: entry.id,

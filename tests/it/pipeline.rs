@@ -570,3 +570,42 @@ fn sigterm_mid_execution_leaves_it_at_a_checkpoint_for_the_next_worker() {
     );
     assert_eq!(finished(&env, &id)[0]["status"], "completed");
 }
+
+#[test]
+fn send_continue_carries_on_after_a_provider_failure_without_new_text() {
+    let env = TestEnv::new();
+    env.write_agent(
+        "flaky",
+        r#"
+name = "flaky"
+[model]
+provider = "scripted"
+[[model.script]]
+error = { status = 503, message = "overloaded" }
+[[model.script]]
+text = "recovered: {input}"
+"#,
+    );
+    let out = env.run(&["run", "--agent", "flaky", "the task", "--json"]);
+    assert_eq!(code(&out), 75, "{}", describe(&out));
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    env.ok(&["send", &id, "--continue"]);
+    env.worker_once();
+    assert_eq!(responses(&env, &id), vec!["recovered: the task"]);
+    let users: Vec<Value> = env
+        .json(&["session", "messages", &id, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == "user")
+        .cloned()
+        .collect();
+    assert_eq!(users.len(), 1, "--continue adds no user message");
+
+    let err = env.fails(&["send", &id, "--continue"], 2);
+    assert!(err.contains("nothing to continue"), "{err}");
+}
