@@ -16,6 +16,24 @@ pub struct HomeConfig {
     /// (`[model] provider = "local"`).
     #[serde(default)]
     pub providers: BTreeMap<String, NamedProvider>,
+    /// Prices per model name, for costs in `execution.finished` and `max_cost_usd`.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// `[prices."MODEL"]`: US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, usage: crate::domain::Usage) -> f64 {
+        (usage.input as f64 * self.input_per_mtok + usage.output as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
 }
 
 /// `[providers.NAME]`: an endpoint of one of the wire protocols.

@@ -7,6 +7,9 @@
 //! [`Sink::checkpoint`]; a step that did not settle leaves no trace in the state, and a
 //! resumed execution repeats it from its inference, never re-running a settled tool call.
 
+pub mod budget;
+pub mod compact;
+
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -14,18 +17,20 @@ use uuid::Uuid;
 use crate::definition::AgentDef;
 use crate::domain::Usage;
 use crate::domain::event::{
-    Continuation, Evaluation, EventPayload, MessageCompleted, ProviderRetry, StepCompleted,
+    ContextCompacted, Continuation, EventPayload, MessageCompleted, ProviderRetry, StepCompleted,
     StepStarted, StreamChunk, ToolCompleted, ToolStarted,
 };
 use crate::domain::execution::{ErrorInfo, ExecStatus, StopReason};
 use crate::domain::session::EventsPreset;
-use crate::domain::state::AgentState;
+use crate::domain::state::{AgentState, Compaction};
 use crate::domain::transcript::{Message, ToolCall, TranscriptLine};
 use crate::provider::{
     Interrupt, ModelRequest, ModelTurn, Provider, ProviderError, RetryNotice, StreamObserver,
 };
 use crate::time::Timestamp;
-use crate::tools::{Toolbox, summarize_args};
+use crate::tools::{ToolContext, ToolOutput, Toolbox, summarize_args};
+pub use budget::Budgets;
+use budget::StepFacts;
 
 /// Why the loop was asked to stop early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +39,8 @@ pub enum Stop {
     Cancel,
     /// The worker is shutting down: the execution stays resumable.
     Shutdown,
+    /// The execution's `timeout` passed: it ends `stopped`, `time_limit`.
+    TimeLimit,
 }
 
 /// Where the loop's effects go.
@@ -47,7 +54,8 @@ pub trait Sink: Send {
         lines: Vec<TranscriptLine>,
         state: &mut AgentState,
     ) -> anyhow::Result<()>;
-    /// Whether to stop, asked between text chunks, tool calls and steps.
+    /// Whether to stop (cancel or shutdown), asked between text chunks, tool calls and
+    /// steps.
     fn stop_requested(&mut self) -> Option<Stop>;
     fn now(&self) -> Timestamp;
 }
@@ -62,6 +70,7 @@ pub struct Run<'a> {
     pub message_id: Uuid,
     /// Session usage before this execution, for `session_max_tokens`.
     pub session_usage: Usage,
+    pub budgets: Budgets,
 }
 
 /// How a settled execution ended.
@@ -73,12 +82,42 @@ pub struct Outcome {
     pub error: Option<ErrorInfo>,
 }
 
+impl Outcome {
+    fn stopped(reason: StopReason) -> Outcome {
+        Outcome {
+            status: ExecStatus::Stopped,
+            stop_reason: reason,
+            response: None,
+            error: None,
+        }
+    }
+}
+
 /// The loop either settles the execution or leaves it to be resumed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoopEnd {
     Settled(Outcome),
     /// Stopped for shutdown at a safe point; the last checkpoint is where to resume.
     Suspended,
+}
+
+impl From<Stop> for LoopEnd {
+    fn from(stop: Stop) -> LoopEnd {
+        match stop {
+            Stop::Cancel => LoopEnd::Settled(cancelled()),
+            Stop::Shutdown => LoopEnd::Suspended,
+            Stop::TimeLimit => LoopEnd::Settled(Outcome::stopped(StopReason::TimeLimit)),
+        }
+    }
+}
+
+/// Cancellation and shutdown from the sink, else the execution's deadline.
+fn stop_now(sink: &mut dyn Sink, deadline: Option<Timestamp>) -> Option<Stop> {
+    sink.stop_requested().or_else(|| {
+        deadline
+            .filter(|d| sink.now() >= *d)
+            .map(|_| Stop::TimeLimit)
+    })
 }
 
 /// Runs steps until the execution settles. `history` holds the settled transcript
@@ -92,44 +131,51 @@ pub async fn run(
 ) -> anyhow::Result<LoopEnd> {
     let specs = run.tools.specs();
     let tool_names = run.tools.names();
+    let started_at = state
+        .current
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no execution in progress"))?
+        .started_at;
+    let deadline = run.budgets.deadline(started_at);
     loop {
-        match sink.stop_requested() {
-            Some(Stop::Cancel) => return Ok(LoopEnd::Settled(cancelled())),
-            Some(Stop::Shutdown) => return Ok(LoopEnd::Suspended),
-            None => {}
+        if let Some(stop) = stop_now(sink, deadline) {
+            return Ok(stop.into());
         }
-        let current = state
-            .current
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no execution in progress"))?;
-        let step = current.steps + 1;
+        let step = state.current.as_ref().map_or(0, |c| c.steps) + 1;
+        if let Some(window) = run.def.model.context_window
+            && let Some(stop) =
+                compact_if_needed(run, history, state, sink, window, &specs, deadline).await?
+        {
+            return Ok(stop.into());
+        }
         let step_started = Instant::now();
+        let view = compact::view(history, state.compaction.as_ref());
         sink.emit(EventPayload::StepStarted(StepStarted {
             step_number: step,
-            message_count: history.len(),
+            message_count: view.len(),
             available_tools: tool_names.clone(),
         }))?;
-
         let request = ModelRequest {
             system: &run.def.system,
-            messages: history,
+            messages: &view,
             tools: &specs,
             call_index: state.model_calls,
         };
-        let (result, stop, record_error) = stream_step(run, request, sink).await;
+        let (result, stop, record_error) = stream_step(run, request, sink, deadline).await;
+        drop(view);
         if let Some(err) = record_error {
             return Err(err);
         }
         let turn = match result {
             Ok(turn) => turn,
-            Err(ProviderError::Interrupted) => match stop {
-                Some(Stop::Cancel) => {
+            Err(ProviderError::Interrupted) => {
+                let stop = stop.unwrap_or(Stop::Shutdown);
+                if stop != Stop::Shutdown {
                     // The call was made and abandoned; a suspended one is made again.
                     state.model_calls += 1;
-                    return Ok(LoopEnd::Settled(cancelled()));
                 }
-                _ => return Ok(LoopEnd::Suspended),
-            },
+                return Ok(stop.into());
+            }
             Err(err) => {
                 // The call was made: a script entry was used up, a real API billed it.
                 state.model_calls += 1;
@@ -138,28 +184,40 @@ pub async fn run(
         };
         state.model_calls += 1;
 
-        let (lines, errors, stop) = run_tools(run, &turn, step, sink)?;
-        history.extend(lines.iter().map(|l| l.message.clone()));
+        let ran = run_tools(run, &turn, step, sink, &mut state.todos, deadline).await?;
+        history.extend(ran.lines.iter().map(|l| l.message.clone()));
         if let Some(current) = state.current.as_mut() {
             current.steps = step;
             current.usage.add(turn.usage);
+            current.consecutive_errors = match ran.trailing_errors {
+                Some(n) => n,
+                None => current.consecutive_errors + ran.errors,
+            };
         }
-        sink.checkpoint(lines, state)?;
+        sink.checkpoint(ran.lines, state)?;
         sink.emit(EventPayload::StepCompleted(StepCompleted {
             step_number: step,
             has_tool_calls: !turn.tool_calls.is_empty(),
-            errors,
+            errors: ran.errors,
             finish_reason: turn.finish_reason.clone(),
             usage: turn.usage,
             duration_ms: elapsed_ms(step_started),
         }))?;
-
-        match stop {
-            Some(Stop::Cancel) => return Ok(LoopEnd::Settled(cancelled())),
-            Some(Stop::Shutdown) => return Ok(LoopEnd::Suspended),
-            None => {}
+        if let Some(stop) = ran.stop {
+            return Ok(stop.into());
         }
-        let decision = evaluate(run, state, &turn, step, sink.now());
+
+        let Some(current) = state.current.as_ref() else {
+            return Err(anyhow::anyhow!("no execution in progress"));
+        };
+        let facts = StepFacts {
+            step,
+            tool_calls: turn.tool_calls.len(),
+            errors: ran.errors,
+            last_error: ran.last_error.as_deref(),
+        };
+        let decision =
+            budget::evaluate(&run.budgets, current, run.session_usage, &facts, sink.now());
         if run.preset.traces_continuation() {
             sink.emit(EventPayload::Continuation(Continuation {
                 step_number: step,
@@ -182,16 +240,104 @@ pub async fn run(
                     error: None,
                 }));
             }
-            Some(limit) => {
+            Some(StopReason::Error) => {
                 return Ok(LoopEnd::Settled(Outcome {
-                    status: ExecStatus::Stopped,
-                    stop_reason: limit,
+                    status: ExecStatus::Failed,
+                    stop_reason: StopReason::Error,
                     response: None,
-                    error: None,
+                    error: Some(ErrorInfo {
+                        message: decision.error.unwrap_or_else(|| "a tool failed".to_owned()),
+                        context: Some(format!("step {step}")),
+                    }),
                 }));
             }
+            Some(limit) => return Ok(LoopEnd::Settled(Outcome::stopped(limit))),
         }
     }
+}
+
+/// Compacts older turns when the next prompt would pass the threshold. Returns a stop
+/// if one was requested during the summarising call.
+async fn compact_if_needed(
+    run: &Run<'_>,
+    history: &[Message],
+    state: &mut AgentState,
+    sink: &mut dyn Sink,
+    window: u64,
+    specs: &[crate::provider::ToolSpec],
+    deadline: Option<Timestamp>,
+) -> anyhow::Result<Option<Stop>> {
+    let threshold = run
+        .def
+        .model
+        .compact_threshold
+        .unwrap_or(compact::DEFAULT_THRESHOLD);
+    let Some(plan) = compact::plan(
+        &run.def.system,
+        history,
+        specs,
+        state.compaction.as_ref(),
+        window,
+        threshold,
+    ) else {
+        return Ok(None);
+    };
+    let previous = state.compaction.as_ref().and_then(|c| c.summary.clone());
+    let input = compact::summary_input(history, &plan, previous.as_deref());
+    let messages = [Message::User { content: input }];
+    let request = ModelRequest {
+        system: compact::PROMPT,
+        messages: &messages,
+        tools: &[],
+        call_index: state.model_calls,
+    };
+    // The summary is not part of the answer: its text is not streamed as chunks.
+    let mut observer = StepObserver {
+        sink,
+        streams: false,
+        chunk_index: 0,
+        stop: None,
+        record_error: None,
+        deadline,
+    };
+    let result = run.provider.stream(request, &mut observer).await;
+    let (stop, record_error) = (observer.stop, observer.record_error);
+    if let Some(err) = record_error {
+        return Err(err);
+    }
+    let summary = match result {
+        Err(ProviderError::Interrupted) => return Ok(Some(stop.unwrap_or(Stop::Shutdown))),
+        Ok(turn) if !turn.text.trim().is_empty() => {
+            state.model_calls += 1;
+            if let Some(current) = state.current.as_mut() {
+                current.usage.add(turn.usage);
+            }
+            Some(turn.text)
+        }
+        // Summarising failed: the oldest turns are dropped instead, with any earlier
+        // summary kept.
+        _ => {
+            state.model_calls += 1;
+            None
+        }
+    };
+    let summarized = summary.is_some();
+    state.compaction = Some(Compaction {
+        through: plan.cut as u64,
+        summary: summary.or(previous),
+    });
+    let after = compact::estimate(
+        &run.def.system,
+        &compact::view(history, state.compaction.as_ref()),
+        specs,
+    );
+    sink.emit(EventPayload::ContextCompacted(ContextCompacted {
+        before_tokens: plan.before_tokens,
+        after_tokens: after,
+        dropped_messages: (plan.cut - plan.from) as u64,
+        summarized,
+    }))?;
+    Ok(None)
 }
 
 /// Streams one inference, turning text deltas into chunk events and retries into
@@ -201,6 +347,7 @@ async fn stream_step(
     run: &Run<'_>,
     request: ModelRequest<'_>,
     sink: &mut dyn Sink,
+    deadline: Option<Timestamp>,
 ) -> (
     Result<ModelTurn, ProviderError>,
     Option<Stop>,
@@ -212,6 +359,7 @@ async fn stream_step(
         chunk_index: 0,
         stop: None,
         record_error: None,
+        deadline,
     };
     let result = run.provider.stream(request, &mut observer).await;
     (result, observer.stop, observer.record_error)
@@ -224,6 +372,7 @@ struct StepObserver<'s> {
     chunk_index: u64,
     stop: Option<Stop>,
     record_error: Option<anyhow::Error>,
+    deadline: Option<Timestamp>,
 }
 
 impl StepObserver<'_> {
@@ -266,21 +415,34 @@ impl StreamObserver for StepObserver<'_> {
 
     fn interrupted(&mut self) -> bool {
         if self.stop.is_none() {
-            self.stop = self.sink.stop_requested();
+            self.stop = stop_now(self.sink, self.deadline);
         }
         self.stop.is_some() || self.record_error.is_some()
     }
 }
 
+/// What running a step's tool calls produced.
+struct ToolRun {
+    lines: Vec<TranscriptLine>,
+    errors: u32,
+    last_error: Option<String>,
+    /// Errors after the last successful call, if any call succeeded; `None` when every
+    /// call failed (the count continues from earlier steps).
+    trailing_errors: Option<u32>,
+    stop: Option<Stop>,
+}
+
 /// Runs the step's tool calls in order and builds the step's transcript lines.
-/// A stop request between calls leaves the remaining calls unrun, each answered with
-/// an error result so the transcript stays a valid conversation.
-fn run_tools(
+/// A cancel or the time limit between calls leaves the remaining calls unrun, each
+/// answered with an error result so the transcript stays a valid conversation.
+async fn run_tools(
     run: &Run<'_>,
     turn: &ModelTurn,
     step: u32,
     sink: &mut dyn Sink,
-) -> anyhow::Result<(Vec<TranscriptLine>, u32, Option<Stop>)> {
+    todos: &mut Vec<crate::domain::state::Todo>,
+    deadline: Option<Timestamp>,
+) -> anyhow::Result<ToolRun> {
     let line = |message: Message, sink: &dyn Sink| TranscriptLine {
         message,
         message_id: None,
@@ -288,26 +450,38 @@ fn run_tools(
         step: Some(step),
         timestamp: sink.now(),
     };
-    let mut lines = vec![line(
-        Message::Assistant {
-            content: turn.text.clone(),
-            tool_calls: turn.tool_calls.clone(),
-        },
-        sink,
-    )];
-    let mut errors = 0;
-    let mut stop = None;
+    let mut ran = ToolRun {
+        lines: vec![line(
+            Message::Assistant {
+                content: turn.text.clone(),
+                tool_calls: turn.tool_calls.clone(),
+            },
+            sink,
+        )],
+        errors: 0,
+        last_error: None,
+        trailing_errors: None,
+        stop: None,
+    };
     for call in &turn.tool_calls {
-        if stop.is_none() {
-            stop = sink.stop_requested().filter(|s| *s == Stop::Cancel);
+        if ran.stop.is_none() {
+            // A shutdown lets the step's calls finish (their effects are done or cheap
+            // to finish) and stops after the checkpoint, so no call ever runs twice.
+            ran.stop = stop_now(sink, deadline).filter(|s| *s != Stop::Shutdown);
         }
-        let output = if stop.is_some() {
-            crate::tools::ToolOutput::error("not run: the execution was cancelled")
-        } else {
-            run_tool(run, call, sink)?
+        let output = match ran.stop {
+            Some(Stop::TimeLimit) => ToolOutput::error("not run: the execution ran out of time"),
+            Some(_) => ToolOutput::error("not run: the execution was cancelled"),
+            None => run_tool(run, call, sink, todos, deadline).await?,
         };
-        errors += u32::from(output.is_error);
-        lines.push(line(
+        if output.is_error {
+            ran.errors += 1;
+            ran.last_error = Some(output.content.clone());
+            ran.trailing_errors = ran.trailing_errors.map(|n| n + 1);
+        } else {
+            ran.trailing_errors = Some(0);
+        }
+        ran.lines.push(line(
             Message::Tool {
                 tool_call_id: call.id.clone(),
                 name: call.name.clone(),
@@ -317,16 +491,17 @@ fn run_tools(
             sink,
         ));
     }
-    // A shutdown lets the step's calls finish (their effects are done or cheap to
-    // finish) and stops after the checkpoint, so no call is ever run twice.
-    Ok((lines, errors, stop.or_else(|| sink.stop_requested())))
+    ran.stop = ran.stop.or_else(|| stop_now(sink, deadline));
+    Ok(ran)
 }
 
-fn run_tool(
+async fn run_tool(
     run: &Run<'_>,
     call: &ToolCall,
     sink: &mut dyn Sink,
-) -> anyhow::Result<crate::tools::ToolOutput> {
+    todos: &mut Vec<crate::domain::state::Todo>,
+    deadline: Option<Timestamp>,
+) -> anyhow::Result<ToolOutput> {
     let (args_summary, args) = match run.preset {
         EventsPreset::Debug => {
             let full = call.arguments.to_string();
@@ -346,11 +521,25 @@ fn run_tool(
     }))?;
     let started = Instant::now();
     let output = match &call.invalid_arguments {
-        Some(reason) => crate::tools::ToolOutput::error(format!(
+        Some(reason) => ToolOutput::error(format!(
             "the arguments of `{}` are not valid JSON ({reason}); call it again with a JSON object",
             call.name
         )),
-        None => run.tools.call(&call.name, &call.arguments),
+        None => {
+            // A long tool (a command) gives way to a cancel or the deadline, not to a
+            // shutdown: the step finishes before the worker stops.
+            let mut stop = || {
+                matches!(
+                    stop_now(&mut *sink, deadline),
+                    Some(Stop::Cancel | Stop::TimeLimit)
+                )
+            };
+            let mut ctx = ToolContext {
+                todos,
+                stop: &mut stop,
+            };
+            run.tools.call(&call.name, &call.arguments, &mut ctx).await
+        }
     };
     sink.emit(EventPayload::ToolCompleted(ToolCompleted {
         tool_name: call.name.clone(),
@@ -360,80 +549,6 @@ fn run_tool(
         duration_ms: elapsed_ms(started),
     }))?;
     Ok(output)
-}
-
-struct Decision {
-    stop_reason: Option<StopReason>,
-    evaluations: Vec<Evaluation>,
-}
-
-/// Decides whether to run another step; every check is recorded for the debug trace.
-fn evaluate(
-    run: &Run<'_>,
-    state: &AgentState,
-    turn: &ModelTurn,
-    step: u32,
-    now: Timestamp,
-) -> Decision {
-    let limits = &run.def.limits;
-    let (usage, started_at) = state
-        .current
-        .as_ref()
-        .map_or((Usage::default(), now), |c| (c.usage, c.started_at));
-    let mut session_usage = run.session_usage;
-    session_usage.add(usage);
-    let mut evaluations = Vec::new();
-    let mut check = |name: &str, stop: bool, detail: String, reason: StopReason| {
-        evaluations.push(Evaluation {
-            check: name.to_owned(),
-            passed: !stop,
-            detail,
-        });
-        stop.then_some(reason)
-    };
-    let reasons = [
-        check(
-            "answered",
-            turn.tool_calls.is_empty(),
-            format!("{} tool calls", turn.tool_calls.len()),
-            StopReason::Completed,
-        ),
-        check(
-            "max_steps",
-            step >= limits.max_steps,
-            format!("step {step} of {}", limits.max_steps),
-            StopReason::StepsLimit,
-        ),
-        check(
-            "max_tokens",
-            limits.max_tokens.is_some_and(|max| usage.total >= max),
-            format!("{} tokens of {:?}", usage.total, limits.max_tokens),
-            StopReason::TokenLimit,
-        ),
-        check(
-            "session_max_tokens",
-            limits
-                .session_max_tokens
-                .is_some_and(|max| session_usage.total >= max),
-            format!(
-                "{} tokens of {:?}",
-                session_usage.total, limits.session_max_tokens
-            ),
-            StopReason::TokenLimit,
-        ),
-        check(
-            "timeout",
-            limits
-                .timeout
-                .is_some_and(|t| u128::from(now.millis_since(started_at)) >= t.as_millis()),
-            format!("{} ms elapsed", now.millis_since(started_at)),
-            StopReason::TimeLimit,
-        ),
-    ];
-    Decision {
-        stop_reason: reasons.into_iter().flatten().next(),
-        evaluations,
-    }
 }
 
 fn cancelled() -> Outcome {

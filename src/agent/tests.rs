@@ -1,6 +1,7 @@
 //! The agent loop against an in-memory sink and the scripted provider.
 
 use super::*;
+use crate::agent::budget::Budgets;
 use crate::definition::Source;
 use crate::domain::state::CurrentExecution;
 use crate::provider::scripted::Scripted;
@@ -35,8 +36,9 @@ impl Sink for Memory {
             .filter(|(n, _)| self.events.len() >= *n)
             .map(|(_, s)| s)
     }
+    /// Time moves one second per recorded event, so time limits can be tested.
     fn now(&self) -> Timestamp {
-        Timestamp(0)
+        Timestamp(self.events.len() as i64 * 1000)
     }
 }
 
@@ -60,6 +62,8 @@ struct Harness {
     def: AgentDef,
     workspace: tempfile::TempDir,
     preset: EventsPreset,
+    session_usage: Usage,
+    price: Option<crate::config::Price>,
 }
 
 impl Harness {
@@ -68,12 +72,18 @@ impl Harness {
             def: agent(body),
             workspace: tempfile::tempdir().unwrap(),
             preset: EventsPreset::Standard,
+            session_usage: Usage::default(),
+            price: None,
         }
     }
 
     fn run(&self, sink: &mut Memory, input: &str) -> (LoopEnd, AgentState) {
         let provider = Scripted::new(self.def.model.script.clone());
-        let tools = Toolbox::new(self.workspace.path().to_owned(), &self.def.tools.builtin);
+        let tools = Toolbox::new(
+            self.workspace.path().to_owned(),
+            &self.def.tools.builtin,
+            self.def.tools.command.clone(),
+        );
         let run = Run {
             def: &self.def,
             provider: &provider,
@@ -81,7 +91,8 @@ impl Harness {
             preset: self.preset,
             execution_id: Uuid::nil(),
             message_id: Uuid::nil(),
-            session_usage: Usage::default(),
+            session_usage: self.session_usage,
+            budgets: Budgets::from_def(&self.def, 0, self.price),
         };
         let mut state = AgentState {
             current: Some(CurrentExecution {
@@ -90,6 +101,7 @@ impl Harness {
                 steps: 0,
                 usage: Usage::default(),
                 started_at: Timestamp(0),
+                consecutive_errors: 0,
             }),
             ..AgentState::default()
         };
@@ -314,4 +326,181 @@ fn the_minimal_preset_records_no_chunks() {
     let mut sink = Memory::default();
     h.run(&mut sink, "x");
     assert!(!sink.types().contains(&"agent.stream.chunk"));
+}
+
+fn outcome(end: LoopEnd) -> Outcome {
+    match end {
+        LoopEnd::Settled(outcome) => outcome,
+        LoopEnd::Suspended => panic!("suspended"),
+    }
+}
+
+const TOOL_FOREVER: &str = r#"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "again"
+tool_calls = [{ name = "list_dir", arguments = { path = "." } }]
+usage = { input = 100, output = 10 }
+[tools]
+builtin = ["list_dir"]
+"#;
+
+#[test]
+fn max_tokens_stops_the_execution() {
+    let h = Harness::new(&format!("{TOOL_FOREVER}[limits]\nmax_tokens = 300\n"));
+    let (end, state) = h.run(&mut Memory::default(), "x");
+    assert_eq!(outcome(end).stop_reason, StopReason::TokenLimit);
+    assert_eq!(
+        state.current.unwrap().usage.total,
+        330,
+        "stops after the step that passed it"
+    );
+}
+
+#[test]
+fn session_max_tokens_counts_earlier_executions() {
+    let mut h = Harness::new(&format!(
+        "{TOOL_FOREVER}[limits]\nsession_max_tokens = 1000\n"
+    ));
+    h.session_usage = Usage::new(900, 0);
+    let (end, state) = h.run(&mut Memory::default(), "x");
+    assert_eq!(outcome(end).stop_reason, StopReason::TokenLimit);
+    assert_eq!(state.current.unwrap().steps, 1);
+}
+
+#[test]
+fn max_cost_usd_stops_with_cost_limit_when_priced() {
+    let mut h = Harness::new(&format!("{TOOL_FOREVER}[limits]\nmax_cost_usd = 0.002\n"));
+    h.price = Some(crate::config::Price {
+        input_per_mtok: 10.0,
+        output_per_mtok: 10.0,
+    });
+    // $0.0011 per step: stops after the second.
+    let (end, state) = h.run(&mut Memory::default(), "x");
+    assert_eq!(outcome(end).stop_reason, StopReason::CostLimit);
+    assert_eq!(state.current.unwrap().steps, 2);
+}
+
+#[test]
+fn the_timeout_stops_between_steps_and_mid_stream() {
+    let h = Harness::new(&format!("{TOOL_FOREVER}[limits]\ntimeout = \"5s\"\n"));
+    let (end, _) = h.run(&mut Memory::default(), "x");
+    assert_eq!(outcome(end), Outcome::stopped(StopReason::TimeLimit));
+}
+
+const FAILING_TOOL: &str = r#"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "trying"
+tool_calls = [{ name = "read_file", arguments = { path = "missing.txt" } }]
+[tools]
+builtin = ["read_file"]
+"#;
+
+#[test]
+fn consecutive_tool_errors_fail_the_execution() {
+    let h = Harness::new(FAILING_TOOL);
+    let (end, state) = h.run(&mut Memory::default(), "x");
+    let outcome = outcome(end);
+    assert_eq!(
+        (outcome.status, outcome.stop_reason),
+        (ExecStatus::Failed, StopReason::Error)
+    );
+    assert!(
+        outcome
+            .error
+            .unwrap()
+            .message
+            .contains("3 tool calls failed in a row")
+    );
+    assert_eq!(state.current.unwrap().steps, 3);
+}
+
+#[test]
+fn on_tool_error_stop_fails_at_the_first_error() {
+    let h = Harness::new(&format!(
+        "{FAILING_TOOL}[limits]\non_tool_error = \"stop\"\n"
+    ));
+    let (end, state) = h.run(&mut Memory::default(), "x");
+    let outcome = outcome(end);
+    assert_eq!(outcome.stop_reason, StopReason::Error);
+    assert!(outcome.error.unwrap().message.contains("does not exist"));
+    assert_eq!(state.current.unwrap().steps, 1);
+}
+
+#[test]
+fn todo_write_keeps_the_plan_in_the_state() {
+    let h = Harness::new(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        tool_calls = [{ name = "todo_write", arguments = { todos = [{ content = "read", status = "in_progress" }, { content = "write", status = "pending" }] } }]
+        [[model.script]]
+        text = "planned"
+        [tools]
+        builtin = ["todo_write"]
+        "#,
+    );
+    let (_, state) = h.run(&mut Memory::default(), "x");
+    assert_eq!(state.todos.len(), 2);
+    assert_eq!(
+        state.todos[0].status,
+        crate::domain::state::TodoStatus::InProgress
+    );
+}
+
+#[test]
+fn an_oversized_history_is_compacted_with_a_scripted_summary() {
+    // Step 1 reads a big file. Before step 2 the prompt is over 80% of the window, but
+    // the big result belongs to the exchange in progress, which stays whole. After step
+    // 2 it can go: the third model call writes the summary and the fourth answers.
+    let h = Harness::new(
+        r#"
+        [model]
+        provider = "scripted"
+        context_window = 2000
+        [[model.script]]
+        text = "reading"
+        tool_calls = [{ name = "read_file", arguments = { path = "big.txt" } }]
+        [[model.script]]
+        text = "listing"
+        tool_calls = [{ name = "list_dir", arguments = { path = "." } }]
+        [[model.script]]
+        text = "SUMMARY: the user asked; big.txt was read."
+        [[model.script]]
+        text = "done"
+        [tools]
+        builtin = ["read_file", "list_dir"]
+        "#,
+    );
+    std::fs::write(h.workspace.path().join("big.txt"), "word ".repeat(2000)).unwrap();
+    let mut sink = Memory::default();
+    let (end, state) = h.run(&mut sink, "summarise big.txt");
+    assert_eq!(outcome(end).response.as_deref(), Some("done"));
+    let compacted: Vec<_> = sink
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EventPayload::ContextCompacted(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(compacted.len(), 1);
+    assert!(compacted[0].summarized);
+    assert!(compacted[0].after_tokens < compacted[0].before_tokens);
+    let compaction = state.compaction.unwrap();
+    assert_eq!(
+        compaction.summary.as_deref(),
+        Some("SUMMARY: the user asked; big.txt was read.")
+    );
+    assert_eq!(
+        sink.transcript.len(),
+        5,
+        "every step is kept in the transcript"
+    );
+    assert_eq!(compaction.through, 3);
+    assert_eq!(state.model_calls, 4);
 }

@@ -16,7 +16,14 @@ use crate::time::parse_duration;
 use schema::Problem;
 
 /// Built-in tools this version provides, by their contract names.
-pub const BUILTIN_TOOLS: &[&str] = &["read_file", "write_file", "list_dir"];
+pub const BUILTIN_TOOLS: &[&str] = &[
+    "read_file",
+    "write_file",
+    "edit_file",
+    "list_dir",
+    "search_files",
+    "todo_write",
+];
 
 /// Providers this version knows.
 pub const PROVIDERS: &[&str] = &["openai", "anthropic", "scripted"];
@@ -57,6 +64,12 @@ pub struct ModelConfig {
     /// How long a stream may stay silent before the step fails.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// The model's context window in tokens; older turns are compacted to fit it.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    /// The share of the window a prompt may fill before compaction (default 0.8).
+    #[serde(default)]
+    pub compact_threshold: Option<f64>,
     /// The `scripted` provider's answers, one per model call.
     #[serde(default)]
     pub script: Vec<ScriptEntry>,
@@ -113,6 +126,24 @@ pub struct Limits {
     pub session_max_tokens: Option<u64>,
     #[serde(default, deserialize_with = "de_duration")]
     pub timeout: Option<Duration>,
+    /// Per execution, priced with `[prices]` in agentq.toml.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// What a failed tool call does: the model sees the error and carries on, or the
+    /// execution fails.
+    #[serde(default)]
+    pub on_tool_error: ToolErrorPolicy,
+    /// Tool calls failing in a row before the execution fails.
+    #[serde(default = "default_max_consecutive_errors")]
+    pub max_consecutive_errors: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolErrorPolicy {
+    #[default]
+    Continue,
+    Stop,
 }
 
 impl Default for Limits {
@@ -122,8 +153,15 @@ impl Default for Limits {
             max_tokens: None,
             session_max_tokens: None,
             timeout: None,
+            max_cost_usd: None,
+            on_tool_error: ToolErrorPolicy::default(),
+            max_consecutive_errors: default_max_consecutive_errors(),
         }
     }
+}
+
+fn default_max_consecutive_errors() -> u32 {
+    3
 }
 
 fn default_max_steps() -> u32 {
@@ -146,6 +184,27 @@ pub struct ToolsConfig {
     /// `"session"` for the session's own `workspace/`, or a directory under the home.
     #[serde(default = "default_workspace")]
     pub workspace: String,
+    /// Declared external commands; nothing else is ever executed.
+    #[serde(default)]
+    pub command: Vec<CommandToolDef>,
+}
+
+/// `[[tools.command]]`: a program the model may run, with a fixed argv and no shell.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandToolDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub argv: Vec<String>,
+    /// JSON Schema of the arguments; the arguments reach the process as JSON on stdin.
+    #[serde(default)]
+    pub parameters: Option<Table>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+    /// Working directory, relative to the workspace.
+    #[serde(default)]
+    pub cwd: Option<String>,
 }
 
 impl Default for ToolsConfig {
@@ -153,6 +212,7 @@ impl Default for ToolsConfig {
         ToolsConfig {
             builtin: Vec::new(),
             workspace: default_workspace(),
+            command: Vec::new(),
         }
     }
 }
@@ -313,6 +373,19 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     if def.limits.max_steps == 0 {
         problem("limits.max_steps", "must be at least 1".to_owned());
     }
+    if def.limits.max_consecutive_errors == 0 {
+        problem(
+            "limits.max_consecutive_errors",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if def
+        .limits
+        .max_cost_usd
+        .is_some_and(|c| c.is_nan() || c <= 0.0)
+    {
+        problem("limits.max_cost_usd", "must be more than 0".to_owned());
+    }
     for (i, tool) in def.tools.builtin.iter().enumerate() {
         if !BUILTIN_TOOLS.contains(&tool.as_str()) {
             problem(
@@ -326,6 +399,35 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     }
     if let Err(message) = check_workspace(&def.tools.workspace) {
         problem("tools.workspace", message);
+    }
+    for (i, command) in def.tools.command.iter().enumerate() {
+        let key = |field: &str| format!("tools.command[{i}].{field}");
+        if check_name(&command.name).is_err() {
+            problem(
+                &key("name"),
+                format!(
+                    "`{}` is not a tool name: use letters, digits, `-` and `_`",
+                    command.name.escape_default()
+                ),
+            );
+        } else if BUILTIN_TOOLS.contains(&command.name.as_str())
+            || def.tools.command[..i]
+                .iter()
+                .any(|c| c.name == command.name)
+        {
+            problem(
+                &key("name"),
+                format!("`{}` is already the name of another tool", command.name),
+            );
+        }
+        if command.argv.first().is_none_or(|p| p.is_empty()) {
+            problem(&key("argv"), "needs at least the program to run".to_owned());
+        }
+        if let Some(cwd) = &command.cwd
+            && let Err(message) = check_workspace(cwd)
+        {
+            problem(&key("cwd"), message.replace("\"session\" or ", ""));
+        }
     }
     problems
 }

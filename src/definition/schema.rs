@@ -34,6 +34,8 @@ pub enum Kind {
     Number,
     Duration,
     StrList,
+    /// A string from a fixed set.
+    OneOf(&'static [&'static str]),
     Table(&'static [Field]),
     TableArray(&'static [Field]),
     /// A table whose keys are free, such as tool arguments.
@@ -82,6 +84,8 @@ const MODEL: &[Field] = &[
     opt("max_output_tokens", Kind::Count),
     opt("max_attempts", Kind::Count),
     opt("idle_timeout", Kind::Duration),
+    opt("context_window", Kind::Count),
+    opt("compact_threshold", Kind::Number),
     opt("script", Kind::TableArray(SCRIPT_ENTRY)),
 ];
 const LIMITS: &[Field] = &[
@@ -89,8 +93,23 @@ const LIMITS: &[Field] = &[
     opt("max_tokens", Kind::Count),
     opt("session_max_tokens", Kind::Count),
     opt("timeout", Kind::Duration),
+    opt("max_cost_usd", Kind::Number),
+    opt("on_tool_error", Kind::OneOf(&["continue", "stop"])),
+    opt("max_consecutive_errors", Kind::Count),
 ];
-const TOOLS: &[Field] = &[opt("builtin", Kind::StrList), opt("workspace", Kind::Str)];
+const COMMAND_TOOL: &[Field] = &[
+    req("name", Kind::Str),
+    opt("description", Kind::Str),
+    req("argv", Kind::StrList),
+    opt("parameters", Kind::AnyTable),
+    opt("timeout", Kind::Duration),
+    opt("cwd", Kind::Str),
+];
+const TOOLS: &[Field] = &[
+    opt("builtin", Kind::StrList),
+    opt("workspace", Kind::Str),
+    opt("command", Kind::TableArray(COMMAND_TOOL)),
+];
 
 /// The keys of `agents/<name>.toml` (ARCHITECTURE.md §5).
 pub const AGENT: &[Field] = &[
@@ -144,6 +163,8 @@ fn check_value(value: &Value, kind: Kind, path: &str, problems: &mut Vec<Problem
                 });
             }
         }
+        (Kind::OneOf(choices), Value::String(s)) if choices.contains(&s.as_str()) => {}
+        (Kind::OneOf(choices), _) => wrong(&format!("one of {}", choices.join(", "))),
         (Kind::StrList, Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 check_value(item, Kind::Str, &format!("{path}[{i}]"), problems);

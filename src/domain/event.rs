@@ -120,6 +120,7 @@ event_payloads! {
     StepCompleted(StepCompleted) = "agent.step.completed",
     Continuation(Continuation) = "agent.continuation",
     ProviderRetry(ProviderRetry) = "provider.retry",
+    ContextCompacted(ContextCompacted) = "context.compacted",
     MessageCompleted(MessageCompleted) = "agent.message.completed",
     ExecutionFinished(ExecutionFinished) = "execution.finished",
 }
@@ -260,6 +261,17 @@ pub struct ProviderRetry {
     pub delay_ms: u64,
     pub http_status: Option<u16>,
     pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextCompacted {
+    /// Estimated prompt tokens before and after.
+    pub before_tokens: u64,
+    pub after_tokens: u64,
+    /// Messages no longer sent to the model as they were.
+    pub dropped_messages: u64,
+    /// Whether a summary written by the model replaces them (else they were dropped).
+    pub summarized: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

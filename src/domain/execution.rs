@@ -43,6 +43,8 @@ pub enum StopReason {
     StepsLimit,
     TokenLimit,
     TimeLimit,
+    /// `max_cost_usd` reached.
+    CostLimit,
     Error,
     UserRequested,
     ProviderUnavailable,
@@ -56,6 +58,7 @@ impl StopReason {
             StopReason::StepsLimit => "steps_limit",
             StopReason::TokenLimit => "token_limit",
             StopReason::TimeLimit => "time_limit",
+            StopReason::CostLimit => "cost_limit",
             StopReason::Error => "error",
             StopReason::UserRequested => "user_requested",
             StopReason::ProviderUnavailable => "provider_unavailable",

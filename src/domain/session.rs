@@ -90,4 +90,14 @@ pub struct SessionMeta {
     pub last_message_seq: u64,
     #[serde(default)]
     pub last_execution: Option<Uuid>,
+    /// Tokens added to `session_max_tokens` by `send --continue --raise-budget`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extra_session_tokens: u64,
+    /// The priced cost of every execution, when `agentq.toml` has prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -24,6 +24,33 @@ pub struct CurrentExecution {
     pub steps: u32,
     pub usage: Usage,
     pub started_at: Timestamp,
+    /// Tool calls that failed in a row, for `max_consecutive_errors`.
+    #[serde(default)]
+    pub consecutive_errors: u32,
+}
+
+/// How the model sees the transcript once it outgrew the context window: the first
+/// `through` messages are replaced by `summary` (or, when summarising failed, dropped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    pub through: u64,
+    #[serde(default)]
+    pub summary: Option<String>,
+}
+
+/// One task of the agent's plan, kept by the `todo_write` tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Todo {
+    pub content: String,
+    pub status: TodoStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TodoStatus {
+    Pending,
+    InProgress,
+    Completed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +63,13 @@ pub struct AgentState {
     pub model_calls: u64,
     #[serde(default)]
     pub current: Option<CurrentExecution>,
+    /// Older turns replaced by a summary to fit the context window; the transcript
+    /// itself keeps everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<Compaction>,
+    /// The agent's task list (`todo_write`), shown by `session show`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub todos: Vec<Todo>,
 }
 
 impl Default for AgentState {
@@ -45,6 +79,8 @@ impl Default for AgentState {
             transcript: TranscriptMark::default(),
             model_calls: 0,
             current: None,
+            compaction: None,
+            todos: Vec::new(),
         }
     }
 }

@@ -93,10 +93,25 @@ pub async fn post_stream(
         for (name, value) in endpoint.headers.iter().chain(headers) {
             request = request.header(name.as_str(), value.as_str());
         }
-        let sent = until_done(request.send(), observer).await?;
+        // A server that accepts the connection but never answers counts as a failure
+        // before the first byte: it is retried like a refused connection.
+        let deadline = Instant::now() + endpoint.idle_timeout;
+        let sent = match interruptible(request.send(), observer, Some(deadline)).await? {
+            Waited::Done(sent) => Some(sent),
+            Waited::TimedOut => None,
+        };
         let (error, retry_after) = match sent {
-            Ok(response) if response.status().is_success() => return Ok(response),
-            Ok(response) => {
+            None => (
+                ProviderError::transient(format!(
+                    "no response from {url} within {}",
+                    crate::time::human_duration(
+                        u64::try_from(endpoint.idle_timeout.as_millis()).unwrap_or(u64::MAX)
+                    )
+                )),
+                None,
+            ),
+            Some(Ok(response)) if response.status().is_success() => return Ok(response),
+            Some(Ok(response)) => {
                 let status = response.status().as_u16();
                 let retry_after = response
                     .headers()
@@ -117,7 +132,7 @@ pub async fn post_stream(
                     retry_after,
                 )
             }
-            Err(err) => (request_error(&err, url, endpoint), None),
+            Some(Err(err)) => (request_error(&err, url, endpoint), None),
         };
         let ProviderError::Transient { status, message } = &error else {
             return Err(error);

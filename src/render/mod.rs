@@ -187,6 +187,17 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             p.attempt,
             human_duration(p.delay_ms)
         ),
+        EventPayload::ContextCompacted(p) => format!(
+            "· context compacted: {} messages {} ({} → {} tokens)",
+            p.dropped_messages,
+            if p.summarized {
+                "summarised"
+            } else {
+                "dropped"
+            },
+            p.before_tokens,
+            p.after_tokens
+        ),
         EventPayload::ExecutionFinished(p) => {
             let mut text = format!("■ {}", p.status.as_str());
             if let Some(reason) = p.stop_reason

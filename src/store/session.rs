@@ -58,6 +58,8 @@ impl Store {
             usage: Usage::default(),
             last_message_seq: 0,
             last_execution: None,
+            extra_session_tokens: 0,
+            cost_usd: None,
         };
         let build = || -> Result<()> {
             for dir in [

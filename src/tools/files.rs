@@ -240,6 +240,173 @@ pub fn list_dir(ws: &Workspace, args: &Value) -> Result<String, String> {
     Ok(out)
 }
 
+pub fn edit_file_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "description": "Path relative to the workspace"},
+            "old_string": {"type": "string", "description": "The exact text to replace; it must occur exactly once"},
+            "new_string": {"type": "string", "description": "The text to put in its place"}
+        },
+        "required": ["path", "old_string", "new_string"]
+    })
+}
+
+pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
+    let rel = str_arg(args, "path")?;
+    let old = str_arg(args, "old_string")?;
+    let new = str_arg(args, "new_string")?;
+    if old.is_empty() {
+        return Err("`old_string` is empty; to write a whole file use write_file".to_owned());
+    }
+    let path = ws.resolve(rel)?;
+    let text = read_text(&path, rel, WRITE_CAP_BYTES as u64)?;
+    let found = text.matches(old).count();
+    match found {
+        0 => {
+            return Err(format!(
+                "`old_string` was not found in `{rel}`; read the file and copy the text exactly"
+            ));
+        }
+        1 => {}
+        n => {
+            return Err(format!(
+                "`old_string` occurs {n} times in `{rel}`; include more of the surrounding text so it is unique"
+            ));
+        }
+    }
+    let edited = text.replacen(old, new, 1);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| describe_io(rel, &e))?;
+    file.write_all(edited.as_bytes())
+        .map_err(|e| describe_io(rel, &e))?;
+    Ok(format!("replaced 1 occurrence in {rel}"))
+}
+
+/// Reads a whole regular file as UTF-8 text, refusing devices, binaries and big files.
+fn read_text(path: &Path, rel: &str, cap: u64) -> Result<String, String> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| describe_io(rel, &e))?;
+    let meta = file.metadata().map_err(|e| describe_io(rel, &e))?;
+    if !meta.is_file() {
+        return Err(format!("`{rel}` is not a regular file"));
+    }
+    if meta.len() > cap {
+        return Err(format!(
+            "`{rel}` is larger than {} MiB",
+            cap / (1024 * 1024)
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| describe_io(rel, &e))?;
+    if bytes.contains(&0) {
+        return Err(format!("`{rel}` is a binary file"));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("`{rel}` is not UTF-8 text"))
+}
+
+/// Most matches `search_files` returns, and the longest line it shows.
+const SEARCH_MAX_MATCHES: usize = 100;
+const SEARCH_LINE_CHARS: usize = 200;
+/// Files larger than this are skipped by `search_files`.
+const SEARCH_FILE_CAP: u64 = 1024 * 1024;
+/// Files visited at most, so a huge tree cannot stall the step.
+const SEARCH_MAX_FILES: usize = 10_000;
+
+pub fn search_files_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "pattern": {"type": "string", "description": "A regular expression, or plain text"},
+            "path": {"type": "string", "description": "Directory or file to search, relative to the workspace (default: all of it)"}
+        },
+        "required": ["pattern"]
+    })
+}
+
+pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
+    let pattern = str_arg(args, "pattern")?;
+    if pattern.is_empty() {
+        return Err("`pattern` is empty".to_owned());
+    }
+    let rel = match args.get("path") {
+        None | Some(Value::Null) => ".",
+        Some(_) => str_arg(args, "path")?,
+    };
+    let matcher = match regex::Regex::new(pattern) {
+        Ok(re) => re,
+        // Not a valid expression: search for the text itself.
+        Err(_) => regex::Regex::new(&regex::escape(pattern)).map_err(|e| e.to_string())?,
+    };
+    let root = ws.resolve(rel)?;
+    let base = ws.resolve(".")?;
+    let mut files = Vec::new();
+    collect_files(&root, &mut files, 0);
+    let mut matches = Vec::new();
+    let mut truncated = false;
+    'files: for file in files.iter().take(SEARCH_MAX_FILES) {
+        let shown = file
+            .strip_prefix(&base)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        let Ok(text) = read_text(file, &shown, SEARCH_FILE_CAP) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            if matcher.is_match(line) {
+                if matches.len() == SEARCH_MAX_MATCHES {
+                    truncated = true;
+                    break 'files;
+                }
+                let line: String = line.chars().take(SEARCH_LINE_CHARS).collect();
+                matches.push(format!("{shown}:{}: {line}", n + 1));
+            }
+        }
+    }
+    if matches.is_empty() {
+        return Ok(format!("no matches for `{pattern}`"));
+    }
+    let mut out = matches.join("\n");
+    if truncated || files.len() > SEARCH_MAX_FILES {
+        out.push_str(&format!(
+            "\n[showing the first {} matches; narrow the pattern or the path]",
+            matches.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Regular files under `path`, sorted, not following symlinks (a link could lead out).
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_file() {
+        out.push(path.to_owned());
+        return;
+    }
+    if !meta.is_dir() || depth > 32 || out.len() > SEARCH_MAX_FILES {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
+    let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    children.sort();
+    for child in children {
+        collect_files(&child, out, depth + 1);
+    }
+}
+
 fn describe_io(rel: &str, err: &std::io::Error) -> String {
     match err.kind() {
         std::io::ErrorKind::NotFound => format!("`{rel}` does not exist"),
@@ -339,6 +506,62 @@ mod tests {
                 .unwrap_err()
                 .contains("directory")
         );
+    }
+
+    #[test]
+    fn edit_file_replaces_exactly_one_occurrence() {
+        let (_dir, ws) = workspace();
+        write_file(
+            &ws,
+            &json!({"path": "a.txt", "content": "one two two three"}),
+        )
+        .unwrap();
+        edit_file(
+            &ws,
+            &json!({"path": "a.txt", "old_string": "one", "new_string": "1"}),
+        )
+        .unwrap();
+        assert_eq!(
+            read_file(&ws, &json!({"path": "a.txt"})).unwrap(),
+            "1 two two three"
+        );
+        let missing = edit_file(
+            &ws,
+            &json!({"path": "a.txt", "old_string": "four", "new_string": "4"}),
+        );
+        assert!(missing.unwrap_err().contains("was not found"));
+        let ambiguous = edit_file(
+            &ws,
+            &json!({"path": "a.txt", "old_string": "two", "new_string": "2"}),
+        );
+        assert!(ambiguous.unwrap_err().contains("occurs 2 times"));
+        assert_eq!(
+            read_file(&ws, &json!({"path": "a.txt"})).unwrap(),
+            "1 two two three"
+        );
+    }
+
+    #[test]
+    fn search_files_finds_lines_by_regex_or_text() {
+        let (_dir, ws) = workspace();
+        write_file(
+            &ws,
+            &json!({"path": "src/a.rs", "content": "fn main() {}\nlet x = 1;\n"}),
+        )
+        .unwrap();
+        write_file(&ws, &json!({"path": "b.md", "content": "main idea\n"})).unwrap();
+        let found = search_files(&ws, &json!({"pattern": "^fn \\w+"})).unwrap();
+        assert_eq!(found, "src/a.rs:1: fn main() {}");
+        let text = search_files(&ws, &json!({"pattern": "main(", "path": "."})).unwrap();
+        assert_eq!(
+            text, "src/a.rs:1: fn main() {}",
+            "an invalid regex is searched as text"
+        );
+        assert_eq!(
+            search_files(&ws, &json!({"pattern": "zzz"})).unwrap(),
+            "no matches for `zzz`"
+        );
+        assert!(search_files(&ws, &json!({"pattern": "x", "path": "../"})).is_err());
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! (unknown tool, bad arguments, a path outside the workspace) becomes a tool result
 //! marked as an error, which the model sees and may recover from.
 
+pub mod command;
 pub mod files;
+pub mod todo;
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 
+use crate::definition::CommandToolDef;
+use crate::domain::state::Todo;
 use crate::provider::ToolSpec;
 use files::Workspace;
 
@@ -34,86 +38,154 @@ impl ToolOutput {
     }
 }
 
-/// The tools granted to one agent, bound to its workspace.
-pub struct Toolbox {
-    workspace: Workspace,
-    enabled: Vec<&'static ToolSpecDef>,
+/// What a tool may touch besides the workspace.
+pub struct ToolContext<'a> {
+    /// The agent's task list, kept in the session state (`todo_write`).
+    pub todos: &'a mut Vec<Todo>,
+    /// Asked while a long tool runs (a command): true when the execution should stop,
+    /// and the tool should end its work (killing its processes) and return.
+    pub stop: &'a mut (dyn FnMut() -> bool + Send),
+}
+
+/// How a built-in tool does its work.
+enum Action {
+    /// A file operation inside the workspace.
+    File(fn(&Workspace, &Value) -> Result<String, String>),
+    /// Replaces the task list.
+    Todo,
 }
 
 /// A built-in tool: its contract name, description and argument schema.
-pub struct ToolSpecDef {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub parameters: fn() -> Value,
-    run: fn(&Workspace, &Value) -> Result<String, String>,
+struct Builtin {
+    name: &'static str,
+    description: &'static str,
+    parameters: fn() -> Value,
+    /// Changes nothing: may run at the same time as other read-only calls.
+    read_only: bool,
+    action: Action,
 }
 
-static BUILTINS: &[ToolSpecDef] = &[
-    ToolSpecDef {
+static BUILTINS: &[Builtin] = &[
+    Builtin {
         name: "read_file",
         description: "Read a text file in the workspace. `offset` is the first line (1-based), `limit` the number of lines.",
         parameters: files::read_file_schema,
-        run: files::read_file,
+        read_only: true,
+        action: Action::File(files::read_file),
     },
-    ToolSpecDef {
+    Builtin {
         name: "write_file",
         description: "Create or overwrite a file in the workspace with `content`.",
         parameters: files::write_file_schema,
-        run: files::write_file,
+        read_only: false,
+        action: Action::File(files::write_file),
     },
-    ToolSpecDef {
+    Builtin {
+        name: "edit_file",
+        description: "Replace the one occurrence of `old_string` in a file with `new_string`. `old_string` must match exactly and be unique: include surrounding lines.",
+        parameters: files::edit_file_schema,
+        read_only: false,
+        action: Action::File(files::edit_file),
+    },
+    Builtin {
+        name: "search_files",
+        description: "Search the workspace's text files for `pattern` (a regular expression, or plain text if it is not one), optionally under `path`. Returns `file:line: text` matches.",
+        parameters: files::search_files_schema,
+        read_only: true,
+        action: Action::File(files::search_files),
+    },
+    Builtin {
+        name: "todo_write",
+        description: "Replace your task list: `todos` is the whole list of {content, status} with status pending, in_progress or completed; at most one in progress.",
+        parameters: todo::schema,
+        read_only: false,
+        action: Action::Todo,
+    },
+    Builtin {
         name: "list_dir",
         description: "List a directory of the workspace; directories end with `/`.",
         parameters: files::list_dir_schema,
-        run: files::list_dir,
+        read_only: true,
+        action: Action::File(files::list_dir),
     },
 ];
 
+/// The tools granted to one agent, bound to its workspace.
+pub struct Toolbox {
+    workspace: Workspace,
+    builtins: Vec<&'static Builtin>,
+    commands: Vec<CommandToolDef>,
+}
+
 impl Toolbox {
-    /// Grants the named built-ins (unknown names were refused when the definition was
-    /// checked, and are skipped here).
-    pub fn new(workspace_root: PathBuf, granted: &[String]) -> Toolbox {
-        let enabled = BUILTINS
+    /// Grants the named built-ins and the declared commands (unknown names were
+    /// refused when the definition was checked, and are skipped here).
+    pub fn new(
+        workspace_root: PathBuf,
+        granted: &[String],
+        commands: Vec<CommandToolDef>,
+    ) -> Toolbox {
+        let builtins = BUILTINS
             .iter()
             .filter(|t| granted.iter().any(|g| g == t.name))
             .collect();
         Toolbox {
             workspace: Workspace::new(workspace_root),
-            enabled,
+            builtins,
+            commands,
         }
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.enabled
-            .iter()
-            .map(|t| ToolSpec {
-                name: t.name,
-                description: t.description,
-                parameters: (t.parameters)(),
-            })
-            .collect()
+        let builtins = self.builtins.iter().map(|t| ToolSpec {
+            name: t.name.to_owned(),
+            description: t.description.to_owned(),
+            parameters: (t.parameters)(),
+        });
+        let commands = self.commands.iter().map(command::spec);
+        builtins.chain(commands).collect()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.enabled.iter().map(|t| t.name.to_owned()).collect()
+        let builtins = self.builtins.iter().map(|t| t.name.to_owned());
+        builtins
+            .chain(self.commands.iter().map(|c| c.name.clone()))
+            .collect()
+    }
+
+    /// True for tools that change nothing, which may run concurrently.
+    pub fn is_read_only(&self, name: &str) -> bool {
+        self.builtins.iter().any(|t| t.name == name && t.read_only)
     }
 
     /// Runs one call. Only granted tools run; anything else is a tool error.
-    pub fn call(&self, name: &str, arguments: &Value) -> ToolOutput {
-        let Some(tool) = self.enabled.iter().find(|t| t.name == name) else {
-            let granted = self.names().join(", ");
-            return ToolOutput::error(format!(
-                "unknown tool `{name}`; the tools available are: {}",
-                if granted.is_empty() { "none" } else { &granted }
-            ));
-        };
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: &Value,
+        ctx: &mut ToolContext<'_>,
+    ) -> ToolOutput {
         if !arguments.is_object() {
             return ToolOutput::error(format!("the arguments of `{name}` must be a JSON object"));
         }
-        match (tool.run)(&self.workspace, arguments) {
-            Ok(content) => ToolOutput::ok(content),
-            Err(message) => ToolOutput::error(message),
+        if let Some(tool) = self.builtins.iter().find(|t| t.name == name) {
+            let result = match tool.action {
+                Action::File(run) => run(&self.workspace, arguments),
+                Action::Todo => todo::write(ctx.todos, arguments),
+            };
+            return match result {
+                Ok(content) => ToolOutput::ok(content),
+                Err(message) => ToolOutput::error(message),
+            };
         }
+        if let Some(command) = self.commands.iter().find(|c| c.name == name) {
+            return command::run(command, &self.workspace, arguments, ctx.stop).await;
+        }
+        let granted = self.names().join(", ");
+        ToolOutput::error(format!(
+            "unknown tool `{name}`; the tools available are: {}",
+            if granted.is_empty() { "none" } else { &granted }
+        ))
     }
 }
 
@@ -145,12 +217,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn call(toolbox: &Toolbox, name: &str, args: Value) -> ToolOutput {
+        let mut todos = Vec::new();
+        let mut stop = || false;
+        let mut ctx = ToolContext {
+            todos: &mut todos,
+            stop: &mut stop,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(toolbox.call(name, &args, &mut ctx))
+    }
+
     #[test]
     fn only_granted_tools_run() {
         let dir = tempfile::tempdir().unwrap();
-        let toolbox = Toolbox::new(dir.path().to_owned(), &["list_dir".to_owned()]);
+        let toolbox = Toolbox::new(dir.path().to_owned(), &["list_dir".to_owned()], Vec::new());
         assert_eq!(toolbox.names(), vec!["list_dir"]);
-        let out = toolbox.call("write_file", &json!({"path": "x", "content": "y"}));
+        let out = call(&toolbox, "write_file", json!({"path": "x", "content": "y"}));
         assert!(out.is_error);
         assert!(
             out.content.contains("unknown tool `write_file`"),
@@ -163,8 +249,8 @@ mod tests {
     #[test]
     fn arguments_must_be_an_object() {
         let dir = tempfile::tempdir().unwrap();
-        let toolbox = Toolbox::new(dir.path().to_owned(), &["list_dir".to_owned()]);
-        assert!(toolbox.call("list_dir", &json!("notes")).is_error);
+        let toolbox = Toolbox::new(dir.path().to_owned(), &["list_dir".to_owned()], Vec::new());
+        assert!(call(&toolbox, "list_dir", json!("notes")).is_error);
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl Owner<'_> {
             steps: 0,
             usage: Usage::default(),
             started_at: exec.started_at,
+            consecutive_errors: 0,
         });
         self.dir.write_state(state)?;
         Ok(())
@@ -232,9 +233,15 @@ impl Owner<'_> {
             let (def, _) =
                 definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
             let provider = provider::for_agent(&def, &home)?;
-            Ok((def, provider))
+            let price = def
+                .model
+                .name
+                .as_ref()
+                .and_then(|name| home.prices.get(name))
+                .copied();
+            Ok((def, provider, price))
         });
-        let (def, provider) = match prepared {
+        let (def, provider, price) = match prepared {
             Ok(ready) => ready,
             Err(err) => {
                 warn!(session = %self.dir.id, "cannot run: {err}");
@@ -264,7 +271,7 @@ impl Owner<'_> {
             "session" => self.dir.workspace_dir(),
             path => self.store.home().join(path),
         };
-        let tools = Toolbox::new(workspace, &def.tools.builtin);
+        let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone());
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()
@@ -278,6 +285,7 @@ impl Owner<'_> {
             execution_id: exec.id,
             message_id: exec.message_id,
             session_usage: meta.usage,
+            budgets: agent::Budgets::from_def(&def, meta.extra_session_tokens, price),
         };
         let mut sink = StoreSink {
             dir: self.dir,

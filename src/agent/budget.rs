@@ -1,0 +1,198 @@
+//! The continuation decision: after every step, whether to run another, and if not,
+//! why. Every check is recorded, so the debug preset can trace each evaluation.
+
+use std::time::Duration;
+
+use crate::config::Price;
+use crate::definition::{AgentDef, ToolErrorPolicy};
+use crate::domain::Usage;
+use crate::domain::event::Evaluation;
+use crate::domain::execution::StopReason;
+use crate::domain::state::CurrentExecution;
+use crate::time::Timestamp;
+
+/// The limits in force for one execution: the definition's, with the session's raises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    pub max_steps: u32,
+    pub max_tokens: Option<u64>,
+    /// Over the whole session, including what `send --raise-budget` added.
+    pub session_max_tokens: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub max_cost_usd: Option<f64>,
+    /// The model's price, when `agentq.toml` has one.
+    pub price: Option<Price>,
+    pub on_tool_error: ToolErrorPolicy,
+    pub max_consecutive_errors: u32,
+}
+
+impl Budgets {
+    pub fn from_def(def: &AgentDef, extra_session_tokens: u64, price: Option<Price>) -> Budgets {
+        let limits = &def.limits;
+        Budgets {
+            max_steps: limits.max_steps,
+            max_tokens: limits.max_tokens,
+            session_max_tokens: limits
+                .session_max_tokens
+                .map(|max| max.saturating_add(extra_session_tokens)),
+            timeout: limits.timeout,
+            max_cost_usd: limits.max_cost_usd,
+            price,
+            on_tool_error: limits.on_tool_error,
+            max_consecutive_errors: limits.max_consecutive_errors,
+        }
+    }
+
+    /// The wall-clock moment the execution runs out of time.
+    pub fn deadline(&self, started_at: Timestamp) -> Option<Timestamp> {
+        self.timeout.map(|t| {
+            Timestamp(
+                started_at
+                    .0
+                    .saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+            )
+        })
+    }
+
+    pub fn cost(&self, usage: Usage) -> Option<f64> {
+        self.price.map(|p| p.cost(usage))
+    }
+}
+
+/// What the step did, as far as continuing is concerned.
+pub struct StepFacts<'a> {
+    pub step: u32,
+    pub tool_calls: usize,
+    /// Tool errors of the step, and the last error message.
+    pub errors: u32,
+    pub last_error: Option<&'a str>,
+}
+
+pub struct Decision {
+    /// `None`: run another step.
+    pub stop_reason: Option<StopReason>,
+    /// Why, for an error stop.
+    pub error: Option<String>,
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// Evaluates every check in order; the first that fails decides.
+pub fn evaluate(
+    budgets: &Budgets,
+    current: &CurrentExecution,
+    session_before: Usage,
+    facts: &StepFacts<'_>,
+    now: Timestamp,
+) -> Decision {
+    let usage = current.usage;
+    let mut session = session_before;
+    session.add(usage);
+    let elapsed = now.millis_since(current.started_at);
+    let cost = budgets.cost(usage);
+    let mut evaluations = Vec::new();
+    let mut check = |name: &str, stop: bool, detail: String, reason: StopReason| {
+        evaluations.push(Evaluation {
+            check: name.to_owned(),
+            passed: !stop,
+            detail,
+        });
+        stop.then_some(reason)
+    };
+    let policy_stop = budgets.on_tool_error == ToolErrorPolicy::Stop && facts.errors > 0;
+    let too_many = current.consecutive_errors >= budgets.max_consecutive_errors;
+    let reasons = [
+        check(
+            "answered",
+            facts.tool_calls == 0,
+            format!("{} tool calls", facts.tool_calls),
+            StopReason::Completed,
+        ),
+        check(
+            "on_tool_error",
+            policy_stop,
+            format!(
+                "{} tool errors, policy {:?}",
+                facts.errors, budgets.on_tool_error
+            )
+            .to_lowercase(),
+            StopReason::Error,
+        ),
+        check(
+            "max_consecutive_errors",
+            too_many,
+            format!(
+                "{} of {}",
+                current.consecutive_errors, budgets.max_consecutive_errors
+            ),
+            StopReason::Error,
+        ),
+        check(
+            "max_steps",
+            facts.step >= budgets.max_steps,
+            format!("step {} of {}", facts.step, budgets.max_steps),
+            StopReason::StepsLimit,
+        ),
+        check(
+            "max_tokens",
+            budgets.max_tokens.is_some_and(|max| usage.total >= max),
+            limit_detail(usage.total, budgets.max_tokens, "tokens"),
+            StopReason::TokenLimit,
+        ),
+        check(
+            "session_max_tokens",
+            budgets
+                .session_max_tokens
+                .is_some_and(|max| session.total >= max),
+            limit_detail(session.total, budgets.session_max_tokens, "tokens"),
+            StopReason::TokenLimit,
+        ),
+        check(
+            "max_cost_usd",
+            matches!((cost, budgets.max_cost_usd), (Some(c), Some(max)) if c >= max),
+            format!(
+                "${:.4} of {}",
+                cost.unwrap_or(0.0),
+                budgets
+                    .max_cost_usd
+                    .map_or("no limit".to_owned(), |m| format!("${m}"))
+            ),
+            StopReason::CostLimit,
+        ),
+        check(
+            "timeout",
+            budgets
+                .timeout
+                .is_some_and(|t| u128::from(elapsed) >= t.as_millis()),
+            format!(
+                "{elapsed} ms elapsed of {:?}",
+                budgets.timeout.map(|t| t.as_millis())
+            ),
+            StopReason::TimeLimit,
+        ),
+    ];
+    let stop_reason = reasons.into_iter().flatten().next();
+    let error = match stop_reason {
+        Some(StopReason::Error) if policy_stop => Some(format!(
+            "a tool failed and on_tool_error is \"stop\": {}",
+            facts.last_error.unwrap_or("")
+        )),
+        Some(StopReason::Error) => Some(format!(
+            "{} tool calls failed in a row (max_consecutive_errors); the last: {}",
+            current.consecutive_errors,
+            facts.last_error.unwrap_or("")
+        )),
+        _ => None,
+    };
+    Decision {
+        stop_reason,
+        error,
+        evaluations,
+    }
+}
+
+fn limit_detail(used: u64, max: Option<u64>, unit: &str) -> String {
+    match max {
+        Some(max) => format!("{used} {unit} of {max}"),
+        None => format!("{used} {unit}, no limit"),
+    }
+}
