@@ -201,6 +201,9 @@ pub struct SendArgs {
     /// No new text: carry on with the task the last execution left stopped or failed
     #[arg(long = "continue", conflicts_with_all = ["text", "file"])]
     pub continue_: bool,
+    /// With --continue: add this many tokens to the session's session_max_tokens
+    #[arg(long, requires = "continue_", value_name = "TOKENS")]
+    pub raise_budget: Option<u64>,
     /// Idempotency key: sending the same key again is a no-op returning the first id
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,

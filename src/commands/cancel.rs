@@ -26,6 +26,7 @@ pub fn run(ctx: &Context, args: CancelArgs) -> Result<u8> {
                 content: String::new(),
                 key: None,
                 metadata: Default::default(),
+                raise_session_tokens: 0,
             },
         )?)
     } else {

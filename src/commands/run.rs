@@ -72,6 +72,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             content: text,
             key: None,
             metadata: Default::default(),
+            raise_session_tokens: 0,
         },
     )?;
 

@@ -56,6 +56,7 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
             content: text,
             key: args.key,
             metadata,
+            raise_session_tokens: args.raise_budget.unwrap_or(0),
         },
     )?;
     if !args.wait {

@@ -7,11 +7,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Context, print_json};
+use crate::agent::Budgets;
 use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
 use crate::definition;
 use crate::domain::Usage;
 use crate::domain::execution::Execution;
 use crate::domain::session::{SessionMeta, SessionStatus};
+use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::render::sanitize;
@@ -175,6 +177,39 @@ struct Shown {
     /// The execution in progress, if one is running (or was left running by a crash).
     running: Option<Execution>,
     last_execution: Option<Execution>,
+    /// The limits in force for the next execution; absent when the definition is
+    /// missing or invalid.
+    budgets: Option<ShownBudgets>,
+    todos: Vec<Todo>,
+}
+
+#[derive(Serialize)]
+struct ShownBudgets {
+    max_steps: u32,
+    max_tokens: Option<u64>,
+    session_max_tokens: Option<u64>,
+    timeout_ms: Option<u64>,
+    max_cost_usd: Option<f64>,
+    on_tool_error: String,
+    max_consecutive_errors: u32,
+}
+
+fn budgets(ctx: &Context, meta: &SessionMeta) -> Option<ShownBudgets> {
+    let home = ctx.config().ok()?;
+    let (def, _) =
+        definition::load_named(&ctx.store.agents_dir(), &meta.agent, &meta.config, &home).ok()?;
+    let b = Budgets::from_def(&def, meta.extra_session_tokens, None);
+    Some(ShownBudgets {
+        max_steps: b.max_steps,
+        max_tokens: b.max_tokens,
+        session_max_tokens: b.session_max_tokens,
+        timeout_ms: b
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        max_cost_usd: b.max_cost_usd,
+        on_tool_error: format!("{:?}", b.on_tool_error).to_lowercase(),
+        max_consecutive_errors: b.max_consecutive_errors,
+    })
 }
 
 fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
@@ -194,9 +229,11 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     };
     let shown = Shown {
         pending: pending_count(&dir)?,
+        budgets: budgets(ctx, &meta),
         session: meta,
         running,
         last_execution,
+        todos: state.todos,
     };
     if json {
         print_json(&shown)?;
@@ -238,9 +275,36 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     )?;
     writeln!(
         out,
-        "usage     {} tokens ({} input, {} output)",
-        m.usage.total, m.usage.input, m.usage.output
+        "usage     {} tokens ({} input, {} output){}",
+        m.usage.total,
+        m.usage.input,
+        m.usage.output,
+        m.cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default()
     )?;
+    if let Some(b) = &shown.budgets {
+        let mut limits = vec![format!("{} steps", b.max_steps)];
+        if let Some(t) = b.max_tokens {
+            limits.push(format!("{t} tokens"));
+        }
+        if let Some(t) = b.session_max_tokens {
+            limits.push(format!("{t} session tokens"));
+        }
+        if let Some(ms) = b.timeout_ms {
+            limits.push(crate::time::human_duration(ms));
+        }
+        if let Some(c) = b.max_cost_usd {
+            limits.push(format!("${c}"));
+        }
+        writeln!(out, "budgets   {}", limits.join(", "))?;
+    }
+    for todo in &shown.todos {
+        let mark = match todo.status {
+            TodoStatus::Completed => "[x]",
+            TodoStatus::InProgress => "[>]",
+            TodoStatus::Pending => "[ ]",
+        };
+        writeln!(out, "todo      {mark} {}", sanitize(&todo.content))?;
+    }
     if let Some(e) = &shown.running {
         writeln!(
             out,

@@ -299,6 +299,15 @@ pub struct ExecutionFinished {
     /// The message the execution answered, so a reader needs no other event to match them.
     #[serde(default)]
     pub message_id: Option<Uuid>,
+    /// US dollars, when `agentq.toml` prices the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<FinishedCost>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FinishedCost {
+    pub execution: f64,
+    pub session: f64,
 }
 
 #[cfg(test)]

@@ -120,6 +120,9 @@ pub struct Execution {
     pub error: Option<ErrorInfo>,
     #[serde(default)]
     pub exit_code: Option<u8>,
+    /// US dollars, when `agentq.toml` prices the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     pub worker: WorkerInfo,
     /// Left at a checkpoint by a worker that shut down cleanly; resuming it is not a
     /// new attempt.

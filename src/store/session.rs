@@ -140,6 +140,9 @@ impl Store {
         self.mark_ready(dir.id)?;
         meta.last_message_seq = seq;
         meta.updated_at = entry.created_at;
+        meta.extra_session_tokens = meta
+            .extra_session_tokens
+            .saturating_add(new.raise_session_tokens);
         if entry.kind == EntryKind::User {
             meta.counters.messages += 1;
         }
@@ -243,6 +246,8 @@ pub struct NewEntry {
     pub content: String,
     pub key: Option<String>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Tokens added to the session's `session_max_tokens` (`send --raise-budget`).
+    pub raise_session_tokens: u64,
 }
 
 /// The outcome of [`Store::enqueue`].

@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use super::Shutdown;
 use crate::agent::{self, LoopEnd, Outcome, Sink, Stop};
-use crate::config::HomeConfig;
+use crate::config::{HomeConfig, Price};
 use crate::definition;
 use crate::domain::event::{
     AgentStatus, AgentStatusChanged, EventPayload, ExecutionFinished, ExecutionStarted,
-    FinishedUsage,
+    FinishedCost, FinishedUsage,
 };
 use crate::domain::execution::{self, ErrorInfo, ExecStatus, Execution, StopReason, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
@@ -131,7 +131,10 @@ impl Owner<'_> {
                 }),
             }
         } else {
-            match self.run_loop(&exec, &mut state, file).await? {
+            let (end, price) = self.run_loop(&exec, &mut state, file).await?;
+            exec.cost_usd =
+                price.map(|p| p.cost(state.current.as_ref().map_or(Usage::default(), |c| c.usage)));
+            match end {
                 LoopEnd::Settled(outcome) => outcome,
                 LoopEnd::Suspended => {
                     exec.suspended = true;
@@ -188,6 +191,7 @@ impl Owner<'_> {
             response: None,
             error: None,
             exit_code: None,
+            cost_usd: None,
             worker: self.worker.clone(),
             suspended: false,
         }
@@ -227,7 +231,7 @@ impl Owner<'_> {
         exec: &Execution,
         state: &mut AgentState,
         file: &InboxFile,
-    ) -> Result<LoopEnd> {
+    ) -> Result<(LoopEnd, Option<Price>)> {
         let meta = read_meta(self.dir)?;
         let prepared = HomeConfig::load(&self.store.config_path()).and_then(|home| {
             let (def, _) =
@@ -245,7 +249,7 @@ impl Owner<'_> {
             Ok(ready) => ready,
             Err(err) => {
                 warn!(session = %self.dir.id, "cannot run: {err}");
-                return Ok(LoopEnd::Settled(Outcome {
+                let outcome = Outcome {
                     status: ExecStatus::Failed,
                     stop_reason: StopReason::Error,
                     response: None,
@@ -253,7 +257,8 @@ impl Owner<'_> {
                         message: err.message,
                         context: Some(format!("agent {}", meta.agent)),
                     }),
-                }));
+                };
+                return Ok((LoopEnd::Settled(outcome), None));
             }
         };
         if let Ok(source) = definition::Source::read(&definition::path_for(
@@ -301,7 +306,7 @@ impl Owner<'_> {
                 inbox::remove(&path)?;
             }
         }
-        Ok(end)
+        Ok((end, price))
     }
 
     /// Adds the execution to the session totals and writes the final events, under the
@@ -320,6 +325,9 @@ impl Owner<'_> {
                 ExecStatus::Pending | ExecStatus::Running => {}
             }
             meta.usage.add(exec.usage);
+            if let Some(cost) = exec.cost_usd {
+                meta.cost_usd = Some(meta.cost_usd.unwrap_or(0.0) + cost);
+            }
             meta.last_execution = Some(exec.id);
             meta.updated_at = clock.now();
             crate::store::fs::write_json(&self.dir.meta_path(), &meta)?;
@@ -352,6 +360,10 @@ impl Owner<'_> {
                 duration_ms: exec.duration_ms.unwrap_or(0),
                 error: exec.error.as_ref().map(|e| e.message.clone()),
                 message_id: Some(exec.message_id),
+                cost_usd: exec.cost_usd.map(|execution| FinishedCost {
+                    execution,
+                    session: meta.cost_usd.unwrap_or(execution),
+                }),
             }),
         )?;
         Ok(())
