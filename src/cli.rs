@@ -71,6 +71,10 @@ pub enum Command {
     #[command(after_help = "Example:\n  agentq cancel 0193a7c2")]
     Cancel(CancelArgs),
 
+    /// Queue again the message of the session's last failed execution
+    #[command(after_help = "Example:\n  agentq retry 0193a7c2 && agentq worker --once")]
+    Retry(RetryArgs),
+
     /// Process pending messages: claim sessions, run the agent loop, record events
     #[command(
         after_help = "Examples:\n  agentq worker                 run until Ctrl-C or SIGTERM\n  agentq worker --once          handle what is pending now, then exit (cron, CI)\n  agentq worker --concurrency 4 --max-duration 10m"
@@ -226,6 +230,14 @@ pub struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Handle every pending message, then exit
     #[arg(long)]
@@ -242,6 +254,12 @@ pub struct WorkerArgs {
     /// Scan on this interval instead of using file notifications (network file systems)
     #[arg(long, value_name = "DURATION")]
     pub poll: Option<String>,
+    /// At most this many workers in this home at once; a worker finding none free exits 0
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_workers: Option<u16>,
+    /// Write the log to this file instead of stderr
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use agentq::cli::{Cli, ColorChoice, Command};
+use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
 use agentq::commands::{self, Context};
 use agentq::error;
 
@@ -19,7 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::from(error::exit::USAGE);
         }
     };
-    init_logging(&cli);
+    if let Err(message) = init_logging(&cli) {
+        eprintln!("agentq: {message}");
+        return ExitCode::from(error::exit::USAGE);
+    }
     let result = Context::new(cli.home.clone(), cli.color)
         .and_then(|ctx| commands::dispatch(&ctx, cli.command));
     match result {
@@ -32,9 +35,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr through `tracing`: the worker reports claims and finishes at
-/// `info`, other commands only warnings unless asked with `-v`.
-fn init_logging(cli: &Cli) {
+/// Logs go to stderr (or `worker --log-file`) through `tracing`: the worker reports
+/// claims, finishes, retries and recoveries at `info`, other commands only warnings
+/// unless asked with `-v`.
+fn init_logging(cli: &Cli) -> Result<(), String> {
     let base = match cli.command {
         Command::Worker(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,
@@ -52,12 +56,27 @@ fn init_logging(cli: &Cli) {
                 && std::io::stderr().is_terminal()
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+        .with_target(false);
+    match &cli.command {
+        Command::Worker(WorkerArgs {
+            log_file: Some(path),
+            ..
+        }) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            builder
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .init();
+        }
+        _ => builder.with_writer(std::io::stderr).with_ansi(ansi).init(),
+    }
+    Ok(())
 }
 
 /// Clap's message without its usage block, on one line:

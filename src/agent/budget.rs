@@ -59,6 +59,34 @@ impl Budgets {
     }
 }
 
+/// A limit already reached before a step, so no model call is made: a resumed
+/// execution at its step limit, or a session whose token budget earlier executions
+/// spent.
+pub fn exhausted(
+    budgets: &Budgets,
+    current: &CurrentExecution,
+    session_before: Usage,
+) -> Option<StopReason> {
+    let mut session = session_before;
+    session.add(current.usage);
+    if current.steps >= budgets.max_steps {
+        Some(StopReason::StepsLimit)
+    } else if budgets
+        .max_tokens
+        .is_some_and(|max| current.usage.total >= max)
+        || budgets
+            .session_max_tokens
+            .is_some_and(|max| session.total >= max)
+    {
+        Some(StopReason::TokenLimit)
+    } else if matches!((budgets.cost(current.usage), budgets.max_cost_usd), (Some(c), Some(max)) if c >= max)
+    {
+        Some(StopReason::CostLimit)
+    } else {
+        None
+    }
+}
+
 /// What the step did, as far as continuing is concerned.
 pub struct StepFacts<'a> {
     pub step: u32,

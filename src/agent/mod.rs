@@ -57,6 +57,11 @@ pub trait Sink: Send {
     /// Whether to stop (cancel or shutdown), asked between text chunks, tool calls and
     /// steps.
     fn stop_requested(&mut self) -> Option<Stop>;
+    /// Whether the session was paused, asked between steps: the execution then waits,
+    /// at its checkpoint, for `session resume`.
+    fn paused(&mut self) -> bool {
+        false
+    }
     fn now(&self) -> Timestamp;
 }
 
@@ -140,6 +145,14 @@ pub async fn run(
     loop {
         if let Some(stop) = stop_now(sink, deadline) {
             return Ok(stop.into());
+        }
+        if sink.paused() {
+            return Ok(LoopEnd::Suspended);
+        }
+        if let Some(current) = state.current.as_ref()
+            && let Some(limit) = budget::exhausted(&run.budgets, current, run.session_usage)
+        {
+            return Ok(LoopEnd::Settled(Outcome::stopped(limit)));
         }
         let step = state.current.as_ref().map_or(0, |c| c.steps) + 1;
         if let Some(window) = run.def.model.context_window

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod cancel;
 pub mod init;
+pub mod retry;
 pub mod run;
 pub mod send;
 pub mod session;
@@ -64,6 +65,7 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Session(cmd) => session::run(ctx, cmd),
         Command::Send(args) => send::run(ctx, args),
         Command::Cancel(args) => cancel::run(ctx, args),
+        Command::Retry(args) => retry::run(ctx, args),
         Command::Worker(args) => worker::run(ctx, args),
         Command::Watch(args) => watch::run(ctx, args),
         Command::Run(args) => run::run(ctx, args),

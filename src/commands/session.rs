@@ -11,7 +11,7 @@ use crate::agent::Budgets;
 use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
 use crate::definition;
 use crate::domain::Usage;
-use crate::domain::execution::Execution;
+use crate::domain::execution::{ExecStatus, Execution};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
@@ -181,6 +181,8 @@ struct Shown {
     /// missing or invalid.
     budgets: Option<ShownBudgets>,
     todos: Vec<Todo>,
+    /// The most recent failed executions (at most ten), newest first.
+    failed: Vec<Execution>,
 }
 
 #[derive(Serialize)]
@@ -234,6 +236,13 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         running,
         last_execution,
         todos: state.todos,
+        failed: dir
+            .executions()?
+            .into_iter()
+            .rev()
+            .filter(|e| e.status == ExecStatus::Failed)
+            .take(10)
+            .collect(),
     };
     if json {
         print_json(&shown)?;
@@ -296,6 +305,16 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             limits.push(format!("${c}"));
         }
         writeln!(out, "budgets   {}", limits.join(", "))?;
+    }
+    for e in &shown.failed {
+        writeln!(
+            out,
+            "failed    {} {} ({}): {}",
+            e.id,
+            e.finished_at.map(|t| t.to_string()).unwrap_or_default(),
+            e.stop_reason.map_or("", |r| r.as_str()),
+            sanitize(e.error.as_ref().map_or("", |err| err.message.as_str()))
+        )?;
     }
     for todo in &shown.todos {
         let mark = match todo.status {

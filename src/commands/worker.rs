@@ -36,6 +36,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
         session: session.map(|dir| dir.id),
         max_duration,
         poll,
+        max_workers: args.max_workers.map(usize::from),
     };
     // One thread per session worked on: file writes block, and one session's fsync
     // must not hold up another's stream.

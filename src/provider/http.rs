@@ -143,8 +143,16 @@ pub async fn post_stream(
                 message: format!("{message} (gave up after {attempt} attempts)"),
             });
         }
+        let Some(delay) = policy.delay(attempt + 1, retry_after, jitter()) else {
+            return Err(ProviderError::Transient {
+                status: *status,
+                message: format!(
+                    "{message} (the server asks to wait {}s, longer than agentq waits)",
+                    retry_after.map_or(0, |d| d.as_secs())
+                ),
+            });
+        };
         attempt += 1;
-        let delay = policy.delay(attempt, retry_after, jitter());
         let notice = RetryNotice {
             attempt,
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),

@@ -25,20 +25,22 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The longest `Retry-After` honoured; a server asking for more is treated as down.
+/// The longest `Retry-After` waited for; a server asking for more is treated as down
+/// for now, and the call fails at once (the execution can be continued later).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 impl RetryPolicy {
-    /// The wait before attempt `next` (2 for the first retry). A server's
-    /// `Retry-After` wins over the backoff; `jitter` is a number in [0, 1).
-    pub fn delay(&self, next: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    /// The wait before attempt `next` (2 for the first retry), or `None` when the
+    /// server asks for a longer wait than [`MAX_RETRY_AFTER`]. A server's `Retry-After`
+    /// wins over the backoff; `jitter` is a number in [0, 1).
+    pub fn delay(&self, next: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
         if let Some(after) = retry_after {
-            return after.min(MAX_RETRY_AFTER);
+            return (after <= MAX_RETRY_AFTER).then_some(after);
         }
         let exponent = next.saturating_sub(2).min(20);
         let backoff = self.base.saturating_mul(1 << exponent).min(self.max_delay);
         // "Equal jitter": half fixed, half random, so the wait never collapses to zero.
-        backoff.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+        Some(backoff.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
     }
 }
 
@@ -101,22 +103,26 @@ mod tests {
             base: Duration::from_millis(100),
             max_delay: Duration::from_millis(1000),
         };
-        assert_eq!(policy.delay(2, None, 1.0), Duration::from_millis(100));
-        assert_eq!(policy.delay(3, None, 1.0), Duration::from_millis(200));
-        assert_eq!(policy.delay(4, None, 0.0), Duration::from_millis(200));
-        assert_eq!(policy.delay(9, None, 1.0), Duration::from_millis(1000));
+        assert_eq!(policy.delay(2, None, 1.0), Some(Duration::from_millis(100)));
+        assert_eq!(policy.delay(3, None, 1.0), Some(Duration::from_millis(200)));
+        assert_eq!(policy.delay(4, None, 0.0), Some(Duration::from_millis(200)));
+        assert_eq!(
+            policy.delay(9, None, 1.0),
+            Some(Duration::from_millis(1000))
+        );
     }
 
     #[test]
-    fn retry_after_wins_and_is_capped() {
+    fn retry_after_wins_unless_it_is_too_long() {
         let policy = RetryPolicy::default();
         assert_eq!(
             policy.delay(2, Some(Duration::from_secs(7)), 0.3),
-            Duration::from_secs(7)
+            Some(Duration::from_secs(7))
         );
         assert_eq!(
             policy.delay(2, Some(Duration::from_secs(99_999)), 0.3),
-            MAX_RETRY_AFTER
+            None,
+            "gives up"
         );
     }
 

@@ -9,8 +9,10 @@ pub mod events;
 pub mod follow;
 pub mod fs;
 pub mod inbox;
+pub mod recover;
 pub mod session;
 pub mod transcript;
+pub mod workers;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -238,5 +240,26 @@ impl SessionDir {
 
     pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
         EventLog::open(&self.events_path(), self.id, clock)
+    }
+
+    /// Every readable execution record, oldest first (ids are time-ordered).
+    pub fn executions(&self) -> io::Result<Vec<Execution>> {
+        let path = self.executions_dir();
+        let mut records = Vec::new();
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(records),
+            Err(e) => return Err(fs::with_path(e, &path)),
+        };
+        for entry in entries {
+            let file = entry?.path();
+            if file.extension().is_some_and(|e| e == "json")
+                && let Ok(record) = fs::read_json::<Execution>(&file)
+            {
+                records.push(record);
+            }
+        }
+        records.sort_by_key(|e| e.id);
+        Ok(records)
     }
 }

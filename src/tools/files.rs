@@ -124,9 +124,10 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let offset = count_arg(args, "offset")?.unwrap_or(1).max(1);
     let limit = count_arg(args, "limit")?.unwrap_or(READ_DEFAULT_LINES);
     let path = ws.resolve(rel)?;
+    refuse_special(&path, rel)?;
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
         .map_err(|e| describe_io(rel, &e))?;
     let meta = file.metadata().map_err(|e| describe_io(rel, &e))?;
@@ -185,6 +186,7 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         ));
     }
     let path = ws.resolve(rel)?;
+    refuse_special(&path, rel)?;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| describe_io(rel, &e))?;
     }
@@ -193,7 +195,7 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         .create(true)
         .truncate(true)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
         .map_err(|e| describe_io(rel, &e))?;
     file.write_all(content.as_bytes())
@@ -279,7 +281,7 @@ pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let mut file = OpenOptions::new()
         .write(true)
         .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
         .map_err(|e| describe_io(rel, &e))?;
     file.write_all(edited.as_bytes())
@@ -289,9 +291,10 @@ pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
 
 /// Reads a whole regular file as UTF-8 text, refusing devices, binaries and big files.
 fn read_text(path: &Path, rel: &str, cap: u64) -> Result<String, String> {
+    refuse_special(path, rel)?;
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| describe_io(rel, &e))?;
     let meta = file.metadata().map_err(|e| describe_io(rel, &e))?;
@@ -404,6 +407,18 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     children.sort();
     for child in children {
         collect_files(&child, out, depth + 1);
+    }
+}
+
+/// Refuses anything that exists and is neither a regular file nor a directory: FIFOs
+/// would block the step, devices and sockets are not files to read or write. (Files
+/// are also opened with `O_NONBLOCK`, so one swapped in after this check cannot block.)
+fn refuse_special(path: &Path, rel: &str) -> Result<(), String> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            Err(format!("`{rel}` is not a regular file"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::Shutdown;
@@ -79,6 +79,19 @@ impl Owner<'_> {
                         started_at: current.started_at,
                         ..self.new_execution(entry)
                     },
+                    Err(err @ ReadError::Corrupt { .. }) => {
+                        let path = self.dir.execution_path(current.execution_id);
+                        let aside =
+                            crate::store::recover::move_aside(&path, self.store.clock.now())?;
+                        error!(session = %self.dir.id, "{err}; moved it to {} and rebuilt it from the state", aside.display());
+                        Execution {
+                            id: current.execution_id,
+                            started_at: current.started_at,
+                            usage: current.usage,
+                            steps: current.steps,
+                            ..self.new_execution(entry)
+                        }
+                    }
                     Err(err) => return Err(err.into()),
                 };
                 if exec.status.is_terminal() {
@@ -139,7 +152,7 @@ impl Owner<'_> {
                 LoopEnd::Suspended => {
                     exec.suspended = true;
                     self.dir.write_execution(&exec)?;
-                    info!(session = %self.dir.id, execution = %exec.id, "suspended for shutdown; a later worker resumes it");
+                    info!(session = %self.dir.id, execution = %exec.id, "suspended at a checkpoint (shutdown or pause); it resumes from there");
                     return Ok(Handled::Suspended);
                 }
             }
@@ -398,6 +411,16 @@ struct StoreSink<'a> {
 
 impl Sink for StoreSink<'_> {
     fn emit(&mut self, payload: EventPayload) -> Result<()> {
+        if let EventPayload::ProviderRetry(retry) = &payload {
+            info!(
+                session = %self.dir.id,
+                execution = %self.execution_id,
+                attempt = retry.attempt,
+                delay_ms = retry.delay_ms,
+                "retrying the model call: {}",
+                retry.error
+            );
+        }
         self.log.append(Some(self.execution_id), payload)?;
         Ok(())
     }
@@ -421,6 +444,12 @@ impl Sink for StoreSink<'_> {
 
     fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    fn paused(&mut self) -> bool {
+        self.dir
+            .read_meta()
+            .is_ok_and(|meta| meta.status == crate::domain::session::SessionStatus::Paused)
     }
 }
 

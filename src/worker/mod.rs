@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 pub use shutdown::Shutdown;
@@ -25,7 +25,9 @@ use crate::domain::execution::WorkerInfo;
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::SessionStatus;
 use crate::store::Store;
+use crate::store::fs::ReadError;
 use crate::store::inbox;
+use crate::store::recover::{move_aside, read_or_rebuild};
 use crate::store::session::read_meta;
 use execute::{Handled, Owner};
 
@@ -43,6 +45,8 @@ pub struct WorkerOptions {
     pub max_duration: Option<Duration>,
     /// Scan interval; `None` uses notifications plus a scan every second.
     pub poll: Option<Duration>,
+    /// Workers allowed at once in this home; a worker finding no free slot exits.
+    pub max_workers: Option<usize>,
 }
 
 /// What a worker did, for its exit summary.
@@ -52,6 +56,8 @@ pub struct Report {
     pub suspended: u64,
     /// Sessions whose processing failed (logged as they happened).
     pub errors: u64,
+    /// Every worker slot was taken: this worker did nothing.
+    pub no_slot: bool,
 }
 
 /// This process, as recorded in executions and locks.
@@ -71,6 +77,17 @@ pub fn this_worker() -> WorkerInfo {
 /// Runs the worker until shutdown (or, with `once`, until nothing is pending).
 pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) -> Result<Report> {
     crate::store::fs::create_dir_private(&store.ready_dir())?;
+    let worker = Arc::new(this_worker());
+    let Some(_registration) = store.register_worker(&worker, options.max_workers)? else {
+        info!(
+            max_workers = options.max_workers.unwrap_or(0),
+            "every worker slot of this home is taken; exiting"
+        );
+        return Ok(Report {
+            no_slot: true,
+            ..Report::default()
+        });
+    };
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
     let _watcher = match options.poll {
         Some(_) => None,
@@ -78,7 +95,6 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
     };
     let tick = options.poll.unwrap_or(Duration::from_secs(1));
     let deadline = options.max_duration.map(|d| Instant::now() + d);
-    let worker = Arc::new(this_worker());
     let mut tasks: JoinSet<(Uuid, Result<Drained>)> = JoinSet::new();
     let mut active: HashSet<Uuid> = HashSet::new();
     // Sessions another worker owns, or that are paused: not retried until the next tick
@@ -91,7 +107,12 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
     let mut ticks = 0u64;
     let mut next_full_scan = 0u64;
     loop {
-        let claiming = !shutdown.is_requested() && deadline.is_none_or(|d| Instant::now() < d);
+        if deadline.is_some_and(|d| Instant::now() >= d) && !shutdown.is_requested() {
+            // Like a signal: no new claims, running executions stop at a checkpoint.
+            info!("--max-duration reached: stopping");
+            shutdown.trigger();
+        }
+        let claiming = !shutdown.is_requested();
         let mut spawned = 0;
         if claiming {
             let full = ticks >= next_full_scan;
@@ -136,6 +157,13 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                         error!(session = %id, "{}", crate::error::render(&err));
                         report.errors += 1;
                         failing.insert(id);
+                        if is_storage_full(&err) && !shutdown.is_requested() {
+                            // Claiming more work would only fail the same way; what is
+                            // written stays readable (replace is atomic, torn appends
+                            // are repaired by the next writer).
+                            error!("the home cannot be written to; no new claims, stopping");
+                            shutdown.trigger();
+                        }
                     }
                 }
             }
@@ -149,6 +177,19 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
             () = shutdown.wait(), if claiming => {}
         }
     }
+}
+
+/// Whether an error means the disk is full or read-only, for every session alike.
+fn is_storage_full(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind;
+    err.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            matches!(
+                io.kind(),
+                ErrorKind::StorageFull | ErrorKind::ReadOnlyFilesystem | ErrorKind::QuotaExceeded
+            )
+        })
 }
 
 /// Sessions that may have pending entries.
@@ -200,6 +241,20 @@ fn watch_ready_dir(
     Some(watcher)
 }
 
+/// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
+/// session's logs, so one damaged session neither stops the worker nor stays stuck.
+fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
+    let (_, note) = read_or_rebuild(&dir.meta_path(), store.clock.now(), || dir.rebuild_meta())?;
+    if let Some(note) = note {
+        error!(session = %dir.id, "{note}");
+    }
+    let (_, note) = read_or_rebuild(&dir.state_path(), store.clock.now(), || dir.rebuild_state())?;
+    if let Some(note) = note {
+        error!(session = %dir.id, "{note}");
+    }
+    Ok(())
+}
+
 /// What draining one session did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Drained {
@@ -229,6 +284,7 @@ pub async fn drain(
         drained.skipped = true;
         return Ok(drained);
     };
+    recover_files(store, &dir)?;
     let mut log = dir.open_events(store.clock.clone())?;
     let mut looked_again = false;
     while !shutdown.is_requested() {
@@ -238,8 +294,13 @@ pub async fn drain(
         }
         let listing = inbox::list(&dir.inbox_dir())?;
         for unreadable in &listing.unreadable {
-            // Left in place and reported; it is not ours to delete.
-            warn!(session = %id, "skipping an unreadable inbox entry: {unreadable}");
+            // Kept (renamed, so it is no longer an entry) for someone to look at.
+            if let ReadError::Corrupt { path, .. } = unreadable {
+                let aside = move_aside(path, store.clock.now())?;
+                error!(session = %id, "{unreadable}; moved it to {}", aside.display());
+            } else {
+                warn!(session = %id, "skipping an inbox entry: {unreadable}");
+            }
         }
         let Some(head) = listing.entries.into_iter().next() else {
             // The marker goes only once the inbox was seen empty, and the inbox is

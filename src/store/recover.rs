@@ -1,0 +1,195 @@
+//! Recovering a session whose `session.json` or `state.json` is corrupt.
+//!
+//! Neither file is ever silently replaced by a default. The corrupt file is moved aside
+//! as `<name>.corrupt-<timestamp>` (kept for inspection) and rebuilt from what is only
+//! ever appended: the event log, the transcript and the execution records. The caller
+//! logs what happened, naming the file.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::SessionDir;
+use super::events::{LogReader, parse_line};
+use super::fs::{ReadError, read_json};
+use super::inbox;
+use crate::domain::FORMAT_VERSION;
+use crate::domain::event::EventPayload;
+use crate::domain::execution::ExecStatus;
+use crate::domain::session::{Counters, SessionMeta, SessionStatus};
+use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
+use crate::domain::transcript::{Message, TranscriptLine};
+use crate::time::Timestamp;
+
+/// Renames a corrupt file out of the way; returns where it went.
+pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = now.to_string().replace([':', '.'], "-");
+    let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
+impl SessionDir {
+    /// Rebuilds `state.json` from the transcript (every complete line is settled) and
+    /// the execution records (a `running` one is resumed). The task list and any
+    /// compaction are lost; they are rebuilt by the agent as it goes on.
+    pub fn rebuild_state(&self) -> Result<AgentState> {
+        let path = self.transcript_path();
+        let mut lines: Vec<TranscriptLine> = Vec::new();
+        let mut bytes = 0u64;
+        if path.exists() {
+            let mut reader = LogReader::open_at(&path, 0)?;
+            for raw in reader.read_lines()? {
+                let Ok(line) = serde_json::from_slice::<TranscriptLine>(&raw) else {
+                    bail!(
+                        "{} has a line that is not a transcript message; cannot rebuild the state from it",
+                        path.display()
+                    );
+                };
+                bytes += raw.len() as u64 + 1;
+                lines.push(line);
+            }
+        }
+        let model_calls = lines
+            .iter()
+            .filter(|l| matches!(l.message, Message::Assistant { .. }))
+            .count() as u64;
+        let running = self
+            .executions()?
+            .into_iter()
+            .rev()
+            .find(|e| !e.status.is_terminal());
+        let current = running.map(|exec| {
+            let mut steps: Vec<u32> = lines
+                .iter()
+                .filter(|l| l.execution_id == Some(exec.id))
+                .filter_map(|l| l.step)
+                .collect();
+            steps.dedup();
+            CurrentExecution {
+                execution_id: exec.id,
+                message_id: exec.message_id,
+                steps: steps.len() as u32,
+                usage: exec.usage,
+                started_at: exec.started_at,
+                consecutive_errors: 0,
+            }
+        });
+        Ok(AgentState {
+            v: FORMAT_VERSION,
+            transcript: TranscriptMark {
+                lines: lines.len() as u64,
+                bytes,
+            },
+            model_calls,
+            current,
+            compaction: None,
+            todos: Vec::new(),
+        })
+    }
+
+    /// Rebuilds `session.json` from the event log (creation, status changes, queued
+    /// messages) and the execution records (counters, usage, costs).
+    pub fn rebuild_meta(&self) -> Result<SessionMeta> {
+        let path = self.events_path();
+        let mut reader = LogReader::open_at(&path, 0)?;
+        let mut meta: Option<SessionMeta> = None;
+        let mut last_seq = 0;
+        let mut messages = 0;
+        let mut updated_at = Timestamp(0);
+        for raw in reader.read_lines()? {
+            let Some(event) = parse_line(&raw).and_then(|e| e.into_event().ok().flatten()) else {
+                continue;
+            };
+            updated_at = updated_at.max(event.timestamp);
+            match event.payload {
+                EventPayload::SessionCreated(created) => {
+                    meta = Some(SessionMeta {
+                        v: FORMAT_VERSION,
+                        id: self.id,
+                        agent: created.agent,
+                        title: created.title,
+                        status: SessionStatus::Active,
+                        events: created.events,
+                        config: created.config.into_iter().collect(),
+                        agent_hash: created.agent_hash.unwrap_or_default(),
+                        created_at: event.timestamp,
+                        updated_at: event.timestamp,
+                        counters: Counters::default(),
+                        usage: Default::default(),
+                        last_message_seq: 0,
+                        last_execution: None,
+                        extra_session_tokens: 0,
+                        cost_usd: None,
+                    });
+                }
+                EventPayload::SessionStatus(change) => {
+                    if let Some(meta) = meta.as_mut() {
+                        meta.status = change.status;
+                    }
+                }
+                EventPayload::MessageQueued(queued) => {
+                    last_seq = last_seq.max(queued.seq);
+                    messages += 1;
+                }
+                _ => {}
+            }
+        }
+        let Some(mut meta) = meta else {
+            bail!(
+                "{} has no session.created event; cannot rebuild session.json from it",
+                path.display()
+            );
+        };
+        meta.last_message_seq = last_seq.max(inbox::highest_seq(&self.inbox_dir())?);
+        meta.counters.messages = messages;
+        meta.updated_at = updated_at;
+        for exec in self.executions()?.iter().filter(|e| e.status.is_terminal()) {
+            meta.counters.executions += 1;
+            match exec.status {
+                ExecStatus::Completed => meta.counters.completed += 1,
+                ExecStatus::Failed => meta.counters.failed += 1,
+                ExecStatus::Cancelled => meta.counters.cancelled += 1,
+                ExecStatus::Stopped => meta.counters.stopped += 1,
+                ExecStatus::Pending | ExecStatus::Running => {}
+            }
+            meta.usage.add(exec.usage);
+            if let Some(cost) = exec.cost_usd {
+                meta.cost_usd = Some(meta.cost_usd.unwrap_or(0.0) + cost);
+            }
+            meta.last_execution = Some(exec.id);
+        }
+        Ok(meta)
+    }
+}
+
+/// Reads a file that may be corrupt: a corrupt one is moved aside and rebuilt with
+/// `rebuild`, then written back. Returns the value and, if it was rebuilt, a message
+/// saying what happened, for the caller to log.
+pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    now: Timestamp,
+    rebuild: impl FnOnce() -> Result<T>,
+) -> Result<(T, Option<String>)> {
+    match read_json::<T>(path) {
+        Ok(value) => Ok((value, None)),
+        Err(ReadError::Corrupt { reason, .. }) => {
+            let aside = move_aside(path, now)
+                .with_context(|| format!("moving the corrupt {} aside", path.display()))?;
+            let value = rebuild()?;
+            super::fs::write_json(path, &value)?;
+            let message = format!(
+                "{} was corrupt ({reason}); moved it to {} and rebuilt it from the session's logs",
+                path.display(),
+                aside.display()
+            );
+            Ok((value, Some(message)))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
