@@ -22,7 +22,7 @@ use crate::domain::event::{
 };
 use crate::domain::execution::{ErrorInfo, ExecStatus, StopReason};
 use crate::domain::session::EventsPreset;
-use crate::domain::state::{AgentState, Compaction};
+use crate::domain::state::{AgentState, Compaction, CurrentExecution, OpenStep};
 use crate::domain::transcript::{Message, ToolCall, TranscriptLine};
 use crate::provider::{
     Interrupt, ModelRequest, ModelTurn, Provider, ProviderError, RetryNotice, StreamObserver,
@@ -126,8 +126,15 @@ fn stop_now(sink: &mut dyn Sink, deadline: Option<Timestamp>) -> Option<Stop> {
 }
 
 /// Runs steps until the execution settles. `history` holds the settled transcript
-/// messages, `state.current` the execution (its settled steps and usage).
-/// Errors are failures to record (disk), not failures of the agent.
+/// messages, `state.current` the execution (its settled steps and usage, and a step
+/// left open by a crash). Errors are failures to record (disk), not failures of the
+/// agent.
+///
+/// A step is persisted in pieces: the model's answer (with its tool calls) once the
+/// stream ends, then each tool result as it comes. A side-effecting tool is marked as
+/// started in the state before it runs; a worker that resumes a step finds which calls
+/// have results, runs the rest, and answers a call that was running when the previous
+/// worker died with an error instead of running it again.
 pub async fn run(
     run: &Run<'_>,
     history: &mut Vec<Message>,
@@ -136,101 +143,118 @@ pub async fn run(
 ) -> anyhow::Result<LoopEnd> {
     let specs = run.tools.specs();
     let tool_names = run.tools.names();
-    let started_at = state
-        .current
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no execution in progress"))?
-        .started_at;
+    let started_at = current(state)?.started_at;
     let deadline = run.budgets.deadline(started_at);
     loop {
         if let Some(stop) = stop_now(sink, deadline) {
             return Ok(stop.into());
         }
-        if sink.paused() {
-            return Ok(LoopEnd::Suspended);
+        let resuming_step = current(state)?.open_step.is_some();
+        if !resuming_step {
+            if sink.paused() {
+                return Ok(LoopEnd::Suspended);
+            }
+            if let Some(limit) = budget::exhausted(&run.budgets, current(state)?, run.session_usage)
+            {
+                return Ok(LoopEnd::Settled(Outcome::stopped(limit)));
+            }
         }
-        if let Some(current) = state.current.as_ref()
-            && let Some(limit) = budget::exhausted(&run.budgets, current, run.session_usage)
-        {
-            return Ok(LoopEnd::Settled(Outcome::stopped(limit)));
-        }
-        let step = state.current.as_ref().map_or(0, |c| c.steps) + 1;
-        if let Some(window) = run.def.model.context_window
-            && let Some(stop) =
-                compact_if_needed(run, history, state, sink, window, &specs, deadline).await?
-        {
-            return Ok(stop.into());
-        }
+        let step = current(state)?.steps + 1;
         let step_started = Instant::now();
-        let view = compact::view(history, state.compaction.as_ref());
-        sink.emit(EventPayload::StepStarted(StepStarted {
-            step_number: step,
-            message_count: view.len(),
-            available_tools: tool_names.clone(),
-        }))?;
-        let request = ModelRequest {
-            system: &run.def.system,
-            messages: &view,
-            tools: &specs,
-            call_index: state.model_calls,
-        };
-        let (result, stop, record_error) = stream_step(run, request, sink, deadline).await;
-        drop(view);
-        if let Some(err) = record_error {
-            return Err(err);
-        }
-        let turn = match result {
-            Ok(turn) => turn,
-            Err(ProviderError::Interrupted) => {
-                let stop = stop.unwrap_or(Stop::Shutdown);
-                if stop != Stop::Shutdown {
-                    // The call was made and abandoned; a suspended one is made again.
-                    state.model_calls += 1;
-                }
+        // What step.completed reports: the answer's finish reason and usage.
+        let mut info = current(state)?.open_step.clone();
+        if !resuming_step {
+            if let Some(window) = run.def.model.context_window
+                && let Some(stop) =
+                    compact_if_needed(run, history, state, sink, window, &specs, deadline).await?
+            {
                 return Ok(stop.into());
             }
-            Err(err) => {
-                // The call was made: a script entry was used up, a real API billed it.
-                state.model_calls += 1;
-                return Ok(LoopEnd::Settled(provider_failure(&err, step)));
-            }
-        };
-        state.model_calls += 1;
-
-        let ran = run_tools(run, &turn, step, sink, &mut state.todos, deadline).await?;
-        history.extend(ran.lines.iter().map(|l| l.message.clone()));
-        if let Some(current) = state.current.as_mut() {
-            current.steps = step;
-            current.usage.add(turn.usage);
-            current.consecutive_errors = match ran.trailing_errors {
-                Some(n) => n,
-                None => current.consecutive_errors + ran.errors,
+            let turn = match infer(
+                run,
+                history,
+                state,
+                sink,
+                &specs,
+                &tool_names,
+                step,
+                deadline,
+            )
+            .await?
+            {
+                Ok(turn) => turn,
+                Err(end) => return Ok(end),
             };
+            // The answer is settled: a crash from here on resumes with the tool calls.
+            let line = transcript_line(
+                run,
+                step,
+                sink.now(),
+                Message::Assistant {
+                    content: turn.text.clone(),
+                    tool_calls: turn.tool_calls.clone(),
+                },
+            );
+            history.push(line.message.clone());
+            let current = current_mut(state)?;
+            current.usage.add(turn.usage);
+            let open = OpenStep {
+                finish_reason: turn.finish_reason.clone(),
+                usage: turn.usage,
+                tool_started: None,
+            };
+            info = Some(open.clone());
+            current.open_step = Some(open);
+            if turn.tool_calls.is_empty() {
+                close_step(state, step)?;
+            }
+            sink.checkpoint(vec![line], state)?;
         }
-        sink.checkpoint(ran.lines, state)?;
-        sink.emit(EventPayload::StepCompleted(StepCompleted {
-            step_number: step,
-            has_tool_calls: !turn.tool_calls.is_empty(),
-            errors: ran.errors,
-            finish_reason: turn.finish_reason.clone(),
-            usage: turn.usage,
-            duration_ms: elapsed_ms(step_started),
-        }))?;
+        // The step's answer: just settled, or left by the worker that opened the step.
+        let answer = history
+            .iter()
+            .rev()
+            .find(|m| matches!(m, Message::Assistant { .. }))
+            .cloned();
+        let Some(Message::Assistant {
+            content,
+            tool_calls,
+        }) = answer
+        else {
+            return Err(anyhow::anyhow!(
+                "step {step} has no answer of the model in the transcript"
+            ));
+        };
+        let ran = run_tools(run, history, state, sink, &tool_calls, step, deadline).await?;
         if let Some(stop) = ran.stop {
+            if stop == Stop::Shutdown {
+                return Ok(LoopEnd::Suspended);
+            }
+            // The remaining calls were answered as not run; the step is closed.
+            close_step(state, step)?;
+            sink.checkpoint(Vec::new(), state)?;
+            emit_step_completed(sink, step, &tool_calls, &ran, info.as_ref(), step_started)?;
             return Ok(stop.into());
         }
+        if current(state)?.open_step.is_some() {
+            close_step(state, step)?;
+            sink.checkpoint(Vec::new(), state)?;
+        }
+        emit_step_completed(sink, step, &tool_calls, &ran, info.as_ref(), step_started)?;
 
-        let Some(current) = state.current.as_ref() else {
-            return Err(anyhow::anyhow!("no execution in progress"));
-        };
         let facts = StepFacts {
             step,
-            tool_calls: turn.tool_calls.len(),
+            tool_calls: tool_calls.len(),
             errors: ran.errors,
             last_error: ran.last_error.as_deref(),
         };
-        let decision =
-            budget::evaluate(&run.budgets, current, run.session_usage, &facts, sink.now());
+        let decision = budget::evaluate(
+            &run.budgets,
+            current(state)?,
+            run.session_usage,
+            &facts,
+            sink.now(),
+        );
         if run.preset.traces_continuation() {
             sink.emit(EventPayload::Continuation(Continuation {
                 step_number: step,
@@ -244,12 +268,12 @@ pub async fn run(
             Some(StopReason::Completed) => {
                 sink.emit(EventPayload::MessageCompleted(MessageCompleted {
                     message_id: run.message_id,
-                    response: turn.text.clone(),
+                    response: content.clone(),
                 }))?;
                 return Ok(LoopEnd::Settled(Outcome {
                     status: ExecStatus::Completed,
                     stop_reason: StopReason::Completed,
-                    response: Some(turn.text),
+                    response: Some(content),
                     error: None,
                 }));
             }
@@ -267,6 +291,106 @@ pub async fn run(
             Some(limit) => return Ok(LoopEnd::Settled(Outcome::stopped(limit))),
         }
     }
+}
+
+fn current(state: &AgentState) -> anyhow::Result<&CurrentExecution> {
+    state
+        .current
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no execution in progress"))
+}
+
+fn current_mut(state: &mut AgentState) -> anyhow::Result<&mut CurrentExecution> {
+    state
+        .current
+        .as_mut()
+        .ok_or_else(|| anyhow::anyhow!("no execution in progress"))
+}
+
+/// Marks step `step` as settled.
+fn close_step(state: &mut AgentState, step: u32) -> anyhow::Result<()> {
+    let current = current_mut(state)?;
+    current.steps = step;
+    current.open_step = None;
+    Ok(())
+}
+
+fn transcript_line(run: &Run<'_>, step: u32, now: Timestamp, message: Message) -> TranscriptLine {
+    TranscriptLine {
+        message,
+        message_id: None,
+        execution_id: Some(run.execution_id),
+        step: Some(step),
+        timestamp: now,
+    }
+}
+
+fn emit_step_completed(
+    sink: &mut dyn Sink,
+    step: u32,
+    tool_calls: &[ToolCall],
+    ran: &ToolRun,
+    open: Option<&OpenStep>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    sink.emit(EventPayload::StepCompleted(StepCompleted {
+        step_number: step,
+        has_tool_calls: !tool_calls.is_empty(),
+        errors: ran.errors,
+        finish_reason: open.and_then(|o| o.finish_reason.clone()),
+        usage: open.map(|o| o.usage).unwrap_or_default(),
+        duration_ms: elapsed_ms(started),
+    }))
+}
+
+/// One inference: the step's first event, the streamed answer, its accounting.
+/// `Err(end)` when the call did not produce an answer (interrupted, provider failure).
+#[allow(clippy::too_many_arguments)]
+async fn infer(
+    run: &Run<'_>,
+    history: &[Message],
+    state: &mut AgentState,
+    sink: &mut dyn Sink,
+    specs: &[crate::provider::ToolSpec],
+    tool_names: &[String],
+    step: u32,
+    deadline: Option<Timestamp>,
+) -> anyhow::Result<Result<ModelTurn, LoopEnd>> {
+    let view = compact::view(history, state.compaction.as_ref());
+    sink.emit(EventPayload::StepStarted(StepStarted {
+        step_number: step,
+        message_count: view.len(),
+        available_tools: tool_names.to_vec(),
+    }))?;
+    let request = ModelRequest {
+        system: &run.def.system,
+        messages: &view,
+        tools: specs,
+        call_index: state.model_calls,
+    };
+    let (result, stop, record_error) = stream_step(run, request, sink, deadline).await;
+    if let Some(err) = record_error {
+        return Err(err);
+    }
+    Ok(match result {
+        Ok(turn) => {
+            state.model_calls += 1;
+            Ok(turn)
+        }
+        Err(ProviderError::Interrupted) => {
+            let stop = stop.unwrap_or(Stop::Shutdown);
+            if stop != Stop::Shutdown {
+                // The call was made and abandoned; a suspended one is made again.
+                state.model_calls += 1;
+            }
+            Err(stop.into())
+        }
+        Err(err) => {
+            // The call was made: a script entry was used up, a real API billed it.
+            state.model_calls += 1;
+            Err(LoopEnd::Settled(provider_failure(&err, step)))
+        }
+    })
 }
 
 /// Compacts older turns when the next prompt would pass the threshold. Returns a stop
@@ -436,75 +560,96 @@ impl StreamObserver for StepObserver<'_> {
 
 /// What running a step's tool calls produced.
 struct ToolRun {
-    lines: Vec<TranscriptLine>,
     errors: u32,
     last_error: Option<String>,
-    /// Errors after the last successful call, if any call succeeded; `None` when every
-    /// call failed (the count continues from earlier steps).
-    trailing_errors: Option<u32>,
     stop: Option<Stop>,
 }
 
-/// Runs the step's tool calls in order and builds the step's transcript lines.
-/// A cancel or the time limit between calls leaves the remaining calls unrun, each
-/// answered with an error result so the transcript stays a valid conversation.
+/// Runs the step's tool calls that have no result yet, in order, persisting each
+/// result as it comes. A cancel or the time limit between calls answers the remaining
+/// calls with errors (so the transcript stays a valid conversation); a shutdown stops
+/// between calls, leaving the step open for the next worker.
 async fn run_tools(
     run: &Run<'_>,
-    turn: &ModelTurn,
-    step: u32,
+    history: &mut Vec<Message>,
+    state: &mut AgentState,
     sink: &mut dyn Sink,
-    todos: &mut Vec<crate::domain::state::Todo>,
+    calls: &[ToolCall],
+    step: u32,
     deadline: Option<Timestamp>,
 ) -> anyhow::Result<ToolRun> {
-    let line = |message: Message, sink: &dyn Sink| TranscriptLine {
-        message,
-        message_id: None,
-        execution_id: Some(run.execution_id),
-        step: Some(step),
-        timestamp: sink.now(),
-    };
+    let answered = history
+        .iter()
+        .rev()
+        .take_while(|m| matches!(m, Message::Tool { .. }))
+        .count();
     let mut ran = ToolRun {
-        lines: vec![line(
-            Message::Assistant {
-                content: turn.text.clone(),
-                tool_calls: turn.tool_calls.clone(),
-            },
-            sink,
-        )],
         errors: 0,
         last_error: None,
-        trailing_errors: None,
         stop: None,
     };
-    for call in &turn.tool_calls {
+    for call in calls.iter().skip(answered) {
         if ran.stop.is_none() {
-            // A shutdown lets the step's calls finish (their effects are done or cheap
-            // to finish) and stops after the checkpoint, so no call ever runs twice.
-            ran.stop = stop_now(sink, deadline).filter(|s| *s != Stop::Shutdown);
+            ran.stop = stop_now(sink, deadline);
+            if ran.stop == Some(Stop::Shutdown) {
+                return Ok(ran);
+            }
         }
+        let interrupted = current(state)?
+            .open_step
+            .as_ref()
+            .and_then(|o| o.tool_started.as_deref())
+            == Some(call.id.as_str());
         let output = match ran.stop {
             Some(Stop::TimeLimit) => ToolOutput::error("not run: the execution ran out of time"),
             Some(_) => ToolOutput::error("not run: the execution was cancelled"),
-            None => run_tool(run, call, sink, todos, deadline).await?,
+            // Never run twice: its effects may or may not have happened.
+            None if interrupted => ToolOutput::error(
+                "interrupted: the worker running this tool stopped before it finished; it may or may not have taken effect",
+            ),
+            None => {
+                if !run.tools.is_read_only(&call.name) {
+                    if let Some(open) = current_mut(state)?.open_step.as_mut() {
+                        open.tool_started = Some(call.id.clone());
+                    }
+                    sink.checkpoint(Vec::new(), state)?;
+                }
+                let todos = &mut state.todos;
+                run_tool(run, call, sink, todos, deadline).await?
+            }
         };
+        let current = current_mut(state)?;
         if output.is_error {
             ran.errors += 1;
             ran.last_error = Some(output.content.clone());
-            ran.trailing_errors = ran.trailing_errors.map(|n| n + 1);
+            current.consecutive_errors += 1;
         } else {
-            ran.trailing_errors = Some(0);
+            current.consecutive_errors = 0;
         }
-        ran.lines.push(line(
+        if let Some(open) = current.open_step.as_mut() {
+            open.tool_started = None;
+        }
+        let last = calls.last().is_some_and(|c| c.id == call.id);
+        if last && ran.stop.is_none() {
+            close_step(state, step)?;
+        }
+        let line = transcript_line(
+            run,
+            step,
+            sink.now(),
             Message::Tool {
                 tool_call_id: call.id.clone(),
                 name: call.name.clone(),
                 content: output.content,
                 is_error: output.is_error,
             },
-            sink,
-        ));
+        );
+        history.push(line.message.clone());
+        sink.checkpoint(vec![line], state)?;
     }
-    ran.stop = ran.stop.or_else(|| stop_now(sink, deadline));
+    if ran.stop.is_none() {
+        ran.stop = stop_now(sink, deadline).filter(|s| *s != Stop::Shutdown);
+    }
     Ok(ran)
 }
 
@@ -540,7 +685,7 @@ async fn run_tool(
         )),
         None => {
             // A long tool (a command) gives way to a cancel or the deadline, not to a
-            // shutdown: the step finishes before the worker stops.
+            // shutdown: the call finishes before the worker stops.
             let mut stop = || {
                 matches!(
                     stop_now(&mut *sink, deadline),

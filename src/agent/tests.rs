@@ -78,6 +78,31 @@ impl Harness {
     }
 
     fn run(&self, sink: &mut Memory, input: &str) -> (LoopEnd, AgentState) {
+        let state = AgentState {
+            current: Some(CurrentExecution {
+                execution_id: Uuid::nil(),
+                message_id: Uuid::nil(),
+                steps: 0,
+                usage: Usage::default(),
+                started_at: Timestamp(0),
+                consecutive_errors: 0,
+                open_step: None,
+            }),
+            ..AgentState::default()
+        };
+        let history = vec![Message::User {
+            content: input.into(),
+        }];
+        self.run_from(sink, history, state)
+    }
+
+    /// Runs from a given history and state, as a worker resuming an execution does.
+    fn run_from(
+        &self,
+        sink: &mut Memory,
+        mut history: Vec<Message>,
+        mut state: AgentState,
+    ) -> (LoopEnd, AgentState) {
         let provider = Scripted::new(self.def.model.script.clone());
         let tools = Toolbox::new(
             self.workspace.path().to_owned(),
@@ -94,20 +119,6 @@ impl Harness {
             session_usage: self.session_usage,
             budgets: Budgets::from_def(&self.def, 0, self.price),
         };
-        let mut state = AgentState {
-            current: Some(CurrentExecution {
-                execution_id: Uuid::nil(),
-                message_id: Uuid::nil(),
-                steps: 0,
-                usage: Usage::default(),
-                started_at: Timestamp(0),
-                consecutive_errors: 0,
-            }),
-            ..AgentState::default()
-        };
-        let mut history = vec![Message::User {
-            content: input.into(),
-        }];
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -147,7 +158,8 @@ fn tool_results_go_back_to_the_model_until_it_answers() {
     let current = state.current.unwrap();
     assert_eq!(current.steps, 2);
     assert_eq!(current.usage, Usage::new(30, 5));
-    assert_eq!(sink.checkpoints, 2);
+    // The first answer, the start of the side-effecting write, each result, the answer.
+    assert_eq!(sink.checkpoints, 5);
     let tool_result = &sink.transcript[2].message;
     assert_eq!(
         tool_result,
@@ -503,4 +515,79 @@ fn an_oversized_history_is_compacted_with_a_scripted_summary() {
     );
     assert_eq!(compaction.through, 3);
     assert_eq!(state.model_calls, 4);
+}
+
+#[test]
+fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
+    // Script entry 1 answers; entry 0 (the step being resumed) is not called again.
+    let h = Harness::new(READ_THEN_ANSWER);
+    let calls = vec![
+        ToolCall::from_json_text(
+            "call_1_1".into(),
+            "write_file".into(),
+            r#"{"path":"a.txt","content":"hello"}"#,
+        ),
+        ToolCall::from_json_text("call_1_2".into(), "read_file".into(), r#"{"path":"a.txt"}"#),
+    ];
+    let history = vec![
+        Message::User {
+            content: "go".into(),
+        },
+        Message::Assistant {
+            content: "Writing.".into(),
+            tool_calls: calls,
+        },
+    ];
+    let state = AgentState {
+        model_calls: 1,
+        current: Some(CurrentExecution {
+            execution_id: Uuid::nil(),
+            message_id: Uuid::nil(),
+            steps: 0,
+            usage: Usage::new(10, 2),
+            started_at: Timestamp(0),
+            consecutive_errors: 0,
+            open_step: Some(crate::domain::state::OpenStep {
+                finish_reason: Some("tool_calls".into()),
+                usage: Usage::new(10, 2),
+                tool_started: Some("call_1_1".into()),
+            }),
+        }),
+        ..AgentState::default()
+    };
+    let mut sink = Memory::default();
+    let (end, state) = h.run_from(&mut sink, history, state);
+    assert_eq!(outcome(end).response.as_deref(), Some("Done: go"));
+    assert!(
+        !h.workspace.path().join("a.txt").exists(),
+        "the started write is not run again"
+    );
+    let Message::Tool {
+        content, is_error, ..
+    } = &sink.transcript[0].message
+    else {
+        panic!()
+    };
+    assert!(*is_error && content.starts_with("interrupted"), "{content}");
+    let Message::Tool { content, .. } = &sink.transcript[1].message else {
+        panic!()
+    };
+    assert!(
+        content.contains("does not exist"),
+        "the read ran: {content}"
+    );
+    assert_eq!(state.current.unwrap().steps, 2);
+    assert_eq!(
+        state.model_calls, 2,
+        "the answer of step 1 was not asked for again"
+    );
+    assert!(
+        !sink.types().contains(&"agent.step.started")
+            || sink
+                .types()
+                .iter()
+                .filter(|t| **t == "agent.step.started")
+                .count()
+                == 1
+    );
 }

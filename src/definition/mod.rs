@@ -424,22 +424,43 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
             problem(&key("argv"), "needs at least the program to run".to_owned());
         }
         if let Some(cwd) = &command.cwd
-            && let Err(message) = check_workspace(cwd)
+            && let Err(message) = check_relative(cwd)
         {
-            problem(&key("cwd"), message.replace("\"session\" or ", ""));
+            problem(&key("cwd"), message);
         }
     }
     problems
 }
 
+/// `[tools] workspace`: "session", or a directory under the home that is not agentq's
+/// own (an agent able to write `agents/` or `sessions/` could grant itself new tools,
+/// raise its own limits or touch other sessions).
 fn check_workspace(workspace: &str) -> Result<(), String> {
     if workspace == "session" {
         return Ok(());
     }
-    let path = Path::new(workspace);
-    let inside = !workspace.is_empty()
-        && !workspace.contains('\0')
-        && path.components().all(|c| {
+    check_relative(workspace)?;
+    let first = Path::new(workspace).components().find_map(|c| match c {
+        std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+        _ => None,
+    });
+    match first.as_deref() {
+        None => Err(
+            "the workspace cannot be the home itself; name a directory under it, or \"session\""
+                .to_owned(),
+        ),
+        Some(reserved @ ("agents" | "sessions" | "agentq.toml")) => Err(format!(
+            "the workspace cannot be inside `{reserved}`, which holds agentq's own files"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A path relative to its base that cannot climb out of it.
+fn check_relative(path: &str) -> Result<(), String> {
+    let inside = !path.is_empty()
+        && !path.contains('\0')
+        && Path::new(path).components().all(|c| {
             matches!(
                 c,
                 std::path::Component::Normal(_) | std::path::Component::CurDir
@@ -449,8 +470,8 @@ fn check_workspace(workspace: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{}` must be \"session\" or a relative path under the home without `..`",
-            workspace.escape_default()
+            "`{}` must be a relative path without `..`",
+            path.escape_default()
         ))
     }
 }
@@ -654,7 +675,17 @@ mod tests {
     fn workspaces_stay_under_the_home() {
         assert!(check_workspace("session").is_ok());
         assert!(check_workspace("projects/site").is_ok());
-        for bad in ["/etc", "../x", "a/../../b", ""] {
+        for bad in [
+            "/etc",
+            "../x",
+            "a/../../b",
+            "",
+            ".",
+            "./",
+            "agents",
+            "sessions/x",
+            "./agents",
+        ] {
             assert!(check_workspace(bad).is_err(), "{bad}");
         }
     }

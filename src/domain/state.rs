@@ -27,6 +27,21 @@ pub struct CurrentExecution {
     /// Tool calls that failed in a row, for `max_consecutive_errors`.
     #[serde(default)]
     pub consecutive_errors: u32,
+    /// Step `steps + 1`, when the model's answer is in the transcript but its tool
+    /// calls are not all answered yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_step: Option<OpenStep>,
+}
+
+/// A step whose answer is settled and whose tool calls are being run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenStep {
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    /// A side-effecting call that was started: if it has no result when the step is
+    /// resumed, it is answered with an error rather than run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_started: Option<String>,
 }
 
 /// How the model sees the transcript once it outgrew the context window: the first

@@ -18,7 +18,7 @@ use crate::domain::FORMAT_VERSION;
 use crate::domain::event::EventPayload;
 use crate::domain::execution::ExecStatus;
 use crate::domain::session::{Counters, SessionMeta, SessionStatus};
-use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
+use crate::domain::state::{AgentState, CurrentExecution, OpenStep, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
 use crate::time::Timestamp;
 
@@ -65,19 +65,37 @@ impl SessionDir {
             .rev()
             .find(|e| !e.status.is_terminal());
         let current = running.map(|exec| {
-            let mut steps: Vec<u32> = lines
+            let mine: Vec<&TranscriptLine> = lines
                 .iter()
                 .filter(|l| l.execution_id == Some(exec.id))
-                .filter_map(|l| l.step)
                 .collect();
+            let mut steps: Vec<u32> = mine.iter().filter_map(|l| l.step).collect();
             steps.dedup();
+            // A last step whose tool calls are not all answered is still open.
+            let open = match mine
+                .iter()
+                .rposition(|l| matches!(l.message, Message::Assistant { .. }))
+            {
+                Some(i) => match &mine[i].message {
+                    Message::Assistant { tool_calls, .. } => mine.len() - 1 - i < tool_calls.len(),
+                    _ => false,
+                },
+                None => false,
+            };
             CurrentExecution {
                 execution_id: exec.id,
                 message_id: exec.message_id,
-                steps: steps.len() as u32,
+                steps: (steps.len() as u32).saturating_sub(u32::from(open)),
                 usage: exec.usage,
                 started_at: exec.started_at,
                 consecutive_errors: 0,
+                // Which call was running is not known any more: the remaining calls
+                // run (the one state.json could have told about included).
+                open_step: open.then(|| OpenStep {
+                    finish_reason: None,
+                    usage: Default::default(),
+                    tool_started: None,
+                }),
             }
         });
         Ok(AgentState {

@@ -50,13 +50,16 @@ pub fn is_secret(name: &str) -> bool {
 }
 
 /// Runs the command and reports its exit code and output to the model.
+/// `secrets` names variables to withhold besides those [`is_secret`] recognises (the
+/// agent's `api_key_env`, whatever it is called).
 pub async fn run(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
+    secrets: &[String],
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> ToolOutput {
-    match execute(def, workspace, arguments, stop).await {
+    match execute(def, workspace, arguments, secrets, stop).await {
         Ok(output) => output,
         Err(message) => ToolOutput::error(message),
     }
@@ -66,6 +69,7 @@ async fn execute(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
+    secrets: &[String],
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
     let cwd = workspace.resolve(def.cwd.as_deref().unwrap_or("."))?;
@@ -83,7 +87,10 @@ async fn execute(
         .args(args)
         .current_dir(&cwd)
         .env_clear()
-        .envs(std::env::vars_os().filter(|(name, _)| !is_secret(&name.to_string_lossy())))
+        .envs(std::env::vars_os().filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            !is_secret(&name) && !secrets.iter().any(|s| *s == name)
+        }))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,7 +239,7 @@ mod tests {
             .build()
             .unwrap();
         let mut stop = || false;
-        rt.block_on(run(def, &ws, &args, &mut stop))
+        rt.block_on(run(def, &ws, &args, &[], &mut stop))
     }
 
     #[test]

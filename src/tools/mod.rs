@@ -115,6 +115,8 @@ pub struct Toolbox {
     workspace: Workspace,
     builtins: Vec<&'static Builtin>,
     commands: Vec<CommandToolDef>,
+    /// Variables withheld from commands besides the `*_KEY`-like ones.
+    secret_env: Vec<String>,
 }
 
 impl Toolbox {
@@ -133,7 +135,15 @@ impl Toolbox {
             workspace: Workspace::new(workspace_root),
             builtins,
             commands,
+            secret_env: Vec::new(),
         }
+    }
+
+    /// Withholds these environment variables from commands too (the names the agent's
+    /// keys are read from, whatever they are called).
+    pub fn withholding(mut self, names: Vec<String>) -> Toolbox {
+        self.secret_env = names;
+        self
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
@@ -179,7 +189,14 @@ impl Toolbox {
             };
         }
         if let Some(command) = self.commands.iter().find(|c| c.name == name) {
-            return command::run(command, &self.workspace, arguments, ctx.stop).await;
+            return command::run(
+                command,
+                &self.workspace,
+                arguments,
+                &self.secret_env,
+                ctx.stop,
+            )
+            .await;
         }
         let granted = self.names().join(", ");
         ToolOutput::error(format!(

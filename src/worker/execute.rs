@@ -25,9 +25,11 @@ use crate::domain::event::{
 };
 use crate::domain::execution::{self, ErrorInfo, ExecStatus, Execution, StopReason, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
+use crate::domain::session::SessionMeta;
 use crate::domain::state::{AgentState, CurrentExecution};
 use crate::domain::transcript::{Message, TranscriptLine};
 use crate::domain::{FORMAT_VERSION, Usage};
+use crate::error::UserError;
 use crate::provider;
 use crate::store::events::{EventLog, offset_of_last};
 use crate::store::fs::ReadError;
@@ -234,9 +236,39 @@ impl Owner<'_> {
             usage: Usage::default(),
             started_at: exec.started_at,
             consecutive_errors: 0,
+            open_step: None,
         });
         self.dir.write_state(state)?;
         Ok(())
+    }
+
+    /// Everything an execution needs from the definition and `agentq.toml`; any
+    /// problem (an invalid definition, a missing key) fails it before a model call.
+    fn prepare(&self, meta: &SessionMeta) -> Result<Prepared, UserError> {
+        let home = HomeConfig::load(&self.store.config_path())?;
+        let (def, _) =
+            definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
+        let provider = provider::for_agent(&def, &home)?;
+        let named = home.providers.get(&def.model.provider);
+        let key_env = def
+            .model
+            .api_key_env
+            .iter()
+            .chain(named.and_then(|p| p.api_key_env.as_ref()))
+            .cloned()
+            .collect();
+        let price = def
+            .model
+            .name
+            .as_ref()
+            .and_then(|name| home.prices.get(name))
+            .copied();
+        Ok(Prepared {
+            def,
+            provider,
+            price,
+            key_env,
+        })
     }
 
     async fn run_loop(
@@ -246,19 +278,12 @@ impl Owner<'_> {
         file: &InboxFile,
     ) -> Result<(LoopEnd, Option<Price>)> {
         let meta = read_meta(self.dir)?;
-        let prepared = HomeConfig::load(&self.store.config_path()).and_then(|home| {
-            let (def, _) =
-                definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
-            let provider = provider::for_agent(&def, &home)?;
-            let price = def
-                .model
-                .name
-                .as_ref()
-                .and_then(|name| home.prices.get(name))
-                .copied();
-            Ok((def, provider, price))
-        });
-        let (def, provider, price) = match prepared {
+        let Prepared {
+            def,
+            provider,
+            price,
+            key_env,
+        } = match self.prepare(&meta) {
             Ok(ready) => ready,
             Err(err) => {
                 warn!(session = %self.dir.id, "cannot run: {err}");
@@ -289,7 +314,8 @@ impl Owner<'_> {
             "session" => self.dir.workspace_dir(),
             path => self.store.home().join(path),
         };
-        let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone());
+        let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone())
+            .withholding(key_env);
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()
@@ -399,6 +425,15 @@ impl Owner<'_> {
     }
 }
 
+/// What [`Owner::prepare`] resolves for one execution.
+struct Prepared {
+    def: definition::AgentDef,
+    provider: Box<dyn provider::Provider>,
+    price: Option<Price>,
+    /// Variables the agent's keys come from, withheld from its commands.
+    key_env: Vec<String>,
+}
+
 /// The agent loop's sink, backed by the session's files.
 struct StoreSink<'a> {
     dir: &'a SessionDir,
@@ -426,8 +461,10 @@ impl Sink for StoreSink<'_> {
     }
 
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
-        state.transcript =
-            transcript::append(&self.dir.transcript_path(), state.transcript, &lines)?;
+        if !lines.is_empty() {
+            state.transcript =
+                transcript::append(&self.dir.transcript_path(), state.transcript, &lines)?;
+        }
         self.dir.write_state(state)?;
         Ok(())
     }

@@ -244,7 +244,7 @@ fn session_max_tokens_stops_with_token_limit() {
 #[test]
 fn the_timeout_stops_a_step_that_outlasts_it_with_time_limit() {
     let env = TestEnv::new();
-    // Twenty words at 150 ms each: the step would stream for three seconds.
+    // Forty words at 150 ms each: the step would stream for six seconds.
     env.write_agent(
         "timed",
         r#"
@@ -252,7 +252,7 @@ name = "timed"
 [model]
 provider = "scripted"
 [[model.script]]
-text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20"
+text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30 w31 w32 w33 w34 w35 w36 w37 w38 w39 w40"
 delay_ms = 150
 [limits]
 timeout = "500ms"
@@ -265,13 +265,13 @@ timeout = "500ms"
     assert_eq!(result["status"], "stopped");
     assert_eq!(result["stop_reason"], "time_limit");
     assert!(
-        took < Duration::from_millis(2500),
+        took < Duration::from_secs(4),
         "stopped at the deadline, not after the step: {took:?}"
     );
     let id = session_of(&result);
     let done = the_finish(&env, &id);
     assert_eq!(done["exit_code"], 3);
-    assert!(done["duration_ms"].as_u64().unwrap() < 2500, "{done}");
+    assert!(done["duration_ms"].as_u64().unwrap() < 4000, "{done}");
     assert!(
         !env.events_of(&id, "agent.stream.chunk").is_empty(),
         "the step had begun"
@@ -738,7 +738,6 @@ fn session_max_tokens_counts_an_earlier_execution_run_by_another_worker() {
 }
 
 #[test]
-#[ignore = "bug: an execution that starts with the session budget already spent still makes a model call before it stops"]
 fn continuing_with_the_session_budget_spent_stops_before_any_model_call() {
     let env = TestEnv::new();
     env.write_agent("budget", SESSION_BUDGET);
@@ -1099,7 +1098,6 @@ builtin = ["read_file"]
 }
 
 #[test]
-#[ignore = "bug: read_file, write_file and edit_file open a FIFO in the workspace without O_NONBLOCK and hang the execution"]
 fn special_files_in_the_workspace_are_refused_promptly() {
     let env = TestEnv::new();
     env.write_agent(
@@ -1147,7 +1145,6 @@ builtin = ["read_file", "write_file", "edit_file"]
 }
 
 #[test]
-#[ignore = "bug: write_file writes into a device node inside the workspace instead of refusing it"]
 fn a_device_node_in_the_workspace_is_refused_by_every_file_tool() {
     let env = TestEnv::new();
     env.write_agent(
@@ -1692,6 +1689,47 @@ argv = ["env"]
 }
 
 #[test]
+fn the_variable_named_by_api_key_env_never_reaches_a_command() {
+    let env = TestEnv::new();
+    env.write_agent(
+        "keyed",
+        r#"
+name = "keyed"
+[model]
+provider = "scripted"
+api_key_env = "LLM_CREDENTIAL"
+[[model.script]]
+text = "looking"
+tool_calls = [{ name = "show_env", arguments = {} }]
+[[model.script]]
+text = "seen"
+[[tools.command]]
+name = "show_env"
+argv = ["env"]
+"#,
+    );
+    let out = env
+        .cmd()
+        .args(["run", "--agent", "keyed", "env please", "--json"])
+        .env("LLM_CREDENTIAL", "value-of-the-model-key")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = session_of(&result);
+    let content = tool_messages(&env, &id)[0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(content.contains("\nPATH="), "{content}");
+    assert!(
+        !content.contains("value-of-the-model-key"),
+        "the model's API key reached the command and the transcript:\n{content}"
+    );
+}
+
+#[test]
 fn a_tool_that_is_not_declared_is_an_error_and_runs_nothing() {
     let env = TestEnv::new();
     env.write_agent(
@@ -1846,6 +1884,57 @@ builtin = ["read_file", "list_dir"]
     assert!(
         state_size < 4096,
         "state.json points into the transcript, it does not copy it: {state_size} bytes"
+    );
+}
+
+#[test]
+fn when_the_summariser_fails_the_oldest_turns_are_dropped_instead() {
+    let env = TestEnv::new();
+    env.write_agent(
+        "dropper",
+        r#"
+name = "dropper"
+[model]
+provider = "scripted"
+context_window = 4000
+[[model.script]]
+text = "reading the big file"
+tool_calls = [{ name = "read_file", arguments = { path = "big.txt" } }]
+[[model.script]]
+text = "looking around"
+tool_calls = [{ name = "list_dir", arguments = { path = "." } }]
+[[model.script]]
+error = { status = 400, message = "the summariser is broken" }
+[[model.script]]
+text = "answer without a summary: {input}"
+[tools]
+builtin = ["read_file", "list_dir"]
+"#,
+    );
+    let (id, ws) = session_with_workspace(&env, "dropper");
+    std::fs::write(ws.join("big.txt"), "z".repeat(20_000)).unwrap();
+    let (exit, result) = run_json(&env, &["run", "--session", &id, "the task"]);
+    assert_eq!(exit, 0, "{result}");
+    assert_eq!(result["response"], "answer without a summary: the task");
+    let compacted = payloads(&env, &id, "context.compacted");
+    assert_eq!(compacted.len(), 1, "{compacted:?}");
+    assert_eq!(compacted[0]["summarized"], false);
+    assert_eq!(compacted[0]["dropped_messages"], 3);
+    assert!(
+        compacted[0]["after_tokens"].as_u64().unwrap()
+            < compacted[0]["before_tokens"].as_u64().unwrap()
+    );
+    // Without a summary the prompt keeps the latest user message and the unfinished
+    // exchange: user, assistant, tool.
+    let counts: Vec<u64> = payloads(&env, &id, "agent.step.started")
+        .iter()
+        .map(|p| p["message_count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 3, 3]);
+    assert_eq!(
+        transcript(&env, &id).len(),
+        6,
+        "the transcript keeps everything"
     );
 }
 
