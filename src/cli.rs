@@ -87,6 +87,26 @@ pub enum Command {
     )]
     Watch(WatchArgs),
 
+    /// The home at a glance: pending, running, failed in the last day, live workers
+    #[command(after_help = "Examples:\n  agentq status\n  agentq status --json | jq .pending")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print the JSON Schema of agentq's formats
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  agentq completions bash > ~/.local/share/bash-completion/completions/agentq\n  agentq completions zsh > \"${fpath[1]}/_agentq\"\n  agentq completions fish > ~/.config/fish/completions/agentq.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
     /// One shot: queue a message, process it here, render it, print the answer
     #[command(
         after_help = "Examples:\n  agentq run --agent demo \"What is in the notes?\"\n  agentq run --agent demo --session 0193a7c2 \"And then?\""
@@ -94,14 +114,25 @@ pub enum Command {
     Run(RunArgs),
 }
 
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum SchemaCommand {
+    /// The event log: the envelope and every payload, by `type`
+    #[command(after_help = "Example:\n  agentq schema events > events.schema.json")]
+    Events,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
     /// List the agents in agents/
+    #[command(
+        after_help = "Examples:\n  agentq agents list\n  agentq agents list --json | jq -r '.[].name'"
+    )]
     List {
         #[arg(long)]
         json: bool,
     },
     /// Show one agent's definition
+    #[command(after_help = "Example:\n  agentq agents show demo")]
     Show {
         name: String,
         #[arg(long)]
@@ -127,6 +158,9 @@ pub enum SessionCommand {
     )]
     New(SessionNewArgs),
     /// List sessions
+    #[command(
+        after_help = "Examples:\n  agentq session list\n  agentq session list --status paused --json"
+    )]
     List {
         /// Only sessions with this status
         #[arg(long, value_enum)]
@@ -134,25 +168,31 @@ pub enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a session: status, counters, usage, last execution
+    /// Show a session: status, counters, usage, budgets, todo list, last and failed executions
+    #[command(after_help = "Example:\n  agentq session show 0193a7c2 --json | jq .session.usage")]
     Show {
         id: String,
         #[arg(long)]
         json: bool,
     },
     /// Show a session's transcript
+    #[command(after_help = "Example:\n  agentq session messages 0193a7c2")]
     Messages {
         id: String,
         #[arg(long)]
         json: bool,
     },
     /// Close a session: it takes no new messages
+    #[command(after_help = "Example:\n  agentq session close 0193a7c2")]
     Close { id: String },
-    /// Pause a session: workers skip it until it is resumed
+    /// Pause a session: workers skip it (after the current step) until it is resumed
+    #[command(after_help = "Example:\n  agentq session pause 0193a7c2")]
     Pause { id: String },
     /// Resume a paused session
+    #[command(after_help = "Example:\n  agentq session resume 0193a7c2")]
     Resume { id: String },
-    /// Remove a session and all its files
+    /// Remove a session and all its files (refused while a worker owns it)
+    #[command(after_help = "Example:\n  agentq session rm 0193a7c2")]
     Rm { id: String },
 }
 

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::definition::AgentDef;
 use crate::domain::Usage;
 use crate::domain::event::{
-    ContextCompacted, Continuation, EventPayload, MessageCompleted, ProviderRetry, StepCompleted,
-    StepStarted, StreamChunk, ToolCompleted, ToolStarted,
+    ContextCompacted, Continuation, EventPayload, ProviderRetry, StepCompleted, StepStarted,
+    StreamChunk, ToolCompleted, ToolStarted,
 };
 use crate::domain::execution::{ErrorInfo, ExecStatus, StopReason};
 use crate::domain::session::EventsPreset;
@@ -145,6 +145,16 @@ pub async fn run(
     let tool_names = run.tools.names();
     let started_at = current(state)?.started_at;
     let deadline = run.budgets.deadline(started_at);
+    if let Some(answer) = settled_answer(history, current(state)?) {
+        // Resumed after the final step settled but before the execution did: the
+        // answer is there, no model call is needed.
+        return Ok(LoopEnd::Settled(Outcome {
+            status: ExecStatus::Completed,
+            stop_reason: StopReason::Completed,
+            response: Some(answer),
+            error: None,
+        }));
+    }
     loop {
         if let Some(stop) = stop_now(sink, deadline) {
             return Ok(stop.into());
@@ -266,10 +276,8 @@ pub async fn run(
         match decision.stop_reason {
             None => continue,
             Some(StopReason::Completed) => {
-                sink.emit(EventPayload::MessageCompleted(MessageCompleted {
-                    message_id: run.message_id,
-                    response: content.clone(),
-                }))?;
+                // `agent.message.completed` is written by whoever settles the
+                // execution, together with its last events.
                 return Ok(LoopEnd::Settled(Outcome {
                     status: ExecStatus::Completed,
                     stop_reason: StopReason::Completed,
@@ -290,6 +298,20 @@ pub async fn run(
             }
             Some(limit) => return Ok(LoopEnd::Settled(Outcome::stopped(limit))),
         }
+    }
+}
+
+/// The answer of an execution whose last settled step had no tool calls.
+fn settled_answer(history: &[Message], current: &CurrentExecution) -> Option<String> {
+    if current.steps == 0 || current.open_step.is_some() {
+        return None;
+    }
+    match history.last() {
+        Some(Message::Assistant {
+            content,
+            tool_calls,
+        }) if tool_calls.is_empty() => Some(content.clone()),
+        _ => None,
     }
 }
 

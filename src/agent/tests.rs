@@ -184,8 +184,8 @@ fn tool_results_go_back_to_the_model_until_it_answers() {
             "agent.stream.chunk",
             "agent.stream.chunk",
             "agent.step.completed",
-            "agent.message.completed",
-        ]
+        ],
+        "the answer's own event is written by the worker when it settles the execution"
     );
 }
 
@@ -590,4 +590,36 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
                 .count()
                 == 1
     );
+}
+
+#[test]
+fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
+    let h = Harness::new(READ_THEN_ANSWER);
+    let history = vec![
+        Message::User {
+            content: "go".into(),
+        },
+        Message::Assistant {
+            content: "Already answered.".into(),
+            tool_calls: vec![],
+        },
+    ];
+    let state = AgentState {
+        model_calls: 2,
+        current: Some(CurrentExecution {
+            execution_id: Uuid::nil(),
+            message_id: Uuid::nil(),
+            steps: 1,
+            usage: Usage::default(),
+            started_at: Timestamp(0),
+            consecutive_errors: 0,
+            open_step: None,
+        }),
+        ..AgentState::default()
+    };
+    let mut sink = Memory::default();
+    let (end, state) = h.run_from(&mut sink, history, state);
+    assert_eq!(outcome(end).response.as_deref(), Some("Already answered."));
+    assert!(sink.events.is_empty());
+    assert_eq!(state.model_calls, 2);
 }

@@ -6,8 +6,10 @@ pub mod cancel;
 pub mod init;
 pub mod retry;
 pub mod run;
+pub mod schema;
 pub mod send;
 pub mod session;
+pub mod status;
 pub mod watch;
 pub mod worker;
 
@@ -69,6 +71,17 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Worker(args) => worker::run(ctx, args),
         Command::Watch(args) => watch::run(ctx, args),
         Command::Run(args) => run::run(ctx, args),
+        Command::Status { json } => status::run(ctx, json),
+        Command::Schema(what) => schema::run(what),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <crate::cli::Cli as clap::CommandFactory>::command(),
+                "agentq",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
     }
 }
 

@@ -24,11 +24,13 @@ pub const RETRY_OF_KEY: &str = "retry_of";
 pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
     let dir = ctx.store.resolve(&args.id)?;
     let meta = read_meta(&dir)?;
-    let Some(failed) = dir
-        .executions()?
+    let executions = dir.executions()?;
+    // A failure already retried (the retry ran, whatever its outcome) is done with.
+    let retried: Vec<_> = executions.iter().filter_map(|e| e.retry_of).collect();
+    let Some(failed) = executions
         .into_iter()
         .rev()
-        .find(|e| e.status == ExecStatus::Failed)
+        .find(|e| e.status == ExecStatus::Failed && !retried.contains(&e.id))
     else {
         return Err(UserError::usage(format!(
             "session {} has no failed execution to retry",

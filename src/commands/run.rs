@@ -5,7 +5,7 @@
 //! If a worker already owns the session, `run` waits for it instead of competing.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
@@ -17,7 +17,7 @@ use crate::definition;
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::{EventsPreset, SessionStatus};
 use crate::error::{UserError, exit};
-use crate::render::PlainRenderer;
+use crate::render::{PlainRenderer, Renderer, TerminalRenderer};
 use crate::store::session::{NewEntry, NewSession, read_meta};
 use crate::worker::{self, Shutdown};
 
@@ -76,17 +76,20 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         },
     )?;
 
-    // On a terminal everything goes to stdout as it happens; otherwise the progress
-    // goes to stderr and stdout gets only the answer, ready for a pipe.
+    // On a terminal the execution is rendered as `watch` renders it; otherwise the
+    // progress goes to stderr as plain lines and stdout gets only the answer.
     let interactive = std::io::stdout().is_terminal();
-    let progress: Box<dyn Write + Send> = if args.json {
-        Box::new(std::io::sink())
+    let mut renderer: Option<Box<dyn Renderer + Send>> = if args.json {
+        None
     } else if interactive {
-        Box::new(std::io::stdout())
+        Some(Box::new(TerminalRenderer::new(
+            std::io::stdout(),
+            ctx.color,
+            std::io::stderr().is_terminal(),
+        )))
     } else {
-        Box::new(std::io::stderr())
+        Some(Box::new(PlainRenderer::new(std::io::stderr())))
     };
-    let mut renderer = PlainRenderer::new(progress).with_color(ctx.color && interactive);
 
     let store = ctx.store.clone();
     let outcome: Result<MessageResult> = super::runtime(1)?.block_on(async {
@@ -99,7 +102,13 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
                 worker::drain(&store, session_id, &shutdown, &me, Some(queued.id)).await
             })
         };
-        let wait = wait_for_message(&dir, offset, queued.id, None, Some(&mut renderer));
+        let wait = wait_for_message(
+            &dir,
+            offset,
+            queued.id,
+            None,
+            renderer.as_deref_mut().map(|r| r as &mut dyn Renderer),
+        );
         tokio::pin!(wait);
         let mut drain = Some(drain);
         let waited = loop {

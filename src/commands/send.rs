@@ -11,7 +11,6 @@ use crate::cli::SendArgs;
 use crate::domain::execution::ExecStatus;
 use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::error::UserError;
-use crate::render::PlainRenderer;
 use crate::store::SessionDir;
 use crate::store::session::{NewEntry, read_meta};
 use crate::time::parse_duration;
@@ -74,13 +73,8 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     }
     // A repeated key names a message queued earlier: its events may be anywhere.
     let offset = if queued.duplicate { 0 } else { offset };
-    let result = super::runtime(1)?.block_on(wait_for_message::<std::io::Stdout>(
-        &dir,
-        offset,
-        queued.id,
-        timeout,
-        None::<&mut PlainRenderer<std::io::Stdout>>,
-    ))?;
+    let result =
+        super::runtime(1)?.block_on(wait_for_message(&dir, offset, queued.id, timeout, None))?;
     result.print(args.json)?;
     Ok(result.exit_code)
 }

@@ -16,11 +16,12 @@ use crate::domain::event::{Event, EventPayload, ExecutionFinished};
 use crate::domain::execution::{ExecStatus, StopReason};
 use crate::domain::inbox::EntryKind;
 use crate::error::{UserError, exit};
-use crate::render::PlainRenderer;
+use crate::render::{PlainRenderer, Renderer, TerminalRenderer};
 use crate::store::SessionDir;
 use crate::store::events::{offset_after_seq, offset_of_last};
-use crate::store::follow::Follower;
+use crate::store::follow::{Follower, Line};
 use crate::store::inbox;
+use crate::store::session::read_meta;
 
 pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
     let dir = ctx.store.resolve(&args.id)?;
@@ -32,41 +33,80 @@ pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
     } else {
         offset_of_last(&path, &["execution.started"])?.map_or(0, |(offset, _)| offset)
     };
-    let color = ctx.color && !args.plain && std::io::stdout().is_terminal();
-    super::runtime(1)?.block_on(watch(&dir, offset, &args, color))
+    let mut renderer: Box<dyn Renderer> = if args.json {
+        Box::new(RawLines)
+    } else if args.plain || !std::io::stdout().is_terminal() {
+        Box::new(PlainRenderer::new(std::io::stdout()).with_color(ctx.color && !args.plain))
+    } else {
+        let mut terminal = TerminalRenderer::new(
+            std::io::stdout(),
+            ctx.color,
+            std::io::stderr().is_terminal(),
+        );
+        let meta = read_meta(&dir)?;
+        terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
+        Box::new(terminal)
+    };
+    super::runtime(1)?.block_on(watch(&dir, offset, &args, renderer.as_mut()))
 }
 
-async fn watch(dir: &SessionDir, offset: u64, args: &WatchArgs, color: bool) -> Result<u8> {
+/// `--json`: the log's lines as they are (the raw text is written by [`show`]).
+struct RawLines;
+
+impl Renderer for RawLines {
+    fn render(&mut self, _: &Event) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Shows one line of the log; remembers the exit code of finished executions.
+fn show(
+    line: &Line,
+    json: bool,
+    renderer: &mut dyn Renderer,
+    last_exit: &mut Option<u8>,
+) -> Result<()> {
+    if json {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&line.raw)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    // Lines that are not events, and event types this version does not know, are skipped.
+    let Some(event) = line
+        .event
+        .clone()
+        .and_then(|raw| raw.into_event().ok().flatten())
+    else {
+        return Ok(());
+    };
+    if let EventPayload::ExecutionFinished(done) = &event.payload {
+        *last_exit = Some(done.exit_code);
+    }
+    renderer.render(&event)?;
+    Ok(())
+}
+
+async fn watch(
+    dir: &SessionDir,
+    offset: u64,
+    args: &WatchArgs,
+    renderer: &mut dyn Renderer,
+) -> Result<u8> {
     let mut follower = Follower::open(dir, offset)?;
-    let stdout = std::io::stdout();
-    let mut renderer = PlainRenderer::new(stdout.lock()).with_color(color);
     let mut last_exit: Option<u8> = None;
     loop {
         let lines = follower.read()?;
         for line in &lines {
-            if args.json {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&line.raw)?;
-                out.write_all(b"\n")?;
-                out.flush()?;
-            }
-            let Some(event) = line
-                .event
-                .clone()
-                .and_then(|raw| raw.into_event().ok().flatten())
-            else {
-                continue;
-            };
-            if let EventPayload::ExecutionFinished(done) = &event.payload {
-                last_exit = Some(done.exit_code);
-            }
-            if !args.json {
-                renderer.render(&event)?;
-            }
+            show(line, args.json, renderer, &mut last_exit)?;
         }
         if !lines.is_empty() {
             continue;
         }
+        renderer.live()?;
         if !follower.exists() {
             renderer.finish()?;
             return Err(UserError::usage(format!("session {} was removed", dir.id)).into());
@@ -75,20 +115,7 @@ async fn watch(dir: &SessionDir, offset: u64, args: &WatchArgs, color: bool) -> 
             // Entries leave the inbox only after their final events were written:
             // one more read takes in everything up to idleness.
             for line in follower.read()? {
-                if args.json {
-                    writeln!(
-                        std::io::stdout().lock(),
-                        "{}",
-                        String::from_utf8_lossy(&line.raw)
-                    )?;
-                } else if let Some(event) =
-                    line.event.and_then(|raw| raw.into_event().ok().flatten())
-                {
-                    if let EventPayload::ExecutionFinished(done) = &event.payload {
-                        last_exit = Some(done.exit_code);
-                    }
-                    renderer.render(&event)?;
-                }
+                show(&line, args.json, renderer, &mut last_exit)?;
             }
             renderer.finish()?;
             return Ok(match last_exit {
@@ -222,12 +249,12 @@ const NO_WORKER_HINT_AFTER: Duration = Duration::from_secs(10);
 
 /// Follows the log from `offset` until the execution of `message_id` finishes, passing
 /// every event to `renderer` if there is one.
-pub async fn wait_for_message<W: Write>(
+pub async fn wait_for_message(
     dir: &SessionDir,
     offset: u64,
     message_id: Uuid,
     timeout: Option<Duration>,
-    mut renderer: Option<&mut PlainRenderer<W>>,
+    mut renderer: Option<&mut dyn Renderer>,
 ) -> Result<MessageResult> {
     let mut follower = Follower::open(dir, offset)?;
     let started = Instant::now();
@@ -253,6 +280,9 @@ pub async fn wait_for_message<W: Write>(
                 }
                 return Ok(result);
             }
+        }
+        if let Some(r) = renderer.as_deref_mut() {
+            r.live()?;
         }
         if !follower.exists() {
             return Err(

@@ -101,6 +101,12 @@ macro_rules! event_payloads {
 
             /// Every type name, in the order of the table in ARCHITECTURE.md.
             pub const TYPE_NAMES: &'static [&'static str] = &[$( $name ),*];
+
+            /// The JSON Schema of each type's payload, by type name; the definitions
+            /// they refer to are collected in `generator`.
+            pub fn payload_schemas(generator: &mut schemars::SchemaGenerator) -> Vec<(&'static str, schemars::Schema)> {
+                vec![$( ($name, generator.subschema_for::<$payload>()) ),*]
+            }
         }
     };
 }
@@ -125,7 +131,7 @@ event_payloads! {
     ExecutionFinished(ExecutionFinished) = "execution.finished",
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionCreated {
     pub agent: String,
     pub title: Option<String>,
@@ -135,13 +141,13 @@ pub struct SessionCreated {
     pub agent_hash: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionStatusChanged {
     pub status: SessionStatus,
     pub previous_status: SessionStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageQueued {
     pub message_id: Uuid,
     pub seq: u64,
@@ -149,12 +155,12 @@ pub struct MessageQueued {
     pub content_preview: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CancelRequested {
     pub message_id: Uuid,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecutionStarted {
     pub message_id: Uuid,
     pub attempt: u32,
@@ -165,7 +171,7 @@ pub struct ExecutionStarted {
 }
 
 /// The agent's status as `watch` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     Idle,
@@ -189,26 +195,26 @@ impl From<ExecStatus> for AgentStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentStatusChanged {
     pub status: AgentStatus,
     pub previous_status: AgentStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepStarted {
     pub step_number: u32,
     pub message_count: usize,
     pub available_tools: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StreamChunk {
     pub content: String,
     pub chunk_index: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolStarted {
     pub tool_name: String,
     pub tool_call_id: String,
@@ -219,7 +225,7 @@ pub struct ToolStarted {
     pub args: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolCompleted {
     pub tool_name: String,
     pub tool_call_id: String,
@@ -228,7 +234,7 @@ pub struct ToolCompleted {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepCompleted {
     pub step_number: u32,
     pub has_tool_calls: bool,
@@ -240,14 +246,14 @@ pub struct StepCompleted {
 }
 
 /// One check made when deciding whether to run another step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evaluation {
     pub check: String,
     pub passed: bool,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Continuation {
     pub step_number: u32,
     pub should_continue: bool,
@@ -255,7 +261,7 @@ pub struct Continuation {
     pub evaluations: Vec<Evaluation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProviderRetry {
     pub attempt: u32,
     pub delay_ms: u64,
@@ -263,7 +269,7 @@ pub struct ProviderRetry {
     pub error: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContextCompacted {
     /// Estimated prompt tokens before and after.
     pub before_tokens: u64,
@@ -274,20 +280,20 @@ pub struct ContextCompacted {
     pub summarized: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageCompleted {
     pub message_id: Uuid,
     pub response: String,
 }
 
 /// Usage of the execution and the session's running total after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FinishedUsage {
     pub execution: Usage,
     pub session: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecutionFinished {
     pub status: ExecStatus,
     pub stop_reason: Option<StopReason>,
@@ -304,7 +310,7 @@ pub struct ExecutionFinished {
     pub cost_usd: Option<FinishedCost>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FinishedCost {
     pub execution: f64,
     pub session: f64,

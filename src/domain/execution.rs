@@ -8,7 +8,7 @@ use super::Usage;
 use crate::error::exit;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecStatus {
     Pending,
@@ -36,7 +36,7 @@ impl ExecStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     Completed,
@@ -79,13 +79,13 @@ pub fn exit_code(status: ExecStatus, reason: Option<StopReason>) -> u8 {
 }
 
 /// Which process ran (or runs) an execution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkerInfo {
     pub pid: u32,
     pub host: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorInfo {
     pub message: String,
     /// Where it happened, for example `step 2, tool read_file`.
@@ -93,7 +93,7 @@ pub struct ErrorInfo {
     pub context: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Execution {
     #[serde(default = "super::format_version")]
     pub v: u32,
@@ -124,6 +124,9 @@ pub struct Execution {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     pub worker: WorkerInfo,
+    /// The failed execution this one retries (`agentq retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
     /// Left at a checkpoint by a worker that shut down cleanly; resuming it is not a
     /// new attempt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -14,7 +14,9 @@ pub mod transcript;
 use serde::{Deserialize, Serialize};
 
 /// Tokens counted by the provider (or estimated by the scripted one).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Usage {
     pub input: u64,
     pub output: u64,

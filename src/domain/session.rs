@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::Usage;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     Active,
@@ -27,7 +27,18 @@ impl SessionStatus {
 }
 
 /// How much detail a session's event log records (ARCHITECTURE.md §3).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EventsPreset {
     /// No text chunks, no continuation trace, tool arguments summarised.
@@ -49,7 +60,7 @@ impl EventsPreset {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Counters {
     /// User messages accepted by `send`.
     pub messages: u64,
@@ -61,7 +72,7 @@ pub struct Counters {
     pub stopped: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionMeta {
     #[serde(default = "super::format_version")]
     pub v: u32,

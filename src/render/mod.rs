@@ -1,308 +1,57 @@
-//! Turning events into what people read: one plain line per event, with the model's
-//! text streamed inline as it arrives. Used by `watch`, `run` and `send --wait`.
+//! Turning events into what people read. `watch`, `run` and `send --wait` pick a
+//! [`Renderer`]: [`TerminalRenderer`] on a terminal (a spinner with the status on
+//! stderr, the model's text streamed word by word and wrapped on stdout), or
+//! [`PlainRenderer`] (one line per event, for CI logs and pipes).
 //!
 //! Everything shown passes through [`sanitize`]; only `--json` prints lines untouched.
 
+pub mod plain;
 pub mod sanitize;
+pub mod terminal;
+mod wrap;
 
-use std::io::{self, Write};
+use std::io;
 
-use crate::domain::event::{Event, EventPayload};
+use crate::domain::event::{Event, ExecutionFinished};
 use crate::domain::execution::ExecStatus;
 use crate::time::human_duration;
+pub use plain::PlainRenderer;
 pub use sanitize::sanitize;
+pub use terminal::TerminalRenderer;
 
-/// Renders events as plain lines to any writer, flushing after each event so the output
-/// is live in a terminal and in CI logs alike.
-pub struct PlainRenderer<W: Write> {
-    out: W,
-    color: bool,
-    /// The cursor is in the middle of streamed text.
-    mid_text: bool,
-    /// Text chunks were shown since the last step started.
-    streamed: bool,
+/// Something that shows events as they are read from the log.
+pub trait Renderer {
+    fn render(&mut self, event: &Event) -> io::Result<()>;
+    /// Everything in the log so far has been rendered; from now on events are live.
+    fn live(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Ends any open line or spinner, leaving the terminal as it was.
+    fn finish(&mut self) -> io::Result<()>;
 }
 
-fn short(id: &uuid::Uuid) -> String {
-    id.to_string()[..13].to_owned()
-}
-
-impl<W: Write> PlainRenderer<W> {
-    pub fn new(out: W) -> Self {
-        PlainRenderer {
-            out,
-            color: false,
-            mid_text: false,
-            streamed: false,
-        }
+/// The summary line of a finished execution, shared by both renderings:
+/// `completed · 2 steps · 375 tokens · $0.0012 · 1.5s · exit 0`.
+pub fn footer(p: &ExecutionFinished) -> String {
+    let mut text = p.status.as_str().to_owned();
+    if let Some(reason) = p.stop_reason
+        && !(p.status == ExecStatus::Completed && reason.as_str() == "completed")
+    {
+        text.push_str(&format!(" ({})", reason.as_str()));
     }
-
-    /// Colours the marks and notes (only ever on a terminal, or with `--color always`).
-    pub fn with_color(mut self, color: bool) -> Self {
-        self.color = color;
-        self
+    text.push_str(&format!(
+        " · {} step{} · {} tokens",
+        p.steps,
+        if p.steps == 1 { "" } else { "s" },
+        p.usage.execution.total
+    ));
+    if let Some(cost) = p.cost_usd {
+        text.push_str(&format!(" · ${:.4}", cost.execution));
     }
-
-    pub fn render(&mut self, event: &Event) -> io::Result<()> {
-        match &event.payload {
-            EventPayload::StreamChunk(chunk) => {
-                self.out.write_all(sanitize(&chunk.content).as_bytes())?;
-                self.mid_text = !chunk.content.ends_with('\n');
-                self.streamed = true;
-            }
-            EventPayload::MessageCompleted(done) => {
-                // With the minimal preset no chunks were recorded: show the answer whole.
-                if !self.streamed && !done.response.is_empty() {
-                    self.line(Style::Plain, &done.response)?;
-                }
-            }
-            payload => {
-                if let Some((style, text)) = describe(event, payload) {
-                    self.line(style, &text)?;
-                }
-                if matches!(payload, EventPayload::StepStarted(_)) {
-                    self.streamed = false;
-                }
-            }
-        }
-        self.out.flush()
-    }
-
-    /// Ends any streamed text, then writes one line.
-    fn line(&mut self, style: Style, text: &str) -> io::Result<()> {
-        if self.mid_text {
-            self.out.write_all(b"\n")?;
-            self.mid_text = false;
-        }
-        let text = sanitize(text);
-        match style.code().filter(|_| self.color) {
-            Some(code) => writeln!(self.out, "\x1b[{code}m{text}\x1b[0m"),
-            None => writeln!(self.out, "{text}"),
-        }
-    }
-
-    /// Ends streamed text still open, before the caller writes elsewhere or exits.
-    pub fn finish(&mut self) -> io::Result<()> {
-        if self.mid_text {
-            self.out.write_all(b"\n")?;
-            self.mid_text = false;
-        }
-        self.out.flush()
-    }
-}
-
-/// How a line is emphasised when colours are on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Style {
-    Plain,
-    Dim,
-    Good,
-    Bad,
-    Strong,
-}
-
-impl Style {
-    fn code(self) -> Option<&'static str> {
-        match self {
-            Style::Plain => None,
-            Style::Dim => Some("2"),
-            Style::Good => Some("32"),
-            Style::Bad => Some("31"),
-            Style::Strong => Some("1"),
-        }
-    }
-}
-
-/// The line for an event, or `None` for events shown another way (or not at all).
-fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
-    let style = match payload {
-        EventPayload::ToolCompleted(p) if p.success => Style::Good,
-        EventPayload::ToolCompleted(_) => Style::Bad,
-        EventPayload::ExecutionFinished(p) if p.status == ExecStatus::Completed => Style::Strong,
-        EventPayload::ExecutionFinished(_) => Style::Bad,
-        EventPayload::ToolStarted(_) | EventPayload::ExecutionStarted(_) => Style::Plain,
-        _ => Style::Dim,
-    };
-    let text = match payload {
-        EventPayload::SessionCreated(p) => format!(
-            "session {} created: agent {}{}",
-            short(&event.session_id),
-            p.agent,
-            p.title
-                .as_deref()
-                .map(|t| format!(", \"{t}\""))
-                .unwrap_or_default()
-        ),
-        EventPayload::SessionStatus(p) => format!(
-            "session {} (was {})",
-            p.status.as_str(),
-            p.previous_status.as_str()
-        ),
-        EventPayload::MessageQueued(p) => {
-            format!("queued message #{}: {}", p.seq, p.content_preview)
-        }
-        EventPayload::CancelRequested(_) => "cancel requested".to_owned(),
-        EventPayload::ExecutionStarted(p) => format!(
-            "{} execution {} (attempt {}, worker {} on {})",
-            if p.resumed { "resumed" } else { "started" },
-            event.execution_id.unwrap_or_default(),
-            p.attempt,
-            p.worker.pid,
-            p.worker.host
-        ),
-        EventPayload::StepStarted(p) => format!("· step {}", p.step_number),
-        EventPayload::ToolStarted(p) => {
-            let args = p
-                .args_summary
-                .clone()
-                .or_else(|| {
-                    p.args
-                        .as_ref()
-                        .map(|a| crate::tools::summarize_args(a, 100))
-                })
-                .unwrap_or_default();
-            format!("→ {} {args}", p.tool_name)
-        }
-        EventPayload::ToolCompleted(p) => match &p.error {
-            None => format!("✓ {} ({})", p.tool_name, human_duration(p.duration_ms)),
-            Some(error) => format!(
-                "✗ {} ({}): {}",
-                p.tool_name,
-                human_duration(p.duration_ms),
-                crate::store::session::preview(error, 200)
-            ),
-        },
-        EventPayload::Continuation(p) => format!(
-            "· continue after step {}: {}",
-            p.step_number,
-            if p.should_continue {
-                "yes".to_owned()
-            } else {
-                format!("no ({})", p.stop_reason.map_or("", |r| r.as_str()))
-            }
-        ),
-        EventPayload::ProviderRetry(p) => format!(
-            "· model call failed ({}), retry {} in {}",
-            p.error,
-            p.attempt,
-            human_duration(p.delay_ms)
-        ),
-        EventPayload::ContextCompacted(p) => format!(
-            "· context compacted: {} messages {} ({} → {} tokens)",
-            p.dropped_messages,
-            if p.summarized {
-                "summarised"
-            } else {
-                "dropped"
-            },
-            p.before_tokens,
-            p.after_tokens
-        ),
-        EventPayload::ExecutionFinished(p) => {
-            let mut text = format!("■ {}", p.status.as_str());
-            if let Some(reason) = p.stop_reason
-                && !(p.status == ExecStatus::Completed && reason.as_str() == "completed")
-            {
-                text.push_str(&format!(" ({})", reason.as_str()));
-            }
-            text.push_str(&format!(
-                " · {} step{} · {} tokens · {} · exit {}",
-                p.steps,
-                if p.steps == 1 { "" } else { "s" },
-                p.usage.execution.total,
-                human_duration(p.duration_ms),
-                p.exit_code
-            ));
-            if let Some(error) = &p.error {
-                text.push_str(&format!("\n  error: {error}"));
-            }
-            text
-        }
-        EventPayload::AgentStatus(_)
-        | EventPayload::StepCompleted(_)
-        | EventPayload::StreamChunk(_)
-        | EventPayload::MessageCompleted(_) => return None,
-    };
-    Some((style, text))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::event::{MessageCompleted, StepStarted, StreamChunk, ToolCompleted};
-    use crate::time::Timestamp;
-    use uuid::Uuid;
-
-    fn event(payload: EventPayload) -> Event {
-        Event {
-            v: 1,
-            seq: 1,
-            session_id: Uuid::nil(),
-            execution_id: Some(Uuid::nil()),
-            timestamp: Timestamp(0),
-            payload,
-        }
-    }
-
-    fn render(payloads: Vec<EventPayload>) -> String {
-        let mut out = Vec::new();
-        let mut r = PlainRenderer::new(&mut out);
-        for p in payloads {
-            r.render(&event(p)).unwrap();
-        }
-        r.finish().unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    fn chunk(text: &str) -> EventPayload {
-        EventPayload::StreamChunk(StreamChunk {
-            content: text.into(),
-            chunk_index: 0,
-        })
-    }
-
-    #[test]
-    fn streamed_text_is_inline_and_ended_before_the_next_line() {
-        let text = render(vec![
-            chunk("Hello "),
-            chunk("world"),
-            EventPayload::ToolCompleted(ToolCompleted {
-                tool_name: "read_file".into(),
-                tool_call_id: "c".into(),
-                success: true,
-                error: None,
-                duration_ms: 3,
-            }),
-        ]);
-        assert_eq!(text, "Hello world\n✓ read_file (3ms)\n");
-    }
-
-    #[test]
-    fn the_answer_is_shown_whole_when_nothing_was_streamed() {
-        let done = |r: &str| {
-            EventPayload::MessageCompleted(MessageCompleted {
-                message_id: Uuid::nil(),
-                response: r.into(),
-            })
-        };
-        let step = EventPayload::StepStarted(StepStarted {
-            step_number: 1,
-            message_count: 1,
-            available_tools: vec![],
-        });
-        assert_eq!(
-            render(vec![step.clone(), done("The answer.")]),
-            "· step 1\nThe answer.\n"
-        );
-        assert_eq!(
-            render(vec![step, chunk("The answer."), done("The answer.")]),
-            "· step 1\nThe answer.\n"
-        );
-    }
-
-    #[test]
-    fn control_characters_never_reach_the_output() {
-        let text = render(vec![chunk("\x1b]0;title\x07\x1b[31mred")]);
-        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
-    }
+    text.push_str(&format!(
+        " · {} · exit {}",
+        human_duration(p.duration_ms),
+        p.exit_code
+    ));
+    text
 }

@@ -58,27 +58,41 @@ pub struct LockedLog<'a> {
 
 impl LockedLog<'_> {
     pub fn append(&mut self, execution_id: Option<Uuid>, payload: EventPayload) -> io::Result<u64> {
+        self.append_all(execution_id, vec![payload])
+    }
+
+    /// Appends several events with consecutive seqs in one write, so a killed process
+    /// leaves all of them or none. Returns the last seq.
+    pub fn append_all(
+        &mut self,
+        execution_id: Option<Uuid>,
+        payloads: Vec<EventPayload>,
+    ) -> io::Result<u64> {
         let log = &mut *self.log;
         let path = log.path.clone();
         let result = (|| {
             let len = repair_torn_tail(&mut log.file)?;
-            let last_seq = match log.known_tail {
+            let mut seq = match log.known_tail {
                 Some((known_len, seq)) if known_len == len => seq,
                 _ => last_seq(&mut log.file, len, &path)?,
             };
-            let event = Event {
-                v: FORMAT_VERSION,
-                seq: last_seq + 1,
-                session_id: log.session_id,
-                execution_id,
-                timestamp: log.clock.now(),
-                payload,
-            };
-            let mut line = serde_json::to_vec(&event).map_err(io::Error::other)?;
-            line.push(b'\n');
-            log.file.write_all(&line)?;
-            log.known_tail = Some((len + line.len() as u64, event.seq));
-            Ok(event.seq)
+            let mut lines = Vec::new();
+            for payload in payloads {
+                seq += 1;
+                let event = Event {
+                    v: FORMAT_VERSION,
+                    seq,
+                    session_id: log.session_id,
+                    execution_id,
+                    timestamp: log.clock.now(),
+                    payload,
+                };
+                serde_json::to_writer(&mut lines, &event).map_err(io::Error::other)?;
+                lines.push(b'\n');
+            }
+            log.file.write_all(&lines)?;
+            log.known_tail = Some((len + lines.len() as u64, seq));
+            Ok(seq)
         })();
         if result.is_err() {
             log.known_tail = None;

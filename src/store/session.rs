@@ -314,8 +314,9 @@ impl SessionDir {
         if let Some(worker) = worker {
             // Who owns it, for `agentq status`; informative only, so not fsynced.
             let line = serde_json::json!({"pid": worker.pid, "host": worker.host});
-            file.set_len(0)?;
-            writeln!(file, "{line}")?;
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "{line}"))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(Some(OwnerLock { _file: file }))
     }

@@ -64,7 +64,15 @@ impl Store {
         };
         let Some(max) = max_workers else {
             let path = dir.join(format!("worker-{}-{}", worker.pid, record.started_at.0));
-            let file = lock_and_describe(&path, &record)?.context("a new worker file is locked")?;
+            let file = match lock_and_describe(&path, &record) {
+                Ok(Some(file)) => file,
+                Ok(None) => anyhow::bail!("{} is locked by another process", path.display()),
+                Err(err) => {
+                    // A worker that cannot register leaves no file claiming it runs.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(err);
+                }
+            };
             return Ok(Some(Registration {
                 _file: file,
                 remove: Some(path),
@@ -140,9 +148,11 @@ fn lock_and_describe(path: &std::path::Path, record: &WorkerRecord) -> Result<Op
             return Err(e).with_context(|| format!("locking {}", path.display()));
         }
     }
-    file.set_len(0)?;
-    file.rewind()?;
-    file.write_all(serde_json::to_string(record)?.as_bytes())?;
+    let text = serde_json::to_string(record)?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(file))
 }
 

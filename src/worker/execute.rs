@@ -21,7 +21,7 @@ use crate::config::{HomeConfig, Price};
 use crate::definition;
 use crate::domain::event::{
     AgentStatus, AgentStatusChanged, EventPayload, ExecutionFinished, ExecutionStarted,
-    FinishedCost, FinishedUsage,
+    FinishedCost, FinishedUsage, MessageCompleted,
 };
 use crate::domain::execution::{self, ErrorInfo, ExecStatus, Execution, StopReason, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
@@ -208,6 +208,11 @@ impl Owner<'_> {
             exit_code: None,
             cost_usd: None,
             worker: self.worker.clone(),
+            retry_of: entry
+                .metadata
+                .get(crate::commands::retry::RETRY_OF_KEY)
+                .and_then(|v| v.as_str())
+                .and_then(|id| Uuid::try_parse(id).ok()),
             suspended: false,
         }
     }
@@ -271,6 +276,55 @@ impl Owner<'_> {
         })
     }
 
+    /// The directory the agent's file tools are confined to. A workspace under the home
+    /// must stay there once symlinks are followed, and out of agentq's own files.
+    fn workspace(&self, def: &definition::AgentDef) -> Result<std::path::PathBuf, UserError> {
+        let rel = def.tools.workspace.as_str();
+        if rel == "session" {
+            return Ok(self.dir.workspace_dir());
+        }
+        let refuse = |why: String| UserError::usage(format!("the workspace `{rel}` {why}"));
+        let home = self
+            .store
+            .home()
+            .canonicalize()
+            .map_err(|e| refuse(format!("cannot be checked: {e}")))?;
+        // Under the home, not the home itself, not in agentq's own directories.
+        let inside = |real: &std::path::Path| {
+            real.starts_with(&home)
+                && !real.starts_with(home.join("agents"))
+                && !real.starts_with(home.join("sessions"))
+        };
+        let out_of_bounds = |real: &std::path::Path| {
+            refuse(format!(
+                "leads to {}, outside the home or into agentq's own files",
+                real.display()
+            ))
+        };
+        // Check the part that exists before creating the rest, so a symlink on the way
+        // cannot make us create directories elsewhere.
+        let path = home.join(rel);
+        let mut existing = path.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(&home);
+        }
+        let real = existing
+            .canonicalize()
+            .map_err(|e| refuse(format!("cannot be checked: {e}")))?;
+        if !inside(&real) {
+            return Err(out_of_bounds(&real));
+        }
+        crate::store::fs::create_dir_private(&path)
+            .map_err(|e| refuse(format!("cannot be created: {e}")))?;
+        let real = path
+            .canonicalize()
+            .map_err(|e| refuse(format!("cannot be checked: {e}")))?;
+        if !inside(&real) || real == home {
+            return Err(out_of_bounds(&real));
+        }
+        Ok(real)
+    }
+
     async fn run_loop(
         &mut self,
         exec: &Execution,
@@ -310,9 +364,21 @@ impl Owner<'_> {
                 "the agent definition changed since the session was created; this execution uses the current one"
             );
         }
-        let workspace = match def.tools.workspace.as_str() {
-            "session" => self.dir.workspace_dir(),
-            path => self.store.home().join(path),
+        let workspace = match self.workspace(&def) {
+            Ok(path) => path,
+            Err(err) => {
+                warn!(session = %self.dir.id, "cannot run: {err}");
+                let outcome = Outcome {
+                    status: ExecStatus::Failed,
+                    stop_reason: StopReason::Error,
+                    response: None,
+                    error: Some(ErrorInfo {
+                        message: err.message,
+                        context: Some(format!("agent {}", meta.agent)),
+                    }),
+                };
+                return Ok((LoopEnd::Settled(outcome), None));
+            }
         };
         let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone())
             .withholding(key_env);
@@ -364,6 +430,9 @@ impl Owner<'_> {
                 ExecStatus::Pending | ExecStatus::Running => {}
             }
             meta.usage.add(exec.usage);
+            // A `send` that crashed after publishing its entry never recorded the seq;
+            // the next one must still get a higher one.
+            meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
             if let Some(cost) = exec.cost_usd {
                 meta.cost_usd = Some(meta.cost_usd.unwrap_or(0.0) + cost);
             }
@@ -378,33 +447,37 @@ impl Owner<'_> {
                 return Ok(());
             }
         }
-        locked.append(
-            Some(exec.id),
-            EventPayload::AgentStatus(AgentStatusChanged {
-                status: exec.status.into(),
-                previous_status: AgentStatus::Processing,
+        // The last events of an execution go in one write: a crash leaves all or none,
+        // and recovery (above) writes them only if `execution.finished` is missing.
+        let mut last = Vec::new();
+        if let (ExecStatus::Completed, Some(response)) = (exec.status, &exec.response) {
+            last.push(EventPayload::MessageCompleted(MessageCompleted {
+                message_id: exec.message_id,
+                response: response.clone(),
+            }));
+        }
+        last.push(EventPayload::AgentStatus(AgentStatusChanged {
+            status: exec.status.into(),
+            previous_status: AgentStatus::Processing,
+        }));
+        last.push(EventPayload::ExecutionFinished(ExecutionFinished {
+            status: exec.status,
+            stop_reason: exec.stop_reason,
+            exit_code: execution::exit_code(exec.status, exec.stop_reason),
+            steps: exec.steps,
+            usage: FinishedUsage {
+                execution: exec.usage,
+                session: meta.usage,
+            },
+            duration_ms: exec.duration_ms.unwrap_or(0),
+            error: exec.error.as_ref().map(|e| e.message.clone()),
+            message_id: Some(exec.message_id),
+            cost_usd: exec.cost_usd.map(|execution| FinishedCost {
+                execution,
+                session: meta.cost_usd.unwrap_or(execution),
             }),
-        )?;
-        locked.append(
-            Some(exec.id),
-            EventPayload::ExecutionFinished(ExecutionFinished {
-                status: exec.status,
-                stop_reason: exec.stop_reason,
-                exit_code: execution::exit_code(exec.status, exec.stop_reason),
-                steps: exec.steps,
-                usage: FinishedUsage {
-                    execution: exec.usage,
-                    session: meta.usage,
-                },
-                duration_ms: exec.duration_ms.unwrap_or(0),
-                error: exec.error.as_ref().map(|e| e.message.clone()),
-                message_id: Some(exec.message_id),
-                cost_usd: exec.cost_usd.map(|execution| FinishedCost {
-                    execution,
-                    session: meta.cost_usd.unwrap_or(execution),
-                }),
-            }),
-        )?;
+        }));
+        locked.append_all(Some(exec.id), last)?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 pub mod execute;
 mod shutdown;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
     // Sessions whose processing failed: retried only at the next full scan, so one
     // broken session does not fill the log every second.
     let mut failing: HashSet<Uuid> = HashSet::new();
+    let mut backlog: BTreeSet<Uuid> = BTreeSet::new();
     let mut report = Report::default();
     let mut ticks = 0u64;
     let mut next_full_scan = 0u64;
@@ -122,13 +123,18 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                     failing.clear();
                 }
             }
-            for id in candidates(&store, full, options.session)? {
+            // What a full scan found stays wanted until it is drained, even when the
+            // concurrency limit keeps it waiting past the next (marker-only) scan.
+            backlog.extend(candidates(&store, full, options.session)?);
+            for id in backlog.clone() {
                 if active.len() >= options.concurrency.max(1) {
                     break;
                 }
                 if active.contains(&id) || deferred.contains(&id) || failing.contains(&id) {
+                    backlog.remove(&id);
                     continue;
                 }
+                backlog.remove(&id);
                 active.insert(id);
                 spawned += 1;
                 let (store, shutdown, worker) = (store.clone(), shutdown.clone(), worker.clone());
@@ -194,21 +200,22 @@ fn is_storage_full(err: &anyhow::Error) -> bool {
 
 /// Sessions that may have pending entries.
 fn candidates(store: &Store, full: bool, only: Option<Uuid>) -> Result<Vec<Uuid>> {
-    let mut ids = if full {
-        let mut ids = Vec::new();
+    // The markers always count (a stale one is cleared by draining its session); a full
+    // scan adds every session with entries, marked or not.
+    let mut ids = store.ready_ids()?;
+    if full {
         for id in store.session_ids()? {
-            if !inbox::entry_names(&store.session(id).inbox_dir())?.is_empty() {
+            if !ids.contains(&id) && !inbox::entry_names(&store.session(id).inbox_dir())?.is_empty()
+            {
                 ids.push(id);
             }
         }
-        ids
-    } else {
-        store.ready_ids()?
-    };
+    }
     if let Some(only) = only {
         ids.retain(|id| *id == only);
     }
     ids.sort_unstable();
+    ids.dedup();
     Ok(ids)
 }
 

@@ -1,0 +1,286 @@
+//! `agentq status`: the home at a glance for whoever runs the workers — what waits and
+//! since when, what runs and who owns it, what failed in the last day, which workers
+//! are alive. Always exits 0: it reports problems, it does not have them.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Context, print_json};
+use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
+use crate::domain::inbox::{EntryKind, InboxEntry};
+use crate::render::sanitize;
+use crate::store::workers::WorkerRecord;
+use crate::store::{SessionDir, fs, inbox};
+use crate::time::{Timestamp, human_duration};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Serialize)]
+struct Status {
+    home: PathBuf,
+    now: Timestamp,
+    /// Messages waiting (or running) in all sessions.
+    pending: usize,
+    oldest_pending: Option<Pending>,
+    sessions: Vec<SessionPending>,
+    running: Vec<Running>,
+    failed_last_24h: Vec<Failure>,
+    workers: Vec<WorkerRecord>,
+    /// Sessions that could not be read, with why.
+    unreadable: Vec<String>,
+}
+
+#[derive(Serialize, Clone)]
+struct Pending {
+    session_id: Uuid,
+    queued_at: Timestamp,
+    age_ms: u64,
+}
+
+#[derive(Serialize)]
+struct SessionPending {
+    id: Uuid,
+    agent: String,
+    status: String,
+    pending: usize,
+    oldest_queued_at: Option<Timestamp>,
+}
+
+#[derive(Serialize)]
+struct Running {
+    session_id: Uuid,
+    execution_id: Uuid,
+    message_id: Uuid,
+    /// The worker holding the session now; `None` when its worker died (the next
+    /// worker resumes it).
+    owner: Option<WorkerInfo>,
+    step: u32,
+    attempt: u32,
+    started_at: Timestamp,
+    elapsed_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Failure {
+    session_id: Uuid,
+    execution_id: Uuid,
+    finished_at: Option<Timestamp>,
+    stop_reason: Option<StopReason>,
+    error: Option<String>,
+}
+
+pub fn run(ctx: &Context, json: bool) -> Result<u8> {
+    let status = gather(ctx);
+    if json {
+        print_json(&status)?;
+    } else {
+        print(&status)?;
+    }
+    Ok(0)
+}
+
+fn gather(ctx: &Context) -> Status {
+    let store = &ctx.store;
+    let now = store.clock.now();
+    let mut status = Status {
+        home: store.home().to_owned(),
+        now,
+        pending: 0,
+        oldest_pending: None,
+        sessions: Vec::new(),
+        running: Vec::new(),
+        failed_last_24h: Vec::new(),
+        workers: store.live_workers().unwrap_or_default(),
+        unreadable: Vec::new(),
+    };
+    let ids = match store.session_ids() {
+        Ok(ids) => ids,
+        Err(e) => {
+            status
+                .unreadable
+                .push(format!("{}: {e}", store.sessions_dir().display()));
+            return status;
+        }
+    };
+    for id in ids {
+        if let Err(e) = gather_session(&store.session(id), now, &mut status) {
+            status
+                .unreadable
+                .push(format!("session {id}: {}", crate::error::render(&e)));
+        }
+    }
+    status
+        .failed_last_24h
+        .sort_by_key(|f| std::cmp::Reverse(f.finished_at));
+    status
+}
+
+fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Result<()> {
+    let meta = dir.read_meta()?;
+    let names = inbox::entry_names(&dir.inbox_dir())?;
+    let mut users = 0;
+    let mut oldest: Option<Timestamp> = None;
+    for name in &names {
+        if let Ok(entry) = fs::read_json::<InboxEntry>(&dir.inbox_dir().join(name))
+            && entry.kind == EntryKind::User
+        {
+            users += 1;
+            oldest = Some(oldest.map_or(entry.created_at, |o| o.min(entry.created_at)));
+        }
+    }
+    if users > 0 {
+        status.pending += users;
+        status.sessions.push(SessionPending {
+            id: dir.id,
+            agent: meta.agent.clone(),
+            status: meta.status.as_str().to_owned(),
+            pending: users,
+            oldest_queued_at: oldest,
+        });
+        if let Some(queued_at) = oldest
+            && status
+                .oldest_pending
+                .as_ref()
+                .is_none_or(|o| queued_at < o.queued_at)
+        {
+            status.oldest_pending = Some(Pending {
+                session_id: dir.id,
+                queued_at,
+                age_ms: now.millis_since(queued_at),
+            });
+        }
+    }
+    if let Ok(state) = dir.read_state()
+        && let Some(current) = state.current
+        && let Ok(exec) = dir.read_execution(current.execution_id)
+        && !exec.status.is_terminal()
+    {
+        status.running.push(Running {
+            session_id: dir.id,
+            execution_id: exec.id,
+            message_id: exec.message_id,
+            owner: owner(dir),
+            step: current.steps + 1,
+            attempt: exec.attempts,
+            started_at: exec.started_at,
+            elapsed_ms: now.millis_since(exec.started_at),
+        });
+    }
+    if meta.counters.failed > 0 {
+        for exec in dir.executions()? {
+            let recent = exec.finished_at.is_some_and(|t| t.0 >= now.0 - DAY_MS);
+            if exec.status == ExecStatus::Failed && recent {
+                status.failed_last_24h.push(Failure {
+                    session_id: dir.id,
+                    execution_id: exec.id,
+                    finished_at: exec.finished_at,
+                    stop_reason: exec.stop_reason,
+                    error: exec.error.map(|e| e.message),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The worker holding the session's lock, from what it wrote into the lock file.
+fn owner(dir: &SessionDir) -> Option<WorkerInfo> {
+    let mut file = std::fs::File::open(dir.lock_path()).ok()?;
+    match file.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut file, &mut text).ok()?;
+            serde_json::from_str(text.trim()).ok()
+        }
+        _ => None,
+    }
+}
+
+fn print(s: &Status) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "home      {}", s.home.display())?;
+    if s.workers.is_empty() {
+        writeln!(
+            out,
+            "workers   none running; start one with `agentq worker`"
+        )?;
+    } else {
+        let list: Vec<String> = s
+            .workers
+            .iter()
+            .map(|w| {
+                format!(
+                    "pid {} on {} (for {})",
+                    w.pid,
+                    w.host,
+                    human_duration(s.now.millis_since(w.started_at))
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "workers   {} live: {}",
+            s.workers.len(),
+            list.join(", ")
+        )?;
+    }
+    match &s.oldest_pending {
+        None => writeln!(out, "pending   nothing")?,
+        Some(oldest) => writeln!(
+            out,
+            "pending   {} messages in {} sessions; the oldest waits for {} (session {})",
+            s.pending,
+            s.sessions.len(),
+            human_duration(oldest.age_ms),
+            oldest.session_id
+        )?,
+    }
+    for p in &s.sessions {
+        writeln!(
+            out,
+            "          {} {} ({}): {} pending",
+            p.id, p.agent, p.status, p.pending
+        )?;
+    }
+    for r in &s.running {
+        let owner = match &r.owner {
+            Some(w) => format!("worker {} on {}", w.pid, w.host),
+            None => "no live worker (the next one resumes it)".to_owned(),
+        };
+        writeln!(
+            out,
+            "running   session {} · step {} · attempt {} · {} · {}",
+            r.session_id,
+            r.step,
+            r.attempt,
+            human_duration(r.elapsed_ms),
+            owner
+        )?;
+    }
+    if s.failed_last_24h.is_empty() {
+        writeln!(out, "failed    none in the last 24 hours")?;
+    } else {
+        writeln!(
+            out,
+            "failed    {} in the last 24 hours:",
+            s.failed_last_24h.len()
+        )?;
+        for f in s.failed_last_24h.iter().take(10) {
+            writeln!(
+                out,
+                "          session {} ({}): {}",
+                f.session_id,
+                f.stop_reason.map_or("", |r| r.as_str()),
+                sanitize(f.error.as_deref().unwrap_or(""))
+            )?;
+        }
+    }
+    for problem in &s.unreadable {
+        writeln!(out, "unreadable {}", sanitize(problem))?;
+    }
+    Ok(())
+}
