@@ -169,7 +169,9 @@ pub fn human_duration(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms}ms"),
         1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
-        _ => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        3_600_000..=86_399_999 => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+        _ => format!("{}d{:02}h", ms / 86_400_000, ms / 3_600_000 % 24),
     }
 }
 
@@ -225,5 +227,7 @@ mod tests {
         assert_eq!(human_duration(850), "850ms");
         assert_eq!(human_duration(2400), "2.4s");
         assert_eq!(human_duration(192_000), "3m12s");
+        assert_eq!(human_duration(3_900_000), "1h05m");
+        assert_eq!(human_duration(90_000_000), "1d01h");
     }
 }

@@ -19,7 +19,8 @@ use crate::error::UserError;
 use crate::render::sanitize;
 use crate::store::session::{NewSession, read_meta};
 use crate::store::{SessionDir, inbox, transcript};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, human_duration};
+use uuid::Uuid;
 
 pub fn run(ctx: &Context, command: SessionCommand) -> Result<u8> {
     match command {
@@ -97,7 +98,7 @@ fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
 /// A session as listed: its record and how many entries wait in its inbox.
 #[derive(Serialize)]
 struct Listed {
-    id: uuid::Uuid,
+    id: Uuid,
     agent: String,
     title: Option<String>,
     status: SessionStatus,
@@ -147,27 +148,82 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
         writeln!(out, "no sessions")?;
         return Ok(0);
     }
-    let agent_width = rows.iter().map(|r| r.agent.len()).max().unwrap_or(5).max(5);
-    writeln!(
-        out,
-        "{:36}  {:agent_width$}  {:6}  {:>4}  {:>7}  {:>8}  {:24}  TITLE",
-        "ID", "AGENT", "STATUS", "MSGS", "PENDING", "TOKENS", "UPDATED"
-    )?;
-    for r in &rows {
-        writeln!(
-            out,
-            "{:36}  {:agent_width$}  {:6}  {:>4}  {:>7}  {:>8}  {:24}  {}",
-            r.id.to_string(),
-            r.agent,
-            r.status.as_str(),
-            r.messages,
-            r.pending,
-            r.usage.total,
-            r.updated_at.to_string(),
-            sanitize(r.title.as_deref().unwrap_or(""))
-        )?;
+    // Prefixes unique among all sessions, so what is shown can be typed back.
+    let all: Vec<String> = ctx
+        .store
+        .session_ids()?
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
+    let prefixes = unique_prefixes(&all, 8);
+    let now = ctx.store.clock.now();
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            let id = r.id.to_string();
+            [
+                prefixes.get(&id).cloned().unwrap_or(id),
+                r.agent.clone(),
+                r.status.as_str().to_owned(),
+                r.messages.to_string(),
+                r.pending.to_string(),
+                r.usage.total.to_string(),
+                format!("{} ago", human_duration(now.millis_since(r.updated_at))),
+                sanitize(r.title.as_deref().unwrap_or("")).into_owned(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID", "AGENT", "STATUS", "MSGS", "PENDING", "TOKENS", "ACTIVE", "TITLE",
+    ];
+    let numeric = [false, false, false, true, true, true, true, false];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let format_row = |cells: &[String]| {
+        let mut line = String::new();
+        for (c, cell) in cells.iter().enumerate() {
+            let last = c + 1 == cells.len();
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            match (numeric[c], last) {
+                (true, _) => line.push_str(&format!("{}{cell}", " ".repeat(pad))),
+                (false, true) => line.push_str(cell),
+                (false, false) => line.push_str(&format!("{cell}{}", " ".repeat(pad))),
+            }
+            if !last {
+                line.push_str("  ");
+            }
+        }
+        line
+    };
+    writeln!(out, "{}", format_row(&header.map(str::to_owned)))?;
+    for row in &table {
+        writeln!(out, "{}", format_row(row))?;
     }
     Ok(0)
+}
+
+/// For each id, its shortest prefix of at least `min` characters that no other id
+/// shares.
+fn unique_prefixes(ids: &[String], min: usize) -> std::collections::HashMap<String, String> {
+    let mut sorted: Vec<&String> = ids.iter().collect();
+    sorted.sort();
+    let common = |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let mut prefixes = std::collections::HashMap::new();
+    for (i, id) in sorted.iter().enumerate() {
+        let before = if i > 0 { common(id, sorted[i - 1]) } else { 0 };
+        let after = sorted.get(i + 1).map_or(0, |next| common(id, next));
+        let len = (before.max(after) + 1).max(min).min(id.len());
+        prefixes.insert((*id).clone(), id[..len].to_owned());
+    }
+    prefixes
 }
 
 #[derive(Serialize)]
@@ -421,4 +477,20 @@ fn remove(ctx: &Context, id: &str) -> Result<u8> {
     ctx.store.remove_session(&dir)?;
     writeln!(std::io::stdout().lock(), "removed session {}", dir.id)?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_as_short_as_uniqueness_allows() {
+        let ids: Vec<String> = ["0193a7c2-aaaa", "0193a7c2-aabb", "0193b000-0000"]
+            .map(String::from)
+            .to_vec();
+        let p = unique_prefixes(&ids, 8);
+        assert_eq!(p["0193a7c2-aaaa"], "0193a7c2-aaa");
+        assert_eq!(p["0193a7c2-aabb"], "0193a7c2-aab");
+        assert_eq!(p["0193b000-0000"], "0193b000");
+    }
 }

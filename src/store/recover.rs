@@ -22,6 +22,39 @@ use crate::domain::state::{AgentState, CurrentExecution, OpenStep, TranscriptMar
 use crate::domain::transcript::{Message, TranscriptLine};
 use crate::time::Timestamp;
 
+/// How old a temp file must be before it counts as left behind by a killed writer.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes temp files that writers killed between writing and renaming left behind
+/// (never visible as data: readers skip dot files). Only old ones: a young one may
+/// belong to a `send` writing right now. Returns how many were removed.
+pub fn remove_stale_temps(dirs: &[&Path]) -> usize {
+    let mut removed = 0;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP);
+            if name.starts_with('.')
+                && name.contains(".tmp-")
+                && stale
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Renames a corrupt file out of the way; returns where it went.
 pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
     let name = path

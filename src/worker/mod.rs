@@ -259,6 +259,14 @@ fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
     }
+    let removed = crate::store::recover::remove_stale_temps(&[
+        &dir.path,
+        &dir.inbox_dir(),
+        &dir.executions_dir(),
+    ]);
+    if removed > 0 {
+        info!(session = %dir.id, removed, "removed temp files left by killed writers");
+    }
     Ok(())
 }
 
