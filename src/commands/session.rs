@@ -274,13 +274,7 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let dir = ctx.store.resolve(id)?;
     let meta = read_meta(&dir)?;
     let state = dir.read_state()?;
-    let running = match &state.current {
-        Some(current) => dir
-            .read_execution(current.execution_id)
-            .ok()
-            .filter(|e| !e.status.is_terminal()),
-        None => None,
-    };
+    let running = dir.running_execution(&state);
     let last_execution = match meta.last_execution {
         Some(id) => Some(dir.read_execution(id)?),
         None => None,

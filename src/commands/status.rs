@@ -155,9 +155,8 @@ fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Resu
         }
     }
     if let Ok(state) = dir.read_state()
+        && let Some(exec) = dir.running_execution(&state)
         && let Some(current) = state.current
-        && let Ok(exec) = dir.read_execution(current.execution_id)
-        && !exec.status.is_terminal()
     {
         status.running.push(Running {
             session_id: dir.id,

@@ -242,6 +242,41 @@ impl SessionDir {
         EventLog::open(&self.events_path(), self.id, clock)
     }
 
+    /// The execution in progress: its record, or, for one that has not written its
+    /// record yet (a record is first written when it settles), what the state says.
+    pub fn running_execution(&self, state: &AgentState) -> Option<Execution> {
+        let current = state.current.as_ref()?;
+        match self.read_execution(current.execution_id) {
+            Ok(exec) => (!exec.status.is_terminal()).then_some(exec),
+            Err(ReadError::NotFound { .. }) => Some(Execution {
+                v: crate::domain::FORMAT_VERSION,
+                id: current.execution_id,
+                session_id: self.id,
+                message_id: current.message_id,
+                message_seq: 0,
+                status: crate::domain::execution::ExecStatus::Running,
+                stop_reason: None,
+                attempts: 1,
+                steps: current.steps,
+                usage: current.usage,
+                started_at: current.started_at,
+                finished_at: None,
+                duration_ms: None,
+                response: None,
+                error: None,
+                exit_code: None,
+                cost_usd: None,
+                worker: crate::domain::execution::WorkerInfo {
+                    pid: 0,
+                    host: String::new(),
+                },
+                retry_of: None,
+                suspended: false,
+            }),
+            Err(_) => None,
+        }
+    }
+
     /// Every readable execution record, oldest first (ids are time-ordered).
     pub fn executions(&self) -> io::Result<Vec<Execution>> {
         let path = self.executions_dir();

@@ -121,6 +121,7 @@ impl Owner<'_> {
             info!(session = %self.dir.id, message_id = %entry.id, execution = %exec.id, "claimed");
             self.begin(entry, &exec, &mut state)?;
         }
+        // Marked running (and, resumed, with its attempt counted) before any work.
         self.dir.write_execution(&exec)?;
         self.log.append(
             Some(exec.id),
@@ -174,7 +175,11 @@ impl Owner<'_> {
         exec.exit_code = Some(execution::exit_code(exec.status, exec.stop_reason));
         // The record is the commit point; the state keeps naming the message (see above).
         self.dir.write_execution(&exec)?;
-        self.dir.write_state(&state)?;
+        // Written only if the last checkpoint does not hold it already (a failed model
+        // call, for one, changes the call count without a checkpoint).
+        if self.dir.read_state().ok().as_ref() != Some(&state) {
+            self.dir.write_state(&state)?;
+        }
         self.finish(&exec, false)?;
         inbox::remove(&file.path)?;
         info!(
