@@ -113,6 +113,22 @@ fn pending_count(dir: &SessionDir) -> Result<usize> {
     Ok(inbox::entry_names(&dir.inbox_dir())?.len())
 }
 
+/// Entries waiting, and when the newest was queued (`send` does not touch
+/// session.json, so its `updated_at` alone would miss it).
+fn pending_info(dir: &SessionDir) -> Result<(usize, Option<Timestamp>)> {
+    let names = inbox::entry_names(&dir.inbox_dir())?;
+    let newest = names
+        .last()
+        .and_then(|name| {
+            crate::store::fs::read_json::<crate::domain::inbox::InboxEntry>(
+                &dir.inbox_dir().join(name),
+            )
+            .ok()
+        })
+        .map(|entry| entry.created_at);
+    Ok((names.len(), newest))
+}
+
 fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
     let mut rows = Vec::new();
     for id in ctx.store.session_ids()? {
@@ -127,16 +143,18 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
         if status.is_some_and(|s| !s.matches(meta.status)) {
             continue;
         }
+        let (pending, newest) = pending_info(&dir)?;
         rows.push(Listed {
             id,
-            pending: pending_count(&dir)?,
+            pending,
             agent: meta.agent,
             title: meta.title,
             status: meta.status,
-            messages: meta.counters.messages,
+            // Settled messages are counted in session.json, waiting ones are entries.
+            messages: meta.counters.messages + pending as u64,
             usage: meta.usage,
             created_at: meta.created_at,
-            updated_at: meta.updated_at,
+            updated_at: newest.map_or(meta.updated_at, |t| t.max(meta.updated_at)),
         });
     }
     if json {
@@ -324,8 +342,10 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     writeln!(out, "updated   {}", m.updated_at)?;
     writeln!(
         out,
-        "messages  {} queued, {} pending",
-        c.messages, shown.pending
+        "messages  {} ({} settled, {} pending)",
+        c.messages + shown.pending as u64,
+        c.messages,
+        shown.pending
     )?;
     writeln!(
         out,

@@ -64,7 +64,7 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut file = create_private(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        sync_file(&file)?;
         fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();
@@ -95,7 +95,17 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
+/// fsyncs made by this process, for the benchmarks' fsync-per-message figure.
+pub static FSYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// fsync of a file's data (and the metadata needed to read it back).
+pub fn sync_file(file: &File) -> io::Result<()> {
+    FSYNCS.fetch_add(1, Ordering::Relaxed);
+    file.sync_data()
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    FSYNCS.fetch_add(1, Ordering::Relaxed);
     File::open(dir)?.sync_all()
 }
 

@@ -151,7 +151,6 @@ impl SessionDir {
         let mut reader = LogReader::open_at(&path, 0)?;
         let mut meta: Option<SessionMeta> = None;
         let mut last_seq = 0;
-        let mut messages = 0;
         let mut updated_at = Timestamp(0);
         for raw in reader.read_lines()? {
             let Some(event) = parse_line(&raw).and_then(|e| e.into_event().ok().flatten()) else {
@@ -184,10 +183,7 @@ impl SessionDir {
                         meta.status = change.status;
                     }
                 }
-                EventPayload::MessageQueued(queued) => {
-                    last_seq = last_seq.max(queued.seq);
-                    messages += 1;
-                }
+                EventPayload::MessageQueued(queued) => last_seq = last_seq.max(queued.seq),
                 _ => {}
             }
         }
@@ -198,9 +194,13 @@ impl SessionDir {
             );
         };
         meta.last_message_seq = last_seq.max(inbox::highest_seq(&self.inbox_dir())?);
-        meta.counters.messages = messages;
         meta.updated_at = updated_at;
+        // Counted as the worker counts them: each message once its execution settled.
+        let mut settled_messages = std::collections::HashSet::new();
         for exec in self.executions()?.iter().filter(|e| e.status.is_terminal()) {
+            if settled_messages.insert(exec.message_id) {
+                meta.counters.messages += 1;
+            }
             meta.counters.executions += 1;
             match exec.status {
                 ExecStatus::Completed => meta.counters.completed += 1,

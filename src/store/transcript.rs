@@ -28,7 +28,7 @@ pub fn append(
             buf.push(b'\n');
         }
         file.write_all(&buf)?;
-        file.sync_data()?;
+        super::fs::sync_file(&file)?;
         Ok(TranscriptMark {
             lines: mark.lines + lines.len() as u64,
             bytes: mark.bytes + buf.len() as u64,

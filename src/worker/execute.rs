@@ -412,7 +412,10 @@ impl Owner<'_> {
         };
         let end = agent::run(&run, &mut history, state, &mut sink).await?;
         if matches!(&end, LoopEnd::Settled(o) if o.status == ExecStatus::Cancelled) {
-            for path in sink.cancels.seen {
+            if let Some(seq) = sink.cancels.seen.iter().map(|(_, seq)| *seq).max() {
+                self.store.note_consumed(self.dir, seq)?;
+            }
+            for (path, _) in sink.cancels.seen {
                 inbox::remove(&path)?;
             }
         }
@@ -435,9 +438,13 @@ impl Owner<'_> {
                 ExecStatus::Pending | ExecStatus::Running => {}
             }
             meta.usage.add(exec.usage);
-            // A `send` that crashed after publishing its entry never recorded the seq;
-            // the next one must still get a higher one.
-            meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
+            // `send` leaves the seq in the entry alone: it is recorded here, before the
+            // entry leaves the inbox, so no later message gets the same one. A message's
+            // first settled execution counts it.
+            if exec.message_seq > meta.last_message_seq {
+                meta.counters.messages += 1;
+                meta.last_message_seq = exec.message_seq;
+            }
             if let Some(cost) = exec.cost_usd {
                 meta.cost_usd = Some(meta.cost_usd.unwrap_or(0.0) + cost);
             }
@@ -575,7 +582,8 @@ struct CancelWatch {
     after_seq: u64,
     checked: Option<Instant>,
     known: std::collections::HashSet<String>,
-    seen: Vec<std::path::PathBuf>,
+    /// Cancel entries seen, with their seqs.
+    seen: Vec<(std::path::PathBuf, u64)>,
 }
 
 impl CancelWatch {
@@ -611,7 +619,7 @@ impl CancelWatch {
                 && entry.kind == EntryKind::Cancel
                 && entry.seq > self.after_seq
             {
-                self.seen.push(path);
+                self.seen.push((path, entry.seq));
             }
         }
         !self.seen.is_empty()

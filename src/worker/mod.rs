@@ -330,6 +330,7 @@ pub async fn drain(
         looked_again = false;
         if head.entry.kind == EntryKind::Cancel {
             // Nothing is running that it could cancel.
+            store.note_consumed(&dir, head.entry.seq)?;
             inbox::remove(&head.path)?;
             continue;
         }
