@@ -54,11 +54,14 @@ pub enum Command {
     Init,
 
     /// List, show and check agent definitions
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  agentq agents list\n  agentq agents show demo\n  agentq agents validate")]
     Agents(AgentsCommand),
 
     /// Create, inspect and manage sessions
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq session list\n  agentq session show \"$id\"\n  agentq session pause \"$id\""
+    )]
     Session(SessionCommand),
 
     /// Queue a message for a session (works with no worker running)
@@ -95,7 +98,7 @@ pub enum Command {
     },
 
     /// Print the JSON Schema of agentq's formats
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  agentq schema events > events.schema.json")]
     Schema(SchemaCommand),
 
     /// Print a shell completion script

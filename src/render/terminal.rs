@@ -68,8 +68,10 @@ impl<W: Write> TerminalRenderer<W> {
     }
 
     fn paint(&self, style: &Style, text: &str) -> String {
+        // The decision (--color, NO_COLOR, the terminal) was made once; `console` must
+        // not second-guess it.
         if self.color {
-            style.apply_to(text).to_string()
+            style.clone().force_styling(true).apply_to(text).to_string()
         } else {
             text.to_owned()
         }
