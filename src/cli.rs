@@ -54,7 +54,10 @@ pub enum Command {
     Init,
 
     /// List, show and check agent definitions
-    #[command(subcommand, after_help = "Examples:\n  agentq agents list\n  agentq agents show demo\n  agentq agents validate")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  agentq agents list\n  agentq agents show demo\n  agentq agents validate"
+    )]
     Agents(AgentsCommand),
 
     /// Create, inspect and manage sessions
@@ -98,7 +101,10 @@ pub enum Command {
     },
 
     /// Print the JSON Schema of agentq's formats
-    #[command(subcommand, after_help = "Example:\n  agentq schema events > events.schema.json")]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  agentq schema events > events.schema.json"
+    )]
     Schema(SchemaCommand),
 
     /// Print a shell completion script

@@ -82,7 +82,11 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     let mut renderer: Option<Box<dyn Renderer + Send>> = if args.json {
         None
     } else if interactive {
-        let mut terminal = TerminalRenderer::new(std::io::stdout(), ctx.color, std::io::stderr().is_terminal());
+        let mut terminal = TerminalRenderer::new(
+            std::io::stdout(),
+            ctx.color,
+            std::io::stderr().is_terminal(),
+        );
         let meta = read_meta(&dir)?;
         terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
         Some(Box::new(terminal))

@@ -294,4 +294,100 @@ mod tests {
         let text = render(vec![chunk("\x1b]0;title\x07\x1b[31mred")]);
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
     }
+
+    #[test]
+    fn notes_resumed_and_failed_executions_and_colours_on_request() {
+        use crate::domain::Usage;
+        use crate::domain::event::{
+            CancelRequested, ContextCompacted, Continuation, ExecutionFinished, ExecutionStarted,
+            FinishedUsage, ProviderRetry, SessionStatusChanged, ToolStarted,
+        };
+        use crate::domain::execution::{StopReason, WorkerInfo};
+        use crate::domain::session::SessionStatus;
+
+        let finished = |status, reason, exit_code, error: Option<&str>| {
+            EventPayload::ExecutionFinished(ExecutionFinished {
+                status,
+                stop_reason: Some(reason),
+                exit_code,
+                steps: 2,
+                usage: FinishedUsage {
+                    execution: Usage::new(100, 20),
+                    session: Usage::new(300, 60),
+                },
+                duration_ms: 1500,
+                error: error.map(str::to_owned),
+                message_id: None,
+                cost_usd: None,
+            })
+        };
+        let events = vec![
+            EventPayload::SessionStatus(SessionStatusChanged {
+                status: SessionStatus::Active,
+                previous_status: SessionStatus::Paused,
+            }),
+            EventPayload::ExecutionStarted(ExecutionStarted {
+                message_id: Uuid::nil(),
+                attempt: 2,
+                worker: WorkerInfo {
+                    pid: 42,
+                    host: "host".into(),
+                },
+                resumed: true,
+            }),
+            EventPayload::ProviderRetry(ProviderRetry {
+                attempt: 2,
+                delay_ms: 1500,
+                http_status: Some(429),
+                error: "slow down".into(),
+            }),
+            EventPayload::ContextCompacted(ContextCompacted {
+                before_tokens: 9000,
+                after_tokens: 2000,
+                dropped_messages: 12,
+                summarized: false,
+            }),
+            EventPayload::ToolStarted(ToolStarted {
+                tool_name: "write_file".into(),
+                tool_call_id: "c1".into(),
+                args_summary: None,
+                args: Some(serde_json::json!({"path": "a.md"})),
+            }),
+            EventPayload::Continuation(Continuation {
+                step_number: 3,
+                should_continue: false,
+                stop_reason: Some(StopReason::TokenLimit),
+                evaluations: vec![],
+            }),
+            chunk("Half"),
+            EventPayload::CancelRequested(CancelRequested {
+                message_id: Uuid::nil(),
+            }),
+            finished(
+                ExecStatus::Failed,
+                StopReason::Error,
+                1,
+                Some("it broke\x1b[2J"),
+            ),
+            finished(ExecStatus::Completed, StopReason::Completed, 0, None),
+        ];
+        let text = render(events.clone());
+        insta::assert_snapshot!(text);
+
+        let mut out = Vec::new();
+        let mut r = PlainRenderer::new(&mut out).with_color(true);
+        for p in events {
+            r.render(&event(p)).unwrap();
+        }
+        r.finish().unwrap();
+        let coloured = String::from_utf8(out).unwrap();
+        assert!(
+            coloured.contains("\x1b[2m· model call failed"),
+            "{coloured:?}"
+        );
+        assert!(coloured.contains("\x1b[31m■ failed"), "{coloured:?}");
+        assert!(coloured.contains("\x1b[1m■ completed"), "{coloured:?}");
+        // Colours never come from the text itself.
+        assert!(!coloured.contains("\x1b[2J"), "{coloured:?}");
+    }
 }

@@ -320,3 +320,260 @@ impl<W: Write> Drop for TerminalRenderer<W> {
         self.hide_spinner();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::Usage;
+    use crate::domain::event::{
+        CancelRequested, ContextCompacted, Continuation, Evaluation, ExecutionFinished,
+        ExecutionStarted, FinishedCost, FinishedUsage, MessageCompleted, ProviderRetry,
+        SessionStatusChanged, StepStarted, StreamChunk, ToolCompleted, ToolStarted,
+    };
+    use crate::domain::execution::{StopReason, WorkerInfo};
+    use crate::domain::session::SessionStatus;
+
+    const EXECUTION: Uuid = Uuid::from_u128(0x0193_a7c2_0000_7000_8000_0000_0000_0002);
+
+    fn event(payload: EventPayload) -> Event {
+        Event {
+            v: 1,
+            seq: 1,
+            session_id: Uuid::nil(),
+            execution_id: Some(EXECUTION),
+            timestamp: Timestamp(1_795_240_800_000),
+            payload,
+        }
+    }
+
+    fn render(width: usize, payloads: Vec<EventPayload>) -> String {
+        let mut out = Vec::new();
+        {
+            let mut r = TerminalRenderer::new(&mut out, false, false).with_width(width);
+            r.header("0193a7c2", "demo", Some("notes\x1b]0;title\x07"))
+                .unwrap();
+            for p in payloads {
+                r.render(&event(p)).unwrap();
+            }
+            r.live().unwrap();
+            r.finish().unwrap();
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn started(resumed: bool, attempt: u32) -> EventPayload {
+        EventPayload::ExecutionStarted(ExecutionStarted {
+            message_id: Uuid::nil(),
+            attempt,
+            worker: WorkerInfo {
+                pid: 42,
+                host: "host".into(),
+            },
+            resumed,
+        })
+    }
+
+    fn step(n: u32) -> EventPayload {
+        EventPayload::StepStarted(StepStarted {
+            step_number: n,
+            message_count: 1,
+            available_tools: vec![],
+        })
+    }
+
+    fn chunk(text: &str) -> EventPayload {
+        EventPayload::StreamChunk(StreamChunk {
+            content: text.into(),
+            chunk_index: 0,
+        })
+    }
+
+    fn finished(
+        status: ExecStatus,
+        reason: StopReason,
+        exit_code: u8,
+        error: Option<&str>,
+        cost: Option<f64>,
+    ) -> EventPayload {
+        EventPayload::ExecutionFinished(ExecutionFinished {
+            status,
+            stop_reason: Some(reason),
+            exit_code,
+            steps: 2,
+            usage: FinishedUsage {
+                execution: Usage::new(100, 20),
+                session: Usage::new(300, 60),
+            },
+            duration_ms: 61_500,
+            error: error.map(str::to_owned),
+            message_id: None,
+            cost_usd: cost.map(|c| FinishedCost {
+                execution: c,
+                session: c * 3.0,
+            }),
+        })
+    }
+
+    #[test]
+    fn notes_resumed_and_failed_executions_and_an_unstreamed_answer() {
+        let text = render(
+            40,
+            vec![
+                EventPayload::SessionStatus(SessionStatusChanged {
+                    status: SessionStatus::Active,
+                    previous_status: SessionStatus::Paused,
+                }),
+                started(true, 2),
+                step(3),
+                EventPayload::ProviderRetry(ProviderRetry {
+                    attempt: 2,
+                    delay_ms: 1500,
+                    http_status: Some(429),
+                    error: "slow down".into(),
+                }),
+                EventPayload::ContextCompacted(ContextCompacted {
+                    before_tokens: 9000,
+                    after_tokens: 2000,
+                    dropped_messages: 12,
+                    summarized: true,
+                }),
+                EventPayload::ToolStarted(ToolStarted {
+                    tool_name: "write_file".into(),
+                    tool_call_id: "c1".into(),
+                    args_summary: None,
+                    args: Some(serde_json::json!({"path": "a.md", "content": "x"})),
+                }),
+                EventPayload::ToolCompleted(ToolCompleted {
+                    tool_name: "write_file".into(),
+                    tool_call_id: "c1".into(),
+                    success: true,
+                    error: None,
+                    duration_ms: 61_000,
+                }),
+                EventPayload::Continuation(Continuation {
+                    step_number: 3,
+                    should_continue: true,
+                    stop_reason: None,
+                    evaluations: vec![Evaluation {
+                        check: "steps".into(),
+                        passed: true,
+                        detail: "3 of 8".into(),
+                    }],
+                }),
+                step(4),
+                // The minimal preset: no chunks, the answer arrives whole and is wrapped.
+                EventPayload::MessageCompleted(MessageCompleted {
+                    message_id: Uuid::nil(),
+                    response: "An answer that arrives whole, long enough to be wrapped twice over."
+                        .into(),
+                }),
+                finished(
+                    ExecStatus::Failed,
+                    StopReason::Error,
+                    1,
+                    Some("the tool broke\x1b[2J"),
+                    Some(0.001_25),
+                ),
+                started(false, 1),
+                step(1),
+                chunk("Half an ans"),
+                EventPayload::CancelRequested(CancelRequested {
+                    message_id: Uuid::nil(),
+                }),
+                finished(
+                    ExecStatus::Cancelled,
+                    StopReason::UserRequested,
+                    130,
+                    None,
+                    None,
+                ),
+            ],
+        );
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{text:?}"
+        );
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn text_follows_a_resized_terminal_from_the_next_line_on() {
+        let columns = Arc::new(AtomicUsize::new(40));
+        let mut out = Vec::new();
+        {
+            let mut r = TerminalRenderer::new(&mut out, false, false);
+            let width = columns.clone();
+            r.width = Box::new(move || width.load(Ordering::SeqCst));
+            r.render(&event(step(1))).unwrap();
+            let words = "alpha beta gamma delta epsilon zeta eta theta iota kappa ";
+            r.render(&event(chunk(words))).unwrap();
+            columns.store(24, Ordering::SeqCst);
+            r.render(&event(chunk(words))).unwrap();
+            r.finish().unwrap();
+        }
+        // The first line was written at 40 columns, the rest at 24.
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "  alpha beta gamma delta epsilon zeta",
+                "  eta theta iota kappa",
+                "  alpha beta gamma delta",
+                "  epsilon zeta eta theta",
+                "  iota kappa",
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn outside_text_is_neutralised_in_every_line() {
+        let evil = "x\x1b]8;;http://e\x1b\\y\x07\r\u{9b}2J";
+        let text = render(
+            60,
+            vec![
+                started(false, 1),
+                step(1),
+                EventPayload::ToolStarted(ToolStarted {
+                    tool_name: evil.into(),
+                    tool_call_id: "c1".into(),
+                    args_summary: Some(evil.into()),
+                    args: None,
+                }),
+                EventPayload::ToolCompleted(ToolCompleted {
+                    tool_name: evil.into(),
+                    tool_call_id: "c1".into(),
+                    success: false,
+                    error: Some(evil.into()),
+                    duration_ms: 1,
+                }),
+                EventPayload::ProviderRetry(ProviderRetry {
+                    attempt: 2,
+                    delay_ms: 0,
+                    http_status: None,
+                    error: evil.into(),
+                }),
+                chunk(evil),
+                EventPayload::MessageCompleted(MessageCompleted {
+                    message_id: Uuid::nil(),
+                    response: evil.into(),
+                }),
+                finished(ExecStatus::Failed, StopReason::Error, 1, Some(evil), None),
+            ],
+        );
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+            .collect();
+        assert!(raw.is_empty(), "{raw:?} in {text}");
+        assert!(text.contains("x␛]8;;http://e␛\\y␇␍\u{fffd}2J"), "{text}");
+    }
+}

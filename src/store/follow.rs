@@ -77,7 +77,9 @@ fn watch(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only changes wake the follower: opening or reading files in the directory
+        // (its own look into inbox/, for one) is no reason to read the log again.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = wake.send(());
         }
     })

@@ -1,8 +1,11 @@
 mod agent_loop;
 mod env;
 mod fake_server;
+mod faults;
 mod pipeline;
 mod providers;
 mod refusals;
+mod watching;
+mod workers;
 
 pub use env::*;

@@ -1,0 +1,715 @@
+//! How fast and how lean agentq is: every figure of the performance table, measured on
+//! the `scripted` provider with no delays (so only agentq's own cost shows), each as a
+//! median (and p99 where the target asks for it) over repeated runs.
+//!
+//! Run with `cargo bench --bench agentq` (or `scripts/bench`); `-- --quick` for fewer
+//! repetitions. It prints the machine, one line per figure with its target, and exits 0
+//! whatever the figures are: these are measurements, not tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use agentq::domain::event::{EventPayload, StreamChunk};
+use agentq::domain::inbox::EntryKind;
+use agentq::domain::session::EventsPreset;
+use agentq::ids::V7Ids;
+use agentq::store::Store;
+use agentq::store::events::LogReader;
+use agentq::store::session::{NewEntry, NewSession};
+use agentq::time::SystemClock;
+use agentq::worker::{self, Shutdown, WorkerOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentq");
+
+const FAST_AGENT: &str = r#"name = "fast"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "ok"
+usage = { input = 10, output = 1 }
+"#;
+
+const SLOW_AGENT: &str = r#"name = "slow"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n"
+delay_ms = 40
+"#;
+
+struct Figure {
+    name: String,
+    value: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let reps = if quick { 30 } else { 200 };
+    println!("{}", machine());
+    let mut figures = Vec::new();
+    let (pickup_1, send_1) = pickup_and_send(1, reps);
+    let (pickup_10k, _) = pickup_and_send(10_000, reps);
+    let (p50, p99) = (percentile(&pickup_1, 50.0), percentile(&pickup_1, 99.0));
+    figures.push(Figure {
+        name: "pickup latency, 1 session (send returned -> execution.started)".into(),
+        value: format!("p50 {} / p99 {}", ms(p50), ms(p99)),
+        target: "p50 <= 5 ms, p99 <= 25 ms".into(),
+        met: Some(p50 <= 5.0 && p99 <= 25.0),
+    });
+    let (q50, q99) = (percentile(&pickup_10k, 50.0), percentile(&pickup_10k, 99.0));
+    figures.push(Figure {
+        name: "pickup latency, 10,000 idle sessions".into(),
+        value: format!(
+            "p50 {} / p99 {} ({:.2}x of 1 session)",
+            ms(q50),
+            ms(q99),
+            q50 / p50.max(0.001)
+        ),
+        target: "within 1.5x of 1 session".into(),
+        met: Some(q50 <= 1.5 * p50.max(0.5)),
+    });
+    let s50 = percentile(&send_1, 50.0);
+    figures.push(Figure {
+        name: "send wall time (process start to exit)".into(),
+        value: format!("p50 {}", ms(s50)),
+        target: "<= 10 ms".into(),
+        met: Some(s50 <= 10.0),
+    });
+    let messages = if quick { 200 } else { 1000 };
+    let (rate_1, fsyncs_1) = throughput(1, messages);
+    let (rate_4, fsyncs_4) = throughput(4, messages);
+    figures.push(Figure {
+        name: format!("throughput, 1 worker, {messages} single-step messages over 100 sessions"),
+        value: format!("{rate_1:.0} messages/s, {fsyncs_1:.1} fsyncs/message"),
+        target: ">= 300 messages/s".into(),
+        met: Some(rate_1 >= 300.0),
+    });
+    figures.push(Figure {
+        name: "throughput, --concurrency 4".into(),
+        value: format!(
+            "{rate_4:.0} messages/s ({:.2}x), {fsyncs_4:.1} fsyncs/message",
+            rate_4 / rate_1
+        ),
+        target: ">= 2x of one at a time".into(),
+        met: Some(rate_4 >= 2.0 * rate_1),
+    });
+    let (step_1, step_1000) = persistence_per_step(if quick { 10 } else { 30 });
+    figures.push(Figure {
+        name: "per-step persistence cost, step 1,000 vs step 1".into(),
+        value: format!(
+            "{} vs {} ({:.2}x)",
+            ms(step_1000),
+            ms(step_1),
+            step_1000 / step_1
+        ),
+        target: "<= 1.2x".into(),
+        met: Some(step_1000 <= 1.2 * step_1),
+    });
+    let watch = watch_latency(if quick { 30 } else { 100 });
+    let w50 = percentile(&watch, 50.0);
+    figures.push(Figure {
+        name: "watch --json latency (event appended -> line printed)".into(),
+        value: format!("p50 {} / p99 {}", ms(w50), ms(percentile(&watch, 99.0))),
+        target: "p50 <= 10 ms".into(),
+        met: Some(w50 <= 10.0),
+    });
+    let (since, default) = watch_start(if quick { 200_000 } else { 1_000_000 }, 5);
+    figures.push(Figure {
+        name: format!(
+            "watch --since start on a {}-line log (to the first line)",
+            if quick { "200,000" } else { "1,000,000" }
+        ),
+        value: format!("median {} (default start: {})", ms(since), ms(default)),
+        target: "<= 50 ms".into(),
+        met: Some(since <= 50.0),
+    });
+    let (idle, running, many) = worker_memory();
+    figures.push(Figure {
+        name: "worker resident memory: idle / running 4 sessions / 10,000 sessions".into(),
+        value: format!("{} / {} / {}", mb(idle), mb(running), mb(many)),
+        target: "<= 15 MB / <= 30 MB / <= 30 MB".into(),
+        met: Some(idle <= 15 * 1024 && running <= 30 * 1024 && many <= 30 * 1024),
+    });
+    let overhead = streaming_overhead(if quick { 10 } else { 30 });
+    let o50 = percentile(&overhead, 50.0);
+    figures.push(Figure {
+        name: "streaming overhead (first byte from the server -> first agent.stream.chunk)".into(),
+        value: format!("p50 {}", ms(o50)),
+        target: "<= 5 ms".into(),
+        met: Some(o50 <= 5.0),
+    });
+    println!();
+    for f in &figures {
+        let verdict = match f.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{:<78} {:<48} target {:<32} {verdict}",
+            f.name, f.value, f.target
+        );
+    }
+}
+
+// ---------------------------------------------------------------- measurements
+
+/// Pickup latency with an idle worker waiting, and `send` wall times.
+fn pickup_and_send(sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
+    let home = Home::new();
+    if sessions > 1 {
+        home.idle_sessions(sessions - 1);
+    }
+    let id = home.session("fast");
+    let mut worker = home.spawn(&["worker"]);
+    home.wait_for_worker();
+    let events = home.events(&id);
+    let mut reader = LogReader::open_at(&events, file_len(&events)).expect("log");
+    let (mut pickups, mut sends) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let start = Instant::now();
+        let out = home.cmd(&["send", &id, "ping"]).output().expect("send");
+        let returned = Instant::now();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let message = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        sends.push(ms_between(start, returned));
+        let started = wait_for_line(&mut reader, |l| {
+            l.contains("execution.started") && l.contains(&message)
+        });
+        pickups.push(ms_between(returned, started).max(0.0));
+        wait_for_line(&mut reader, |l| l.contains("execution.finished"));
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    (pickups, sends)
+}
+
+/// Messages per second of one worker over pre-queued single-step messages, and the
+/// fsyncs it made per message. The worker runs in this process, so its fsyncs count.
+fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
+    let home = Home::new();
+    let store = home.store();
+    let sessions: Vec<_> = (0..100).map(|_| home.session("fast")).collect();
+    for i in 0..messages {
+        let dir = store
+            .resolve(&sessions[i % sessions.len()])
+            .expect("session");
+        store
+            .enqueue(
+                &dir,
+                NewEntry {
+                    kind: EntryKind::User,
+                    content: format!("message {i}"),
+                    key: None,
+                    metadata: Default::default(),
+                    raise_session_tokens: 0,
+                },
+            )
+            .expect("enqueue");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency.max(1))
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let options = WorkerOptions {
+        once: true,
+        concurrency,
+        session: None,
+        max_duration: None,
+        poll: None,
+        max_workers: None,
+    };
+    let fsyncs_before = agentq::store::fs::FSYNCS.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let report = runtime
+        .block_on(worker::run(store, options, Arc::new(Shutdown::default())))
+        .expect("worker");
+    let elapsed = start.elapsed().as_secs_f64();
+    let fsyncs = agentq::store::fs::FSYNCS.load(Ordering::Relaxed) - fsyncs_before;
+    assert_eq!(report.settled as usize, messages, "every message settled");
+    (messages as f64 / elapsed, fsyncs as f64 / messages as f64)
+}
+
+/// The cost of one step's checkpoint (two transcript lines appended, state.json
+/// replaced) near step 1 and near step 1,000 of the same session.
+fn persistence_per_step(samples: usize) -> (f64, f64) {
+    use agentq::domain::state::AgentState;
+    use agentq::domain::transcript::{Message, ToolCall, TranscriptLine};
+    use agentq::store::transcript;
+    let home = Home::new();
+    let store = home.store();
+    let dir = store.resolve(&home.session("fast")).expect("session");
+    let line = |message: Message| TranscriptLine {
+        message,
+        message_id: None,
+        execution_id: None,
+        step: Some(1),
+        timestamp: agentq::time::Timestamp(0),
+    };
+    let step_lines = || {
+        vec![
+            line(Message::Assistant {
+                content: "reading the file to answer".into(),
+                tool_calls: vec![ToolCall::from_json_text(
+                    "c".into(),
+                    "read_file".into(),
+                    r#"{"path":"notes.md"}"#,
+                )],
+            }),
+            line(Message::Tool {
+                tool_call_id: "c".into(),
+                name: "read_file".into(),
+                content: "x".repeat(400),
+                is_error: false,
+            }),
+        ]
+    };
+    let mut state = AgentState::default();
+    let checkpoint = |state: &mut AgentState| {
+        let start = Instant::now();
+        state.transcript =
+            transcript::append(&dir.transcript_path(), state.transcript, &step_lines())
+                .expect("append");
+        state.model_calls += 1;
+        dir.write_state(state).expect("state");
+        ms_between(start, Instant::now())
+    };
+    let early: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();
+    // Grow the history to 1,000 steps without measuring (one append of many lines).
+    let filler: Vec<TranscriptLine> = (0..(1000 - samples)).flat_map(|_| step_lines()).collect();
+    state.transcript =
+        transcript::append(&dir.transcript_path(), state.transcript, &filler).expect("append");
+    let late: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();
+    (percentile(&early, 50.0), percentile(&late, 50.0))
+}
+
+/// From an event appended to the log to its line printed by `watch --json`.
+fn watch_latency(reps: usize) -> Vec<f64> {
+    let home = Home::new();
+    let id = home.session("fast");
+    let mut child = home
+        .cmd(&["watch", &id, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watch");
+    let lines = line_receiver(&mut child);
+    lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the first line");
+    let store = home.store();
+    let dir = store.resolve(&id).expect("session");
+    let mut log = dir.open_events(store.clock.clone()).expect("log");
+    let mut latencies = Vec::new();
+    for i in 0..reps {
+        let payload = EventPayload::StreamChunk(StreamChunk {
+            content: format!("word{i} "),
+            chunk_index: i as u64,
+        });
+        let start = Instant::now();
+        log.append(None, payload).expect("append");
+        let (at, _) = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the line");
+        latencies.push(ms_between(start, at));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    latencies
+}
+
+/// From `watch --since` (and the default start) on a long log to its first line.
+fn watch_start(lines: usize, reps: usize) -> (f64, f64) {
+    let home = Home::new();
+    let id = home.session("fast");
+    let path = home.events(&id);
+    {
+        let mut out = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("log"),
+        );
+        let session = &id;
+        for seq in 2..=lines as u64 {
+            let kind = if seq == lines as u64 - 5 {
+                "execution.started"
+            } else {
+                "agent.stream.chunk"
+            };
+            let payload = if kind == "execution.started" {
+                r#"{"message_id":"00000000-0000-0000-0000-000000000000","attempt":1,"worker":{"pid":1,"host":"h"}}"#.to_owned()
+            } else {
+                format!(r#"{{"content":"word{seq} ","chunk_index":{seq}}}"#)
+            };
+            writeln!(
+                out,
+                r#"{{"v":1,"seq":{seq},"type":"{kind}","session_id":"{session}","execution_id":"00000000-0000-0000-0000-000000000001","timestamp":"2026-11-21T06:00:00.000Z","payload":{payload}}}"#
+            )
+            .expect("write");
+        }
+    }
+    let first_line = |args: &[&str]| {
+        let start = Instant::now();
+        let mut child = home
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watch");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a line");
+        let elapsed = ms_between(start, Instant::now());
+        let _ = child.kill();
+        let _ = child.wait();
+        elapsed
+    };
+    let since = (lines - 10).to_string();
+    let since_times: Vec<f64> = (0..reps)
+        .map(|_| first_line(&["watch", &id, "--since", &since, "--json"]))
+        .collect();
+    let default_times: Vec<f64> = (0..reps)
+        .map(|_| first_line(&["watch", &id, "--json"]))
+        .collect();
+    (
+        percentile(&since_times, 50.0),
+        percentile(&default_times, 50.0),
+    )
+}
+
+/// Resident memory (KiB) of a worker: idle, while running 4 sessions, and with 10,000
+/// sessions in its home.
+fn worker_memory() -> (u64, u64, u64) {
+    let home = Home::new();
+    let mut worker = home.spawn(&["worker", "--concurrency", "4"]);
+    home.wait_for_worker();
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(worker.id());
+    let sessions: Vec<_> = (0..4).map(|_| home.session("slow")).collect();
+    for id in &sessions {
+        home.ok(&["send", id, "go"]);
+    }
+    let mut running = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        running = running.max(rss_kib(worker.id()));
+        let done = sessions.iter().all(|id| {
+            std::fs::read_to_string(home.events(id)).is_ok_and(|t| t.contains("execution.finished"))
+        });
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    let many = Home::new();
+    many.idle_sessions(10_000);
+    let id = many.session("fast");
+    let mut worker = many.spawn(&["worker"]);
+    many.wait_for_worker();
+    many.ok(&["send", &id, "go"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && !std::fs::read_to_string(many.events(&id))
+            .is_ok_and(|t| t.contains("execution.finished"))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let with_many = peak_kib(worker.id());
+    let _ = worker.kill();
+    let _ = worker.wait();
+    (idle, running, with_many)
+}
+
+/// From the model server's first byte to the first `agent.stream.chunk` in the log.
+fn streaming_overhead(reps: usize) -> Vec<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (first_byte_tx, first_byte) = mpsc::channel::<Instant>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            // Read the head and the body (Content-Length) of the request.
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                if let Some(end) = find(&request, b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            let first =
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"}}]}\n\n";
+            let rest = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"world\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+            let _ = stream.write_all(head.as_bytes());
+            let _ = first_byte_tx.send(Instant::now());
+            let _ = stream.write_all(first.as_bytes());
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = stream.write_all(rest.as_bytes());
+        }
+    });
+    let home = Home::new();
+    home.agent(
+        "remote",
+        &format!("name = \"remote\"\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"),
+    );
+    let id = home.session("remote");
+    let mut worker = home.spawn(&["worker"]);
+    home.wait_for_worker();
+    let events = home.events(&id);
+    let mut reader = LogReader::open_at(&events, file_len(&events)).expect("log");
+    let mut overheads = Vec::new();
+    for _ in 0..reps {
+        home.ok(&["send", &id, "hi"]);
+        let chunk_at = wait_for_line(&mut reader, |l| l.contains("agent.stream.chunk"));
+        let byte_at = first_byte
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a request");
+        overheads.push(ms_between(byte_at, chunk_at).max(0.0));
+        wait_for_line(&mut reader, |l| l.contains("execution.finished"));
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    overheads
+}
+
+// ---------------------------------------------------------------- plumbing
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        let home = Home {
+            dir: tempfile::tempdir_in(
+                std::env::var_os("AGENTQ_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
+            )
+            .expect("temp dir"),
+        };
+        home.ok(&["init"]);
+        home.agent("fast", FAST_AGENT);
+        home.agent("slow", SLOW_AGENT);
+        home
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn store(&self) -> Store {
+        Store::new(
+            self.path().to_owned(),
+            Arc::new(SystemClock),
+            Arc::new(V7Ids),
+        )
+    }
+
+    fn agent(&self, name: &str, text: &str) {
+        std::fs::write(
+            self.path().join("agents").join(format!("{name}.toml")),
+            text,
+        )
+        .expect("agent");
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home")
+            .arg(self.path())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().expect("agentq");
+        assert!(
+            out.status.success(),
+            "agentq {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn")
+    }
+
+    fn session(&self, agent: &str) -> String {
+        self.ok(&["session", "new", "--agent", agent])
+    }
+
+    fn events(&self, id: &str) -> PathBuf {
+        self.path().join("sessions").join(id).join("events.ndjson")
+    }
+
+    /// Sessions with nothing to do, created through the store like `session new`.
+    fn idle_sessions(&self, count: usize) {
+        let store = self.store();
+        let hash = agentq::definition::Source::read(&self.path().join("agents/fast.toml"))
+            .expect("agent")
+            .hash();
+        for _ in 0..count {
+            store
+                .create_session(NewSession {
+                    agent: "fast".into(),
+                    title: None,
+                    config: Default::default(),
+                    events: EventsPreset::Standard,
+                    agent_hash: hash.clone(),
+                })
+                .expect("session");
+        }
+    }
+
+    fn wait_for_worker(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.store().live_workers().map_or(true, |w| w.is_empty()) {
+            assert!(Instant::now() < deadline, "the worker did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Reads a child's stdout line by line in a thread, stamping each line on arrival.
+fn line_receiver(child: &mut Child) -> mpsc::Receiver<(Instant, String)> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if tx
+                .send((Instant::now(), std::mem::take(&mut line)))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Polls the log (every 100 µs) until a line matches; returns when it was seen.
+fn wait_for_line(reader: &mut LogReader, matches: impl Fn(&str) -> bool) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for line in reader.read_lines().expect("read") {
+            if matches(&String::from_utf8_lossy(&line)) {
+                return Instant::now();
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for an event");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+fn peak_kib(pid: u32) -> u64 {
+    status_field(pid, "VmHWM:")
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.checked_duration_since(from)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn ms(value: f64) -> String {
+    format!("{value:.2} ms")
+}
+
+fn mb(kib: u64) -> String {
+    format!("{:.1} MB", kib as f64 / 1024.0)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let fs = Command::new("df")
+        .args(["-T"])
+        .arg(std::env::var_os("AGENTQ_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from))
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| {
+            s.lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "machine: {cores} cores, temp file system {fs}, agentq {}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
