@@ -104,6 +104,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
     // broken session does not fill the log every second.
     let mut failing: HashSet<Uuid> = HashSet::new();
     let mut backlog: BTreeSet<Uuid> = BTreeSet::new();
+    let mut full_scan: Option<tokio::task::JoinHandle<Result<Vec<Uuid>>>> = None;
     let mut report = Report::default();
     let mut ticks = 0u64;
     let mut next_full_scan = 0u64;
@@ -116,16 +117,27 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
         let claiming = !shutdown.is_requested();
         let mut spawned = 0;
         if claiming {
+            // The first full scan is done here, before deciding anything; later ones run
+            // on a blocking thread, so listing thousands of inboxes never delays a
+            // pickup that a marker announced.
             let full = ticks >= next_full_scan;
-            if full {
+            if full && full_scan.is_none() {
                 next_full_scan = ticks + FULL_SCAN_EVERY;
                 if !options.once {
                     failing.clear();
                 }
+                if ticks == 0 {
+                    backlog.extend(candidates(&store, true, options.session)?);
+                } else {
+                    let (store, only) = (store.clone(), options.session);
+                    full_scan = Some(tokio::task::spawn_blocking(move || {
+                        candidates(&store, true, only)
+                    }));
+                }
             }
             // What a full scan found stays wanted until it is drained, even when the
             // concurrency limit keeps it waiting past the next (marker-only) scan.
-            backlog.extend(candidates(&store, full, options.session)?);
+            backlog.extend(candidates(&store, false, options.session)?);
             for id in backlog.clone() {
                 if active.len() >= options.concurrency.max(1) {
                     break;
@@ -148,6 +160,13 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
             return Ok(report);
         }
         tokio::select! {
+            Some(found) = async { Some(full_scan.as_mut()?.await) }, if full_scan.is_some() => {
+                full_scan = None;
+                match found {
+                    Ok(found) => backlog.extend(found?),
+                    Err(err) => error!("the periodic scan of the home failed: {err}"),
+                }
+            }
             Some(joined) = tasks.join_next() => {
                 let (id, result) = joined.context("a session task panicked")?;
                 active.remove(&id);
