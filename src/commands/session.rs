@@ -219,7 +219,7 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
                 line.push_str("  ");
             }
         }
-        line
+        line.trim_end().to_owned()
     };
     writeln!(out, "{}", format_row(&header.map(str::to_owned)))?;
     for row in &table {
