@@ -1471,7 +1471,8 @@ fn session_list_is_an_aligned_table_whose_prefixes_work_and_json_has_every_field
         "{table}"
     );
     assert!(done_row[6].ends_with(" ago"), "{table}");
-    assert_eq!(done_row[7], "", "{table}");
+    // An empty title leaves no trailing spaces, so the row may end before the column.
+    assert_eq!(done_row.get(7).map_or("", String::as_str), "", "{table}");
     let paused_row = cells(&paused);
     assert_eq!(
         paused_row[1..6],
