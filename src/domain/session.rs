@@ -109,6 +109,27 @@ pub struct SessionMeta {
     pub cost_usd: Option<f64>,
 }
 
+impl SessionMeta {
+    /// Adds a settled execution to the counters and totals (not the message count:
+    /// a message may take several executions).
+    pub fn add_execution(&mut self, exec: &super::execution::Execution) {
+        use super::execution::ExecStatus;
+        self.counters.executions += 1;
+        match exec.status {
+            ExecStatus::Completed => self.counters.completed += 1,
+            ExecStatus::Failed => self.counters.failed += 1,
+            ExecStatus::Cancelled => self.counters.cancelled += 1,
+            ExecStatus::Stopped => self.counters.stopped += 1,
+            ExecStatus::Pending | ExecStatus::Running => {}
+        }
+        self.usage.add(exec.usage);
+        if let Some(cost) = exec.cost_usd {
+            self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
+        }
+        self.last_execution = Some(exec.id);
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

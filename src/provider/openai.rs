@@ -576,15 +576,7 @@ mod split_tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
         ) {
             let bytes = STREAM.as_bytes();
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-            points.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut start = 0;
-            for p in points {
-                pieces.push(&bytes[start..p]);
-                start = p;
-            }
-            pieces.push(&bytes[start..]);
+            let pieces = crate::provider::sse::split_at(bytes, &cuts);
             prop_assert_eq!(normalise(&pieces), normalise(&[bytes]));
         }
     }

@@ -89,6 +89,22 @@ impl SseParser {
     }
 }
 
+/// Cuts `bytes` at the given points (any order, any place), for the property tests
+/// that every split of a stream gives the same result.
+#[cfg(test)]
+pub fn split_at<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for p in points {
+        pieces.push(&bytes[start..p]);
+        start = p;
+    }
+    pieces.push(&bytes[start..]);
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,15 +189,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
         ) {
             let whole = parse_all(&[&bytes]);
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-            points.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut start = 0;
-            for p in points {
-                pieces.push(&bytes[start..p]);
-                start = p;
-            }
-            pieces.push(&bytes[start..]);
+            let pieces = super::split_at(&bytes, &cuts);
             prop_assert_eq!(parse_all(&pieces), whole);
         }
     }

@@ -16,7 +16,6 @@ use super::fs::{ReadError, read_json};
 use super::inbox;
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::EventPayload;
-use crate::domain::execution::ExecStatus;
 use crate::domain::session::{Counters, SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, OpenStep, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
@@ -201,19 +200,7 @@ impl SessionDir {
             if settled_messages.insert(exec.message_id) {
                 meta.counters.messages += 1;
             }
-            meta.counters.executions += 1;
-            match exec.status {
-                ExecStatus::Completed => meta.counters.completed += 1,
-                ExecStatus::Failed => meta.counters.failed += 1,
-                ExecStatus::Cancelled => meta.counters.cancelled += 1,
-                ExecStatus::Stopped => meta.counters.stopped += 1,
-                ExecStatus::Pending | ExecStatus::Running => {}
-            }
-            meta.usage.add(exec.usage);
-            if let Some(cost) = exec.cost_usd {
-                meta.cost_usd = Some(meta.cost_usd.unwrap_or(0.0) + cost);
-            }
-            meta.last_execution = Some(exec.id);
+            meta.add_execution(exec);
         }
         Ok(meta)
     }

@@ -252,6 +252,20 @@ impl Owner<'_> {
         Ok(())
     }
 
+    /// The end of an execution that cannot start: it fails with the reason.
+    fn cannot_run(&self, meta: &SessionMeta, err: UserError) -> LoopEnd {
+        warn!(session = %self.dir.id, "cannot run: {err}");
+        LoopEnd::Settled(Outcome {
+            status: ExecStatus::Failed,
+            stop_reason: StopReason::Error,
+            response: None,
+            error: Some(ErrorInfo {
+                message: err.message,
+                context: Some(format!("agent {}", meta.agent)),
+            }),
+        })
+    }
+
     /// Everything an execution needs from the definition and `agentq.toml`; any
     /// problem (an invalid definition, a missing key) fails it before a model call.
     fn prepare(&self, meta: &SessionMeta) -> Result<Prepared, UserError> {
@@ -344,19 +358,7 @@ impl Owner<'_> {
             key_env,
         } = match self.prepare(&meta) {
             Ok(ready) => ready,
-            Err(err) => {
-                warn!(session = %self.dir.id, "cannot run: {err}");
-                let outcome = Outcome {
-                    status: ExecStatus::Failed,
-                    stop_reason: StopReason::Error,
-                    response: None,
-                    error: Some(ErrorInfo {
-                        message: err.message,
-                        context: Some(format!("agent {}", meta.agent)),
-                    }),
-                };
-                return Ok((LoopEnd::Settled(outcome), None));
-            }
+            Err(err) => return Ok((self.cannot_run(&meta, err), None)),
         };
         if let Ok(source) = definition::Source::read(&definition::path_for(
             &self.store.agents_dir(),
@@ -371,19 +373,7 @@ impl Owner<'_> {
         }
         let workspace = match self.workspace(&def) {
             Ok(path) => path,
-            Err(err) => {
-                warn!(session = %self.dir.id, "cannot run: {err}");
-                let outcome = Outcome {
-                    status: ExecStatus::Failed,
-                    stop_reason: StopReason::Error,
-                    response: None,
-                    error: Some(ErrorInfo {
-                        message: err.message,
-                        context: Some(format!("agent {}", meta.agent)),
-                    }),
-                };
-                return Ok((LoopEnd::Settled(outcome), None));
-            }
+            Err(err) => return Ok((self.cannot_run(&meta, err), None)),
         };
         let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone())
             .withholding(key_env);
@@ -429,15 +419,7 @@ impl Owner<'_> {
         let mut locked = self.log.lock()?;
         let mut meta = read_meta(self.dir)?;
         if meta.last_execution != Some(exec.id) {
-            meta.counters.executions += 1;
-            match exec.status {
-                ExecStatus::Completed => meta.counters.completed += 1,
-                ExecStatus::Failed => meta.counters.failed += 1,
-                ExecStatus::Cancelled => meta.counters.cancelled += 1,
-                ExecStatus::Stopped => meta.counters.stopped += 1,
-                ExecStatus::Pending | ExecStatus::Running => {}
-            }
-            meta.usage.add(exec.usage);
+            meta.add_execution(exec);
             // `send` leaves the seq in the entry alone: it is recorded here, before the
             // entry leaves the inbox, so no later message gets the same one. A message's
             // first settled execution counts it.
@@ -445,10 +427,6 @@ impl Owner<'_> {
                 meta.counters.messages += 1;
                 meta.last_message_seq = exec.message_seq;
             }
-            if let Some(cost) = exec.cost_usd {
-                meta.cost_usd = Some(meta.cost_usd.unwrap_or(0.0) + cost);
-            }
-            meta.last_execution = Some(exec.id);
             meta.updated_at = clock.now();
             crate::store::fs::write_json(&self.dir.meta_path(), &meta)?;
         }
