@@ -1,5 +1,6 @@
-//! `transcript.ndjson`: appended once per settled step, fsynced before `state.json`
-//! points past the new lines, and read back up to that point only.
+//! `transcript.ndjson`: appended at each checkpoint (a step's answer, each tool
+//! result), fsynced before `state.json` points past the new lines, and read back up to
+//! that point only.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -1,11 +1,12 @@
 //! Running one inbox message to a settled execution, as the session's owner.
 //!
 //! The order of writes is what makes a crash at any point recoverable:
-//! 1. the execution record (`running`) and, for a new execution, the user message in
-//!    the transcript with `state.current` naming the execution;
-//! 2. one checkpoint per settled step (transcript lines, then `state.json`);
+//! 1. for a new execution, the user message in the transcript with `state.current`
+//!    naming the execution; then the execution record (`running`, its attempt counted);
+//! 2. the checkpoints of the agent loop: each step's answer, then each tool result
+//!    (transcript lines, then `state.json`), a side-effecting call marked before it runs;
 //! 3. the record settled (the commit point), then the session totals and the final
-//!    events, each skipped if a previous attempt already wrote them;
+//!    events (in one append), each skipped if a previous attempt already wrote them;
 //! 4. the inbox entry removed last. `state.current` keeps naming the message until the
 //!    next execution replaces it, so a settled message is never run again.
 
