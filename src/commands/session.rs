@@ -334,7 +334,11 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         writeln!(out, "title     {}", sanitize(title))?;
     }
     writeln!(out, "status    {}", m.status.as_str())?;
-    writeln!(out, "events    {:?}", m.events)?;
+    writeln!(
+        out,
+        "events    {}",
+        format!("{:?}", m.events).to_lowercase()
+    )?;
     for (key, value) in &m.config {
         writeln!(out, "set       {key} = {value}")?;
     }

@@ -199,6 +199,14 @@ fn owner(dir: &SessionDir) -> Option<WorkerInfo> {
     }
 }
 
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 fn print(s: &Status) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "home      {}", s.home.display())?;
@@ -231,9 +239,9 @@ fn print(s: &Status) -> Result<()> {
         None => writeln!(out, "pending   nothing")?,
         Some(oldest) => writeln!(
             out,
-            "pending   {} messages in {} sessions; the oldest waits for {} (session {})",
-            s.pending,
-            s.sessions.len(),
+            "pending   {} in {}; the oldest waits for {} (session {})",
+            plural(s.pending as u64, "message"),
+            plural(s.sessions.len() as u64, "session"),
             human_duration(oldest.age_ms),
             oldest.session_id
         )?,
