@@ -51,9 +51,46 @@ struct Figure {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `-- --only GROUP` runs one group: pickup, throughput, persistence, watch, memory,
+    // streaming.
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wanted = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let reps = if quick { 30 } else { 200 };
     println!("{}", machine());
     let mut figures = Vec::new();
+    if wanted("pickup") {
+        pickup_figures(reps, &mut figures);
+    }
+    if wanted("throughput") {
+        throughput_figures(quick, &mut figures);
+    }
+    if wanted("persistence") {
+        persistence_figures(quick, &mut figures);
+    }
+    if wanted("watch") {
+        watch_figures(quick, &mut figures);
+    }
+    if wanted("memory") {
+        memory_figures(&mut figures);
+    }
+    if wanted("streaming") {
+        streaming_figures(quick, &mut figures);
+    }
+    println!();
+    for f in &figures {
+        let verdict = match f.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{:<78} {:<48} target {:<32} {verdict}",
+            f.name, f.value, f.target
+        );
+    }
+}
+
+fn pickup_figures(reps: usize, figures: &mut Vec<Figure>) {
     let (pickup_1, send_1) = pickup_and_send(1, reps);
     let (pickup_10k, _) = pickup_and_send(10_000, reps);
     let (p50, p99) = (percentile(&pickup_1, 50.0), percentile(&pickup_1, 99.0));
@@ -82,6 +119,9 @@ fn main() {
         target: "<= 10 ms".into(),
         met: Some(s50 <= 10.0),
     });
+}
+
+fn throughput_figures(quick: bool, figures: &mut Vec<Figure>) {
     let messages = if quick { 200 } else { 1000 };
     let (rate_1, fsyncs_1) = throughput(1, messages);
     let (rate_4, fsyncs_4) = throughput(4, messages);
@@ -100,6 +140,9 @@ fn main() {
         target: ">= 2x of one at a time".into(),
         met: Some(rate_4 >= 2.0 * rate_1),
     });
+}
+
+fn persistence_figures(quick: bool, figures: &mut Vec<Figure>) {
     let (step_1, step_1000) = persistence_per_step(if quick { 10 } else { 30 });
     figures.push(Figure {
         name: "per-step persistence cost, step 1,000 vs step 1".into(),
@@ -112,6 +155,9 @@ fn main() {
         target: "<= 1.2x".into(),
         met: Some(step_1000 <= 1.2 * step_1),
     });
+}
+
+fn watch_figures(quick: bool, figures: &mut Vec<Figure>) {
     let watch = watch_latency(if quick { 30 } else { 100 });
     let w50 = percentile(&watch, 50.0);
     figures.push(Figure {
@@ -130,6 +176,9 @@ fn main() {
         target: "<= 50 ms".into(),
         met: Some(since <= 50.0),
     });
+}
+
+fn memory_figures(figures: &mut Vec<Figure>) {
     let (idle, running, many) = worker_memory();
     figures.push(Figure {
         name: "worker resident memory: idle / running 4 sessions / 10,000 sessions".into(),
@@ -137,6 +186,9 @@ fn main() {
         target: "<= 15 MB / <= 30 MB / <= 30 MB".into(),
         met: Some(idle <= 15 * 1024 && running <= 30 * 1024 && many <= 30 * 1024),
     });
+}
+
+fn streaming_figures(quick: bool, figures: &mut Vec<Figure>) {
     let overhead = streaming_overhead(if quick { 10 } else { 30 });
     let o50 = percentile(&overhead, 50.0);
     figures.push(Figure {
@@ -145,18 +197,6 @@ fn main() {
         target: "<= 5 ms".into(),
         met: Some(o50 <= 5.0),
     });
-    println!();
-    for f in &figures {
-        let verdict = match f.met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
-            None => "",
-        };
-        println!(
-            "{:<78} {:<48} target {:<32} {verdict}",
-            f.name, f.value, f.target
-        );
-    }
 }
 
 // ---------------------------------------------------------------- measurements

@@ -64,6 +64,24 @@ pub fn list(inbox: &Path) -> io::Result<Listing> {
     Ok(listing)
 }
 
+/// The first readable entry in run order (what runs next), and the unreadable entries
+/// before it. Reads one entry, not all of them, however many wait.
+pub fn head(inbox: &Path) -> io::Result<Listing> {
+    let mut listing = Listing::default();
+    for name in entry_names(inbox)? {
+        let path = inbox.join(&name);
+        match fs::read_json::<InboxEntry>(&path) {
+            Ok(entry) => {
+                listing.entries.push(InboxFile { path, entry });
+                break;
+            }
+            Err(ReadError::NotFound { .. }) => {}
+            Err(err) => listing.unreadable.push(err),
+        }
+    }
+    Ok(listing)
+}
+
 /// The highest `seq` among the entry names, read from the zero-padded prefix.
 pub fn highest_seq(inbox: &Path) -> io::Result<u64> {
     Ok(entry_names(inbox)?

@@ -326,7 +326,7 @@ pub async fn drain(
             drained.skipped = true;
             break;
         }
-        let listing = inbox::list(&dir.inbox_dir())?;
+        let listing = inbox::head(&dir.inbox_dir())?;
         for unreadable in &listing.unreadable {
             // Kept (renamed, so it is no longer an entry) for someone to look at.
             if let ReadError::Corrupt { path, .. } = unreadable {
