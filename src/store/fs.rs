@@ -52,21 +52,39 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
 
 /// Serialises `value` and replaces `path` with it durably.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    replace(path, &json_bytes(value)?)
+}
+
+/// Like [`write_json`], atomic for readers but not fsynced: only for a file whose loss
+/// or emptiness after a power failure is recovered from elsewhere (the `running` record
+/// of an execution, which `state.json` can rebuild). A killed process loses nothing:
+/// the data is in the page cache.
+pub fn write_json_unsynced<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    replace_with(path, &json_bytes(value)?, false)
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    replace(path, &bytes)
+    Ok(bytes)
 }
 
 /// Replaces `path` with `bytes`: temp file, fsync, rename, fsync directory.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with(path, bytes, true)
+}
+
+fn replace_with(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = parent(path)?;
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = create_private(&tmp)?;
         file.write_all(bytes)?;
-        sync_file(&file)?;
+        if durable {
+            sync_file(&file)?;
+        }
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         // Best effort: a leftover temp file is harmless (readers ignore dot files) but untidy.

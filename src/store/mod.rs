@@ -238,6 +238,14 @@ impl SessionDir {
         fs::write_json(&self.execution_path(execution.id), execution)
     }
 
+    /// Writes the record of an execution that is starting (`running`). Not fsynced:
+    /// `state.json`, written durably, is what a resuming worker trusts, and a record
+    /// lost or emptied by a power failure is rebuilt from it; the settled record, the
+    /// commit point, is always written durably.
+    pub fn mark_running(&self, execution: &Execution) -> io::Result<()> {
+        fs::write_json_unsynced(&self.execution_path(execution.id), execution)
+    }
+
     pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
         EventLog::open(&self.events_path(), self.id, clock)
     }

@@ -123,7 +123,7 @@ impl Owner<'_> {
             self.begin(entry, &exec, &mut state)?;
         }
         // Marked running (and, resumed, with its attempt counted) before any work.
-        self.dir.write_execution(&exec)?;
+        self.dir.mark_running(&exec)?;
         self.log.append(
             Some(exec.id),
             EventPayload::ExecutionStarted(ExecutionStarted {
