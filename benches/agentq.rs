@@ -123,8 +123,24 @@ fn pickup_figures(reps: usize, figures: &mut Vec<Figure>) {
 
 fn throughput_figures(quick: bool, figures: &mut Vec<Figure>) {
     let messages = if quick { 200 } else { 1000 };
-    let (rate_1, fsyncs_1) = throughput(1, messages);
-    let (rate_4, fsyncs_4) = throughput(4, messages);
+    // The two configurations alternate (1, 4, 1, 4, …) and the ratio is taken pair by
+    // pair, so a disk whose speed drifts during the run does not decide the comparison.
+    let pairs = if quick { 1 } else { 3 };
+    let (mut ones, mut fours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fsyncs_1, mut fsyncs_4) = (0.0, 0.0);
+    for _ in 0..pairs {
+        let (one, f1) = throughput(1, messages);
+        let (four, f4) = throughput(4, messages);
+        ratios.push(four / one);
+        ones.push(one);
+        fours.push(four);
+        (fsyncs_1, fsyncs_4) = (f1, f4);
+    }
+    let (rate_1, rate_4, ratio) = (
+        percentile(&ones, 50.0),
+        percentile(&fours, 50.0),
+        percentile(&ratios, 50.0),
+    );
     figures.push(Figure {
         name: format!("throughput, 1 worker, {messages} single-step messages over 100 sessions"),
         value: format!("{rate_1:.0} messages/s, {fsyncs_1:.1} fsyncs/message"),
@@ -133,12 +149,9 @@ fn throughput_figures(quick: bool, figures: &mut Vec<Figure>) {
     });
     figures.push(Figure {
         name: "throughput, --concurrency 4".into(),
-        value: format!(
-            "{rate_4:.0} messages/s ({:.2}x), {fsyncs_4:.1} fsyncs/message",
-            rate_4 / rate_1
-        ),
+        value: format!("{rate_4:.0} messages/s ({ratio:.2}x), {fsyncs_4:.1} fsyncs/message"),
         target: ">= 2x of one at a time".into(),
-        met: Some(rate_4 >= 2.0 * rate_1),
+        met: Some(ratio >= 2.0),
     });
 }
 

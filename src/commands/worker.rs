@@ -38,9 +38,9 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
         poll,
         max_workers: args.max_workers.map(usize::from),
     };
-    // One thread per session worked on: file writes block, and one session's fsync
-    // must not hold up another's stream.
-    let runtime = super::runtime(options.concurrency)?;
+    // Sessions run on blocking threads of their own (see worker::run); the runtime's
+    // threads only drive timers, sockets and the claiming loop.
+    let runtime = super::runtime(2)?;
     let store = ctx.store.clone();
     runtime.block_on(async move {
         let shutdown = Arc::new(Shutdown::default());

@@ -150,8 +150,11 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                 active.insert(id);
                 spawned += 1;
                 let (store, shutdown, worker) = (store.clone(), shutdown.clone(), worker.clone());
-                tasks.spawn(async move {
-                    let result = drain(&store, id, &shutdown, &worker, None).await;
+                // Each session on a thread of its own: its file writes block (fsync), and
+                // must neither stall other sessions nor the loop that claims them.
+                let runtime = tokio::runtime::Handle::current();
+                tasks.spawn_blocking(move || {
+                    let result = runtime.block_on(drain(&store, id, &shutdown, &worker, None));
                     (id, result)
                 });
             }
