@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::endpoint::Endpoint;
-use super::sse::SseParser;
+use super::sse::Decoder;
 use super::{BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, http};
 use crate::domain::Usage;
 use crate::domain::transcript::{Message, ToolCall};
@@ -51,40 +51,8 @@ impl Provider for Anthropic {
             let body = request_body(endpoint, &request);
             let mut response =
                 http::post_stream(&self.client, endpoint, &url, &headers, &body, observer).await?;
-            let mut parser = SseParser::new();
             let mut turn = TurnBuilder::default();
-            while !turn.done {
-                let chunk =
-                    http::next_chunk(&mut response, endpoint.idle_timeout, observer).await?;
-                let events = match &chunk {
-                    Some(bytes) => parser.push(bytes),
-                    None => parser.finish().into_iter().collect(),
-                };
-                for event in events {
-                    let delta = turn.on_event(&event.data).map_err(|e| match e {
-                        ProviderError::Fatal { status, message } => ProviderError::Fatal {
-                            status,
-                            message: endpoint.redact(&message),
-                        },
-                        ProviderError::Transient { status, message } => ProviderError::Transient {
-                            status,
-                            message: endpoint.redact(&message),
-                        },
-                        other => other,
-                    })?;
-                    if !delta.is_empty() {
-                        observer
-                            .text(&delta)
-                            .map_err(|_| ProviderError::Interrupted)?;
-                    }
-                    if turn.done {
-                        break;
-                    }
-                }
-                if chunk.is_none() {
-                    break;
-                }
-            }
+            http::read_sse(&mut response, endpoint, observer, &mut turn).await?;
             turn.finish()
         })
     }
@@ -165,6 +133,16 @@ pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
         .into_iter()
         .map(|(role, content)| json!({"role": role, "content": content}))
         .collect()
+}
+
+impl Decoder for TurnBuilder {
+    fn decode(&mut self, data: &str) -> Result<String, ProviderError> {
+        self.on_event(data)
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
 }
 
 #[derive(Debug)]
@@ -470,7 +448,6 @@ mod tests {
 #[cfg(test)]
 mod split_tests {
     use super::*;
-    use crate::provider::sse::SseParser;
     use proptest::prelude::*;
 
     const STREAM: &str = concat!(
@@ -489,17 +466,8 @@ mod split_tests {
     );
 
     fn normalise(pieces: &[&[u8]]) -> (Vec<String>, ModelTurn) {
-        let mut parser = SseParser::new();
         let mut turn = TurnBuilder::default();
-        let mut deltas = Vec::new();
-        let mut events: Vec<_> = pieces.iter().flat_map(|p| parser.push(p)).collect();
-        events.extend(parser.finish());
-        for event in events {
-            let delta = turn.on_event(&event.data).unwrap();
-            if !delta.is_empty() {
-                deltas.push(delta);
-            }
-        }
+        let deltas = crate::provider::sse::decode_all(pieces, &mut turn);
         (deltas, turn.finish().unwrap())
     }
 

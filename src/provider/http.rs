@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::endpoint::Endpoint;
 use super::retry::{jitter, parse_retry_after};
+use super::sse::{Decoder, SseParser};
 use super::{ProviderError, RetryNotice, StreamObserver};
 use crate::error::UserError;
 
@@ -201,6 +202,42 @@ pub fn error_message(body: &str) -> String {
         text
     };
     crate::store::session::preview(text, 300)
+}
+
+/// Reads a response's server-sent events into `decoder` until its terminal event (or
+/// the end of the body), passing text deltas to the observer as they arrive. Errors
+/// have the endpoint's key cut out of them.
+pub async fn read_sse(
+    response: &mut reqwest::Response,
+    endpoint: &Endpoint,
+    observer: &mut dyn StreamObserver,
+    decoder: &mut impl Decoder,
+) -> Result<(), ProviderError> {
+    let mut parser = SseParser::new();
+    while !decoder.is_done() {
+        let chunk = next_chunk(response, endpoint.idle_timeout, observer).await?;
+        let events = match &chunk {
+            Some(bytes) => parser.push(bytes),
+            None => parser.finish().into_iter().collect(),
+        };
+        for event in events {
+            let delta = decoder
+                .decode(&event.data)
+                .map_err(|e| e.redacted(endpoint))?;
+            if !delta.is_empty() {
+                observer
+                    .text(&delta)
+                    .map_err(|_| ProviderError::Interrupted)?;
+            }
+            if decoder.is_done() {
+                return Ok(());
+            }
+        }
+        if chunk.is_none() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The next piece of the response body; `None` at its end. Fails when nothing arrives

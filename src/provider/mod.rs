@@ -111,6 +111,21 @@ impl ProviderError {
         }
     }
 
+    /// The same error with the endpoint's key cut out of its message.
+    pub fn redacted(self, endpoint: &endpoint::Endpoint) -> ProviderError {
+        match self {
+            ProviderError::Transient { status, message } => ProviderError::Transient {
+                status,
+                message: endpoint.redact(&message),
+            },
+            ProviderError::Fatal { status, message } => ProviderError::Fatal {
+                status,
+                message: endpoint.redact(&message),
+            },
+            other => other,
+        }
+    }
+
     pub fn transient(message: impl Into<String>) -> ProviderError {
         ProviderError::Transient {
             status: None,

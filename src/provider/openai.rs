@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 
 use super::endpoint::Endpoint;
-use super::sse::SseParser;
+use super::sse::Decoder;
 use super::{
     BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, estimate_prompt,
     estimate_tokens, http,
@@ -52,46 +52,10 @@ impl Provider for OpenAi {
             let body = request_body(endpoint, &request);
             let mut response =
                 http::post_stream(&self.client, endpoint, &url, &headers, &body, observer).await?;
-            let mut parser = SseParser::new();
             let mut turn = TurnBuilder::default();
-            while !turn.done {
-                let chunk =
-                    http::next_chunk(&mut response, endpoint.idle_timeout, observer).await?;
-                let events = match &chunk {
-                    Some(bytes) => parser.push(bytes),
-                    None => parser.finish().into_iter().collect(),
-                };
-                for event in events {
-                    let delta = turn.on_data(&event.data).map_err(|e| redact(e, endpoint))?;
-                    if !delta.is_empty() {
-                        observer
-                            .text(&delta)
-                            .map_err(|_| ProviderError::Interrupted)?;
-                    }
-                    if turn.done {
-                        break;
-                    }
-                }
-                if chunk.is_none() {
-                    break;
-                }
-            }
+            http::read_sse(&mut response, endpoint, observer, &mut turn).await?;
             turn.finish(&request)
         })
-    }
-}
-
-fn redact(err: ProviderError, endpoint: &Endpoint) -> ProviderError {
-    match err {
-        ProviderError::Transient { status, message } => ProviderError::Transient {
-            status,
-            message: endpoint.redact(&message),
-        },
-        ProviderError::Fatal { status, message } => ProviderError::Fatal {
-            status,
-            message: endpoint.redact(&message),
-        },
-        other => other,
     }
 }
 
@@ -172,6 +136,16 @@ pub fn wire_messages(system: &str, messages: &[Message]) -> Vec<Value> {
         });
     }
     wire
+}
+
+impl Decoder for TurnBuilder {
+    fn decode(&mut self, data: &str) -> Result<String, ProviderError> {
+        self.on_data(data)
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
 }
 
 /// A tool call being assembled from deltas.
@@ -523,7 +497,6 @@ mod tests {
 #[cfg(test)]
 mod split_tests {
     use super::*;
-    use crate::provider::sse::SseParser;
     use proptest::prelude::*;
 
     /// A stream with text, two tool calls split mid-string, usage in the last chunk,
@@ -541,17 +514,8 @@ mod split_tests {
     );
 
     fn normalise(pieces: &[&[u8]]) -> (Vec<String>, ModelTurn) {
-        let mut parser = SseParser::new();
         let mut turn = TurnBuilder::default();
-        let mut deltas = Vec::new();
-        let mut events: Vec<_> = pieces.iter().flat_map(|p| parser.push(p)).collect();
-        events.extend(parser.finish());
-        for event in events {
-            let delta = turn.on_data(&event.data).unwrap();
-            if !delta.is_empty() {
-                deltas.push(delta);
-            }
-        }
+        let deltas = crate::provider::sse::decode_all(pieces, &mut turn);
         let request = ModelRequest {
             system: "",
             messages: &[],

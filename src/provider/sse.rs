@@ -5,6 +5,27 @@
 //! different pieces); lines starting with `:` are comments (keep-alives); an event is
 //! dispatched at a blank line.
 
+/// Turns the data of a stream's events into an answer: one per wire format.
+pub trait Decoder {
+    /// Takes one event's data; returns the text delta it carried (often empty).
+    fn decode(&mut self, data: &str) -> Result<String, super::ProviderError>;
+    /// The stream's terminal event was seen: nothing more needs reading.
+    fn is_done(&self) -> bool;
+}
+
+/// Feeds a whole stream, cut into pieces, to a decoder; returns the text deltas.
+#[cfg(test)]
+pub fn decode_all(pieces: &[&[u8]], decoder: &mut impl Decoder) -> Vec<String> {
+    let mut parser = SseParser::new();
+    let mut events: Vec<SseEvent> = pieces.iter().flat_map(|p| parser.push(p)).collect();
+    events.extend(parser.finish());
+    events
+        .iter()
+        .map(|e| decoder.decode(&e.data).expect("a valid event"))
+        .filter(|delta| !delta.is_empty())
+        .collect()
+}
+
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SseEvent {
