@@ -117,7 +117,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         let waited = loop {
             tokio::select! {
                 waited = &mut wait => break waited,
-                drained = async { drain.as_mut().expect("polled only while present").await }, if drain.is_some() => {
+                Some(drained) = async { Some(drain.as_mut()?.await) }, if drain.is_some() => {
                     drain = None;
                     // Owned by another worker: keep waiting for it. A failure to
                     // record means the message cannot finish here: report it.
