@@ -100,7 +100,7 @@ impl HomeConfig {
                 UserError::usage(format!(
                     "{} is invalid: {}",
                     path.display(),
-                    e.message().trim().replace('\n', " ")
+                    crate::definition::describe_toml_error(&text, &e)
                 ))
             })
             .and_then(|config: HomeConfig| config.checked(path))
@@ -151,6 +151,20 @@ mod tests {
         let local = &config.providers["local"];
         assert_eq!(local.kind, ProviderKind::Openai);
         assert_eq!(local.headers["X-Team"], "a");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_reported_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.toml");
+        std::fs::write(&path, "[inbox]\nmax_message_bytes = \"ten\"\n").unwrap();
+        let err = HomeConfig::load(&path).unwrap_err();
+        assert!(err.message.contains("line 2"), "{}", err.message);
+        assert!(
+            err.message.contains("max_message_bytes = \"ten\""),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -478,20 +478,43 @@ fn check_relative(path: &str) -> Result<(), String> {
 
 /// One problem for a TOML syntax error, with its line and column.
 fn toml_problem(text: &str, err: &toml::de::Error) -> Problem {
-    let position = err.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        format!("line {line}, column {column}: ")
-    });
     Problem {
         key: String::new(),
-        message: format!(
-            "invalid TOML: {}{}",
-            position.unwrap_or_default(),
-            err.message().trim().replace('\n', " ")
-        ),
+        message: format!("invalid TOML: {}", describe_toml_error(text, err)),
     }
+}
+
+/// A TOML error on one line: where it is, the line itself (which names the key), and
+/// what is wrong.
+pub fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let position = err.span().map(|span| {
+        let start = span.start.min(text.len());
+        let before = &text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let source: String = text[start..]
+            .lines()
+            .next()
+            .map(|rest| format!("{}{rest}", before.rsplit('\n').next().unwrap_or("")))
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(80)
+            .collect();
+        if source.is_empty() {
+            format!("line {line}, column {column}: ")
+        } else {
+            format!(
+                "line {line}, column {column} (`{}`): ",
+                crate::render::sanitize(&source)
+            )
+        }
+    });
+    format!(
+        "{}{}",
+        position.unwrap_or_default(),
+        err.message().trim().replace('\n', " ")
+    )
 }
 
 /// Sets `a.b.c = value` in a table, creating intermediate tables.

@@ -301,7 +301,15 @@ impl Owner<'_> {
     fn workspace(&self, def: &definition::AgentDef) -> Result<std::path::PathBuf, UserError> {
         let rel = def.tools.workspace.as_str();
         if rel == "session" {
-            return Ok(self.dir.workspace_dir());
+            // The session's own directory; a symlink swapped in for it is not followed.
+            let path = self.dir.workspace_dir();
+            return match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.file_type().is_symlink() => Err(UserError::usage(format!(
+                    "the session workspace {} is a symlink; agentq does not follow it",
+                    path.display()
+                ))),
+                _ => Ok(path),
+            };
         }
         let refuse = |why: String| UserError::usage(format!("the workspace `{rel}` {why}"));
         let home = self

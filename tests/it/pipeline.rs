@@ -609,3 +609,27 @@ text = "recovered: {input}"
     let err = env.fails(&["send", &id, "--continue"], 2);
     assert!(err.contains("nothing to continue"), "{err}");
 }
+
+#[test]
+fn a_session_workspace_replaced_by_a_symlink_is_not_followed() {
+    let env = TestEnv::new();
+    let outside = tempfile::tempdir().unwrap();
+    let id = env.new_session("echo");
+    let workspace = env.session_dir(&id).join("workspace");
+    std::fs::remove_dir(&workspace).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &workspace).unwrap();
+    env.send(&id, "list it");
+    env.worker_once();
+    let done = finished(&env, &id);
+    assert_eq!(done[0]["status"], "failed");
+    assert!(
+        done[0]["error"].as_str().unwrap().contains("symlink"),
+        "{}",
+        done[0]
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing was touched outside"
+    );
+}
