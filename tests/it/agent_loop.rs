@@ -44,20 +44,9 @@ fn session_of(result: &Value) -> String {
         .to_owned()
 }
 
-fn payloads(env: &TestEnv, id: &str, kind: &str) -> Vec<Value> {
-    env.events_of(id, kind)
-        .into_iter()
-        .map(|e| e["payload"].clone())
-        .collect()
-}
-
-fn finished(env: &TestEnv, id: &str) -> Vec<Value> {
-    payloads(env, id, "execution.finished")
-}
-
 /// The only `execution.finished` of the session.
 fn the_finish(env: &TestEnv, id: &str) -> Value {
-    let done = finished(env, id);
+    let done = env.finished(id);
     assert_eq!(done.len(), 1, "one settled execution: {done:?}");
     done[0].clone()
 }
@@ -340,7 +329,7 @@ fn max_cost_usd_stops_with_cost_limit_and_costs_are_reported() {
     let (exit, again) = run_json(&env, &["run", "--session", &id, "more"]);
     assert_eq!(exit, 3, "{again}");
     assert_eq!(again["stop_reason"], "cost_limit");
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(
         done[1]["cost_usd"],
         json!({"execution": 6.0, "session": 12.0})
@@ -610,7 +599,7 @@ builtin = ["list_dir"]
         .to_owned();
     env.send(&id, "go");
     env.worker_once();
-    let traces = payloads(&env, &id, "agent.continuation");
+    let traces = env.payloads(&id, "agent.continuation");
     assert_eq!(traces.len(), 3, "{traces:?}");
     for (i, trace) in traces.iter().enumerate() {
         assert_eq!(trace["step_number"], i as u64 + 1);
@@ -644,7 +633,7 @@ builtin = ["list_dir"]
         .unwrap()
         .clone();
     assert_eq!(answered["passed"], false, "the check that stopped it fails");
-    let tool_started = payloads(&env, &id, "agent.tool.started");
+    let tool_started = env.payloads(&id, "agent.tool.started");
     assert_eq!(
         tool_started[0]["args"],
         json!({"path": "."}),
@@ -693,13 +682,13 @@ fn session_max_tokens_counts_an_earlier_execution_run_by_another_worker() {
     let id = env.new_session("budget");
     env.send(&id, "first");
     env.worker_once();
-    assert_eq!(finished(&env, &id)[0]["status"], "completed");
-    assert_eq!(finished(&env, &id)[0]["usage"]["session"]["total"], 60);
+    assert_eq!(env.finished(&id)[0]["status"], "completed");
+    assert_eq!(env.finished(&id)[0]["usage"]["session"]["total"], 60);
 
     // Another worker process: 60 earlier + 60 now passes the session's 100.
     env.send(&id, "second");
     env.worker_once();
-    let second = &finished(&env, &id)[1];
+    let second = &env.finished(&id)[1];
     assert_eq!(second["status"], "stopped");
     assert_eq!(second["stop_reason"], "token_limit");
     assert_eq!(second["exit_code"], 3);
@@ -710,7 +699,7 @@ fn session_max_tokens_counts_an_earlier_execution_run_by_another_worker() {
     // Continuing without more budget stops again, for the same reason.
     env.ok(&["send", &id, "--continue"]);
     env.worker_once();
-    let third = &finished(&env, &id)[2];
+    let third = &env.finished(&id)[2];
     assert_eq!(third["status"], "stopped");
     assert_eq!(third["stop_reason"], "token_limit");
     assert_eq!(third["exit_code"], 3);
@@ -718,9 +707,10 @@ fn session_max_tokens_counts_an_earlier_execution_run_by_another_worker() {
     // With the budget raised the task carries on to its answer.
     env.ok(&["send", &id, "--continue", "--raise-budget", "500"]);
     env.worker_once();
-    let last = finished(&env, &id).last().unwrap().clone();
+    let last = env.finished(&id).last().unwrap().clone();
     assert_eq!(last["status"], "completed", "{last}");
-    let responses: Vec<Value> = payloads(&env, &id, "agent.message.completed")
+    let responses: Vec<Value> = env
+        .payloads(&id, "agent.message.completed")
         .into_iter()
         .map(|p| p["response"].clone())
         .collect();
@@ -746,7 +736,7 @@ fn continuing_with_the_session_budget_spent_stops_before_any_model_call() {
     env.worker_once();
     env.send(&id, "second");
     env.worker_once();
-    assert_eq!(finished(&env, &id)[1]["stop_reason"], "token_limit");
+    assert_eq!(env.finished(&id)[1]["stop_reason"], "token_limit");
     let state = |env: &TestEnv| -> Value {
         serde_json::from_str(
             &std::fs::read_to_string(env.session_dir(&id).join("state.json")).unwrap(),
@@ -758,7 +748,7 @@ fn continuing_with_the_session_budget_spent_stops_before_any_model_call() {
 
     env.ok(&["send", &id, "--continue"]);
     env.worker_once();
-    let third = &finished(&env, &id)[2];
+    let third = &env.finished(&id)[2];
     assert_eq!(third["stop_reason"], "token_limit");
     assert_eq!(third["steps"], 0, "nothing more is spent: {third}");
     assert_eq!(third["usage"]["session"]["total"], 120, "{third}");
@@ -774,7 +764,7 @@ fn continue_carries_on_under_a_limit_raised_in_the_definition() {
     env.send(&id, "first");
     env.send(&id, "second");
     env.worker_once();
-    assert_eq!(finished(&env, &id)[1]["stop_reason"], "token_limit");
+    assert_eq!(env.finished(&id)[1]["stop_reason"], "token_limit");
 
     env.write_agent(
         "budget",
@@ -782,12 +772,10 @@ fn continue_carries_on_under_a_limit_raised_in_the_definition() {
     );
     env.ok(&["send", &id, "--continue"]);
     env.worker_once();
-    let last = finished(&env, &id).last().unwrap().clone();
+    let last = env.finished(&id).last().unwrap().clone();
     assert_eq!(last["status"], "completed", "{last}");
     assert_eq!(
-        payloads(&env, &id, "agent.message.completed")
-            .last()
-            .unwrap()["response"],
+        env.payloads(&id, "agent.message.completed").last().unwrap()["response"],
         "finished: second"
     );
 }
@@ -837,12 +825,12 @@ builtin = ["write_file"]
         after.len() > before.len() && after.starts_with(&before),
         "the transcript is appended to, never rewritten"
     );
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done.len(), 2);
     assert_eq!(done[1]["status"], "completed", "{}", done[1]);
     assert_eq!(done[1]["steps"], 2);
     assert_eq!(
-        payloads(&env, &id, "agent.message.completed")[0]["response"],
+        env.payloads(&id, "agent.message.completed")[0]["response"],
         "finished: the task"
     );
     let lines = transcript(&env, &id);
@@ -862,7 +850,8 @@ builtin = ["write_file"]
     );
     assert_eq!(lines[0]["content"], "the task");
     // The model was given the whole history when it carried on.
-    let counts: Vec<u64> = payloads(&env, &id, "agent.step.started")
+    let counts: Vec<u64> = env
+        .payloads(&id, "agent.step.started")
         .iter()
         .map(|p| p["message_count"].as_u64().unwrap())
         .collect();
@@ -1003,7 +992,7 @@ builtin = ["read_file", "write_file", "edit_file", "list_dir", "search_files"]
     assert_eq!(result["response"], "I stayed inside");
 
     // Every escape attempt is a tool error, recorded and shown to the model.
-    let completed = payloads(&env, &id, "agent.tool.completed");
+    let completed = env.payloads(&id, "agent.tool.completed");
     assert_eq!(completed.len(), escape_calls + 2);
     let lines = transcript(&env, &id);
     let asked = lines[1]["tool_calls"].as_array().unwrap();
@@ -1130,7 +1119,7 @@ builtin = ["read_file", "write_file", "edit_file"]
     let run = env.spawn(&["run", "--session", &id, "x", "--json"]);
     let out = run.wait(Duration::from_secs(5));
     assert_eq!(code(&out), 0, "{}", describe(&out));
-    let completed = payloads(&env, &id, "agent.tool.completed");
+    let completed = env.payloads(&id, "agent.tool.completed");
     assert_eq!(completed.len(), 3);
     for event in completed {
         assert_eq!(event["success"], false, "{event}");
@@ -1184,7 +1173,7 @@ builtin = ["read_file", "write_file", "edit_file"]
     }
     let (exit, result) = run_json(&env, &["run", "--session", &id, "x"]);
     assert_eq!(exit, 0, "{result}");
-    let completed = payloads(&env, &id, "agent.tool.completed");
+    let completed = env.payloads(&id, "agent.tool.completed");
     assert_eq!(completed.len(), 3);
     for event in completed {
         assert_eq!(event["success"], false, "{event}");
@@ -1479,7 +1468,7 @@ argv = ["sh", "-c", "yes | head -c 100000"]
     let (id, ws) = session_with_workspace(&env, "commands");
     let (exit, result) = run_json(&env, &["run", "--session", &id, "run them"]);
     assert_eq!(exit, 0, "{result}");
-    let started = payloads(&env, &id, "agent.step.started");
+    let started = env.payloads(&id, "agent.step.started");
     assert_eq!(
         started[0]["available_tools"],
         json!(["echo_input", "where", "mixed", "loud"])
@@ -1815,7 +1804,7 @@ builtin = ["read_file", "list_dir"]
     assert_eq!(exit, 0, "{result}");
     assert_eq!(result["response"], "answer after compaction");
 
-    let compacted = payloads(&env, &id, "context.compacted");
+    let compacted = env.payloads(&id, "context.compacted");
     assert_eq!(compacted.len(), 1, "{compacted:?}");
     let c = &compacted[0];
     assert_eq!(c["summarized"], true, "{c}");
@@ -1828,7 +1817,8 @@ builtin = ["read_file", "list_dir"]
 
     // The step after the compaction is given a smaller prompt: the summary, the
     // latest user message and the unfinished exchange, not the whole history.
-    let counts: Vec<u64> = payloads(&env, &id, "agent.step.started")
+    let counts: Vec<u64> = env
+        .payloads(&id, "agent.step.started")
         .iter()
         .map(|p| p["message_count"].as_u64().unwrap())
         .collect();
@@ -1916,7 +1906,7 @@ builtin = ["read_file", "list_dir"]
     let (exit, result) = run_json(&env, &["run", "--session", &id, "the task"]);
     assert_eq!(exit, 0, "{result}");
     assert_eq!(result["response"], "answer without a summary: the task");
-    let compacted = payloads(&env, &id, "context.compacted");
+    let compacted = env.payloads(&id, "context.compacted");
     assert_eq!(compacted.len(), 1, "{compacted:?}");
     assert_eq!(compacted[0]["summarized"], false);
     assert_eq!(compacted[0]["dropped_messages"], 3);
@@ -1926,7 +1916,8 @@ builtin = ["read_file", "list_dir"]
     );
     // Without a summary the prompt keeps the latest user message and the unfinished
     // exchange: user, assistant, tool.
-    let counts: Vec<u64> = payloads(&env, &id, "agent.step.started")
+    let counts: Vec<u64> = env
+        .payloads(&id, "agent.step.started")
         .iter()
         .map(|p| p["message_count"].as_u64().unwrap())
         .collect();
@@ -1972,17 +1963,17 @@ argv = ["sh", "-c", "echo ran >> side-effects.log"]
     let log = workspace(&env, &id).join("side-effects.log");
     let worker = env.spawn_worker(&[]);
     wait_until("the third step streaming", LONG, || {
-        payloads(&env, &id, "agent.stream.chunk")
+        env.payloads(&id, "agent.stream.chunk")
             .iter()
             .any(|c| c["content"] == "slowly ")
     });
     worker.signal(9);
     let _ = worker.wait(LONG);
     assert_eq!(count_lines(&log), 2, "two steps settled before the kill");
-    assert!(finished(&env, &id).is_empty());
+    assert!(env.finished(&id).is_empty());
 
     env.worker_once();
-    let started = payloads(&env, &id, "execution.started");
+    let started = env.payloads(&id, "execution.started");
     assert_eq!(started.len(), 2);
     assert_eq!(started[1]["resumed"], true);
     assert_eq!(started[1]["attempt"], 2);
@@ -1990,7 +1981,7 @@ argv = ["sh", "-c", "echo ran >> side-effects.log"]
     assert_eq!(done["status"], "completed");
     assert_eq!(done["steps"], 4);
     assert_eq!(
-        payloads(&env, &id, "agent.message.completed")[0]["response"],
+        env.payloads(&id, "agent.message.completed")[0]["response"],
         "all done"
     );
     assert_eq!(
@@ -1998,7 +1989,7 @@ argv = ["sh", "-c", "echo ran >> side-effects.log"]
         "ran\nran\nran\n",
         "one line per settled step: no tool call ran twice"
     );
-    let tool_runs = payloads(&env, &id, "agent.tool.completed");
+    let tool_runs = env.payloads(&id, "agent.tool.completed");
     assert_eq!(tool_runs.len(), 3);
     let ids: BTreeSet<&str> = tool_runs
         .iter()

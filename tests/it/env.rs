@@ -144,6 +144,48 @@ impl TestEnv {
             .collect()
     }
 
+    /// The payloads of a session's events of one type, in log order.
+    pub fn payloads(&self, id: &str, kind: &str) -> Vec<Value> {
+        self.events_of(id, kind)
+            .into_iter()
+            .map(|e| e["payload"].clone())
+            .collect()
+    }
+
+    /// The payloads of every `execution.finished`.
+    pub fn finished(&self, id: &str) -> Vec<Value> {
+        self.payloads(id, "execution.finished")
+    }
+
+    /// The answers (`agent.message.completed`), in order.
+    pub fn responses(&self, id: &str) -> Vec<String> {
+        self.payloads(id, "agent.message.completed")
+            .iter()
+            .map(|p| p["response"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Inbox entries waiting, as `session show` counts them.
+    pub fn pending(&self, id: &str) -> u64 {
+        self.json(&["session", "show", id, "--json"])["pending"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The session's event log numbers its events 1, 2, 3… without a gap.
+    pub fn assert_gapless(&self, id: &str) {
+        let seqs: Vec<u64> = self
+            .events(id)
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "seq of session {id}"
+        );
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         serde_json::from_str(&self.ok(args)).expect("JSON output")
     }

@@ -411,12 +411,6 @@ fn finishes(env: &TestEnv, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pending(env: &TestEnv, id: &str) -> u64 {
-    env.json(&["session", "show", id, "--json"])["pending"]
-        .as_u64()
-        .expect("pending")
-}
-
 /// A single-step agent with no delays: it answers `echo: <message>`.
 const FAST_AGENT: &str = r#"
 name = "fast"
@@ -1146,7 +1140,7 @@ fn kill_9_at_random_moments_loses_duplicates_and_reruns_nothing() {
             &mut tally,
         );
         audit_effects(&env, id, &sent[i], &mut tally);
-        if pending(&env, id) != 0 {
+        if env.pending(id) != 0 {
             tally.problem(format!(
                 "session {id}: messages still pending after the drain"
             ));
@@ -1590,7 +1584,7 @@ fn temp_files_of_a_send_that_crashed_before_its_rename_are_ignored() {
     // Nothing of them is visible: one message pending, in every listing.
     let listed = env.json(&["session", "list", "--json"]);
     assert_eq!(listed[0]["pending"], 1, "{listed}");
-    assert_eq!(pending(&env, &id), 1);
+    assert_eq!(env.pending(&id), 1);
     cases += 1;
 
     // A later send numbers its message after the real one, not after the ghosts.
@@ -1623,7 +1617,7 @@ fn temp_files_of_a_send_that_crashed_before_its_rename_are_ignored() {
         "temp files are not entries, not even corrupt ones:\n{log}"
     );
     cases += 1;
-    assert_eq!(pending(&env, &id), 0);
+    assert_eq!(env.pending(&id), 0);
     let again = worker_once_log(&env);
     assert_eq!(finishes(&env, &id).len(), 2, "{again}");
     assert_gapless(&env, &id);
@@ -1652,7 +1646,7 @@ fn an_entry_renamed_into_the_inbox_without_its_marker_is_still_run() {
     let a = env.new_session("fast");
     let first = env.send(&a, "marker lost");
     std::fs::remove_file(ready.join(&a)).unwrap();
-    assert_eq!(pending(&env, &a), 1, "listed as pending");
+    assert_eq!(env.pending(&a), 1, "listed as pending");
     let log = worker_once_log(&env);
     assert_eq!(
         finishes(&env, &a),
@@ -1671,7 +1665,7 @@ fn an_entry_renamed_into_the_inbox_without_its_marker_is_still_run() {
     std::fs::write(dir.join("session.json"), &meta).unwrap();
     std::fs::write(dir.join("events.ndjson"), &events).unwrap();
     std::fs::remove_file(ready.join(&b)).unwrap();
-    assert_eq!(pending(&env, &b), 1, "listed as pending");
+    assert_eq!(env.pending(&b), 1, "listed as pending");
     let log = worker_once_log(&env);
     assert_eq!(
         finishes(&env, &b),
@@ -2091,7 +2085,7 @@ fn message_files_that_are_empty_oversized_binary_or_not_utf8_are_refused() {
         assert_refused(&out, 2, &[says], name);
     }
     assert_unchanged("refused message files", &before, &snapshot(env.home()));
-    assert_eq!(pending(&env, &id), 1);
+    assert_eq!(env.pending(&id), 1);
     report("bad_message_files", &[("cases", files.len() as u64)]);
 }
 
@@ -2366,7 +2360,7 @@ fn a_corrupt_or_empty_inbox_entry_is_moved_aside_and_later_ones_still_run() {
             "{what}"
         );
         assert_eq!(finishes(&env, &fine).len(), 1);
-        assert_eq!(pending(&env, &broken), 0);
+        assert_eq!(env.pending(&broken), 0);
         // The damaged file is no longer an entry: a second worker leaves it be.
         let again = worker_once_log(&env);
         assert!(!again.contains("corrupt"), "{again}");

@@ -45,20 +45,6 @@ delay_ms = 50
 text = "quick: {input}"
 "#;
 
-fn responses(env: &TestEnv, id: &str) -> Vec<String> {
-    env.events_of(id, "agent.message.completed")
-        .iter()
-        .map(|e| e["payload"]["response"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn finished(env: &TestEnv, id: &str) -> Vec<Value> {
-    env.events_of(id, "execution.finished")
-        .into_iter()
-        .map(|e| e["payload"].clone())
-        .collect()
-}
-
 #[test]
 fn a_message_goes_from_send_through_the_worker_to_an_answer() {
     let env = TestEnv::new();
@@ -66,8 +52,8 @@ fn a_message_goes_from_send_through_the_worker_to_an_answer() {
     let message_id = env.send(&id, "hello");
     env.worker_once();
 
-    assert_eq!(responses(&env, &id), vec!["echo: hello"]);
-    let done = &finished(&env, &id)[0];
+    assert_eq!(env.responses(&id), vec!["echo: hello"]);
+    let done = &env.finished(&id)[0];
     assert_eq!(done["status"], "completed");
     assert_eq!(done["stop_reason"], "completed");
     assert_eq!(done["exit_code"], 0);
@@ -114,7 +100,7 @@ fn later_messages_continue_the_same_agent_state() {
         // A new worker process each time: the state lives in the files alone.
         env.worker_once();
     }
-    assert_eq!(responses(&env, &id), vec!["one: a", "two: b", "three: c"]);
+    assert_eq!(env.responses(&id), vec!["one: a", "two: b", "three: c"]);
     // The model saw every earlier turn: each first step is given the whole history.
     let counts: Vec<u64> = env
         .events_of(&id, "agent.step.started")
@@ -139,7 +125,7 @@ fn messages_queued_before_the_worker_starts_run_in_send_order() {
     let third = env.send(&id, "third");
     env.worker_once();
     assert_eq!(
-        responses(&env, &id),
+        env.responses(&id),
         vec!["one: first", "two: second", "three: third"]
     );
     let started: Vec<String> = env
@@ -321,7 +307,7 @@ fn send_wait_gives_up_with_75_when_no_worker_runs() {
     assert!(stderr(&out).contains("agentq worker"), "{}", describe(&out));
     // The message stays queued for a later worker.
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["echo: anyone?"]);
+    assert_eq!(env.responses(&id), vec!["echo: anyone?"]);
 }
 
 #[test]
@@ -330,9 +316,9 @@ fn a_running_worker_picks_up_new_messages_and_stops_cleanly_on_sigterm() {
     let id = env.new_session("echo");
     let worker = env.spawn_worker(&[]);
     env.send(&id, "while you run");
-    wait_until("the answer", LONG, || !finished(&env, &id).is_empty());
+    wait_until("the answer", LONG, || !env.finished(&id).is_empty());
     env.send(&id, "and again");
-    wait_until("the second answer", LONG, || finished(&env, &id).len() == 2);
+    wait_until("the second answer", LONG, || env.finished(&id).len() == 2);
     worker.signal(15);
     let out = worker.wait(LONG);
     assert_eq!(code(&out), 0, "{}", describe(&out));
@@ -405,13 +391,13 @@ fn cancel_ends_the_running_execution_and_keeps_later_messages() {
         !env.events_of(&id, "agent.stream.chunk").is_empty()
     });
     env.ok(&["cancel", &id]);
-    wait_until("both executions", LONG, || finished(&env, &id).len() == 2);
-    let done = finished(&env, &id);
+    wait_until("both executions", LONG, || env.finished(&id).len() == 2);
+    let done = env.finished(&id);
     assert_eq!(done[0]["status"], "cancelled");
     assert_eq!(done[0]["stop_reason"], "user_requested");
     assert_eq!(done[0]["exit_code"], 130);
     assert_eq!(done[1]["status"], "completed");
-    assert_eq!(responses(&env, &id), vec!["quick: next"]);
+    assert_eq!(env.responses(&id), vec!["quick: next"]);
 }
 
 #[test]
@@ -421,10 +407,10 @@ fn a_paused_session_waits_until_it_is_resumed() {
     env.ok(&["session", "pause", &id]);
     env.send(&id, "later");
     env.worker_once();
-    assert!(finished(&env, &id).is_empty());
+    assert!(env.finished(&id).is_empty());
     env.ok(&["session", "resume", &id]);
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["echo: later"]);
+    assert_eq!(env.responses(&id), vec!["echo: later"]);
 }
 
 #[test]
@@ -445,7 +431,7 @@ fn a_worker_killed_mid_execution_is_resumed_by_the_next_one() {
     assert_eq!(started.len(), 2);
     assert_eq!(started[1]["payload"]["resumed"], true);
     assert_eq!(started[1]["payload"]["attempt"], 2);
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done.len(), 1, "settled exactly once");
     assert_eq!(done[0]["status"], "completed");
     let seqs: Vec<u64> = env
@@ -557,7 +543,7 @@ fn sigterm_mid_execution_leaves_it_at_a_checkpoint_for_the_next_worker() {
     worker.signal(15);
     let out = worker.wait(LONG);
     assert_eq!(code(&out), 0, "{}", describe(&out));
-    assert!(finished(&env, &id).is_empty(), "suspended, not settled");
+    assert!(env.finished(&id).is_empty(), "suspended, not settled");
     assert_eq!(env.json(&["session", "show", &id, "--json"])["pending"], 1);
 
     env.worker_once();
@@ -568,7 +554,7 @@ fn sigterm_mid_execution_leaves_it_at_a_checkpoint_for_the_next_worker() {
         started[1]["payload"]["attempt"], 1,
         "a clean shutdown is not a failed attempt"
     );
-    assert_eq!(finished(&env, &id)[0]["status"], "completed");
+    assert_eq!(env.finished(&id)[0]["status"], "completed");
 }
 
 #[test]
@@ -595,7 +581,7 @@ text = "recovered: {input}"
 
     env.ok(&["send", &id, "--continue"]);
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["recovered: the task"]);
+    assert_eq!(env.responses(&id), vec!["recovered: the task"]);
     let users: Vec<Value> = env
         .json(&["session", "messages", &id, "--json"])
         .as_array()
@@ -620,7 +606,7 @@ fn a_session_workspace_replaced_by_a_symlink_is_not_followed() {
     std::os::unix::fs::symlink(outside.path(), &workspace).unwrap();
     env.send(&id, "list it");
     env.worker_once();
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done[0]["status"], "failed");
     assert!(
         done[0]["error"].as_str().unwrap().contains("symlink"),

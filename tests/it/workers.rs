@@ -74,26 +74,8 @@ text = "ok: {input}"
 // ---------------------------------------------------------------------------------
 // Helpers
 
-fn payloads(env: &TestEnv, id: &str, kind: &str) -> Vec<Value> {
-    env.events_of(id, kind)
-        .into_iter()
-        .map(|e| e["payload"].clone())
-        .collect()
-}
-
-fn finished(env: &TestEnv, id: &str) -> Vec<Value> {
-    payloads(env, id, "execution.finished")
-}
-
 fn started(env: &TestEnv, id: &str) -> Vec<Value> {
-    payloads(env, id, "execution.started")
-}
-
-fn responses(env: &TestEnv, id: &str) -> Vec<String> {
-    payloads(env, id, "agent.message.completed")
-        .iter()
-        .map(|p| p["response"].as_str().unwrap().to_owned())
-        .collect()
+    env.payloads(id, "execution.started")
 }
 
 fn str_of(value: &Value) -> String {
@@ -127,12 +109,6 @@ fn inbox_names(env: &TestEnv, id: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn pending(env: &TestEnv, id: &str) -> u64 {
-    env.json(&["session", "show", id, "--json"])["pending"]
-        .as_u64()
-        .unwrap()
 }
 
 /// The user messages of the transcript, in order.
@@ -182,15 +158,6 @@ fn assert_strictly_serial(env: &TestEnv, id: &str) -> Vec<(String, String)> {
         assert!(pair[0].1 <= pair[1].0, "session {id}: overlapping {pair:?}");
     }
     spans
-}
-
-fn assert_gapless(env: &TestEnv, id: &str) {
-    let seqs: Vec<u64> = env
-        .events(id)
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}");
 }
 
 /// Checks that every `*.json` file under `root` parses and every complete line of every
@@ -302,11 +269,11 @@ fn concurrency_runs_sessions_at_the_same_time_and_each_one_in_order() {
         let spans = assert_strictly_serial(&env, id);
         assert_eq!(spans.len(), 2, "{id}");
         first_spans.push(spans[0].clone());
-        let done = finished(&env, id);
+        let done = env.finished(id);
         assert!(done.iter().all(|d| d["status"] == "completed"), "{done:?}");
         let order: Vec<String> = done.iter().map(|d| str_of(&d["message_id"])).collect();
         assert_eq!(order, sent[id], "send order kept in {id}");
-        let answers = responses(&env, id);
+        let answers = env.responses(id);
         assert!(
             answers[0].starts_with(&format!("first of {i}: ")),
             "{answers:?}"
@@ -344,14 +311,14 @@ fn two_worker_processes_share_a_home_with_one_owner_per_session() {
     let b = env.spawn_worker(&[]);
     // More messages while both run, so sessions are claimed again and again.
     wait_until("some work done", LONG, || {
-        sessions.iter().any(|id| !finished(&env, id).is_empty())
+        sessions.iter().any(|id| !env.finished(id).is_empty())
     });
     for id in &sessions {
         let message = env.send(id, "m3");
         sent.get_mut(id).unwrap().push(message);
     }
     wait_until("every message settled", LONG, || {
-        sessions.iter().all(|id| finished(&env, id).len() == 4)
+        sessions.iter().all(|id| env.finished(id).len() == 4)
     });
     for worker in [a, b] {
         worker.signal(15);
@@ -362,15 +329,15 @@ fn two_worker_processes_share_a_home_with_one_owner_per_session() {
     let mut owners = BTreeSet::new();
     for id in &sessions {
         assert_strictly_serial(&env, id);
-        assert_gapless(&env, id);
-        let done = finished(&env, id);
+        env.assert_gapless(id);
+        let done = env.finished(id);
         assert!(done.iter().all(|d| d["status"] == "completed"), "{done:?}");
         let order: Vec<String> = done.iter().map(|d| str_of(&d["message_id"])).collect();
         assert_eq!(order, sent[id], "each message once, in send order, in {id}");
         let starts = started(&env, id);
         assert_eq!(starts.len(), 4, "no message started twice in {id}");
         owners.extend(starts.iter().map(|s| s["worker"]["pid"].as_u64().unwrap()));
-        assert_eq!(pending(&env, id), 0);
+        assert_eq!(env.pending(id), 0);
         // The owner lock stays (never deleted) and is free once the workers are gone.
         let lock = File::open(env.session_dir(id).join("lock")).expect("the lock file");
         lock.try_lock().expect("nobody holds the lock any more");
@@ -396,12 +363,12 @@ fn a_session_whose_lock_is_held_is_left_to_its_owner() {
 
     env.worker_once();
     assert!(started(&env, &held).is_empty(), "another owner holds it");
-    assert_eq!(pending(&env, &held), 1);
-    assert_eq!(responses(&env, &free), vec!["echo: go ahead"]);
+    assert_eq!(env.pending(&held), 1);
+    assert_eq!(env.responses(&free), vec!["echo: go ahead"]);
 
     drop(lock);
     env.worker_once();
-    assert_eq!(responses(&env, &held), vec!["echo: wait for the owner"]);
+    assert_eq!(env.responses(&held), vec!["echo: wait for the owner"]);
 }
 
 // ---------------------------------------------------------------------------------
@@ -420,7 +387,7 @@ fn max_duration_stops_claiming_and_suspends_the_running_execution() {
     let worker = env.spawn_worker(&["--max-duration", "1s"]);
     let out = worker.wait(LONG);
     assert_eq!(code(&out), 0, "{}", describe(&out));
-    assert!(finished(&env, &long).is_empty(), "suspended, not settled");
+    assert!(env.finished(&long).is_empty(), "suspended, not settled");
     assert!(
         started(&env, &later).is_empty(),
         "no claims after --max-duration"
@@ -430,8 +397,8 @@ fn max_duration_stops_claiming_and_suspends_the_running_execution() {
     assert_eq!(records[0]["status"], "running");
     assert_eq!(records[0]["suspended"], true, "left at a checkpoint");
     assert_eq!(records[0]["attempts"], 1);
-    assert_eq!(pending(&env, &long), 2);
-    let steps_before = payloads(&env, &long, "agent.step.completed").len();
+    assert_eq!(env.pending(&long), 2);
+    let steps_before = env.payloads(&long, "agent.step.completed").len();
     assert!(
         steps_before < 5,
         "it was stopped midway ({steps_before} steps)"
@@ -448,22 +415,23 @@ fn max_duration_stops_claiming_and_suspends_the_running_execution() {
         "a clean stop is not another attempt"
     );
     assert_eq!(starts[2]["message_id"], second.as_str());
-    let done = finished(&env, &long);
+    let done = env.finished(&long);
     assert_eq!(done.len(), 2);
     assert!(done.iter().all(|d| d["status"] == "completed"), "{done:?}");
     assert_eq!(done[0]["steps"], 5);
     assert_eq!(
-        responses(&env, &long),
+        env.responses(&long),
         vec!["done: the long one", "done: after it"]
     );
     // No settled step was run again.
-    let steps: Vec<u64> = payloads(&env, &long, "agent.step.completed")
+    let steps: Vec<u64> = env
+        .payloads(&long, "agent.step.completed")
         .iter()
         .map(|s| s["step_number"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 1]);
-    assert_eq!(responses(&env, &later), vec!["echo: another session"]);
-    assert_gapless(&env, &long);
+    assert_eq!(env.responses(&later), vec!["echo: another session"]);
+    env.assert_gapless(&long);
 
     // With nothing to do, it simply exits when the time is up.
     let out = env.spawn_worker(&["--max-duration", "300ms"]).wait(LONG);
@@ -501,7 +469,7 @@ fn max_workers_lets_no_more_workers_start_than_there_are_slots() {
         describe(&out)
     );
     assert!(started(&env, &waiting).is_empty(), "nothing was processed");
-    assert_eq!(pending(&env, &waiting), 1);
+    assert_eq!(env.pending(&waiting), 1);
 
     first.signal(15);
     let out = first.wait(LONG);
@@ -509,7 +477,7 @@ fn max_workers_lets_no_more_workers_start_than_there_are_slots() {
     let out = env.run(&["worker", "--max-workers", "1", "--once"]);
     assert_eq!(code(&out), 0, "{}", describe(&out));
     assert!(stderr(&out).contains("claimed"), "{}", describe(&out));
-    assert_eq!(responses(&env, &waiting), vec!["echo: when a slot is free"]);
+    assert_eq!(env.responses(&waiting), vec!["echo: when a slot is free"]);
 }
 
 #[test]
@@ -572,8 +540,8 @@ fn an_execution_killed_three_times_fails_with_too_many_attempts_and_the_next_mes
         });
         worker.signal(9);
         let _ = worker.wait(LONG);
-        assert!(finished(&env, &id).is_empty());
-        assert_eq!(pending(&env, &id), 2, "nothing leaves the inbox unsettled");
+        assert!(env.finished(&id).is_empty());
+        assert_eq!(env.pending(&id), 2, "nothing leaves the inbox unsettled");
         let records = executions(&env, &id);
         assert_eq!(records.len(), 1, "one execution, resumed");
         assert_eq!(records[0]["attempts"], attempt);
@@ -604,7 +572,7 @@ fn an_execution_killed_three_times_fails_with_too_many_attempts_and_the_next_mes
             .all(|s| s["message_id"] == doomed.as_str())
     );
 
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done.len(), 2);
     assert_eq!(done[0]["message_id"], doomed.as_str());
     assert_eq!(done[0]["status"], "failed");
@@ -617,12 +585,12 @@ fn an_execution_killed_three_times_fails_with_too_many_attempts_and_the_next_mes
     );
     assert_eq!(done[1]["message_id"], next.as_str());
     assert_eq!(done[1]["status"], "completed");
-    assert_eq!(responses(&env, &id).len(), 1);
-    assert!(responses(&env, &id)[0].starts_with("next: "));
-    assert_eq!(pending(&env, &id), 0);
+    assert_eq!(env.responses(&id).len(), 1);
+    assert!(env.responses(&id)[0].starts_with("next: "));
+    assert_eq!(env.pending(&id), 0);
     let show = env.json(&["session", "show", &id, "--json"]);
     assert_eq!(show["failed"][0]["stop_reason"], "too_many_attempts");
-    assert_gapless(&env, &id);
+    env.assert_gapless(&id);
 }
 
 #[test]
@@ -655,19 +623,19 @@ fn a_live_worker_takes_over_a_session_whose_owner_died() {
     let _ = owner.wait(LONG);
 
     wait_until("the survivor to finish it", LONG, || {
-        !finished(&env, &id).is_empty()
+        !env.finished(&id).is_empty()
     });
     let starts = started(&env, &id);
     assert_eq!(starts.len(), 2);
     assert_eq!(starts[1]["resumed"], true);
     assert_eq!(starts[1]["attempt"], 2);
     assert_eq!(starts[1]["worker"]["pid"], pid);
-    assert_eq!(finished(&env, &id)[0]["status"], "completed");
+    assert_eq!(env.finished(&id)[0]["status"], "completed");
     survivor.signal(15);
     let out = survivor.wait(LONG);
     assert_eq!(code(&out), 0, "{}", describe(&out));
     assert!(stderr(&out).contains("resuming"), "{}", describe(&out));
-    assert_gapless(&env, &id);
+    env.assert_gapless(&id);
 }
 
 #[test]
@@ -707,10 +675,10 @@ fn a_corrupt_record_of_a_crashed_execution_is_moved_aside_and_rebuilt() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     let rebuilt = read_json(&record);
     assert_eq!(rebuilt["status"], "completed");
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["status"], "completed");
-    assert_eq!(responses(&env, &id).len(), 1);
+    assert_eq!(env.responses(&id).len(), 1);
     assert_files_parse(env.home());
 }
 
@@ -732,41 +700,39 @@ fn pause_lets_the_running_step_finish_then_suspends_until_resume() {
     let out = worker.wait(LONG);
     assert_eq!(code(&out), 0, "{}", describe(&out));
 
-    let steps_started = payloads(&env, &id, "agent.step.started").len();
-    let steps_done = payloads(&env, &id, "agent.step.completed").len();
+    let steps_started = env.payloads(&id, "agent.step.started").len();
+    let steps_done = env.payloads(&id, "agent.step.completed").len();
     assert!(steps_done >= 1, "the running step finished");
     assert_eq!(steps_started, steps_done, "no step started after the pause");
     assert!(steps_done < 5, "paused midway ({steps_done} steps)");
-    assert!(finished(&env, &id).is_empty());
-    assert_eq!(pending(&env, &id), 2, "pending messages stay");
+    assert!(env.finished(&id).is_empty());
+    assert_eq!(env.pending(&id), 2, "pending messages stay");
     let records = executions(&env, &id);
     assert_eq!(records[0]["status"], "running");
     assert_eq!(records[0]["suspended"], true);
 
     // Paused: another worker leaves it alone.
     env.worker_once();
-    assert_eq!(
-        payloads(&env, &id, "agent.step.started").len(),
-        steps_started
-    );
+    assert_eq!(env.payloads(&id, "agent.step.started").len(), steps_started);
 
     let worker = env.spawn_worker(&[]);
     env.ok(&["session", "resume", &id]);
     wait_until("both messages settled", LONG, || {
-        finished(&env, &id).len() == 2
+        env.finished(&id).len() == 2
     });
     worker.signal(15);
     assert_eq!(code(&worker.wait(LONG)), 0);
     let starts = started(&env, &id);
     assert_eq!(starts[1]["resumed"], true);
     assert_eq!(starts[1]["attempt"], 1);
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert!(done.iter().all(|d| d["status"] == "completed"), "{done:?}");
     assert_eq!(
-        responses(&env, &id),
+        env.responses(&id),
         vec!["done: many steps", "done: queued behind"]
     );
-    let steps: Vec<u64> = payloads(&env, &id, "agent.step.completed")
+    let steps: Vec<u64> = env
+        .payloads(&id, "agent.step.completed")
         .iter()
         .map(|s| s["step_number"].as_u64().unwrap())
         .collect();
@@ -788,7 +754,7 @@ fn retry_carries_on_a_failed_last_execution_without_a_second_user_message() {
 
     env.send(&id, "the task");
     env.worker_once();
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done[0]["status"], "failed");
     assert_eq!(done[0]["exit_code"], 1);
     let failed_id = str_of(&executions(&env, &id)[0]["id"]);
@@ -801,11 +767,11 @@ fn retry_carries_on_a_failed_last_execution_without_a_second_user_message() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     env.worker_once();
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done.len(), 2);
     assert_eq!(done[1]["status"], "completed");
     assert_eq!(done[1]["message_id"], retry_id.as_str());
-    assert_eq!(responses(&env, &id), vec!["ok: the task"]);
+    assert_eq!(env.responses(&id), vec!["ok: the task"]);
     assert_eq!(
         user_texts(&env, &id),
         vec!["the task"],
@@ -855,7 +821,7 @@ fn retry_after_later_messages_queues_the_original_text_again() {
     assert_eq!(result["retry_of"], failed_id.as_str());
     assert_eq!(result["continues"], false);
     let retry_id = str_of(&result["message_id"]);
-    let queued = payloads(&env, &id, "message.queued");
+    let queued = env.payloads(&id, "message.queued");
     assert_eq!(queued.last().unwrap()["message_id"], retry_id.as_str());
     assert_eq!(
         queued.last().unwrap()["content_preview"],
@@ -864,12 +830,12 @@ fn retry_after_later_messages_queues_the_original_text_again() {
     env.fails(&["retry", &id, "--json"], 2);
 
     env.worker_once();
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     let statuses: Vec<&str> = done.iter().map(|d| d["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["failed", "completed", "completed"]);
     assert_eq!(done[2]["message_id"], retry_id.as_str());
     assert_eq!(
-        responses(&env, &id),
+        env.responses(&id),
         vec!["ok: a later one", "ok: the first question"]
     );
     assert_eq!(
@@ -888,12 +854,12 @@ fn retry_refuses_a_failure_a_retry_already_settled() {
     env.worker_once();
     env.ok(&["retry", &id]);
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["ok: only once"]);
+    assert_eq!(env.responses(&id), vec!["ok: only once"]);
 
     let err = env.fails(&["retry", &id], 2);
     assert!(err.contains("no failed execution"), "{err}");
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["ok: only once"], "answered once");
+    assert_eq!(env.responses(&id), vec!["ok: only once"], "answered once");
 }
 
 fn uuid_like(text: &str) -> bool {
@@ -986,12 +952,13 @@ fn corrupt_session_and_state_files_are_moved_aside_and_rebuilt() {
     );
 
     for id in [&garbage_meta, &empty_meta, &healthy] {
-        assert_eq!(responses(&env, id), vec!["echo: after"], "{id}");
+        assert_eq!(env.responses(id), vec!["echo: after"], "{id}");
     }
     for id in [&garbage_state, &empty_state] {
-        assert_eq!(responses(&env, id), vec!["echo: before", "echo: after"]);
+        assert_eq!(env.responses(id), vec!["echo: before", "echo: after"]);
         // Rebuilt from the transcript: the model saw the earlier turns.
-        let counts: Vec<u64> = payloads(&env, id, "agent.step.started")
+        let counts: Vec<u64> = env
+            .payloads(id, "agent.step.started")
             .iter()
             .map(|s| s["message_count"].as_u64().unwrap())
             .collect();
@@ -1008,8 +975,8 @@ fn corrupt_session_and_state_files_are_moved_aside_and_rebuilt() {
         assert_eq!(show["pending"], 0, "{id}");
         assert_eq!(show["session"]["agent"], "echo");
         let completed = show["session"]["counters"]["completed"].as_u64().unwrap();
-        assert_eq!(completed, finished(&env, id).len() as u64, "{show}");
-        assert_gapless(&env, id);
+        assert_eq!(completed, env.finished(id).len() as u64, "{show}");
+        env.assert_gapless(id);
     }
     assert_files_parse(env.home());
 }
@@ -1029,7 +996,7 @@ fn a_corrupt_inbox_entry_is_moved_aside_and_the_next_entries_run() {
 
     let out = env.run(&["worker", "--once"]);
     assert_eq!(code(&out), 0, "{}", describe(&out));
-    assert_eq!(responses(&env, &id), vec!["echo: one", "echo: four"]);
+    assert_eq!(env.responses(&id), vec!["echo: one", "echo: four"]);
     let left = inbox_names(&env, &id);
     assert_eq!(left.len(), 2, "{left:?}");
     for damaged in &names[1..3] {
@@ -1047,7 +1014,7 @@ fn a_corrupt_inbox_entry_is_moved_aside_and_the_next_entries_run() {
             stderr(&out)
         );
     }
-    assert_eq!(pending(&env, &id), 0);
+    assert_eq!(env.pending(&id), 0);
     assert_strictly_serial(&env, &id);
 }
 
@@ -1165,15 +1132,12 @@ fn a_full_disk_stops_claiming_names_the_path_and_damages_nothing() {
 
     std::fs::remove_file(&filler).unwrap();
     env.worker_once();
-    assert_eq!(finished(&env, &running).len(), 1);
-    assert_eq!(finished(&env, &running)[0]["status"], "completed");
+    assert_eq!(env.finished(&running).len(), 1);
+    assert_eq!(env.finished(&running)[0]["status"], "completed");
     for id in &others {
-        assert_eq!(
-            responses(&env, id),
-            vec!["echo: queued while the disk fills"]
-        );
+        assert_eq!(env.responses(id), vec!["echo: queued while the disk fills"]);
     }
-    assert_gapless(&env, &running);
+    env.assert_gapless(&running);
     assert_files_parse(env.home());
 }
 
@@ -1212,7 +1176,7 @@ fn a_worker_starting_on_a_full_disk_names_the_failing_path() {
 
     std::fs::remove_file(&filler).unwrap();
     env.worker_once();
-    assert_eq!(responses(&env, &id), vec!["echo: no room"]);
+    assert_eq!(env.responses(&id), vec!["echo: no room"]);
 }
 
 #[test]
@@ -1262,7 +1226,7 @@ fn a_read_only_home_is_reported_with_its_path_and_left_as_it_was() {
 
     env.worker_once();
     assert_eq!(
-        responses(&env, &id),
+        env.responses(&id),
         vec!["echo: earlier", "echo: while read-only"]
     );
     assert_files_parse(env.home());
@@ -1350,15 +1314,15 @@ timeout = "60s"
     let out = worker.wait(Duration::from_secs(10));
     assert_eq!(code(&out), 130, "{}", describe(&out));
     assert_files_parse(env.home());
-    assert!(finished(&env, &id).is_empty());
-    assert_eq!(pending(&env, &id), 1);
+    assert!(env.finished(&id).is_empty());
+    assert_eq!(env.pending(&id), 1);
 
     drop(cleanup);
     env.worker_once();
-    let done = finished(&env, &id);
+    let done = env.finished(&id);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["status"], "completed");
-    assert_eq!(responses(&env, &id), vec!["carried on"]);
+    assert_eq!(env.responses(&id), vec!["carried on"]);
     let tools: Vec<Value> = env
         .json(&["session", "messages", &id, "--json"])
         .as_array()
