@@ -20,6 +20,7 @@ use agentq::domain::session::EventsPreset;
 use agentq::ids::V7Ids;
 use agentq::store::Store;
 use agentq::store::events::LogReader;
+use agentq::store::fs::Durable;
 use agentq::store::session::NewEntry;
 use agentq::time::SystemClock;
 use agentq::worker::{self, Shutdown, WorkerOptions};
@@ -128,9 +129,12 @@ fn throughput_figures(quick: bool, figures: &mut Vec<Figure>) {
     let pairs = if quick { 1 } else { 3 };
     let (mut ones, mut fours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut fsyncs_1, mut fsyncs_4) = (0.0, 0.0);
+    let mut homes = Vec::new();
     for _ in 0..pairs {
-        let (one, f1) = throughput(1, messages);
-        let (four, f4) = throughput(4, messages);
+        let (one, f1, home) = throughput(1, messages);
+        homes.push(home);
+        let (four, f4, home) = throughput(4, messages);
+        homes.push(home);
         ratios.push(four / one);
         ones.push(one);
         fours.push(four);
@@ -250,7 +254,10 @@ fn pickup_and_send(sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// Messages per second of one worker over pre-queued single-step messages, and the
 /// fsyncs it made per message. The worker runs in this process, so its fsyncs count.
-fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
+/// One run; the home is returned, not removed, so deleting its thousands of files does
+/// not slow the next run down (on ext4 without a journal, creating a file scans past
+/// the inodes freed in the last minute).
+fn throughput(concurrency: usize, messages: usize) -> (f64, f64, Home) {
     let home = Home::new();
     let store = home.store();
     let sessions: Vec<_> = (0..100).map(|_| home.session("fast")).collect();
@@ -285,14 +292,22 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
         max_workers: None,
     };
     let fsyncs_before = agentq::store::fs::FSYNCS.load(Ordering::Relaxed);
+    let fsync_ns_before = agentq::store::fs::FSYNC_NANOS.load(Ordering::Relaxed);
+
     let start = Instant::now();
     let report = runtime
         .block_on(worker::run(store, options, Arc::new(Shutdown::default())))
         .expect("worker");
     let elapsed = start.elapsed().as_secs_f64();
     let fsyncs = agentq::store::fs::FSYNCS.load(Ordering::Relaxed) - fsyncs_before;
+    let fsync_s =
+        (agentq::store::fs::FSYNC_NANOS.load(Ordering::Relaxed) - fsync_ns_before) as f64 / 1e9;
+    eprintln!(
+        "  concurrency {concurrency}: {elapsed:.2} s, {fsync_s:.2} s of it in fsync ({:.2} ms per fsync)",
+        fsync_s * 1e3 / fsyncs as f64
+    );
     assert_eq!(report.settled as usize, messages, "every message settled");
-    (messages as f64 / elapsed, fsyncs as f64 / messages as f64)
+    (messages as f64 / elapsed, fsyncs as f64 / messages as f64, home)
 }
 
 /// The cost of one step's checkpoint (two transcript lines appended, state.json
@@ -332,9 +347,13 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
     let mut state = AgentState::default();
     let checkpoint = |state: &mut AgentState| {
         let start = Instant::now();
-        state.transcript =
-            transcript::append(&dir.transcript_path(), state.transcript, &step_lines())
-                .expect("append");
+        state.transcript = transcript::append(
+            &dir.transcript_path(),
+            state.transcript,
+            &step_lines(),
+            Durable::Now,
+        )
+        .expect("append");
         state.model_calls += 1;
         dir.write_state(state).expect("state");
         ms_between(start, Instant::now())
@@ -342,8 +361,13 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
     let early: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();
     // Grow the history to 1,000 steps without measuring (one append of many lines).
     let filler: Vec<TranscriptLine> = (0..(1000 - samples)).flat_map(|_| step_lines()).collect();
-    state.transcript =
-        transcript::append(&dir.transcript_path(), state.transcript, &filler).expect("append");
+    state.transcript = transcript::append(
+        &dir.transcript_path(),
+        state.transcript,
+        &filler,
+        Durable::Now,
+    )
+    .expect("append");
     let late: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();
     (percentile(&early, 50.0), percentile(&late, 50.0))
 }

@@ -82,6 +82,9 @@ impl Harness {
             current: Some(CurrentExecution {
                 execution_id: Uuid::nil(),
                 message_id: Uuid::nil(),
+                message_seq: 0,
+                previous_execution: None,
+                attempts: 1,
                 steps: 0,
                 usage: Usage::default(),
                 started_at: Timestamp(0),
@@ -543,6 +546,9 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
         current: Some(CurrentExecution {
             execution_id: Uuid::nil(),
             message_id: Uuid::nil(),
+            message_seq: 0,
+            previous_execution: None,
+            attempts: 1,
             steps: 0,
             usage: Usage::new(10, 2),
             started_at: Timestamp(0),
@@ -609,6 +615,9 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
         current: Some(CurrentExecution {
             execution_id: Uuid::nil(),
             message_id: Uuid::nil(),
+            message_seq: 0,
+            previous_execution: None,
+            attempts: 1,
             steps: 1,
             usage: Usage::default(),
             started_at: Timestamp(0),

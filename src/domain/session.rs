@@ -130,6 +130,25 @@ impl SessionMeta {
     }
 }
 
+impl SessionMeta {
+    /// Counts the settled executions again, from their records (oldest first), as the
+    /// worker counted them: each message once its first execution settled.
+    pub fn recount(&mut self, records: &[super::execution::Execution]) {
+        self.counters = Counters::default();
+        self.usage = Usage::default();
+        self.cost_usd = None;
+        self.last_execution = None;
+        let mut messages = std::collections::HashSet::new();
+        for exec in records.iter().filter(|e| e.status.is_terminal()) {
+            if messages.insert(exec.message_id) {
+                self.counters.messages += 1;
+            }
+            self.last_message_seq = self.last_message_seq.max(exec.message_seq);
+            self.add_execution(exec);
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

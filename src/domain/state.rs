@@ -20,6 +20,21 @@ pub struct TranscriptMark {
 pub struct CurrentExecution {
     pub execution_id: Uuid,
     pub message_id: Uuid,
+    /// The message's inbox `seq`. Messages run in `seq` order, so every user entry with
+    /// a lower seq has settled: one found in the inbox again (its removal was lost with
+    /// a power failure) is not run twice, and `send` never hands out a seq up to this.
+    /// 0 in states written before agentq recorded it.
+    #[serde(default)]
+    pub message_seq: u64,
+    /// The execution that settled before this one, whose totals `session.json` must
+    /// already hold: how a worker tells that `session.json` fell behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_execution: Option<Uuid>,
+    /// Starts and resumes after a crash so far; also in the execution's record once
+    /// it has one (a record is first written when the execution is resumed, suspended
+    /// or settled).
+    #[serde(default = "one")]
+    pub attempts: u32,
     /// Steps settled so far; a resumed execution continues with the next one.
     pub steps: u32,
     pub usage: Usage,
@@ -85,6 +100,23 @@ pub struct AgentState {
     /// The agent's task list (`todo_write`), shown by `session show`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub todos: Vec<Todo>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl AgentState {
+    /// The seq of the message last claimed (0 if none, or not recorded).
+    pub fn claimed_seq(&self) -> u64 {
+        self.current.as_ref().map_or(0, |c| c.message_seq)
+    }
+
+    /// Whether the session has moved past an inbox entry with this seq: a later message
+    /// was claimed, so this one settled (or was consumed) before.
+    pub fn has_moved_past(&self, seq: u64) -> bool {
+        seq < self.claimed_seq()
+    }
 }
 
 impl Default for AgentState {

@@ -31,7 +31,23 @@ pub enum ReadError {
 
 /// Reads and parses a JSON file. An empty or unparsable file is `Corrupt`, never a default.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
-    let bytes = fs::read(path).map_err(|source| match source.kind() {
+    parse_json(path, fs::read(path))
+}
+
+/// Like [`read_json`], for a file written by [`replace_reusing`]: read under a shared
+/// lock of the inode opened, so a rewrite of that inode is seen whole or not at all.
+pub fn read_json_locked<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
+    let read = File::open(path).and_then(|mut file| {
+        file.lock_shared()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    parse_json(path, read)
+}
+
+fn parse_json<T: DeserializeOwned>(path: &Path, read: io::Result<Vec<u8>>) -> Result<T, ReadError> {
+    let bytes = read.map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => ReadError::NotFound {
             path: path.to_owned(),
         },
@@ -55,15 +71,23 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     replace(path, &json_bytes(value)?)
 }
 
-/// Like [`write_json`], atomic for readers but not fsynced: only for a file whose loss
-/// or emptiness after a power failure is recovered from elsewhere (the `running` record
-/// of an execution, which `state.json` can rebuild). A killed process loses nothing:
-/// the data is in the page cache.
+/// Like [`write_json`], atomic for readers but not fsynced: only for a file that a
+/// later fsync makes durable, or whose loss or emptiness after a power failure is
+/// recovered from elsewhere (each caller says which). A killed process loses nothing:
+/// the data is in the page cache; only a power failure can.
 pub fn write_json_unsynced<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    replace_with(path, &json_bytes(value)?, false)
+    replace_with(path, &json_bytes(value)?, Durable::Later)
 }
 
-fn json_bytes<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+/// Whether a write is on disk when it returns, or made durable later by the caller
+/// (which says how, and what recovers it if the power fails before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    Now,
+    Later,
+}
+
+pub fn json_bytes<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     Ok(bytes)
@@ -71,26 +95,114 @@ fn json_bytes<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 
 /// Replaces `path` with `bytes`: temp file, fsync, rename, fsync directory.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_with(path, bytes, true)
+    replace_with(path, bytes, Durable::Now)
 }
 
-fn replace_with(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+fn replace_with(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
     let dir = parent(path)?;
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = create_private(&tmp)?;
         file.write_all(bytes)?;
-        if durable {
+        if durable == Durable::Now {
             sync_file(&file)?;
         }
         fs::rename(&tmp, path)?;
-        if durable { sync_dir(dir) } else { Ok(()) }
+        match durable {
+            Durable::Now => sync_dir(dir),
+            Durable::Later => Ok(()),
+        }
     })();
     if result.is_err() {
         // Best effort: a leftover temp file is harmless (readers ignore dot files) but untidy.
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| with_path(e, path))
+}
+
+/// Replaces `path` with `bytes` like [`replace`] (or, with [`Durable::Later`], without
+/// the fsyncs), but without creating a file: the bytes go into a spare file beside the
+/// target (`.<name>.spare`), which one `rename(RENAME_EXCHANGE)` swaps with it, so the
+/// old version becomes the next spare.
+///
+/// Why: on ext4 without a journal (this project's CI machines), creating a file scans
+/// past every inode freed in the last minute, and a worker replacing `state.json`
+/// twice per message frees thousands; creating temp files became a larger cost than
+/// the fsyncs (see the README's performance notes).
+///
+/// Readers must use [`read_json_locked`]: the spare is rewritten only under an
+/// exclusive lock, so a reader that opened a version just before it became the spare
+/// reads it before the rewrite or after it, never a mix. A spare that a reader holds,
+/// or a file system without `RENAME_EXCHANGE`, falls back to a fresh temp file.
+pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
+    let dir = parent(path)?;
+    let spare_path = spare_path(path);
+    let swapped = (|| {
+        let mut spare = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&spare_path)?;
+        match spare.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        spare.set_len(0)?;
+        spare.write_all(bytes)?;
+        if durable == Durable::Now {
+            sync_file(&spare)?;
+        }
+        exchange(&spare_path, path)
+    })()
+    .map_err(|e| with_path(e, path))?;
+    if !swapped {
+        return replace_with(path, bytes, durable);
+    }
+    match durable {
+        Durable::Now => sync_dir(dir),
+        Durable::Later => Ok(()),
+    }
+}
+
+/// `.<name>.spare` beside `path`: a dot file, so listings skip it, and not a temp name,
+/// so the clean-up of temp files left by killed writers keeps it.
+pub fn spare_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    path.with_file_name(format!(".{name}.spare"))
+}
+
+/// Swaps two names atomically; where the target is missing or the file system cannot
+/// swap, renames `from` over `to` instead (`from` is then gone). Returns `true`.
+fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: both arguments are NUL-terminated paths that outlive the call;
+    // renameat2(2) reads nothing else.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            fs::rename(from, to).map(|()| true)
+        }
+        _ => Err(err),
+    }
 }
 
 /// Creates a new file (failing if it exists) readable only by the owner.
@@ -113,18 +225,33 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
-/// fsyncs made by this process, for the benchmarks' fsync-per-message figure.
+/// fsyncs made by this process, and the time spent in them, for the benchmarks'
+/// fsync figures.
 pub static FSYNCS: AtomicU64 = AtomicU64::new(0);
+pub static FSYNC_NANOS: AtomicU64 = AtomicU64::new(0);
+
+fn counted(sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let result = sync();
+    FSYNCS.fetch_add(1, Ordering::Relaxed);
+    FSYNC_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    result
+}
 
 /// fsync of a file's data (and the metadata needed to read it back).
 pub fn sync_file(file: &File) -> io::Result<()> {
-    FSYNCS.fetch_add(1, Ordering::Relaxed);
-    file.sync_data()
+    counted(|| file.sync_data())
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    FSYNCS.fetch_add(1, Ordering::Relaxed);
-    File::open(dir)?.sync_all()
+    let dir = File::open(dir)?;
+    counted(|| dir.sync_all())
+}
+
+/// fsync of a file written earlier without one (by path; a missing file is an error).
+pub fn sync_path(path: &Path) -> io::Result<()> {
+    let file = File::open(path).map_err(|e| with_path(e, path))?;
+    sync_file(&file).map_err(|e| with_path(e, path))
 }
 
 /// Creates a directory (and its parents) with mode 0700.

@@ -91,16 +91,13 @@ pub fn highest_seq(inbox: &Path) -> io::Result<u64> {
         .unwrap_or(0))
 }
 
-/// Removes a settled entry durably.
+/// Removes a settled entry. Not fsynced: the owner makes its removals durable once at
+/// the end of its drain (`SessionDir::flush_drain`); an entry that a power failure
+/// brings back is recognised as settled and removed again, never run twice.
 pub fn remove(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(fs::with_path(e, path)),
-    }
-    match path.parent() {
-        Some(dir) => fs::sync_dir(dir).map_err(|e| fs::with_path(e, dir)),
-        None => Ok(()),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs::with_path(e, path)),
+        _ => Ok(()),
     }
 }
 

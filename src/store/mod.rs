@@ -222,12 +222,42 @@ impl SessionDir {
         fs::read_json(&self.meta_path())
     }
 
+    /// `state.json` is rewritten twice per message, so it reuses its inodes
+    /// ([`fs::replace_reusing`]) and is read under a shared lock.
     pub fn read_state(&self) -> Result<AgentState, ReadError> {
-        fs::read_json(&self.state_path())
+        fs::read_json_locked(&self.state_path())
     }
 
     pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
-        fs::write_json(&self.state_path(), state)
+        fs::replace_reusing(
+            &self.state_path(),
+            &fs::json_bytes(state)?,
+            fs::Durable::Now,
+        )
+    }
+
+    /// Writes `state.json` without fsync, for the start of an execution: its first
+    /// checkpoint (or its settling, if it has none) writes the state durably. A power
+    /// failure before that loses only the claim: the message is still in the inbox, and
+    /// an emptied `state.json` is rebuilt from the logs.
+    pub fn write_state_unsynced(&self, state: &AgentState) -> io::Result<()> {
+        fs::replace_reusing(
+            &self.state_path(),
+            &fs::json_bytes(state)?,
+            fs::Durable::Later,
+        )
+    }
+
+    /// Makes durable what an owner wrote without fsync while draining the inbox:
+    /// `session.json` (the totals of each settled execution) and the removal of inbox
+    /// entries. Called once per drain instead of once per message; until then, a power
+    /// failure can bring back an entry (recognised by its seq, see
+    /// [`AgentState::has_moved_past`]) or an older `session.json` (recounted from the
+    /// records when the session is next claimed).
+    pub fn flush_drain(&self) -> io::Result<()> {
+        fs::sync_path(&self.meta_path())?;
+        fs::sync_dir(&self.path)?;
+        fs::sync_dir(&self.inbox_dir())
     }
 
     pub fn read_execution(&self, id: Uuid) -> Result<Execution, ReadError> {
@@ -238,10 +268,10 @@ impl SessionDir {
         fs::write_json(&self.execution_path(execution.id), execution)
     }
 
-    /// Writes the record of an execution that is starting (`running`). Not fsynced:
-    /// `state.json`, written durably, is what a resuming worker trusts, and a record
-    /// lost or emptied by a power failure is rebuilt from it; the settled record, the
-    /// commit point, is always written durably.
+    /// Writes the record of an execution that resumes (`running`, its attempt counted).
+    /// Not fsynced: `state.json`, written durably, is what a resuming worker trusts,
+    /// and a record lost or emptied by a power failure is rebuilt from it; the settled
+    /// record, the commit point, is always written durably.
     pub fn mark_running(&self, execution: &Execution) -> io::Result<()> {
         fs::write_json_unsynced(&self.execution_path(execution.id), execution)
     }
@@ -251,7 +281,8 @@ impl SessionDir {
     }
 
     /// The execution in progress: its record, or, for one that has not written its
-    /// record yet (a record is first written when it settles), what the state says.
+    /// record yet (a record is first written when it is resumed, suspended or
+    /// settled), what the state says.
     pub fn running_execution(&self, state: &AgentState) -> Option<Execution> {
         let current = state.current.as_ref()?;
         match self.read_execution(current.execution_id) {
@@ -261,10 +292,10 @@ impl SessionDir {
                 id: current.execution_id,
                 session_id: self.id,
                 message_id: current.message_id,
-                message_seq: 0,
+                message_seq: current.message_seq,
                 status: crate::domain::execution::ExecStatus::Running,
                 stop_reason: None,
-                attempts: 1,
+                attempts: current.attempts,
                 steps: current.steps,
                 usage: current.usage,
                 started_at: current.started_at,

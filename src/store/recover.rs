@@ -68,9 +68,12 @@ pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
 
 impl SessionDir {
     /// Rebuilds `state.json` from the transcript (every complete line is settled) and
-    /// the execution records (a `running` one is resumed). The task list and any
-    /// compaction are lost; they are rebuilt by the agent as it goes on.
+    /// the execution records: the latest one stays `current`, as it would have (a
+    /// `running` one is resumed, a settled one keeps its message from running again).
+    /// The task list and any compaction are lost; the agent rebuilds them as it goes on.
     pub fn rebuild_state(&self) -> Result<AgentState> {
+        let records = self.executions()?;
+        let known: std::collections::HashSet<_> = records.iter().map(|e| e.id).collect();
         let path = self.transcript_path();
         let mut lines: Vec<TranscriptLine> = Vec::new();
         let mut bytes = 0u64;
@@ -83,6 +86,11 @@ impl SessionDir {
                         path.display()
                     );
                 };
+                // The start of an execution whose record a power failure took: the
+                // message is still in the inbox and starts again, so its lines go.
+                if line.execution_id.is_some_and(|id| !known.contains(&id)) {
+                    break;
+                }
                 bytes += raw.len() as u64 + 1;
                 lines.push(line);
             }
@@ -91,12 +99,7 @@ impl SessionDir {
             .iter()
             .filter(|l| matches!(l.message, Message::Assistant { .. }))
             .count() as u64;
-        let running = self
-            .executions()?
-            .into_iter()
-            .rev()
-            .find(|e| !e.status.is_terminal());
-        let current = running.map(|exec| {
+        let current = records.last().map(|exec| {
             let mine: Vec<&TranscriptLine> = lines
                 .iter()
                 .filter(|l| l.execution_id == Some(exec.id))
@@ -104,19 +107,25 @@ impl SessionDir {
             let mut steps: Vec<u32> = mine.iter().filter_map(|l| l.step).collect();
             steps.dedup();
             // A last step whose tool calls are not all answered is still open.
-            let open = match mine
-                .iter()
-                .rposition(|l| matches!(l.message, Message::Assistant { .. }))
-            {
-                Some(i) => match &mine[i].message {
-                    Message::Assistant { tool_calls, .. } => mine.len() - 1 - i < tool_calls.len(),
-                    _ => false,
-                },
-                None => false,
-            };
+            let open = !exec.status.is_terminal()
+                && match mine
+                    .iter()
+                    .rposition(|l| matches!(l.message, Message::Assistant { .. }))
+                {
+                    Some(i) => match &mine[i].message {
+                        Message::Assistant { tool_calls, .. } => {
+                            mine.len() - 1 - i < tool_calls.len()
+                        }
+                        _ => false,
+                    },
+                    None => false,
+                };
             CurrentExecution {
                 execution_id: exec.id,
                 message_id: exec.message_id,
+                message_seq: exec.message_seq,
+                previous_execution: records.iter().rev().nth(1).map(|e| e.id),
+                attempts: exec.attempts,
                 steps: (steps.len() as u32).saturating_sub(u32::from(open)),
                 usage: exec.usage,
                 started_at: exec.started_at,
@@ -194,15 +203,36 @@ impl SessionDir {
         };
         meta.last_message_seq = last_seq.max(inbox::highest_seq(&self.inbox_dir())?);
         meta.updated_at = updated_at;
-        // Counted as the worker counts them: each message once its execution settled.
-        let mut settled_messages = std::collections::HashSet::new();
-        for exec in self.executions()?.iter().filter(|e| e.status.is_terminal()) {
-            if settled_messages.insert(exec.message_id) {
-                meta.counters.messages += 1;
-            }
-            meta.add_execution(exec);
-        }
+        meta.recount(&self.executions()?);
         Ok(meta)
+    }
+
+    /// Recounts `session.json` from the execution records when it fell behind them:
+    /// the worker fsyncs it once per drain, so a power failure can take the totals of
+    /// the last few executions. Behind means it does not end with the execution that
+    /// `state.json` (fsynced at every checkpoint) says settled last. Returns a note
+    /// for the caller to log when it recounted.
+    pub fn catch_up_meta(&self) -> Result<Option<String>> {
+        let Ok(state) = self.read_state() else {
+            return Ok(None);
+        };
+        let Some(current) = &state.current else {
+            return Ok(None);
+        };
+        let settled_last = match self.read_execution(current.execution_id) {
+            Ok(exec) if exec.status.is_terminal() => Some(exec.id),
+            _ => current.previous_execution,
+        };
+        let mut meta = read_json::<SessionMeta>(&self.meta_path())?;
+        if settled_last.is_none() || meta.last_execution == settled_last {
+            return Ok(None);
+        }
+        meta.recount(&self.executions()?);
+        super::fs::write_json(&self.meta_path(), &meta)?;
+        Ok(Some(format!(
+            "{} was behind the execution records (a power failure?); recounted it from them",
+            self.meta_path().display()
+        )))
     }
 }
 

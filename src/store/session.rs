@@ -130,9 +130,14 @@ impl Store {
                 duplicate: true,
             });
         }
+        // Above every seq handed out: in session.json, in the inbox, and the one the
+        // state names (session.json can lag behind it after a power failure, and an
+        // entry below it counts as settled).
+        let claimed = dir.read_state().map_or(0, |state| state.claimed_seq());
         let seq = meta
             .last_message_seq
             .max(inbox::highest_seq(&dir.inbox_dir())?)
+            .max(claimed)
             + 1;
         let entry = InboxEntry {
             id: self.ids.new_id(),

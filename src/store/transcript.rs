@@ -1,21 +1,23 @@
 //! `transcript.ndjson`: appended at each checkpoint (a step's answer, each tool
-//! result), fsynced before `state.json` points past the new lines, and read back up to
-//! that point only.
+//! result), fsynced before `state.json` durably points past the new lines, and read
+//! back up to that point only.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use super::fs::{open_append, with_path};
+use super::fs::{Durable, open_append, sync_file, with_path};
 use crate::domain::state::TranscriptMark;
 use crate::domain::transcript::TranscriptLine;
 
 /// Appends lines after `mark`, cutting off anything a crashed step left past it, and
-/// returns the new mark. The caller records the mark in `state.json` afterwards.
+/// returns the new mark. The caller records the mark in `state.json` afterwards. With
+/// [`Durable::Later`], the next durable append (or [`sync`]) fsyncs these lines too.
 pub fn append(
     path: &Path,
     mark: TranscriptMark,
     lines: &[TranscriptLine],
+    durable: Durable,
 ) -> io::Result<TranscriptMark> {
     let mut file = open_append(path)?;
     file.lock().map_err(|e| with_path(e, path))?;
@@ -29,7 +31,9 @@ pub fn append(
             buf.push(b'\n');
         }
         file.write_all(&buf)?;
-        super::fs::sync_file(&file)?;
+        if durable == Durable::Now {
+            sync_file(&file)?;
+        }
         Ok(TranscriptMark {
             lines: mark.lines + lines.len() as u64,
             bytes: mark.bytes + buf.len() as u64,
@@ -37,6 +41,11 @@ pub fn append(
     })();
     let _ = file.unlock();
     result.map_err(|e| with_path(e, path))
+}
+
+/// fsyncs the transcript: lines appended with [`Durable::Later`] reach the disk.
+pub fn sync(path: &Path) -> io::Result<()> {
+    super::fs::sync_path(path)
 }
 
 /// Reads the settled lines (up to `mark`). A missing file is an empty transcript.
@@ -94,10 +103,16 @@ mod tests {
     fn lines_past_the_mark_are_cut_off_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("transcript.ndjson");
-        let mark = append(&path, TranscriptMark::default(), &[user("one")]).unwrap();
+        let mark = append(
+            &path,
+            TranscriptMark::default(),
+            &[user("one")],
+            Durable::Now,
+        )
+        .unwrap();
         // A step that crashed after writing but before its checkpoint:
-        append(&path, mark, &[user("lost")]).unwrap();
-        let mark2 = append(&path, mark, &[user("two")]).unwrap();
+        append(&path, mark, &[user("lost")], Durable::Later).unwrap();
+        let mark2 = append(&path, mark, &[user("two")], Durable::Now).unwrap();
         let lines = read(&path, mark2).unwrap();
         let texts: Vec<_> = lines
             .iter()
@@ -114,8 +129,14 @@ mod tests {
     fn reading_stops_at_the_mark() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("transcript.ndjson");
-        let mark = append(&path, TranscriptMark::default(), &[user("one")]).unwrap();
-        append(&path, mark, &[user("unsettled")]).unwrap();
+        let mark = append(
+            &path,
+            TranscriptMark::default(),
+            &[user("one")],
+            Durable::Now,
+        )
+        .unwrap();
+        append(&path, mark, &[user("unsettled")], Durable::Now).unwrap();
         assert_eq!(read(&path, mark).unwrap().len(), 1);
     }
 }

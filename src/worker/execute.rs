@@ -9,6 +9,15 @@
 //!    events (in one append), each skipped if a previous attempt already wrote them;
 //! 4. the inbox entry removed last. `state.current` keeps naming the message until the
 //!    next execution replaces it, so a settled message is never run again.
+//!
+//! A killed worker loses nothing it wrote (the page cache survives it); fsyncs are for
+//! power failures, and are spent where a lost write could not be told apart from one
+//! never made. Step 1 is not fsynced: the first checkpoint makes it durable (a power
+//! failure before it loses only the claim). Checkpoints and the settled record are
+//! fsynced. The session totals and the inbox removal are fsynced once per drain
+//! (`SessionDir::flush_drain`): an entry brought back is recognised by its seq
+//! (`AgentState::has_moved_past`), an older `session.json` by
+//! `CurrentExecution::previous_execution`.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +42,7 @@ use crate::domain::{FORMAT_VERSION, Usage};
 use crate::error::UserError;
 use crate::provider;
 use crate::store::events::{EventLog, offset_of_last};
-use crate::store::fs::ReadError;
+use crate::store::fs::{Durable, ReadError};
 use crate::store::inbox::{self, InboxFile};
 use crate::store::session::read_meta;
 use crate::store::{SessionDir, Store, transcript};
@@ -49,6 +58,8 @@ pub enum Handled {
     Settled(ExecStatus),
     /// Left running for a later worker (shutdown).
     Suspended,
+    /// Settled before; its removal from the inbox was lost (a power failure).
+    AlreadySettled,
 }
 
 pub struct Owner<'a> {
@@ -67,6 +78,11 @@ impl Owner<'_> {
             .dir
             .read_state()
             .with_context(|| format!("reading the state of session {}", self.dir.id))?;
+        if state.has_moved_past(entry.seq) {
+            warn!(session = %self.dir.id, message_id = %entry.id, "an inbox entry that settled before came back (its removal was lost); removing it again");
+            inbox::remove(&file.path)?;
+            return Ok(Handled::AlreadySettled);
+        }
         let previous = state
             .current
             .clone()
@@ -80,6 +96,7 @@ impl Owner<'_> {
                     Err(ReadError::NotFound { .. }) => Execution {
                         id: current.execution_id,
                         started_at: current.started_at,
+                        attempts: current.attempts,
                         ..self.new_execution(entry)
                     },
                     Err(err @ ReadError::Corrupt { .. }) => {
@@ -90,6 +107,7 @@ impl Owner<'_> {
                         Execution {
                             id: current.execution_id,
                             started_at: current.started_at,
+                            attempts: current.attempts,
                             usage: current.usage,
                             steps: current.steps,
                             ..self.new_execution(entry)
@@ -116,14 +134,20 @@ impl Owner<'_> {
             }
             None => (self.new_execution(entry), false),
         };
+        // The attempt is counted before any work: a new execution's in the state (its
+        // record is first written when it settles: one file fewer per message), a
+        // resumed one's in its record.
         if resumed {
             info!(session = %self.dir.id, execution = %exec.id, attempt = exec.attempts, "resuming");
+            self.dir.mark_running(&exec)?;
+            if let Some(current) = state.current.as_mut() {
+                // Carried by the next checkpoint too, so the two never disagree for long.
+                current.attempts = exec.attempts;
+            }
         } else {
             info!(session = %self.dir.id, message_id = %entry.id, execution = %exec.id, "claimed");
             self.begin(entry, &exec, &mut state)?;
         }
-        // Marked running (and, resumed, with its attempt counted) before any work.
-        self.dir.mark_running(&exec)?;
         self.log.append(
             Some(exec.id),
             EventPayload::ExecutionStarted(ExecutionStarted {
@@ -137,6 +161,9 @@ impl Owner<'_> {
             self.status_event(exec.id, AgentStatus::Processing, AgentStatus::Idle)?;
         }
 
+        // Whether `state.json` (and the transcript it points into) is on disk as the
+        // loop left it: a checkpoint writes both durably, a start or resume does not.
+        let mut checkpointed = false;
         let outcome = if exec.attempts > MAX_ATTEMPTS {
             Outcome {
                 status: ExecStatus::Failed,
@@ -148,7 +175,9 @@ impl Owner<'_> {
                 }),
             }
         } else {
-            let (end, price) = self.run_loop(&exec, &mut state, file).await?;
+            let (end, price) = self
+                .run_loop(&exec, &mut state, file, &mut checkpointed)
+                .await?;
             exec.cost_usd =
                 price.map(|p| p.cost(state.current.as_ref().map_or(Usage::default(), |c| c.usage)));
             match end {
@@ -174,13 +203,18 @@ impl Owner<'_> {
         exec.finished_at = Some(now);
         exec.duration_ms = Some(now.millis_since(exec.started_at));
         exec.exit_code = Some(execution::exit_code(exec.status, exec.stop_reason));
-        // The record is the commit point; the state keeps naming the message (see above).
-        self.dir.write_execution(&exec)?;
-        // Written only if the last checkpoint does not hold it already (a failed model
-        // call, for one, changes the call count without a checkpoint).
-        if self.dir.read_state().ok().as_ref() != Some(&state) {
+        // The state the record settles must be on disk first: written again unless the
+        // last checkpoint holds it (a failed model call, for one, changes the call
+        // count without a checkpoint; an execution that failed before its first step
+        // has none).
+        if !checkpointed {
+            transcript::sync(&self.dir.transcript_path())?;
+            self.dir.write_state(&state)?;
+        } else if self.dir.read_state().ok().as_ref() != Some(&state) {
             self.dir.write_state(&state)?;
         }
+        // The record is the commit point; the state keeps naming the message (see above).
+        self.dir.write_execution(&exec)?;
         self.finish(&exec, false)?;
         inbox::remove(&file.path)?;
         info!(
@@ -224,7 +258,8 @@ impl Owner<'_> {
     }
 
     /// Puts the user message into the transcript and names the execution in the state:
-    /// from here on, a crash resumes this execution instead of starting another.
+    /// from here on, a crash resumes this execution instead of starting another. Not
+    /// fsynced (see the module's notes): the first checkpoint makes it durable.
     fn begin(&self, entry: &InboxEntry, exec: &Execution, state: &mut AgentState) -> Result<()> {
         // `send --continue` adds no text: the model carries on from the history as is.
         if !entry.is_continue() {
@@ -237,19 +272,27 @@ impl Owner<'_> {
                 step: None,
                 timestamp: exec.started_at,
             };
-            state.transcript =
-                transcript::append(&self.dir.transcript_path(), state.transcript, &[line])?;
+            state.transcript = transcript::append(
+                &self.dir.transcript_path(),
+                state.transcript,
+                &[line],
+                Durable::Later,
+            )?;
         }
+        let previous_execution = state.current.as_ref().map(|c| c.execution_id);
         state.current = Some(CurrentExecution {
             execution_id: exec.id,
             message_id: entry.id,
+            message_seq: entry.seq,
+            previous_execution,
+            attempts: exec.attempts,
             steps: 0,
             usage: Usage::default(),
             started_at: exec.started_at,
             consecutive_errors: 0,
             open_step: None,
         });
-        self.dir.write_state(state)?;
+        self.dir.write_state_unsynced(state)?;
         Ok(())
     }
 
@@ -358,6 +401,7 @@ impl Owner<'_> {
         exec: &Execution,
         state: &mut AgentState,
         file: &InboxFile,
+        checkpointed: &mut bool,
     ) -> Result<(LoopEnd, Option<Price>)> {
         let meta = read_meta(self.dir)?;
         let Prepared {
@@ -408,6 +452,7 @@ impl Owner<'_> {
             clock: self.store.clock.as_ref(),
             shutdown: self.shutdown,
             cancels: CancelWatch::new(self.dir.inbox_dir(), file.entry.seq),
+            checkpointed,
         };
         let end = agent::run(&run, &mut history, state, &mut sink).await?;
         if matches!(&end, LoopEnd::Settled(o) if o.status == ExecStatus::Cancelled) {
@@ -437,7 +482,8 @@ impl Owner<'_> {
                 meta.last_message_seq = exec.message_seq;
             }
             meta.updated_at = clock.now();
-            crate::store::fs::write_json(&self.dir.meta_path(), &meta)?;
+            // Made durable at the end of the drain (see the module's notes).
+            crate::store::fs::write_json_unsynced(&self.dir.meta_path(), &meta)?;
         }
         if recovering {
             let written = offset_of_last(&self.dir.events_path(), &["execution.finished"])?
@@ -514,6 +560,8 @@ struct StoreSink<'a> {
     clock: &'a dyn crate::time::Clock,
     shutdown: &'a Shutdown,
     cancels: CancelWatch,
+    /// Set once a checkpoint wrote the state durably.
+    checkpointed: &'a mut bool,
 }
 
 impl Sink for StoreSink<'_> {
@@ -533,11 +581,22 @@ impl Sink for StoreSink<'_> {
     }
 
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
-        if !lines.is_empty() {
-            state.transcript =
-                transcript::append(&self.dir.transcript_path(), state.transcript, &lines)?;
+        if lines.is_empty() {
+            if !*self.checkpointed {
+                // The user message `begin` appended without fsync settles here.
+                transcript::sync(&self.dir.transcript_path())?;
+            }
+            transcript::sync(&self.dir.transcript_path())?;
+        } else {
+            state.transcript = transcript::append(
+                &self.dir.transcript_path(),
+                state.transcript,
+                &lines,
+                Durable::Now,
+            )?;
         }
         self.dir.write_state(state)?;
+        *self.checkpointed = true;
         Ok(())
     }
 

@@ -281,6 +281,9 @@ fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
     }
+    if let Some(note) = dir.catch_up_meta()? {
+        warn!(session = %dir.id, "{note}");
+    }
     let removed = crate::store::recover::remove_stale_temps(&[
         &dir.path,
         &dir.inbox_dir(),
@@ -324,6 +327,8 @@ pub async fn drain(
     recover_files(store, &dir)?;
     let mut log = dir.open_events(store.clock.clone())?;
     let mut looked_again = false;
+    // Whether anything needs `flush_drain` before the lock goes.
+    let mut wrote = false;
     while !shutdown.is_requested() {
         if read_meta(&dir)?.status == SessionStatus::Paused {
             drained.skipped = true;
@@ -354,8 +359,10 @@ pub async fn drain(
             // Nothing is running that it could cancel.
             store.note_consumed(&dir, head.entry.seq)?;
             inbox::remove(&head.path)?;
+            wrote = true;
             continue;
         }
+        wrote = true;
         let mut owner = Owner {
             store,
             dir: &dir,
@@ -369,11 +376,15 @@ pub async fn drain(
                 break;
             }
             Handled::Settled(_) => drained.settled += 1,
+            Handled::AlreadySettled => {}
             Handled::Suspended => {
                 drained.suspended = true;
                 break;
             }
         }
+    }
+    if wrote {
+        dir.flush_drain()?;
     }
     Ok(drained)
 }

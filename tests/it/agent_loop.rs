@@ -1042,6 +1042,7 @@ builtin = ["read_file", "write_file", "edit_file", "list_dir", "search_files"]
         "events.ndjson",
         "transcript.ndjson",
         "state.json",
+        ".state.json.spare",
         "session.json",
         "lock",
         "executions",

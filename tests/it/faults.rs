@@ -2386,13 +2386,13 @@ fn a_corrupt_or_empty_execution_record_is_rebuilt_when_its_execution_resumes() {
         worker.signal(9);
         let _ = worker.wait(LONG);
         env.send(&fine, "meanwhile");
-        let executions = env.session_dir(&id).join("executions");
-        let record = std::fs::read_dir(&executions)
-            .unwrap()
-            .flatten()
-            .next()
-            .expect("the record")
-            .path();
+        // A first attempt has no record yet (state.json names it); a damaged one is
+        // what a power failure can leave of a record written when it resumed.
+        let dir = env.session_dir(&id);
+        let executions = dir.join("executions");
+        let state = read_json(&dir.join("state.json")).unwrap().expect("the state");
+        let exec_id = state["current"]["execution_id"].as_str().expect("named");
+        let record = executions.join(format!("{exec_id}.json"));
         std::fs::write(&record, damage).unwrap();
         let what = format!("an execution record {:?}", String::from_utf8_lossy(damage));
 
