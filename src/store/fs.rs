@@ -368,6 +368,86 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn replace_reusing_swaps_two_inodes_and_creates_no_file_after_the_first_two() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace_reusing(&path, b"{\"n\":1}", Durable::Now).unwrap();
+        replace_reusing(&path, b"{\"n\":2}", Durable::Later).unwrap();
+        let inodes = |p: &Path| fs::metadata(p).unwrap().ino();
+        let pair = [inodes(&path), inodes(&spare_path(&path))];
+        for n in 3..10 {
+            replace_reusing(&path, format!("{{\"n\":{n}}}").as_bytes(), Durable::Now).unwrap();
+            let mut now = [inodes(&path), inodes(&spare_path(&path))];
+            now.sort_unstable();
+            let mut before = pair;
+            before.sort_unstable();
+            assert_eq!(now, before, "the same two inodes");
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"{\"n\":9}");
+        assert_eq!(names(dir.path()), vec![".state.json.spare", "state.json"]);
+        let mode = fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn replace_reusing_falls_back_to_a_temp_file_while_a_reader_holds_the_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace_reusing(&path, b"one", Durable::Now).unwrap();
+        replace_reusing(&path, b"two", Durable::Now).unwrap();
+        // A reader that opened "one" before it became the spare, and still reads it.
+        let reader = File::open(spare_path(&path)).unwrap();
+        reader.lock_shared().unwrap();
+        replace_reusing(&path, b"three", Durable::Now).unwrap();
+        let mut held = String::new();
+        (&reader).read_to_string(&mut held).unwrap();
+        assert_eq!(held, "one", "the reader's version is left alone");
+        assert_eq!(fs::read(&path).unwrap(), b"three");
+        assert_eq!(names(dir.path()), vec![".state.json.spare", "state.json"]);
+    }
+
+    #[test]
+    fn locked_readers_never_see_a_mix_of_two_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // Versions of different lengths, so a torn read could not parse as either.
+        let short = br#"{"v":"a"}"#.to_vec();
+        let long = format!(r#"{{"v":"{}"}}"#, "b".repeat(3000)).into_bytes();
+        replace_reusing(&path, &short, Durable::Later).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..3000 {
+                    let bytes = if i % 2 == 0 { &long } else { &short };
+                    replace_reusing(&path, bytes, Durable::Later).unwrap();
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    let mut reads = 0;
+                    while !stop.load(Ordering::Relaxed) || reads == 0 {
+                        let value: serde_json::Value = read_json_locked(&path).unwrap();
+                        let v = value["v"].as_str().unwrap();
+                        assert!(v == "a" || v == "b".repeat(3000), "a mix: {v}");
+                        reads += 1;
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn a_failed_replace_keeps_the_old_content() {
         let dir = tempfile::tempdir().unwrap();

@@ -2643,3 +2643,142 @@ workspace = "{link}"
     }
     report("workspace_symlink", &[("cases", cases)]);
 }
+
+// ---------------------------------------------------------------------------------
+// Power failures: what the worker fsyncs only once per drain, or at the next
+// checkpoint, can come back older. Each test puts back what such a failure could
+// leave (a file as it was before a write) and checks that nothing runs twice, no
+// seq is handed out twice, and the totals come out right.
+
+/// The one inbox entry of a session, as bytes, with its file name.
+fn only_entry(env: &TestEnv, id: &str) -> (String, Vec<u8>) {
+    let inbox = env.session_dir(id).join("inbox");
+    let names = inbox_entries(&env.session_dir(id));
+    assert_eq!(names.len(), 1, "{names:?}");
+    let bytes = std::fs::read(inbox.join(&names[0])).unwrap();
+    (names[0].clone(), bytes)
+}
+
+#[test]
+fn an_entry_whose_removal_was_lost_is_removed_again_not_run_twice() {
+    let env = TestEnv::new();
+    env.write_agent("fast", FAST_AGENT);
+    let id = env.new_session("fast");
+    let first = env.send(&id, "first");
+    let (name, bytes) = only_entry(&env, &id);
+    worker_once_log(&env);
+    let second = env.send(&id, "second");
+    worker_once_log(&env);
+
+    // The removal of the first entry did not reach the disk; the second message ran
+    // after it, so the session has moved past its seq.
+    let inbox = env.session_dir(&id).join("inbox");
+    std::fs::write(inbox.join(&name), &bytes).unwrap();
+    let log = worker_once_log(&env);
+
+    assert!(log.contains("came back"), "{log}");
+    assert!(inbox_entries(&env.session_dir(&id)).is_empty());
+    let settled: Vec<String> = finishes(&env, &id).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(settled, vec![first, second], "each message once");
+    let meta = read_json(&env.session_dir(&id).join("session.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta["counters"]["messages"], 2);
+    assert_eq!(meta["counters"]["executions"], 2);
+    assert_gapless(&env, &id);
+}
+
+#[test]
+fn a_session_json_left_behind_the_records_is_recounted_and_its_seqs_not_reused() {
+    let env = TestEnv::new();
+    env.write_agent("fast", FAST_AGENT);
+    let id = env.new_session("fast");
+    let meta_path = env.session_dir(&id).join("session.json");
+    env.send(&id, "first");
+    worker_once_log(&env);
+    let after_first = std::fs::read(&meta_path).unwrap();
+    let second = env.send(&id, "second");
+    worker_once_log(&env);
+    let up_to_date = read_json(&meta_path).unwrap().unwrap();
+
+    // The write of session.json for the second message was lost: it says one
+    // message, seq 1, while the inbox is empty and the second record settled.
+    std::fs::write(&meta_path, &after_first).unwrap();
+    let third = env.send(&id, "third");
+    assert_eq!(
+        seq_of_queued(&env, &id, &third),
+        seq_of(&env, &id, &second) + 1,
+        "a seq above every message claimed"
+    );
+    let log = worker_once_log(&env);
+
+    assert!(log.contains("recounted"), "{log}");
+    let meta = read_json(&meta_path).unwrap().unwrap();
+    assert_eq!(meta["counters"]["messages"], 3);
+    assert_eq!(meta["counters"]["executions"], 3);
+    assert_eq!(meta["counters"]["completed"], 3);
+    let per_message = up_to_date["usage"]["total"].as_u64().unwrap() / 2;
+    assert_eq!(meta["usage"]["total"].as_u64().unwrap(), 3 * per_message);
+    assert_eq!(finishes(&env, &id).len(), 3);
+    assert_gapless(&env, &id);
+}
+
+#[test]
+fn a_state_json_emptied_by_a_power_failure_is_rebuilt_naming_the_last_settled_execution() {
+    let env = TestEnv::new();
+    env.write_agent("fast", FAST_AGENT);
+    let id = env.new_session("fast");
+    let dir = env.session_dir(&id);
+    let first = env.send(&id, "first");
+    let (name, bytes) = only_entry(&env, &id);
+    worker_once_log(&env);
+    let settled_lines = std::fs::read_to_string(dir.join("transcript.ndjson"))
+        .unwrap()
+        .lines()
+        .count();
+
+    // The next message's start reached the transcript but not its record, state.json
+    // was emptied, and the first entry's removal was lost.
+    let orphan = json!({
+        "role": "user",
+        "content": "a start whose record was lost",
+        "message_id": "01a00000-0000-7000-8000-000000000001",
+        "execution_id": "01a00000-0000-7000-8000-000000000002",
+        "timestamp": "2026-11-21T06:00:00.000Z",
+    });
+    let mut transcript = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("transcript.ndjson"))
+        .unwrap();
+    std::io::Write::write_all(&mut transcript, format!("{orphan}\n").as_bytes()).unwrap();
+    std::fs::write(dir.join("state.json"), b"").unwrap();
+    std::fs::write(dir.join("inbox").join(&name), &bytes).unwrap();
+    let log = worker_once_log(&env);
+
+    assert!(log.contains("state.json") && log.contains("moved it to"), "{log}");
+    let settled: Vec<String> = finishes(&env, &id).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(settled, vec![first], "not run again");
+    let state = read_json(&dir.join("state.json")).unwrap().unwrap();
+    assert_eq!(
+        state["transcript"]["lines"].as_u64().unwrap() as usize,
+        settled_lines,
+        "the orphan start is not part of the history"
+    );
+    assert_eq!(state["current"]["message_seq"], 1);
+
+    // The session carries on from the settled history.
+    let next = env.send(&id, "next");
+    worker_once_log(&env);
+    assert_eq!(finishes(&env, &id).last().unwrap().1, next);
+    let transcript = std::fs::read_to_string(dir.join("transcript.ndjson")).unwrap();
+    assert!(!transcript.contains("a start whose record was lost"));
+}
+
+/// The seq `send` gave a message, from its `message.queued` event.
+fn seq_of_queued(env: &TestEnv, id: &str, message: &str) -> u64 {
+    events_of(env, id, "message.queued")
+        .iter()
+        .find(|e| e["payload"]["message_id"] == message)
+        .and_then(|e| e["payload"]["seq"].as_u64())
+        .expect("a message.queued event")
+}
