@@ -89,6 +89,9 @@ fn main() {
             f.name, f.value, f.target
         );
     }
+    if let Ok(mut finished) = FINISHED_HOMES.lock() {
+        finished.clear();
+    }
 }
 
 fn pickup_figures(reps: usize, figures: &mut Vec<Figure>) {
@@ -129,12 +132,9 @@ fn throughput_figures(quick: bool, figures: &mut Vec<Figure>) {
     let pairs = if quick { 1 } else { 3 };
     let (mut ones, mut fours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut fsyncs_1, mut fsyncs_4) = (0.0, 0.0);
-    let mut homes = Vec::new();
     for _ in 0..pairs {
-        let (one, f1, home) = throughput(1, messages);
-        homes.push(home);
-        let (four, f4, home) = throughput(4, messages);
-        homes.push(home);
+        let (one, f1) = throughput(1, messages);
+        let (four, f4) = throughput(4, messages);
         ratios.push(four / one);
         ones.push(one);
         fours.push(four);
@@ -254,10 +254,7 @@ fn pickup_and_send(sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// Messages per second of one worker over pre-queued single-step messages, and the
 /// fsyncs it made per message. The worker runs in this process, so its fsyncs count.
-/// One run; the home is returned, not removed, so deleting its thousands of files does
-/// not slow the next run down (on ext4 without a journal, creating a file scans past
-/// the inodes freed in the last minute).
-fn throughput(concurrency: usize, messages: usize) -> (f64, f64, Home) {
+fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let home = Home::new();
     let store = home.store();
     let sessions: Vec<_> = (0..100).map(|_| home.session("fast")).collect();
@@ -307,7 +304,7 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64, Home) {
         fsync_s * 1e3 / fsyncs as f64
     );
     assert_eq!(report.settled as usize, messages, "every message settled");
-    (messages as f64 / elapsed, fsyncs as f64 / messages as f64, home)
+    (messages as f64 / elapsed, fsyncs as f64 / messages as f64)
 }
 
 /// The cost of one step's checkpoint (two transcript lines appended, state.json
@@ -584,17 +581,35 @@ fn streaming_overhead(reps: usize) -> Vec<f64> {
 
 // ---------------------------------------------------------------- plumbing
 
+/// A home directory for one measurement. Its files are removed when the benchmark ends,
+/// not when the measurement does: on ext4 without a journal (the CI machines), creating
+/// a file scans past every inode freed in the last minute, so removing the 10,000-session
+/// home would slow the next measurement's file creation down.
 struct Home {
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Homes whose measurements are over, removed at the end of `main`.
+static FINISHED_HOMES: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        if let (Some(dir), Ok(mut finished)) = (self.dir.take(), FINISHED_HOMES.lock()) {
+            finished.push(dir);
+        }
+    }
 }
 
 impl Home {
     fn new() -> Home {
         let home = Home {
-            dir: tempfile::tempdir_in(
-                std::env::var_os("AGENTQ_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
-            )
-            .expect("temp dir"),
+            dir: Some(
+                tempfile::tempdir_in(
+                    std::env::var_os("AGENTQ_BENCH_DIR")
+                        .map_or_else(std::env::temp_dir, PathBuf::from),
+                )
+                .expect("temp dir"),
+            ),
         };
         home.ok(&["init"]);
         home.agent("fast", FAST_AGENT);
@@ -603,7 +618,7 @@ impl Home {
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("a live home").path()
     }
 
     fn store(&self) -> Store {

@@ -2390,7 +2390,9 @@ fn a_corrupt_or_empty_execution_record_is_rebuilt_when_its_execution_resumes() {
         // what a power failure can leave of a record written when it resumed.
         let dir = env.session_dir(&id);
         let executions = dir.join("executions");
-        let state = read_json(&dir.join("state.json")).unwrap().expect("the state");
+        let state = read_json(&dir.join("state.json"))
+            .unwrap()
+            .expect("the state");
         let exec_id = state["current"]["execution_id"].as_str().expect("named");
         let record = executions.join(format!("{exec_id}.json"));
         std::fs::write(&record, damage).unwrap();
@@ -2755,7 +2757,10 @@ fn a_state_json_emptied_by_a_power_failure_is_rebuilt_naming_the_last_settled_ex
     std::fs::write(dir.join("inbox").join(&name), &bytes).unwrap();
     let log = worker_once_log(&env);
 
-    assert!(log.contains("state.json") && log.contains("moved it to"), "{log}");
+    assert!(
+        log.contains("state.json") && log.contains("moved it to"),
+        "{log}"
+    );
     let settled: Vec<String> = finishes(&env, &id).into_iter().map(|(_, m)| m).collect();
     assert_eq!(settled, vec![first], "not run again");
     let state = read_json(&dir.join("state.json")).unwrap().unwrap();
