@@ -128,9 +128,7 @@ impl SessionMeta {
         }
         self.last_execution = Some(exec.id);
     }
-}
 
-impl SessionMeta {
     /// Counts the settled executions again, from their records (oldest first), as the
     /// worker counted them: each message once its first execution settled.
     pub fn recount(&mut self, records: &[super::execution::Execution]) {

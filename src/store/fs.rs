@@ -155,7 +155,7 @@ pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Resul
         if durable == Durable::Now {
             sync_file(&spare)?;
         }
-        exchange(&spare_path, path)
+        exchange(&spare_path, path).map(|()| true)
     })()
     .map_err(|e| with_path(e, path))?;
     if !swapped {
@@ -177,8 +177,8 @@ pub fn spare_path(path: &Path) -> PathBuf {
 }
 
 /// Swaps two names atomically; where the target is missing or the file system cannot
-/// swap, renames `from` over `to` instead (`from` is then gone). Returns `true`.
-fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
+/// swap, renames `from` over `to` instead (`from` is then gone).
+fn exchange(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
     let (from_c, to_c) = (c(from)?, c(to)?);
@@ -194,13 +194,11 @@ fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
         )
     };
     if rc == 0 {
-        return Ok(true);
+        return Ok(());
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-            fs::rename(from, to).map(|()| true)
-        }
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => fs::rename(from, to),
         _ => Err(err),
     }
 }

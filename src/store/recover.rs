@@ -107,19 +107,7 @@ impl SessionDir {
             let mut steps: Vec<u32> = mine.iter().filter_map(|l| l.step).collect();
             steps.dedup();
             // A last step whose tool calls are not all answered is still open.
-            let open = !exec.status.is_terminal()
-                && match mine
-                    .iter()
-                    .rposition(|l| matches!(l.message, Message::Assistant { .. }))
-                {
-                    Some(i) => match &mine[i].message {
-                        Message::Assistant { tool_calls, .. } => {
-                            mine.len() - 1 - i < tool_calls.len()
-                        }
-                        _ => false,
-                    },
-                    None => false,
-                };
+            let open = !exec.status.is_terminal() && has_unanswered_calls(&mine);
             CurrentExecution {
                 execution_id: exec.id,
                 message_id: exec.message_id,
@@ -210,12 +198,14 @@ impl SessionDir {
     /// Recounts `session.json` from the execution records when it fell behind them:
     /// the worker fsyncs it once per drain, so a power failure can take the totals of
     /// the last few executions. Behind means it does not end with the execution that
-    /// `state.json` (fsynced at every checkpoint) says settled last. Returns a note
-    /// for the caller to log when it recounted.
-    pub fn catch_up_meta(&self) -> Result<Option<String>> {
-        let Ok(state) = self.read_state() else {
-            return Ok(None);
-        };
+    /// `state.json` (fsynced at every checkpoint) says settled last. Takes both files
+    /// as the owner just read them; returns a note for the caller to log when it
+    /// recounted.
+    pub fn catch_up_meta(
+        &self,
+        mut meta: SessionMeta,
+        state: &AgentState,
+    ) -> Result<Option<String>> {
         let Some(current) = &state.current else {
             return Ok(None);
         };
@@ -223,7 +213,6 @@ impl SessionDir {
             Ok(exec) if exec.status.is_terminal() => Some(exec.id),
             _ => current.previous_execution,
         };
-        let mut meta = read_json::<SessionMeta>(&self.meta_path())?;
         if settled_last.is_none() || meta.last_execution == settled_last {
             return Ok(None);
         }
@@ -233,6 +222,18 @@ impl SessionDir {
             "{} was behind the execution records (a power failure?); recounted it from them",
             self.meta_path().display()
         )))
+    }
+}
+
+/// Whether the last answer among an execution's lines has tool calls that are not all
+/// answered yet: its step is still open.
+fn has_unanswered_calls(lines: &[&TranscriptLine]) -> bool {
+    let last_answer = lines
+        .iter()
+        .rposition(|l| matches!(l.message, Message::Assistant { .. }));
+    match last_answer.map(|i| (i, &lines[i].message)) {
+        Some((i, Message::Assistant { tool_calls, .. })) => lines.len() - 1 - i < tool_calls.len(),
+        _ => false,
     }
 }
 

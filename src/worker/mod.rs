@@ -273,15 +273,16 @@ fn watch_ready_dir(
 /// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
 /// session's logs, so one damaged session neither stops the worker nor stays stuck.
 fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
-    let (_, note) = read_or_rebuild(&dir.meta_path(), store.clock.now(), || dir.rebuild_meta())?;
+    let (meta, note) = read_or_rebuild(&dir.meta_path(), store.clock.now(), || dir.rebuild_meta())?;
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
     }
-    let (_, note) = read_or_rebuild(&dir.state_path(), store.clock.now(), || dir.rebuild_state())?;
+    let (state, note) =
+        read_or_rebuild(&dir.state_path(), store.clock.now(), || dir.rebuild_state())?;
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
     }
-    if let Some(note) = dir.catch_up_meta()? {
+    if let Some(note) = dir.catch_up_meta(meta, &state)? {
         warn!(session = %dir.id, "{note}");
     }
     let removed = crate::store::recover::remove_stale_temps(&[
