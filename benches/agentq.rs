@@ -291,16 +291,19 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let fsyncs_before = agentq::store::fs::FSYNCS.load(Ordering::Relaxed);
     let fsync_ns_before = agentq::store::fs::FSYNC_NANOS.load(Ordering::Relaxed);
 
+    let cpu_before = cpu_seconds();
     let start = Instant::now();
     let report = runtime
         .block_on(worker::run(store, options, Arc::new(Shutdown::default())))
         .expect("worker");
     let elapsed = start.elapsed().as_secs_f64();
+    let (user, system) = cpu_seconds();
+    let (user, system) = (user - cpu_before.0, system - cpu_before.1);
     let fsyncs = agentq::store::fs::FSYNCS.load(Ordering::Relaxed) - fsyncs_before;
     let fsync_s =
         (agentq::store::fs::FSYNC_NANOS.load(Ordering::Relaxed) - fsync_ns_before) as f64 / 1e9;
     eprintln!(
-        "  concurrency {concurrency}: {elapsed:.2} s, {fsync_s:.2} s of it in fsync ({:.2} ms per fsync)",
+        "  concurrency {concurrency}: {elapsed:.2} s, {fsync_s:.2} s of it in fsync ({:.2} ms per fsync), CPU {user:.2} s user + {system:.2} s system",
         fsync_s * 1e3 / fsyncs as f64
     );
     assert_eq!(report.settled as usize, messages, "every message settled");
@@ -768,6 +771,18 @@ fn file_len(path: &Path) -> u64 {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// This process's CPU time so far: (user, system) seconds.
+fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (seconds(usage.ru_utime), seconds(usage.ru_stime))
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,23 +31,7 @@ pub enum ReadError {
 
 /// Reads and parses a JSON file. An empty or unparsable file is `Corrupt`, never a default.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
-    parse_json(path, fs::read(path))
-}
-
-/// Like [`read_json`], for a file written by [`replace_reusing`]: read under a shared
-/// lock of the inode opened, so a rewrite of that inode is seen whole or not at all.
-pub fn read_json_locked<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
-    let read = File::open(path).and_then(|mut file| {
-        file.lock_shared()?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok(bytes)
-    });
-    parse_json(path, read)
-}
-
-fn parse_json<T: DeserializeOwned>(path: &Path, read: io::Result<Vec<u8>>) -> Result<T, ReadError> {
-    let bytes = read.map_err(|source| match source.kind() {
+    let bytes = fs::read(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => ReadError::NotFound {
             path: path.to_owned(),
         },
@@ -126,36 +110,29 @@ fn replace_with(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
 /// old version becomes the next spare.
 ///
 /// Why: on ext4 without a journal (this project's CI machines), creating a file scans
-/// past every inode freed in the last minute, and a worker replacing `state.json`
-/// twice per message frees thousands; creating temp files became a larger cost than
-/// the fsyncs (see the README's performance notes).
+/// past every inode freed in the last minutes, and a worker replacing `state.json` and
+/// `session.json` for every message frees thousands; creating temp files cost more
+/// than the fsyncs (see the README's performance notes).
 ///
-/// Readers must use [`read_json_locked`]: the spare is rewritten only under an
-/// exclusive lock, so a reader that opened a version just before it became the spare
-/// reads it before the rewrite or after it, never a mix. A spare that a reader holds,
-/// or a file system without `RENAME_EXCHANGE`, falls back to a fresh temp file.
+/// Readers need nothing special: the spare is rewritten only under a write lease
+/// (`F_SETLEASE`), which the kernel grants only while no other process has the file
+/// open, and which holds back any open that was on its way until the rewrite is done.
+/// So a reader that opened a version before it became the spare keeps it intact (the
+/// writer falls back to a fresh temp file), and one that opens it meanwhile reads the
+/// new version whole. Writers exclude each other with an exclusive `flock` of the
+/// spare. Where leases or `RENAME_EXCHANGE` are not available, it is a plain
+/// [`replace`].
 pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
     let dir = parent(path)?;
     let spare_path = spare_path(path);
     let swapped = (|| {
-        let mut spare = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&spare_path)?;
-        match spare.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Ok(false),
-            Err(fs::TryLockError::Error(e)) => return Err(e),
-        }
-        spare.set_len(0)?;
-        spare.write_all(bytes)?;
-        if durable == Durable::Now {
-            sync_file(&spare)?;
-        }
-        exchange(&spare_path, path).map(|()| true)
+        let Some(spare) = write_spare(&spare_path, bytes, durable)? else {
+            return Ok(false);
+        };
+        exchange(&spare_path, path)?;
+        // The writers' lock is released only once the swap is done.
+        drop(spare);
+        Ok(true)
     })()
     .map_err(|e| with_path(e, path))?;
     if !swapped {
@@ -164,6 +141,78 @@ pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Resul
     match durable {
         Durable::Now => sync_dir(dir),
         Durable::Later => Ok(()),
+    }
+}
+
+/// Writes `bytes` into the spare, if it can be rewritten safely now: returns the open
+/// spare (holding the writers' lock), or `None` when another writer or a reader has it.
+fn write_spare(spare_path: &Path, bytes: &[u8], durable: Durable) -> io::Result<Option<File>> {
+    let spare = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(spare_path)?;
+    match spare.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    // Another writer may have swapped the file opened into place since the open.
+    if !same_inode(&spare, spare_path)? {
+        return Ok(None);
+    }
+    let Some(lease) = WriteLease::take(&spare) else {
+        return Ok(None);
+    };
+    // Overwritten in place, then cut to length: truncating to zero first would free
+    // the data blocks only to allocate them again, and with `discard` mounts each free
+    // waits for the device.
+    spare.write_all_at(bytes, 0)?;
+    spare.set_len(bytes.len() as u64)?;
+    if durable == Durable::Now {
+        sync_file(&spare)?;
+    }
+    drop(lease);
+    Ok(Some(spare))
+}
+
+fn same_inode(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (open, named) = (file.metadata()?, fs::metadata(path)?);
+    Ok(open.dev() == named.dev() && open.ino() == named.ino())
+}
+
+/// A write lease on an open file: proof that no other open file description of it
+/// exists, kept until dropped (an open by someone else waits for the drop).
+struct WriteLease<'a>(&'a File);
+
+impl<'a> WriteLease<'a> {
+    /// `None` if the file is open elsewhere, or leases are not available here (another
+    /// owner, a network file system, leases disabled).
+    fn take(file: &'a File) -> Option<WriteLease<'a>> {
+        use std::os::fd::AsRawFd;
+        /// `F_SETSIG` of <asm-generic/fcntl.h>, which the libc crate lacks for Linux.
+        const F_SETSIG: libc::c_int = 10;
+        let fd = file.as_raw_fd();
+        // An open by another process makes the kernel signal the lease holder, with
+        // SIGIO unless told otherwise, and SIGIO would end the process. SIGURG is
+        // ignored unless handled; the lease is dropped within the write anyway.
+        // SAFETY: fcntl on a descriptor this function borrows; no memory is passed.
+        let taken = unsafe {
+            libc::fcntl(fd, F_SETSIG, libc::SIGURG) == 0
+                && libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) == 0
+        };
+        taken.then_some(WriteLease(file))
+    }
+}
+
+impl Drop for WriteLease<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `take`. Closing the file would release the lease too.
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
     }
 }
 
@@ -406,7 +455,6 @@ mod tests {
         replace_reusing(&path, b"two", Durable::Now).unwrap();
         // A reader that opened "one" before it became the spare, and still reads it.
         let reader = File::open(spare_path(&path)).unwrap();
-        reader.lock_shared().unwrap();
         replace_reusing(&path, b"three", Durable::Now).unwrap();
         let mut held = String::new();
         (&reader).read_to_string(&mut held).unwrap();
@@ -416,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn locked_readers_never_see_a_mix_of_two_versions() {
+    fn readers_never_see_a_mix_of_two_versions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         // Versions of different lengths, so a torn read could not parse as either.
@@ -436,7 +484,7 @@ mod tests {
                 scope.spawn(|| {
                     let mut reads = 0;
                     while !stop.load(Ordering::Relaxed) || reads == 0 {
-                        let value: serde_json::Value = read_json_locked(&path).unwrap();
+                        let value: serde_json::Value = read_json(&path).unwrap();
                         let v = value["v"].as_str().unwrap();
                         assert!(v == "a" || v == "b".repeat(3000), "a mix: {v}");
                         reads += 1;

@@ -222,12 +222,23 @@ impl SessionDir {
         fs::read_json(&self.meta_path())
     }
 
-    /// `state.json` is rewritten twice per message, so it reuses its inodes
-    /// ([`fs::replace_reusing`]) and is read under a shared lock.
     pub fn read_state(&self) -> Result<AgentState, ReadError> {
-        fs::read_json_locked(&self.state_path())
+        fs::read_json(&self.state_path())
     }
 
+    /// Writes `session.json` without fsync, for the totals of a settled execution:
+    /// [`SessionDir::flush_drain`] makes it durable. It is written for every message,
+    /// so it reuses its inodes, like `state.json` ([`fs::replace_reusing`]).
+    pub fn write_meta_unsynced(&self, meta: &SessionMeta) -> io::Result<()> {
+        fs::replace_reusing(
+            &self.meta_path(),
+            &fs::json_bytes(meta)?,
+            fs::Durable::Later,
+        )
+    }
+
+    /// `state.json` is rewritten twice per message, so it reuses its inodes
+    /// ([`fs::replace_reusing`]).
     pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),

@@ -483,7 +483,7 @@ impl Owner<'_> {
             }
             meta.updated_at = clock.now();
             // Made durable at the end of the drain (see the module's notes).
-            crate::store::fs::write_json_unsynced(&self.dir.meta_path(), &meta)?;
+            self.dir.write_meta_unsynced(&meta)?;
         }
         if recovering {
             let written = offset_of_last(&self.dir.events_path(), &["execution.finished"])?

@@ -1044,6 +1044,7 @@ builtin = ["read_file", "write_file", "edit_file", "list_dir", "search_files"]
         "state.json",
         ".state.json.spare",
         "session.json",
+        ".session.json.spare",
         "lock",
         "executions",
         "inbox",
