@@ -122,24 +122,27 @@ fn replace_with(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
 /// new version whole. Writers exclude each other with an exclusive `flock` of the
 /// spare. Where leases or `RENAME_EXCHANGE` are not available, it is a plain
 /// [`replace`].
-pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
-    let dir = parent(path)?;
+///
+/// `before_swap` runs after the new version is written (and synced) and before it takes
+/// the name: the place for another write the new version depends on, such as the
+/// transcript lines `state.json` points to, to be made durable at the same time.
+pub fn replace_reusing(
+    path: &Path,
+    bytes: &[u8],
+    durable: Durable,
+    before_swap: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     let spare_path = spare_path(path);
-    let swapped = (|| {
-        let Some(spare) = write_spare(&spare_path, bytes, durable)? else {
-            return Ok(false);
-        };
-        exchange(&spare_path, path)?;
-        // The writers' lock is released only once the swap is done.
-        drop(spare);
-        Ok(true)
-    })()
-    .map_err(|e| with_path(e, path))?;
-    if !swapped {
+    let spare = write_spare(&spare_path, bytes, durable).map_err(|e| with_path(e, path))?;
+    before_swap()?;
+    let Some(spare) = spare else {
         return replace_with(path, bytes, durable);
-    }
+    };
+    exchange(&spare_path, path).map_err(|e| with_path(e, path))?;
+    // The writers' lock is released only once the swap is done.
+    drop(spare);
     match durable {
-        Durable::Now => sync_dir(dir),
+        Durable::Now => sync_dir(parent(path)?),
         Durable::Later => Ok(()),
     }
 }
@@ -429,12 +432,18 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"{\"n\":1}", Durable::Now).unwrap();
-        replace_reusing(&path, b"{\"n\":2}", Durable::Later).unwrap();
+        replace_reusing(&path, b"{\"n\":1}", Durable::Now, || Ok(())).unwrap();
+        replace_reusing(&path, b"{\"n\":2}", Durable::Later, || Ok(())).unwrap();
         let inodes = |p: &Path| fs::metadata(p).unwrap().ino();
         let pair = [inodes(&path), inodes(&spare_path(&path))];
         for n in 3..10 {
-            replace_reusing(&path, format!("{{\"n\":{n}}}").as_bytes(), Durable::Now).unwrap();
+            replace_reusing(
+                &path,
+                format!("{{\"n\":{n}}}").as_bytes(),
+                Durable::Now,
+                || Ok(()),
+            )
+            .unwrap();
             let mut now = [inodes(&path), inodes(&spare_path(&path))];
             now.sort_unstable();
             let mut before = pair;
@@ -451,16 +460,40 @@ mod tests {
     fn replace_reusing_falls_back_to_a_temp_file_while_a_reader_holds_the_spare() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"one", Durable::Now).unwrap();
-        replace_reusing(&path, b"two", Durable::Now).unwrap();
+        replace_reusing(&path, b"one", Durable::Now, || Ok(())).unwrap();
+        replace_reusing(&path, b"two", Durable::Now, || Ok(())).unwrap();
         // A reader that opened "one" before it became the spare, and still reads it.
         let reader = File::open(spare_path(&path)).unwrap();
-        replace_reusing(&path, b"three", Durable::Now).unwrap();
+        replace_reusing(&path, b"three", Durable::Now, || Ok(())).unwrap();
         let mut held = String::new();
         (&reader).read_to_string(&mut held).unwrap();
         assert_eq!(held, "one", "the reader's version is left alone");
         assert_eq!(fs::read(&path).unwrap(), b"three");
         assert_eq!(names(dir.path()), vec![".state.json.spare", "state.json"]);
+    }
+
+    #[test]
+    fn the_hook_runs_once_the_new_version_is_written_and_before_it_takes_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for n in 1..4 {
+            let mut seen = None;
+            let new = format!("version {n}");
+            replace_reusing(&path, new.as_bytes(), Durable::Now, || {
+                seen = Some(fs::read_to_string(&path).ok());
+                Ok(())
+            })
+            .unwrap();
+            let before = (n > 1).then(|| format!("version {}", n - 1));
+            assert_eq!(seen, Some(before), "the hook saw the old version");
+            assert_eq!(fs::read_to_string(&path).unwrap(), new);
+        }
+        // A failing hook leaves the old version in place.
+        let failed = replace_reusing(&path, b"never", Durable::Now, || {
+            Err(io::Error::other("the transcript could not be synced"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "version 3");
     }
 
     #[test]
@@ -470,13 +503,13 @@ mod tests {
         // Versions of different lengths, so a torn read could not parse as either.
         let short = br#"{"v":"a"}"#.to_vec();
         let long = format!(r#"{{"v":"{}"}}"#, "b".repeat(3000)).into_bytes();
-        replace_reusing(&path, &short, Durable::Later).unwrap();
+        replace_reusing(&path, &short, Durable::Later, || Ok(())).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 for i in 0..3000 {
                     let bytes = if i % 2 == 0 { &long } else { &short };
-                    replace_reusing(&path, bytes, Durable::Later).unwrap();
+                    replace_reusing(&path, bytes, Durable::Later, || Ok(())).unwrap();
                 }
                 stop.store(true, Ordering::Relaxed);
             });

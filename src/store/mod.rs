@@ -234,16 +234,28 @@ impl SessionDir {
             &self.meta_path(),
             &fs::json_bytes(meta)?,
             fs::Durable::Later,
+            || Ok(()),
         )
     }
 
     /// `state.json` is rewritten twice per message, so it reuses its inodes
     /// ([`fs::replace_reusing`]).
     pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
+        self.write_state_after(state, || Ok(()))
+    }
+
+    /// Writes `state.json` durably; `before_swap` runs once the new state is on disk
+    /// and before it takes the name (see [`fs::replace_reusing`]).
+    pub fn write_state_after(
+        &self,
+        state: &AgentState,
+        before_swap: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),
             &fs::json_bytes(state)?,
             fs::Durable::Now,
+            before_swap,
         )
     }
 
@@ -256,6 +268,7 @@ impl SessionDir {
             &self.state_path(),
             &fs::json_bytes(state)?,
             fs::Durable::Later,
+            || Ok(()),
         )
     }
 

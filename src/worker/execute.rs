@@ -581,21 +581,21 @@ impl Sink for StoreSink<'_> {
     }
 
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
-        if lines.is_empty() {
-            if !*self.checkpointed {
-                // The user message `begin` appended without fsync settles here.
-                transcript::sync(&self.dir.transcript_path())?;
-            }
-            transcript::sync(&self.dir.transcript_path())?;
-        } else {
-            state.transcript = transcript::append(
-                &self.dir.transcript_path(),
-                state.transcript,
-                &lines,
-                Durable::Now,
-            )?;
-        }
-        self.dir.write_state(state)?;
+        let path = self.dir.transcript_path();
+        state.transcript = transcript::append(&path, state.transcript, &lines, Durable::Later)?;
+        // The new lines (and the user message `begin` appended without fsync) must be on
+        // disk before state.json names them; the two fsyncs do not depend on each other,
+        // so they run at the same time. Nothing to sync if an earlier checkpoint did.
+        let unsynced = !lines.is_empty() || !*self.checkpointed;
+        std::thread::scope(|scope| {
+            let synced = unsynced.then(|| scope.spawn(|| transcript::sync(&path)));
+            self.dir.write_state_after(state, || match synced {
+                Some(synced) => synced
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                None => Ok(()),
+            })
+        })?;
         *self.checkpointed = true;
         Ok(())
     }
