@@ -1,7 +1,8 @@
 //! The two ways agentq writes a file (ARCHITECTURE.md §1), and reading them back.
 //!
 //! - Replace: a unique temp file in the same directory, fsync, rename over the target,
-//!   fsync the directory. Readers see the old file or the new one, never a mix.
+//!   fsync the directory. Readers see the old file or the new one, never a mix. Files
+//!   rewritten for every message swap with a spare instead ([`replace_reusing`]).
 //! - Append: one `write` of one whole line under an exclusive lock of the file. A line
 //!   left unterminated by a crashed writer is cut off by the next writer, and readers
 //!   skip it until then.
