@@ -124,10 +124,15 @@ fn replace_with(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
 /// spare. Where leases or `RENAME_EXCHANGE` are not available, it is a plain
 /// [`replace`].
 ///
-/// `before_swap` runs after the new version is written (and synced) and before it takes
-/// the name: the place for another write the new version depends on, such as the
-/// transcript lines `state.json` points to, to be made durable at the same time.
-pub fn replace_reusing(
+pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
+    replace_reusing_after(path, bytes, durable, || Ok(()))
+}
+
+/// [`replace_reusing`], with `before_swap` run after the new version is written (and
+/// synced) and before it takes the name: the place for another write the new version
+/// depends on, such as the transcript lines `state.json` points to, to be made durable
+/// at the same time.
+pub fn replace_reusing_after(
     path: &Path,
     bytes: &[u8],
     durable: Durable,
@@ -433,18 +438,12 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"{\"n\":1}", Durable::Now, || Ok(())).unwrap();
-        replace_reusing(&path, b"{\"n\":2}", Durable::Later, || Ok(())).unwrap();
+        replace_reusing(&path, b"{\"n\":1}", Durable::Now).unwrap();
+        replace_reusing(&path, b"{\"n\":2}", Durable::Later).unwrap();
         let inodes = |p: &Path| fs::metadata(p).unwrap().ino();
         let pair = [inodes(&path), inodes(&spare_path(&path))];
         for n in 3..10 {
-            replace_reusing(
-                &path,
-                format!("{{\"n\":{n}}}").as_bytes(),
-                Durable::Now,
-                || Ok(()),
-            )
-            .unwrap();
+            replace_reusing(&path, format!("{{\"n\":{n}}}").as_bytes(), Durable::Now).unwrap();
             let mut now = [inodes(&path), inodes(&spare_path(&path))];
             now.sort_unstable();
             let mut before = pair;
@@ -461,11 +460,11 @@ mod tests {
     fn replace_reusing_falls_back_to_a_temp_file_while_a_reader_holds_the_spare() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"one", Durable::Now, || Ok(())).unwrap();
-        replace_reusing(&path, b"two", Durable::Now, || Ok(())).unwrap();
+        replace_reusing(&path, b"one", Durable::Now).unwrap();
+        replace_reusing(&path, b"two", Durable::Now).unwrap();
         // A reader that opened "one" before it became the spare, and still reads it.
         let reader = File::open(spare_path(&path)).unwrap();
-        replace_reusing(&path, b"three", Durable::Now, || Ok(())).unwrap();
+        replace_reusing(&path, b"three", Durable::Now).unwrap();
         let mut held = String::new();
         (&reader).read_to_string(&mut held).unwrap();
         assert_eq!(held, "one", "the reader's version is left alone");
@@ -480,7 +479,7 @@ mod tests {
         for n in 1..4 {
             let mut seen = None;
             let new = format!("version {n}");
-            replace_reusing(&path, new.as_bytes(), Durable::Now, || {
+            replace_reusing_after(&path, new.as_bytes(), Durable::Now, || {
                 seen = Some(fs::read_to_string(&path).ok());
                 Ok(())
             })
@@ -490,7 +489,7 @@ mod tests {
             assert_eq!(fs::read_to_string(&path).unwrap(), new);
         }
         // A failing hook leaves the old version in place.
-        let failed = replace_reusing(&path, b"never", Durable::Now, || {
+        let failed = replace_reusing_after(&path, b"never", Durable::Now, || {
             Err(io::Error::other("the transcript could not be synced"))
         });
         assert!(failed.is_err());
@@ -504,13 +503,13 @@ mod tests {
         // Versions of different lengths, so a torn read could not parse as either.
         let short = br#"{"v":"a"}"#.to_vec();
         let long = format!(r#"{{"v":"{}"}}"#, "b".repeat(3000)).into_bytes();
-        replace_reusing(&path, &short, Durable::Later, || Ok(())).unwrap();
+        replace_reusing(&path, &short, Durable::Later).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 for i in 0..3000 {
                     let bytes = if i % 2 == 0 { &long } else { &short };
-                    replace_reusing(&path, bytes, Durable::Later, || Ok(())).unwrap();
+                    replace_reusing(&path, bytes, Durable::Later).unwrap();
                 }
                 stop.store(true, Ordering::Relaxed);
             });

@@ -234,29 +234,43 @@ impl SessionDir {
             &self.meta_path(),
             &fs::json_bytes(meta)?,
             fs::Durable::Later,
-            || Ok(()),
         )
     }
 
     /// `state.json` is rewritten twice per message, so it reuses its inodes
     /// ([`fs::replace_reusing`]).
     pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
-        self.write_state_after(state, || Ok(()))
-    }
-
-    /// Writes `state.json` durably; `before_swap` runs once the new state is on disk
-    /// and before it takes the name (see [`fs::replace_reusing`]).
-    pub fn write_state_after(
-        &self,
-        state: &AgentState,
-        before_swap: impl FnOnce() -> io::Result<()>,
-    ) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),
             &fs::json_bytes(state)?,
             fs::Durable::Now,
-            before_swap,
         )
+    }
+
+    /// Writes `state.json` durably, and with `sync_transcript` the transcript lines it
+    /// points to as well (appended without fsync): both must be on disk before the new
+    /// state takes the name, but neither fsync depends on the other, so they run at the
+    /// same time.
+    pub fn write_state_and_transcript(
+        &self,
+        state: &AgentState,
+        sync_transcript: bool,
+    ) -> io::Result<()> {
+        let transcript = self.transcript_path();
+        std::thread::scope(|scope| {
+            let synced = sync_transcript.then(|| scope.spawn(|| transcript::sync(&transcript)));
+            fs::replace_reusing_after(
+                &self.state_path(),
+                &fs::json_bytes(state)?,
+                fs::Durable::Now,
+                || match synced {
+                    Some(synced) => synced
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    None => Ok(()),
+                },
+            )
+        })
     }
 
     /// Writes `state.json` without fsync, for the start of an execution: its first
@@ -268,7 +282,6 @@ impl SessionDir {
             &self.state_path(),
             &fs::json_bytes(state)?,
             fs::Durable::Later,
-            || Ok(()),
         )
     }
 

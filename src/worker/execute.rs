@@ -208,8 +208,7 @@ impl Owner<'_> {
         // count without a checkpoint; an execution that failed before its first step
         // has none).
         if !checkpointed {
-            transcript::sync(&self.dir.transcript_path())?;
-            self.dir.write_state(&state)?;
+            self.dir.write_state_and_transcript(&state, true)?;
         } else if self.dir.read_state().ok().as_ref() != Some(&state) {
             self.dir.write_state(&state)?;
         }
@@ -581,21 +580,16 @@ impl Sink for StoreSink<'_> {
     }
 
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
-        let path = self.dir.transcript_path();
-        state.transcript = transcript::append(&path, state.transcript, &lines, Durable::Later)?;
-        // The new lines (and the user message `begin` appended without fsync) must be on
-        // disk before state.json names them; the two fsyncs do not depend on each other,
-        // so they run at the same time. Nothing to sync if an earlier checkpoint did.
-        let unsynced = !lines.is_empty() || !*self.checkpointed;
-        std::thread::scope(|scope| {
-            let synced = unsynced.then(|| scope.spawn(|| transcript::sync(&path)));
-            self.dir.write_state_after(state, || match synced {
-                Some(synced) => synced
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                None => Ok(()),
-            })
-        })?;
+        state.transcript = transcript::append(
+            &self.dir.transcript_path(),
+            state.transcript,
+            &lines,
+            Durable::Later,
+        )?;
+        // The new lines (and the user message `begin` appended without fsync) reach the
+        // disk with the state; nothing to sync if an earlier checkpoint did.
+        self.dir
+            .write_state_and_transcript(state, !lines.is_empty() || !*self.checkpointed)?;
         *self.checkpointed = true;
         Ok(())
     }
