@@ -275,11 +275,8 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
             )
             .expect("enqueue");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(concurrency.max(1))
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The runtime `agentq worker` runs on (src/commands/worker.rs).
+    let runtime = agentq::commands::runtime(2).expect("runtime");
     let options = WorkerOptions {
         once: true,
         concurrency,
@@ -325,6 +322,7 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
         execution_id: None,
         step: Some(1),
         timestamp: agentq::time::Timestamp(0),
+        state: None,
     };
     let step_lines = || {
         vec![
@@ -347,15 +345,10 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
     let mut state = AgentState::default();
     let checkpoint = |state: &mut AgentState| {
         let start = Instant::now();
-        state.transcript = transcript::append(
-            &dir.transcript_path(),
-            state.transcript,
-            &step_lines(),
-            Durable::Now,
-        )
-        .expect("append");
         state.model_calls += 1;
-        dir.write_state(state).expect("state");
+        // What the worker's checkpoint does for a step's lines.
+        dir.checkpoint(step_lines(), state, false)
+            .expect("checkpoint");
         ms_between(start, Instant::now())
     };
     let early: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();

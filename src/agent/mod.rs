@@ -344,6 +344,7 @@ fn transcript_line(run: &Run<'_>, step: u32, now: Timestamp, message: Message) -
         execution_id: Some(run.execution_id),
         step: Some(step),
         timestamp: now,
+        state: None,
     }
 }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::state::AgentState;
 use crate::time::Timestamp;
 
 /// A tool call the model asked for.
@@ -92,6 +93,21 @@ pub struct TranscriptLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
     pub timestamp: Timestamp,
+    /// On the last line of a checkpoint: the agent state that checkpoint settles. The
+    /// line is made durable before `state.json` is written (without fsync), so a worker
+    /// finding `state.json` behind the transcript (a power failure, or a kill between
+    /// the two writes) rolls forward to it. Its `transcript` mark is not stored: the
+    /// end of this line is the mark. Not read back with the line (the history and
+    /// `session messages` have no use for it): [`CarriedState`] reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub state: Option<Box<AgentState>>,
+}
+
+/// The state a transcript line carries, read on its own.
+#[derive(Debug, Deserialize)]
+pub struct CarriedState {
+    #[serde(default)]
+    pub state: Option<AgentState>,
 }
 
 #[cfg(test)]

@@ -139,6 +139,12 @@ pub fn replace_reusing_after(
     before_swap: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
     let spare_path = spare_path(path);
+    if durable == Durable::Now && UnsyncedSwaps::contains(path) {
+        // The last swap may not be on disk: the spare about to be rewritten in place
+        // could still be the file the disk names `path`, holding a version that was
+        // synced and acted on. A durable write must not tear it.
+        sync_dir(parent(path)?)?;
+    }
     let spare = write_spare(&spare_path, bytes, durable).map_err(|e| with_path(e, path))?;
     before_swap()?;
     let Some(spare) = spare else {
@@ -149,7 +155,37 @@ pub fn replace_reusing_after(
     drop(spare);
     match durable {
         Durable::Now => sync_dir(parent(path)?),
-        Durable::Later => Ok(()),
+        Durable::Later => {
+            UnsyncedSwaps::add(path);
+            Ok(())
+        }
+    }
+}
+
+/// Files this process swapped with their spare without syncing their directory since.
+/// Few: a drain ends by syncing its session's directory ([`sync_dir`] forgets them).
+struct UnsyncedSwaps;
+
+static UNSYNCED_SWAPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl UnsyncedSwaps {
+    fn list() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+        UNSYNCED_SWAPS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(path: &Path) {
+        let mut swaps = Self::list();
+        if !swaps.iter().any(|p| p == path) {
+            swaps.push(path.to_owned());
+        }
+    }
+
+    fn contains(path: &Path) -> bool {
+        Self::list().iter().any(|p| p == path)
+    }
+
+    fn synced(dir: &Path) {
+        Self::list().retain(|p| p.parent() != Some(dir));
     }
 }
 
@@ -300,8 +336,10 @@ pub fn sync_file(file: &File) -> io::Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = File::open(dir)?;
-    counted(|| dir.sync_all())
+    let file = File::open(dir)?;
+    counted(|| file.sync_all())?;
+    UnsyncedSwaps::synced(dir);
+    Ok(())
 }
 
 /// fsync of a file written earlier without one (by path; a missing file is an error).
@@ -594,5 +632,28 @@ mod tests {
         let mut file = open_append(&path).unwrap();
         let len = file.metadata().unwrap().len();
         assert_eq!(last_line(&mut file, len).unwrap().unwrap(), long.as_bytes());
+    }
+
+    #[test]
+    fn a_durable_replace_first_syncs_a_swap_made_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace_reusing(&path, b"one", Durable::Now).unwrap();
+        assert!(!UnsyncedSwaps::contains(&path));
+        replace_reusing(&path, b"two", Durable::Later).unwrap();
+        if fs::metadata(spare_path(&path)).is_err() {
+            return; // no spare here (no leases or no exchange): nothing is swapped
+        }
+        assert!(UnsyncedSwaps::contains(&path), "a swap without a sync");
+        replace_reusing(&path, b"three", Durable::Now).unwrap();
+        assert!(!UnsyncedSwaps::contains(&path));
+        assert_eq!(fs::read(&path).unwrap(), b"three");
+
+        replace_reusing(&path, b"four", Durable::Later).unwrap();
+        sync_dir(dir.path()).unwrap();
+        assert!(
+            !UnsyncedSwaps::contains(&path),
+            "syncing the directory makes the swap durable"
+        );
     }
 }

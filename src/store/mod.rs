@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::domain::execution::Execution;
 use crate::domain::session::SessionMeta;
-use crate::domain::state::AgentState;
+use crate::domain::state::{AgentState, TranscriptMark};
+use crate::domain::transcript::TranscriptLine;
 use crate::error::UserError;
 use crate::ids::{IdGen, IdQuery};
 use crate::time::Clock;
@@ -273,10 +274,40 @@ impl SessionDir {
         })
     }
 
-    /// Writes `state.json` without fsync, for the start of an execution: its first
-    /// checkpoint (or its settling, if it has none) writes the state durably. A power
-    /// failure before that loses only the claim: the message is still in the inbox, and
-    /// an emptied `state.json` is rebuilt from the logs.
+    /// Persists a settled step: appends `lines` to the transcript, the last one
+    /// carrying `state` (whose mark it advances), and syncs them: that makes the
+    /// checkpoint durable, and `state.json` follows without fsync (a worker finding it
+    /// behind rolls forward, [`SessionDir::roll_forward`]). A checkpoint without lines
+    /// (a side-effecting call about to run, a step closed without a result) writes
+    /// `state.json` durably, with the transcript if `sync_transcript` (lines appended
+    /// earlier without fsync).
+    pub fn checkpoint(
+        &self,
+        mut lines: Vec<TranscriptLine>,
+        state: &mut AgentState,
+        sync_transcript: bool,
+    ) -> io::Result<()> {
+        let Some(last) = lines.last_mut() else {
+            return self.write_state_and_transcript(state, sync_transcript);
+        };
+        last.state = Some(Box::new(AgentState {
+            transcript: TranscriptMark::default(),
+            ..state.clone()
+        }));
+        state.transcript = transcript::append(
+            &self.transcript_path(),
+            state.transcript,
+            &lines,
+            fs::Durable::Now,
+        )?;
+        self.write_state_unsynced(state)
+    }
+
+    /// Writes `state.json` without fsync: at the start of an execution, whose first
+    /// checkpoint (or its settling, if it has none) makes the state durable, so a power
+    /// failure before that loses only the claim (the message is still in the inbox);
+    /// and after a checkpoint whose transcript lines, synced, carry the same state
+    /// ([`SessionDir::roll_forward`] brings back what a power failure took).
     pub fn write_state_unsynced(&self, state: &AgentState) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),

@@ -1,4 +1,5 @@
-//! Recovering a session whose `session.json` or `state.json` is corrupt.
+//! Recovering a session whose `session.json` or `state.json` is corrupt, or whose
+//! `state.json` fell behind the transcript.
 //!
 //! Neither file is ever silently replaced by a default. The corrupt file is moved aside
 //! as `<name>.corrupt-<timestamp>` (kept for inspection) and rebuilt from what is only
@@ -18,7 +19,7 @@ use crate::domain::FORMAT_VERSION;
 use crate::domain::event::EventPayload;
 use crate::domain::session::{Counters, SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, OpenStep, TranscriptMark};
-use crate::domain::transcript::{Message, TranscriptLine};
+use crate::domain::transcript::{CarriedState, Message, TranscriptLine};
 use crate::time::Timestamp;
 
 /// How old a temp file must be before it counts as left behind by a killed writer.
@@ -72,6 +73,11 @@ impl SessionDir {
     /// `running` one is resumed, a settled one keeps its message from running again).
     /// The task list and any compaction are lost; the agent rebuilds them as it goes on.
     pub fn rebuild_state(&self) -> Result<AgentState> {
+        // Checkpoints carry their state on their last transcript line: the last one
+        // is the state, whole (the task list and compaction included).
+        if let Some(state) = self.roll_forward(&AgentState::default())? {
+            return Ok(state);
+        }
         let records = self.executions()?;
         let known: std::collections::HashSet<_> = records.iter().map(|e| e.id).collect();
         let path = self.transcript_path();
@@ -138,6 +144,34 @@ impl SessionDir {
             compaction: None,
             todos: Vec::new(),
         })
+    }
+
+    /// The state of the last checkpoint past `state`'s transcript mark, if there is
+    /// one: `state.json` is written without fsync after the checkpoint's lines are made
+    /// durable, so a power failure (or a kill between the two writes) can leave it
+    /// behind, never ahead. Lines are read up to the first that is incomplete or does
+    /// not parse (a torn tail).
+    pub fn roll_forward(&self, state: &AgentState) -> Result<Option<AgentState>> {
+        let path = self.transcript_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut mark = state.transcript;
+        let mut newer = None;
+        for raw in LogReader::open_at(&path, mark.bytes)?.read_lines()? {
+            let Ok(line) = serde_json::from_slice::<CarriedState>(&raw) else {
+                break;
+            };
+            mark.lines += 1;
+            mark.bytes += raw.len() as u64 + 1;
+            if let Some(settled) = line.state {
+                newer = Some(AgentState {
+                    transcript: mark,
+                    ..settled
+                });
+            }
+        }
+        Ok(newer)
     }
 
     /// Rebuilds `session.json` from the event log (creation, status changes, queued
@@ -260,5 +294,87 @@ pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
             Ok((value, Some(message)))
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::Durable;
+    use crate::store::transcript;
+
+    fn line(text: &str, state: Option<AgentState>) -> TranscriptLine {
+        TranscriptLine {
+            message: Message::User {
+                content: text.into(),
+            },
+            message_id: None,
+            execution_id: None,
+            step: None,
+            timestamp: Timestamp(0),
+            state: state.map(Box::new),
+        }
+    }
+
+    fn calls(n: u64) -> AgentState {
+        AgentState {
+            model_calls: n,
+            ..AgentState::default()
+        }
+    }
+
+    #[test]
+    fn rolls_forward_to_the_last_complete_checkpoint_past_the_mark() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = SessionDir {
+            id: uuid::Uuid::nil(),
+            path: home.path().to_owned(),
+        };
+        let path = dir.transcript_path();
+        let start = AgentState::default();
+        assert_eq!(dir.roll_forward(&start).unwrap(), None, "no transcript yet");
+
+        let one = transcript::append(
+            &path,
+            start.transcript,
+            &[line("a", Some(calls(1)))],
+            Durable::Later,
+        )
+        .unwrap();
+        let two = transcript::append(
+            &path,
+            one,
+            &[line("b", None), line("c", Some(calls(2))), line("d", None)],
+            Durable::Later,
+        )
+        .unwrap();
+        // A checkpoint torn by a power failure: not a line yet.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"role\":\"user\",\"conte"))
+            .unwrap();
+
+        let newest = dir.roll_forward(&start).unwrap().expect("a checkpoint");
+        assert_eq!(newest.model_calls, 2);
+        assert_eq!(
+            newest.transcript.lines, 3,
+            "up to its line, not the one after"
+        );
+        assert_eq!(
+            newest.transcript.bytes,
+            two.bytes - (line_len(&line("d", None)))
+        );
+
+        let at_one = AgentState {
+            transcript: one,
+            ..calls(1)
+        };
+        assert_eq!(dir.roll_forward(&at_one).unwrap(), Some(newest.clone()));
+        assert_eq!(dir.roll_forward(&newest).unwrap(), None, "nothing newer");
+    }
+
+    fn line_len(line: &TranscriptLine) -> u64 {
+        serde_json::to_vec(line).unwrap().len() as u64 + 1
     }
 }

@@ -96,6 +96,7 @@ mod tests {
             execution_id: None,
             step: None,
             timestamp: Timestamp(0),
+            state: None,
         }
     }
 

@@ -4,7 +4,8 @@
 //! 1. for a new execution, the user message in the transcript with `state.current`
 //!    naming the execution; then the execution record (`running`, its attempt counted);
 //! 2. the checkpoints of the agent loop: each step's answer, then each tool result
-//!    (transcript lines, then `state.json`), a side-effecting call marked before it runs;
+//!    (transcript lines, the last carrying the state, then `state.json`), a
+//!    side-effecting call marked (in `state.json`) before it runs;
 //! 3. the record settled (the commit point), then the session totals and the final
 //!    events (in one append), each skipped if a previous attempt already wrote them;
 //! 4. the inbox entry removed last. `state.current` keeps naming the message until the
@@ -13,8 +14,10 @@
 //! A killed worker loses nothing it wrote (the page cache survives it); fsyncs are for
 //! power failures, and are spent where a lost write could not be told apart from one
 //! never made. Step 1 is not fsynced: the first checkpoint makes it durable (a power
-//! failure before it loses only the claim). Checkpoints and the settled record are
-//! fsynced. The session totals and the inbox removal are fsynced once per drain
+//! failure before it loses only the claim). A checkpoint is durable once its
+//! transcript lines are: `state.json` follows without fsync, and a worker that finds
+//! it behind rolls forward (`SessionDir::roll_forward`). A checkpoint without lines
+//! (a side-effect marker) and the settled record are fsynced. The session totals and the inbox removal are fsynced once per drain
 //! (`SessionDir::flush_drain`): an entry brought back is recognised by its seq
 //! (`AgentState::has_moved_past`), an older `session.json` by
 //! `CurrentExecution::previous_execution`.
@@ -270,6 +273,7 @@ impl Owner<'_> {
                 execution_id: Some(exec.id),
                 step: None,
                 timestamp: exec.started_at,
+                state: None,
             };
             state.transcript = transcript::append(
                 &self.dir.transcript_path(),
@@ -580,16 +584,8 @@ impl Sink for StoreSink<'_> {
     }
 
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
-        state.transcript = transcript::append(
-            &self.dir.transcript_path(),
-            state.transcript,
-            &lines,
-            Durable::Later,
-        )?;
-        // The new lines (and the user message `begin` appended without fsync) reach the
-        // disk with the state; nothing to sync if an earlier checkpoint did.
-        self.dir
-            .write_state_and_transcript(state, !lines.is_empty() || !*self.checkpointed)?;
+        // The user message `begin` appended without fsync is synced with the first.
+        self.dir.checkpoint(lines, state, !*self.checkpointed)?;
         *self.checkpointed = true;
         Ok(())
     }

@@ -277,10 +277,15 @@ fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
     }
-    let (state, note) =
+    let (mut state, note) =
         read_or_rebuild(&dir.state_path(), store.clock.now(), || dir.rebuild_state())?;
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
+    }
+    if let Some(newer) = dir.roll_forward(&state)? {
+        warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");
+        dir.write_state(&newer)?;
+        state = newer;
     }
     if let Some(note) = dir.catch_up_meta(meta, &state)? {
         warn!(session = %dir.id, "{note}");

@@ -2779,6 +2779,107 @@ fn a_state_json_emptied_by_a_power_failure_is_rebuilt_naming_the_last_settled_ex
     assert!(!transcript.contains("a start whose record was lost"));
 }
 
+#[test]
+fn a_state_json_left_behind_by_a_power_failure_rolls_forward_to_the_last_checkpoint() {
+    let env = TestEnv::new();
+    env.write_agent("fast", FAST_AGENT);
+    let id = env.new_session("fast");
+    let dir = env.session_dir(&id);
+    let first = env.send(&id, "first");
+    worker_once_log(&env);
+    let behind = std::fs::read(dir.join("state.json")).unwrap();
+    let second = env.send(&id, "second");
+    worker_once_log(&env);
+
+    // state.json is written without fsync after each checkpoint's transcript lines are
+    // synced: a power failure can bring back an older version.
+    std::fs::write(dir.join("state.json"), &behind).unwrap();
+    let third = env.send(&id, "third");
+    let log = worker_once_log(&env);
+
+    assert!(log.contains("rolled forward"), "{log}");
+    let settled: Vec<String> = finishes(&env, &id).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        settled,
+        vec![first, second, third],
+        "each message once, in order"
+    );
+    let messages = env.json(&["session", "messages", &id, "--json"]);
+    let texts: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "first",
+            "echo: first",
+            "second",
+            "echo: second",
+            "third",
+            "echo: third"
+        ],
+        "the second exchange is kept, not cut off as unsettled"
+    );
+    let state = read_json(&dir.join("state.json")).unwrap().unwrap();
+    let transcript = std::fs::read(dir.join("transcript.ndjson")).unwrap();
+    assert_eq!(
+        state["transcript"]["bytes"].as_u64().unwrap() as usize,
+        transcript.len()
+    );
+    assert_gapless(&env, &id);
+}
+
+#[test]
+fn a_corrupt_state_json_is_rebuilt_from_the_last_checkpoint_with_the_task_list() {
+    let env = TestEnv::new();
+    env.write_agent(
+        "planner",
+        r#"
+name = "planner"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "planning"
+tool_calls = [{ name = "todo_write", arguments = { todos = [
+  { content = "write the fix", status = "in_progress" },
+  { content = "run the tests", status = "pending" },
+] } }]
+[[model.script]]
+text = "planned"
+[[model.script]]
+text = "carrying on"
+[tools]
+builtin = ["todo_write"]
+"#,
+    );
+    let id = env.new_session("planner");
+    let dir = env.session_dir(&id);
+    env.send(&id, "plan");
+    worker_once_log(&env);
+    let todos = env.json(&["session", "show", &id, "--json"])["todos"].clone();
+    assert_eq!(todos.as_array().map(Vec::len), Some(2), "{todos}");
+
+    std::fs::write(dir.join("state.json"), b"{\"v\":1,\"transc").unwrap();
+    env.send(&id, "go on");
+    let log = worker_once_log(&env);
+
+    assert!(log.contains("corrupt"), "{log}");
+    let show = env.json(&["session", "show", &id, "--json"]);
+    assert_eq!(show["todos"], todos, "the task list survives the rebuild");
+    let done = finishes(&env, &id);
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(done.iter().all(|(s, _)| s == "completed"), "{done:?}");
+    let last = env.json(&["session", "messages", &id, "--json"]);
+    let last = last.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["content"], "carrying on",
+        "the model's script resumes where it was"
+    );
+}
+
 /// The seq `send` gave a message, from its `message.queued` event.
 fn seq_of_queued(env: &TestEnv, id: &str, message: &str) -> u64 {
     events_of(env, id, "message.queued")
