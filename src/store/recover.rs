@@ -68,13 +68,14 @@ pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
 }
 
 impl SessionDir {
-    /// Rebuilds `state.json` from the transcript (every complete line is settled) and
-    /// the execution records: the latest one stays `current`, as it would have (a
-    /// `running` one is resumed, a settled one keeps its message from running again).
-    /// The task list and any compaction are lost; the agent rebuilds them as it goes on.
+    /// Rebuilds `state.json`: whole, from the last checkpoint line of the transcript
+    /// ([`SessionDir::roll_forward`] from the start). A transcript written before
+    /// checkpoint lines carried the state has none; then the state is rebuilt from the
+    /// transcript (every complete line is settled) and the execution records: the
+    /// latest one stays `current`, as it would have (a `running` one is resumed, a
+    /// settled one keeps its message from running again), and the task list and any
+    /// compaction are lost (the agent rebuilds them as it goes on).
     pub fn rebuild_state(&self) -> Result<AgentState> {
-        // Checkpoints carry their state on their last transcript line: the last one
-        // is the state, whole (the task list and compaction included).
         if let Some(state) = self.roll_forward(&AgentState::default())? {
             return Ok(state);
         }

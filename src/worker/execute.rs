@@ -17,10 +17,10 @@
 //! failure before it loses only the claim). A checkpoint is durable once its
 //! transcript lines are: `state.json` follows without fsync, and a worker that finds
 //! it behind rolls forward (`SessionDir::roll_forward`). A checkpoint without lines
-//! (a side-effect marker) and the settled record are fsynced. The session totals and the inbox removal are fsynced once per drain
-//! (`SessionDir::flush_drain`): an entry brought back is recognised by its seq
-//! (`AgentState::has_moved_past`), an older `session.json` by
-//! `CurrentExecution::previous_execution`.
+//! (a side-effect marker) and the settled record are fsynced. The session totals and
+//! the inbox removal are fsynced once per drain (`SessionDir::flush_drain`): an entry
+//! brought back is recognised by its seq (`AgentState::has_moved_past`), an older
+//! `session.json` by `CurrentExecution::previous_execution`.
 
 use std::time::{Duration, Instant};
 
