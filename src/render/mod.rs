@@ -3,7 +3,7 @@
 //! stderr, the model's text streamed word by word and wrapped on stdout), or
 //! [`PlainRenderer`] (one line per event, for CI logs and pipes).
 //!
-//! Everything shown passes through [`sanitize`]; only `--json` prints lines untouched.
+//! Everything shown passes through [`sanitize()`]; only `--json` prints lines untouched.
 
 pub mod plain;
 pub mod sanitize;

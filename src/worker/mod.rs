@@ -3,7 +3,7 @@
 //!
 //! Discovery has two sources. File-system notifications on `sessions/.ready/` wake the
 //! worker early; a periodic scan of the markers, plus a full scan of every session's
-//! inbox at start-up and every [`FULL_SCAN_EVERY`] ticks, is the source of truth, so a
+//! inbox at start-up and every `FULL_SCAN_EVERY` ticks, is the source of truth, so a
 //! lost notification or a lost marker delays work but never loses it.
 
 pub mod execute;
