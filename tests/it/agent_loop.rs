@@ -1088,21 +1088,22 @@ builtin = ["read_file"]
     assert_eq!(tool_messages(&env, &id)[0]["content"], "inside");
 }
 
-#[test]
-fn special_files_in_the_workspace_are_refused_promptly() {
-    let env = TestEnv::new();
+/// An agent whose one step points read_file, write_file and edit_file at `path` in its
+/// workspace, then answers; tool errors do not stop it.
+fn file_tools_agent(env: &TestEnv, name: &str, path: &str) {
     env.write_agent(
-        "fifo",
-        r#"
-name = "fifo"
+        name,
+        &format!(
+            r#"
+name = "{name}"
 [model]
 provider = "scripted"
 [[model.script]]
 text = "poking"
 tool_calls = [
-  { name = "read_file", arguments = { path = "pipe" } },
-  { name = "write_file", arguments = { path = "pipe", content = "x" } },
-  { name = "edit_file", arguments = { path = "pipe", old_string = "a", new_string = "b" } },
+  {{ name = "read_file", arguments = {{ path = "{path}" }} }},
+  {{ name = "write_file", arguments = {{ path = "{path}", content = "x" }} }},
+  {{ name = "edit_file", arguments = {{ path = "{path}", old_string = "a", new_string = "b" }} }},
 ]
 [[model.script]]
 text = "done"
@@ -1110,18 +1111,15 @@ text = "done"
 max_consecutive_errors = 10
 [tools]
 builtin = ["read_file", "write_file", "edit_file"]
-"#,
+"#
+        ),
     );
-    let (id, ws) = session_with_workspace(&env, "fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(ws.join("pipe"))
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let run = env.spawn(&["run", "--session", &id, "x", "--json"]);
-    let out = run.wait(Duration::from_secs(5));
-    assert_eq!(code(&out), 0, "{}", describe(&out));
-    let completed = env.payloads(&id, "agent.tool.completed");
+}
+
+/// Each of the three file tools answered with an error saying the file is not a
+/// regular one.
+fn assert_every_file_tool_refused(env: &TestEnv, id: &str) {
+    let completed = env.payloads(id, "agent.tool.completed");
     assert_eq!(completed.len(), 3);
     for event in completed {
         assert_eq!(event["success"], false, "{event}");
@@ -1136,29 +1134,25 @@ builtin = ["read_file", "write_file", "edit_file"]
 }
 
 #[test]
+fn special_files_in_the_workspace_are_refused_promptly() {
+    let env = TestEnv::new();
+    file_tools_agent(&env, "fifo", "pipe");
+    let (id, ws) = session_with_workspace(&env, "fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(ws.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let run = env.spawn(&["run", "--session", &id, "x", "--json"]);
+    let out = run.wait(Duration::from_secs(5));
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert_every_file_tool_refused(&env, &id);
+}
+
+#[test]
 fn a_device_node_in_the_workspace_is_refused_by_every_file_tool() {
     let env = TestEnv::new();
-    env.write_agent(
-        "device",
-        r#"
-name = "device"
-[model]
-provider = "scripted"
-[[model.script]]
-text = "poking"
-tool_calls = [
-  { name = "read_file", arguments = { path = "nul" } },
-  { name = "write_file", arguments = { path = "nul", content = "x" } },
-  { name = "edit_file", arguments = { path = "nul", old_string = "a", new_string = "b" } },
-]
-[[model.script]]
-text = "done"
-[limits]
-max_consecutive_errors = 10
-[tools]
-builtin = ["read_file", "write_file", "edit_file"]
-"#,
-    );
+    file_tools_agent(&env, "device", "nul");
     let (id, ws) = session_with_workspace(&env, "device");
     // A character device like /dev/null (1, 3); making one needs root.
     let made = std::process::Command::new("mknod")
@@ -1175,18 +1169,7 @@ builtin = ["read_file", "write_file", "edit_file"]
     }
     let (exit, result) = run_json(&env, &["run", "--session", &id, "x"]);
     assert_eq!(exit, 0, "{result}");
-    let completed = env.payloads(&id, "agent.tool.completed");
-    assert_eq!(completed.len(), 3);
-    for event in completed {
-        assert_eq!(event["success"], false, "{event}");
-        assert!(
-            event["error"]
-                .as_str()
-                .unwrap()
-                .contains("not a regular file"),
-            "{event}"
-        );
-    }
+    assert_every_file_tool_refused(&env, &id);
 }
 
 #[test]
