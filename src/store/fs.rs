@@ -192,18 +192,9 @@ impl UnsyncedSwaps {
 /// Writes `bytes` into the spare, if it can be rewritten safely now: returns the open
 /// spare (holding the writers' lock), or `None` when another writer or a reader has it.
 fn write_spare(spare_path: &Path, bytes: &[u8], durable: Durable) -> io::Result<Option<File>> {
-    let spare = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(spare_path)?;
-    match spare.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Ok(None),
-        Err(fs::TryLockError::Error(e)) => return Err(e),
-    }
+    let Some(spare) = try_lock_file(spare_path)? else {
+        return Ok(None);
+    };
     // Another writer may have swapped the file opened into place since the open.
     if !same_inode(&spare, spare_path)? {
         return Ok(None);
@@ -294,6 +285,23 @@ fn exchange(from: &Path, to: &Path) -> io::Result<()> {
     match err.raw_os_error() {
         Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => fs::rename(from, to),
         _ => Err(err),
+    }
+}
+
+/// Opens `path` (created 0600 if missing, never truncated) and takes its exclusive
+/// lock without waiting: `None` if another open file description holds it.
+pub fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

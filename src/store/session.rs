@@ -2,9 +2,8 @@
 //! session's write lock, queueing inbox entries, the owner lock, removal.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 use uuid::Uuid;
@@ -315,21 +314,11 @@ impl SessionDir {
     /// the same name would both think they own the session.
     pub fn try_lock_owner(&self, worker: Option<&WorkerInfo>) -> Result<Option<OwnerLock>> {
         let path = self.lock_path();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
-            }
-        }
+        let Some(mut file) =
+            fs::try_lock_file(&path).with_context(|| format!("locking {}", path.display()))?
+        else {
+            return Ok(None);
+        };
         if let Some(worker) = worker {
             // Who owns it, for `agentq status`; informative only, so not fsynced.
             let line = serde_json::json!({"pid": worker.pid, "host": worker.host});

@@ -4,16 +4,15 @@
 //! `slot-{N-1}`: a worker that finds every slot locked does not start, so overlapping
 //! cron starts cannot pile up.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::fs::create_dir_private;
+use super::fs::{self, create_dir_private};
 use crate::domain::execution::WorkerInfo;
 use crate::time::Timestamp;
 
@@ -133,21 +132,11 @@ impl Store {
 
 /// Locks `path` without waiting and writes `record` into it; `None` if it is held.
 fn lock_and_describe(path: &std::path::Path, record: &WorkerRecord) -> Result<Option<File>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", path.display()));
-        }
-    }
+    let Some(mut file) =
+        fs::try_lock_file(path).with_context(|| format!("locking {}", path.display()))?
+    else {
+        return Ok(None);
+    };
     let text = serde_json::to_string(record)?;
     file.set_len(0)
         .and_then(|()| file.rewind())
