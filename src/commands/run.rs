@@ -11,13 +11,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use super::watch::{Interrupted, MessageResult, wait_for_message};
+use super::watch::{Interrupted, MessageResult, terminal_view, wait_for_message};
 use crate::cli::RunArgs;
 use crate::definition;
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::{EventsPreset, SessionStatus};
 use crate::error::{UserError, exit};
-use crate::render::{PlainRenderer, Renderer, TerminalRenderer};
+use crate::render::{PlainRenderer, Renderer};
 use crate::store::session::{NewEntry, NewSession, read_meta};
 use crate::worker::{self, Shutdown};
 
@@ -82,14 +82,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     let mut renderer: Option<Box<dyn Renderer + Send>> = if args.json {
         None
     } else if interactive {
-        let mut terminal = TerminalRenderer::new(
-            std::io::stdout(),
-            ctx.color,
-            std::io::stderr().is_terminal(),
-        );
-        let meta = read_meta(&dir)?;
-        terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
-        Some(Box::new(terminal))
+        Some(Box::new(terminal_view(ctx, &dir)?))
     } else {
         Some(Box::new(PlainRenderer::new(std::io::stderr())))
     };

@@ -38,14 +38,7 @@ pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
     } else if args.plain || !std::io::stdout().is_terminal() {
         Box::new(PlainRenderer::new(std::io::stdout()).with_color(ctx.color && !args.plain))
     } else {
-        let mut terminal = TerminalRenderer::new(
-            std::io::stdout(),
-            ctx.color,
-            std::io::stderr().is_terminal(),
-        );
-        let meta = read_meta(&dir)?;
-        terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
-        Box::new(terminal)
+        Box::new(terminal_view(ctx, &dir)?)
     };
     super::runtime(1)?.block_on(watch(&dir, offset, &args, renderer.as_mut()))
 }
@@ -63,6 +56,22 @@ impl Renderer for RawLines {
 }
 
 /// Shows one line of the log; remembers the exit code of finished executions.
+/// The live view of a session on a terminal, its header (id, agent, title) drawn:
+/// `watch`'s default there, and `run`'s.
+pub(super) fn terminal_view(
+    ctx: &Context,
+    dir: &SessionDir,
+) -> Result<TerminalRenderer<std::io::Stdout>> {
+    let mut terminal = TerminalRenderer::new(
+        std::io::stdout(),
+        ctx.color,
+        std::io::stderr().is_terminal(),
+    );
+    let meta = read_meta(dir)?;
+    terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
+    Ok(terminal)
+}
+
 fn show(
     line: &Line,
     json: bool,
