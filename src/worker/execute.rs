@@ -317,7 +317,7 @@ impl Owner<'_> {
     /// problem (an invalid definition, a missing key) fails it before a model call.
     fn prepare(&self, meta: &SessionMeta) -> Result<Prepared, UserError> {
         let home = HomeConfig::load(&self.store.config_path())?;
-        let (def, _) =
+        let (def, source) =
             definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
         let provider = provider::for_agent(&def, &home)?;
         let named = home.providers.get(&def.model.provider);
@@ -336,6 +336,7 @@ impl Owner<'_> {
             .copied();
         Ok(Prepared {
             def,
+            source_hash: source.hash(),
             provider,
             price,
             key_env,
@@ -409,6 +410,7 @@ impl Owner<'_> {
         let meta = read_meta(self.dir)?;
         let Prepared {
             def,
+            source_hash,
             provider,
             price,
             key_env,
@@ -416,11 +418,7 @@ impl Owner<'_> {
             Ok(ready) => ready,
             Err(err) => return Ok((self.cannot_run(&meta, err), None)),
         };
-        if let Ok(source) = definition::Source::read(&definition::path_for(
-            &self.store.agents_dir(),
-            &meta.agent,
-        )?) && source.hash() != meta.agent_hash
-        {
+        if source_hash != meta.agent_hash {
             warn!(
                 session = %self.dir.id,
                 agent = %meta.agent,
@@ -549,6 +547,8 @@ impl Owner<'_> {
 /// What [`Owner::prepare`] resolves for one execution.
 struct Prepared {
     def: definition::AgentDef,
+    /// Of the definition file as read for this execution.
+    source_hash: String,
     provider: Box<dyn provider::Provider>,
     price: Option<Price>,
     /// Variables the agent's keys come from, withheld from its commands.

@@ -116,6 +116,37 @@ fn later_messages_continue_the_same_agent_state() {
 }
 
 #[test]
+fn a_definition_changed_after_the_session_was_created_is_reported_and_used() {
+    let env = TestEnv::new();
+    env.write_agent("counting", COUNTING_AGENT);
+    let id = env.new_session("counting");
+    env.send(&id, "a");
+    let unchanged = env.run(&["worker", "--once"]);
+    assert_eq!(code(&unchanged), 0, "{}", describe(&unchanged));
+    assert!(
+        !stderr(&unchanged).contains("definition changed"),
+        "{}",
+        describe(&unchanged)
+    );
+
+    env.write_agent(
+        "counting",
+        &COUNTING_AGENT.replace("two: {input}", "edited: {input}"),
+    );
+    env.send(&id, "b");
+    let changed = env.run(&["worker", "--once"]);
+    assert_eq!(code(&changed), 0, "{}", describe(&changed));
+    assert!(
+        stderr(&changed).contains(
+            "the agent definition changed since the session was created; this execution uses the current one"
+        ),
+        "{}",
+        describe(&changed)
+    );
+    assert_eq!(env.responses(&id), vec!["one: a", "edited: b"]);
+}
+
+#[test]
 fn messages_queued_before_the_worker_starts_run_in_send_order() {
     let env = TestEnv::new();
     env.write_agent("counting", COUNTING_AGENT);
