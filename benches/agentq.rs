@@ -50,11 +50,30 @@ struct Figure {
     met: Option<bool>,
 }
 
+/// What `-- --only GROUP` can name, in the order a full run measures them.
+const GROUPS: [&str; 7] = [
+    "pickup",
+    "throughput",
+    "persistence",
+    "watch",
+    "memory",
+    "streaming",
+    "disk",
+];
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `-- --only GROUP` runs one group: pickup, throughput, persistence, watch, memory,
-    // streaming, disk.
+    // `-- --only GROUP` runs one of the GROUPS.
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if let Some(group) = only.as_deref()
+        && !GROUPS.contains(&group)
+    {
+        eprintln!(
+            "error: no benchmark group `{group}`; the groups are {}",
+            GROUPS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let wanted = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let reps = if quick { 30 } else { 200 };
     println!("{}", machine());
