@@ -127,7 +127,9 @@ pub fn evaluate(
         stop.then_some(reason)
     };
     let policy_stop = budgets.on_tool_error == ToolErrorPolicy::Stop && facts.errors > 0;
-    let too_many = current.consecutive_errors >= budgets.max_consecutive_errors;
+    // Counted in steps, not calls: a model that makes four failing calls in one step
+    // sees all four errors before it is judged.
+    let too_many = current.failed_steps_in_a_row >= budgets.max_consecutive_errors;
     let reasons = [
         check(
             "answered",
@@ -150,7 +152,7 @@ pub fn evaluate(
             too_many,
             format!(
                 "{} of {}",
-                current.consecutive_errors, budgets.max_consecutive_errors
+                current.failed_steps_in_a_row, budgets.max_consecutive_errors
             ),
             StopReason::Error,
         ),
@@ -205,8 +207,8 @@ pub fn evaluate(
             facts.last_error.unwrap_or("")
         )),
         Some(StopReason::Error) => Some(format!(
-            "{} tool calls failed in a row (max_consecutive_errors); the last: {}",
-            current.consecutive_errors,
+            "{} steps in a row had all their tool calls fail (max_consecutive_errors); the last error: {}",
+            current.failed_steps_in_a_row,
             facts.last_error.unwrap_or("")
         )),
         _ => None,

@@ -60,6 +60,7 @@ pub fn estimate(system: &str, messages: &[Message], tools: &[ToolSpec]) -> u64 {
         system,
         messages,
         tools,
+        tool_choice: None,
         call_index: 0,
     };
     let tools: u64 = tools

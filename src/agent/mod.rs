@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::definition::AgentDef;
+use crate::definition::{AgentDef, ToolChoice};
 use crate::domain::Usage;
 use crate::domain::event::{
     ContextCompacted, Continuation, EventPayload, ProviderRetry, StepCompleted, StepStarted,
@@ -389,6 +389,7 @@ async fn infer(
         system: &run.def.system,
         messages: &view,
         tools: specs,
+        tool_choice: tool_choice(run.def, history),
         call_index: state.model_calls,
     };
     let (result, stop, record_error) = stream_step(run, request, sink, deadline).await;
@@ -414,6 +415,19 @@ async fn infer(
             Err(LoopEnd::Settled(provider_failure(&err, step)))
         }
     })
+}
+
+/// The definition's `tool_choice` for the next step. One that forces a call holds only
+/// until the execution has called a tool (its message is the last user message in the
+/// history): after that the model must be free to answer.
+fn tool_choice<'d>(def: &'d AgentDef, history: &[Message]) -> Option<&'d ToolChoice> {
+    let choice = def.model.tool_choice.as_ref()?;
+    let called = history
+        .iter()
+        .rev()
+        .take_while(|m| !matches!(m, Message::User { .. }))
+        .any(|m| matches!(m, Message::Tool { .. }));
+    (!(choice.forces_a_call() && called)).then_some(choice)
 }
 
 /// Compacts older turns when the next prompt would pass the threshold. Returns a stop
@@ -449,6 +463,7 @@ async fn compact_if_needed(
         system: compact::PROMPT,
         messages: &messages,
         tools: &[],
+        tool_choice: None,
         call_index: state.model_calls,
     };
     // The summary is not part of the answer: its text is not streamed as chunks.
@@ -588,10 +603,13 @@ struct ToolRun {
     stop: Option<Stop>,
 }
 
-/// Runs the step's tool calls that have no result yet, in order, persisting each
-/// result as it comes. A cancel or the time limit between calls answers the remaining
-/// calls with errors (so the transcript stays a valid conversation); a shutdown stops
-/// between calls, leaving the step open for the next worker.
+/// Runs the step's tool calls that have no result yet, persisting results as they
+/// come. Consecutive read-only calls run at the same time and are persisted together,
+/// in the order of the calls (a crash before that runs them again, which changes
+/// nothing); a side-effecting call runs alone, marked as started first. A cancel or
+/// the time limit between calls answers the remaining calls with errors (so the
+/// transcript stays a valid conversation); a shutdown stops between calls, leaving the
+/// step open for the next worker.
 async fn run_tools(
     run: &Run<'_>,
     history: &mut Vec<Message>,
@@ -601,7 +619,7 @@ async fn run_tools(
     step: u32,
     deadline: Option<Timestamp>,
 ) -> anyhow::Result<ToolRun> {
-    let answered = history
+    let mut next = history
         .iter()
         .rev()
         .take_while(|m| matches!(m, Message::Tool { .. }))
@@ -611,64 +629,85 @@ async fn run_tools(
         last_error: None,
         stop: None,
     };
-    for call in calls.iter().skip(answered) {
+    while next < calls.len() {
         if ran.stop.is_none() {
             ran.stop = stop_now(sink, deadline);
             if ran.stop == Some(Stop::Shutdown) {
                 return Ok(ran);
             }
         }
+        let call = &calls[next];
         let interrupted = current(state)?
             .open_step
             .as_ref()
             .and_then(|o| o.tool_started.as_deref())
             == Some(call.id.as_str());
-        let output = match ran.stop {
-            Some(Stop::TimeLimit) => ToolOutput::error("not run: the execution ran out of time"),
-            Some(_) => ToolOutput::error("not run: the execution was cancelled"),
+        let outputs = match ran.stop {
+            Some(Stop::TimeLimit) => {
+                vec![ToolOutput::error("not run: the execution ran out of time")]
+            }
+            Some(_) => vec![ToolOutput::error("not run: the execution was cancelled")],
             // Never run twice: its effects may or may not have happened.
-            None if interrupted => ToolOutput::error(
+            None if interrupted => vec![ToolOutput::error(
                 "interrupted: the worker running this tool stopped before it finished; it may or may not have taken effect",
-            ),
+            )],
+            None if run.tools.is_read_only(&call.name) => {
+                let batch = calls[next..]
+                    .iter()
+                    .take_while(|c| run.tools.is_read_only(&c.name))
+                    .count();
+                run_read_only(run, &calls[next..next + batch], sink, deadline).await?
+            }
             None => {
-                if !run.tools.is_read_only(&call.name) {
-                    if let Some(open) = current_mut(state)?.open_step.as_mut() {
-                        open.tool_started = Some(call.id.clone());
-                    }
-                    sink.checkpoint(Vec::new(), state)?;
+                if let Some(open) = current_mut(state)?.open_step.as_mut() {
+                    open.tool_started = Some(call.id.clone());
                 }
-                let todos = &mut state.todos;
-                run_tool(run, call, sink, todos, deadline).await?
+                sink.checkpoint(Vec::new(), state)?;
+                vec![run_side_effecting(run, call, sink, &mut state.todos, deadline).await?]
             }
         };
-        let current = current_mut(state)?;
-        if output.is_error {
-            ran.errors += 1;
-            ran.last_error = Some(output.content.clone());
-            current.consecutive_errors += 1;
-        } else {
-            current.consecutive_errors = 0;
+        let answered = &calls[next..next + outputs.len()];
+        next += outputs.len();
+        let mut lines = Vec::with_capacity(outputs.len());
+        for (call, output) in answered.iter().zip(outputs) {
+            if output.is_error {
+                ran.errors += 1;
+                ran.last_error = Some(output.content.clone());
+            }
+            let line = transcript_line(
+                run,
+                step,
+                sink.now(),
+                Message::Tool {
+                    tool_call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    content: output.content,
+                    is_error: output.is_error,
+                },
+            );
+            history.push(line.message.clone());
+            lines.push(line);
         }
+        let current = current_mut(state)?;
         if let Some(open) = current.open_step.as_mut() {
             open.tool_started = None;
         }
-        let last = calls.last().is_some_and(|c| c.id == call.id);
-        if last && ran.stop.is_none() {
+        if next == calls.len() && ran.stop.is_none() {
+            // The step is complete: it counts as failed when every one of its calls
+            // failed, including those answered before a resume.
+            let failed = history
+                .iter()
+                .rev()
+                .take(calls.len())
+                .all(|m| matches!(m, Message::Tool { is_error: true, .. }));
+            current.failed_steps_in_a_row = if failed {
+                current.failed_steps_in_a_row + 1
+            } else {
+                0
+            };
             close_step(state, step)?;
         }
-        let line = transcript_line(
-            run,
-            step,
-            sink.now(),
-            Message::Tool {
-                tool_call_id: call.id.clone(),
-                name: call.name.clone(),
-                content: output.content,
-                is_error: output.is_error,
-            },
-        );
-        history.push(line.message.clone());
-        sink.checkpoint(vec![line], state)?;
+        sink.checkpoint(lines, state)?;
     }
     if ran.stop.is_none() {
         ran.stop = stop_now(sink, deadline).filter(|s| *s != Stop::Shutdown);
@@ -676,13 +715,93 @@ async fn run_tools(
     Ok(ran)
 }
 
-async fn run_tool(
+/// How often running tools look whether the execution should stop.
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs read-only calls at the same time. Their events keep the calls' order: every
+/// start, then every completion. A cancel or the deadline stops them (a command's
+/// process group is killed); a shutdown lets them finish.
+async fn run_read_only(
+    run: &Run<'_>,
+    calls: &[ToolCall],
+    sink: &mut dyn Sink,
+    deadline: Option<Timestamp>,
+) -> anyhow::Result<Vec<ToolOutput>> {
+    for call in calls {
+        sink.emit(tool_started(run, call))?;
+    }
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let work = futures_util::future::join_all(calls.iter().map(|call| {
+        let stopping = &stopping;
+        async move {
+            let started = Instant::now();
+            // Read-only tools never touch the task list.
+            let mut todos = Vec::new();
+            let mut stop = || stopping.load(std::sync::atomic::Ordering::Relaxed);
+            let output = invoke(run, call, &mut todos, &mut stop).await;
+            (output, elapsed_ms(started))
+        }
+    }));
+    tokio::pin!(work);
+    let results = loop {
+        tokio::select! {
+            results = &mut work => break results,
+            () = tokio::time::sleep(STOP_CHECK) => {
+                if matches!(stop_now(sink, deadline), Some(Stop::Cancel | Stop::TimeLimit)) {
+                    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let mut outputs = Vec::with_capacity(results.len());
+    for (call, (output, duration_ms)) in calls.iter().zip(results) {
+        sink.emit(tool_completed(call, &output, duration_ms))?;
+        outputs.push(output);
+    }
+    Ok(outputs)
+}
+
+/// Runs one call that may change something, alone.
+async fn run_side_effecting(
     run: &Run<'_>,
     call: &ToolCall,
     sink: &mut dyn Sink,
     todos: &mut Vec<crate::domain::state::Todo>,
     deadline: Option<Timestamp>,
 ) -> anyhow::Result<ToolOutput> {
+    sink.emit(tool_started(run, call))?;
+    let started = Instant::now();
+    // A long tool (a command) gives way to a cancel or the deadline, not to a
+    // shutdown: the call finishes before the worker stops.
+    let mut stop = || {
+        matches!(
+            stop_now(&mut *sink, deadline),
+            Some(Stop::Cancel | Stop::TimeLimit)
+        )
+    };
+    let output = invoke(run, call, todos, &mut stop).await;
+    sink.emit(tool_completed(call, &output, elapsed_ms(started)))?;
+    Ok(output)
+}
+
+/// Calls the tool, unless the model's arguments were not valid JSON.
+async fn invoke(
+    run: &Run<'_>,
+    call: &ToolCall,
+    todos: &mut Vec<crate::domain::state::Todo>,
+    stop: &mut (dyn FnMut() -> bool + Send),
+) -> ToolOutput {
+    if let Some(reason) = &call.invalid_arguments {
+        return ToolOutput::error(format!(
+            "the arguments of `{}` are not valid JSON ({reason}); call it again with a JSON object",
+            call.name
+        ));
+    }
+    let mut ctx = ToolContext { todos, stop };
+    run.tools.call(&call.name, &call.arguments, &mut ctx).await
+}
+
+fn tool_started(run: &Run<'_>, call: &ToolCall) -> EventPayload {
     let (args_summary, args) = match run.preset {
         EventsPreset::Debug => {
             let full = call.arguments.to_string();
@@ -694,42 +813,22 @@ async fn run_tool(
         }
         _ => (Some(summarize_args(&call.arguments, 100)), None),
     };
-    sink.emit(EventPayload::ToolStarted(ToolStarted {
+    EventPayload::ToolStarted(ToolStarted {
         tool_name: call.name.clone(),
         tool_call_id: call.id.clone(),
         args_summary,
         args,
-    }))?;
-    let started = Instant::now();
-    let output = match &call.invalid_arguments {
-        Some(reason) => ToolOutput::error(format!(
-            "the arguments of `{}` are not valid JSON ({reason}); call it again with a JSON object",
-            call.name
-        )),
-        None => {
-            // A long tool (a command) gives way to a cancel or the deadline, not to a
-            // shutdown: the call finishes before the worker stops.
-            let mut stop = || {
-                matches!(
-                    stop_now(&mut *sink, deadline),
-                    Some(Stop::Cancel | Stop::TimeLimit)
-                )
-            };
-            let mut ctx = ToolContext {
-                todos,
-                stop: &mut stop,
-            };
-            run.tools.call(&call.name, &call.arguments, &mut ctx).await
-        }
-    };
-    sink.emit(EventPayload::ToolCompleted(ToolCompleted {
+    })
+}
+
+fn tool_completed(call: &ToolCall, output: &ToolOutput, duration_ms: u64) -> EventPayload {
+    EventPayload::ToolCompleted(ToolCompleted {
         tool_name: call.name.clone(),
         tool_call_id: call.id.clone(),
         success: !output.is_error,
         error: output.is_error.then(|| output.content.clone()),
-        duration_ms: elapsed_ms(started),
-    }))?;
-    Ok(output)
+        duration_ms,
+    })
 }
 
 fn cancelled() -> Outcome {

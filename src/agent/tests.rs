@@ -88,7 +88,7 @@ impl Harness {
                 steps: 0,
                 usage: Usage::default(),
                 started_at: Timestamp(0),
-                consecutive_errors: 0,
+                failed_steps_in_a_row: 0,
                 open_step: None,
             }),
             ..AgentState::default()
@@ -123,7 +123,7 @@ impl Harness {
             budgets: Budgets::from_def(&self.def, 0, self.price),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .unwrap();
         let end = rt
@@ -428,9 +428,200 @@ fn consecutive_tool_errors_fail_the_execution() {
             .error
             .unwrap()
             .message
-            .contains("3 tool calls failed in a row")
+            .contains("3 steps in a row had all their tool calls fail")
     );
     assert_eq!(state.current.unwrap().steps, 3);
+}
+
+/// A step of four calls that all fail (a small model guessing absolute paths), then
+/// the model's answer once it has seen the errors.
+const FOUR_FAILING_CALLS_THEN_ANSWER: &str = r#"
+[model]
+provider = "scripted"
+[[model.script]]
+tool_calls = [
+    { name = "read_file", arguments = { path = "/Users/me/a.txt" } },
+    { name = "read_file", arguments = { path = "/Users/me/b.txt" } },
+    { name = "read_file", arguments = { path = "/Users/me/c.txt" } },
+    { name = "read_file", arguments = { path = "/Users/me/d.txt" } },
+]
+[[model.script]]
+text = "I see: the paths are relative."
+[tools]
+builtin = ["read_file"]
+"#;
+
+#[test]
+fn a_step_whose_calls_all_fail_goes_back_to_the_model_before_it_is_judged() {
+    let h = Harness::new(FOUR_FAILING_CALLS_THEN_ANSWER);
+    let mut sink = Memory::default();
+    let (end, state) = h.run(&mut sink, "x");
+    let outcome = outcome(end);
+    assert_eq!(outcome.status, ExecStatus::Completed, "{outcome:?}");
+    assert_eq!(
+        outcome.response.as_deref(),
+        Some("I see: the paths are relative.")
+    );
+    let errors = sink
+        .transcript
+        .iter()
+        .filter(|l| matches!(l.message, Message::Tool { is_error: true, .. }))
+        .count();
+    assert_eq!(errors, 4, "every error went back to the model");
+    assert_eq!(
+        state.current.unwrap().failed_steps_in_a_row,
+        1,
+        "one step, under the limit of 3"
+    );
+}
+
+#[test]
+fn a_step_with_one_call_that_works_resets_the_count_of_failed_steps() {
+    // Steps alternate: one failing call, then a failing and a working one. Counting
+    // calls, four would fail in a row; counting steps, never two.
+    let h = Harness::new(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        tool_calls = [{ name = "read_file", arguments = { path = "missing.txt" } }]
+        [[model.script]]
+        tool_calls = [
+            { name = "read_file", arguments = { path = "missing.txt" } },
+            { name = "list_dir", arguments = { path = "." } },
+        ]
+        [[model.script]]
+        tool_calls = [{ name = "read_file", arguments = { path = "missing.txt" } }]
+        [[model.script]]
+        text = "done"
+        [tools]
+        builtin = ["read_file", "list_dir"]
+        [limits]
+        max_consecutive_errors = 2
+        "#,
+    );
+    let (end, state) = h.run(&mut Memory::default(), "x");
+    assert_eq!(outcome(end).status, ExecStatus::Completed);
+    assert_eq!(state.current.unwrap().steps, 4);
+}
+
+/// A declared command that leaves its mark, then waits (at most `tries` × 50 ms) for
+/// the other's: two of them can only both succeed if they run at the same time.
+fn rendezvous(name: &str, mine: &str, theirs: &str, tries: u32, read_only: bool) -> String {
+    format!(
+        r#"
+        [[tools.command]]
+        name = "{name}"
+        argv = ["sh", "-c", "touch {mine}; i=0; while [ ! -e {theirs} ] && [ $i -lt {tries} ]; do sleep 0.05; i=$((i+1)); done; [ -e {theirs} ] && echo {name} met"]
+        read_only = {read_only}
+        "#
+    )
+}
+
+#[test]
+fn read_only_calls_of_a_step_run_at_the_same_time_and_report_in_call_order() {
+    let h = Harness::new(&format!(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        tool_calls = [{{ name = "left" }}, {{ name = "right" }}, {{ name = "list_dir", arguments = {{ path = "." }} }}]
+        [[model.script]]
+        text = "both met"
+        [tools]
+        builtin = ["list_dir"]
+        {}{}"#,
+        rendezvous("left", "left.mark", "right.mark", 200, true),
+        rendezvous("right", "right.mark", "left.mark", 200, true),
+    ));
+    let mut sink = Memory::default();
+    let (end, _) = h.run(&mut sink, "x");
+    assert_eq!(outcome(end).status, ExecStatus::Completed);
+    let results: Vec<(&str, &str, bool)> = sink
+        .transcript
+        .iter()
+        .filter_map(|l| match &l.message {
+            Message::Tool {
+                name,
+                content,
+                is_error,
+                ..
+            } => Some((name.as_str(), content.as_str(), *is_error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert_eq!(
+        results.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ["left", "right", "list_dir"],
+        "results in the order of the calls"
+    );
+    assert!(
+        results.iter().all(|r| !r.2),
+        "the commands met, so they ran at the same time: {results:?}"
+    );
+    let tools: Vec<(&str, &str)> = sink
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EventPayload::ToolStarted(t) => Some(("started", t.tool_name.as_str())),
+            EventPayload::ToolCompleted(t) => Some(("completed", t.tool_name.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            ("started", "left"),
+            ("started", "right"),
+            ("started", "list_dir"),
+            ("completed", "left"),
+            ("completed", "right"),
+            ("completed", "list_dir"),
+        ]
+    );
+}
+
+#[test]
+fn side_effecting_calls_run_one_at_a_time() {
+    let h = Harness::new(&format!(
+        r#"
+        [model]
+        provider = "scripted"
+        [[model.script]]
+        tool_calls = [{{ name = "left" }}, {{ name = "right" }}]
+        [[model.script]]
+        text = "done"
+        {}{}"#,
+        rendezvous("left", "left.mark", "right.mark", 10, false),
+        rendezvous("right", "right.mark", "left.mark", 10, false),
+    ));
+    let mut sink = Memory::default();
+    let (end, _) = h.run(&mut sink, "x");
+    assert_eq!(outcome(end).status, ExecStatus::Completed);
+    let types: Vec<&str> = sink
+        .types()
+        .into_iter()
+        .filter(|t| t.starts_with("agent.tool"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "agent.tool.started",
+            "agent.tool.completed",
+            "agent.tool.started",
+            "agent.tool.completed"
+        ]
+    );
+    let failed = sink
+        .transcript
+        .iter()
+        .filter(|l| matches!(l.message, Message::Tool { is_error: true, .. }))
+        .count();
+    assert_eq!(
+        failed, 1,
+        "the first waited in vain for the second, which then met it"
+    );
 }
 
 #[test]
@@ -552,7 +743,7 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
             steps: 0,
             usage: Usage::new(10, 2),
             started_at: Timestamp(0),
-            consecutive_errors: 0,
+            failed_steps_in_a_row: 0,
             open_step: Some(crate::domain::state::OpenStep {
                 finish_reason: Some("tool_calls".into()),
                 usage: Usage::new(10, 2),
@@ -621,7 +812,7 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
             steps: 1,
             usage: Usage::default(),
             started_at: Timestamp(0),
-            consecutive_errors: 0,
+            failed_steps_in_a_row: 0,
             open_step: None,
         }),
         ..AgentState::default()

@@ -174,6 +174,8 @@ pub struct MessageResult {
     pub stop_reason: Option<StopReason>,
     pub exit_code: u8,
     pub response: Option<String>,
+    /// The answer has no text: the model completed with nothing to say.
+    pub empty: bool,
     pub usage: Usage,
     pub steps: u32,
     pub error: Option<String>,
@@ -188,6 +190,9 @@ impl MessageResult {
         if let Some(response) = &self.response {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", crate::render::sanitize(response))?;
+        }
+        if self.empty {
+            eprintln!("agentq: {}", crate::render::EMPTY_ANSWER);
         }
         if self.status != ExecStatus::Completed {
             let reason = self.stop_reason.map_or("", StopReason::as_str);
@@ -211,6 +216,7 @@ struct Tracker {
     message_id: Uuid,
     execution_id: Option<Uuid>,
     response: Option<String>,
+    empty: bool,
     claimed: bool,
 }
 
@@ -223,6 +229,7 @@ impl Tracker {
             }
             EventPayload::MessageCompleted(p) if p.message_id == self.message_id => {
                 self.response = Some(p.response.clone());
+                self.empty = p.empty;
             }
             EventPayload::ExecutionFinished(p)
                 if p.message_id == Some(self.message_id)
@@ -246,6 +253,7 @@ impl Tracker {
             stop_reason: p.stop_reason,
             exit_code: p.exit_code,
             response: self.response.clone(),
+            empty: self.empty,
             usage: p.usage.execution,
             steps: p.steps,
             error: p.error.clone(),
@@ -273,6 +281,7 @@ pub async fn wait_for_message(
         message_id,
         execution_id: None,
         response: None,
+        empty: false,
         claimed: false,
     };
     loop {

@@ -70,9 +70,47 @@ pub struct ModelConfig {
     /// The share of the window a prompt may fill before compaction (default 0.8).
     #[serde(default)]
     pub compact_threshold: Option<f64>,
+    /// Whether the model must call a tool: "auto", "required", "none" or a tool's name.
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
     /// The `scripted` provider's answers, one per model call.
     #[serde(default)]
     pub script: Vec<ScriptEntry>,
+}
+
+/// `[model] tool_choice`: whether, and which, tool the model must call.
+///
+/// A choice that forces a call (`required`, or a tool's name) holds only until the
+/// execution has called a tool; later steps leave the choice to the model, or it could
+/// never answer (the OpenAI Agents SDK resets it the same way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides; said explicitly to the server.
+    Auto,
+    /// The model must call one of its tools.
+    Required,
+    /// The model may not call a tool.
+    None,
+    /// The model must call this tool.
+    Tool(String),
+}
+
+impl ToolChoice {
+    /// True for a choice that makes the model call a tool.
+    pub fn forces_a_call(&self) -> bool {
+        matches!(self, ToolChoice::Required | ToolChoice::Tool(_))
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ToolChoice, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            "none" => ToolChoice::None,
+            name => ToolChoice::Tool(name.to_owned()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -133,7 +171,7 @@ pub struct Limits {
     /// execution fails.
     #[serde(default)]
     pub on_tool_error: ToolErrorPolicy,
-    /// Tool calls failing in a row before the execution fails.
+    /// Steps in a row whose tool calls all failed before the execution fails.
     #[serde(default = "default_max_consecutive_errors")]
     pub max_consecutive_errors: u32,
 }
@@ -205,6 +243,10 @@ pub struct CommandToolDef {
     /// Working directory, relative to the workspace.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// The command changes nothing (a linter, a query): it may run at the same time as
+    /// the step's other read-only calls, and a resumed execution may run it again.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl Default for ToolsConfig {
@@ -370,13 +412,26 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
             }
         }
     }
+    if let Some(ToolChoice::Tool(name)) = &def.model.tool_choice {
+        let granted = def.tools.builtin.iter().any(|t| t == name)
+            || def.tools.command.iter().any(|c| &c.name == name);
+        if !granted {
+            problem(
+                "model.tool_choice",
+                format!(
+                    "`{}` is neither \"auto\", \"required\", \"none\" nor a tool this agent has",
+                    name.escape_default()
+                ),
+            );
+        }
+    }
     if def.limits.max_steps == 0 {
         problem("limits.max_steps", "must be at least 1".to_owned());
     }
-    if def.limits.max_consecutive_errors == 0 {
+    if def.limits.max_consecutive_errors < 2 {
         problem(
             "limits.max_consecutive_errors",
-            "must be at least 1".to_owned(),
+            "must be at least 2: it counts steps whose tool calls all failed, and the model sees its errors at least once before the execution fails (on_tool_error = \"stop\" fails at the first error)".to_owned(),
         );
     }
     if def
@@ -711,6 +766,24 @@ mod tests {
         ] {
             assert!(check_workspace(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn max_consecutive_errors_leaves_the_model_one_failed_step_to_learn_from() {
+        let with = |n: &str| {
+            source(
+                "bot",
+                &format!("{MINIMAL}\n        [limits]\n        max_consecutive_errors = {n}\n"),
+            )
+            .load(&BTreeMap::new(), &HomeConfig::default())
+        };
+        let problems = with("1").unwrap_err();
+        assert_eq!(problems[0].key, "limits.max_consecutive_errors");
+        assert!(
+            problems[0].message.contains("on_tool_error"),
+            "{problems:?}"
+        );
+        assert_eq!(with("2").unwrap().limits.max_consecutive_errors, 2);
     }
 
     #[test]

@@ -29,6 +29,7 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     Str,
+    Bool,
     /// A non-negative integer.
     Count,
     Number,
@@ -86,6 +87,7 @@ const MODEL: &[Field] = &[
     opt("idle_timeout", Kind::Duration),
     opt("context_window", Kind::Count),
     opt("compact_threshold", Kind::Number),
+    opt("tool_choice", Kind::Str),
     opt("script", Kind::TableArray(SCRIPT_ENTRY)),
 ];
 const LIMITS: &[Field] = &[
@@ -104,6 +106,7 @@ const COMMAND_TOOL: &[Field] = &[
     opt("parameters", Kind::AnyTable),
     opt("timeout", Kind::Duration),
     opt("cwd", Kind::Str),
+    opt("read_only", Kind::Bool),
 ];
 const TOOLS: &[Field] = &[
     opt("builtin", Kind::StrList),
@@ -151,7 +154,9 @@ fn check_value(value: &Value, kind: Kind, path: &str, problems: &mut Vec<Problem
         })
     };
     match (kind, value) {
-        (Kind::Str, Value::String(_)) | (Kind::AnyTable, Value::Table(_)) => {}
+        (Kind::Str, Value::String(_))
+        | (Kind::Bool, Value::Boolean(_))
+        | (Kind::AnyTable, Value::Table(_)) => {}
         (Kind::Count, Value::Integer(n)) if *n >= 0 => {}
         (Kind::Count, _) => wrong("a whole number of 0 or more"),
         (Kind::Number, Value::Integer(_) | Value::Float(_)) => {}
@@ -184,6 +189,7 @@ fn check_value(value: &Value, kind: Kind, path: &str, problems: &mut Vec<Problem
             }
         }
         (Kind::Str, _) => wrong("a string"),
+        (Kind::Bool, _) => wrong("true or false"),
         (Kind::Number, _) => wrong("a number"),
         (Kind::Duration, _) => wrong("a duration such as \"30s\""),
         (Kind::StrList, _) => wrong("a list of strings"),

@@ -284,6 +284,10 @@ pub struct ContextCompacted {
 pub struct MessageCompleted {
     pub message_id: Uuid,
     pub response: String,
+    /// The model answered with no text (and no tool calls): the execution completed
+    /// with nothing in it, which a reader should see rather than an empty line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty: bool,
 }
 
 /// Usage of the execution and the session's running total after it.

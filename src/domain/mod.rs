@@ -21,6 +21,14 @@ pub struct Usage {
     pub input: u64,
     pub output: u64,
     pub total: u64,
+    /// Some of these tokens were estimated by agentq (about four bytes a token): the
+    /// server reported no usage, or zero for an answer it did stream.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub estimated: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 impl Usage {
@@ -29,6 +37,15 @@ impl Usage {
             input,
             output,
             total: input + output,
+            estimated: false,
+        }
+    }
+
+    /// An estimate, for servers that report no usage.
+    pub fn estimate(input: u64, output: u64) -> Usage {
+        Usage {
+            estimated: true,
+            ..Usage::new(input, output)
         }
     }
 
@@ -36,6 +53,7 @@ impl Usage {
         self.input += other.input;
         self.output += other.output;
         self.total += other.total;
+        self.estimated |= other.estimated;
     }
 }
 

@@ -39,9 +39,10 @@ pub struct CurrentExecution {
     pub steps: u32,
     pub usage: Usage,
     pub started_at: Timestamp,
-    /// Tool calls that failed in a row, for `max_consecutive_errors`.
-    #[serde(default)]
-    pub consecutive_errors: u32,
+    /// Steps in a row whose tool calls all failed, for `max_consecutive_errors`.
+    /// (States written before agentq counted steps counted calls under the old name.)
+    #[serde(default, alias = "consecutive_errors")]
+    pub failed_steps_in_a_row: u32,
     /// Step `steps + 1`, when the model's answer is in the transcript but its tool
     /// calls are not all answered yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

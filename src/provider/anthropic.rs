@@ -11,7 +11,11 @@ use serde_json::{Value, json};
 
 use super::endpoint::Endpoint;
 use super::sse::Decoder;
-use super::{BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, http};
+use super::{
+    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, http,
+    usage_or_estimate,
+};
+use crate::definition::ToolChoice;
 use crate::domain::Usage;
 use crate::domain::transcript::{Message, ToolCall};
 use crate::error::UserError;
@@ -53,7 +57,7 @@ impl Provider for Anthropic {
                 http::post_stream(&self.client, endpoint, &url, &headers, &body, observer).await?;
             let mut turn = TurnBuilder::default();
             http::read_sse(&mut response, endpoint, observer, &mut turn).await?;
-            turn.finish()
+            turn.finish(&request)
         })
     }
 }
@@ -74,6 +78,14 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
             .iter()
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
             .collect();
+        if let Some(choice) = request.tool_choice {
+            body["tool_choice"] = match choice {
+                ToolChoice::Auto => json!({"type": "auto"}),
+                ToolChoice::Required => json!({"type": "any"}),
+                ToolChoice::None => json!({"type": "none"}),
+                ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+            };
+        }
     }
     if let Some(t) = endpoint.temperature {
         body["temperature"] = json!(t);
@@ -83,7 +95,9 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
 
 /// Maps the transcript to Messages API turns: tool results travel as `tool_result`
 /// blocks in a user turn, and consecutive turns of one role are merged, since the API
-/// wants the roles to alternate.
+/// wants the roles to alternate. A turn that is one text block travels as a plain
+/// string: both forms are valid, but behind some gateways an array of blocks reaches
+/// the model as an empty prompt.
 pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for message in messages {
@@ -131,7 +145,12 @@ pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
     }
     turns
         .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
+        .map(|(role, mut content)| match content.as_mut_slice() {
+            [block] if block["type"] == "text" => {
+                json!({"role": role, "content": block["text"].take()})
+            }
+            _ => json!({"role": role, "content": content}),
+        })
         .collect()
 }
 
@@ -160,6 +179,10 @@ enum Block {
 #[derive(Debug, Default)]
 pub struct TurnBuilder {
     blocks: BTreeMap<u64, Block>,
+    /// Blocks that continue an earlier one: a `tool_use` block with the same `id` as the
+    /// block before it carries more of that call's arguments (LiteLLM's proxy sends one
+    /// block per argument fragment), so its deltas go to the first block.
+    continues: BTreeMap<u64, u64>,
     input_tokens: u64,
     output_tokens: u64,
     stop_reason: Option<String>,
@@ -174,6 +197,7 @@ impl TurnBuilder {
             ProviderError::transient(format!("the server sent an event that is not JSON ({e})"))
         })?;
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let index = self.continues.get(&index).copied().unwrap_or(index);
         match event.get("type").and_then(Value::as_str).unwrap_or("") {
             "message_start" => {
                 if let Some(usage) = event.pointer("/message/usage") {
@@ -193,6 +217,10 @@ impl TurnBuilder {
                         .unwrap_or("")
                         .to_owned()
                 };
+                if let Some(first) = self.continued_call(index, &text("id"), &block) {
+                    self.continues.insert(index, first);
+                    return Ok(String::new());
+                }
                 let started = match block.get("type").and_then(Value::as_str) {
                     Some("tool_use") => Block::ToolUse {
                         id: text("id"),
@@ -254,7 +282,20 @@ impl TurnBuilder {
         Ok(String::new())
     }
 
-    pub fn finish(self) -> Result<ModelTurn, ProviderError> {
+    /// The block a new `tool_use` block at `index` continues: the block just before it,
+    /// when that is a call with the same `id`.
+    fn continued_call(&self, index: u64, id: &str, block: &Value) -> Option<u64> {
+        if id.is_empty() || block.get("type").and_then(Value::as_str) != Some("tool_use") {
+            return None;
+        }
+        let (&last, previous) = self.blocks.range(..index).next_back()?;
+        match previous {
+            Block::ToolUse { id: previous, .. } if previous == id => Some(last),
+            _ => None,
+        }
+    }
+
+    pub fn finish(self, request: &ModelRequest<'_>) -> Result<ModelTurn, ProviderError> {
         if !self.done && self.stop_reason.is_none() {
             return Err(ProviderError::transient(
                 "the stream ended before the answer was complete (no message_stop)",
@@ -285,10 +326,11 @@ impl TurnBuilder {
                 }
             }
         }
+        let reported = Usage::new(self.input_tokens, self.output_tokens);
         Ok(ModelTurn {
+            usage: usage_or_estimate(Some(reported), request, &text, &tool_calls),
             text,
             tool_calls,
-            usage: Usage::new(self.input_tokens, self.output_tokens),
             finish_reason: self.stop_reason,
         })
     }
@@ -325,12 +367,22 @@ fn stream_error(error: &Value) -> ProviderError {
 mod tests {
     use super::*;
 
+    pub(super) fn request() -> ModelRequest<'static> {
+        ModelRequest {
+            system: "",
+            messages: &[],
+            tools: &[],
+            tool_choice: None,
+            call_index: 0,
+        }
+    }
+
     fn feed(events: &[&str]) -> Result<ModelTurn, ProviderError> {
         let mut turn = TurnBuilder::default();
         for event in events {
             turn.on_event(event)?;
         }
-        turn.finish()
+        turn.finish(&request())
     }
 
     const START: &str = r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":25,"output_tokens":1}}}"#;
@@ -358,6 +410,110 @@ mod tests {
         assert_eq!(turn.tool_calls[0].arguments, json!({"path": "a.md"}));
         assert_eq!(turn.usage, Usage::new(25, 40));
         assert_eq!(turn.finish_reason.as_deref(), Some("tool_use"));
+    }
+
+    #[test]
+    fn blocks_that_repeat_the_previous_call_id_continue_its_arguments() {
+        // LiteLLM's proxy: one tool_use block per argument fragment, all with one id.
+        let piece = |index: u64, json: &str| {
+            [
+                format!(
+                    r#"{{"type":"content_block_start","index":{index},"content_block":{{"type":"tool_use","id":"call_0","name":"read_file","input":{{}}}}}}"#
+                ),
+                format!(
+                    r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"input_json_delta","partial_json":{}}}}}"#,
+                    serde_json::to_string(json).unwrap()
+                ),
+                format!(r#"{{"type":"content_block_stop","index":{index}}}"#),
+            ]
+        };
+        let mut events = vec![START.to_owned()];
+        for (i, json) in ["{", "\"path\"", ": \"notes", ".md\"}"].iter().enumerate() {
+            events.extend(piece(i as u64, json));
+        }
+        // A second call with another id stays a call of its own.
+        events.push(r#"{"type":"content_block_start","index":4,"content_block":{"type":"tool_use","id":"call_1","name":"list_dir","input":{}}}"#.to_owned());
+        events.push(r#"{"type":"content_block_delta","index":4,"delta":{"type":"input_json_delta","partial_json":"{\"path\": \".\"}"}}"#.to_owned());
+        events.push(r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#.to_owned());
+        events.push(STOP.to_owned());
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let turn = feed(&events).unwrap();
+        let calls: Vec<(&str, &str, Value)> = turn
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.clone()))
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                ("call_0", "read_file", json!({"path": "notes.md"})),
+                ("call_1", "list_dir", json!({"path": "."}))
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_usage_for_a_streamed_answer_is_estimated_and_marked() {
+        let turn = feed(&[
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":0,"output_tokens":0}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":0}}"#,
+            STOP,
+        ])
+        .unwrap();
+        assert!(turn.usage.estimated, "{:?}", turn.usage);
+        assert!(turn.usage.output > 0);
+        let reported = feed(&[
+            START,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"Hi"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}"#,
+            STOP,
+        ])
+        .unwrap();
+        assert_eq!(reported.usage, Usage::new(25, 2));
+    }
+
+    #[test]
+    fn a_forced_tool_choice_is_sent_in_the_messages_api_shape() {
+        let endpoint = super::super::endpoint::Endpoint {
+            kind: super::super::endpoint::Kind::Anthropic,
+            provider: "anthropic".into(),
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: None,
+            headers: Vec::new(),
+            model: "m".into(),
+            temperature: None,
+            max_output_tokens: None,
+            retry: Default::default(),
+            idle_timeout: std::time::Duration::from_secs(1),
+        };
+        let tools = [crate::provider::ToolSpec {
+            name: "read_file".into(),
+            description: "Read".into(),
+            parameters: json!({"type": "object"}),
+        }];
+        for (choice, wire) in [
+            (ToolChoice::Auto, json!({"type": "auto"})),
+            (ToolChoice::Required, json!({"type": "any"})),
+            (ToolChoice::None, json!({"type": "none"})),
+            (
+                ToolChoice::Tool("read_file".into()),
+                json!({"type": "tool", "name": "read_file"}),
+            ),
+        ] {
+            let request = ModelRequest {
+                tools: &tools,
+                tool_choice: Some(&choice),
+                ..request()
+            };
+            assert_eq!(request_body(&endpoint, &request)["tool_choice"], wire);
+        }
+        assert!(
+            request_body(&endpoint, &request())
+                .get("tool_choice")
+                .is_none()
+        );
     }
 
     #[test]
@@ -429,7 +585,7 @@ mod tests {
         assert_eq!(
             Value::Array(wire_messages(&messages)),
             json!([
-                {"role": "user", "content": [{"type": "text", "text": "read a"}]},
+                {"role": "user", "content": "read a"},
                 {"role": "assistant", "content": [
                     {"type": "text", "text": "ok"},
                     {"type": "tool_use", "id": "t1", "name": "read_file", "input": {"path": "a"}},
@@ -468,7 +624,7 @@ mod split_tests {
     fn normalise(pieces: &[&[u8]]) -> (Vec<String>, ModelTurn) {
         let mut turn = TurnBuilder::default();
         let deltas = crate::provider::sse::decode_all(pieces, &mut turn);
-        (deltas, turn.finish().unwrap())
+        (deltas, turn.finish(&super::tests::request()).unwrap())
     }
 
     #[test]

@@ -128,10 +128,18 @@ pub async fn post_stream(
                     .await?
                     .unwrap_or_default();
                 let message = format!("HTTP {status} from {url}: {}", error_message(&text));
-                (
-                    ProviderError::from_status(status, endpoint.redact(&message)),
-                    retry_after,
-                )
+                let message = endpoint.redact(&message);
+                let error = if is_request_validation(&text) {
+                    // Some servers answer a request their own validation refused with a
+                    // 500: sending it again cannot help.
+                    ProviderError::Fatal {
+                        status: Some(status),
+                        message,
+                    }
+                } else {
+                    ProviderError::from_status(status, message)
+                };
+                (error, retry_after)
             }
             Some(Err(err)) => (request_error(&err, url, endpoint), None),
         };
@@ -185,6 +193,13 @@ fn request_error(err: &reqwest::Error, url: &str, endpoint: &Endpoint) -> Provid
     }
 }
 
+/// Whether an error body is the server's validation of the request (pydantic's
+/// "N validation errors", as llama-cpp-python and vLLM word it).
+fn is_request_validation(body: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    lower.contains("validation error") || lower.contains("validation_error")
+}
+
 /// The `error.message` of a JSON error body (OpenAI and Anthropic both use it), else
 /// the body itself, shortened.
 pub fn error_message(body: &str) -> String {
@@ -205,8 +220,9 @@ pub fn error_message(body: &str) -> String {
 }
 
 /// Reads a response's server-sent events into `decoder` until its terminal event (or
-/// the end of the body), passing text deltas to the observer as they arrive. Errors
-/// have the endpoint's key cut out of them.
+/// the end of the body), passing text deltas to the observer as they arrive. A body
+/// with no events at all (empty, or JSON where a stream was asked for) fails with what
+/// came back instead. Errors have the endpoint's key cut out of them.
 pub async fn read_sse(
     response: &mut reqwest::Response,
     endpoint: &Endpoint,
@@ -214,13 +230,22 @@ pub async fn read_sse(
     decoder: &mut impl Decoder,
 ) -> Result<(), ProviderError> {
     let mut parser = SseParser::new();
+    let mut events_seen = false;
+    // The start of the body, kept until the first event to say what came instead.
+    let mut head = Vec::new();
     while !decoder.is_done() {
         let chunk = next_chunk(response, endpoint.idle_timeout, observer).await?;
         let events = match &chunk {
-            Some(bytes) => parser.push(bytes),
+            Some(bytes) => {
+                if !events_seen && head.len() < NOT_A_STREAM_SHOWN {
+                    head.extend_from_slice(bytes);
+                }
+                parser.push(bytes)
+            }
             None => parser.finish().into_iter().collect(),
         };
         for event in events {
+            events_seen = true;
             let delta = decoder
                 .decode(&event.data)
                 .map_err(|e| e.redacted(endpoint))?;
@@ -237,7 +262,45 @@ pub async fn read_sse(
             break;
         }
     }
+    if !events_seen {
+        return Err(not_a_stream(response, &head).redacted(endpoint));
+    }
     Ok(())
+}
+
+/// How much of a body that is not an event stream is kept to describe it.
+const NOT_A_STREAM_SHOWN: usize = 4096;
+
+/// The error for a successful response that carried no events: empty (what some
+/// servers send for a request they cannot stream, or one with a field missing), a JSON
+/// document, or something else. Retrying would get the same answer.
+fn not_a_stream(response: &reqwest::Response, head: &[u8]) -> ProviderError {
+    let status = response.status().as_u16();
+    let url = response.url();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type");
+    let text = String::from_utf8_lossy(head);
+    let what = if text.trim().is_empty() {
+        "an empty body".to_owned()
+    } else if serde_json::from_str::<serde_json::Value>(text.trim()).is_ok()
+        || content_type.contains("json")
+    {
+        format!("a JSON body ({})", error_message(&text))
+    } else {
+        format!(
+            "a body that is not an event stream ({})",
+            error_message(&text)
+        )
+    };
+    ProviderError::Fatal {
+        status: Some(status),
+        message: format!(
+            "HTTP {status} from {url} with {what} ({content_type}) where a text/event-stream was asked for"
+        ),
+    }
 }
 
 /// The next piece of the response body; `None` at its end. Fails when nothing arrives

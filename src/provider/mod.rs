@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::config::HomeConfig;
-use crate::definition::AgentDef;
+use crate::definition::{AgentDef, ToolChoice};
 use crate::domain::Usage;
 use crate::domain::transcript::{Message, ToolCall};
 use crate::error::UserError;
@@ -38,6 +38,9 @@ pub struct ModelRequest<'a> {
     pub system: &'a str,
     pub messages: &'a [Message],
     pub tools: &'a [ToolSpec],
+    /// Whether and which tool the model must call; `None` leaves it to the server's
+    /// default (which, with tools offered, is the model's own choice).
+    pub tool_choice: Option<&'a ToolChoice>,
     /// How many model calls the session made before this one.
     pub call_index: u64,
 }
@@ -171,6 +174,29 @@ pub fn for_agent(def: &AgentDef, home: &HomeConfig) -> Result<Box<dyn Provider>,
 /// A rough token count (four bytes a token) for providers that report none.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
+}
+
+/// The usage to record for an answer: what the server reported, unless it reported
+/// nothing, or zero tokens for an answer it did stream (some gateways do); then an
+/// estimate, marked as one.
+pub fn usage_or_estimate(
+    reported: Option<Usage>,
+    request: &ModelRequest<'_>,
+    text: &str,
+    tool_calls: &[ToolCall],
+) -> Usage {
+    let answered = !text.is_empty() || !tool_calls.is_empty();
+    match reported {
+        Some(usage) if usage.total > 0 || !answered => usage,
+        _ => Usage::estimate(
+            estimate_prompt(request),
+            estimate_tokens(text)
+                + tool_calls
+                    .iter()
+                    .map(|c| estimate_tokens(&c.arguments_text()) + 5)
+                    .sum::<u64>(),
+        ),
+    }
 }
 
 /// An estimate of the prompt's tokens, for servers that report no usage.

@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use super::endpoint::Endpoint;
 use super::sse::Decoder;
 use super::{
-    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, estimate_prompt,
-    estimate_tokens, http,
+    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, http,
+    usage_or_estimate,
 };
+use crate::definition::ToolChoice;
 use crate::domain::Usage;
 use crate::domain::transcript::{Message, ToolCall};
 use crate::error::UserError;
@@ -78,6 +79,14 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
                 })
             })
             .collect();
+        if let Some(choice) = request.tool_choice {
+            body["tool_choice"] = match choice {
+                ToolChoice::Auto => json!("auto"),
+                ToolChoice::Required => json!("required"),
+                ToolChoice::None => json!("none"),
+                ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+            };
+        }
     }
     if let Some(t) = endpoint.temperature {
         body["temperature"] = json!(t);
@@ -88,7 +97,11 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
     body
 }
 
-/// Maps the transcript to Chat Completions messages.
+/// Maps the transcript to Chat Completions messages, in the shapes every compatible
+/// server accepts: `content` is always a string, also beside tool calls (llama.cpp-based
+/// servers answer `null` with HTTP 500 and an omitted `content` with an empty 200);
+/// arguments travel as JSON text; tool results carry only `tool_call_id` and `content`,
+/// the fields the API defines.
 pub fn wire_messages(system: &str, messages: &[Message]) -> Vec<Value> {
     let mut wire = Vec::with_capacity(messages.len() + 1);
     if !system.is_empty() {
@@ -103,9 +116,6 @@ pub fn wire_messages(system: &str, messages: &[Message]) -> Vec<Value> {
             } => {
                 let mut m = json!({"role": "assistant", "content": content});
                 if !tool_calls.is_empty() {
-                    if content.is_empty() {
-                        m["content"] = Value::Null;
-                    }
                     m["tool_calls"] = tool_calls
                         .iter()
                         .map(|c| {
@@ -271,9 +281,7 @@ impl TurnBuilder {
                 ToolCall::from_json_text(id, c.name, &c.arguments)
             })
             .collect();
-        let usage = self
-            .usage
-            .unwrap_or_else(|| Usage::new(estimate_prompt(request), estimate_tokens(&self.text)));
+        let usage = usage_or_estimate(self.usage, request, &self.text, &tool_calls);
         let finish_reason = self.finish_reason.unwrap_or_else(|| {
             if tool_calls.is_empty() {
                 "stop"
@@ -345,6 +353,7 @@ mod tests {
             system: "",
             messages: &[],
             tools: &[],
+            tool_choice: None,
             call_index: 0,
         }
     }
@@ -485,7 +494,7 @@ mod tests {
             json!([
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": null, "tool_calls": [
+                {"role": "assistant", "content": "", "tool_calls": [
                     {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"a\"}"}}
                 ]},
                 {"role": "tool", "tool_call_id": "c1", "content": "Error: missing"}
@@ -520,6 +529,7 @@ mod split_tests {
             system: "",
             messages: &[],
             tools: &[],
+            tool_choice: None,
             call_index: 0,
         };
         (deltas, turn.finish(&request).unwrap())

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use super::{
-    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, estimate_prompt,
-    estimate_tokens,
+    BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, usage_or_estimate,
 };
 use crate::definition::ScriptEntry;
 use crate::domain::Usage;
@@ -70,9 +69,10 @@ impl Provider for Scripted {
                     invalid_arguments: None,
                 })
                 .collect();
+            // A script's usage is taken as written, zeros included.
             let usage = match entry.usage {
                 Some(u) => Usage::new(u.input, u.output),
-                None => Usage::new(estimate_prompt(&request), estimate_tokens(&text)),
+                None => usage_or_estimate(None, &request, &text, &tool_calls),
             };
             let finish_reason = if tool_calls.is_empty() {
                 "stop"
@@ -140,6 +140,7 @@ mod tests {
             system: "",
             messages: &messages,
             tools: &[],
+            tool_choice: None,
             call_index,
         };
         let rt = tokio::runtime::Builder::new_current_thread()

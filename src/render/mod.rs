@@ -19,6 +19,9 @@ pub use plain::PlainRenderer;
 pub use sanitize::sanitize;
 pub use terminal::TerminalRenderer;
 
+/// What every view says of an answer with no text, instead of showing nothing.
+pub const EMPTY_ANSWER: &str = "the model's answer was empty (no text and no tool calls)";
+
 /// Something that shows events as they are read from the log.
 pub trait Renderer {
     fn render(&mut self, event: &Event) -> io::Result<()>;
@@ -40,9 +43,11 @@ pub fn footer(p: &ExecutionFinished) -> String {
         text.push_str(&format!(" ({})", reason.as_str()));
     }
     text.push_str(&format!(
-        " · {} step{} · {} tokens",
+        " · {} step{} · {}{} tokens",
         p.steps,
         if p.steps == 1 { "" } else { "s" },
+        // Estimated by agentq: the server reported no usage.
+        if p.usage.execution.estimated { "~" } else { "" },
         p.usage.execution.total
     ));
     if let Some(cost) = p.cost_usd {

@@ -47,6 +47,9 @@ impl<W: Write> PlainRenderer<W> {
                 if !self.streamed && !done.response.is_empty() {
                     self.line(Style::Plain, &done.response)?;
                 }
+                if done.empty {
+                    self.line(Style::Dim, &format!("· {}", super::EMPTY_ANSWER))?;
+                }
             }
             payload => {
                 if let Some((style, text)) = describe(event, payload) {
@@ -272,6 +275,7 @@ mod tests {
             EventPayload::MessageCompleted(MessageCompleted {
                 message_id: Uuid::nil(),
                 response: r.into(),
+                empty: false,
             })
         };
         let step = EventPayload::StepStarted(StepStarted {

@@ -270,6 +270,10 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                         .push(&mut self.out, &sanitize(&p.response), width, INDENT)?;
                 }
                 self.end_text()?;
+                if p.empty {
+                    self.hide_spinner();
+                    self.note(super::EMPTY_ANSWER)?;
+                }
             }
             EventPayload::ExecutionFinished(p) => {
                 self.end_text()?;
@@ -471,6 +475,7 @@ mod tests {
                     message_id: Uuid::nil(),
                     response: "An answer that arrives whole, long enough to be wrapped twice over."
                         .into(),
+                    empty: false,
                 }),
                 finished(
                     ExecStatus::Failed,
@@ -565,6 +570,7 @@ mod tests {
                 EventPayload::MessageCompleted(MessageCompleted {
                     message_id: Uuid::nil(),
                     response: evil.into(),
+                    empty: false,
                 }),
                 finished(ExecStatus::Failed, StopReason::Error, 1, Some(evil), None),
             ],

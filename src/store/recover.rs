@@ -124,7 +124,7 @@ impl SessionDir {
                 steps: (steps.len() as u32).saturating_sub(u32::from(open)),
                 usage: exec.usage,
                 started_at: exec.started_at,
-                consecutive_errors: 0,
+                failed_steps_in_a_row: 0,
                 // Which call was running is not known any more: the remaining calls
                 // run (the one state.json could have told about included).
                 open_step: open.then(|| OpenStep {

@@ -228,6 +228,7 @@ mod tests {
             parameters: None,
             timeout: Some(Duration::from_millis(timeout_ms)),
             cwd: None,
+            read_only: false,
         }
     }
 

@@ -4,6 +4,11 @@
 //! absolute, contains `..` or a NUL byte, or leads (through a symlink) outside the
 //! workspace; the final component is opened without following symlinks, so a link
 //! swapped in after the check cannot redirect a write.
+//!
+//! A refused or missing path is explained so the model can find a valid one: refusals
+//! name the workspace's top-level entries (and, for an absolute path, the part of it
+//! that exists in the workspace), a missing path names what its nearest existing
+//! directory holds. Only directories inside the workspace are ever listed.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -18,7 +23,12 @@ const READ_DEFAULT_LINES: usize = 2000;
 /// The largest content `write_file` accepts.
 const WRITE_CAP_BYTES: usize = 10 * 1024 * 1024;
 const LIST_CAP: usize = 1000;
+/// The most entries a path error names.
+const HINT_ENTRIES: usize = 20;
+/// The most trailing parts of an absolute path tried as a suggestion.
+const SUGGEST_DEPTH: usize = 16;
 
+#[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
 }
@@ -46,12 +56,18 @@ impl Workspace {
                 Component::Normal(_) | Component::CurDir => {}
                 Component::ParentDir => {
                     return Err(format!(
-                        "`{rel}` is outside the workspace: `..` is not allowed"
+                        "`{rel}` is outside the workspace: `..` is not allowed; use a path relative to the workspace. {}",
+                        self.top_level()
                     ));
                 }
                 Component::RootDir | Component::Prefix(_) => {
+                    let suggestion = self
+                        .suggest_relative(rel_path)
+                        .map(|s| format!(" Did you mean `{s}`?"))
+                        .unwrap_or_default();
                     return Err(format!(
-                        "`{rel}` is an absolute path; paths are relative to the workspace"
+                        "`{rel}` is an absolute path; use a path relative to the workspace.{suggestion} {}",
+                        self.top_level()
                     ));
                 }
             }
@@ -72,12 +88,16 @@ impl Workspace {
             let next = existing.join(name);
             match fs::symlink_metadata(&next) {
                 Ok(_) => {
-                    existing = next
-                        .canonicalize()
-                        .map_err(|_| format!("`{rel}` leads through a broken symlink"))?;
+                    existing = next.canonicalize().map_err(|_| {
+                        format!(
+                            "`{rel}` leads through a broken symlink. {}",
+                            self.top_level()
+                        )
+                    })?;
                     if !existing.starts_with(&root) {
                         return Err(format!(
-                            "`{rel}` leads outside the workspace through a symlink"
+                            "`{rel}` leads outside the workspace through a symlink; use a path inside it. {}",
+                            self.top_level()
                         ));
                     }
                 }
@@ -86,7 +106,125 @@ impl Workspace {
         }
         Ok(missing.iter().fold(existing, |path, name| path.join(name)))
     }
+
+    /// The relative path a model probably meant by an absolute one: the part after the
+    /// workspace's own location, or else the longest trailing part that exists here
+    /// (`/Users/me/project/notes.md` → `notes.md`). Only paths [`Workspace::resolve`]
+    /// accepts are suggested, so nothing outside is probed.
+    fn suggest_relative(&self, abs: &Path) -> Option<String> {
+        let accepted = |rel: &Path| self.resolve(&rel.to_string_lossy()).ok();
+        let roots = [Some(self.root.clone()), self.root.canonicalize().ok()];
+        for root in roots.iter().flatten() {
+            if let Ok(inside) = abs.strip_prefix(root) {
+                let inside = if inside.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    inside
+                };
+                if accepted(inside).is_some() {
+                    return Some(inside.display().to_string());
+                }
+            }
+        }
+        let names: Vec<_> = abs
+            .components()
+            .rev()
+            .take_while(|c| matches!(c, Component::Normal(_)))
+            .take(SUGGEST_DEPTH)
+            .collect();
+        (1..=names.len()).rev().find_map(|len| {
+            let tail: PathBuf = names[..len].iter().rev().collect();
+            let found = accepted(&tail)?;
+            fs::symlink_metadata(found)
+                .is_ok()
+                .then(|| tail.display().to_string())
+        })
+    }
+
+    /// "The workspace holds: a/, b.md": where a refused path could go instead. The root
+    /// is not created for this; one that does not exist yet is empty.
+    fn top_level(&self) -> String {
+        self.root
+            .canonicalize()
+            .ok()
+            .and_then(|root| holds("The workspace", &root))
+            .unwrap_or_else(|| "The workspace is empty.".to_owned())
+    }
+
+    /// What the nearest existing directory above a missing `rel` holds. Each candidate
+    /// goes through [`Workspace::resolve`], so a directory outside is never listed.
+    fn around(&self, rel: &str) -> String {
+        for dir in Path::new(rel).ancestors().skip(1) {
+            let Ok(path) = self.resolve(&dir.to_string_lossy()) else {
+                continue;
+            };
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            let top = dir.components().all(|c| c == Component::CurDir);
+            let what = if top {
+                "The workspace".to_owned()
+            } else {
+                format!("`{}/`", dir.display())
+            };
+            if let Some(listing) = holds(&what, &path) {
+                return listing;
+            }
+        }
+        String::new()
+    }
+
+    /// An I/O error on `rel` as the model should read it.
+    fn describe_io(&self, rel: &str, err: &std::io::Error) -> String {
+        match err.kind() {
+            std::io::ErrorKind::NotFound => format!("`{rel}` does not exist. {}", self.around(rel))
+                .trim_end()
+                .to_owned(),
+            std::io::ErrorKind::PermissionDenied => format!("`{rel}`: permission denied"),
+            _ if err.raw_os_error() == Some(libc::ELOOP) => {
+                format!("`{rel}` is a symlink, which is not followed")
+            }
+            _ => format!("`{rel}`: {err}"),
+        }
+    }
 }
+
+/// A directory's entries, sorted, directories with a trailing `/`; symlinks are named,
+/// not followed.
+fn entries(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let mut name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            name.push('/');
+        }
+        names.push(name);
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// "`src/` holds: a.rs, b.rs and 3 more.", at most [`HINT_ENTRIES`] names; `None` when
+/// the directory cannot be read.
+fn holds(what: &str, dir: &Path) -> Option<String> {
+    let names = entries(dir).ok()?;
+    if names.is_empty() {
+        return Some(format!("{what} is empty."));
+    }
+    let shown = names[..names.len().min(HINT_ENTRIES)].join(", ");
+    Some(if names.len() > HINT_ENTRIES {
+        format!(
+            "{what} holds: {shown} and {} more.",
+            names.len() - HINT_ENTRIES
+        )
+    } else {
+        format!("{what} holds: {shown}.")
+    })
+}
+
+// The arguments were checked against the tool's schema before the call
+// (`super::args::check`), which explains a bad one; these only take them out.
 
 fn str_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
     match args.get(name) {
@@ -101,9 +239,15 @@ fn count_arg(args: &Value, name: &str) -> Result<Option<usize>, String> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
+            // JSON Schema counts `2.0` as an integer, and so does the checker.
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|n| n.fract() == 0.0 && *n >= 0.0)
+                    .map(|n| n as u64)
+            })
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| format!("argument `{name}` must be a whole number")),
+            .ok_or_else(|| format!("argument `{name}` must be an integer ≥ 0")),
     }
 }
 
@@ -111,9 +255,9 @@ pub fn read_file_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "path": {"type": "string", "description": "Path relative to the workspace"},
-            "offset": {"type": "integer", "minimum": 1, "description": "First line to read (1-based)"},
-            "limit": {"type": "integer", "minimum": 1, "description": "Number of lines to read"}
+            "path": {"type": "string", "description": "File to read, relative to the workspace, like \"notes.md\" or \"src/main.rs\""},
+            "offset": {"type": "integer", "minimum": 1, "description": "First line to read, 1 by default; lines are numbered from 1"},
+            "limit": {"type": "integer", "minimum": 1, "description": format!("How many lines to read, {READ_DEFAULT_LINES} by default")}
         },
         "required": ["path"]
     })
@@ -129,8 +273,8 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
-        .map_err(|e| describe_io(rel, &e))?;
-    let meta = file.metadata().map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
+    let meta = file.metadata().map_err(|e| ws.describe_io(rel, &e))?;
     if meta.is_dir() {
         return Err(format!("`{rel}` is a directory; use list_dir"));
     }
@@ -141,7 +285,7 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     (&mut file)
         .take(READ_CAP_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
     if bytes.contains(&0) {
         return Err(format!("`{rel}` is a binary file"));
     }
@@ -169,8 +313,8 @@ pub fn write_file_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "path": {"type": "string", "description": "Path relative to the workspace"},
-            "content": {"type": "string", "description": "The whole new content of the file"}
+            "path": {"type": "string", "description": "File to write, relative to the workspace, like \"notes.md\"; missing directories are created"},
+            "content": {"type": "string", "description": "The whole new content of the file, as text"}
         },
         "required": ["path", "content"]
     })
@@ -188,7 +332,7 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let path = ws.resolve(rel)?;
     refuse_special(&path, rel)?;
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| describe_io(rel, &e))?;
+        fs::create_dir_all(parent).map_err(|e| ws.describe_io(rel, &e))?;
     }
     let mut file = OpenOptions::new()
         .write(true)
@@ -197,9 +341,9 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
-        .map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
     file.write_all(content.as_bytes())
-        .map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
     Ok(format!("wrote {} bytes to {rel}", content.len()))
 }
 
@@ -207,9 +351,8 @@ pub fn list_dir_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "path": {"type": "string", "description": "Directory relative to the workspace; \".\" for its root"}
-        },
-        "required": ["path"]
+            "path": {"type": "string", "description": "Directory relative to the workspace, like \"src\"; \".\", the default, for its top level"}
+        }
     })
 }
 
@@ -219,17 +362,7 @@ pub fn list_dir(ws: &Workspace, args: &Value) -> Result<String, String> {
         Some(_) => str_arg(args, "path")?,
     };
     let path = ws.resolve(rel)?;
-    let entries = fs::read_dir(&path).map_err(|e| describe_io(rel, &e))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| describe_io(rel, &e))?;
-        let mut name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            name.push('/');
-        }
-        names.push(name);
-    }
-    names.sort_unstable();
+    let mut names = entries(&path).map_err(|e| ws.describe_io(rel, &e))?;
     let total = names.len();
     names.truncate(LIST_CAP);
     let mut out = names.join("\n");
@@ -246,9 +379,9 @@ pub fn edit_file_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "path": {"type": "string", "description": "Path relative to the workspace"},
-            "old_string": {"type": "string", "description": "The exact text to replace; it must occur exactly once"},
-            "new_string": {"type": "string", "description": "The text to put in its place"}
+            "path": {"type": "string", "description": "File to edit, relative to the workspace, like \"notes.md\""},
+            "old_string": {"type": "string", "description": "The exact text to replace, copied from the file; it must occur exactly once"},
+            "new_string": {"type": "string", "description": "The text to put in its place (may be empty)"}
         },
         "required": ["path", "old_string", "new_string"]
     })
@@ -262,7 +395,7 @@ pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         return Err("`old_string` is empty; to write a whole file use write_file".to_owned());
     }
     let path = ws.resolve(rel)?;
-    let text = read_text(&path, rel, WRITE_CAP_BYTES as u64)?;
+    let text = read_text(ws, &path, rel, WRITE_CAP_BYTES as u64)?;
     let found = text.matches(old).count();
     match found {
         0 => {
@@ -283,21 +416,21 @@ pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         .truncate(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
-        .map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
     file.write_all(edited.as_bytes())
-        .map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
     Ok(format!("replaced 1 occurrence in {rel}"))
 }
 
 /// Reads a whole regular file as UTF-8 text, refusing devices, binaries and big files.
-fn read_text(path: &Path, rel: &str, cap: u64) -> Result<String, String> {
+fn read_text(ws: &Workspace, path: &Path, rel: &str, cap: u64) -> Result<String, String> {
     refuse_special(path, rel)?;
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| describe_io(rel, &e))?;
-    let meta = file.metadata().map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
+    let meta = file.metadata().map_err(|e| ws.describe_io(rel, &e))?;
     if !meta.is_file() {
         return Err(format!("`{rel}` is not a regular file"));
     }
@@ -309,7 +442,7 @@ fn read_text(path: &Path, rel: &str, cap: u64) -> Result<String, String> {
     }
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
-        .map_err(|e| describe_io(rel, &e))?;
+        .map_err(|e| ws.describe_io(rel, &e))?;
     if bytes.contains(&0) {
         return Err(format!("`{rel}` is a binary file"));
     }
@@ -328,8 +461,8 @@ pub fn search_files_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "pattern": {"type": "string", "description": "A regular expression, or plain text"},
-            "path": {"type": "string", "description": "Directory or file to search, relative to the workspace (default: all of it)"}
+            "pattern": {"type": "string", "description": "What to look for: a regular expression, or plain text, like \"fn main\""},
+            "path": {"type": "string", "description": "Directory or file to search, relative to the workspace, like \"src\"; all of it by default"}
         },
         "required": ["pattern"]
     })
@@ -338,7 +471,9 @@ pub fn search_files_schema() -> Value {
 pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
     let pattern = str_arg(args, "pattern")?;
     if pattern.is_empty() {
-        return Err("`pattern` is empty".to_owned());
+        return Err(
+            "`pattern` is empty; give the text or regular expression to look for".to_owned(),
+        );
     }
     let rel = match args.get("path") {
         None | Some(Value::Null) => ".",
@@ -350,6 +485,9 @@ pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
         Err(_) => regex::Regex::new(&regex::escape(pattern)).map_err(|e| e.to_string())?,
     };
     let root = ws.resolve(rel)?;
+    if let Err(e) = fs::symlink_metadata(&root) {
+        return Err(ws.describe_io(rel, &e));
+    }
     let base = ws.resolve(".")?;
     let mut files = Vec::new();
     collect_files(&root, &mut files, 0);
@@ -361,7 +499,7 @@ pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
             .unwrap_or(file)
             .display()
             .to_string();
-        let Ok(text) = read_text(file, &shown, SEARCH_FILE_CAP) else {
+        let Ok(text) = read_text(ws, file, &shown, SEARCH_FILE_CAP) else {
             continue;
         };
         for (n, line) in text.lines().enumerate() {
@@ -419,17 +557,6 @@ fn refuse_special(path: &Path, rel: &str) -> Result<(), String> {
             Err(format!("`{rel}` is not a regular file"))
         }
         _ => Ok(()),
-    }
-}
-
-fn describe_io(rel: &str, err: &std::io::Error) -> String {
-    match err.kind() {
-        std::io::ErrorKind::NotFound => format!("`{rel}` does not exist"),
-        std::io::ErrorKind::PermissionDenied => format!("`{rel}`: permission denied"),
-        _ if err.raw_os_error() == Some(libc::ELOOP) => {
-            format!("`{rel}` is a symlink, which is not followed")
-        }
-        _ => format!("`{rel}`: {err}"),
     }
 }
 
@@ -577,6 +704,150 @@ mod tests {
             "no matches for `zzz`"
         );
         assert!(search_files(&ws, &json!({"pattern": "x", "path": "../"})).is_err());
+    }
+
+    /// The error of reading `path`.
+    fn read_error(ws: &Workspace, path: &str) -> String {
+        read_file(ws, &json!({"path": path})).unwrap_err()
+    }
+
+    #[test]
+    fn an_absolute_path_suggests_the_part_of_it_that_exists_here() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(root.join("src")).unwrap();
+        fs::write(root.join("notes.md"), "n").unwrap();
+        assert_eq!(
+            read_error(&ws, "/Users/me/project/notes.md"),
+            "`/Users/me/project/notes.md` is an absolute path; use a path relative to the \
+             workspace. Did you mean `notes.md`? The workspace holds: notes.md, src/."
+        );
+        fs::create_dir_all(root.join("project")).unwrap();
+        fs::write(root.join("project/notes.md"), "p").unwrap();
+        assert!(
+            read_error(&ws, "/Users/me/project/notes.md")
+                .contains("Did you mean `project/notes.md`?"),
+            "the longest part that exists"
+        );
+        let own = root.join("drafts/new.md");
+        let write = write_file(&ws, &json!({"path": own.to_str().unwrap(), "content": "x"}));
+        assert!(
+            write.unwrap_err().contains("Did you mean `drafts/new.md`?"),
+            "the workspace's own location is stripped, even for a file not written yet"
+        );
+        assert!(!root.join("drafts").exists());
+        assert!(!read_error(&ws, "/etc/passwd").contains("Did you mean"));
+    }
+
+    #[test]
+    fn refusals_name_the_top_level_entries_sorted_with_directories_marked() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(root.join("src")).unwrap();
+        fs::write(root.join("b.md"), "b").unwrap();
+        fs::write(root.join("a.md"), "a").unwrap();
+        fs::write(dir.path().join("secret"), "s").unwrap();
+        symlink(dir.path(), root.join("up")).unwrap();
+        let listing = "The workspace holds: a.md, b.md, src/, up.";
+        for (path, reason) in [
+            (
+                "../secret",
+                "`../secret` is outside the workspace: `..` is not allowed",
+            ),
+            ("/etc/passwd", "`/etc/passwd` is an absolute path"),
+            (
+                "up/secret",
+                "`up/secret` leads outside the workspace through a symlink",
+            ),
+        ] {
+            let error = read_error(&ws, path);
+            assert!(error.starts_with(reason), "{error}");
+            assert!(error.ends_with(listing), "{error}");
+        }
+        let (_empty_dir, empty) = workspace();
+        assert!(read_error(&empty, "/notes.md").ends_with("The workspace is empty."));
+    }
+
+    #[test]
+    fn the_top_level_listing_names_at_most_twenty_entries() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(&root).unwrap();
+        for i in 0..25 {
+            fs::write(root.join(format!("f{i:02}")), "").unwrap();
+        }
+        let shown: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+        assert!(
+            read_error(&ws, "/f99").ends_with(&format!(
+                "The workspace holds: {} and 5 more.",
+                shown.join(", ")
+            )),
+            "{}",
+            read_error(&ws, "/f99")
+        );
+    }
+
+    #[test]
+    fn a_missing_path_names_what_its_nearest_existing_directory_holds() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(root.join("src/empty")).unwrap();
+        fs::write(root.join("src/a.rs"), "a").unwrap();
+        fs::write(root.join("src/b.rs"), "b").unwrap();
+        assert_eq!(
+            read_error(&ws, "src/c.rs"),
+            "`src/c.rs` does not exist. `src/` holds: a.rs, b.rs, empty/."
+        );
+        assert_eq!(
+            read_error(&ws, "src/deep/er/c.rs"),
+            "`src/deep/er/c.rs` does not exist. `src/` holds: a.rs, b.rs, empty/."
+        );
+        assert_eq!(
+            read_error(&ws, "src/empty/c.rs"),
+            "`src/empty/c.rs` does not exist. `src/empty/` is empty."
+        );
+        assert_eq!(
+            list_dir(&ws, &json!({"path": "lib"})).unwrap_err(),
+            "`lib` does not exist. The workspace holds: src/."
+        );
+        let edit = edit_file(
+            &ws,
+            &json!({"path": "./src/main.rs", "old_string": "a", "new_string": "b"}),
+        );
+        assert_eq!(
+            edit.unwrap_err(),
+            "`./src/main.rs` does not exist. `./src/` holds: a.rs, b.rs, empty/."
+        );
+    }
+
+    #[test]
+    fn nothing_outside_the_workspace_is_listed_or_suggested() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("inner")).unwrap();
+        fs::write(outside.join("hidden-name.txt"), "s").unwrap();
+        fs::create_dir_all(&root).unwrap();
+        symlink(&outside, root.join("out")).unwrap();
+        for path in [
+            "out/nothing".to_owned(),
+            "out/inner/nothing".to_owned(),
+            "/x/out/hidden-name.txt".to_owned(),
+            root.join("out/hidden-name.txt").display().to_string(),
+            outside.join("hidden-name.txt").display().to_string(),
+        ] {
+            let error = read_error(&ws, &path);
+            assert!(error.ends_with("The workspace holds: out."), "{error}");
+            let told = error.replacen(&format!("`{path}`"), "", 1);
+            for leak in ["hidden-name", "inner", "Did you mean"] {
+                assert!(!told.contains(leak), "{error}");
+            }
+        }
+        assert_eq!(
+            ws.around("out/inner/nothing"),
+            "The workspace holds: out.",
+            "a directory reached through a link outside is skipped, not listed"
+        );
     }
 
     #[test]

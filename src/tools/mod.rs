@@ -2,6 +2,7 @@
 //! (unknown tool, bad arguments, a path outside the workspace) becomes a tool result
 //! marked as an error, which the model sees and may recover from.
 
+pub mod args;
 pub mod command;
 pub mod files;
 pub mod todo;
@@ -163,46 +164,73 @@ impl Toolbox {
             .collect()
     }
 
-    /// True for tools that change nothing, which may run concurrently.
+    /// True for tools that change nothing, which may run concurrently: the read-only
+    /// built-ins and the commands declared `read_only`.
     pub fn is_read_only(&self, name: &str) -> bool {
         self.builtins.iter().any(|t| t.name == name && t.read_only)
+            || self.commands.iter().any(|c| c.name == name && c.read_only)
     }
 
-    /// Runs one call. Only granted tools run; anything else is a tool error.
+    /// Runs one call. Only granted tools run, and only with arguments their schema
+    /// accepts ([`args::check`]); anything else is a tool error.
     pub async fn call(
         &self,
         name: &str,
         arguments: &Value,
         ctx: &mut ToolContext<'_>,
     ) -> ToolOutput {
-        if !arguments.is_object() {
-            return ToolOutput::error(format!("the arguments of `{name}` must be a JSON object"));
+        enum Granted<'t> {
+            Builtin(&'static Builtin),
+            Command(&'t CommandToolDef),
         }
-        if let Some(tool) = self.builtins.iter().find(|t| t.name == name) {
-            let result = match tool.action {
-                Action::File(run) => run(&self.workspace, arguments),
-                Action::Todo => todo::write(ctx.todos, arguments),
-            };
-            return match result {
-                Ok(content) => ToolOutput::ok(content),
-                Err(message) => ToolOutput::error(message),
-            };
+        let tool = if let Some(tool) = self.builtins.iter().find(|t| t.name == name) {
+            Granted::Builtin(tool)
+        } else if let Some(command) = self.commands.iter().find(|c| c.name == name) {
+            Granted::Command(command)
+        } else {
+            let granted = self.names().join(", ");
+            return ToolOutput::error(format!(
+                "unknown tool `{name}`; the tools available are: {}",
+                if granted.is_empty() { "none" } else { &granted }
+            ));
+        };
+        let schema = match tool {
+            Granted::Builtin(tool) => (tool.parameters)(),
+            Granted::Command(command) => command::spec(command).parameters,
+        };
+        if let Err(message) = args::check(name, &schema, arguments) {
+            return ToolOutput::error(message);
         }
-        if let Some(command) = self.commands.iter().find(|c| c.name == name) {
-            return command::run(
-                command,
-                &self.workspace,
-                arguments,
-                &self.secret_env,
-                ctx.stop,
-            )
-            .await;
+        match tool {
+            Granted::Builtin(tool) => {
+                let result = match tool.action {
+                    Action::File(run) => {
+                        // On the blocking pool, so that the read-only calls of a step
+                        // really run at the same time (and a slow disk stalls no task).
+                        let workspace = self.workspace.clone();
+                        let arguments = arguments.clone();
+                        tokio::task::spawn_blocking(move || run(&workspace, &arguments))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("the tool `{name}` failed: {e}")))
+                    }
+                    Action::Todo => todo::write(ctx.todos, arguments),
+                };
+                match result {
+                    Ok(content) => ToolOutput::ok(content),
+                    Err(message) => ToolOutput::error(message),
+                }
+            }
+            Granted::Command(command) => {
+                command::run(
+                    command,
+                    &self.workspace,
+                    arguments,
+                    &self.secret_env,
+                    ctx.stop,
+                )
+                .await
+            }
         }
-        let granted = self.names().join(", ");
-        ToolOutput::error(format!(
-            "unknown tool `{name}`; the tools available are: {}",
-            if granted.is_empty() { "none" } else { &granted }
-        ))
     }
 }
 
@@ -267,7 +295,245 @@ mod tests {
     fn arguments_must_be_an_object() {
         let dir = tempfile::tempdir().unwrap();
         let toolbox = Toolbox::new(dir.path().to_owned(), &["list_dir".to_owned()], Vec::new());
-        assert!(call(&toolbox, "list_dir", json!("notes")).is_error);
+        let out = call(&toolbox, "list_dir", json!("notes"));
+        assert!(out.is_error);
+        assert_eq!(
+            out.content,
+            "the arguments of `list_dir` must be a JSON object like {\"path\":\"…\"}, not \"notes\""
+        );
+    }
+
+    /// Every built-in, and a declared `weather` command, over a workspace holding
+    /// `notes.md` and `src/main.rs`.
+    fn every_tool() -> (tempfile::TempDir, Toolbox) {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(ws.join("src")).unwrap();
+        std::fs::write(ws.join("notes.md"), "one\ntwo\n").unwrap();
+        std::fs::write(ws.join("src/main.rs"), "fn main() {}\n").unwrap();
+        let weather: CommandToolDef = toml::from_str(
+            r#"
+            name = "weather"
+            argv = ["cat"]
+            [parameters]
+            type = "object"
+            required = ["city"]
+            [parameters.properties.city]
+            type = "string"
+            description = "City name, like \"Paris\""
+            [parameters.properties.days]
+            type = "integer"
+            minimum = 1
+            maximum = 14
+            description = "Days of forecast"
+            [parameters.properties.units]
+            type = "string"
+            enum = ["metric", "imperial"]
+            [parameters.properties.when]
+            type = "string"
+            format = "date"
+            "#,
+        )
+        .unwrap();
+        let granted: Vec<String> = BUILTINS.iter().map(|t| t.name.to_owned()).collect();
+        let toolbox = Toolbox::new(ws, &granted, vec![weather]);
+        (dir, toolbox)
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_saying_what_a_valid_value_is() {
+        let (dir, toolbox) = every_tool();
+        let cases: &[(&str, Value, &[&str])] = &[
+            (
+                "read_file",
+                json!({"path": "notes.md", "offset": -1}),
+                &[
+                    "argument `offset` must be an integer ≥ 1 (First line to read, 1 by default; lines are numbered from 1), not -1",
+                ],
+            ),
+            (
+                "read_file",
+                json!({"path": "notes.md", "offset": 0}),
+                &["argument `offset` must be an integer ≥ 1", "not 0"],
+            ),
+            (
+                "read_file",
+                json!({"path": "notes.md", "limit": "10"}),
+                &[
+                    "argument `limit` must be an integer ≥ 1 (How many lines to read, 2000 by default), not \"10\" (that is text; write the value itself, without quotes)",
+                ],
+            ),
+            (
+                "read_file",
+                json!({"file_path": "notes.md"}),
+                &[
+                    "missing argument `path`, which must be a string (File to read, relative to the workspace, like \"notes.md\" or \"src/main.rs\"); read_file takes: path, and optionally limit, offset; you gave: file_path",
+                ],
+            ),
+            (
+                "read_file",
+                json!({}),
+                &["missing argument `path`, which must be a string (File to read"],
+            ),
+            (
+                "read_file",
+                json!({"path": "/Users/me/project/notes.md"}),
+                &[
+                    "`/Users/me/project/notes.md` is an absolute path; use a path relative to the workspace. Did you mean `notes.md`? The workspace holds: notes.md, src/.",
+                ],
+            ),
+            (
+                "write_file",
+                json!({"path": "a.md"}),
+                &[
+                    "missing argument `content`, which must be a string (The whole new content of the file, as text)",
+                ],
+            ),
+            (
+                "write_file",
+                json!({"path": "a.md", "content": ["line"]}),
+                &["argument `content` must be a string", "not [\"line\"]"],
+            ),
+            (
+                "write_file",
+                json!({"path": "../a.md", "content": "x"}),
+                &[
+                    "`../a.md` is outside the workspace",
+                    "The workspace holds: notes.md, src/.",
+                ],
+            ),
+            (
+                "edit_file",
+                json!({"path": "notes.md", "old": "one", "new": "1"}),
+                &[
+                    "missing argument `old_string`",
+                    "also missing: new_string",
+                    "edit_file takes: path, old_string, new_string; you gave: new, old, path",
+                ],
+            ),
+            (
+                "edit_file",
+                json!({"path": "notes.md", "old_string": "", "new_string": "1"}),
+                &["`old_string` is empty"],
+            ),
+            (
+                "edit_file",
+                json!({"path": "notes.txt", "old_string": "one", "new_string": "1"}),
+                &["`notes.txt` does not exist. The workspace holds: notes.md, src/."],
+            ),
+            (
+                "list_dir",
+                json!({"path": 3}),
+                &[
+                    "argument `path` must be a string (Directory relative to the workspace",
+                    "not 3",
+                ],
+            ),
+            (
+                "list_dir",
+                json!({"path": "lib"}),
+                &["`lib` does not exist. The workspace holds: notes.md, src/."],
+            ),
+            (
+                "search_files",
+                json!({"path": "src"}),
+                &["missing argument `pattern`, which must be a string (What to look for"],
+            ),
+            (
+                "search_files",
+                json!({"pattern": "x", "path": "src/bin"}),
+                &["`src/bin` does not exist. `src/` holds: main.rs."],
+            ),
+            (
+                "todo_write",
+                json!({"todos": "buy milk"}),
+                &[
+                    "argument `todos` must be a list like [{\"content\":\"…\",\"status\":\"pending\"}] (The whole task list",
+                    "not \"buy milk\"",
+                ],
+            ),
+            (
+                "todo_write",
+                json!({"todos": [{"content": "a", "status": "pending"}, {"content": "b", "status": "done"}]}),
+                &[
+                    "argument `todos[1].status` must be one of \"pending\", \"in_progress\", \"completed\" (Where the task stands; at most one task may be in_progress), not \"done\"",
+                ],
+            ),
+            (
+                "todo_write",
+                json!({"todos": [{"task": "a"}]}),
+                &[
+                    "missing argument `todos[0].content`",
+                    "also missing: status",
+                    "`todos[0]` takes: content, status; you gave: task",
+                ],
+            ),
+            (
+                "todo_write",
+                json!({"todos": [{"content": "a", "status": "in_progress"}, {"content": "b", "status": "in_progress"}]}),
+                &["at most one may be"],
+            ),
+            (
+                "weather",
+                json!({"town": "Paris"}),
+                &[
+                    "missing argument `city`, which must be a string (City name, like \"Paris\"); weather takes: city, and optionally days, units, when; you gave: town",
+                ],
+            ),
+            (
+                "weather",
+                json!({"city": "Paris", "days": 30}),
+                &["argument `days` must be an integer from 1 to 14 (Days of forecast), not 30"],
+            ),
+            (
+                "weather",
+                json!({"city": "Paris", "units": "kelvin"}),
+                &["argument `units` must be one of \"metric\", \"imperial\", not \"kelvin\""],
+            ),
+        ];
+        for (tool, args, expected) in cases {
+            let out = call(&toolbox, tool, args.clone());
+            assert!(out.is_error, "{tool} {args}: {}", out.content);
+            for fragment in *expected {
+                assert!(
+                    out.content.contains(fragment),
+                    "{tool} {args}:\n  got      {}\n  expected {fragment}",
+                    out.content
+                );
+            }
+        }
+        let ws = dir.path().join("ws");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("notes.md")).unwrap(),
+            "one\ntwo\n"
+        );
+        assert!(!ws.join("a.md").exists() && !dir.path().join("a.md").exists());
+    }
+
+    #[test]
+    fn extras_nulls_and_rules_the_checker_cannot_judge_are_accepted() {
+        let (_dir, toolbox) = every_tool();
+        let cases: &[(&str, Value)] = &[
+            (
+                "read_file",
+                json!({"path": "notes.md", "offset": null, "limit": null, "reason": "look"}),
+            ),
+            ("read_file", json!({"path": "notes.md", "offset": 2.0})),
+            ("list_dir", json!({})),
+            ("search_files", json!({"pattern": "main", "path": null})),
+            (
+                "todo_write",
+                json!({"todos": [{"content": "a", "status": "pending", "why": "x"}]}),
+            ),
+            (
+                "weather",
+                json!({"city": "Paris", "when": "soon", "extra": [1]}),
+            ),
+        ];
+        for (tool, args) in cases {
+            let out = call(&toolbox, tool, args.clone());
+            assert!(!out.is_error, "{tool} {args}: {}", out.content);
+        }
     }
 
     #[test]

@@ -15,12 +15,16 @@ pub fn schema() -> Value {
         "properties": {
             "todos": {
                 "type": "array",
-                "description": "The whole task list, replacing the previous one",
+                "description": format!("The whole task list, replacing the previous one; at most {MAX_TODOS} tasks"),
                 "items": {
                     "type": "object",
                     "properties": {
-                        "content": {"type": "string"},
-                        "status": {"type": "string", "enum": ["pending", "in_progress", "completed"]}
+                        "content": {"type": "string", "description": "What the task is, in a few words"},
+                        "status": {
+                            "type": "string",
+                            "enum": ["pending", "in_progress", "completed"],
+                            "description": "Where the task stands; at most one task may be in_progress"
+                        }
                     },
                     "required": ["content", "status"]
                 }
@@ -31,6 +35,8 @@ pub fn schema() -> Value {
 }
 
 /// Replaces `todos` with the list in `args`; refuses a malformed list and keeps the old.
+/// The list's shape was checked against [`schema`] before the call (`super::args::check`);
+/// the rules a schema does not express are checked here.
 pub fn write(todos: &mut Vec<Todo>, args: &Value) -> Result<String, String> {
     #[derive(Deserialize)]
     struct Args {
@@ -40,16 +46,21 @@ pub fn write(todos: &mut Vec<Todo>, args: &Value) -> Result<String, String> {
         format!("`todos` must be a list of {{content, status}} with status pending, in_progress or completed ({e})")
     })?;
     if new.len() > MAX_TODOS {
-        return Err(format!("at most {MAX_TODOS} tasks"));
+        return Err(format!(
+            "`todos` has {} tasks; at most {MAX_TODOS}: merge or drop some",
+            new.len()
+        ));
     }
-    if new.iter().any(|t| t.content.trim().is_empty()) {
-        return Err("every task needs some content".to_owned());
+    if let Some(blank) = new.iter().position(|t| t.content.trim().is_empty()) {
+        return Err(format!(
+            "`todos[{blank}].content` is blank; every task needs a few words saying what it is"
+        ));
     }
     let count = |status| new.iter().filter(|t| t.status == status).count();
     let in_progress = count(TodoStatus::InProgress);
     if in_progress > 1 {
         return Err(format!(
-            "{in_progress} tasks are in_progress; at most one may be"
+            "{in_progress} tasks are in_progress; at most one may be: mark the others pending or completed"
         ));
     }
     let summary = format!(

@@ -292,7 +292,7 @@ impl Owner<'_> {
             steps: 0,
             usage: Usage::default(),
             started_at: exec.started_at,
-            consecutive_errors: 0,
+            failed_steps_in_a_row: 0,
             open_step: None,
         });
         self.dir.write_state_unsynced(state)?;
@@ -500,6 +500,7 @@ impl Owner<'_> {
             last.push(EventPayload::MessageCompleted(MessageCompleted {
                 message_id: exec.message_id,
                 response: response.clone(),
+                empty: response.trim().is_empty(),
             }));
         }
         last.push(EventPayload::AgentStatus(AgentStatusChanged {

@@ -11,7 +11,6 @@
 //! Every command runs without the developer's `OPENAI_*` / `ANTHROPIC_*` variables
 //! (and without proxies): the tests see only what they set.
 
-use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,21 +29,6 @@ const KEY: &str = "sk-test-secret-123";
 const SYSTEM: &str = "You are the agent under test.";
 /// The pause before each streamed piece: small, but enough to make chunks separate.
 const STEP: Duration = Duration::from_millis(5);
-
-/// Variables that would change where requests go or which key they carry.
-const OUTSIDE_VARS: &[&str] = &[
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_BASE_URL",
-    "AGENTQ_TEST_MISSING_KEY",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-];
 
 /// Runs agentq with only the provider variables in `vars`.
 fn agentq(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Output {
@@ -190,27 +174,6 @@ fn assert_not_in_output(out: &Output, secret: &str, what: &str) {
         "{what}: the key is in the output:\n{}",
         describe(out)
     );
-}
-
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let bytes = std::fs::read(&path).unwrap();
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    found
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` for a time (whole seconds).
@@ -389,6 +352,10 @@ fn openai_tool_call_split_across_chunks_runs_and_its_result_goes_back() {
     );
     let assistant = &second[2];
     assert_eq!(assistant["role"], "assistant");
+    assert_eq!(
+        assistant["content"], "",
+        "an empty string beside tool calls: llama.cpp-based servers answer null with HTTP 500"
+    );
     let calls = assistant["tool_calls"].as_array().expect("tool_calls");
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["id"], "call_w1");
@@ -669,7 +636,201 @@ fn openai_usage_absent_still_completes_with_consistent_totals() {
         execution["output"].as_u64().unwrap(),
     );
     assert_eq!(execution["total"], input + output, "{execution}");
+    assert_eq!(execution["estimated"], true, "marked as an estimate");
     assert_eq!(&session_show(&env, &id)["session"]["usage"], execution);
+    let step = &env.events_of(&id, "agent.step.completed")[0]["payload"];
+    assert_eq!(step["usage"]["estimated"], true);
+}
+
+#[test]
+fn openai_usage_of_zero_for_a_streamed_answer_is_estimated_and_the_footer_says_so() {
+    let env = TestEnv::new();
+    let sse = OpenAiSse::new()
+        .role()
+        .texts(&["zero ", "usage"])
+        .finish("stop")
+        .usage(0, 0)
+        .done();
+    let server = FakeServer::start(vec![sse.reply(STEP)]);
+    env.write_agent("gpt", &openai_agent("gpt", &server.openai_url(), ""));
+    let ran = run_openai(&env, "gpt", "go").expect(0);
+    let usage = &ran.result["usage"];
+    assert!(usage["output"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(usage["estimated"], true);
+    let log = agentq(
+        &env,
+        &[
+            "watch",
+            &ran.session(),
+            "--from-start",
+            "--plain",
+            "--exit-on-idle",
+        ],
+        &[],
+    );
+    assert!(
+        stdout(&log).contains(&format!("· ~{} tokens", usage["total"])),
+        "the footer marks the estimate:\n{}",
+        stdout(&log)
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Answers that are not streams, and empty answers
+
+/// Runs against a server that answers `reply` (always), requiring exit `code`.
+fn run_against(reply: Reply, code: i32) -> (TestEnv, FakeServer, Ran) {
+    let env = TestEnv::new();
+    let server = FakeServer::start(vec![reply]);
+    env.write_agent("gpt", &openai_agent("gpt", &server.openai_url(), ""));
+    let ran = run_openai(&env, "gpt", "go").expect(code);
+    (env, server, ran)
+}
+
+#[test]
+fn a_200_with_an_empty_body_fails_saying_so_and_is_not_retried() {
+    let (_env, server, ran) = run_against(Reply::ok(), 1);
+    let error = ran.result["error"].as_str().unwrap();
+    assert!(error.contains("HTTP 200"), "{error}");
+    assert!(error.contains("with an empty body"), "{error}");
+    assert!(error.contains("text/event-stream"), "{error}");
+    assert_eq!(
+        server.request_count(),
+        1,
+        "the same request gets the same answer"
+    );
+}
+
+#[test]
+fn a_200_with_a_json_body_instead_of_a_stream_fails_naming_it() {
+    let completion = json!({
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]
+    });
+    let (_env, server, ran) = run_against(Reply::json(200, completion), 1);
+    let error = ran.result["error"].as_str().unwrap();
+    assert!(error.contains("with a JSON body"), "{error}");
+    assert!(error.contains("application/json"), "{error}");
+    assert!(
+        error.contains("chat.completion"),
+        "shows what came: {error}"
+    );
+    assert_eq!(server.request_count(), 1);
+    // An error document sent with 200 is quoted by its message.
+    let (_env, _server, ran) = run_against(
+        Reply::json(200, json!({"error": {"message": "model not loaded"}})),
+        1,
+    );
+    let error = ran.result["error"].as_str().unwrap();
+    assert!(error.contains("(model not loaded)"), "{error}");
+}
+
+#[test]
+fn a_500_that_is_the_servers_request_validation_is_reported_and_not_retried() {
+    let validation = "2 validation errors:\n  {'type': 'string_type', 'loc': ('body', 'messages', 1, 'content'), 'msg': 'Input should be a valid string'}";
+    let (_env, server, ran) = run_against(Reply::error(500, validation), 1);
+    let error = ran.result["error"].as_str().unwrap();
+    assert!(error.contains("HTTP 500"), "{error}");
+    assert!(
+        error.contains("2 validation errors: {'type': 'string_type'"),
+        "the body, on one line: {error}"
+    );
+    assert_eq!(ran.result["stop_reason"], "error");
+    assert_eq!(server.request_count(), 1, "sending it again cannot help");
+}
+
+#[test]
+fn an_answer_with_no_text_and_no_tool_calls_is_marked_empty_and_said_so() {
+    let empty = OpenAiSse::new().role().finish("stop").usage(9, 0).done();
+    let (env, _server, ran) = run_against(empty.reply(STEP), 0);
+    assert_eq!(ran.result["status"], "completed");
+    assert_eq!(ran.result["response"], "");
+    assert_eq!(ran.result["empty"], true);
+    let id = ran.session();
+    let done = &env.payloads(&id, "agent.message.completed")[0];
+    assert_eq!(done["empty"], true);
+    let plain = agentq(
+        &env,
+        &["watch", &id, "--from-start", "--plain", "--exit-on-idle"],
+        &[],
+    );
+    assert!(
+        stdout(&plain).contains("· the model's answer was empty (no text and no tool calls)"),
+        "{}",
+        stdout(&plain)
+    );
+    // Without --json, a one-line note goes to stderr; stdout keeps the (empty) answer.
+    let out = agentq(
+        &env,
+        &["run", "--agent", "gpt", "go"],
+        &[("OPENAI_API_KEY", KEY)],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out).trim(), "");
+    assert!(
+        stderr(&out).contains("agentq: the model's answer was empty"),
+        "{}",
+        describe(&out)
+    );
+    // A text answer is not marked.
+    let (env, _server, ran) = run_against(OpenAiSse::answer(&["Hi"], 3, 1).reply(STEP), 0);
+    assert_eq!(ran.result["empty"], false);
+    let done = &env.payloads(&ran.session(), "agent.message.completed")[0];
+    assert!(done.get("empty").is_none(), "absent when false: {done}");
+}
+
+#[test]
+fn a_forcing_tool_choice_holds_until_a_tool_was_called() {
+    let env = TestEnv::new();
+    let call = OpenAiSse::new()
+        .role()
+        .tool_call(0, "call_1", "list_dir", "{\"path\": \".\"}")
+        .finish("tool_calls")
+        .done();
+    let server = FakeServer::start(vec![
+        call.reply(STEP),
+        OpenAiSse::answer(&["Listed."], 5, 2).reply(STEP),
+    ]);
+    env.write_agent(
+        "gpt",
+        &openai_agent("gpt", &server.openai_url(), "tool_choice = \"list_dir\""),
+    );
+    run_openai(&env, "gpt", "go").expect(0);
+    assert_eq!(
+        server.request(0).body["tool_choice"],
+        json!({"type": "function", "function": {"name": "list_dir"}})
+    );
+    assert!(
+        server.request(1).body.get("tool_choice").is_none(),
+        "after a call, the model may answer: {}",
+        server.request(1).body
+    );
+    // "auto" and "none" hold for every step, and "required" is sent as it is.
+    for (choice, wire) in [("auto", json!("auto")), ("required", json!("required"))] {
+        let server = FakeServer::start(vec![OpenAiSse::answer(&["Hi"], 3, 1).reply(STEP)]);
+        env.write_agent(
+            "gpt",
+            &openai_agent(
+                "gpt",
+                &server.openai_url(),
+                &format!("tool_choice = \"{choice}\""),
+            ),
+        );
+        run_openai(&env, "gpt", "go").expect(0);
+        assert_eq!(server.request(0).body["tool_choice"], wire);
+    }
+    // A tool the agent does not have is refused when the definition is checked.
+    env.write_agent(
+        "gpt",
+        &openai_agent("gpt", "http://127.0.0.1:9/v1", "tool_choice = \"rm_rf\""),
+    );
+    let out = env.run(&["agents", "validate"]);
+    assert_eq!(code(&out), 2, "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("model.tool_choice") && stdout(&out).contains("rm_rf"),
+        "{}",
+        describe(&out)
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -1306,7 +1467,7 @@ fn anthropic_text_answer_with_pings_and_its_request() {
     );
     assert_eq!(
         messages(&request),
-        vec![json!({"role": "user", "content": [{"type": "text", "text": "Greet me"}]})]
+        vec![json!({"role": "user", "content": "Greet me"})]
     );
     let tools: Vec<&str> = body["tools"]
         .as_array()
