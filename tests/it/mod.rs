@@ -4,6 +4,7 @@ mod fake_server;
 mod faults;
 mod pipeline;
 mod providers;
+mod real;
 mod refusals;
 mod watching;
 mod workers;
