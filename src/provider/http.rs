@@ -18,18 +18,24 @@ const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// A client for model APIs: TLS through rustls with the system's roots, a connect
 /// timeout, and no overall timeout (a stream may last minutes; idleness is watched
-/// per chunk instead).
+/// per chunk instead). One per process, shared by every execution: reading the
+/// system's roots costs milliseconds before the first request, and a worker keeps its
+/// connections to a server alive from one message to the next.
 pub fn client() -> Result<reqwest::Client, UserError> {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        // Fails only if a provider is already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    reqwest::Client::builder()
-        .user_agent(concat!("agentq/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| UserError::usage(format!("cannot set up the HTTP client: {e}")))
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            // Fails only if a provider is already installed, which is just as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .user_agent(concat!("agentq/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(15))
+                .build()
+                .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+        })
+        .clone()
+        .map_err(UserError::usage)
 }
 
 /// How a wait ended, when the observer did not stop it.

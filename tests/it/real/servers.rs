@@ -58,21 +58,25 @@ fn installed() -> Installed {
     }
 }
 
-/// Refuses to start anything unless the process runs in a network namespace whose
-/// only interface is loopback (`scripts/real-server test` makes one).
-pub fn assert_isolated() {
-    let dev = std::fs::read_to_string("/proc/self/net/dev").expect("/proc/self/net/dev");
+/// Whether the process runs in a network namespace whose only interface is loopback
+/// (`scripts/real-server test` and `bench` make one).
+pub fn isolated() -> bool {
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
     let interfaces: Vec<&str> = dev
         .lines()
         .skip(2)
         .filter_map(|l| l.split(':').next())
         .map(str::trim)
         .collect();
-    assert_eq!(
-        interfaces,
-        ["lo"],
-        "the real-server tests run only in a network namespace with loopback alone: \
-         use `scripts/real-server test`"
+    interfaces == ["lo"]
+}
+
+/// Refuses to start anything outside such a namespace.
+pub fn assert_isolated() {
+    assert!(
+        isolated(),
+        "the real servers run only in a network namespace with loopback alone: \
+         use `scripts/real-server test` (or `bench`)"
     );
 }
 
@@ -390,7 +394,7 @@ fn relay(mut client: TcpStream, upstream: SocketAddr, seen: Arc<Mutex<Vec<Seen>>
 
 /// A piece of an answer that carries model text: an OpenAI content delta or an
 /// Anthropic text delta.
-fn contains_model_text(piece: &[u8]) -> bool {
+pub fn contains_model_text(piece: &[u8]) -> bool {
     let text = String::from_utf8_lossy(piece);
     text.contains("\"text_delta\"")
         || (text.contains("\"content\": \"") && !text.contains("\"content\": \"\""))
