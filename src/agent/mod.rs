@@ -418,8 +418,8 @@ async fn infer(
 }
 
 /// The definition's `tool_choice` for the next step. One that forces a call holds only
-/// until the execution has called a tool (its message is the last user message in the
-/// history): after that the model must be free to answer.
+/// until the execution has called a tool (a tool result follows the user message that
+/// started it): after that the model must be free to answer.
 fn tool_choice<'d>(def: &'d AgentDef, history: &[Message]) -> Option<&'d ToolChoice> {
     let choice = def.model.tool_choice.as_ref()?;
     let called = history

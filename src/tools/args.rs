@@ -100,16 +100,21 @@ fn check_value(schema: &Value, value: &Value, at: &Place) -> Result<(), String> 
     }
 }
 
-/// Checks an object's members: the required ones are there, the known ones are valid.
-fn check_members(schema: &Value, given: &Map<String, Value>, at: &Place) -> Result<(), String> {
-    let properties = schema.get("properties").and_then(Value::as_object);
-    let required: Vec<&str> = schema
+/// The names a schema's `required` lists.
+fn required(schema: &Value) -> Vec<&str> {
+    schema
         .get("required")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .collect();
+        .collect()
+}
+
+/// Checks an object's members: the required ones are there, the known ones are valid.
+fn check_members(schema: &Value, given: &Map<String, Value>, at: &Place) -> Result<(), String> {
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let required = required(schema);
     let present = |name: &str| given.get(name).is_some_and(|v| !v.is_null());
     let missing: Vec<&str> = required.iter().copied().filter(|n| !present(n)).collect();
     if let Some(first) = missing.first() {
@@ -297,13 +302,7 @@ fn example(schema: &Value) -> Value {
         Some("array") => Value::Array(schema.get("items").map(example).into_iter().collect()),
         Some("object") | None if properties.is_some() => {
             let properties = properties.into_iter().flatten();
-            let required: Vec<&str> = schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let required = required(schema);
             // The required members show the shape; without any, every member does.
             let members = properties
                 .filter(|(name, _)| required.is_empty() || required.contains(&name.as_str()))

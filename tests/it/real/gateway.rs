@@ -99,19 +99,7 @@ fn through_the_gateway_a_tool_call_sent_as_many_blocks_is_one_call() {
 #[ignore = "needs the real servers: scripts/real-server test"]
 fn through_the_gateway_three_messages_are_one_conversation() {
     let (env, proxy) = setup(48, "");
-    let id = env.new_session("real");
-    for text in ["My name is Ana.", "I live in Lisbon.", "Say goodbye to me."] {
-        env.send(&id, text);
-    }
-    let out = agentq(&env, &["worker", "--once"]);
-    assert_eq!(code(&out), 0, "{}", describe(&out));
-    let finished = env.finished(&id);
-    assert_eq!(finished.len(), 3);
-    assert!(
-        finished.iter().all(|f| f["status"] == "completed"),
-        "{finished:?}"
-    );
-    let answers = env.responses(&id);
+    let (_, answers) = three_messages_answered(&env, "real");
 
     let seen = proxy.seen();
     assert_eq!(seen.len(), 3);
@@ -123,7 +111,6 @@ fn through_the_gateway_three_messages_are_one_conversation() {
         .collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant", "user"]);
     assert_eq!(seen[2].body["messages"][1]["content"], answers[0].as_str());
-    assert_eq!(seen[2].body["messages"][4]["content"], "Say goodbye to me.");
-    env.assert_gapless(&id);
+    assert_eq!(seen[2].body["messages"][4]["content"], THREE_MESSAGES[2]);
     assert_key_written_nowhere(&env);
 }

@@ -128,3 +128,27 @@ pub fn assert_key_written_nowhere(env: &TestEnv) {
         assert!(found.is_empty(), "the key was written to {found:?}");
     }
 }
+
+/// The three messages the conversation tests send, in order.
+pub const THREE_MESSAGES: [&str; 3] =
+    ["My name is Ana.", "I live in Lisbon.", "Say goodbye to me."];
+
+/// Queues [`THREE_MESSAGES`] to a new session of `agent`, runs `worker --once`, and
+/// requires three completed executions; returns the session and its answers.
+pub fn three_messages_answered(env: &TestEnv, agent: &str) -> (String, Vec<String>) {
+    let id = env.new_session(agent);
+    for text in THREE_MESSAGES {
+        env.send(&id, text);
+    }
+    let out = agentq(env, &["worker", "--once"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let finished = env.finished(&id);
+    assert_eq!(finished.len(), 3);
+    assert!(
+        finished.iter().all(|f| f["status"] == "completed"),
+        "{finished:?}"
+    );
+    env.assert_gapless(&id);
+    let answers = env.responses(&id);
+    (id, answers)
+}

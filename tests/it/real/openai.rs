@@ -98,19 +98,7 @@ fn a_forced_tool_call_is_assembled_run_and_its_result_answered() {
 #[ignore = "needs the real servers: scripts/real-server test"]
 fn three_messages_of_one_session_are_one_conversation() {
     let (env, proxy) = setup(48, "");
-    let id = env.new_session("real");
-    for text in ["My name is Ana.", "I live in Lisbon.", "Say goodbye to me."] {
-        env.send(&id, text);
-    }
-    let out = agentq(&env, &["worker", "--once"]);
-    assert_eq!(code(&out), 0, "{}", describe(&out));
-    let finished = env.finished(&id);
-    assert_eq!(finished.len(), 3);
-    assert!(
-        finished.iter().all(|f| f["status"] == "completed"),
-        "{finished:?}"
-    );
-    let answers = env.responses(&id);
+    let (_, answers) = three_messages_answered(&env, "real");
 
     // The third request carried the whole conversation, in order.
     let seen = proxy.seen();
@@ -127,17 +115,16 @@ fn three_messages_of_one_session_are_one_conversation() {
         })
         .collect();
     let expected: Vec<(String, String)> = [
-        ("user", "My name is Ana."),
+        ("user", THREE_MESSAGES[0]),
         ("assistant", answers[0].as_str()),
-        ("user", "I live in Lisbon."),
+        ("user", THREE_MESSAGES[1]),
         ("assistant", answers[1].as_str()),
-        ("user", "Say goodbye to me."),
+        ("user", THREE_MESSAGES[2]),
     ]
     .iter()
     .map(|(r, c)| ((*r).to_owned(), (*c).to_owned()))
     .collect();
     assert_eq!(&turns[1..], &expected[..], "after the system prompt");
-    env.assert_gapless(&id);
     assert_key_written_nowhere(&env);
 }
 
