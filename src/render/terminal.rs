@@ -271,7 +271,6 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 }
                 self.end_text()?;
                 if p.empty {
-                    self.hide_spinner();
                     self.note(super::EMPTY_ANSWER)?;
                 }
             }

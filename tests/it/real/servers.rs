@@ -160,9 +160,8 @@ fn start(name: &str, mut command: Command, port: u16, ready_path: &str) -> Resul
     };
     let deadline = Instant::now() + REAL;
     loop {
+        // Dropping `child` leaves the process running: it ends with the keeper thread.
         if http_get(server.addr, ready_path).is_some_and(|status| status == 200) {
-            // The child is kept by the keeper thread's process: it must outlive `child`.
-            std::mem::forget(child);
             return Ok(server);
         }
         if let Ok(Some(status)) = child.try_wait() {
