@@ -21,6 +21,17 @@ use serde_json::{Value, json};
 
 use super::*;
 
+// Hostile input (issue 15): one module per class of hole, each walking every site of
+// its class.
+mod hostile_damaged;
+mod hostile_exit_codes;
+mod hostile_inodes;
+mod hostile_messages;
+mod hostile_processes;
+mod hostile_secrets;
+mod hostile_text;
+mod hostile_values;
+
 // ---------------------------------------------------------------------------------
 // Helpers: the report line, the random kill schedule, processes
 
@@ -40,7 +51,7 @@ fn env_number(name: &str) -> Option<u64> {
 }
 
 /// Prints `FAULT-SUITE test=NAME k=v …` for `scripts/fault-suite`.
-fn report(test: &str, pairs: &[(&str, u64)]) {
+pub(crate) fn report(test: &str, pairs: &[(&str, u64)]) {
     let mut line = format!("FAULT-SUITE test={test}");
     for (key, value) in pairs {
         let _ = write!(line, " {key}={value}");
