@@ -1,18 +1,26 @@
 //! The file tools and the workspace that confines them.
 //!
 //! Every path a model gives is relative to the workspace. It is refused when it is
-//! absolute, contains `..` or a NUL byte, or leads (through a symlink) outside the
-//! workspace; the final component is opened without following symlinks, so a link
-//! swapped in after the check cannot redirect a write.
+//! absolute, contains `..` or a NUL byte, leads (through a symlink) outside the
+//! workspace, goes through a file as if it were a directory (`a.txt/b`), or ends with
+//! `/` on something that is not a directory (`a.txt/`).
+//!
+//! The tools touch only inodes the workspace alone owns: regular files with a single
+//! link (a hard link shares its inode with a path that may be outside) and directories.
+//! FIFOs, devices and sockets are refused before they are opened. Files are opened
+//! without following a final symlink, and checked again once open. Writes never go
+//! into an existing inode: the new content goes to a temp file beside the target,
+//! which is renamed over it, so even a hard link made after the checks is replaced as
+//! a name and the file it shares stays as it was.
 //!
 //! A refused or missing path is explained so the model can find a valid one: refusals
 //! name the workspace's top-level entries (and, for an absolute path, the part of it
 //! that exists in the workspace), a missing path names what its nearest existing
 //! directory holds. Only directories inside the workspace are ever listed.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -76,6 +84,7 @@ impl Workspace {
         // Walk down to the deepest part that exists, resolve it (following symlinks),
         // and check it is still inside; the rest does not exist yet and is plain names.
         let mut existing = root.clone();
+        let mut walked = PathBuf::new();
         let mut missing = Vec::new();
         for component in rel_path.components() {
             let Component::Normal(name) = component else {
@@ -85,6 +94,15 @@ impl Workspace {
                 missing.push(name);
                 continue;
             }
+            // The OS would refuse `in.txt/x` with ENOTDIR; saying which part is a file
+            // tells the model what to fix.
+            if !walked.as_os_str().is_empty() && !is_dir(&existing) {
+                return Err(format!(
+                    "`{rel}` goes through `{}`, which is a file, not a directory",
+                    walked.display()
+                ));
+            }
+            walked.push(name);
             let next = existing.join(name);
             match fs::symlink_metadata(&next) {
                 Ok(_) => {
@@ -104,7 +122,26 @@ impl Workspace {
                 Err(_) => missing.push(name),
             }
         }
+        // `in.txt/` and `in.txt/.` name a directory: the components above dropped the
+        // slash, and reading the file for them would answer a question not asked.
+        if missing.is_empty() && names_directory(rel) && !is_dir(&existing) {
+            return Err(format!(
+                "`{rel}` ends with `/`, which names a directory, but `{}` is not one; write the path without the trailing `/`",
+                walked.display()
+            ));
+        }
         Ok(missing.iter().fold(existing, |path, name| path.join(name)))
+    }
+
+    /// Resolves `rel` to a directory of the workspace (`list_dir`'s, a command's `cwd`).
+    pub fn directory(&self, rel: &str) -> Result<PathBuf, String> {
+        let path = self.resolve(rel)?;
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => Ok(path),
+            Ok(meta) if meta.is_file() => Err(format!("`{rel}` is a file, not a directory")),
+            Ok(meta) => Err(not_regular(rel, &meta)),
+            Err(e) => Err(self.describe_io(rel, &e)),
+        }
     }
 
     /// The relative path a model probably meant by an absolute one: the part after the
@@ -172,6 +209,83 @@ impl Workspace {
             }
         }
         String::new()
+    }
+
+    /// Opens the resolved `path` for reading, if it is a file the workspace alone owns
+    /// (see [`refusal`]).
+    ///
+    /// Checked twice: before opening, so a device is never opened and the error needs
+    /// no descriptor; and on the open file, since the path may have been swapped in
+    /// between. `O_NONBLOCK` keeps a FIFO swapped in from blocking the open, `O_NOFOLLOW`
+    /// a final symlink from redirecting it. A directory above swapped for a symlink
+    /// would still be followed, so the path must also still resolve to itself and to
+    /// the inode opened.
+    fn open_file(&self, path: &Path, rel: &str) -> Result<(File, fs::Metadata), String> {
+        let before = fs::symlink_metadata(path).map_err(|e| self.describe_io(rel, &e))?;
+        if let Some(refused) = refusal(rel, &before) {
+            return Err(refused);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| self.describe_io(rel, &e))?;
+        let meta = file.metadata().map_err(|e| self.describe_io(rel, &e))?;
+        if let Some(refused) = refusal(rel, &meta) {
+            return Err(refused);
+        }
+        let unmoved = path.canonicalize().is_ok_and(|real| real == path)
+            && fs::symlink_metadata(path)
+                .is_ok_and(|now| (now.dev(), now.ino()) == (meta.dev(), meta.ino()));
+        if !unmoved {
+            return Err(format!(
+                "`{rel}` changed while it was being opened; try again"
+            ));
+        }
+        Ok((file, meta))
+    }
+
+    /// Replaces the resolved `path` with `bytes`, through a temp file beside it and a
+    /// rename, never writing into an existing inode: a hard link swapped in after the
+    /// check is replaced as a name, and the file it shares stays untouched. A file that
+    /// existed keeps its permission bits; a new one gets 0644 (less the umask).
+    fn replace_file(&self, path: &Path, rel: &str, bytes: &[u8]) -> Result<(), String> {
+        let mode = match fs::symlink_metadata(path) {
+            Ok(meta) => match refusal(rel, &meta) {
+                Some(refused) => return Err(refused),
+                None => Some(meta.permissions().mode() & 0o7777),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.describe_io(rel, &e)),
+        };
+        if mode.is_none() && names_directory(rel) {
+            return Err(format!(
+                "`{rel}` ends with `/`, which names a directory; give the path of a file, like `notes/a.md`"
+            ));
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| self.describe_io(rel, &e))?;
+        }
+        let temp = crate::store::fs::temp_path(path);
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&temp)?;
+            if let Some(mode) = mode {
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
+            file.write_all(bytes)?;
+            fs::rename(&temp, path)
+        })();
+        if let Err(e) = written {
+            // Best effort: the temp name is a dot file, but it should not stay behind.
+            let _ = fs::remove_file(&temp);
+            return Err(self.describe_io(rel, &e));
+        }
+        Ok(())
     }
 
     /// An I/O error on `rel` as the model should read it.
@@ -268,19 +382,7 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let offset = count_arg(args, "offset")?.unwrap_or(1).max(1);
     let limit = count_arg(args, "limit")?.unwrap_or(READ_DEFAULT_LINES);
     let path = ws.resolve(rel)?;
-    refuse_special(&path, rel)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    let meta = file.metadata().map_err(|e| ws.describe_io(rel, &e))?;
-    if meta.is_dir() {
-        return Err(format!("`{rel}` is a directory; use list_dir"));
-    }
-    if !meta.is_file() {
-        return Err(format!("`{rel}` is not a regular file"));
-    }
+    let (mut file, meta) = ws.open_file(&path, rel)?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(READ_CAP_BYTES)
@@ -330,20 +432,7 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         ));
     }
     let path = ws.resolve(rel)?;
-    refuse_special(&path, rel)?;
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| ws.describe_io(rel, &e))?;
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    file.write_all(content.as_bytes())
-        .map_err(|e| ws.describe_io(rel, &e))?;
+    ws.replace_file(&path, rel, content.as_bytes())?;
     Ok(format!("wrote {} bytes to {rel}", content.len()))
 }
 
@@ -361,7 +450,7 @@ pub fn list_dir(ws: &Workspace, args: &Value) -> Result<String, String> {
         None | Some(Value::Null) => ".",
         Some(_) => str_arg(args, "path")?,
     };
-    let path = ws.resolve(rel)?;
+    let path = ws.directory(rel)?;
     let mut names = entries(&path).map_err(|e| ws.describe_io(rel, &e))?;
     let total = names.len();
     names.truncate(LIST_CAP);
@@ -411,29 +500,13 @@ pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         }
     }
     let edited = text.replacen(old, new, 1);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    file.write_all(edited.as_bytes())
-        .map_err(|e| ws.describe_io(rel, &e))?;
+    ws.replace_file(&path, rel, edited.as_bytes())?;
     Ok(format!("replaced 1 occurrence in {rel}"))
 }
 
 /// Reads a whole regular file as UTF-8 text, refusing devices, binaries and big files.
 fn read_text(ws: &Workspace, path: &Path, rel: &str, cap: u64) -> Result<String, String> {
-    refuse_special(path, rel)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    let meta = file.metadata().map_err(|e| ws.describe_io(rel, &e))?;
-    if !meta.is_file() {
-        return Err(format!("`{rel}` is not a regular file"));
-    }
+    let (mut file, meta) = ws.open_file(path, rel)?;
     if meta.len() > cap {
         return Err(format!(
             "`{rel}` is larger than {} MiB",
@@ -485,8 +558,15 @@ pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
         Err(_) => regex::Regex::new(&regex::escape(pattern)).map_err(|e| e.to_string())?,
     };
     let root = ws.resolve(rel)?;
-    if let Err(e) = fs::symlink_metadata(&root) {
-        return Err(ws.describe_io(rel, &e));
+    match fs::symlink_metadata(&root) {
+        // A file named on purpose is read as `read_file` would, refusals included;
+        // files met in a walk that cannot be read are skipped, like binaries.
+        Ok(meta) if meta.is_file() => {
+            read_text(ws, &root, rel, SEARCH_FILE_CAP)?;
+        }
+        Ok(meta) if !meta.is_dir() => return Err(not_regular(rel, &meta)),
+        Ok(_) => {}
+        Err(e) => return Err(ws.describe_io(rel, &e)),
     }
     let base = ws.resolve(".")?;
     let mut files = Vec::new();
@@ -548,16 +628,53 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     }
 }
 
-/// Refuses anything that exists and is neither a regular file nor a directory: FIFOs
-/// would block the step, devices and sockets are not files to read or write. (Files
-/// are also opened with `O_NONBLOCK`, so one swapped in after this check cannot block.)
-fn refuse_special(path: &Path, rel: &str) -> Result<(), String> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
-            Err(format!("`{rel}` is not a regular file"))
-        }
-        _ => Ok(()),
+/// True for a path written as a directory: `a/`, `a/.`, `.`.
+fn names_directory(rel: &str) -> bool {
+    rel.ends_with('/') || rel.ends_with("/.") || rel == "."
+}
+
+/// A directory, not following a final symlink (resolved paths have none).
+fn is_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Why a file tool may not touch what `meta` describes, or `None` for a regular file
+/// with one link: the only kind of inode that belongs to the workspace alone.
+///
+/// A FIFO would block the step, devices and sockets are not files; a regular file with
+/// more than one link shares its inode with another path, which may lie outside the
+/// workspace (a hard link cannot be told from the original, so none is trusted).
+fn refusal(rel: &str, meta: &fs::Metadata) -> Option<String> {
+    if meta.is_dir() {
+        Some(format!(
+            "`{rel}` is a directory, not a file; list_dir shows what it holds"
+        ))
+    } else if !meta.is_file() {
+        Some(not_regular(rel, meta))
+    } else if meta.nlink() > 1 {
+        Some(format!(
+            "`{rel}` is refused: it has {} hard links, so other paths (maybe outside the workspace) share the file; file tools only read and write files with a single link",
+            meta.nlink()
+        ))
+    } else {
+        None
     }
+}
+
+fn not_regular(rel: &str, meta: &fs::Metadata) -> String {
+    let kind = meta.file_type();
+    let what = if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    };
+    format!("`{rel}` is {what}; only regular files and directories are used")
 }
 
 #[cfg(test)]
