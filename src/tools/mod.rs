@@ -326,6 +326,43 @@ mod tests {
     }
 
     #[test]
+    fn a_built_in_the_agent_does_not_list_names_the_key_that_grants_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = |tools: &str| -> AgentDef {
+            toml::from_str(&format!(
+                "name = \"helper\"\n[model]\nprovider = \"scripted\"\n[tools]\n{tools}"
+            ))
+            .unwrap()
+        };
+        let bare = Toolbox::for_agent(dir.path().to_owned(), &agent(""));
+        let listing = Toolbox::for_agent(dir.path().to_owned(), &agent("builtin = [\"list_dir\"]"));
+        for tool in BUILTINS {
+            let out = call(&bare, tool.name, json!({}));
+            assert_eq!(
+                out.content,
+                format!(
+                    "`{}` is a built-in tool this agent does not list; add it to `[tools] builtin` in agents/helper.toml (this agent has no tools)",
+                    tool.name
+                )
+            );
+            if tool.name != "list_dir" {
+                let out = call(&listing, tool.name, json!({}));
+                assert!(out.is_error);
+                assert!(
+                    out.content
+                        .ends_with("in agents/helper.toml (the tools available are: list_dir)"),
+                    "{}",
+                    out.content
+                );
+            }
+        }
+        assert_eq!(
+            call(&bare, "shell", json!({})).content,
+            "unknown tool `shell`; this agent has no tools (grant built-in ones with `[tools] builtin` or declare commands with `[[tools.command]]` in agents/helper.toml)"
+        );
+    }
+
+    #[test]
     fn arguments_must_be_an_object() {
         let dir = tempfile::tempdir().unwrap();
         let toolbox = Toolbox::new(dir.path().to_owned(), &["list_dir".to_owned()], Vec::new());
