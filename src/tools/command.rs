@@ -15,8 +15,8 @@
 //!   `SSH_AUTH_SOCK`, `SENTRY_DSN`; not `PATH`), except for `PWD` alone, the shell's
 //!   working directory;
 //!
-//! or when its value holds a URL with a password (`postgres://u:pw@host/db`) or is a
-//! JSON Web Token (`eyJ….….…`). `[tools] env = "clean"` passes only PATH, HOME, LANG,
+//! or when its value holds a URL with a password (`postgres://u:pw@host/db`) or a
+//! JSON Web Token (`eyJ….eyJ….…`). `[tools] env = "clean"` passes only PATH, HOME, LANG,
 //! TZ and TMPDIR; `env_pass` names variables passed anyway, in either mode, except the
 //! variables the agent's API key is read from, which no command ever sees.
 
@@ -86,7 +86,7 @@ pub fn is_secret(name: &str) -> bool {
 }
 
 /// True for a value that is a credential whatever its variable is called: a URL with a
-/// password in it, or a JSON Web Token.
+/// password in it, or one holding a JSON Web Token.
 pub fn is_secret_value(value: &str) -> bool {
     let url_with_password = value.match_indices("://").any(|(at, _)| {
         let rest = &value[at + 3..];
@@ -98,12 +98,21 @@ pub fn is_secret_value(value: &str) -> bool {
             .rsplit_once('@')
             .is_some_and(|(userinfo, _)| userinfo.contains(':'))
     });
-    let jwt = value.starts_with("eyJ")
-        && value.split('.').count() == 3
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '='));
-    url_with_password || jwt
+    url_with_password || value.split_whitespace().any(is_jwt)
+}
+
+/// `header.payload.signature` in base64url, header and payload JSON objects (a
+/// base64 `{"` is `eyJ`).
+fn is_jwt(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && parts[..2].iter().all(|part| part.starts_with("eyJ"))
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
+        })
 }
 
 /// Which of agentq's environment variables a command gets.
@@ -396,6 +405,7 @@ mod tests {
             "redis://:pw@localhost:6379",
             "see https://user:pass@example.com/x",
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
         ] {
             assert!(is_secret_value(value), "{value}");
         }
@@ -405,6 +415,7 @@ mod tests {
             "https://example.com/a:b@c",
             "/usr/bin:/bin",
             "eyJust.some.text here",
+            "eyJ..",
         ] {
             assert!(!is_secret_value(value), "{value}");
         }

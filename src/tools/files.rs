@@ -18,8 +18,11 @@
 //! that exists in the workspace), a missing path names what its nearest existing
 //! directory holds. Only directories inside the workspace are ever listed.
 
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -234,13 +237,8 @@ impl Workspace {
         if let Some(refused) = refusal(rel, &meta) {
             return Err(refused);
         }
-        let unmoved = path.canonicalize().is_ok_and(|real| real == path)
-            && fs::symlink_metadata(path)
-                .is_ok_and(|now| (now.dev(), now.ino()) == (meta.dev(), meta.ino()));
-        if !unmoved {
-            return Err(format!(
-                "`{rel}` changed while it was being opened; try again"
-            ));
+        if !still_names(path, &meta) {
+            return Err(changed(rel));
         }
         Ok((file, meta))
     }
@@ -263,29 +261,21 @@ impl Workspace {
                 "`{rel}` ends with `/`, which names a directory; give the path of a file, like `notes/a.md`"
             ));
         }
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| self.describe_io(rel, &e))?;
+        // A resolved path is the canonical root joined with names: it has both.
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(format!("`{rel}` is not a file path"));
+        };
+        fs::create_dir_all(parent).map_err(|e| self.describe_io(rel, &e))?;
+        // Not a directory now, or a symlink: swapped since it was resolved.
+        let dir = OpenDir::open(parent).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP) => changed(rel),
+            _ => self.describe_io(rel, &e),
+        })?;
+        if !still_names(parent, &dir.meta) {
+            return Err(changed(rel));
         }
-        let temp = crate::store::fs::temp_path(path);
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&temp)?;
-            if let Some(mode) = mode {
-                file.set_permissions(fs::Permissions::from_mode(mode))?;
-            }
-            file.write_all(bytes)?;
-            fs::rename(&temp, path)
-        })();
-        if let Err(e) = written {
-            // Best effort: the temp name is a dot file, but it should not stay behind.
-            let _ = fs::remove_file(&temp);
-            return Err(self.describe_io(rel, &e));
-        }
-        Ok(())
+        dir.replace(name, bytes, mode)
+            .map_err(|e| self.describe_io(rel, &e))
     }
 
     /// An I/O error on `rel` as the model should read it.
@@ -451,7 +441,11 @@ pub fn list_dir(ws: &Workspace, args: &Value) -> Result<String, String> {
         Some(_) => str_arg(args, "path")?,
     };
     let path = ws.directory(rel)?;
+    let listed = OpenDir::open(&path).map_err(|e| ws.describe_io(rel, &e))?;
     let mut names = entries(&path).map_err(|e| ws.describe_io(rel, &e))?;
+    if !still_names(&path, &listed.meta) {
+        return Err(changed(rel));
+    }
     let total = names.len();
     names.truncate(LIST_CAP);
     let mut out = names.join("\n");
@@ -626,6 +620,86 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     for child in children {
         collect_files(&child, out, depth + 1);
     }
+}
+
+/// True when `path` still names, with no symlink on the way, the inode `opened` came
+/// from: a file or directory opened by path was not reached through a directory
+/// swapped for a symlink after the path was resolved.
+fn still_names(path: &Path, opened: &fs::Metadata) -> bool {
+    path.canonicalize().is_ok_and(|real| real == path)
+        && fs::symlink_metadata(path)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()))
+}
+
+fn changed(rel: &str) -> String {
+    format!("`{rel}` changed while it was being opened; try again")
+}
+
+/// A workspace directory held open, so that a write's temp file and its rename happen
+/// in that directory even if one above it is swapped for a symlink meanwhile.
+struct OpenDir {
+    dir: File,
+    meta: fs::Metadata,
+}
+
+impl OpenDir {
+    fn open(path: &Path) -> std::io::Result<OpenDir> {
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)?;
+        let meta = dir.metadata()?;
+        Ok(OpenDir { dir, meta })
+    }
+
+    /// Writes `bytes` to a new temp file in the directory, with `mode` if given, and
+    /// renames it to `name`.
+    fn replace(&self, name: &OsStr, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+        let temp = crate::store::fs::temp_path(Path::new(name));
+        let temp = c_name(temp.as_os_str())?;
+        let name = c_name(name)?;
+        let dirfd = self.dir.as_raw_fd();
+        // SAFETY: openat(2) reads two NUL-terminated names (CString guarantees them) and
+        // a descriptor this struct keeps open; the descriptor returned is new and owned
+        // by nothing else, so `File` may take it.
+        let file = unsafe {
+            let fd = libc::openat(
+                dirfd,
+                temp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            File::from_raw_fd(fd)
+        };
+        let written = (|| {
+            if let Some(mode) = mode {
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
+            (&file).write_all(bytes)?;
+            // SAFETY: as above: NUL-terminated names relative to a descriptor kept open.
+            let rc = unsafe { libc::renameat(dirfd, temp.as_ptr(), dirfd, name.as_ptr()) };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            // Best effort: the temp name is a dot file, but it should not stay behind.
+            // SAFETY: as above.
+            unsafe {
+                libc::unlinkat(dirfd, temp.as_ptr(), 0);
+            }
+        }
+        written
+    }
+}
+
+fn c_name(name: &OsStr) -> std::io::Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
 /// True for a path written as a directory: `a/`, `a/.`, `.`.
@@ -965,6 +1039,60 @@ mod tests {
             "The workspace holds: out.",
             "a directory reached through a link outside is skipped, not listed"
         );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_resolving_is_not_gone_through() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(root.join("sub/f.txt"), "inside").unwrap();
+        fs::write(outside.join("f.txt"), "outside").unwrap();
+        let resolved = ws.resolve("sub/f.txt").unwrap();
+        // What a process racing the tool could do between the checks and the open.
+        fs::rename(root.join("sub"), root.join("moved")).unwrap();
+        symlink(&outside, root.join("sub")).unwrap();
+        assert_eq!(
+            ws.open_file(&resolved, "sub/f.txt").unwrap_err(),
+            "`sub/f.txt` changed while it was being opened; try again"
+        );
+        assert_eq!(
+            ws.replace_file(&resolved, "sub/f.txt", b"x").unwrap_err(),
+            "`sub/f.txt` changed while it was being opened; try again"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("f.txt")).unwrap(),
+            "outside"
+        );
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            1,
+            "no temp file outside"
+        );
+    }
+
+    #[test]
+    fn a_hard_link_made_after_the_check_is_replaced_as_a_name_not_written_through() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(dir.path().join("outside"), "outside").unwrap();
+        let resolved = ws.resolve("f.txt").unwrap();
+        fs::hard_link(dir.path().join("outside"), root.join("f.txt")).unwrap();
+        // The check ran on a missing file; the link appeared before the write.
+        let meta = fs::symlink_metadata(&resolved).unwrap();
+        let dir_handle = OpenDir::open(&root).unwrap();
+        dir_handle
+            .replace(resolved.file_name().unwrap(), b"inside", None)
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("outside")).unwrap(),
+            "outside"
+        );
+        assert_eq!(fs::read_to_string(root.join("f.txt")).unwrap(), "inside");
+        assert_ne!(fs::metadata(root.join("f.txt")).unwrap().ino(), meta.ino());
     }
 
     #[test]
