@@ -553,10 +553,10 @@ pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
     };
     let root = ws.resolve(rel)?;
     match fs::symlink_metadata(&root) {
-        // A file named on purpose is read as `read_file` would, refusals included;
-        // files met in a walk that cannot be read are skipped, like binaries.
+        // A file named on purpose is refused as `read_file` would refuse it; files met
+        // in a walk that may not be read are skipped, like binaries.
         Ok(meta) if meta.is_file() => {
-            read_text(ws, &root, rel, SEARCH_FILE_CAP)?;
+            ws.open_file(&root, rel)?;
         }
         Ok(meta) if !meta.is_dir() => return Err(not_regular(rel, &meta)),
         Ok(_) => {}
