@@ -165,7 +165,7 @@ pub fn check_env_pass(name: &str, key_env: &[&str]) -> Result<(), String> {
     }
     if key_env.contains(&name) || DEFAULT_KEY_ENV.contains(&name) {
         return Err(format!(
-            "`{name}` holds the agent's API key, which is never passed to commands"
+            "`{name}` is where an API key of the agent is read from, which is never passed to commands"
         ));
     }
     Ok(())

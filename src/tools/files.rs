@@ -746,9 +746,11 @@ fn not_regular(rel: &str, meta: &fs::Metadata) -> String {
     } else if kind.is_symlink() {
         "a symlink"
     } else {
-        "not a regular file"
+        "a special file"
     };
-    format!("`{rel}` is {what}; only regular files and directories are used")
+    format!(
+        "`{rel}` is {what}, not a regular file; file tools use only regular files and directories"
+    )
 }
 
 #[cfg(test)]

@@ -179,6 +179,12 @@ fn no_file_tool_touches_an_inode_the_workspace_does_not_own_alone() {
     symlink(&secret, ws.join("link-out-file")).unwrap();
     mkfifo(&ws.join("fifo"));
     let _socket = std::os::unix::net::UnixListener::bind(ws.join("sock")).unwrap();
+    // A character device like /dev/null (1, 3), where the test may make one (root).
+    let device = std::process::Command::new("mknod")
+        .arg(ws.join("nul"))
+        .args(["c", "1", "3"])
+        .output()
+        .is_ok_and(|out| out.status.success());
 
     let mut cases = Vec::new();
     // Hard links, reached directly, in a subdirectory, through a symlink to the link,
@@ -192,8 +198,12 @@ fn no_file_tool_touches_an_inode_the_workspace_does_not_own_alone() {
             &says,
         ));
     }
-    // A FIFO would block the worker forever; a socket is no file either.
-    for (path, kind) in [("fifo", "a FIFO"), ("sock", "a socket")] {
+    // A FIFO would block the worker forever; a socket or a device is no file either.
+    let mut special = vec![("fifo", "a FIFO"), ("sock", "a socket")];
+    if device {
+        special.push(("nul", "a device"));
+    }
+    for (path, kind) in special {
         let says = [path, kind, "only regular files"];
         refused_by_file_tools(&mut cases, path, &says);
         cases.push(refused(

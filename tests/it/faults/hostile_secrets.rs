@@ -227,7 +227,7 @@ fn agents_validate_checks_the_env_mode_and_every_env_pass_name() {
         (
             "env_pass = [\"LOCAL_GATEWAY\"]",
             "tools.env_pass[0]",
-            "holds the agent's API key, which is never passed",
+            "is where an API key of the agent is read from, which is never passed",
         ),
         (
             "env_pass = [\"OPENAI_API_KEY\"]",
