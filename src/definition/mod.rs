@@ -225,6 +225,24 @@ pub struct ToolsConfig {
     /// Declared external commands; nothing else is ever executed.
     #[serde(default)]
     pub command: Vec<CommandToolDef>,
+    /// The environment commands run with (src/tools/command.rs says what each keeps).
+    #[serde(default)]
+    pub env: EnvMode,
+    /// Variables passed to commands even when they look like secrets, and besides the
+    /// few of `env = "clean"`; never the agent's own `api_key_env`.
+    #[serde(default)]
+    pub env_pass: Vec<String>,
+}
+
+/// `[tools] env`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvMode {
+    /// agentq's environment without the variables that look like secrets.
+    #[default]
+    Scrubbed,
+    /// Only PATH, HOME, LANG, TZ, TMPDIR and `env_pass`.
+    Clean,
 }
 
 /// `[[tools.command]]`: a program the model may run, with a fixed argv and no shell.
@@ -255,6 +273,8 @@ impl Default for ToolsConfig {
             builtin: Vec::new(),
             workspace: default_workspace(),
             command: Vec::new(),
+            env: EnvMode::default(),
+            env_pass: Vec::new(),
         }
     }
 }
@@ -415,7 +435,14 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     if let Some(ToolChoice::Tool(name)) = &def.model.tool_choice {
         let granted = def.tools.builtin.iter().any(|t| t == name)
             || def.tools.command.iter().any(|c| &c.name == name);
-        if !granted {
+        if !granted && BUILTIN_TOOLS.contains(&name.as_str()) {
+            problem(
+                "model.tool_choice",
+                format!(
+                    "`{name}` is a built-in tool this agent does not list; add it to `[tools] builtin`"
+                ),
+            );
+        } else if !granted {
             problem(
                 "model.tool_choice",
                 format!(
@@ -454,6 +481,22 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     }
     if let Err(message) = check_workspace(&def.tools.workspace) {
         problem("tools.workspace", message);
+    }
+    let key_env: Vec<&str> = def
+        .model
+        .api_key_env
+        .iter()
+        .chain(
+            home.providers
+                .get(provider)
+                .and_then(|p| p.api_key_env.as_ref()),
+        )
+        .map(String::as_str)
+        .collect();
+    for (i, name) in def.tools.env_pass.iter().enumerate() {
+        if let Err(message) = crate::tools::command::check_env_pass(name, &key_env) {
+            problem(&format!("tools.env_pass[{i}]"), message);
+        }
     }
     for (i, command) in def.tools.command.iter().enumerate() {
         let key = |field: &str| format!("tools.command[{i}].{field}");

@@ -112,6 +112,8 @@ const TOOLS: &[Field] = &[
     opt("builtin", Kind::StrList),
     opt("workspace", Kind::Str),
     opt("command", Kind::TableArray(COMMAND_TOOL)),
+    opt("env", Kind::OneOf(&["scrubbed", "clean"])),
+    opt("env_pass", Kind::StrList),
 ];
 
 /// The keys of `agents/<name>.toml` (ARCHITECTURE.md §5).

@@ -1,12 +1,26 @@
 //! Declared command tools (`[[tools.command]]`): a fixed argv run without a shell, in
 //! the workspace, with the model's arguments as JSON on standard input.
 //!
-//! The environment is scrubbed of secrets (`*_KEY`, `*_TOKEN`, `*_SECRET`,
-//! `*_PASSWORD`); the process runs in its own process group, which is killed whole at
-//! the timeout, when the execution is cancelled, and after the main process exits (so a
-//! stray background child can neither linger nor hold the output pipes open). Output is
+//! The process runs in its own process group, which is killed whole at the timeout,
+//! when the execution is cancelled, and after the main process exits (so a stray
+//! background child can neither linger nor hold the output pipes open). Output is
 //! capped.
+//!
+//! The environment never carries what looks like a credential ([`EnvPolicy`]). A
+//! variable looks like one when its name, split into words at `_` and compared without
+//! regard to case, has
+//! - a word that is, or ends with, KEY, TOKEN, SECRET, PASSWORD, PASSWD, CREDENTIAL,
+//!   CREDENTIALS or WEBHOOK (`AWS_ACCESS_KEY_ID`, `APIKEY`, `SLACK_WEBHOOK_URL`), or
+//! - a word that is exactly PWD, PAT, AUTH, DSN or JWT (`MYSQL_PWD`, `GITHUB_PAT`,
+//!   `SSH_AUTH_SOCK`, `SENTRY_DSN`; not `PATH`), except for `PWD` alone, the shell's
+//!   working directory;
+//!
+//! or when its value holds a URL with a password (`postgres://u:pw@host/db`) or a
+//! JSON Web Token (`eyJ….eyJ….…`). `[tools] env = "clean"` passes only PATH, HOME, LANG,
+//! TZ and TMPDIR; `env_pass` names variables passed anyway, in either mode, except the
+//! variables the agent's API key is read from, which no command ever sees.
 
+use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::ToolOutput;
 use super::files::Workspace;
-use crate::definition::CommandToolDef;
+use crate::definition::{CommandToolDef, EnvMode};
 use crate::provider::ToolSpec;
 
 /// Used when a command declares no timeout.
@@ -41,25 +55,131 @@ pub fn spec(def: &CommandToolDef) -> ToolSpec {
     }
 }
 
-/// True for variables that must not reach a command: they hold credentials.
+/// Words that make a variable's name a secret's when a word of it is one of them or
+/// ends with one (`APIKEY`, `DBPASSWORD`).
+const SECRET_ENDINGS: &[&str] = &[
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "CREDENTIALS",
+    "WEBHOOK",
+];
+/// Words too short to match inside a longer word (`PAT` in `PATH`, `PWD` in `OLDPWD`).
+const SECRET_WORDS: &[&str] = &["PWD", "PAT", "AUTH", "DSN", "JWT"];
+/// What `env = "clean"` keeps.
+const CLEAN_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+/// Where the built-in providers read their key when `api_key_env` is not set: withheld
+/// like a named `api_key_env`, even from `env_pass`.
+const DEFAULT_KEY_ENV: &[&str] = &["OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
+
+/// True for a variable name that looks like it holds a credential (module doc).
 pub fn is_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["KEY", "TOKEN", "SECRET", "PASSWORD"]
-        .iter()
-        .any(|word| upper == *word || upper.ends_with(&format!("_{word}")))
+    upper != "PWD"
+        && upper.split('_').any(|word| {
+            SECRET_WORDS.contains(&word)
+                || SECRET_ENDINGS.iter().any(|ending| word.ends_with(ending))
+        })
+}
+
+/// True for a value that is a credential whatever its variable is called: a URL with a
+/// password in it, or one holding a JSON Web Token.
+pub fn is_secret_value(value: &str) -> bool {
+    let url_with_password = value.match_indices("://").any(|(at, _)| {
+        let rest = &value[at + 3..];
+        let authority = rest
+            .split(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    });
+    url_with_password || value.split_whitespace().any(is_jwt)
+}
+
+/// `header.payload.signature` in base64url, header and payload JSON objects (a
+/// base64 `{"` is `eyJ`).
+fn is_jwt(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && parts[..2].iter().all(|part| part.starts_with("eyJ"))
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
+        })
+}
+
+/// Which of agentq's environment variables a command gets.
+#[derive(Debug, Clone, Default)]
+pub struct EnvPolicy {
+    pub mode: EnvMode,
+    /// Passed even when they look like secrets, and besides [`CLEAN_ENV`] (explicit opt-in).
+    pub pass: Vec<String>,
+    /// Never passed, whatever `pass` says: the variables the agent's key is read from.
+    pub withheld: Vec<String>,
+}
+
+impl EnvPolicy {
+    /// True when the variable reaches commands.
+    pub fn keeps(&self, name: &str, value: &str) -> bool {
+        if self.withheld.iter().any(|w| w == name) || DEFAULT_KEY_ENV.contains(&name) {
+            return false;
+        }
+        if self.pass.iter().any(|p| p == name) {
+            return true;
+        }
+        let allowed = match self.mode {
+            EnvMode::Scrubbed => true,
+            EnvMode::Clean => CLEAN_ENV.contains(&name),
+        };
+        allowed && !is_secret(name) && !is_secret_value(value)
+    }
+
+    /// The environment a command runs with, out of `vars` (agentq's own).
+    pub fn environment(
+        &self,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Vec<(OsString, OsString)> {
+        vars.into_iter()
+            .filter(|(name, value)| self.keeps(&name.to_string_lossy(), &value.to_string_lossy()))
+            .collect()
+    }
+}
+
+/// `[tools] env_pass` entries: variable names, and not one the agent's key is read
+/// from (`key_env`), which is never passed.
+pub fn check_env_pass(name: &str, key_env: &[&str]) -> Result<(), String> {
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{}` is not an environment variable name: use letters, digits and `_`, not starting with a digit",
+            name.escape_default()
+        ));
+    }
+    if key_env.contains(&name) || DEFAULT_KEY_ENV.contains(&name) {
+        return Err(format!(
+            "`{name}` is where an API key of the agent is read from, which is never passed to commands"
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the command and reports its exit code and output to the model.
-/// `secrets` names variables to withhold besides those [`is_secret`] recognises (the
-/// agent's `api_key_env`, whatever it is called).
 pub async fn run(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
-    secrets: &[String],
+    env: &EnvPolicy,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> ToolOutput {
-    match execute(def, workspace, arguments, secrets, stop).await {
+    match execute(def, workspace, arguments, env, stop).await {
         Ok(output) => output,
         Err(message) => ToolOutput::error(message),
     }
@@ -69,16 +189,14 @@ async fn execute(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
-    secrets: &[String],
+    env: &EnvPolicy,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
-    let cwd = workspace.resolve(def.cwd.as_deref().unwrap_or("."))?;
-    if !cwd.is_dir() {
-        return Err(format!(
-            "the working directory `{}` does not exist in the workspace",
-            def.cwd.as_deref().unwrap_or(".")
-        ));
-    }
+    // The same resolution as the file tools': no symlink out, no file taken for a
+    // directory. The definition check already refused absolute paths and `..`.
+    let cwd = workspace
+        .directory(def.cwd.as_deref().unwrap_or("."))
+        .map_err(|why| format!("the working directory of `{}` is unusable: {why}", def.name))?;
     let Some((program, args)) = def.argv.split_first() else {
         return Err(format!("`{}` declares no program", def.name));
     };
@@ -87,10 +205,7 @@ async fn execute(
         .args(args)
         .current_dir(&cwd)
         .env_clear()
-        .envs(std::env::vars_os().filter(|(name, _)| {
-            let name = name.to_string_lossy();
-            !is_secret(&name) && !secrets.iter().any(|s| *s == name)
-        }))
+        .envs(env.environment(std::env::vars_os()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -240,7 +355,7 @@ mod tests {
             .build()
             .unwrap();
         let mut stop = || false;
-        rt.block_on(run(def, &ws, &args, &[], &mut stop))
+        rt.block_on(run(def, &ws, &args, &EnvPolicy::default(), &mut stop))
     }
 
     #[test]
@@ -251,12 +366,99 @@ mod tests {
             "aws_secret",
             "DB_PASSWORD",
             "TOKEN",
+            "APIKEY",
+            "AWS_ACCESS_KEY_ID",
+            "GITHUB_PAT",
+            "PGPASSWORD",
+            "MYSQL_PWD",
+            "LDAP_PASSWD",
+            "SENTRY_DSN",
+            "SLACK_WEBHOOK_URL",
+            "CREDENTIALS",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "JWT",
+            "NPM_CONFIG__AUTH",
+            "SSH_AUTH_SOCK",
         ] {
             assert!(is_secret(name), "{name}");
         }
-        for name in ["PATH", "HOME", "KEYBOARD", "TOKENIZER_PATH"] {
+        for name in [
+            "PATH",
+            "HOME",
+            "KEYBOARD",
+            "TOKENIZER_PATH",
+            "PWD",
+            "OLDPWD",
+            "PATHEXT",
+            "XAUTHORITY",
+            "DATABASE_URL",
+            "LANG",
+        ] {
             assert!(!is_secret(name), "{name}");
         }
+    }
+
+    #[test]
+    fn urls_with_a_password_and_json_web_tokens_are_secrets_by_value() {
+        for value in [
+            "postgres://u:hunter2@h/db",
+            "redis://:pw@localhost:6379",
+            "see https://user:pass@example.com/x",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        ] {
+            assert!(is_secret_value(value), "{value}");
+        }
+        for value in [
+            "postgres://h/db",
+            "ssh://git@github.com/a/b",
+            "https://example.com/a:b@c",
+            "/usr/bin:/bin",
+            "eyJust.some.text here",
+            "eyJ..",
+        ] {
+            assert!(!is_secret_value(value), "{value}");
+        }
+    }
+
+    #[test]
+    fn env_pass_opts_in_except_for_the_agents_key() {
+        let policy = |mode, pass: &[&str]| EnvPolicy {
+            mode,
+            pass: pass.iter().map(|s| (*s).to_owned()).collect(),
+            withheld: vec!["MY_GATEWAY".to_owned()],
+        };
+        let scrubbed = policy(
+            EnvMode::Scrubbed,
+            &["GITHUB_PAT", "MY_GATEWAY", "OPENAI_API_KEY"],
+        );
+        assert!(scrubbed.keeps("GITHUB_PAT", "x"));
+        assert!(scrubbed.keeps("EDITOR", "vi"));
+        assert!(!scrubbed.keeps("GITLAB_TOKEN", "x"));
+        assert!(
+            !scrubbed.keeps("MY_GATEWAY", "x"),
+            "api_key_env is never passed"
+        );
+        assert!(
+            !scrubbed.keeps("OPENAI_API_KEY", "x"),
+            "nor a provider's default key"
+        );
+        let clean = policy(EnvMode::Clean, &["EDITOR"]);
+        for name in CLEAN_ENV {
+            assert!(clean.keeps(name, "v"), "{name}");
+        }
+        assert!(clean.keeps("EDITOR", "vi"));
+        assert!(!clean.keeps("USER", "me"));
+        assert!(!clean.keeps("HOME", "postgres://u:pw@h"));
+        assert_eq!(check_env_pass("GITHUB_PAT", &[]), Ok(()));
+        for bad in ["", "1X", "A-B", "A=B", "A B"] {
+            assert!(check_env_pass(bad, &[]).is_err(), "{bad:?}");
+        }
+        assert!(
+            check_env_pass("MY_GATEWAY", &["MY_GATEWAY"])
+                .unwrap_err()
+                .contains("never passed")
+        );
     }
 
     #[test]

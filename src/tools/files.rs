@@ -1,18 +1,29 @@
 //! The file tools and the workspace that confines them.
 //!
 //! Every path a model gives is relative to the workspace. It is refused when it is
-//! absolute, contains `..` or a NUL byte, or leads (through a symlink) outside the
-//! workspace; the final component is opened without following symlinks, so a link
-//! swapped in after the check cannot redirect a write.
+//! absolute, contains `..` or a NUL byte, leads (through a symlink) outside the
+//! workspace, goes through a file as if it were a directory (`a.txt/b`), or ends with
+//! `/` on something that is not a directory (`a.txt/`).
+//!
+//! The tools touch only inodes the workspace alone owns: regular files with a single
+//! link (a hard link shares its inode with a path that may be outside) and directories.
+//! FIFOs, devices and sockets are refused before they are opened. Files are opened
+//! without following a final symlink, and checked again once open. Writes never go
+//! into an existing inode: the new content goes to a temp file beside the target,
+//! which is renamed over it, so even a hard link made after the checks is replaced as
+//! a name and the file it shares stays as it was.
 //!
 //! A refused or missing path is explained so the model can find a valid one: refusals
 //! name the workspace's top-level entries (and, for an absolute path, the part of it
 //! that exists in the workspace), a missing path names what its nearest existing
 //! directory holds. Only directories inside the workspace are ever listed.
 
-use std::fs::{self, OpenOptions};
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -76,6 +87,7 @@ impl Workspace {
         // Walk down to the deepest part that exists, resolve it (following symlinks),
         // and check it is still inside; the rest does not exist yet and is plain names.
         let mut existing = root.clone();
+        let mut walked = PathBuf::new();
         let mut missing = Vec::new();
         for component in rel_path.components() {
             let Component::Normal(name) = component else {
@@ -85,6 +97,15 @@ impl Workspace {
                 missing.push(name);
                 continue;
             }
+            // The OS would refuse `in.txt/x` with ENOTDIR; saying which part is a file
+            // tells the model what to fix.
+            if !walked.as_os_str().is_empty() && !is_dir(&existing) {
+                return Err(format!(
+                    "`{rel}` goes through `{}`, which is a file, not a directory",
+                    walked.display()
+                ));
+            }
+            walked.push(name);
             let next = existing.join(name);
             match fs::symlink_metadata(&next) {
                 Ok(_) => {
@@ -104,7 +125,26 @@ impl Workspace {
                 Err(_) => missing.push(name),
             }
         }
+        // `in.txt/` and `in.txt/.` name a directory: the components above dropped the
+        // slash, and reading the file for them would answer a question not asked.
+        if missing.is_empty() && names_directory(rel) && !is_dir(&existing) {
+            return Err(format!(
+                "`{rel}` ends with `/`, which names a directory, but `{}` is not one; write the path without the trailing `/`",
+                walked.display()
+            ));
+        }
         Ok(missing.iter().fold(existing, |path, name| path.join(name)))
+    }
+
+    /// Resolves `rel` to a directory of the workspace (`list_dir`'s, a command's `cwd`).
+    pub fn directory(&self, rel: &str) -> Result<PathBuf, String> {
+        let path = self.resolve(rel)?;
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => Ok(path),
+            Ok(meta) if meta.is_file() => Err(format!("`{rel}` is a file, not a directory")),
+            Ok(meta) => Err(not_regular(rel, &meta)),
+            Err(e) => Err(self.describe_io(rel, &e)),
+        }
     }
 
     /// The relative path a model probably meant by an absolute one: the part after the
@@ -172,6 +212,70 @@ impl Workspace {
             }
         }
         String::new()
+    }
+
+    /// Opens the resolved `path` for reading, if it is a file the workspace alone owns
+    /// (see [`refusal`]).
+    ///
+    /// Checked twice: before opening, so a device is never opened and the error needs
+    /// no descriptor; and on the open file, since the path may have been swapped in
+    /// between. `O_NONBLOCK` keeps a FIFO swapped in from blocking the open, `O_NOFOLLOW`
+    /// a final symlink from redirecting it. A directory above swapped for a symlink
+    /// would still be followed, so the path must also still resolve to itself and to
+    /// the inode opened.
+    fn open_file(&self, path: &Path, rel: &str) -> Result<(File, fs::Metadata), String> {
+        let before = fs::symlink_metadata(path).map_err(|e| self.describe_io(rel, &e))?;
+        if let Some(refused) = refusal(rel, &before) {
+            return Err(refused);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| self.describe_io(rel, &e))?;
+        let meta = file.metadata().map_err(|e| self.describe_io(rel, &e))?;
+        if let Some(refused) = refusal(rel, &meta) {
+            return Err(refused);
+        }
+        if !still_names(path, &meta) {
+            return Err(changed(rel));
+        }
+        Ok((file, meta))
+    }
+
+    /// Replaces the resolved `path` with `bytes`, through a temp file beside it and a
+    /// rename, never writing into an existing inode: a hard link swapped in after the
+    /// check is replaced as a name, and the file it shares stays untouched. A file that
+    /// existed keeps its permission bits; a new one gets 0644 (less the umask).
+    fn replace_file(&self, path: &Path, rel: &str, bytes: &[u8]) -> Result<(), String> {
+        let mode = match fs::symlink_metadata(path) {
+            Ok(meta) => match refusal(rel, &meta) {
+                Some(refused) => return Err(refused),
+                None => Some(meta.permissions().mode() & 0o7777),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.describe_io(rel, &e)),
+        };
+        if mode.is_none() && names_directory(rel) {
+            return Err(format!(
+                "`{rel}` ends with `/`, which names a directory; give the path of a file, like `notes/a.md`"
+            ));
+        }
+        // A resolved path is the canonical root joined with names: it has both.
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(format!("`{rel}` is not a file path"));
+        };
+        fs::create_dir_all(parent).map_err(|e| self.describe_io(rel, &e))?;
+        // Not a directory now, or a symlink: swapped since it was resolved.
+        let dir = OpenDir::open(parent).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP) => changed(rel),
+            _ => self.describe_io(rel, &e),
+        })?;
+        if !still_names(parent, &dir.meta) {
+            return Err(changed(rel));
+        }
+        dir.replace(name, bytes, mode)
+            .map_err(|e| self.describe_io(rel, &e))
     }
 
     /// An I/O error on `rel` as the model should read it.
@@ -268,19 +372,7 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let offset = count_arg(args, "offset")?.unwrap_or(1).max(1);
     let limit = count_arg(args, "limit")?.unwrap_or(READ_DEFAULT_LINES);
     let path = ws.resolve(rel)?;
-    refuse_special(&path, rel)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    let meta = file.metadata().map_err(|e| ws.describe_io(rel, &e))?;
-    if meta.is_dir() {
-        return Err(format!("`{rel}` is a directory; use list_dir"));
-    }
-    if !meta.is_file() {
-        return Err(format!("`{rel}` is not a regular file"));
-    }
+    let (mut file, meta) = ws.open_file(&path, rel)?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(READ_CAP_BYTES)
@@ -330,20 +422,7 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         ));
     }
     let path = ws.resolve(rel)?;
-    refuse_special(&path, rel)?;
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| ws.describe_io(rel, &e))?;
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    file.write_all(content.as_bytes())
-        .map_err(|e| ws.describe_io(rel, &e))?;
+    ws.replace_file(&path, rel, content.as_bytes())?;
     Ok(format!("wrote {} bytes to {rel}", content.len()))
 }
 
@@ -361,8 +440,12 @@ pub fn list_dir(ws: &Workspace, args: &Value) -> Result<String, String> {
         None | Some(Value::Null) => ".",
         Some(_) => str_arg(args, "path")?,
     };
-    let path = ws.resolve(rel)?;
+    let path = ws.directory(rel)?;
+    let listed = OpenDir::open(&path).map_err(|e| ws.describe_io(rel, &e))?;
     let mut names = entries(&path).map_err(|e| ws.describe_io(rel, &e))?;
+    if !still_names(&path, &listed.meta) {
+        return Err(changed(rel));
+    }
     let total = names.len();
     names.truncate(LIST_CAP);
     let mut out = names.join("\n");
@@ -411,29 +494,13 @@ pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         }
     }
     let edited = text.replacen(old, new, 1);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    file.write_all(edited.as_bytes())
-        .map_err(|e| ws.describe_io(rel, &e))?;
+    ws.replace_file(&path, rel, edited.as_bytes())?;
     Ok(format!("replaced 1 occurrence in {rel}"))
 }
 
 /// Reads a whole regular file as UTF-8 text, refusing devices, binaries and big files.
 fn read_text(ws: &Workspace, path: &Path, rel: &str, cap: u64) -> Result<String, String> {
-    refuse_special(path, rel)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| ws.describe_io(rel, &e))?;
-    let meta = file.metadata().map_err(|e| ws.describe_io(rel, &e))?;
-    if !meta.is_file() {
-        return Err(format!("`{rel}` is not a regular file"));
-    }
+    let (mut file, meta) = ws.open_file(path, rel)?;
     if meta.len() > cap {
         return Err(format!(
             "`{rel}` is larger than {} MiB",
@@ -485,8 +552,15 @@ pub fn search_files(ws: &Workspace, args: &Value) -> Result<String, String> {
         Err(_) => regex::Regex::new(&regex::escape(pattern)).map_err(|e| e.to_string())?,
     };
     let root = ws.resolve(rel)?;
-    if let Err(e) = fs::symlink_metadata(&root) {
-        return Err(ws.describe_io(rel, &e));
+    match fs::symlink_metadata(&root) {
+        // A file named on purpose is refused as `read_file` would refuse it; files met
+        // in a walk that may not be read are skipped, like binaries.
+        Ok(meta) if meta.is_file() => {
+            ws.open_file(&root, rel)?;
+        }
+        Ok(meta) if !meta.is_dir() => return Err(not_regular(rel, &meta)),
+        Ok(_) => {}
+        Err(e) => return Err(ws.describe_io(rel, &e)),
     }
     let base = ws.resolve(".")?;
     let mut files = Vec::new();
@@ -548,16 +622,135 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     }
 }
 
-/// Refuses anything that exists and is neither a regular file nor a directory: FIFOs
-/// would block the step, devices and sockets are not files to read or write. (Files
-/// are also opened with `O_NONBLOCK`, so one swapped in after this check cannot block.)
-fn refuse_special(path: &Path, rel: &str) -> Result<(), String> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
-            Err(format!("`{rel}` is not a regular file"))
-        }
-        _ => Ok(()),
+/// True when `path` still names, with no symlink on the way, the inode `opened` came
+/// from: a file or directory opened by path was not reached through a directory
+/// swapped for a symlink after the path was resolved.
+fn still_names(path: &Path, opened: &fs::Metadata) -> bool {
+    path.canonicalize().is_ok_and(|real| real == path)
+        && fs::symlink_metadata(path)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()))
+}
+
+fn changed(rel: &str) -> String {
+    format!("`{rel}` changed while it was being opened; try again")
+}
+
+/// A workspace directory held open, so that a write's temp file and its rename happen
+/// in that directory even if one above it is swapped for a symlink meanwhile.
+struct OpenDir {
+    dir: File,
+    meta: fs::Metadata,
+}
+
+impl OpenDir {
+    fn open(path: &Path) -> std::io::Result<OpenDir> {
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)?;
+        let meta = dir.metadata()?;
+        Ok(OpenDir { dir, meta })
     }
+
+    /// Writes `bytes` to a new temp file in the directory, with `mode` if given, and
+    /// renames it to `name`.
+    fn replace(&self, name: &OsStr, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+        let temp = crate::store::fs::temp_path(Path::new(name));
+        let temp = c_name(temp.as_os_str())?;
+        let name = c_name(name)?;
+        let dirfd = self.dir.as_raw_fd();
+        // SAFETY: openat(2) reads two NUL-terminated names (CString guarantees them) and
+        // a descriptor this struct keeps open; the descriptor returned is new and owned
+        // by nothing else, so `File` may take it.
+        let file = unsafe {
+            let fd = libc::openat(
+                dirfd,
+                temp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            File::from_raw_fd(fd)
+        };
+        let written = (|| {
+            if let Some(mode) = mode {
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
+            (&file).write_all(bytes)?;
+            // SAFETY: as above: NUL-terminated names relative to a descriptor kept open.
+            let rc = unsafe { libc::renameat(dirfd, temp.as_ptr(), dirfd, name.as_ptr()) };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            // Best effort: the temp name is a dot file, but it should not stay behind.
+            // SAFETY: as above.
+            unsafe {
+                libc::unlinkat(dirfd, temp.as_ptr(), 0);
+            }
+        }
+        written
+    }
+}
+
+fn c_name(name: &OsStr) -> std::io::Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// True for a path written as a directory: `a/`, `a/.`, `.`.
+fn names_directory(rel: &str) -> bool {
+    rel.ends_with('/') || rel.ends_with("/.") || rel == "."
+}
+
+/// A directory, not following a final symlink (resolved paths have none).
+fn is_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Why a file tool may not touch what `meta` describes, or `None` for a regular file
+/// with one link: the only kind of inode that belongs to the workspace alone.
+///
+/// A FIFO would block the step, devices and sockets are not files; a regular file with
+/// more than one link shares its inode with another path, which may lie outside the
+/// workspace (a hard link cannot be told from the original, so none is trusted).
+fn refusal(rel: &str, meta: &fs::Metadata) -> Option<String> {
+    if meta.is_dir() {
+        Some(format!(
+            "`{rel}` is a directory, not a file; list_dir shows what it holds"
+        ))
+    } else if !meta.is_file() {
+        Some(not_regular(rel, meta))
+    } else if meta.nlink() > 1 {
+        Some(format!(
+            "`{rel}` is refused: it has {} hard links, so other paths (maybe outside the workspace) share the file; file tools only read and write files with a single link",
+            meta.nlink()
+        ))
+    } else {
+        None
+    }
+}
+
+fn not_regular(rel: &str, meta: &fs::Metadata) -> String {
+    let kind = meta.file_type();
+    let what = if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else {
+        "a special file"
+    };
+    format!(
+        "`{rel}` is {what}, not a regular file; file tools use only regular files and directories"
+    )
 }
 
 #[cfg(test)]
@@ -848,6 +1041,60 @@ mod tests {
             "The workspace holds: out.",
             "a directory reached through a link outside is skipped, not listed"
         );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_resolving_is_not_gone_through() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(root.join("sub/f.txt"), "inside").unwrap();
+        fs::write(outside.join("f.txt"), "outside").unwrap();
+        let resolved = ws.resolve("sub/f.txt").unwrap();
+        // What a process racing the tool could do between the checks and the open.
+        fs::rename(root.join("sub"), root.join("moved")).unwrap();
+        symlink(&outside, root.join("sub")).unwrap();
+        assert_eq!(
+            ws.open_file(&resolved, "sub/f.txt").unwrap_err(),
+            "`sub/f.txt` changed while it was being opened; try again"
+        );
+        assert_eq!(
+            ws.replace_file(&resolved, "sub/f.txt", b"x").unwrap_err(),
+            "`sub/f.txt` changed while it was being opened; try again"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("f.txt")).unwrap(),
+            "outside"
+        );
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            1,
+            "no temp file outside"
+        );
+    }
+
+    #[test]
+    fn a_hard_link_made_after_the_check_is_replaced_as_a_name_not_written_through() {
+        let (dir, ws) = workspace();
+        let root = dir.path().join("ws");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(dir.path().join("outside"), "outside").unwrap();
+        let resolved = ws.resolve("f.txt").unwrap();
+        fs::hard_link(dir.path().join("outside"), root.join("f.txt")).unwrap();
+        // The check ran on a missing file; the link appeared before the write.
+        let meta = fs::symlink_metadata(&resolved).unwrap();
+        let dir_handle = OpenDir::open(&root).unwrap();
+        dir_handle
+            .replace(resolved.file_name().unwrap(), b"inside", None)
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("outside")).unwrap(),
+            "outside"
+        );
+        assert_eq!(fs::read_to_string(root.join("f.txt")).unwrap(), "inside");
+        assert_ne!(fs::metadata(root.join("f.txt")).unwrap().ino(), meta.ino());
     }
 
     #[test]

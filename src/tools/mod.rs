@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::definition::CommandToolDef;
+use crate::definition::{AgentDef, CommandToolDef};
 use crate::domain::state::Todo;
 use crate::provider::ToolSpec;
 use files::Workspace;
@@ -116,8 +116,9 @@ pub struct Toolbox {
     workspace: Workspace,
     builtins: Vec<&'static Builtin>,
     commands: Vec<CommandToolDef>,
-    /// Variables withheld from commands besides the `*_KEY`-like ones.
-    secret_env: Vec<String>,
+    env: command::EnvPolicy,
+    /// The agent whose definition grants the tools, named when a tool is not granted.
+    agent: Option<String>,
 }
 
 impl Toolbox {
@@ -136,14 +137,28 @@ impl Toolbox {
             workspace: Workspace::new(workspace_root),
             builtins,
             commands,
-            secret_env: Vec::new(),
+            env: command::EnvPolicy::default(),
+            agent: None,
         }
     }
 
-    /// Withholds these environment variables from commands too (the names the agent's
-    /// keys are read from, whatever they are called).
+    /// The tools `def` grants, with its command environment (`[tools] env`, `env_pass`).
+    pub fn for_agent(workspace_root: PathBuf, def: &AgentDef) -> Toolbox {
+        let mut toolbox = Toolbox::new(
+            workspace_root,
+            &def.tools.builtin,
+            def.tools.command.clone(),
+        );
+        toolbox.env.mode = def.tools.env;
+        toolbox.env.pass = def.tools.env_pass.clone();
+        toolbox.agent = Some(def.name.clone());
+        toolbox
+    }
+
+    /// Withholds these environment variables from commands, whatever they are called
+    /// and whatever `env_pass` says (the names the agent's keys are read from).
     pub fn withholding(mut self, names: Vec<String>) -> Toolbox {
-        self.secret_env = names;
+        self.env.withheld = names;
         self
     }
 
@@ -171,6 +186,32 @@ impl Toolbox {
             || self.commands.iter().any(|c| c.name == name && c.read_only)
     }
 
+    /// Why `name` cannot be called, and what would make it callable: a built-in tool
+    /// the definition does not list is named as such, with the key that grants it.
+    fn not_granted(&self, name: &str) -> String {
+        let definition = match &self.agent {
+            Some(agent) => format!("agents/{agent}.toml"),
+            None => "the agent's definition".to_owned(),
+        };
+        let granted = self.names();
+        let available = if granted.is_empty() {
+            "this agent has no tools".to_owned()
+        } else {
+            format!("the tools available are: {}", granted.join(", "))
+        };
+        if BUILTINS.iter().any(|t| t.name == name) {
+            format!(
+                "`{name}` is a built-in tool this agent does not list; add it to `[tools] builtin` in {definition} ({available})"
+            )
+        } else if granted.is_empty() {
+            format!(
+                "unknown tool `{name}`; {available} (grant built-in ones with `[tools] builtin` or declare commands with `[[tools.command]]` in {definition})"
+            )
+        } else {
+            format!("unknown tool `{name}`; {available}")
+        }
+    }
+
     /// Runs one call. Only granted tools run, and only with arguments their schema
     /// accepts ([`args::check`]); anything else is a tool error.
     pub async fn call(
@@ -188,11 +229,7 @@ impl Toolbox {
         } else if let Some(command) = self.commands.iter().find(|c| c.name == name) {
             Granted::Command(command)
         } else {
-            let granted = self.names().join(", ");
-            return ToolOutput::error(format!(
-                "unknown tool `{name}`; the tools available are: {}",
-                if granted.is_empty() { "none" } else { &granted }
-            ));
+            return ToolOutput::error(self.not_granted(name));
         };
         let schema = match tool {
             Granted::Builtin(tool) => (tool.parameters)(),
@@ -221,14 +258,7 @@ impl Toolbox {
                 }
             }
             Granted::Command(command) => {
-                command::run(
-                    command,
-                    &self.workspace,
-                    arguments,
-                    &self.secret_env,
-                    ctx.stop,
-                )
-                .await
+                command::run(command, &self.workspace, arguments, &self.env, ctx.stop).await
             }
         }
     }
@@ -283,12 +313,53 @@ mod tests {
         assert_eq!(toolbox.names(), vec!["list_dir"]);
         let out = call(&toolbox, "write_file", json!({"path": "x", "content": "y"}));
         assert!(out.is_error);
-        assert!(
-            out.content.contains("unknown tool `write_file`"),
-            "{}",
-            out.content
+        assert_eq!(
+            out.content,
+            "`write_file` is a built-in tool this agent does not list; add it to `[tools] builtin` in the agent's definition (the tools available are: list_dir)"
+        );
+        let out = call(&toolbox, "shell", json!({}));
+        assert_eq!(
+            out.content,
+            "unknown tool `shell`; the tools available are: list_dir"
         );
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn a_built_in_the_agent_does_not_list_names_the_key_that_grants_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = |tools: &str| -> AgentDef {
+            toml::from_str(&format!(
+                "name = \"helper\"\n[model]\nprovider = \"scripted\"\n[tools]\n{tools}"
+            ))
+            .unwrap()
+        };
+        let bare = Toolbox::for_agent(dir.path().to_owned(), &agent(""));
+        let listing = Toolbox::for_agent(dir.path().to_owned(), &agent("builtin = [\"list_dir\"]"));
+        for tool in BUILTINS {
+            let out = call(&bare, tool.name, json!({}));
+            assert_eq!(
+                out.content,
+                format!(
+                    "`{}` is a built-in tool this agent does not list; add it to `[tools] builtin` in agents/helper.toml (this agent has no tools)",
+                    tool.name
+                )
+            );
+            if tool.name != "list_dir" {
+                let out = call(&listing, tool.name, json!({}));
+                assert!(out.is_error);
+                assert!(
+                    out.content
+                        .ends_with("in agents/helper.toml (the tools available are: list_dir)"),
+                    "{}",
+                    out.content
+                );
+            }
+        }
+        assert_eq!(
+            call(&bare, "shell", json!({})).content,
+            "unknown tool `shell`; this agent has no tools (grant built-in ones with `[tools] builtin` or declare commands with `[[tools.command]]` in agents/helper.toml)"
+        );
     }
 
     #[test]

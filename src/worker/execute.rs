@@ -429,8 +429,7 @@ impl Owner<'_> {
             Ok(path) => path,
             Err(err) => return Ok((self.cannot_run(&meta, err), None)),
         };
-        let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone())
-            .withholding(key_env);
+        let tools = Toolbox::for_agent(workspace, &def).withholding(key_env);
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()
