@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::definition::{self, schema, schema::Problem};
 use crate::error::UserError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,36 +96,63 @@ impl HomeConfig {
                 )));
             }
         };
-        toml::from_str(&text)
-            .map_err(|e| {
-                UserError::usage(format!(
-                    "{} is invalid: {}",
-                    path.display(),
-                    crate::definition::describe_toml_error(&text, &e)
-                ))
-            })
-            .and_then(|config: HomeConfig| config.checked(path))
+        let config: HomeConfig = toml::from_str(&text).map_err(|e| {
+            UserError::usage(format!(
+                "{} is invalid: {}",
+                path.display(),
+                crate::definition::describe_toml_error(&text, &e)
+            ))
+        })?;
+        let problems = config.problems(&text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(UserError::usage(format!(
+                "{} is invalid: {}",
+                path.display(),
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )))
+        }
     }
 
-    fn checked(self, path: &Path) -> Result<HomeConfig, UserError> {
+    /// What the types cannot say: the ranges of the schema, names, URLs. The checks are
+    /// the ones the run path depends on, so a home that loads can run.
+    fn problems(&self, text: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            schema::check_table(&table, schema::HOME, "", &mut problems);
+        }
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
         for (name, provider) in &self.providers {
-            if let Err(e) = crate::definition::check_name(name) {
-                return Err(UserError::usage(format!(
-                    "{}: [providers.{name}]: {}",
-                    path.display(),
-                    e.message
-                )));
+            let key = |field: &str| format!("providers.{name}.{field}");
+            if let Err(e) = definition::check_name(name) {
+                problem(format!("providers.{name}"), e.message);
+            } else if definition::PROVIDERS.contains(&name.as_str()) {
+                // An agent naming `openai` would otherwise get whatever this says,
+                // another protocol included, with nothing to tell it so.
+                problem(
+                    format!("providers.{name}"),
+                    format!(
+                        "`{name}` is a built-in provider; give this one another name (such as `{name}-proxy`) and use that as [model] provider"
+                    ),
+                );
             }
-            if let Some(idle) = &provider.idle_timeout
-                && let Err(e) = crate::time::parse_duration(idle)
+            if let Some(url) = &provider.base_url
+                && let Err(message) = definition::check_base_url(url)
             {
-                return Err(UserError::usage(format!(
-                    "{}: providers.{name}.idle_timeout: {e}",
-                    path.display()
-                )));
+                problem(key("base_url"), message);
+            }
+            if let Some(var) = &provider.api_key_env
+                && let Err(message) = definition::check_env_name(var)
+            {
+                problem(key("api_key_env"), message);
             }
         }
-        Ok(self)
+        problems
     }
 }
 

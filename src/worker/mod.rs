@@ -56,6 +56,8 @@ pub struct Report {
     pub suspended: u64,
     /// Sessions whose processing failed (logged as they happened).
     pub errors: u64,
+    /// The worst exit code of the executions settled ([`crate::error::exit::worst`]).
+    pub worst: u8,
     /// Every worker slot was taken: this worker did nothing.
     pub no_slot: bool,
 }
@@ -176,6 +178,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                 match result {
                     Ok(drained) => {
                         report.settled += drained.settled;
+                        report.worst = crate::error::exit::worst(report.worst, drained.worst);
                         report.suspended += u64::from(drained.suspended);
                         if drained.skipped {
                             deferred.insert(id);
@@ -308,6 +311,8 @@ pub struct Drained {
     pub suspended: bool,
     /// Not drained: owned by another worker, or paused.
     pub skipped: bool,
+    /// The worst exit code of the executions settled ([`crate::error::exit::worst`]).
+    pub worst: u8,
 }
 
 /// Takes a session's owner lock and runs its pending messages in `seq` order, until the
@@ -377,11 +382,13 @@ pub async fn drain(
             worker,
         };
         match owner.handle(&head).await? {
-            Handled::Settled(_) if until == Some(head.entry.id) => {
+            Handled::Settled(code) => {
                 drained.settled += 1;
-                break;
+                drained.worst = crate::error::exit::worst(drained.worst, code);
+                if until == Some(head.entry.id) {
+                    break;
+                }
             }
-            Handled::Settled(_) => drained.settled += 1,
             Handled::AlreadySettled => {}
             Handled::Suspended => {
                 drained.suspended = true;
