@@ -151,6 +151,20 @@ impl HomeConfig {
             {
                 problem(key("api_key_env"), message);
             }
+            // A header reqwest cannot send fails every request of every run.
+            for (header, value) in &provider.headers {
+                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(value).is_err()
+                {
+                    problem(
+                        key(&format!("headers.{header}")),
+                        format!(
+                            "`{}` is not an HTTP header: a name of letters, digits and `-`, a value of printable text on one line",
+                            header.escape_default()
+                        ),
+                    );
+                }
+            }
         }
         problems
     }

@@ -156,7 +156,11 @@ mod tests {
                 assert_eq!(worst(*worse, *milder), *worse, "{worse} then {milder}");
             }
         }
-        assert_eq!(worst(COMPLETED, 42), 42, "an unknown code counts as a failure");
+        assert_eq!(
+            worst(COMPLETED, 42),
+            42,
+            "an unknown code counts as a failure"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use clap::Parser;
 
 use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
 use agentq::commands::{self, Context};
+use agentq::eprintln;
 use agentq::error;
 
 fn main() -> ExitCode {
@@ -77,7 +78,10 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_target(false);
+        .with_target(false)
+        // Its report of a failed write is std's `eprintln!`, which panics when stderr
+        // is the output that failed; a log line lost is not worth the process.
+        .log_internal_errors(false);
     match &cli.command {
         Command::Worker(WorkerArgs {
             log_file: Some(path),

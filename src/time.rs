@@ -170,7 +170,8 @@ pub const MAX_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// What a duration that is a limit or a wait (a timeout, `--max-duration`, `--poll`)
 /// must be: zero cannot work, and one past [`MAX_LIMIT`] is a typo.
-pub const LIMIT_RANGE: &str = "longer than 0 and at most 8784h (a year), such as \"500ms\" or \"30s\"";
+pub const LIMIT_RANGE: &str =
+    "longer than 0 and at most 8784h (a year), such as \"500ms\" or \"30s\"";
 
 /// [`parse_duration`] for a limit or a wait: more than zero, at most [`MAX_LIMIT`].
 pub fn parse_limit(text: &str) -> Result<Duration, String> {

@@ -64,11 +64,13 @@ impl Context {
         let make_one = format!("`agentq --home {shown} init` makes one");
         match std::fs::metadata(home) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(_) => usage_bail!(
-                "the home {shown} is not a directory; check --home and AGENTQ_HOME"
-            ),
+            Ok(_) => {
+                usage_bail!("the home {shown} is not a directory; check --home and AGENTQ_HOME")
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                usage_bail!("the home {shown} does not exist; check --home and AGENTQ_HOME, or {make_one}")
+                usage_bail!(
+                    "the home {shown} does not exist; check --home and AGENTQ_HOME, or {make_one}"
+                )
             }
             Err(e) => usage_bail!("cannot use the home {shown}: {e}"),
         }

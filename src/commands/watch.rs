@@ -62,11 +62,8 @@ pub(super) fn terminal_view(
     ctx: &Context,
     dir: &SessionDir,
 ) -> Result<TerminalRenderer<super::Stdout>> {
-    let mut terminal = TerminalRenderer::new(
-        super::stdout(),
-        ctx.color,
-        std::io::stderr().is_terminal(),
-    );
+    let mut terminal =
+        TerminalRenderer::new(super::stdout(), ctx.color, std::io::stderr().is_terminal());
     let meta = read_meta(dir)?;
     terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
     Ok(terminal)

@@ -444,6 +444,14 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
             }
         }
     }
+    let no_tools = def.tools.builtin.is_empty() && def.tools.command.is_empty();
+    if def.model.tool_choice == Some(ToolChoice::Required) && no_tools {
+        problem(
+            "model.tool_choice",
+            "\"required\" needs a tool to call; grant one in [tools], or leave tool_choice out"
+                .to_owned(),
+        );
+    }
     if let Some(ToolChoice::Tool(name)) = &def.model.tool_choice {
         let granted = def.tools.builtin.iter().any(|t| t == name)
             || def.tools.command.iter().any(|c| &c.name == name);
@@ -499,6 +507,17 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
         {
             problem(&key("cwd"), message);
         }
+        // Sent to the model as the function's parameters, which must be an object
+        // schema; any other is refused by the server at every step.
+        if let Some(parameters) = &command.parameters
+            && parameters.get("type").and_then(Value::as_str) != Some("object")
+        {
+            problem(
+                &key("parameters"),
+                "must be a JSON Schema of an object: type = \"object\", with its properties"
+                    .to_owned(),
+            );
+        }
     }
     problems
 }
@@ -516,7 +535,9 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{shown}` names no host; write it like https://host/v1"));
+        return Err(format!(
+            "`{shown}` names no host; write it like https://host/v1"
+        ));
     }
     Ok(())
 }
@@ -785,13 +806,19 @@ mod tests {
     #[test]
     fn overrides_apply_and_are_checked_like_the_file() {
         let mut overrides = BTreeMap::new();
-        overrides.insert("limits.max_steps".to_owned(), parse_override_value("3").unwrap());
+        overrides.insert(
+            "limits.max_steps".to_owned(),
+            parse_override_value("3").unwrap(),
+        );
         let def = source("bot", MINIMAL)
             .load(&overrides, &HomeConfig::default())
             .unwrap();
         assert_eq!(def.limits.max_steps, 3);
 
-        overrides.insert("limits.max_stepz".to_owned(), parse_override_value("3").unwrap());
+        overrides.insert(
+            "limits.max_stepz".to_owned(),
+            parse_override_value("3").unwrap(),
+        );
         let problems = source("bot", MINIMAL)
             .load(&overrides, &HomeConfig::default())
             .unwrap_err();
@@ -805,7 +832,10 @@ mod tests {
         assert_eq!(parsed("true"), serde_json::json!(true));
         assert_eq!(parsed("gpt-4o"), serde_json::json!("gpt-4o"));
         assert_eq!(parsed("\"30s\""), serde_json::json!("30s"));
-        assert_eq!(parsed("\"\"\"two\nlines\"\"\""), serde_json::json!("two\nlines"));
+        assert_eq!(
+            parsed("\"\"\"two\nlines\"\"\""),
+            serde_json::json!("two\nlines")
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub enum Kind {
     Str,
     Bool,
     /// A whole number from `min` to `max`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// A finite number in the range.
     Number(Range),
     /// A limit or a wait (`500ms`, `20s`, `5m`, `1h`): see [`crate::time::LIMIT_RANGE`].
@@ -345,7 +348,9 @@ fn check_value(
             Ok(_) => {}
         },
         (Kind::OneOf(choices), Value::String(s)) if choices.contains(&s.as_str()) => {}
-        (Kind::OneOf(choices), _) => problems.push(wrong(&format!("one of {}", choices.join(", ")))),
+        (Kind::OneOf(choices), _) => {
+            problems.push(wrong(&format!("one of {}", choices.join(", "))))
+        }
         (Kind::StrList, Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 check_value(item, Kind::Str, &format!("{path}[{i}]"), problems, None);

@@ -67,7 +67,11 @@ fn worker_once_over(outcomes: &[&str]) -> i32 {
         let expected = OUTCOMES.iter().find(|(o, _)| o == outcome).unwrap().1;
         let finished = env.finished(id);
         assert_eq!(finished.len(), 1, "{outcome}: {}", describe(&out));
-        assert_eq!(finished[0]["exit_code"], expected, "{outcome}: {}", finished[0]);
+        assert_eq!(
+            finished[0]["exit_code"], expected,
+            "{outcome}: {}",
+            finished[0]
+        );
     }
     code(&out)
 }
@@ -105,17 +109,51 @@ fn worker_once_exits_with_the_worst_outcome_of_what_it_ran() {
 /// execution with exit 2, saying why. (key, the line, what the refusal says)
 const CANNOT_RUN: &[(&str, &str, &str)] = &[
     ("model.base_url", "base_url = \"not a url\"", "not a URL"),
-    ("model.base_url", "base_url = \"file:///etc/passwd\"", "http:// or https://"),
-    ("model.base_url", "base_url = \"ftp://127.0.0.1/v1\"", "http:// or https://"),
+    (
+        "model.base_url",
+        "base_url = \"file:///etc/passwd\"",
+        "http:// or https://",
+    ),
+    (
+        "model.base_url",
+        "base_url = \"ftp://127.0.0.1/v1\"",
+        "http:// or https://",
+    ),
     ("model.base_url", "base_url = \"http://\"", "host"),
     ("model.base_url", "base_url = \"http://:8080/v1\"", "host"),
-    ("model.api_key_env", "api_key_env = \"sk-live-1234567890\"", "environment variable name"),
-    ("model.api_key_env", "api_key_env = \"MY KEY\"", "environment variable name"),
-    ("model.api_key_env", "api_key_env = \"\"", "environment variable name"),
+    (
+        "model.api_key_env",
+        "api_key_env = \"sk-live-1234567890\"",
+        "environment variable name",
+    ),
+    (
+        "model.api_key_env",
+        "api_key_env = \"MY KEY\"",
+        "environment variable name",
+    ),
+    (
+        "model.api_key_env",
+        "api_key_env = \"\"",
+        "environment variable name",
+    ),
     ("model.name", "name = \"\"", "not a model name"),
     ("model.name", "name = \"  \"", "not a model name"),
     ("model.temperature", "temperature = 1.5", "anthropic"),
-    ("model.provider", "provider = \"nobody\"", "unknown provider"),
+    (
+        "model.provider",
+        "provider = \"nobody\"",
+        "unknown provider",
+    ),
+    (
+        "model.tool_choice",
+        "tool_choice = \"required\"",
+        "needs a tool",
+    ),
+    (
+        "model.tool_choice",
+        "tool_choice = \"grep\"",
+        "a tool this agent has",
+    ),
 ];
 
 /// An openai-protocol agent `name` on a local port nobody listens on, with `line` in
@@ -128,9 +166,21 @@ fn remote_agent(name: &str, line: &str) -> String {
     } else {
         "provider = \"openai\"".to_owned()
     };
-    let model_line = if line.starts_with("provider") { "" } else { line };
-    let name_line = if line.starts_with("name") { "" } else { "name = \"m\"" };
-    let url = if line.starts_with("base_url") { "" } else { "base_url = \"http://127.0.0.1:9/v1\"" };
+    let model_line = if line.starts_with("provider") {
+        ""
+    } else {
+        line
+    };
+    let name_line = if line.starts_with("name") {
+        ""
+    } else {
+        "name = \"m\""
+    };
+    let url = if line.starts_with("base_url") {
+        ""
+    } else {
+        "base_url = \"http://127.0.0.1:9/v1\""
+    };
     format!("name = \"{name}\"\n[model]\n{provider}\n{name_line}\n{url}\n{model_line}\n")
 }
 
@@ -149,13 +199,19 @@ fn a_definition_that_cannot_run_is_refused_by_validate_session_new_run_and_the_w
         waiting.push((id, *key, *line, *says));
 
         let what = format!("{key}: {line}");
-        let out = env.run(&["agents", "validate", &format!("agents/{name}.toml"), "--json"]);
+        let out = env.run(&[
+            "agents",
+            "validate",
+            &format!("agents/{name}.toml"),
+            "--json",
+        ]);
         assert_eq!(code(&out), 2, "validate passes {what}:\n{}", describe(&out));
         let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
         let problems = listed[0]["problems"].as_array().unwrap();
         assert!(
-            problems.iter().any(|p| p["key"] == *key
-                && p["message"].as_str().unwrap().contains(says)),
+            problems
+                .iter()
+                .any(|p| p["key"] == *key && p["message"].as_str().unwrap().contains(says)),
             "{what}: {problems:?}"
         );
         let out = env.run(&["session", "new", "--agent", &name]);
@@ -193,14 +249,34 @@ fn a_definition_that_cannot_run_is_refused_by_validate_session_new_run_and_the_w
 /// file); a worker refuses to start instead of failing every message it claims.
 const BAD_CONFIGS: &[(&str, &str)] = &[
     ("[inbox\n", "agentq.toml"),
-    ("[providers.local]\nkind = \"openai\"\nbase_url = \"not a url\"\n", "providers.local.base_url"),
+    (
+        "[providers.local]\nkind = \"openai\"\nbase_url = \"not a url\"\n",
+        "providers.local.base_url",
+    ),
     (
         "[providers.local]\nkind = \"openai\"\nbase_url = \"file:///etc/passwd\"\n",
         "http:// or https://",
     ),
-    ("[providers.local]\nkind = \"openai\"\napi_key_env = \"sk live\"\n", "providers.local.api_key_env"),
-    ("[providers.openai]\nkind = \"anthropic\"\n", "built-in provider"),
-    ("[providers.\"no way\"]\nkind = \"openai\"\n", "providers.no way"),
+    (
+        "[providers.local]\nkind = \"openai\"\napi_key_env = \"sk live\"\n",
+        "providers.local.api_key_env",
+    ),
+    (
+        "[providers.openai]\nkind = \"anthropic\"\n",
+        "built-in provider",
+    ),
+    (
+        "[providers.\"no way\"]\nkind = \"openai\"\n",
+        "providers.no way",
+    ),
+    (
+        "[providers.local]\nkind = \"openai\"\nheaders = { \"X Team\" = \"a\" }\n",
+        "providers.local.headers.X Team",
+    ),
+    (
+        "[providers.local]\nkind = \"openai\"\nheaders = { X-Team = \"a\\nb\" }\n",
+        "not an HTTP header",
+    ),
 ];
 
 #[test]
@@ -212,9 +288,18 @@ fn a_worker_refuses_to_start_on_an_invalid_agentq_toml_and_loses_nothing() {
     for (config, says) in BAD_CONFIGS {
         std::fs::write(env.home().join("agentq.toml"), config).unwrap();
         let before = snapshot(env.home());
-        for args in [&["worker", "--once"][..], &["worker"], &["agents", "validate"]] {
+        for args in [
+            &["worker", "--once"][..],
+            &["worker"],
+            &["agents", "validate"],
+        ] {
             let out = env.run(args);
-            assert_refused(&out, 2, &["agentq.toml", says], &format!("{args:?}: {config}"));
+            assert_refused(
+                &out,
+                2,
+                &["agentq.toml", says],
+                &format!("{args:?}: {config}"),
+            );
             checked += 1;
         }
         assert_unchanged(config, &before, &snapshot(env.home()));
@@ -299,7 +384,10 @@ fn no_command_panics_on_a_closed_or_full_standard_output() {
     // For `send --wait` and `watch --exit-on-idle`, which wait for executions.
     let _worker = env.spawn_worker(&[]);
     let mut checked = 0u64;
-    for (output, name) in [(closed_pipe as fn() -> Stdio, "closed"), (full_disk, "full")] {
+    for (output, name) in [
+        (closed_pipe as fn() -> Stdio, "closed"),
+        (full_disk, "full"),
+    ] {
         let mut commands = every_command(&id, &spare);
         // Those that use up what they act on get one of their own each time.
         let (rm, close) = (env.new_session("echo"), env.new_session("echo"));
@@ -307,8 +395,16 @@ fn no_command_panics_on_a_closed_or_full_standard_output() {
             vec!["session".into(), "rm".into(), rm],
             vec!["session".into(), "close".into(), close],
             vec!["run".into(), "--agent".into(), "echo".into(), "hi".into()],
-            vec!["run".into(), "--agent".into(), "echo".into(), "hi".into(), "--json".into()],
-            ["send", &id, "x", "--wait", "--timeout", "30s"].map(String::from).to_vec(),
+            vec![
+                "run".into(),
+                "--agent".into(),
+                "echo".into(),
+                "hi".into(),
+                "--json".into(),
+            ],
+            ["send", &id, "x", "--wait", "--timeout", "30s"]
+                .map(String::from)
+                .to_vec(),
         ]);
         wait_until("the failed execution settled", LONG, || {
             env.json(&["session", "show", &failed, "--json"])["pending"] == 0
@@ -348,6 +444,44 @@ fn no_command_panics_on_a_closed_or_full_standard_output() {
             checked += 1;
         }
     }
+    // Standard error closed or full: its lines are lost, never the exit code. Every
+    // command, and the refusals, whose one line goes there.
+    let refusals: Vec<Vec<String>> = [
+        "session show nope",
+        "agents show nobody",
+        "send nope hi",
+        "--bogus",
+        "worker --once --max-duration 0s",
+    ]
+    .iter()
+    .map(|l| l.split(' ').map(str::to_owned).collect())
+    .collect();
+    for (output, name) in [
+        (closed_pipe as fn() -> Stdio, "closed"),
+        (full_disk, "full"),
+    ] {
+        for args in every_command(&id, &spare).iter().chain(&refusals) {
+            let run = |stderr: Stdio| {
+                env.cmd()
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr)
+                    .output()
+                    .expect("run agentq")
+            };
+            // The same command with stderr discarded says what the code should be
+            // (`watch --exit-on-idle` gives the last execution's).
+            let expected = code(&run(Stdio::null()));
+            let out = run(output());
+            let what = format!("agentq {} 2> {name} output", args.join(" "));
+            assert_eq!(code(&out), expected, "{what}: {:?}", out.status);
+            if refusals.contains(args) {
+                assert_eq!(expected, 2, "{what}");
+            }
+            checked += 1;
+        }
+    }
     report("exit_codes_closed_output", &[("cases", checked)]);
 }
 
@@ -379,7 +513,9 @@ fn a_home_that_does_not_exist_or_is_not_one_is_refused_by_every_command() {
         // These need no home; `init` makes one.
         .filter(|args| {
             !matches!(args[0].as_str(), "schema" | "completions" | "init")
-                && !args.iter().any(|a| a.starts_with("--help") || a == "--version")
+                && !args
+                    .iter()
+                    .any(|a| a.starts_with("--help") || a == "--version")
         })
         .collect();
     for (home, says) in homes {

@@ -46,20 +46,65 @@ const DEFINITION_CASES: &[(Place, &str, &str, &str)] = &[
     (Place::Model, "model.temperature", "inf", "at least 0"),
     (Place::Model, "model.max_output_tokens", "0", "1 or more"),
     (Place::Model, "model.max_output_tokens", "-1", "1 or more"),
-    (Place::Model, "model.max_output_tokens", "5000000000", "from 1 to"),
+    (
+        Place::Model,
+        "model.max_output_tokens",
+        "5000000000",
+        "from 1 to",
+    ),
     (Place::Model, "model.max_attempts", "0", "1 or more"),
-    (Place::Model, "model.idle_timeout", "\"0s\"", "longer than 0"),
-    (Place::Model, "model.idle_timeout", "\"0ms\"", "longer than 0"),
+    (
+        Place::Model,
+        "model.idle_timeout",
+        "\"0s\"",
+        "longer than 0",
+    ),
+    (
+        Place::Model,
+        "model.idle_timeout",
+        "\"0ms\"",
+        "longer than 0",
+    ),
     (Place::Model, "model.idle_timeout", "\"9000h\"", "at most"),
     (Place::Model, "model.context_window", "0", "1 or more"),
     (Place::Model, "model.compact_threshold", "5.0", "at most 1"),
-    (Place::Model, "model.compact_threshold", "0.0", "more than 0"),
-    (Place::Model, "model.compact_threshold", "-0.5", "more than 0"),
-    (Place::Model, "model.compact_threshold", "nan", "more than 0"),
+    (
+        Place::Model,
+        "model.compact_threshold",
+        "0.0",
+        "more than 0",
+    ),
+    (
+        Place::Model,
+        "model.compact_threshold",
+        "-0.5",
+        "more than 0",
+    ),
+    (
+        Place::Model,
+        "model.compact_threshold",
+        "nan",
+        "more than 0",
+    ),
     (Place::Script, "model.script[0].delay_ms", "-1", "0 or more"),
-    (Place::Script, "model.script[0].error.status", "0", "from 100 to 599"),
-    (Place::Script, "model.script[0].error.status", "1000", "from 100 to 599"),
-    (Place::Script, "model.script[0].usage.input", "-3", "0 or more"),
+    (
+        Place::Script,
+        "model.script[0].error.status",
+        "0",
+        "from 100 to 599",
+    ),
+    (
+        Place::Script,
+        "model.script[0].error.status",
+        "1000",
+        "from 100 to 599",
+    ),
+    (
+        Place::Script,
+        "model.script[0].usage.input",
+        "-3",
+        "0 or more",
+    ),
     (Place::Limits, "limits.max_steps", "0", "1 or more"),
     (Place::Limits, "limits.max_steps", "-2", "1 or more"),
     (Place::Limits, "limits.max_tokens", "0", "1 or more"),
@@ -70,10 +115,30 @@ const DEFINITION_CASES: &[(Place, &str, &str, &str)] = &[
     (Place::Limits, "limits.max_cost_usd", "nan", "more than 0"),
     (Place::Limits, "limits.max_cost_usd", "0.0", "more than 0"),
     (Place::Limits, "limits.max_cost_usd", "-1", "more than 0"),
-    (Place::Limits, "limits.max_consecutive_errors", "0", "2 or more"),
-    (Place::Limits, "limits.max_consecutive_errors", "1", "2 or more"),
-    (Place::Tools, "tools.builtin[1]", "[\"read_file\", \"read_file\"]", "listed once"),
-    (Place::Command, "tools.command[0].timeout", "\"0s\"", "longer than 0"),
+    (
+        Place::Limits,
+        "limits.max_consecutive_errors",
+        "0",
+        "2 or more",
+    ),
+    (
+        Place::Limits,
+        "limits.max_consecutive_errors",
+        "1",
+        "2 or more",
+    ),
+    (
+        Place::Tools,
+        "tools.builtin[1]",
+        "[\"read_file\", \"read_file\"]",
+        "listed once",
+    ),
+    (
+        Place::Command,
+        "tools.command[0].timeout",
+        "\"0s\"",
+        "longer than 0",
+    ),
 ];
 
 /// The line of a case: `error.status` and `usage.input` are inline tables.
@@ -120,7 +185,12 @@ fn every_definition_value_that_cannot_work_is_refused_with_key_value_and_range_e
         let what = format!("{key} = {value}");
         let says = says_range(key, value);
 
-        let out = env.run(&["agents", "validate", &format!("agents/{name}.toml"), "--json"]);
+        let out = env.run(&[
+            "agents",
+            "validate",
+            &format!("agents/{name}.toml"),
+            "--json",
+        ]);
         assert_eq!(code(&out), 2, "validate, {what}:\n{}", describe(&out));
         let listed: Value = serde_json::from_slice(&out.stdout).expect("validate --json");
         let problems = listed[0]["problems"].as_array().unwrap();
@@ -300,16 +370,37 @@ fn every_flag_value_that_cannot_work_is_refused_naming_the_flag() {
     let id = env.new_session("echo");
     let before = snapshot(env.home());
     let cases: &[(&[&str], &str)] = &[
-        (&["worker", "--once", "--max-duration", "0s"], "--max-duration"),
-        (&["worker", "--once", "--max-duration", "0ms"], "--max-duration"),
-        (&["worker", "--once", "--max-duration", "100000h"], "--max-duration"),
-        (&["worker", "--once", "--max-duration", "soon"], "--max-duration"),
+        (
+            &["worker", "--once", "--max-duration", "0s"],
+            "--max-duration",
+        ),
+        (
+            &["worker", "--once", "--max-duration", "0ms"],
+            "--max-duration",
+        ),
+        (
+            &["worker", "--once", "--max-duration", "100000h"],
+            "--max-duration",
+        ),
+        (
+            &["worker", "--once", "--max-duration", "soon"],
+            "--max-duration",
+        ),
         (&["worker", "--once", "--poll", "0s"], "--poll"),
         (&["worker", "--once", "--concurrency", "0"], "--concurrency"),
         (&["worker", "--once", "--max-workers", "0"], "--max-workers"),
-        (&["send", &id, "x", "--wait", "--timeout", "0s"], "--timeout"),
-        (&["send", &id, "x", "--wait", "--timeout", "100000h"], "--timeout"),
-        (&["send", &id, "--continue", "--raise-budget", "0"], "--raise-budget"),
+        (
+            &["send", &id, "x", "--wait", "--timeout", "0s"],
+            "--timeout",
+        ),
+        (
+            &["send", &id, "x", "--wait", "--timeout", "100000h"],
+            "--timeout",
+        ),
+        (
+            &["send", &id, "--continue", "--raise-budget", "0"],
+            "--raise-budget",
+        ),
     ];
     for (args, flag) in cases {
         let out = env.run(args);

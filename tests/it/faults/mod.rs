@@ -1954,6 +1954,21 @@ fn definitions_with_unknown_keys_or_wrong_types_are_refused_naming_the_key() {
             "tools.command[0].cwd",
             "relative path",
         ),
+        // What the model is sent as the function's parameters must be an object schema.
+        (
+            with(
+                "[[tools.command]]\nname = \"x\"\nargv = [\"ls\"]\nparameters = { type = \"array\" }\n",
+            ),
+            "tools.command[0].parameters",
+            "type = \"object\"",
+        ),
+        (
+            with(
+                "[[tools.command]]\nname = \"x\"\nargv = [\"ls\"]\nparameters = { properties = {} }\n",
+            ),
+            "tools.command[0].parameters",
+            "type = \"object\"",
+        ),
     ];
     let before = snapshot(env.home());
     for (toml, key, says) in &cases {
