@@ -13,13 +13,13 @@ use crate::error::exit;
 use crate::worker::{self, Shutdown, WorkerOptions};
 
 pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
+    // A worker that would fail every message it claims refuses to start instead.
+    ctx.config()?;
     let session = args
         .session
         .as_deref()
         .map(|id| ctx.store.resolve(id))
         .transpose()?;
-    // A worker that would fail every message it claims refuses to start instead.
-    ctx.config()?;
     let once = args.once;
     let options = WorkerOptions {
         once: args.once,

@@ -896,6 +896,40 @@ mod tests {
     }
 
     #[test]
+    fn base_urls_are_http_or_https_with_a_host() {
+        for good in [
+            "https://api.openai.com/v1",
+            "http://127.0.0.1:8080/v1",
+            " http://localhost:11434/v1/ ",
+        ] {
+            assert!(check_base_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "not a url",
+            "file:///etc/passwd",
+            "ftp://host/v1",
+            "http://",
+            "http://:8080",
+            "unix:/run/x.sock",
+            "",
+        ] {
+            assert!(check_base_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn api_key_env_is_a_variable_name_and_a_pasted_key_is_not_echoed() {
+        for good in ["OPENAI_API_KEY", "_KEY", "k1"] {
+            assert!(check_env_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1KEY", "MY KEY", "A-B", "KEY\n"] {
+            assert!(check_env_name(bad).is_err(), "{bad:?}");
+        }
+        let err = check_env_name("sk-proj-abcdefghijklmnop").unwrap_err();
+        assert!(!err.contains("abcdef"), "{err}");
+    }
+
+    #[test]
     fn names_are_safe_file_stems() {
         for good in ["demo", "general-assistant", "a_1"] {
             assert!(check_name(good).is_ok());

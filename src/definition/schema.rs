@@ -510,6 +510,36 @@ mod tests {
     }
 
     #[test]
+    fn values_that_cannot_work_name_the_key_the_value_and_the_range() {
+        let found = problems(
+            r#"
+            name = "x"
+            [model]
+            provider = "scripted"
+            temperature = nan
+            compact_threshold = 1.5
+            max_attempts = 0
+            [limits]
+            timeout = "0s"
+            max_cost_usd = inf
+            [tools]
+            builtin = ["read_file", "list_dir", "read_file"]
+            "#,
+        );
+        assert_eq!(
+            found,
+            vec![
+                "limits.max_cost_usd = inf: must be a finite number more than 0",
+                "limits.timeout = \"0s\": must be longer than 0 and at most 8784h (a year), such as \"500ms\" or \"30s\"",
+                "model.compact_threshold = 1.5: must be more than 0 and at most 1 (it is the share of context_window a prompt may fill)",
+                "model.max_attempts = 0: must be 1 or more (it counts the first call too)",
+                "model.temperature = nan: must be at least 0 and at most 2",
+                "tools.builtin[2] = \"read_file\": must be listed once (it is tools.builtin[0] too)",
+            ]
+        );
+    }
+
+    #[test]
     fn missing_required_keys_are_reported() {
         assert_eq!(
             problems("description = 'x'"),
