@@ -129,8 +129,14 @@ impl HomeConfig {
         let mut problem = |key: String, message: String| problems.push(Problem { key, message });
         for (name, provider) in &self.providers {
             let key = |field: &str| format!("providers.{name}.{field}");
-            if let Err(e) = definition::check_name(name) {
-                problem(format!("providers.{name}"), e.message);
+            if definition::check_name(name).is_err() {
+                problem(
+                    format!("providers.{name}"),
+                    format!(
+                        "`{}` is not a provider name: use letters, digits, `-` and `_` (at most 64)",
+                        name.escape_default()
+                    ),
+                );
             } else if definition::PROVIDERS.contains(&name.as_str()) {
                 // An agent naming `openai` would otherwise get whatever this says,
                 // another protocol included, with nothing to tell it so.
