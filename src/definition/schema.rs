@@ -319,11 +319,10 @@ fn check_value(
         | (Kind::Bool, Value::Boolean(_))
         | (Kind::AnyTable, Value::Table(_)) => {}
         (Kind::Int { min, max }, Value::Integer(n)) => {
-            if *n < min && max >= i64::from(u32::MAX) {
-                // A bound no one would reach only clutters the message.
-                problems.push(out_of_range(int_range(min, i64::MAX)));
-            } else if !(min..=max).contains(n) {
+            if *n < min {
                 problems.push(out_of_range(int_range(min, max)));
+            } else if *n > max {
+                problems.push(out_of_range(format!("from {min} to {max}")));
             }
         }
         (Kind::Int { min, max }, _) => {
@@ -404,8 +403,10 @@ fn check_value(
     }
 }
 
+/// The range of a whole number as people need it: a bound no one would reach (the
+/// largest `u32` or more) only clutters the message.
 fn int_range(min: i64, max: i64) -> String {
-    if max == i64::MAX {
+    if max >= i64::from(u32::MAX) {
         format!("{min} or more")
     } else {
         format!("from {min} to {max}")

@@ -17,7 +17,8 @@ fn ending(name: &str, outcome: &str) -> String {
         "failed" => format!("{head}[[model.script]]\nerror = {{ status = 400 }}\n"),
         // Streams slowly, so it can be cancelled while it runs.
         "cancelled" => format!(
-            "{head}[[model.script]]\ntext = \"one two three four five six seven eight nine ten eleven twelve\"\ndelay_ms = 150\n"
+            "{head}[[model.script]]\ntext = \"{}\"\ndelay_ms = 150\n",
+            "word ".repeat(40).trim_end()
         ),
         // Valid when its session is made; deleted before the worker runs.
         "invalid" => format!("{head}[[model.script]]\ntext = \"done\"\n"),

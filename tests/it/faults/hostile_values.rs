@@ -246,6 +246,16 @@ fn every_set_override_that_cannot_work_is_refused_and_one_set_is_one_key() {
         checked += 1;
     }
     // A value that is a TOML document of its own sets nothing, not its first key.
+    // Typed as in the issue, with a literal backslash-n: a string, not a count.
+    let literal = "limits.max_steps=3\\nname=\"x\"";
+    let out = env.run(&["session", "new", "--agent", "echo", "--set", literal]);
+    assert_refused(
+        &out,
+        2,
+        &["--set", "limits.max_steps", "whole number"],
+        literal,
+    );
+    checked += 1;
     for smuggled in [
         "limits.max_steps=3\nname=\"x\"",
         "limits.max_steps=3\n[tools]\nbuiltin=[\"write_file\"]",
