@@ -49,9 +49,9 @@ pub enum StopReason {
     UserRequested,
     ProviderUnavailable,
     TooManyAttempts,
-    /// The execution could not start: its agent definition is gone or invalid, or
-    /// `agentq.toml` or the environment it names cannot serve it (exit 2, as for the
-    /// command line that names such an agent).
+    /// The execution could not start: its agent definition (with the session's
+    /// overrides) is gone or invalid, or `agentq.toml` is (exit 2, as for the command
+    /// line that names such an agent).
     InvalidDefinition,
 }
 
