@@ -336,6 +336,10 @@ pub async fn drain(
         return Ok(drained);
     };
     recover_files(store, &dir)?;
+    // An agentq.toml broken while the worker runs would fail every message claimed
+    // from here on; they stay queued instead, the error naming the file, and run once
+    // it is fixed (the worker refuses to start on one that is broken already).
+    crate::config::HomeConfig::load(&store.config_path())?;
     let mut log = dir.open_events(store.clock.clone())?;
     let mut looked_again = false;
     // Whether anything needs `flush_drain` before the lock goes.

@@ -308,6 +308,48 @@ fn a_worker_refuses_to_start_on_an_invalid_agentq_toml_and_loses_nothing() {
     std::fs::remove_file(env.home().join("agentq.toml")).unwrap();
     env.worker_once();
     assert_eq!(env.responses(&id), vec!["echo: waiting"]);
+
+    // Broken while a worker runs: what it would claim stays queued, the log names the
+    // file, and it runs once the file is fixed. (A worker stopped at each case: one
+    // that failed on a session retries it only at its next full scan.)
+    for (i, (config, says)) in BAD_CONFIGS.iter().enumerate() {
+        // What the last case left queued runs now, with the file fixed.
+        env.worker_once();
+        let ran = env.finished(&id).len();
+        let log = env.home().join(format!("worker-{i}.log"));
+        let mut worker = Logged::spawn(&env, &["worker"], log.clone());
+        // Queued while paused, so the worker waits for the file to break first.
+        env.ok(&["session", "pause", &id]);
+        env.send(&id, "while broken");
+        std::fs::write(env.home().join("agentq.toml"), config).unwrap();
+        env.ok(&["session", "resume", &id]);
+        wait_until("the worker to name agentq.toml", LONG, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("agentq.toml") && text.contains(says)
+        });
+        assert_eq!(env.finished(&id).len(), ran, "nothing ran: {config}");
+        signal(worker.child.id(), libc::SIGTERM);
+        let (_, text) = worker.wait(LONG);
+        assert!(!text.contains("panicked"), "{text}");
+        std::fs::remove_file(env.home().join("agentq.toml")).unwrap();
+        checked += 1;
+    }
+    env.worker_once();
+    let failed: Vec<Value> = env
+        .finished(&id)
+        .into_iter()
+        .filter(|f| f["status"] != "completed")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "no message failed on the broken file: {failed:?}"
+    );
+    let answers = env.responses(&id);
+    assert_eq!(
+        answers.len(),
+        1 + BAD_CONFIGS.len(),
+        "every queued message ran: {answers:?}"
+    );
     report("exit_codes_bad_config_at_start", &[("cases", checked)]);
 }
 
