@@ -56,7 +56,8 @@ pub struct Report {
     pub suspended: u64,
     /// Sessions whose processing failed (logged as they happened).
     pub errors: u64,
-    /// The worst exit code of the executions settled ([`crate::error::exit::worst`]).
+    /// The worst exit code of the executions settled and of those failures
+    /// ([`crate::error::exit::worst`]).
     pub worst: u8,
     /// Every worker slot was taken: this worker did nothing.
     pub no_slot: bool,
@@ -187,6 +188,9 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                     Err(err) => {
                         error!(session = %id, "{}", crate::error::render(&err));
                         report.errors += 1;
+                        // An invalid agentq.toml found here is exit 2, like at start.
+                        report.worst =
+                            crate::error::exit::worst(report.worst, crate::error::exit_code(&err));
                         failing.insert(id);
                         if is_storage_full(&err) && !shutdown.is_requested() {
                             // Claiming more work would only fail the same way; what is
