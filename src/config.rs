@@ -216,6 +216,27 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_the_run_path_would_meet_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.toml");
+        std::fs::write(
+            &path,
+            "[inbox]\nmax_message_bytes = 0\n[providers.openai]\nkind = \"anthropic\"\n[providers.local]\nkind = \"openai\"\nbase_url = \"file:///etc/passwd\"\nheaders = { \"X Team\" = \"a\" }\nidle_timeout = \"0s\"\n",
+        )
+        .unwrap();
+        let err = HomeConfig::load(&path).unwrap_err().message;
+        for part in [
+            "inbox.max_message_bytes = 0: must be 1 or more",
+            "providers.openai: `openai` is a built-in provider",
+            "providers.local.base_url: `file:///etc/passwd` must start with http://",
+            "providers.local.headers.X Team",
+            "providers.local.idle_timeout = \"0s\": must be longer than 0",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agentq.toml");
