@@ -1,7 +1,10 @@
-//! The command line as the user types it (ARCHITECTURE.md §7). Parsing only: values are
-//! checked and turned into work by the commands.
+//! The command line as the user types it (ARCHITECTURE.md §7). Parsing, and the ranges
+//! of flags whose values could not work (the same ranges as the keys of the same meaning
+//! in definitions: a duration is a limit, a count at least 1); the commands turn the
+//! values into work.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -38,6 +41,11 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A duration flag that is a limit or a wait: see [`crate::time::LIMIT_RANGE`].
+fn limit(text: &str) -> Result<Duration, String> {
+    crate::time::parse_limit(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,7 +263,7 @@ pub struct SendArgs {
     #[arg(long = "continue", conflicts_with_all = ["text", "file"])]
     pub continue_: bool,
     /// With --continue: add this many tokens to the session's session_max_tokens
-    #[arg(long, requires = "continue_", value_name = "TOKENS")]
+    #[arg(long, requires = "continue_", value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
     pub raise_budget: Option<u64>,
     /// Idempotency key: sending the same key again is a no-op returning the first id
     #[arg(long, value_name = "KEY")]
@@ -264,8 +272,8 @@ pub struct SendArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this long (exit 75), e.g. 30s, 5m
-    #[arg(long, requires = "wait", value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, requires = "wait", value_name = "DURATION", value_parser = limit)]
+    pub timeout: Option<Duration>,
     #[arg(long)]
     pub json: bool,
 }
@@ -298,11 +306,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
     /// Stop claiming new messages after this long, e.g. 10m
-    #[arg(long, value_name = "DURATION")]
-    pub max_duration: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = limit)]
+    pub max_duration: Option<Duration>,
     /// Scan on this interval instead of using file notifications (network file systems)
-    #[arg(long, value_name = "DURATION")]
-    pub poll: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = limit)]
+    pub poll: Option<Duration>,
     /// At most this many workers in this home at once; a worker finding none free exits 0
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_workers: Option<u16>,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::definition::{self, schema, schema::Problem};
 use crate::error::UserError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,36 +96,83 @@ impl HomeConfig {
                 )));
             }
         };
-        toml::from_str(&text)
-            .map_err(|e| {
-                UserError::usage(format!(
-                    "{} is invalid: {}",
-                    path.display(),
-                    crate::definition::describe_toml_error(&text, &e)
-                ))
-            })
-            .and_then(|config: HomeConfig| config.checked(path))
+        let config: HomeConfig = toml::from_str(&text).map_err(|e| {
+            UserError::usage(format!(
+                "{} is invalid: {}",
+                path.display(),
+                crate::definition::describe_toml_error(&text, &e)
+            ))
+        })?;
+        let problems = config.problems(&text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(UserError::usage(format!(
+                "{} is invalid: {}",
+                path.display(),
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )))
+        }
     }
 
-    fn checked(self, path: &Path) -> Result<HomeConfig, UserError> {
+    /// What the types cannot say: the ranges of the schema, names, URLs. The checks are
+    /// the ones the run path depends on, so a home that loads can run.
+    fn problems(&self, text: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            schema::check_table(&table, schema::HOME, "", &mut problems);
+        }
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
         for (name, provider) in &self.providers {
-            if let Err(e) = crate::definition::check_name(name) {
-                return Err(UserError::usage(format!(
-                    "{}: [providers.{name}]: {}",
-                    path.display(),
-                    e.message
-                )));
+            let key = |field: &str| format!("providers.{name}.{field}");
+            if definition::check_name(name).is_err() {
+                problem(
+                    format!("providers.{name}"),
+                    format!(
+                        "`{}` is not a provider name: use letters, digits, `-` and `_` (at most 64)",
+                        name.escape_default()
+                    ),
+                );
+            } else if definition::PROVIDERS.contains(&name.as_str()) {
+                // An agent naming `openai` would otherwise get whatever this says,
+                // another protocol included, with nothing to tell it so.
+                problem(
+                    format!("providers.{name}"),
+                    format!(
+                        "`{name}` is a built-in provider; give this one another name (such as `{name}-proxy`) and use that as [model] provider"
+                    ),
+                );
             }
-            if let Some(idle) = &provider.idle_timeout
-                && let Err(e) = crate::time::parse_duration(idle)
+            if let Some(url) = &provider.base_url
+                && let Err(message) = definition::check_base_url(url)
             {
-                return Err(UserError::usage(format!(
-                    "{}: providers.{name}.idle_timeout: {e}",
-                    path.display()
-                )));
+                problem(key("base_url"), message);
+            }
+            if let Some(var) = &provider.api_key_env
+                && let Err(message) = definition::check_env_name(var)
+            {
+                problem(key("api_key_env"), message);
+            }
+            // A header reqwest cannot send fails every request of every run.
+            for (header, value) in &provider.headers {
+                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(value).is_err()
+                {
+                    problem(
+                        key(&format!("headers.{header}")),
+                        format!(
+                            "`{}` is not an HTTP header: a name of letters, digits and `-`, a value of printable text on one line",
+                            header.escape_default()
+                        ),
+                    );
+                }
             }
         }
-        Ok(self)
+        problems
     }
 }
 
@@ -165,6 +213,27 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn every_problem_the_run_path_would_meet_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.toml");
+        std::fs::write(
+            &path,
+            "[inbox]\nmax_message_bytes = 0\n[providers.openai]\nkind = \"anthropic\"\n[providers.local]\nkind = \"openai\"\nbase_url = \"file:///etc/passwd\"\nheaders = { \"X Team\" = \"a\" }\nidle_timeout = \"0s\"\n",
+        )
+        .unwrap();
+        let err = HomeConfig::load(&path).unwrap_err().message;
+        for part in [
+            "inbox.max_message_bytes = 0: must be 1 or more",
+            "providers.openai: `openai` is a built-in provider",
+            "providers.local.base_url: `file:///etc/passwd` must start with http://",
+            "providers.local.headers.X Team",
+            "providers.local.idle_timeout = \"0s\": must be longer than 0",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
     }
 
     #[test]

@@ -15,6 +15,26 @@ pub mod exit {
     pub const STOPPED: u8 = 3;
     pub const UNAVAILABLE: u8 = 75;
     pub const CANCELLED: u8 = 130;
+
+    /// Of two outcomes, the one a script must hear about: `worker --once` ran several
+    /// executions but has one exit code. A failure is never hidden behind a milder
+    /// outcome: invalid input (2, needs a fix before anything can run) over failed (1)
+    /// over unavailable (75, retry later) over stopped by a limit (3) over cancelled
+    /// (130, someone asked for it) over completed (0).
+    pub fn worst(a: u8, b: u8) -> u8 {
+        fn rank(code: u8) -> u8 {
+            match code {
+                COMPLETED => 0,
+                CANCELLED => 1,
+                STOPPED => 2,
+                UNAVAILABLE => 3,
+                USAGE => 5,
+                // FAILED, and any code this version does not know.
+                _ => 4,
+            }
+        }
+        if rank(b) > rank(a) { b } else { a }
+    }
 }
 
 /// Which exit code an error ends the process with.
@@ -123,6 +143,24 @@ mod tests {
             anyhow::Error::new(UserError::unavailable("provider down")).context("running step 2");
         assert_eq!(exit_code(&err), 75);
         assert_eq!(render(&err), "running step 2: provider down");
+    }
+
+    #[test]
+    fn the_worst_outcome_decides_and_a_failure_is_never_hidden() {
+        use exit::*;
+        // Mildest first: each code hides every one before it.
+        let ladder = [COMPLETED, CANCELLED, STOPPED, UNAVAILABLE, FAILED, USAGE];
+        for (i, milder) in ladder.iter().enumerate() {
+            for worse in &ladder[i..] {
+                assert_eq!(worst(*milder, *worse), *worse, "{milder} then {worse}");
+                assert_eq!(worst(*worse, *milder), *worse, "{worse} then {milder}");
+            }
+        }
+        assert_eq!(
+            worst(COMPLETED, 42),
+            42,
+            "an unknown code counts as a failure"
+        );
     }
 
     #[test]

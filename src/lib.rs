@@ -4,6 +4,19 @@
 //! `domain` (data types, no I/O), `store` (the files), `definition` (agent definitions),
 //! `provider` (models), `tools`, `agent` (the loop), `worker`, `render`, `commands`.
 
+/// `eprintln!` without its panic. std's panics when stderr is closed or full (`2>&-`
+/// is quiet, but a closed pipe or `2>/dev/full` is not), and the panic then fails to
+/// print too: exit 101. With stderr gone there is no one left to tell, so the line is
+/// dropped. Defined before the modules, so it is the `eprintln!` of the whole crate;
+/// the binary imports it (`use agentq::eprintln`).
+#[macro_export]
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod agent;
 pub mod cli;
 pub mod commands;

@@ -1,19 +1,33 @@
 //! The `agentq` binary: parse the command line, run one command, and turn its result
-//! into an exit code. Errors are rendered here and nowhere else.
+//! into an exit code. Errors are rendered here and nowhere else. Output goes through
+//! [`commands::stdout`]: a closed pipe ends the command quietly with 0, like `head`
+//! closing it is meant to; any other failed write (a full disk) is an error naming
+//! standard output, exit 1. No write panics.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
 use agentq::commands::{self, Context};
+use agentq::eprintln;
 use agentq::error;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => err.exit(), // --help, --version: print, exit 0
+        // --help, --version: print, exit 0 (clap's own `exit` hides a failed write).
+        Err(err) if !err.use_stderr() => {
+            return match err.print() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agentq: writing to standard output: {e}");
+                    ExitCode::from(error::exit::FAILED)
+                }
+            };
+        }
         Err(err) => {
             eprintln!("agentq: {}", one_line(&err.to_string()));
             return ExitCode::from(error::exit::USAGE);
@@ -24,7 +38,13 @@ fn main() -> ExitCode {
         return ExitCode::from(error::exit::USAGE);
     }
     let result = Context::new(cli.home.clone(), cli.color)
-        .and_then(|ctx| commands::dispatch(&ctx, cli.command));
+        .and_then(|ctx| commands::dispatch(&ctx, cli.command))
+        // What is still buffered is written here, where a failure is reported like any
+        // other (at exit it would be dropped silently).
+        .and_then(|code| {
+            commands::stdout().flush()?;
+            Ok(code)
+        });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -58,7 +78,10 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_target(false);
+        .with_target(false)
+        // Its report of a failed write is std's `eprintln!`, which panics when stderr
+        // is the output that failed; a log line lost is not worth the process.
+        .log_internal_errors(false);
     match &cli.command {
         Command::Worker(WorkerArgs {
             log_file: Some(path),

@@ -164,6 +164,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` is too long a duration"))
 }
 
+/// The longest limit or wait agentq accepts: longer ones are typos, and would overflow
+/// the clock arithmetic of a deadline.
+pub const MAX_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// What a duration that is a limit or a wait (a timeout, `--max-duration`, `--poll`)
+/// must be: zero cannot work, and one past [`MAX_LIMIT`] is a typo.
+pub const LIMIT_RANGE: &str =
+    "longer than 0 and at most 8784h (a year), such as \"500ms\" or \"30s\"";
+
+/// [`parse_duration`] for a limit or a wait: more than zero, at most [`MAX_LIMIT`].
+pub fn parse_limit(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() || d > MAX_LIMIT {
+        Err(format!("must be {LIMIT_RANGE}"))
+    } else {
+        Ok(d)
+    }
+}
+
 /// Formats a duration for people: `850ms`, `2.4s`, `3m12s`.
 pub fn human_duration(ms: u64) -> String {
     match ms {

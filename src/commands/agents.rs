@@ -107,7 +107,7 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
         print_json(&checked)?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::commands::stdout();
     if checked.is_empty() {
         writeln!(out, "no agents in {}", ctx.store.agents_dir().display())?;
         return Ok(0);
@@ -156,7 +156,7 @@ fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             "definition": definition::toml_to_json(toml::Value::Table(table)),
         }))?;
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::commands::stdout();
         writeln!(out, "# {} ({})", source.path.display(), source.hash())?;
         out.write_all(source.text.as_bytes())?;
     }
@@ -175,7 +175,7 @@ fn validate(ctx: &Context, files: Vec<PathBuf>, json: bool) -> Result<u8> {
     if json {
         print_json(&checked)?;
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::commands::stdout();
         for c in &checked {
             if c.valid {
                 writeln!(out, "ok       {}", c.file.display())?;

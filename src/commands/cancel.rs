@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, args: CancelArgs) -> Result<u8> {
             "entry_id": requested.map(|r| r.id),
         }))?;
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::commands::stdout();
         match requested {
             Some(_) => writeln!(
                 out,

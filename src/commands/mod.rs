@@ -25,6 +25,7 @@ use crate::error::UserError;
 use crate::ids::V7Ids;
 use crate::store::Store;
 use crate::time::SystemClock;
+use crate::usage_bail;
 
 /// What every command works with, built once from the global options.
 pub struct Context {
@@ -53,6 +54,41 @@ impl Context {
         })
     }
 
+    /// Refuses a home that is not one, naming it: a cron line with `--home /typo` must
+    /// fail, not find nothing to do forever (nor create `sessions/` wherever it runs).
+    /// A home is a directory with `agents/`, `sessions/` or `agentq.toml`, as
+    /// `agentq init` leaves it.
+    pub fn require_home(&self) -> Result<()> {
+        let home = self.store.home();
+        let shown = home.display();
+        let make_one = format!("`agentq --home {shown} init` makes one");
+        match std::fs::metadata(home) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                usage_bail!("the home {shown} is not a directory; check --home and AGENTQ_HOME")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                usage_bail!(
+                    "the home {shown} does not exist; check --home and AGENTQ_HOME, or {make_one}"
+                )
+            }
+            Err(e) => usage_bail!("cannot use the home {shown}: {e}"),
+        }
+        let marked = [
+            self.store.agents_dir(),
+            self.store.sessions_dir(),
+            self.store.config_path(),
+        ]
+        .iter()
+        .any(|p| p.exists());
+        if !marked {
+            usage_bail!(
+                "{shown} is not an agentq home (no agents/, sessions/ or agentq.toml); check --home and AGENTQ_HOME, or {make_one}"
+            );
+        }
+        Ok(())
+    }
+
     /// `agentq.toml`, read when a command needs it.
     pub fn config(&self) -> Result<HomeConfig> {
         Ok(HomeConfig::load(&self.store.config_path())?)
@@ -61,6 +97,13 @@ impl Context {
 
 /// Runs one command and returns its exit code.
 pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
+    // Every command but these works in a home; `init` makes one.
+    if !matches!(
+        command,
+        Command::Init | Command::Schema(_) | Command::Completions { .. }
+    ) {
+        ctx.require_home()?;
+    }
     match command {
         Command::Init => init::run(ctx),
         Command::Agents(cmd) => agents::run(ctx, cmd),
@@ -74,14 +117,45 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Status { json } => status::run(ctx, json),
         Command::Schema(what) => schema::run(what),
         Command::Completions { shell } => {
+            // Generated into memory: clap_complete panics on a failed write.
+            let mut script = Vec::new();
             clap_complete::generate(
                 shell,
                 &mut <crate::cli::Cli as clap::CommandFactory>::command(),
                 "agentq",
-                &mut std::io::stdout(),
+                &mut script,
             );
+            stdout().write_all(&script)?;
             Ok(0)
         }
+    }
+}
+
+/// Standard output for every command's results. A failed write is an error naming
+/// standard output (a full disk: `writing to standard output: No space left on
+/// device`), of the same kind, so `main` still tells a closed pipe (success) apart.
+/// Nothing in agentq prints with `print!`, which panics instead.
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout())
+}
+
+pub struct Stdout(std::io::Stdout);
+
+fn named(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(named)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf).map_err(named)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(named)
     }
 }
 
@@ -99,7 +173,7 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     // Serialised first, so a closed pipe surfaces as the plain I/O error it is.
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
-    std::io::stdout().lock().write_all(&text)?;
+    stdout().write_all(&text)?;
     Ok(())
 }
 

@@ -90,7 +90,7 @@ pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
             "continues": carry_on,
         }))?;
     } else {
-        writeln!(std::io::stdout().lock(), "{}", queued.id)?;
+        writeln!(crate::commands::stdout(), "{}", queued.id)?;
     }
     Ok(0)
 }

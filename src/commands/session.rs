@@ -55,10 +55,9 @@ fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, serde_json::Valu
                 key.escape_default()
             )));
         }
-        overrides.insert(
-            key.to_owned(),
-            definition::parse_override_value(value.trim()),
-        );
+        let value = definition::parse_override_value(value.trim())
+            .map_err(|e| UserError::usage(format!("--set `{}`: {e}", key.escape_default())))?;
+        overrides.insert(key.to_owned(), value);
     }
     Ok(overrides)
 }
@@ -90,7 +89,7 @@ fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
     if args.json {
         print_json(&meta)?;
     } else {
-        writeln!(std::io::stdout().lock(), "{}", meta.id)?;
+        writeln!(crate::commands::stdout(), "{}", meta.id)?;
     }
     Ok(0)
 }
@@ -161,7 +160,7 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
         print_json(&rows)?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::commands::stdout();
     if rows.is_empty() {
         writeln!(out, "no sessions")?;
         return Ok(0);
@@ -318,7 +317,7 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     }
     let m = &shown.session;
     let c = &m.counters;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::commands::stdout();
     writeln!(out, "session   {}", m.id)?;
     let current_hash = definition::path_for(&ctx.store.agents_dir(), &m.agent)
         .ok()
@@ -431,7 +430,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         print_json(&lines)?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::commands::stdout();
     for line in &lines {
         match &line.message {
             Message::User { content } => writeln!(out, "user: {}", sanitize(content))?,
@@ -472,7 +471,7 @@ fn set_status(ctx: &Context, id: &str, to: SessionStatus) -> Result<u8> {
         // Wake workers for the messages that waited while the session was paused.
         ctx.store.mark_ready(dir.id)?;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::commands::stdout();
     if from == to {
         writeln!(out, "session {} is already {}", dir.id, to.as_str())?;
     } else {
@@ -493,7 +492,7 @@ fn set_status(ctx: &Context, id: &str, to: SessionStatus) -> Result<u8> {
 fn remove(ctx: &Context, id: &str) -> Result<u8> {
     let dir = ctx.store.resolve(id)?;
     ctx.store.remove_session(&dir)?;
-    writeln!(std::io::stdout().lock(), "removed session {}", dir.id)?;
+    writeln!(crate::commands::stdout(), "removed session {}", dir.id)?;
     Ok(0)
 }
 

@@ -208,7 +208,7 @@ fn plural(n: u64, word: &str) -> String {
 }
 
 fn print(s: &Status) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::commands::stdout();
     writeln!(out, "home      {}", s.home.display())?;
     if s.workers.is_empty() {
         writeln!(

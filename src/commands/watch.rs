@@ -36,7 +36,7 @@ pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
     let mut renderer: Box<dyn Renderer> = if args.json {
         Box::new(RawLines)
     } else if args.plain || !std::io::stdout().is_terminal() {
-        Box::new(PlainRenderer::new(std::io::stdout()).with_color(ctx.color && !args.plain))
+        Box::new(PlainRenderer::new(super::stdout()).with_color(ctx.color && !args.plain))
     } else {
         Box::new(terminal_view(ctx, &dir)?)
     };
@@ -61,12 +61,9 @@ impl Renderer for RawLines {
 pub(super) fn terminal_view(
     ctx: &Context,
     dir: &SessionDir,
-) -> Result<TerminalRenderer<std::io::Stdout>> {
-    let mut terminal = TerminalRenderer::new(
-        std::io::stdout(),
-        ctx.color,
-        std::io::stderr().is_terminal(),
-    );
+) -> Result<TerminalRenderer<super::Stdout>> {
+    let mut terminal =
+        TerminalRenderer::new(super::stdout(), ctx.color, std::io::stderr().is_terminal());
     let meta = read_meta(dir)?;
     terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
     Ok(terminal)
@@ -79,7 +76,7 @@ fn show(
     last_exit: &mut Option<u8>,
 ) -> Result<()> {
     if json {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::commands::stdout();
         out.write_all(&line.raw)?;
         out.write_all(b"\n")?;
         out.flush()?;
@@ -188,7 +185,7 @@ impl MessageResult {
             return super::print_json(self);
         }
         if let Some(response) = &self.response {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::commands::stdout();
             writeln!(out, "{}", crate::render::sanitize(response))?;
         }
         if self.empty {

@@ -9,33 +9,24 @@ use tracing::info;
 
 use super::Context;
 use crate::cli::WorkerArgs;
-use crate::error::{UserError, exit};
-use crate::time::parse_duration;
+use crate::error::exit;
 use crate::worker::{self, Shutdown, WorkerOptions};
 
-fn duration_arg(flag: &str, value: Option<&str>) -> Result<Option<std::time::Duration>, UserError> {
-    value
-        .map(|v| parse_duration(v).map_err(|e| UserError::usage(format!("{flag}: {e}"))))
-        .transpose()
-}
-
 pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
-    let max_duration = duration_arg("--max-duration", args.max_duration.as_deref())?;
-    let poll = duration_arg("--poll", args.poll.as_deref())?;
-    if poll.is_some_and(|p| p.is_zero()) {
-        return Err(UserError::usage("--poll must be longer than 0ms").into());
-    }
+    // A worker that would fail every message it claims refuses to start instead.
+    ctx.config()?;
     let session = args
         .session
         .as_deref()
         .map(|id| ctx.store.resolve(id))
         .transpose()?;
+    let once = args.once;
     let options = WorkerOptions {
         once: args.once,
         concurrency: usize::from(args.concurrency),
         session: session.map(|dir| dir.id),
-        max_duration,
-        poll,
+        max_duration: args.max_duration,
+        poll: args.poll,
         max_workers: args.max_workers.map(usize::from),
     };
     // Sessions run on blocking threads of their own (see worker::run); the runtime's
@@ -52,8 +43,15 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
             errors = report.errors,
             "worker stopped"
         );
-        // Errors were logged as they happened; the exit code tells cron and CI.
-        Ok(if report.errors > 0 { exit::FAILED } else { 0 })
+        // Errors were logged as they happened; the exit code tells cron and CI. With
+        // --once, it is the worst outcome of what this run did (README "Exit codes");
+        // a worker run until a signal exits 0 unless processing itself failed.
+        let processing = if report.errors > 0 { exit::FAILED } else { 0 };
+        Ok(if once {
+            exit::worst(report.worst, processing)
+        } else {
+            processing
+        })
     })
 }
 

@@ -416,6 +416,38 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
             format!("missing (required for provider `{provider}`)"),
         );
     }
+    if let Some(name) = &def.model.name
+        && (name.trim().is_empty() || name.chars().any(char::is_control))
+    {
+        problem(
+            "model.name",
+            format!(
+                "`{}` is not a model name; write it as the server knows it, such as gpt-4o-mini",
+                name.escape_default()
+            ),
+        );
+    }
+    if let Some(url) = &def.model.base_url
+        && let Err(message) = check_base_url(url)
+    {
+        problem("model.base_url", message);
+    }
+    if let Some(var) = &def.model.api_key_env
+        && let Err(message) = check_env_name(var)
+    {
+        problem("model.api_key_env", message);
+    }
+    let anthropic = match home.providers.get(provider) {
+        Some(named) => named.kind == crate::config::ProviderKind::Anthropic,
+        None => provider == "anthropic",
+    };
+    if anthropic && let Some(t) = def.model.temperature.filter(|t| *t > 1.0) {
+        // The schema allows OpenAI's 0 to 2; the Messages API refuses more than 1.
+        problem(
+            "model.temperature",
+            format!("model.temperature = {t}: must be at most 1 for an anthropic provider"),
+        );
+    }
     if def.model.provider == "scripted" && def.model.script.is_empty() {
         problem(
             "model.script",
@@ -431,6 +463,14 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
                 );
             }
         }
+    }
+    let no_tools = def.tools.builtin.is_empty() && def.tools.command.is_empty();
+    if def.model.tool_choice == Some(ToolChoice::Required) && no_tools {
+        problem(
+            "model.tool_choice",
+            "\"required\" needs a tool to call; grant one in [tools], or leave tool_choice out"
+                .to_owned(),
+        );
     }
     if let Some(ToolChoice::Tool(name)) = &def.model.tool_choice {
         let granted = def.tools.builtin.iter().any(|t| t == name)
@@ -451,22 +491,6 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
                 ),
             );
         }
-    }
-    if def.limits.max_steps == 0 {
-        problem("limits.max_steps", "must be at least 1".to_owned());
-    }
-    if def.limits.max_consecutive_errors < 2 {
-        problem(
-            "limits.max_consecutive_errors",
-            "must be at least 2: it counts steps whose tool calls all failed, and the model sees its errors at least once before the execution fails (on_tool_error = \"stop\" fails at the first error)".to_owned(),
-        );
-    }
-    if def
-        .limits
-        .max_cost_usd
-        .is_some_and(|c| c.is_nan() || c <= 0.0)
-    {
-        problem("limits.max_cost_usd", "must be more than 0".to_owned());
     }
     for (i, tool) in def.tools.builtin.iter().enumerate() {
         if !BUILTIN_TOOLS.contains(&tool.as_str()) {
@@ -526,8 +550,55 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
         {
             problem(&key("cwd"), message);
         }
+        // Sent to the model as the function's parameters, which must be an object
+        // schema; any other is refused by the server at every step.
+        if let Some(parameters) = &command.parameters
+            && parameters.get("type").and_then(Value::as_str) != Some("object")
+        {
+            problem(
+                &key("parameters"),
+                "must be a JSON Schema of an object: type = \"object\", with its properties"
+                    .to_owned(),
+            );
+        }
     }
     problems
+}
+
+/// A `base_url` that a request can go to: http or https, with a host. Checked where a
+/// definition or `agentq.toml` is read and again where the endpoint is resolved (the
+/// environment may supply one), so validate and the run agree.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let shown = url.escape_default();
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("`{shown}` is not a URL ({e}); write it like https://host/v1"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "`{shown}` must start with http:// or https://, like https://host/v1"
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "`{shown}` names no host; write it like https://host/v1"
+        ));
+    }
+    Ok(())
+}
+
+/// The name of an environment variable (`api_key_env`): the key itself, pasted by
+/// mistake, would otherwise be looked up as a name and reported missing at every run.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not an environment variable name: use letters, digits and `_`, such as OPENAI_API_KEY (the name of the variable, never the key)",
+            // Never echo what may be a pasted key.
+            if name.len() > 12 { "…" } else { name }.escape_default()
+        ))
+    }
 }
 
 /// `[tools] workspace`: "session", or a directory under the home that is not agentq's
@@ -638,10 +709,29 @@ fn set_dotted(table: &mut Table, key: &str, value: Value) -> Result<(), String> 
 
 /// Parses the value of `--set KEY=VALUE`: a TOML value (`3`, `true`, `"x"`, `[..]`), or
 /// else the text itself as a string, so `--set model.name=gpt-4o` needs no quotes.
-pub fn parse_override_value(text: &str) -> serde_json::Value {
+/// One `--set` is one key: a value that would parse as more (`3\nname="x"`) is refused,
+/// never cut down to its first.
+pub fn parse_override_value(text: &str) -> Result<serde_json::Value, String> {
     match toml::from_str::<Table>(&format!("v = {text}")) {
-        Ok(mut t) => t.remove("v").map_or(serde_json::Value::Null, toml_to_json),
-        Err(_) => serde_json::Value::String(text.to_owned()),
+        Ok(mut t) => {
+            let value = t.remove("v").unwrap_or(Value::Boolean(false));
+            if let Value::Float(x) = value
+                && !x.is_finite()
+            {
+                // Overrides are kept as JSON in session.json, which has no nan or inf;
+                // none of the keys could take one anyway.
+                return Err(format!("{text}: must be a finite number"));
+            }
+            let value = toml_to_json(value);
+            match t.keys().next() {
+                None => Ok(value),
+                Some(other) => Err(format!(
+                    "the value sets another key too (`{}`); give each key its own --set",
+                    other.escape_default()
+                )),
+            }
+        }
+        Err(_) => Ok(serde_json::Value::String(text.to_owned())),
     }
 }
 
@@ -759,13 +849,19 @@ mod tests {
     #[test]
     fn overrides_apply_and_are_checked_like_the_file() {
         let mut overrides = BTreeMap::new();
-        overrides.insert("limits.max_steps".to_owned(), parse_override_value("3"));
+        overrides.insert(
+            "limits.max_steps".to_owned(),
+            parse_override_value("3").unwrap(),
+        );
         let def = source("bot", MINIMAL)
             .load(&overrides, &HomeConfig::default())
             .unwrap();
         assert_eq!(def.limits.max_steps, 3);
 
-        overrides.insert("limits.max_stepz".to_owned(), parse_override_value("3"));
+        overrides.insert(
+            "limits.max_stepz".to_owned(),
+            parse_override_value("3").unwrap(),
+        );
         let problems = source("bot", MINIMAL)
             .load(&overrides, &HomeConfig::default())
             .unwrap_err();
@@ -774,10 +870,23 @@ mod tests {
 
     #[test]
     fn override_values_are_toml_or_else_text() {
-        assert_eq!(parse_override_value("3"), serde_json::json!(3));
-        assert_eq!(parse_override_value("true"), serde_json::json!(true));
-        assert_eq!(parse_override_value("gpt-4o"), serde_json::json!("gpt-4o"));
-        assert_eq!(parse_override_value("\"30s\""), serde_json::json!("30s"));
+        let parsed = |text| parse_override_value(text).unwrap();
+        assert_eq!(parsed("3"), serde_json::json!(3));
+        assert_eq!(parsed("true"), serde_json::json!(true));
+        assert_eq!(parsed("gpt-4o"), serde_json::json!("gpt-4o"));
+        assert_eq!(parsed("\"30s\""), serde_json::json!("30s"));
+        assert_eq!(
+            parsed("\"\"\"two\nlines\"\"\""),
+            serde_json::json!("two\nlines")
+        );
+    }
+
+    #[test]
+    fn one_override_sets_one_key() {
+        for smuggled in ["3\nname=\"x\"", "3\n[tools]\nbuiltin=[\"write_file\"]"] {
+            let err = parse_override_value(smuggled).unwrap_err();
+            assert!(err.contains("its own --set"), "{smuggled:?}: {err}");
+        }
     }
 
     #[test]
@@ -827,6 +936,40 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!(with("2").unwrap().limits.max_consecutive_errors, 2);
+    }
+
+    #[test]
+    fn base_urls_are_http_or_https_with_a_host() {
+        for good in [
+            "https://api.openai.com/v1",
+            "http://127.0.0.1:8080/v1",
+            " http://localhost:11434/v1/ ",
+        ] {
+            assert!(check_base_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "not a url",
+            "file:///etc/passwd",
+            "ftp://host/v1",
+            "http://",
+            "http://:8080",
+            "unix:/run/x.sock",
+            "",
+        ] {
+            assert!(check_base_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn api_key_env_is_a_variable_name_and_a_pasted_key_is_not_echoed() {
+        for good in ["OPENAI_API_KEY", "_KEY", "k1"] {
+            assert!(check_env_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1KEY", "MY KEY", "A-B", "KEY\n"] {
+            assert!(check_env_name(bad).is_err(), "{bad:?}");
+        }
+        let err = check_env_name("sk-proj-abcdefghijklmnop").unwrap_err();
+        assert!(!err.contains("abcdef"), "{err}");
     }
 
     #[test]

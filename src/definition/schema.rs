@@ -3,6 +3,11 @@
 //! serde stops at the first error; `agentq agents validate` must list them all, so the
 //! raw TOML table is walked against a schema first, and only a table that passed is
 //! deserialised into the typed definition.
+//!
+//! The schema is also where every number and duration gets its valid range, so a value
+//! that cannot work (a timeout of `0s`, a temperature of `-5.0`, `inf`) is refused in
+//! one place, with the same words, wherever a definition or `agentq.toml` is read:
+//! `agents validate`, `session new`, `run`, and the worker before each execution.
 
 use toml::{Table, Value};
 
@@ -16,9 +21,30 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// `KEY = VALUE: must be RANGE`: a value of the right type that cannot work.
+    pub fn out_of_range(key: &str, value: &Value, range: &str) -> Problem {
+        Problem {
+            key: key.to_owned(),
+            message: format!("{key} = {}: must be {range}", value_text(value)),
+        }
+    }
+}
+
+/// A value as it would be written in TOML, shortened so a line stays a line.
+fn value_text(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() {
+        // A message that starts with its key (`KEY = VALUE: …`) says it once.
+        if self.key.is_empty() || self.message.starts_with(&self.key) {
             f.write_str(&self.message)
         } else {
             write!(f, "{}: {}", self.key, self.message)
@@ -30,24 +56,96 @@ impl std::fmt::Display for Problem {
 pub enum Kind {
     Str,
     Bool,
-    /// A non-negative integer.
-    Count,
-    Number,
+    /// A whole number from `min` to `max`.
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// A finite number in the range.
+    Number(Range),
+    /// A limit or a wait (`500ms`, `20s`, `5m`, `1h`): see [`crate::time::LIMIT_RANGE`].
     Duration,
     StrList,
+    /// A list of strings, none twice.
+    StrSet,
     /// A string from a fixed set.
     OneOf(&'static [&'static str]),
     Table(&'static [Field]),
     TableArray(&'static [Field]),
     /// A table whose keys are free, such as tool arguments.
     AnyTable,
+    /// A table whose keys are free names, each holding a table of these fields, such as
+    /// `[providers.NAME]`.
+    TableOf(&'static [Field]),
 }
+
+/// The values a (finite) number may take: from `min` (or above it, when `min_excluded`)
+/// to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    pub min: f64,
+    pub min_excluded: bool,
+    pub max: f64,
+}
+
+impl Range {
+    fn holds(&self, x: f64) -> bool {
+        x.is_finite()
+            && x <= self.max
+            && if self.min_excluded {
+                x > self.min
+            } else {
+                x >= self.min
+            }
+    }
+
+    fn describe(&self) -> String {
+        let low = if self.min_excluded {
+            format!("more than {}", self.min)
+        } else {
+            format!("at least {}", self.min)
+        };
+        if self.max.is_finite() {
+            format!("{low} and at most {}", self.max)
+        } else {
+            format!("a finite number {low}")
+        }
+    }
+}
+
+/// Whole numbers: `0..` for counts that may be zero, `1..` for limits and sizes, which
+/// cannot work at zero.
+const COUNT: Kind = Kind::Int {
+    min: 0,
+    max: i64::MAX,
+};
+const POSITIVE: Kind = Kind::Int {
+    min: 1,
+    max: i64::MAX,
+};
+/// A `u32` setting: larger values would not fit the typed definition.
+const POSITIVE_U32: Kind = Kind::Int {
+    min: 1,
+    max: u32::MAX as i64,
+};
+const MORE_THAN_ZERO: Kind = Kind::Number(Range {
+    min: 0.0,
+    min_excluded: true,
+    max: f64::INFINITY,
+});
+const ZERO_OR_MORE: Kind = Kind::Number(Range {
+    min: 0.0,
+    min_excluded: false,
+    max: f64::INFINITY,
+});
 
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
     pub name: &'static str,
     pub kind: Kind,
     pub required: bool,
+    /// Why the range is what it is, appended to an out-of-range message.
+    pub why: Option<&'static str>,
 }
 
 const fn opt(name: &'static str, kind: Kind) -> Field {
@@ -55,6 +153,7 @@ const fn opt(name: &'static str, kind: Kind) -> Field {
         name,
         kind,
         required: false,
+        why: None,
     }
 }
 
@@ -63,17 +162,30 @@ const fn req(name: &'static str, kind: Kind) -> Field {
         name,
         kind,
         required: true,
+        why: None,
+    }
+}
+
+impl Field {
+    const fn because(self, why: &'static str) -> Field {
+        Field {
+            why: Some(why),
+            ..self
+        }
     }
 }
 
 const SCRIPT_TOOL_CALL: &[Field] = &[req("name", Kind::Str), opt("arguments", Kind::AnyTable)];
-const SCRIPT_USAGE: &[Field] = &[opt("input", Kind::Count), opt("output", Kind::Count)];
-const SCRIPT_ERROR: &[Field] = &[req("status", Kind::Count), opt("message", Kind::Str)];
+const SCRIPT_USAGE: &[Field] = &[opt("input", COUNT), opt("output", COUNT)];
+const SCRIPT_ERROR: &[Field] = &[
+    req("status", Kind::Int { min: 100, max: 599 }).because("an HTTP status"),
+    opt("message", Kind::Str),
+];
 const SCRIPT_ENTRY: &[Field] = &[
     opt("text", Kind::Str),
     opt("tool_calls", Kind::TableArray(SCRIPT_TOOL_CALL)),
     opt("usage", Kind::Table(SCRIPT_USAGE)),
-    opt("delay_ms", Kind::Count),
+    opt("delay_ms", COUNT),
     opt("error", Kind::Table(SCRIPT_ERROR)),
 ];
 const MODEL: &[Field] = &[
@@ -81,23 +193,40 @@ const MODEL: &[Field] = &[
     opt("name", Kind::Str),
     opt("base_url", Kind::Str),
     opt("api_key_env", Kind::Str),
-    opt("temperature", Kind::Number),
-    opt("max_output_tokens", Kind::Count),
-    opt("max_attempts", Kind::Count),
+    opt(
+        "temperature",
+        Kind::Number(Range {
+            min: 0.0,
+            min_excluded: false,
+            max: 2.0,
+        }),
+    ),
+    opt("max_output_tokens", POSITIVE_U32),
+    opt("max_attempts", POSITIVE_U32).because("it counts the first call too"),
     opt("idle_timeout", Kind::Duration),
-    opt("context_window", Kind::Count),
-    opt("compact_threshold", Kind::Number),
+    opt("context_window", POSITIVE),
+    opt(
+        "compact_threshold",
+        Kind::Number(Range {
+            min: 0.0,
+            min_excluded: true,
+            max: 1.0,
+        }),
+    )
+    .because("it is the share of context_window a prompt may fill"),
     opt("tool_choice", Kind::Str),
     opt("script", Kind::TableArray(SCRIPT_ENTRY)),
 ];
 const LIMITS: &[Field] = &[
-    opt("max_steps", Kind::Count),
-    opt("max_tokens", Kind::Count),
-    opt("session_max_tokens", Kind::Count),
+    opt("max_steps", POSITIVE_U32),
+    opt("max_tokens", POSITIVE),
+    opt("session_max_tokens", POSITIVE),
     opt("timeout", Kind::Duration),
-    opt("max_cost_usd", Kind::Number),
+    opt("max_cost_usd", MORE_THAN_ZERO),
     opt("on_tool_error", Kind::OneOf(&["continue", "stop"])),
-    opt("max_consecutive_errors", Kind::Count),
+    opt("max_consecutive_errors", Kind::Int { min: 2, max: u32::MAX as i64 }).because(
+        "it counts steps whose tool calls all failed, and the model sees its errors at least once before the execution fails (on_tool_error = \"stop\" fails at the first error)",
+    ),
 ];
 const COMMAND_TOOL: &[Field] = &[
     req("name", Kind::Str),
@@ -109,7 +238,7 @@ const COMMAND_TOOL: &[Field] = &[
     opt("read_only", Kind::Bool),
 ];
 const TOOLS: &[Field] = &[
-    opt("builtin", Kind::StrList),
+    opt("builtin", Kind::StrSet),
     opt("workspace", Kind::Str),
     opt("command", Kind::TableArray(COMMAND_TOOL)),
     opt("env", Kind::OneOf(&["scrubbed", "clean"])),
@@ -126,12 +255,33 @@ pub const AGENT: &[Field] = &[
     opt("tools", Kind::Table(TOOLS)),
 ];
 
+const INBOX: &[Field] = &[opt("max_message_bytes", POSITIVE)];
+const NAMED_PROVIDER: &[Field] = &[
+    req("kind", Kind::OneOf(&["openai", "anthropic"])),
+    opt("base_url", Kind::Str),
+    opt("api_key_env", Kind::Str),
+    opt("headers", Kind::AnyTable),
+    opt("max_attempts", POSITIVE_U32).because("it counts the first call too"),
+    opt("idle_timeout", Kind::Duration),
+];
+const PRICE: &[Field] = &[
+    req("input_per_mtok", ZERO_OR_MORE),
+    req("output_per_mtok", ZERO_OR_MORE),
+];
+
+/// The keys of `agentq.toml`.
+pub const HOME: &[Field] = &[
+    opt("inbox", Kind::Table(INBOX)),
+    opt("providers", Kind::TableOf(NAMED_PROVIDER)),
+    opt("prices", Kind::TableOf(PRICE)),
+];
+
 /// Checks `table` against `fields`, appending every problem found.
 pub fn check_table(table: &Table, fields: &[Field], path: &str, problems: &mut Vec<Problem>) {
     for (key, value) in table {
         let key_path = join(path, key);
         match fields.iter().find(|f| f.name == key) {
-            Some(field) => check_value(value, field.kind, &key_path, problems),
+            Some(field) => check_value(value, field.kind, &key_path, problems, field.why),
             None => problems.push(Problem {
                 key: key_path,
                 message: format!("unknown key{}", suggestion(key, fields)),
@@ -148,33 +298,76 @@ pub fn check_table(table: &Table, fields: &[Field], path: &str, problems: &mut V
     }
 }
 
-fn check_value(value: &Value, kind: Kind, path: &str, problems: &mut Vec<Problem>) {
-    let mut wrong = |expected: &str| {
-        problems.push(Problem {
-            key: path.to_owned(),
-            message: format!("expected {expected}, found {}", describe(value)),
-        })
+fn check_value(
+    value: &Value,
+    kind: Kind,
+    path: &str,
+    problems: &mut Vec<Problem>,
+    why: Option<&str>,
+) {
+    let out_of_range = |range: String| {
+        let range = match why {
+            Some(why) => format!("{range} ({why})"),
+            None => range,
+        };
+        Problem::out_of_range(path, value, &range)
+    };
+    let wrong = |expected: &str| Problem {
+        key: path.to_owned(),
+        message: format!("expected {expected}, found {}", describe(value)),
     };
     match (kind, value) {
         (Kind::Str, Value::String(_))
         | (Kind::Bool, Value::Boolean(_))
         | (Kind::AnyTable, Value::Table(_)) => {}
-        (Kind::Count, Value::Integer(n)) if *n >= 0 => {}
-        (Kind::Count, _) => wrong("a whole number of 0 or more"),
-        (Kind::Number, Value::Integer(_) | Value::Float(_)) => {}
-        (Kind::Duration, Value::String(text)) => {
-            if let Err(message) = parse_duration(text) {
-                problems.push(Problem {
-                    key: path.to_owned(),
-                    message,
-                });
+        (Kind::Int { min, max }, Value::Integer(n)) => {
+            if *n < min {
+                problems.push(out_of_range(int_range(min, max)));
+            } else if *n > max {
+                problems.push(out_of_range(format!("from {min} to {max}")));
             }
         }
+        (Kind::Int { min, max }, _) => {
+            problems.push(wrong(&format!("a whole number ({})", int_range(min, max))))
+        }
+        (Kind::Number(range), Value::Integer(n)) if !range.holds(*n as f64) => {
+            problems.push(out_of_range(range.describe()))
+        }
+        (Kind::Number(range), Value::Float(x)) if !range.holds(*x) => {
+            problems.push(out_of_range(range.describe()))
+        }
+        (Kind::Number(_), Value::Integer(_) | Value::Float(_)) => {}
+        (Kind::Duration, Value::String(text)) => match parse_duration(text) {
+            Err(message) => problems.push(Problem {
+                key: path.to_owned(),
+                message,
+            }),
+            // Every duration agentq reads is a limit or a wait: zero cannot work.
+            Ok(d) if d.is_zero() || d > crate::time::MAX_LIMIT => {
+                problems.push(out_of_range(crate::time::LIMIT_RANGE.to_owned()))
+            }
+            Ok(_) => {}
+        },
         (Kind::OneOf(choices), Value::String(s)) if choices.contains(&s.as_str()) => {}
-        (Kind::OneOf(choices), _) => wrong(&format!("one of {}", choices.join(", "))),
+        (Kind::OneOf(choices), _) => {
+            problems.push(wrong(&format!("one of {}", choices.join(", "))))
+        }
         (Kind::StrList, Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                check_value(item, Kind::Str, &format!("{path}[{i}]"), problems);
+                check_value(item, Kind::Str, &format!("{path}[{i}]"), problems, None);
+            }
+        }
+        (Kind::StrSet, Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let item_path = format!("{path}[{i}]");
+                check_value(item, Kind::Str, &item_path, problems, None);
+                if let Some(first) = items[..i].iter().position(|x| x == item) {
+                    problems.push(Problem::out_of_range(
+                        &item_path,
+                        item,
+                        &format!("listed once (it is {path}[{first}] too)"),
+                    ));
+                }
             }
         }
         (Kind::Table(fields), Value::Table(table)) => check_table(table, fields, path, problems),
@@ -190,13 +383,35 @@ fn check_value(value: &Value, kind: Kind, path: &str, problems: &mut Vec<Problem
                 }
             }
         }
-        (Kind::Str, _) => wrong("a string"),
-        (Kind::Bool, _) => wrong("true or false"),
-        (Kind::Number, _) => wrong("a number"),
-        (Kind::Duration, _) => wrong("a duration such as \"30s\""),
-        (Kind::StrList, _) => wrong("a list of strings"),
-        (Kind::Table(_) | Kind::AnyTable, _) => wrong("a table"),
-        (Kind::TableArray(_), _) => wrong("a list of tables"),
+        (Kind::TableOf(fields), Value::Table(tables)) => {
+            for (name, item) in tables {
+                let item_path = join(path, name);
+                match item {
+                    Value::Table(table) => check_table(table, fields, &item_path, problems),
+                    other => problems.push(Problem {
+                        key: item_path,
+                        message: format!("expected a table, found {}", describe(other)),
+                    }),
+                }
+            }
+        }
+        (Kind::Str, _) => problems.push(wrong("a string")),
+        (Kind::Bool, _) => problems.push(wrong("true or false")),
+        (Kind::Number(_), _) => problems.push(wrong("a number")),
+        (Kind::Duration, _) => problems.push(wrong("a duration such as \"30s\"")),
+        (Kind::StrList | Kind::StrSet, _) => problems.push(wrong("a list of strings")),
+        (Kind::Table(_) | Kind::AnyTable | Kind::TableOf(_), _) => problems.push(wrong("a table")),
+        (Kind::TableArray(_), _) => problems.push(wrong("a list of tables")),
+    }
+}
+
+/// The range of a whole number as people need it: a bound no one would reach (the
+/// largest `u32` or more) only clutters the message.
+fn int_range(min: i64, max: i64) -> String {
+    if max >= i64::from(u32::MAX) {
+        format!("{min} or more")
+    } else {
+        format!("from {min} to {max}")
     }
 }
 
@@ -288,11 +503,41 @@ mod tests {
             found,
             vec![
                 "colour: unknown key",
-                "limits.max_steps: expected a whole number of 0 or more, found a negative number",
+                "limits.max_steps = -1: must be 1 or more",
                 "limits.timeout: `soon` is not a duration: write it like 500ms, 20s, 5m or 1h",
                 "model.script[0].delay: unknown key; did you mean `delay_ms`?",
                 "model.script[0].text: expected a string, found an integer",
                 "name: expected a string, found an integer",
+            ]
+        );
+    }
+
+    #[test]
+    fn values_that_cannot_work_name_the_key_the_value_and_the_range() {
+        let found = problems(
+            r#"
+            name = "x"
+            [model]
+            provider = "scripted"
+            temperature = nan
+            compact_threshold = 1.5
+            max_attempts = 0
+            [limits]
+            timeout = "0s"
+            max_cost_usd = inf
+            [tools]
+            builtin = ["read_file", "list_dir", "read_file"]
+            "#,
+        );
+        assert_eq!(
+            found,
+            vec![
+                "limits.max_cost_usd = inf: must be a finite number more than 0",
+                "limits.timeout = \"0s\": must be longer than 0 and at most 8784h (a year), such as \"500ms\" or \"30s\"",
+                "model.compact_threshold = 1.5: must be more than 0 and at most 1 (it is the share of context_window a prompt may fill)",
+                "model.max_attempts = 0: must be 1 or more (it counts the first call too)",
+                "model.temperature = nan: must be at least 0 and at most 2",
+                "tools.builtin[2] = \"read_file\": must be listed once (it is tools.builtin[0] too)",
             ]
         );
     }

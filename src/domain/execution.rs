@@ -49,6 +49,10 @@ pub enum StopReason {
     UserRequested,
     ProviderUnavailable,
     TooManyAttempts,
+    /// The execution could not start: its agent definition (with the session's
+    /// overrides) is gone or invalid, or `agentq.toml` is (exit 2, as for the command
+    /// line that names such an agent).
+    InvalidDefinition,
 }
 
 impl StopReason {
@@ -63,6 +67,7 @@ impl StopReason {
             StopReason::UserRequested => "user_requested",
             StopReason::ProviderUnavailable => "provider_unavailable",
             StopReason::TooManyAttempts => "too_many_attempts",
+            StopReason::InvalidDefinition => "invalid_definition",
         }
     }
 }
@@ -74,6 +79,7 @@ pub fn exit_code(status: ExecStatus, reason: Option<StopReason>) -> u8 {
         (ExecStatus::Stopped, _) => exit::STOPPED,
         (ExecStatus::Cancelled, _) => exit::CANCELLED,
         (ExecStatus::Failed, Some(StopReason::ProviderUnavailable)) => exit::UNAVAILABLE,
+        (ExecStatus::Failed, Some(StopReason::InvalidDefinition)) => exit::USAGE,
         _ => exit::FAILED,
     }
 }

@@ -111,9 +111,10 @@ pub fn resolve(
         .or_else(|| env(url_env).filter(|v| !v.trim().is_empty()))
         .unwrap_or_else(|| default_url.to_owned());
     let base_url = base_url.trim().trim_end_matches('/').to_owned();
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+    // The same check as `agents validate`; repeated for a URL from the environment.
+    if let Err(message) = crate::definition::check_base_url(&base_url) {
         return Err(UserError::usage(format!(
-            "agent `{}`: base_url `{base_url}` must start with http:// or https://",
+            "agent `{}`: base_url {message}",
             def.name
         )));
     }

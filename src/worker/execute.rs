@@ -58,7 +58,8 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// What happened to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
-    Settled(ExecStatus),
+    /// Settled, with the execution's exit code.
+    Settled(u8),
     /// Left running for a later worker (shutdown).
     Suspended,
     /// Settled before; its removal from the inbox was lost (a power failure).
@@ -123,7 +124,10 @@ impl Owner<'_> {
                     info!(session = %self.dir.id, execution = %exec.id, "finishing an execution settled before a crash");
                     self.finish(&exec, true)?;
                     inbox::remove(&file.path)?;
-                    return Ok(Handled::Settled(exec.status));
+                    return Ok(Handled::Settled(execution::exit_code(
+                        exec.status,
+                        exec.stop_reason,
+                    )));
                 }
                 // A worker that shut down cleanly left it at a checkpoint on purpose;
                 // only a crash counts as another attempt.
@@ -227,7 +231,10 @@ impl Owner<'_> {
             steps = exec.steps,
             "finished"
         );
-        Ok(Handled::Settled(exec.status))
+        Ok(Handled::Settled(execution::exit_code(
+            exec.status,
+            exec.stop_reason,
+        )))
     }
 
     fn new_execution(&self, entry: &InboxEntry) -> Execution {
@@ -300,11 +307,11 @@ impl Owner<'_> {
     }
 
     /// The end of an execution that cannot start: it fails with the reason.
-    fn cannot_run(&self, meta: &SessionMeta, err: UserError) -> LoopEnd {
+    fn cannot_run(&self, meta: &SessionMeta, err: UserError, reason: StopReason) -> LoopEnd {
         warn!(session = %self.dir.id, "cannot run: {err}");
         LoopEnd::Settled(Outcome {
             status: ExecStatus::Failed,
-            stop_reason: StopReason::Error,
+            stop_reason: reason,
             response: None,
             error: Some(ErrorInfo {
                 message: err.message,
@@ -313,13 +320,29 @@ impl Owner<'_> {
         })
     }
 
-    /// Everything an execution needs from the definition and `agentq.toml`; any
-    /// problem (an invalid definition, a missing key) fails it before a model call.
-    fn prepare(&self, meta: &SessionMeta) -> Result<Prepared, UserError> {
+    /// The definition with the session's overrides, and `agentq.toml`, checked as
+    /// `agents validate` checks them. A problem here (the file deleted or broken since
+    /// the session was made) ends the execution with exit 2 (`invalid_definition`),
+    /// as `run --agent` does for such an agent: it needs a fix, not a retry.
+    fn definition(
+        &self,
+        meta: &SessionMeta,
+    ) -> Result<(definition::AgentDef, definition::Source, HomeConfig), UserError> {
         let home = HomeConfig::load(&self.store.config_path())?;
         let (def, source) =
             definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
-        let provider = provider::for_agent(&def, &home)?;
+        Ok((def, source, home))
+    }
+
+    /// Everything else an execution needs from the definition and `agentq.toml`; any
+    /// problem (a missing key in the environment) fails it before a model call.
+    fn prepare(
+        &self,
+        def: definition::AgentDef,
+        source: &definition::Source,
+        home: &HomeConfig,
+    ) -> Result<Prepared, UserError> {
+        let provider = provider::for_agent(&def, home)?;
         let named = home.providers.get(&def.model.provider);
         let key_env = def
             .model
@@ -414,9 +437,17 @@ impl Owner<'_> {
             provider,
             price,
             key_env,
-        } = match self.prepare(&meta) {
-            Ok(ready) => ready,
-            Err(err) => return Ok((self.cannot_run(&meta, err), None)),
+        } = match self.definition(&meta) {
+            Err(err) => {
+                return Ok((
+                    self.cannot_run(&meta, err, StopReason::InvalidDefinition),
+                    None,
+                ));
+            }
+            Ok((def, source, home)) => match self.prepare(def, &source, &home) {
+                Ok(ready) => ready,
+                Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
+            },
         };
         if source_hash != meta.agent_hash {
             warn!(
@@ -427,7 +458,7 @@ impl Owner<'_> {
         }
         let workspace = match self.workspace(&def) {
             Ok(path) => path,
-            Err(err) => return Ok((self.cannot_run(&meta, err), None)),
+            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
         };
         let tools = Toolbox::for_agent(workspace, &def).withholding(key_env);
         let mut history: Vec<Message> =

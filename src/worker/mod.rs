@@ -56,6 +56,9 @@ pub struct Report {
     pub suspended: u64,
     /// Sessions whose processing failed (logged as they happened).
     pub errors: u64,
+    /// The worst exit code of the executions settled and of those failures
+    /// ([`crate::error::exit::worst`]).
+    pub worst: u8,
     /// Every worker slot was taken: this worker did nothing.
     pub no_slot: bool,
 }
@@ -176,6 +179,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                 match result {
                     Ok(drained) => {
                         report.settled += drained.settled;
+                        report.worst = crate::error::exit::worst(report.worst, drained.worst);
                         report.suspended += u64::from(drained.suspended);
                         if drained.skipped {
                             deferred.insert(id);
@@ -184,6 +188,9 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                     Err(err) => {
                         error!(session = %id, "{}", crate::error::render(&err));
                         report.errors += 1;
+                        // An invalid agentq.toml found here is exit 2, like at start.
+                        report.worst =
+                            crate::error::exit::worst(report.worst, crate::error::exit_code(&err));
                         failing.insert(id);
                         if is_storage_full(&err) && !shutdown.is_requested() {
                             // Claiming more work would only fail the same way; what is
@@ -308,6 +315,8 @@ pub struct Drained {
     pub suspended: bool,
     /// Not drained: owned by another worker, or paused.
     pub skipped: bool,
+    /// The worst exit code of the executions settled ([`crate::error::exit::worst`]).
+    pub worst: u8,
 }
 
 /// Takes a session's owner lock and runs its pending messages in `seq` order, until the
@@ -331,6 +340,10 @@ pub async fn drain(
         return Ok(drained);
     };
     recover_files(store, &dir)?;
+    // An agentq.toml broken while the worker runs would fail every message claimed
+    // from here on; they stay queued instead, the error naming the file, and run once
+    // it is fixed (the worker refuses to start on one that is broken already).
+    crate::config::HomeConfig::load(&store.config_path())?;
     let mut log = dir.open_events(store.clock.clone())?;
     let mut looked_again = false;
     // Whether anything needs `flush_drain` before the lock goes.
@@ -377,11 +390,13 @@ pub async fn drain(
             worker,
         };
         match owner.handle(&head).await? {
-            Handled::Settled(_) if until == Some(head.entry.id) => {
+            Handled::Settled(code) => {
                 drained.settled += 1;
-                break;
+                drained.worst = crate::error::exit::worst(drained.worst, code);
+                if until == Some(head.entry.id) {
+                    break;
+                }
             }
-            Handled::Settled(_) => drained.settled += 1,
             Handled::AlreadySettled => {}
             Handled::Suspended => {
                 drained.suspended = true;

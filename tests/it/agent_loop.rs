@@ -687,7 +687,7 @@ fn session_max_tokens_counts_an_earlier_execution_run_by_another_worker() {
 
     // Another worker process: 60 earlier + 60 now passes the session's 100.
     env.send(&id, "second");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 3);
     let second = &env.finished(&id)[1];
     assert_eq!(second["status"], "stopped");
     assert_eq!(second["stop_reason"], "token_limit");
@@ -698,7 +698,7 @@ fn session_max_tokens_counts_an_earlier_execution_run_by_another_worker() {
 
     // Continuing without more budget stops again, for the same reason.
     env.ok(&["send", &id, "--continue"]);
-    env.worker_once();
+    env.fails(&["worker", "--once"], 3);
     let third = &env.finished(&id)[2];
     assert_eq!(third["status"], "stopped");
     assert_eq!(third["stop_reason"], "token_limit");
@@ -735,7 +735,7 @@ fn continuing_with_the_session_budget_spent_stops_before_any_model_call() {
     env.send(&id, "first");
     env.worker_once();
     env.send(&id, "second");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 3);
     assert_eq!(env.finished(&id)[1]["stop_reason"], "token_limit");
     let state = |env: &TestEnv| -> Value {
         serde_json::from_str(
@@ -747,7 +747,7 @@ fn continuing_with_the_session_budget_spent_stops_before_any_model_call() {
     let steps_before = env.events_of(&id, "agent.step.started").len();
 
     env.ok(&["send", &id, "--continue"]);
-    env.worker_once();
+    env.fails(&["worker", "--once"], 3);
     let third = &env.finished(&id)[2];
     assert_eq!(third["stop_reason"], "token_limit");
     assert_eq!(third["steps"], 0, "nothing more is spent: {third}");
@@ -763,7 +763,7 @@ fn continue_carries_on_under_a_limit_raised_in_the_definition() {
     let id = env.new_session("budget");
     env.send(&id, "first");
     env.send(&id, "second");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 3);
     assert_eq!(env.finished(&id)[1]["stop_reason"], "token_limit");
 
     env.write_agent(

@@ -177,8 +177,10 @@ fn messages_queued_before_the_worker_starts_run_in_send_order() {
 fn worker_once_on_an_empty_home_exits_0() {
     let env = TestEnv::new();
     env.worker_once();
+    // A directory that is not a home is an error, not an idle worker (issue 15).
     let empty = TestEnv::empty();
-    empty.worker_once();
+    let err = empty.fails(&["worker", "--once"], 2);
+    assert!(err.contains("not an agentq home"), "{err}");
 }
 
 #[test]
@@ -556,7 +558,7 @@ fn watch_follows_a_session_until_it_is_idle() {
     env.write_agent("looping", LOOPING_AGENT);
     let looping = env.new_session("looping");
     env.send(&looping, "spin");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 3);
     env.fails(&["watch", &looping, "--exit-on-idle"], 3);
     let _ = Duration::ZERO;
 }
@@ -636,7 +638,7 @@ fn a_session_workspace_replaced_by_a_symlink_is_not_followed() {
     std::fs::remove_dir(&workspace).unwrap();
     std::os::unix::fs::symlink(outside.path(), &workspace).unwrap();
     env.send(&id, "list it");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 1);
     let done = env.finished(&id);
     assert_eq!(done[0]["status"], "failed");
     assert!(

@@ -164,7 +164,8 @@ fn scenario() -> Scenario {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(code(&out), 0, "{}", describe(&out));
+    // The execution ends at its step limit: the worker says so (exit 3).
+    assert_eq!(code(&out), 3, "{}", describe(&out));
     assert_eq!(server.request_count(), 4, "one retry, three steps");
     let kinds: Vec<String> = env
         .events(&id)
@@ -607,7 +608,7 @@ fn exit_on_idle_waits_for_pending_work_and_returns_its_exit_code() {
     let mut watch = Streaming::start(&env, &["watch", &id, "--plain", "--exit-on-idle"]);
     watch.wait_for("queued message #1: please");
     assert!(watch.running(), "{}", watch.text());
-    env.worker_once();
+    env.fails(&["worker", "--once"], 1);
     let (code, out, err) = watch.finish(LONG);
     assert_eq!(code, 1, "the failed execution's exit code: {out}{err}");
     assert!(out.contains("■ failed (error)"), "{out}");
@@ -1014,7 +1015,7 @@ fn status_shows_pending_running_failed_and_workers() {
     env.write_agent("broken", BROKEN_AGENT);
     let broken = env.new_session("broken");
     env.send(&broken, "fail");
-    env.ok(&["worker", "--once", "--session", &broken]);
+    env.fails(&["worker", "--once", "--session", &broken], 1);
 
     let waiting = env.new_session("echo");
     let running = env.new_session("slow");
@@ -1088,28 +1089,32 @@ fn status_shows_pending_running_failed_and_workers() {
 }
 
 #[test]
-fn status_exits_0_on_an_empty_a_missing_and_a_damaged_home() {
-    let empty = TestEnv::empty();
-    let status = empty.json(&["status", "--json"]);
+fn status_exits_0_on_a_fresh_and_a_damaged_home_and_2_on_a_missing_one() {
+    let fresh = TestEnv::empty();
+    fresh.ok(&["init"]);
+    let status = fresh.json(&["status", "--json"]);
     assert_eq!(status["pending"], 0);
     assert_eq!(status["workers"], Value::Array(vec![]));
-    assert!(empty.ok(&["status"]).contains("pending   nothing"));
+    assert!(fresh.ok(&["status"]).contains("pending   nothing"));
 
-    let missing = empty.home().join("not").join("here");
-    let out = Command::cargo_bin("agentq")
-        .unwrap()
-        .arg("--home")
-        .arg(&missing)
-        .args(["status", "--json"])
-        .env_remove("AGENTQ_HOME")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", describe(&out));
-    assert_eq!(
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["pending"],
-        0
-    );
+    // A cron line with a typo in --home must fail, not report nothing forever
+    // (issue 15); an empty directory is no home either.
+    let missing = fresh.home().join("not").join("here");
+    let empty = TestEnv::empty();
+    for home in [&missing, &empty.home().to_owned()] {
+        let out = Command::cargo_bin("agentq")
+            .unwrap()
+            .arg("--home")
+            .arg(home)
+            .args(["status", "--json"])
+            .env_remove("AGENTQ_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{}", describe(&out));
+        assert!(stderr(&out).contains(&home.display().to_string()));
+        assert!(out.stdout.is_empty());
+    }
 
     let env = TestEnv::new();
     let id = env.new_session("echo");

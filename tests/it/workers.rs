@@ -562,7 +562,8 @@ fn an_execution_killed_three_times_fails_with_too_many_attempts_and_the_next_mes
     }
 
     let out = env.run(&["worker", "--once"]);
-    assert_eq!(code(&out), 0, "{}", describe(&out));
+    // One execution failed (too many attempts): the worker exits 1, as cron must see.
+    assert_eq!(code(&out), 1, "{}", describe(&out));
     assert!(stderr(&out).contains("resuming"), "{}", describe(&out));
     let starts = started(&env, &id);
     let attempts: Vec<u64> = starts
@@ -769,7 +770,7 @@ fn retry_carries_on_a_failed_last_execution_without_a_second_user_message() {
     assert!(err.contains("no failed execution"), "{err}");
 
     env.send(&id, "the task");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 1);
     let done = env.finished(&id);
     assert_eq!(done[0]["status"], "failed");
     assert_eq!(done[0]["exit_code"], 1);
@@ -827,7 +828,7 @@ fn retry_after_later_messages_queues_the_original_text_again() {
     env.write_agent("fragile", FRAGILE_AGENT);
     let id = env.new_session("fragile");
     env.send(&id, "the first question");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 1);
     env.send(&id, "a later one");
     env.worker_once();
     let failed_id = str_of(&executions(&env, &id)[0]["id"]);
@@ -867,7 +868,7 @@ fn retry_refuses_a_failure_a_retry_already_settled() {
     env.write_agent("fragile", FRAGILE_AGENT);
     let id = env.new_session("fragile");
     env.send(&id, "only once");
-    env.worker_once();
+    env.fails(&["worker", "--once"], 1);
     env.ok(&["retry", &id]);
     env.worker_once();
     assert_eq!(env.responses(&id), vec!["ok: only once"]);

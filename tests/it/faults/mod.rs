@@ -377,8 +377,14 @@ fn assert_refused(out: &Output, expected: i32, says: &[&str], what: &str) {
 
 /// Runs `worker --once` and returns its stderr; it must exit 0.
 fn worker_once_log(env: &TestEnv) -> String {
+    worker_once_log_exiting(env, 0)
+}
+
+/// Runs `worker --once` and returns its stderr; it must exit `expected`, the worst
+/// outcome of the executions it ran.
+fn worker_once_log_exiting(env: &TestEnv, expected: i32) -> String {
     let out = env.run(&["worker", "--once"]);
-    assert_eq!(code(&out), 0, "worker --once:\n{}", describe(&out));
+    assert_eq!(code(&out), expected, "worker --once:\n{}", describe(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", describe(&out));
     stderr(&out)
 }
@@ -1948,6 +1954,21 @@ fn definitions_with_unknown_keys_or_wrong_types_are_refused_naming_the_key() {
             "tools.command[0].cwd",
             "relative path",
         ),
+        // What the model is sent as the function's parameters must be an object schema.
+        (
+            with(
+                "[[tools.command]]\nname = \"x\"\nargv = [\"ls\"]\nparameters = { type = \"array\" }\n",
+            ),
+            "tools.command[0].parameters",
+            "type = \"object\"",
+        ),
+        (
+            with(
+                "[[tools.command]]\nname = \"x\"\nargv = [\"ls\"]\nparameters = { properties = {} }\n",
+            ),
+            "tools.command[0].parameters",
+            "type = \"object\"",
+        ),
     ];
     let before = snapshot(env.home());
     for (toml, key, says) in &cases {
@@ -2034,15 +2055,16 @@ fn an_agent_gone_or_broken_after_its_session_was_made_fails_that_session_only() 
     for id in [&gone, &broken, &fine] {
         env.send(id, "hello");
     }
-    let log = worker_once_log(&env);
-    // An execution that cannot start fails (1); exit 2 belongs to the command line
-    // that names an unknown agent.
+    // An execution whose definition is gone or broken fails with exit 2, as the
+    // command line that names such an agent does; the worker exits 2 with it.
+    let log = worker_once_log_exiting(&env, 2);
     for (id, says) in [(&gone, "gone.toml"), (&broken, "model.provider")] {
         let done = events_of(&env, id, "execution.finished");
         assert_eq!(done.len(), 1, "{log}");
         let payload = &done[0]["payload"];
         assert_eq!(payload["status"], "failed", "{payload}");
-        assert_eq!(payload["exit_code"], 1, "{payload}");
+        assert_eq!(payload["stop_reason"], "invalid_definition", "{payload}");
+        assert_eq!(payload["exit_code"], 2, "{payload}");
         assert!(
             payload["error"].as_str().unwrap().contains(says),
             "{payload}"
