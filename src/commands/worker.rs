@@ -79,7 +79,9 @@ async fn handle_signals(shutdown: Arc<Shutdown>) {
             shutdown.trigger();
         } else {
             // Every file is replaced atomically or appended whole, so what is on disk
-            // stays readable; the interrupted step is repeated by the next worker.
+            // stays readable; the interrupted step is repeated by the next worker. No
+            // command may outlive the worker: exit skips the calls' own clean-up.
+            crate::tools::process::kill_all();
             std::process::exit(i32::from(exit::CANCELLED));
         }
     }

@@ -3,9 +3,10 @@
 //!
 //! The environment is scrubbed of secrets (`*_KEY`, `*_TOKEN`, `*_SECRET`,
 //! `*_PASSWORD`); the process runs in its own process group, which is killed whole at
-//! the timeout, when the execution is cancelled, and after the main process exits (so a
-//! stray background child can neither linger nor hold the output pipes open). Output is
-//! capped.
+//! the timeout, when the execution is cancelled or the worker stops, and after the main
+//! process exits (so a stray background child can neither linger nor hold the output
+//! pipes open); [`super::process`] makes sure it cannot outlive the worker either.
+//! Output is capped.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -13,8 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::ToolOutput;
+use uuid::Uuid;
+
 use super::files::Workspace;
+use super::{ToolOutput, process};
 use crate::definition::CommandToolDef;
 use crate::provider::ToolSpec;
 
@@ -51,15 +54,17 @@ pub fn is_secret(name: &str) -> bool {
 
 /// Runs the command and reports its exit code and output to the model.
 /// `secrets` names variables to withhold besides those [`is_secret`] recognises (the
-/// agent's `api_key_env`, whatever it is called).
+/// agent's `api_key_env`, whatever it is called); `session` is the session the
+/// command's processes are marked with.
 pub async fn run(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
     secrets: &[String],
+    session: Option<Uuid>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> ToolOutput {
-    match execute(def, workspace, arguments, secrets, stop).await {
+    match execute(def, workspace, arguments, secrets, session, stop).await {
         Ok(output) => output,
         Err(message) => ToolOutput::error(message),
     }
@@ -70,6 +75,7 @@ async fn execute(
     workspace: &Workspace,
     arguments: &Value,
     secrets: &[String],
+    session: Option<Uuid>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
     let cwd = workspace.resolve(def.cwd.as_deref().unwrap_or("."))?;
@@ -94,12 +100,12 @@ async fn execute(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    process::prepare(&mut command, session);
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    let group = child.id().and_then(|id| i32::try_from(id).ok());
+    let group = child.id().and_then(process::Group::register);
 
     let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();
@@ -136,9 +142,7 @@ async fn execute(
         async {
             let ended = wait.await;
             // Whatever the reason, nothing of the group may outlive the call.
-            if let Some(group) = group {
-                kill_group(group);
-            }
+            drop(group);
             ended
         },
         stdout,
@@ -207,15 +211,6 @@ async fn capped(pipe: Option<impl AsyncRead + Unpin>) -> String {
     text
 }
 
-fn kill_group(group: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the
-    // process group created for this command (process_group(0) above), so nothing
-    // outside it is signalled. An already empty group gives ESRCH, which is fine.
-    unsafe {
-        libc::kill(-group, libc::SIGKILL);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +235,7 @@ mod tests {
             .build()
             .unwrap();
         let mut stop = || false;
-        rt.block_on(run(def, &ws, &args, &[], &mut stop))
+        rt.block_on(run(def, &ws, &args, &[], None, &mut stop))
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod command;
 pub mod files;
+pub mod process;
 pub mod todo;
 
 use std::path::PathBuf;
@@ -118,6 +119,8 @@ pub struct Toolbox {
     commands: Vec<CommandToolDef>,
     /// Variables withheld from commands besides the `*_KEY`-like ones.
     secret_env: Vec<String>,
+    /// The session whose marker commands carry ([`process::SESSION_MARKER`]).
+    session: Option<uuid::Uuid>,
 }
 
 impl Toolbox {
@@ -137,6 +140,7 @@ impl Toolbox {
             builtins,
             commands,
             secret_env: Vec::new(),
+            session: None,
         }
     }
 
@@ -144,6 +148,13 @@ impl Toolbox {
     /// keys are read from, whatever they are called).
     pub fn withholding(mut self, names: Vec<String>) -> Toolbox {
         self.secret_env = names;
+        self
+    }
+
+    /// Marks the processes of commands as working for this session, so that whatever
+    /// a dead worker left behind is found and killed by the next one.
+    pub fn for_session(mut self, id: uuid::Uuid) -> Toolbox {
+        self.session = Some(id);
         self
     }
 
@@ -226,6 +237,7 @@ impl Toolbox {
                     &self.workspace,
                     arguments,
                     &self.secret_env,
+                    self.session,
                     ctx.stop,
                 )
                 .await

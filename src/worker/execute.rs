@@ -125,6 +125,13 @@ impl Owner<'_> {
                     inbox::remove(&file.path)?;
                     return Ok(Handled::Settled(exec.status));
                 }
+                // A previous owner that died while a command ran may have left the
+                // command's children running: they go before anything is resumed, so
+                // the interrupted call can never run alongside what comes next.
+                let leftovers = crate::tools::process::kill_leftovers(self.dir.id);
+                if leftovers > 0 {
+                    warn!(session = %self.dir.id, execution = %exec.id, leftovers, "killed processes of a command the previous worker left running");
+                }
                 // A worker that shut down cleanly left it at a checkpoint on purpose;
                 // only a crash counts as another attempt.
                 if exec.suspended {
@@ -430,7 +437,8 @@ impl Owner<'_> {
             Err(err) => return Ok((self.cannot_run(&meta, err), None)),
         };
         let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone())
-            .withholding(key_env);
+            .withholding(key_env)
+            .for_session(self.dir.id);
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()
