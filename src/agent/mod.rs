@@ -733,7 +733,7 @@ async fn run_tools(
 }
 
 /// How often running tools look whether the execution should stop.
-const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The answer recorded for a call a shutdown cut short (in its `agent.tool.completed`
 /// event; the transcript gets the resumed step's answer).

@@ -25,7 +25,10 @@ use crate::provider::ToolSpec;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes kept of each of stdout and stderr.
 const OUTPUT_CAP: usize = 32 * 1024;
-const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How often a running command asks whether to stop: the most a shutdown or
+/// `--max-duration` waits for it (one cheap call; a cancel's inbox is read at most
+/// every 50 ms whatever this is).
+const CHECK_EVERY: Duration = Duration::from_millis(10);
 
 pub fn spec(def: &CommandToolDef) -> ToolSpec {
     let parameters = match &def.parameters {

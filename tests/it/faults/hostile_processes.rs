@@ -154,12 +154,18 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     match end {
         End::Sigterm => signal(pid, libc::SIGTERM),
         End::Sigint | End::RunSigint => signal(pid, libc::SIGINT),
-        End::SigintTwice => {
-            signal(pid, libc::SIGINT);
-            signal(pid, libc::SIGINT);
-        }
-        End::SigtermThenSigint => {
-            signal(pid, libc::SIGTERM);
+        End::SigintTwice | End::SigtermThenSigint => {
+            let first = if end == End::SigintTwice {
+                libc::SIGINT
+            } else {
+                libc::SIGTERM
+            };
+            signal(pid, first);
+            // Once the first is handled (two at once would count as one), the second
+            // may still find the command running: then it is killed on the way out.
+            wait_until(&format!("{what}: the worker stopping"), PROMPTLY, || {
+                std::fs::read_to_string(&log).is_ok_and(|t| t.contains("stopping"))
+            });
             signal(pid, libc::SIGINT);
         }
         End::Sigkill | End::RunSigkill => signal(pid, libc::SIGKILL),
