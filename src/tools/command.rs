@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use uuid::Uuid;
-
 use super::files::Workspace;
 use super::{ToolOutput, process};
 use crate::definition::CommandToolDef;
@@ -57,17 +55,17 @@ pub fn is_secret(name: &str) -> bool {
 
 /// Runs the command and reports its exit code and output to the model.
 /// `secrets` names variables to withhold besides those [`is_secret`] recognises (the
-/// agent's `api_key_env`, whatever it is called); `session` is the session the
-/// command's processes are marked with.
+/// agent's `api_key_env`, whatever it is called); `owner` is the session the
+/// command's processes are marked and recorded for.
 pub async fn run(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
     secrets: &[String],
-    session: Option<Uuid>,
+    owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> ToolOutput {
-    match execute(def, workspace, arguments, secrets, session, stop).await {
+    match execute(def, workspace, arguments, secrets, owner, stop).await {
         Ok(output) => output,
         Err(message) => ToolOutput::error(message),
     }
@@ -78,7 +76,7 @@ async fn execute(
     workspace: &Workspace,
     arguments: &Value,
     secrets: &[String],
-    session: Option<Uuid>,
+    owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
     let cwd = workspace.resolve(def.cwd.as_deref().unwrap_or("."))?;
@@ -104,11 +102,11 @@ async fn execute(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    process::prepare(&mut command, session);
+    process::prepare(&mut command, owner);
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    let group = child.id().and_then(process::Group::register);
+    let group = child.id().and_then(|id| process::Group::register(id, owner));
 
     let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();

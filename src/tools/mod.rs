@@ -119,8 +119,8 @@ pub struct Toolbox {
     commands: Vec<CommandToolDef>,
     /// Variables withheld from commands besides the `*_KEY`-like ones.
     secret_env: Vec<String>,
-    /// The session whose marker commands carry ([`process::SESSION_MARKER`]).
-    session: Option<uuid::Uuid>,
+    /// The session commands run for ([`process::Owner`]).
+    owner: Option<process::Owner>,
 }
 
 impl Toolbox {
@@ -140,7 +140,7 @@ impl Toolbox {
             builtins,
             commands,
             secret_env: Vec::new(),
-            session: None,
+            owner: None,
         }
     }
 
@@ -151,10 +151,10 @@ impl Toolbox {
         self
     }
 
-    /// Marks the processes of commands as working for this session, so that whatever
-    /// a dead worker left behind is found and killed by the next one.
-    pub fn for_session(mut self, id: uuid::Uuid) -> Toolbox {
-        self.session = Some(id);
+    /// Marks and records the processes of commands as working for this session, so
+    /// that whatever a dead worker left behind is found and killed by the next one.
+    pub fn for_session(mut self, owner: process::Owner) -> Toolbox {
+        self.owner = Some(owner);
         self
     }
 
@@ -237,7 +237,7 @@ impl Toolbox {
                     &self.workspace,
                     arguments,
                     &self.secret_env,
-                    self.session,
+                    self.owner.as_ref(),
                     ctx.stop,
                 )
                 .await

@@ -128,7 +128,7 @@ impl Owner<'_> {
                 // A previous owner that died while a command ran may have left the
                 // command's children running: they go before anything is resumed, so
                 // the interrupted call can never run alongside what comes next.
-                let leftovers = crate::tools::process::kill_leftovers(self.dir.id);
+                let leftovers = crate::tools::process::kill_leftovers(&commands_of(self.dir));
                 if leftovers > 0 {
                     warn!(session = %self.dir.id, execution = %exec.id, leftovers, "killed processes of a command the previous worker left running");
                 }
@@ -438,7 +438,7 @@ impl Owner<'_> {
         };
         let tools = Toolbox::new(workspace, &def.tools.builtin, def.tools.command.clone())
             .withholding(key_env)
-            .for_session(self.dir.id);
+            .for_session(commands_of(self.dir));
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()
@@ -550,6 +550,15 @@ impl Owner<'_> {
             }),
         )?;
         Ok(())
+    }
+}
+
+/// Whom a session's commands run for, and where their process groups are recorded
+/// while they run.
+fn commands_of(dir: &SessionDir) -> crate::tools::process::Owner {
+    crate::tools::process::Owner {
+        session: dir.id,
+        record: dir.path.join("processes.json"),
     }
 }
 

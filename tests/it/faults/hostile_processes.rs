@@ -15,7 +15,12 @@ use super::*;
 enum Child {
     SideEffecting,
     ReadOnly,
+    /// Side-effecting, and the grandchild that outlives the command's own process
+    /// drops its environment (`env -i`), so only the recorded group leads to it.
+    Unmarked,
 }
+
+const CHILDREN: &[Child] = &[Child::SideEffecting, Child::ReadOnly, Child::Unmarked];
 
 /// How the process running the command ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +59,10 @@ const PROMPTLY: Duration = Duration::from_secs(10);
 /// run appends the group id (`$$`: `sh` leads the group) to `runs`.
 fn hanging_agent(child: Child) -> String {
     let read_only = child == Child::ReadOnly;
+    let hang = match child {
+        Child::Unmarked => "env -i sleep 30 & exec sleep 30",
+        _ => "sleep 30 & sleep 30",
+    };
     format!(
         r#"
 name = "hang"
@@ -66,7 +75,7 @@ tool_calls = [{{ name = "hang", arguments = {{}} }}]
 text = "carried on"
 [[tools.command]]
 name = "hang"
-argv = ["sh", "-c", "echo $$ >> runs; if [ -e hung ]; then exit 0; fi; touch hung; sleep 30 & sleep 30"]
+argv = ["sh", "-c", "echo $$ >> runs; if [ -e hung ]; then exit 0; fi; touch hung; {hang}"]
 timeout = "60s"
 read_only = {read_only}
 "#
@@ -241,7 +250,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     assert_eq!(tools.len(), 1, "{what}: {tools:?}");
     let content = tools[0]["content"].as_str().unwrap_or_default();
     match child {
-        Child::SideEffecting => {
+        Child::SideEffecting | Child::Unmarked => {
             assert_eq!(runs(&workspace).len(), 1, "{what}: run again");
             assert!(content.starts_with("interrupted"), "{what}: {content}");
         }
@@ -291,8 +300,8 @@ argv = ["sh", "-c", "echo $$ >> runs; sleep 30 & sleep 30 & exit 0"]
 fn no_command_outlives_its_worker_however_the_worker_ends() {
     let mut cases = 0;
     for end in ENDS {
-        for child in [Child::SideEffecting, Child::ReadOnly] {
-            cases += end_while_a_command_runs(*end, child);
+        for child in CHILDREN {
+            cases += end_while_a_command_runs(*end, *child);
         }
     }
     cases += once_finishing_after_a_command_backgrounded_children();
