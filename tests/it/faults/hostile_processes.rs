@@ -36,6 +36,8 @@ enum End {
     ErrorExit,
     /// `agentq run` interrupted with Ctrl-C.
     RunSigint,
+    /// `agentq run` stopped with SIGTERM (a CI step's timeout).
+    RunSigterm,
     /// `agentq run` killed.
     RunSigkill,
 }
@@ -49,6 +51,7 @@ const ENDS: &[End] = &[
     End::MaxDuration,
     End::ErrorExit,
     End::RunSigint,
+    End::RunSigterm,
     End::RunSigkill,
 ];
 
@@ -147,10 +150,12 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     let log = env.home().join("process.log");
     let args: Vec<&str> = match end {
         End::MaxDuration => vec!["worker", "--max-duration", "3s"],
-        End::RunSigint | End::RunSigkill => vec!["run", "--session", &id, "go"],
+        End::RunSigint | End::RunSigterm | End::RunSigkill => {
+            vec!["run", "--session", &id, "go"]
+        }
         _ => vec!["worker"],
     };
-    if !matches!(end, End::RunSigint | End::RunSigkill) {
+    if !matches!(end, End::RunSigint | End::RunSigterm | End::RunSigkill) {
         env.send(&id, "go");
     }
     let mut process = Logged::spawn(&env, &args, log.clone());
@@ -161,7 +166,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     let group = runs(&workspace)[0];
     let started = Instant::now();
     match end {
-        End::Sigterm => signal(pid, libc::SIGTERM),
+        End::Sigterm | End::RunSigterm => signal(pid, libc::SIGTERM),
         End::Sigint | End::RunSigint => signal(pid, libc::SIGINT),
         End::SigintTwice | End::SigtermThenSigint => {
             let first = if end == End::SigintTwice {
@@ -201,7 +206,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             End::Sigterm | End::Sigint | End::MaxDuration => &[0],
             // The second signal may come before or after the stop completed.
             End::SigintTwice | End::SigtermThenSigint => &[0, 130],
-            End::RunSigint => &[130],
+            End::RunSigint | End::RunSigterm => &[130],
             _ => &[1],
         };
         assert!(
@@ -212,7 +217,10 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             members(group).is_empty()
         });
     }
-    if matches!(end, End::Sigterm | End::Sigint | End::MaxDuration | End::RunSigint) {
+    if matches!(
+        end,
+        End::Sigterm | End::Sigint | End::MaxDuration | End::RunSigint | End::RunSigterm
+    ) {
         // Stopped cleanly: suspended, and said so.
         let shown = env.json(&["session", "show", &id, "--json"]);
         assert_eq!(shown["running"]["suspended"], true, "{what}: {shown}");
