@@ -106,7 +106,9 @@ async fn execute(
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    let group = child.id().and_then(|id| process::Group::register(id, owner));
+    let group = child
+        .id()
+        .and_then(|id| process::Group::register(id, owner));
 
     let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();

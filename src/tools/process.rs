@@ -56,7 +56,8 @@ static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
 
 fn live() -> std::sync::MutexGuard<'static, Vec<Live>> {
     // The list stays valid whatever a panicking holder was doing: entries are plain data.
-    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Writes the groups of `owner` still running into its record (removing the record
@@ -204,10 +205,7 @@ pub fn kill_leftovers(owner: &Owner) -> usize {
         }
     }
     let marker = format!("{SESSION_MARKER}={}", owner.session);
-    let marked: Vec<&Process> = living
-        .iter()
-        .filter(|p| carries(p.pid, &marker))
-        .collect();
+    let marked: Vec<&Process> = living.iter().filter(|p| carries(p.pid, &marker)).collect();
     for process in &marked {
         // A command may have moved itself into a group it does not lead (even ours):
         // then only the process itself is killed, never the group's other members.
@@ -321,7 +319,10 @@ mod tests {
         let id = i32::try_from(leader).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while processes().iter().filter(|p| p.group == id).count() < count {
-            assert!(std::time::Instant::now() < deadline, "the children never ran");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the children never ran"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         (child, group, id)
@@ -342,8 +343,7 @@ mod tests {
             session: Uuid::now_v7(),
             record: dir.path().join(name),
         };
-        let (marked, unmarked, ending, stranger) =
-            (owner("a"), owner("b"), owner("c"), owner("d"));
+        let (marked, unmarked, ending, stranger) = (owner("a"), owner("b"), owner("c"), owner("d"));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

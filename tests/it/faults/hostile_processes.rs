@@ -109,9 +109,8 @@ fn members(group: i32) -> Vec<i32> {
 /// Whether `pid` runs (exists and is not a zombie).
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')').is_some_and(|(_, rest)| {
-            !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))
-        })
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
     })
 }
 
@@ -160,9 +159,15 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     }
     let mut process = Logged::spawn(&env, &args, log.clone());
     let pid = process.child.id();
-    wait_until(&format!("{what}: the command and its grandchild"), LONG, || {
-        runs(&workspace).first().is_some_and(|g| members(*g).len() >= 2)
-    });
+    wait_until(
+        &format!("{what}: the command and its grandchild"),
+        LONG,
+        || {
+            runs(&workspace)
+                .first()
+                .is_some_and(|g| members(*g).len() >= 2)
+        },
+    );
     let group = runs(&workspace)[0];
     let started = Instant::now();
     match end {
@@ -197,9 +202,11 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     if killed {
         // The kernel kills the command itself with the worker; its grandchild is left
         // for the next claim.
-        wait_until(&format!("{what}: the command dying with it"), PROMPTLY, || {
-            !alive(group)
-        });
+        wait_until(
+            &format!("{what}: the command dying with it"),
+            PROMPTLY,
+            || !alive(group),
+        );
     } else {
         assert!(took < PROMPTLY, "{what}: stopped after {took:?}");
         let expected: &[i32] = match end {
