@@ -6,19 +6,26 @@
 //!   shutdown, `--max-duration`): [`Group`] kills the whole group when it is dropped,
 //!   so no path out of a call (an early return, a dropped future) forgets it;
 //! - [`kill_all`], on the exits that do not unwind to the calls (a second signal);
-//! - the kernel, when the worker dies without a word (SIGKILL, a crash): the leader is
-//!   spawned with `PR_SET_PDEATHSIG`. That signal fires when the *thread* that forked
-//!   exits, not the process: commands are spawned from the thread that drives the
-//!   session's whole drain (a blocking thread in `block_on`, or a runtime worker
-//!   thread for `agentq run`), which awaits the command and so outlives it;
-//! - [`kill_leftovers`], for what the death signal cannot reach (it reaches only the
-//!   direct child, not its children), run by the next worker to take the session
-//!   before it resumes anything. It finds them two ways: the groups recorded in the
+//! - when the worker dies without a word (SIGKILL, a crash), two things at once. The
+//!   leader is spawned with `PR_SET_PDEATHSIG`, so the kernel kills it. That signal
+//!   fires when the *thread* that forked exits, not the process: commands are spawned
+//!   from the thread that drives the session's whole drain (a blocking thread in
+//!   `block_on`, or a runtime worker thread for `agentq run`), which awaits the
+//!   command and so outlives it. And since the signal reaches only the leader, not
+//!   its children, a watchdog joins the group: a `sh` blocked reading a pipe whose
+//!   only writer is the worker; the worker's death closes it, and the watchdog kills
+//!   its group, itself included;
+//! - [`kill_leftovers`], for what escaped both (a worker killed between spawning a
+//!   command and its watchdog, a watchdog that could not start), run by the next
+//!   worker to take the session before it resumes anything. It finds them two ways:
+//!   the groups recorded in the
 //!   session's `processes.json` while they ran (with their leader's start time, so a
 //!   recycled group id is not taken for one of ours), and every process still carrying
 //!   [`SESSION_MARKER`] with the session's id in its environment (inherited by every
 //!   child, even one that left the group; the id is a UUID, so it names nothing else).
 
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -116,12 +123,23 @@ pub fn prepare(command: &mut tokio::process::Command, owner: Option<&Owner>) {
 /// it lives, killed whole when dropped.
 pub struct Group {
     id: i32,
+    watchdog: Option<std::process::Child>,
+    /// The write end of the watchdog's pipe: closed when this process dies.
+    _lifeline: Option<OwnedFd>,
 }
 
 impl Group {
     /// The group led by the process `leader` (spawned after [`prepare`]).
     pub fn register(leader: u32, owner: Option<&Owner>) -> Option<Group> {
         let id = i32::try_from(leader).ok().filter(|id| *id > 1)?;
+        let (watchdog, lifeline) = match start_watchdog(id, owner) {
+            Ok((watchdog, lifeline)) => (Some(watchdog), Some(lifeline)),
+            Err(err) => {
+                // The death signal and the next claim still cover the group.
+                warn!("cannot start the watchdog of process group {id}: {err}");
+                (None, None)
+            }
+        };
         let recorded = Recorded {
             group: id,
             started: start_time(id).unwrap_or(0),
@@ -134,13 +152,50 @@ impl Group {
         if let Some(owner) = owner {
             write_record(&live, owner);
         }
-        Some(Group { id })
+        Some(Group {
+            id,
+            watchdog,
+            _lifeline: lifeline,
+        })
     }
+}
+
+/// Starts the watchdog of group `id`: `sh` in that group, reading a pipe nobody writes
+/// to until its write end (returned, close-on-exec, so no other child keeps a copy)
+/// closes, then killing every process of the group.
+fn start_watchdog(
+    id: i32,
+    owner: Option<&Owner>,
+) -> std::io::Result<(std::process::Child, OwnedFd)> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which is
+    // exactly two ints long; each is owned by one OwnedFd right after.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let mut command = std::process::Command::new("/bin/sh");
+    command
+        .args(["-c", "read -r line; kill -KILL 0"])
+        .env_clear()
+        .stdin(std::process::Stdio::from(read))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(id);
+    if let Some(owner) = owner {
+        command.env(SESSION_MARKER, owner.session.to_string());
+    }
+    Ok((command.spawn()?, write))
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
         kill_group(self.id);
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Killed with the group just now: this only collects its exit status.
+            let _ = watchdog.wait();
+        }
         let mut live = live();
         let Some(at) = live.iter().position(|l| l.recorded.group == self.id) else {
             return;
@@ -350,7 +405,8 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             // Found by the marker: both processes carry it.
-            let (mut child, group, id) = spawn_group(&marked, "sleep 30 & sleep 30", 2).await;
+            // sh, its two sleeps, and the watchdog.
+            let (mut child, group, id) = spawn_group(&marked, "sleep 30 & sleep 30", 4).await;
             assert!(marked.record.exists(), "recorded while it runs");
             // As a dead worker leaves it: never dropped, so never killed by the call.
             std::mem::forget(group);
@@ -360,17 +416,22 @@ mod tests {
             wait_gone(id).await;
             assert!(!marked.record.exists(), "the record goes with them");
 
-            // Found by the record only: the one child left dropped its environment.
-            let (mut child, group, id) =
-                spawn_group(&unmarked, "env -i sleep 30 & exec sleep 30", 2).await;
+            // Found by the record only: the one child left dropped its environment
+            // (and the watchdog is gone too).
+            let (mut child, mut group, id) =
+                spawn_group(&unmarked, "env -i sleep 30 & exec sleep 30", 3).await;
+            let mut watchdog = group.watchdog.take().unwrap();
+            watchdog.kill().unwrap();
+            watchdog.wait().unwrap();
             std::mem::forget(group);
             let _ = child.start_kill();
             let _ = child.wait().await;
+            assert_eq!(processes().iter().filter(|p| p.group == id).count(), 1);
             assert!(kill_leftovers(&unmarked) >= 1);
             wait_gone(id).await;
 
             // A call that ends kills its group and clears the record.
-            let (mut child, group, id) = spawn_group(&ending, "sleep 30 & sleep 30", 2).await;
+            let (mut child, group, id) = spawn_group(&ending, "sleep 30 & sleep 30", 4).await;
             drop(group);
             let _ = child.wait().await;
             wait_gone(id).await;
@@ -379,5 +440,27 @@ mod tests {
         // The registry forgets the groups this test killed behind its back.
         let mine = [marked, unmarked];
         live().retain(|l| l.owner.as_ref().is_none_or(|o| !mine.contains(o)));
+    }
+
+    #[test]
+    fn the_watchdog_kills_its_group_once_the_lifeline_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Owner {
+            session: Uuid::now_v7(),
+            record: dir.path().join("processes.json"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut child, mut group, id) = spawn_group(&owner, "sleep 30 & sleep 30", 4).await;
+            let mut watchdog = group.watchdog.take().unwrap();
+            // What the worker's death does: the pipe's only writer goes.
+            drop(group._lifeline.take());
+            watchdog.wait().unwrap();
+            let _ = child.wait().await;
+            wait_gone(id).await;
+        });
     }
 }

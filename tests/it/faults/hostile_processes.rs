@@ -1,12 +1,13 @@
 //! Class 8: a tool never outlives its worker, and a worker stops at once.
 //!
 //! Every way a worker (or `agentq run`) ends, crossed with every kind of child it may
-//! have running: a declared command that may have effects, and one declared
-//! `read_only`, each `sh -c` with a background grandchild in its process group. After
-//! the process is gone (and, for SIGKILL, once the next worker has claimed the
-//! session) no process of that group may remain; a stopped worker exits promptly,
-//! leaving the execution suspended; the resumed step answers a side-effecting call as
-//! interrupted and never runs it again, and runs a read-only one again.
+//! have running: a declared command that may have effects, one declared `read_only`,
+//! and one whose surviving grandchild drops its environment, each `sh -c` with
+//! background children in its process group. Once the process is gone no process of
+//! that group may remain (if its watchdog was killed first, once the next worker has
+//! claimed the session); a stopped worker exits promptly, leaving the execution
+//! suspended; the resumed step answers a side-effecting call as interrupted and never
+//! runs it again, and runs a read-only one again.
 
 use super::*;
 
@@ -30,6 +31,9 @@ enum End {
     SigintTwice,
     SigtermThenSigint,
     Sigkill,
+    /// SIGKILL after the command's watchdog was killed: what is left of the group is
+    /// for the next worker to find.
+    SigkillWithoutWatchdog,
     /// `worker --max-duration`.
     MaxDuration,
     /// The worker fails (its `.ready` directory replaced by a file) and exits non-zero.
@@ -48,6 +52,7 @@ const ENDS: &[End] = &[
     End::SigintTwice,
     End::SigtermThenSigint,
     End::Sigkill,
+    End::SigkillWithoutWatchdog,
     End::MaxDuration,
     End::ErrorExit,
     End::RunSigint,
@@ -104,6 +109,15 @@ fn members(group: i32) -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// Sends a signal to a process of a command (not a child of the test).
+fn signal_pid(pid: i32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` was just read as a
+    // member of a process group this test's command created.
+    unsafe {
+        libc::kill(pid, signal);
+    }
 }
 
 /// Whether `pid` runs (exists and is not a zombie).
@@ -188,6 +202,20 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             signal(pid, libc::SIGINT);
         }
         End::Sigkill | End::RunSigkill => signal(pid, libc::SIGKILL),
+        End::SigkillWithoutWatchdog => {
+            let watchdog = members(group)
+                .into_iter()
+                .find(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.windows(4).any(|w| w == b"read"))
+                })
+                .unwrap_or_else(|| panic!("{what}: no watchdog in the group"));
+            signal_pid(watchdog, libc::SIGKILL);
+            wait_until(&format!("{what}: the watchdog gone"), PROMPTLY, || {
+                !alive(watchdog)
+            });
+            signal(pid, libc::SIGKILL);
+        }
         End::MaxDuration => {}
         End::ErrorExit => {
             let ready = env.home().join("sessions/.ready");
@@ -198,15 +226,22 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     let (status, text) = process.wait(PROMPTLY + Duration::from_secs(5));
     let took = started.elapsed();
     assert!(!text.contains("panicked"), "{what}: {text}");
-    let killed = matches!(end, End::Sigkill | End::RunSigkill);
-    if killed {
-        // The kernel kills the command itself with the worker; its grandchild is left
-        // for the next claim.
+    if matches!(end, End::Sigkill | End::RunSigkill) {
+        // The kernel kills the command itself with the worker, its watchdog the rest.
+        wait_until(
+            &format!("{what}: the group dying with it"),
+            PROMPTLY,
+            || members(group).is_empty(),
+        );
+    } else if end == End::SigkillWithoutWatchdog {
+        // The command itself still dies with the worker; its grandchild is left for
+        // the next claim.
         wait_until(
             &format!("{what}: the command dying with it"),
             PROMPTLY,
             || !alive(group),
         );
+        assert!(!members(group).is_empty(), "{what}: nothing left to find");
     } else {
         assert!(took < PROMPTLY, "{what}: stopped after {took:?}");
         let expected: &[i32] = match end {
