@@ -174,12 +174,13 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     let mut process = Logged::spawn(&env, &args, log.clone());
     let pid = process.child.id();
     wait_until(
-        &format!("{what}: the command and its grandchild"),
+        &format!("{what}: the command, its grandchild and its watchdog"),
         LONG,
         || {
             runs(&workspace)
                 .first()
-                .is_some_and(|g| members(*g).len() >= 2)
+                // The command, its grandchild and its watchdog.
+                .is_some_and(|g| members(*g).len() >= 3)
         },
     );
     let group = runs(&workspace)[0];
