@@ -16,13 +16,13 @@
 //!   only writer is the worker; the worker's death closes it, and the watchdog kills
 //!   its group, itself included;
 //! - [`kill_leftovers`], for what escaped both (a worker killed between spawning a
-//!   command and its watchdog, a watchdog that could not start), run by the next
-//!   worker to take the session before it resumes anything. It finds them two ways:
-//!   the groups recorded in the
-//!   session's `processes.json` while they ran (with their leader's start time, so a
-//!   recycled group id is not taken for one of ours), and every process still carrying
-//!   [`SESSION_MARKER`] with the session's id in its environment (inherited by every
-//!   child, even one that left the group; the id is a UUID, so it names nothing else).
+//!   command and its watchdog, a watchdog that could not start or was killed), run by
+//!   the next worker to take the session before it resumes anything. It finds them two
+//!   ways: the groups recorded in the session's `processes.json` while they ran (with
+//!   their leader's start time, so a recycled group id is not taken for one of ours),
+//!   and every process still carrying [`SESSION_MARKER`] with the session's id in its
+//!   environment (inherited by every child, even one that left the group; the id is a
+//!   UUID, so it names nothing else).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
