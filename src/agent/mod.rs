@@ -608,8 +608,10 @@ struct ToolRun {
 /// in the order of the calls (a crash before that runs them again, which changes
 /// nothing); a side-effecting call runs alone, marked as started first. A cancel or
 /// the time limit between calls answers the remaining calls with errors (so the
-/// transcript stays a valid conversation); a shutdown stops between calls, leaving the
-/// step open for the next worker.
+/// transcript stays a valid conversation); a shutdown stops at once, leaving the step
+/// open for the next worker: a running command is killed, and one that may have had
+/// effects stays marked as started, so that the resumed step answers it as
+/// interrupted.
 async fn run_tools(
     run: &Run<'_>,
     history: &mut Vec<Message>,
@@ -656,14 +658,29 @@ async fn run_tools(
                     .iter()
                     .take_while(|c| run.tools.is_read_only(&c.name))
                     .count();
-                run_read_only(run, &calls[next..next + batch], sink, deadline).await?
+                match run_read_only(run, &calls[next..next + batch], sink, deadline).await? {
+                    Some(outputs) => outputs,
+                    // Cut by a shutdown: they have no results, and run again on resume.
+                    None => {
+                        ran.stop = Some(Stop::Shutdown);
+                        return Ok(ran);
+                    }
+                }
             }
             None => {
                 if let Some(open) = current_mut(state)?.open_step.as_mut() {
                     open.tool_started = Some(call.id.clone());
                 }
                 sink.checkpoint(Vec::new(), state)?;
-                vec![run_side_effecting(run, call, sink, &mut state.todos, deadline).await?]
+                match run_side_effecting(run, call, sink, &mut state.todos, deadline).await? {
+                    Some(output) => vec![output],
+                    // Cut by a shutdown: the call stays marked as started, so the
+                    // resumed step answers it as interrupted instead of running it again.
+                    None => {
+                        ran.stop = Some(Stop::Shutdown);
+                        return Ok(ran);
+                    }
+                }
             }
         };
         let answered = &calls[next..next + outputs.len()];
@@ -716,17 +733,22 @@ async fn run_tools(
 }
 
 /// How often running tools look whether the execution should stop.
-const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The answer recorded for a call a shutdown cut short (in its `agent.tool.completed`
+/// event; the transcript gets the resumed step's answer).
+const CUT_BY_SHUTDOWN: &str = "interrupted: the worker stopped while this tool ran";
 
 /// Runs read-only calls at the same time. Their events keep the calls' order: every
-/// start, then every completion. A cancel or the deadline stops them (a command's
-/// process group is killed); a shutdown lets them finish.
+/// start, then every completion. Any stop (a cancel, the deadline, a shutdown) stops
+/// them: a command's process group is killed. `None` when a shutdown did: the calls
+/// changed nothing and have no results, so the resumed step runs them again.
 async fn run_read_only(
     run: &Run<'_>,
     calls: &[ToolCall],
     sink: &mut dyn Sink,
     deadline: Option<Timestamp>,
-) -> anyhow::Result<Vec<ToolOutput>> {
+) -> anyhow::Result<Option<Vec<ToolOutput>>> {
     for call in calls {
         sink.emit(tool_started(run, call))?;
     }
@@ -743,44 +765,58 @@ async fn run_read_only(
         }
     }));
     tokio::pin!(work);
+    let mut cut = None;
     let results = loop {
         tokio::select! {
             results = &mut work => break results,
-            () = tokio::time::sleep(STOP_CHECK) => {
-                if matches!(stop_now(sink, deadline), Some(Stop::Cancel | Stop::TimeLimit)) {
+            () = tokio::time::sleep(STOP_CHECK), if cut.is_none() => {
+                cut = stop_now(sink, deadline);
+                if cut.is_some() {
                     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
     };
+    let shutdown = cut == Some(Stop::Shutdown);
     let mut outputs = Vec::with_capacity(results.len());
     for (call, (output, duration_ms)) in calls.iter().zip(results) {
+        let output = if shutdown {
+            ToolOutput::error(CUT_BY_SHUTDOWN)
+        } else {
+            output
+        };
         sink.emit(tool_completed(call, &output, duration_ms))?;
         outputs.push(output);
     }
-    Ok(outputs)
+    Ok((!shutdown).then_some(outputs))
 }
 
-/// Runs one call that may change something, alone.
+/// Runs one call that may change something, alone. Any stop (a cancel, the deadline,
+/// a shutdown) cuts a long tool (a command: its process group is killed). `None` when
+/// a shutdown did: the call may or may not have taken effect, and has no result.
 async fn run_side_effecting(
     run: &Run<'_>,
     call: &ToolCall,
     sink: &mut dyn Sink,
     todos: &mut Vec<crate::domain::state::Todo>,
     deadline: Option<Timestamp>,
-) -> anyhow::Result<ToolOutput> {
+) -> anyhow::Result<Option<ToolOutput>> {
     sink.emit(tool_started(run, call))?;
     let started = Instant::now();
-    // A long tool (a command) gives way to a cancel or the deadline, not to a
-    // shutdown: the call finishes before the worker stops.
+    let mut cut = None;
     let mut stop = || {
-        matches!(
-            stop_now(&mut *sink, deadline),
-            Some(Stop::Cancel | Stop::TimeLimit)
-        )
+        cut = cut.or_else(|| stop_now(&mut *sink, deadline));
+        cut.is_some()
     };
     let output = invoke(run, call, todos, &mut stop).await;
-    sink.emit(tool_completed(call, &output, elapsed_ms(started)))?;
+    let output = match cut {
+        Some(Stop::Shutdown) => None,
+        _ => Some(output),
+    };
+    let shown = output
+        .clone()
+        .unwrap_or_else(|| ToolOutput::error(CUT_BY_SHUTDOWN));
+    sink.emit(tool_completed(call, &shown, elapsed_ms(started)))?;
     Ok(output)
 }
 

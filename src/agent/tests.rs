@@ -823,3 +823,70 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
     assert!(sink.events.is_empty());
     assert_eq!(state.model_calls, 2);
 }
+
+/// A command that takes far longer than a test may wait, declared with `read_only`.
+fn hanging_command(read_only: bool) -> String {
+    format!(
+        r#"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Running."
+tool_calls = [{{ name = "hang", arguments = {{}} }}]
+[[model.script]]
+text = "carried on"
+[[tools.command]]
+name = "hang"
+argv = ["sleep", "30"]
+read_only = {read_only}
+"#
+    )
+}
+
+#[test]
+fn a_shutdown_cuts_a_running_command_and_its_resumed_step_never_runs_it_again() {
+    for read_only in [false, true] {
+        let h = Harness::new(&hanging_command(read_only));
+        // step.started, one chunk, tool.started: the shutdown comes while it runs.
+        let mut sink = Memory {
+            stop_after: Some((3, Stop::Shutdown)),
+            ..Memory::default()
+        };
+        let started = Instant::now();
+        let (end, state) = h.run(&mut sink, "x");
+        assert_eq!(end, LoopEnd::Suspended, "read_only = {read_only}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let marked = state.current.as_ref().unwrap().open_step.as_ref().unwrap();
+        // Only a call that may have had effects is marked; a read-only one runs again.
+        assert_eq!(
+            marked.tool_started.is_some(),
+            !read_only,
+            "read_only = {read_only}"
+        );
+        assert_eq!(sink.transcript.len(), 1, "the answer only, no tool result");
+        assert!(sink.events.iter().any(|e| matches!(
+            e,
+            EventPayload::ToolCompleted(t) if !t.success && t.error.as_deref().is_some_and(|e| e.starts_with("interrupted"))
+        )));
+
+        if read_only {
+            // Resumed, a read-only call is run again: not waited for here.
+            continue;
+        }
+        let history: Vec<Message> = std::iter::once(Message::User {
+            content: "x".into(),
+        })
+        .chain(sink.transcript.iter().map(|l| l.message.clone()))
+        .collect();
+        let mut resumed = Memory::default();
+        let (end, _) = h.run_from(&mut resumed, history, state);
+        assert_eq!(outcome(end).response.as_deref(), Some("carried on"));
+        let Message::Tool {
+            is_error, content, ..
+        } = &resumed.transcript[0].message
+        else {
+            panic!("{:?}", resumed.transcript)
+        };
+        assert!(*is_error && content.starts_with("interrupted"), "{content}");
+    }
+}

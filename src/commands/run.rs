@@ -107,9 +107,15 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         );
         tokio::pin!(wait);
         let mut drain = Some(drain);
+        // SIGTERM (a CI step's timeout, systemd) is Ctrl-C's twin: without it the
+        // process would die with the execution's commands unowned.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
         let waited = loop {
             tokio::select! {
                 waited = &mut wait => break waited,
+                Some(()) = terminate.recv() => break Err(Interrupted.into()),
                 Some(drained) = async { Some(drain.as_mut()?.await) }, if drain.is_some() => {
                     drain = None;
                     // Owned by another worker: keep waiting for it. A failure to

@@ -398,11 +398,20 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         writeln!(out, "todo      {mark} {}", sanitize(&todo.content))?;
     }
     if let Some(e) = &shown.running {
-        writeln!(
-            out,
-            "running   {} (attempt {}, worker {} on {}, since {})",
-            e.id, e.attempts, e.worker.pid, e.worker.host, e.started_at
-        )?;
+        if e.suspended {
+            // Left at a checkpoint by a worker that stopped: nothing runs it now.
+            writeln!(
+                out,
+                "suspended {} (attempt {}, since {}); the next worker resumes it",
+                e.id, e.attempts, e.started_at
+            )?;
+        } else {
+            writeln!(
+                out,
+                "running   {} (attempt {}, worker {} on {}, since {})",
+                e.id, e.attempts, e.worker.pid, e.worker.host, e.started_at
+            )?;
+        }
     }
     if let Some(e) = &shown.last_execution {
         writeln!(

@@ -1,6 +1,6 @@
 //! `agentq worker`: runs the worker until SIGINT/SIGTERM, or with `--once` until
-//! nothing is pending. A first signal stops claiming and lets running executions reach
-//! a safe point; a second one exits at once.
+//! nothing is pending. A first signal stops claiming and stops running executions at
+//! once, at a checkpoint (their commands killed); a second one exits at once.
 
 use std::sync::Arc;
 
@@ -72,12 +72,14 @@ async fn handle_signals(shutdown: Arc<Shutdown>) {
         received += 1;
         if received == 1 {
             info!(
-                "stopping: no new claims; running executions stop at their next safe point (signal again to exit now)"
+                "stopping: no new claims; running executions stop now at a checkpoint, their commands killed (signal again to exit at once)"
             );
             shutdown.trigger();
         } else {
             // Every file is replaced atomically or appended whole, so what is on disk
-            // stays readable; the interrupted step is repeated by the next worker.
+            // stays readable; the interrupted step is repeated by the next worker. No
+            // command may outlive the worker: exit skips the calls' own clean-up.
+            crate::tools::process::kill_all();
             std::process::exit(i32::from(exit::CANCELLED));
         }
     }

@@ -2,8 +2,9 @@
 //! the workspace, with the model's arguments as JSON on standard input.
 //!
 //! The process runs in its own process group, which is killed whole at the timeout,
-//! when the execution is cancelled, and after the main process exits (so a stray
-//! background child can neither linger nor hold the output pipes open). Output is
+//! when the execution is cancelled or the worker stops, and after the main process
+//! exits (so a stray background child can neither linger nor hold the output pipes
+//! open); [`super::process`] makes sure it cannot outlive the worker either. Output is
 //! capped.
 //!
 //! The environment never carries what looks like a credential ([`EnvPolicy`]). A
@@ -27,8 +28,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::ToolOutput;
 use super::files::Workspace;
+use super::{ToolOutput, process};
 use crate::definition::{CommandToolDef, EnvMode};
 use crate::provider::ToolSpec;
 
@@ -36,7 +37,10 @@ use crate::provider::ToolSpec;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes kept of each of stdout and stderr.
 const OUTPUT_CAP: usize = 32 * 1024;
-const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How often a running command asks whether to stop: the most a shutdown or
+/// `--max-duration` waits for it (one cheap call; a cancel's inbox is read at most
+/// every 50 ms whatever this is).
+const CHECK_EVERY: Duration = Duration::from_millis(10);
 
 pub fn spec(def: &CommandToolDef) -> ToolSpec {
     let parameters = match &def.parameters {
@@ -172,14 +176,17 @@ pub fn check_env_pass(name: &str, key_env: &[&str]) -> Result<(), String> {
 }
 
 /// Runs the command and reports its exit code and output to the model.
+/// `env` says which variables the command sees; `owner` is the session the command's
+/// processes are marked and recorded for.
 pub async fn run(
     def: &CommandToolDef,
     workspace: &Workspace,
     arguments: &Value,
     env: &EnvPolicy,
+    owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> ToolOutput {
-    match execute(def, workspace, arguments, env, stop).await {
+    match execute(def, workspace, arguments, env, owner, stop).await {
         Ok(output) => output,
         Err(message) => ToolOutput::error(message),
     }
@@ -190,6 +197,7 @@ async fn execute(
     workspace: &Workspace,
     arguments: &Value,
     env: &EnvPolicy,
+    owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
     // The same resolution as the file tools': no symlink out, no file taken for a
@@ -209,12 +217,14 @@ async fn execute(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    process::prepare(&mut command, owner);
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    let group = child.id().and_then(|id| i32::try_from(id).ok());
+    let group = child
+        .id()
+        .and_then(|id| process::Group::register(id, owner));
 
     let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();
@@ -251,9 +261,7 @@ async fn execute(
         async {
             let ended = wait.await;
             // Whatever the reason, nothing of the group may outlive the call.
-            if let Some(group) = group {
-                kill_group(group);
-            }
+            drop(group);
             ended
         },
         stdout,
@@ -322,15 +330,6 @@ async fn capped(pipe: Option<impl AsyncRead + Unpin>) -> String {
     text
 }
 
-fn kill_group(group: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the
-    // process group created for this command (process_group(0) above), so nothing
-    // outside it is signalled. An already empty group gives ESRCH, which is fine.
-    unsafe {
-        libc::kill(-group, libc::SIGKILL);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,7 +354,7 @@ mod tests {
             .build()
             .unwrap();
         let mut stop = || false;
-        rt.block_on(run(def, &ws, &args, &EnvPolicy::default(), &mut stop))
+        rt.block_on(run(def, &ws, &args, &EnvPolicy::default(), None, &mut stop))
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod command;
 pub mod files;
+pub mod process;
 pub mod todo;
 
 use std::path::PathBuf;
@@ -119,6 +120,8 @@ pub struct Toolbox {
     env: command::EnvPolicy,
     /// The agent whose definition grants the tools, named when a tool is not granted.
     agent: Option<String>,
+    /// The session commands run for ([`process::Owner`]).
+    owner: Option<process::Owner>,
 }
 
 impl Toolbox {
@@ -139,6 +142,7 @@ impl Toolbox {
             commands,
             env: command::EnvPolicy::default(),
             agent: None,
+            owner: None,
         }
     }
 
@@ -159,6 +163,13 @@ impl Toolbox {
     /// and whatever `env_pass` says (the names the agent's keys are read from).
     pub fn withholding(mut self, names: Vec<String>) -> Toolbox {
         self.env.withheld = names;
+        self
+    }
+
+    /// Marks and records the processes of commands as working for this session, so
+    /// that whatever a dead worker left behind is found and killed by the next one.
+    pub fn for_session(mut self, owner: process::Owner) -> Toolbox {
+        self.owner = Some(owner);
         self
     }
 
@@ -258,7 +269,15 @@ impl Toolbox {
                 }
             }
             Granted::Command(command) => {
-                command::run(command, &self.workspace, arguments, &self.env, ctx.stop).await
+                command::run(
+                    command,
+                    &self.workspace,
+                    arguments,
+                    &self.env,
+                    self.owner.as_ref(),
+                    ctx.stop,
+                )
+                .await
             }
         }
     }

@@ -129,6 +129,13 @@ impl Owner<'_> {
                         exec.stop_reason,
                     )));
                 }
+                // A previous owner that died while a command ran may have left the
+                // command's children running: they go before anything is resumed, so
+                // the interrupted call can never run alongside what comes next.
+                let leftovers = crate::tools::process::kill_leftovers(&commands_of(self.dir));
+                if leftovers > 0 {
+                    warn!(session = %self.dir.id, execution = %exec.id, leftovers, "killed processes of a command the previous worker left running");
+                }
                 // A worker that shut down cleanly left it at a checkpoint on purpose;
                 // only a crash counts as another attempt.
                 if exec.suspended {
@@ -460,7 +467,9 @@ impl Owner<'_> {
             Ok(path) => path,
             Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
         };
-        let tools = Toolbox::for_agent(workspace, &def).withholding(key_env);
+        let tools = Toolbox::for_agent(workspace, &def)
+            .withholding(key_env)
+            .for_session(commands_of(self.dir));
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()
@@ -572,6 +581,15 @@ impl Owner<'_> {
             }),
         )?;
         Ok(())
+    }
+}
+
+/// Whom a session's commands run for, and where their process groups are recorded
+/// while they run.
+fn commands_of(dir: &SessionDir) -> crate::tools::process::Owner {
+    crate::tools::process::Owner {
+        session: dir.id,
+        record: dir.path.join("processes.json"),
     }
 }
 

@@ -91,14 +91,32 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
             ..Report::default()
         });
     };
+    let mut tasks = JoinSet::new();
+    let result = claim(&store, &options, &shutdown, &worker, &mut tasks).await;
+    if result.is_err() {
+        // The error ends the process: running executions stop first, at a checkpoint
+        // and with their commands killed, instead of running on unowned.
+        shutdown.trigger();
+        while tasks.join_next().await.is_some() {}
+    }
+    result
+}
+
+/// The claiming loop of [`run`]: sessions it takes are drained in `tasks`.
+async fn claim(
+    store: &Store,
+    options: &WorkerOptions,
+    shutdown: &Arc<Shutdown>,
+    worker: &Arc<WorkerInfo>,
+    tasks: &mut JoinSet<(Uuid, Result<Drained>)>,
+) -> Result<Report> {
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
     let _watcher = match options.poll {
         Some(_) => None,
-        None => watch_ready_dir(&store, wake_tx),
+        None => watch_ready_dir(store, wake_tx),
     };
     let tick = options.poll.unwrap_or(Duration::from_secs(1));
     let deadline = options.max_duration.map(|d| Instant::now() + d);
-    let mut tasks: JoinSet<(Uuid, Result<Drained>)> = JoinSet::new();
     let mut active: HashSet<Uuid> = HashSet::new();
     // Sessions another worker owns, or that are paused: not retried until the next tick
     // (with `once`, not at all).
@@ -130,7 +148,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                     failing.clear();
                 }
                 if ticks == 0 {
-                    backlog.extend(candidates(&store, true, options.session)?);
+                    backlog.extend(candidates(store, true, options.session)?);
                 } else {
                     let (store, only) = (store.clone(), options.session);
                     full_scan = Some(tokio::task::spawn_blocking(move || {
@@ -140,7 +158,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
             }
             // What a full scan found stays wanted until it is drained, even when the
             // concurrency limit keeps it waiting past the next (marker-only) scan.
-            backlog.extend(candidates(&store, false, options.session)?);
+            backlog.extend(candidates(store, false, options.session)?);
             for id in backlog.clone() {
                 if active.len() >= options.concurrency.max(1) {
                     break;
@@ -210,7 +228,17 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                 }
             }
             () = shutdown.wait(), if claiming => {}
+            // Woken at the deadline itself, not at the next tick after it.
+            () = sleep_until(deadline), if claiming && deadline.is_some() => {}
         }
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 
