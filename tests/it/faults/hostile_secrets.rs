@@ -157,16 +157,18 @@ fn command_tools_see_no_variable_that_looks_like_a_secret_in_either_env_mode() {
         );
     }
 
-    // `clean`: the five basics and what env_pass names, secret-looking or not.
+    // `clean`: the five basics, what env_pass names (secret-looking or not), and the
+    // session marker agentq sets for every command (its session's id).
     let (vars, id) = command_env(&env, "clean", &["GITHUB_PAT"]);
     sessions.push(id);
     let names: BTreeSet<&str> = vars.keys().map(String::as_str).collect();
     let expected: BTreeSet<&str> = PLAIN[..5]
         .iter()
         .map(|(name, _)| *name)
-        .chain(["EDITOR", "GITHUB_PAT"])
+        .chain(["EDITOR", "GITHUB_PAT", "AGENTQ_SESSION_ID"])
         .collect();
     assert_eq!(names, expected, "clean");
+    assert_eq!(vars["AGENTQ_SESSION_ID"], id);
     assert_eq!(vars["GITHUB_PAT"], "ghp_s3cr3t01");
     cases += 1;
 
