@@ -168,7 +168,7 @@ fn command_tools_see_no_variable_that_looks_like_a_secret_in_either_env_mode() {
         .chain(["EDITOR", "GITHUB_PAT", "AGENTQ_SESSION_ID"])
         .collect();
     assert_eq!(names, expected, "clean");
-    assert_eq!(vars["AGENTQ_SESSION_ID"], id);
+    assert_eq!(vars["AGENTQ_SESSION_ID"], sessions[1]);
     assert_eq!(vars["GITHUB_PAT"], "ghp_s3cr3t01");
     cases += 1;
 
