@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::fs::{find_last_newline, last_line, open_append, repair_torn_tail, with_path};
+use super::fs::{AtPath, find_last_newline, last_line, open_append, repair_torn_tail, with_path};
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::{Event, EventPayload, RawEvent};
 use crate::time::Clock;
@@ -133,6 +133,7 @@ fn last_seq(file: &mut File, len: u64, path: &Path) -> io::Result<u64> {
 /// An unterminated last line is left for the next read: it is either being written
 /// right now or torn by a crash, and in both cases not yet an event.
 pub struct LogReader {
+    path: PathBuf,
     file: File,
     offset: u64,
     pending: Vec<u8>,
@@ -140,8 +141,9 @@ pub struct LogReader {
 
 impl LogReader {
     pub fn open_at(path: &Path, offset: u64) -> io::Result<LogReader> {
-        let file = File::open(path).map_err(|e| with_path(e, path))?;
+        let file = File::open(path).at(path)?;
         Ok(LogReader {
+            path: path.to_owned(),
             file,
             offset,
             pending: Vec::new(),
@@ -155,6 +157,11 @@ impl LogReader {
 
     /// Every complete line appended since the last call, without terminators.
     pub fn read_lines(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        let path = self.path.clone();
+        self.read_new_lines().at(&path)
+    }
+
+    fn read_new_lines(&mut self) -> io::Result<Vec<Vec<u8>>> {
         let len = self.file.metadata()?.len();
         let read_from = self.offset + self.pending.len() as u64;
         if len < read_from {
@@ -189,7 +196,11 @@ pub fn parse_line(line: &[u8]) -> Option<RawEvent> {
 /// the file (seq grows with the offset), so starting from a late `seq` in a huge log
 /// reads a few blocks rather than the whole file.
 pub fn offset_after_seq(path: &Path, after: u64) -> io::Result<u64> {
-    let mut file = File::open(path).map_err(|e| with_path(e, path))?;
+    find_offset_after_seq(path, after).at(path)
+}
+
+fn find_offset_after_seq(path: &Path, after: u64) -> io::Result<u64> {
+    let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     // Invariant: the line starting at `lo` has seq <= after or lo == 0 (unchecked);
     // every line starting at or after `hi` has seq > after.
@@ -247,7 +258,11 @@ fn line_start_after(file: &mut File, pos: u64, end: u64) -> io::Result<Option<(u
 /// the end in blocks, so `watch` starts at the last execution without reading the
 /// whole log.
 pub fn offset_of_last(path: &Path, types: &[&str]) -> io::Result<Option<(u64, RawEvent)>> {
-    let mut file = File::open(path).map_err(|e| with_path(e, path))?;
+    find_last(path, types).at(path)
+}
+
+fn find_last(path: &Path, types: &[&str]) -> io::Result<Option<(u64, RawEvent)>> {
+    let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     // A torn tail is not an event yet.
     let Some(last_newline) = find_last_newline(&mut file, len)? else {

@@ -29,7 +29,7 @@ use crate::error::UserError;
 use crate::ids::{IdGen, IdQuery};
 use crate::time::Clock;
 use events::EventLog;
-use fs::ReadError;
+use fs::{AtPath, ReadError};
 
 /// The home directory and the services every store operation needs.
 #[derive(Clone)]
@@ -166,7 +166,7 @@ fn uuid_entries(dir: &Path) -> io::Result<Vec<Uuid>> {
     };
     let mut ids = Vec::new();
     for entry in entries {
-        let name = entry?.file_name();
+        let name = entry.at(dir)?.file_name();
         // Only the canonical form: a directory named in upper case, or without hyphens,
         // would not be found again under the id's canonical name.
         if let Some(name) = name.to_str()
@@ -373,15 +373,36 @@ impl SessionDir {
                 error: None,
                 exit_code: None,
                 cost_usd: None,
-                worker: crate::domain::execution::WorkerInfo {
-                    pid: 0,
-                    host: String::new(),
-                },
+                // The worker that claimed it wrote who it is into the lock file.
+                worker: self
+                    .lock_owner()
+                    .unwrap_or(crate::domain::execution::WorkerInfo {
+                        pid: 0,
+                        host: "unknown".to_owned(),
+                    }),
                 retry_of: None,
                 suspended: false,
             }),
             Err(_) => None,
         }
+    }
+
+    /// The worker that last took the owner lock, as it wrote itself into the lock
+    /// file ([`SessionDir::try_lock_owner`]); it may have exited since.
+    pub fn lock_owner(&self) -> Option<crate::domain::execution::WorkerInfo> {
+        let text = std::fs::read_to_string(self.lock_path()).ok()?;
+        serde_json::from_str(text.trim()).ok()
+    }
+
+    /// What waits in the inbox ([`inbox::count`]), the message of the execution in
+    /// progress told apart from the others.
+    pub fn inbox_counts(&self) -> io::Result<inbox::Counts> {
+        let running = self
+            .read_state()
+            .ok()
+            .and_then(|state| self.running_execution(&state))
+            .map(|exec| exec.message_id);
+        inbox::count(&self.inbox_dir(), running)
     }
 
     /// Every readable execution record, oldest first (ids are time-ordered).
@@ -394,7 +415,7 @@ impl SessionDir {
             Err(e) => return Err(fs::with_path(e, &path)),
         };
         for entry in entries {
-            let file = entry?.path();
+            let file = entry.at(&path)?.path();
             if file.extension().is_some_and(|e| e == "json")
                 && let Ok(record) = fs::read_json::<Execution>(&file)
             {

@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 
 use super::SessionDir;
 use super::events::{LogReader, parse_line};
-use super::fs::{ReadError, read_json};
-use super::inbox;
+use super::fs::{AtPath, ReadError, read_json};
+use super::{inbox, transcript};
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::EventPayload;
 use crate::domain::session::{Counters, SessionMeta, SessionStatus};
@@ -63,7 +63,7 @@ pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
         .unwrap_or_default();
     let stamp = now.to_string().replace([':', '.'], "-");
     let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
-    std::fs::rename(path, &aside)?;
+    std::fs::rename(path, &aside).at(path)?;
     Ok(aside)
 }
 
@@ -257,6 +257,76 @@ impl SessionDir {
             "{} was behind the execution records (a power failure?); recounted it from them",
             self.meta_path().display()
         )))
+    }
+}
+
+impl SessionDir {
+    /// Repairs a transcript that lost or garbled lines `state.json` counts as settled
+    /// (truncated or overwritten by a disk or a person): the file is moved aside, the
+    /// lines before the damage are written back, and the state is rebuilt from them
+    /// ([`SessionDir::rebuild_state`]: the last checkpoint among them). The history the
+    /// agent sees is shorter, but every later append starts where a line ends. Returns
+    /// the rebuilt state and a message for the caller to log, or `None` when the
+    /// transcript is whole.
+    pub fn repair_transcript(
+        &self,
+        state: &AgentState,
+        now: Timestamp,
+    ) -> Result<Option<(AgentState, String)>> {
+        let path = self.transcript_path();
+        let damage = match transcript::check(&path, state.transcript) {
+            Ok(()) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => e,
+            Err(e) => return Err(e.into()),
+        };
+        let mut kept = Vec::new();
+        let mut lines = 0u64;
+        let aside = if path.exists() {
+            let aside = move_aside(&path, now)
+                .with_context(|| format!("moving the damaged {} aside", path.display()))?;
+            for raw in LogReader::open_at(&aside, 0)?.read_lines()? {
+                if serde_json::from_slice::<TranscriptLine>(&raw).is_err() {
+                    break;
+                }
+                kept.extend_from_slice(&raw);
+                kept.push(b'\n');
+                lines += 1;
+            }
+            Some(aside)
+        } else {
+            None
+        };
+        super::fs::replace(&path, &kept)?;
+        let rebuilt = self.rebuild_state()?;
+        self.write_state(&rebuilt)?;
+        let moved = aside.map_or_else(
+            || "it was missing".to_owned(),
+            |aside| format!("moved it to {}", aside.display()),
+        );
+        let message = format!(
+            "{damage}; {moved}, kept its first {lines} whole lines and rebuilt state.json from them"
+        );
+        Ok(Some((rebuilt, message)))
+    }
+
+    /// Whether a file a worker repairs is damaged: `session.json` or `state.json`
+    /// corrupt (or a directory), or the transcript shorter than the state's mark. A
+    /// cheap check, for the worker's full scan: a damaged session with nothing in its
+    /// inbox is claimed anyway, to be repaired, instead of waiting for a message that
+    /// `send` could not queue.
+    pub fn needs_repair(&self) -> bool {
+        let corrupt = |r: Result<(), ReadError>| matches!(r, Err(ReadError::Corrupt { .. }));
+        if corrupt(self.read_meta().map(drop)) {
+            return true;
+        }
+        match self.read_state() {
+            Err(ReadError::Corrupt { .. }) => true,
+            Ok(state) => {
+                let len = std::fs::metadata(self.transcript_path()).map_or(0, |m| m.len());
+                len < state.transcript.bytes
+            }
+            Err(_) => false,
+        }
     }
 }
 

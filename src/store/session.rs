@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use anyhow::{Context, Result};
 use uuid::Uuid;
 
-use super::fs::{self, ReadError};
+use super::fs::{self, AtPath, ReadError};
 use super::{SessionDir, Store, inbox};
 use crate::domain::event::{
     CancelRequested, EventPayload, MessageQueued, SessionCreated, SessionStatusChanged,
@@ -80,7 +80,7 @@ impl Store {
             };
             let mut log = staging.open_events(self.clock.clone())?;
             log.append(None, EventPayload::SessionCreated(created))?;
-            std::fs::rename(&staging.path, self.session(id).path)?;
+            std::fs::rename(&staging.path, self.session(id).path).at(&staging.path)?;
             fs::sync_dir(&sessions)?;
             Ok(())
         };
@@ -108,7 +108,16 @@ impl Store {
     pub fn enqueue(&self, dir: &SessionDir, new: NewEntry) -> Result<Enqueued> {
         let mut log = dir.open_events(self.clock.clone())?;
         let mut locked = log.lock()?;
-        let mut meta = read_meta(dir)?;
+        // A corrupt session.json does not stop a message: what queueing needs of it
+        // (the status, the seqs handed out) is rebuilt from the event log in memory,
+        // and the worker that takes the message repairs the file itself.
+        let mut meta = match dir.read_meta() {
+            Ok(meta) => meta,
+            Err(ReadError::Corrupt { .. }) if new.raise_session_tokens == 0 => {
+                dir.rebuild_meta()?
+            }
+            Err(_) => read_meta(dir)?,
+        };
         if new.kind == EntryKind::User && meta.status == SessionStatus::Closed {
             return Err(UserError::usage(format!(
                 "session {} is closed and takes no new messages; start another with `agentq session new --agent {}`",
@@ -254,8 +263,31 @@ pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
             dir.id
         ))
         .into()),
-        Err(err) => Err(err.into()),
+        Err(err) => Err(damaged(dir, err)),
     }
+}
+
+/// Reads `state.json` for a command, saying what to do when it cannot.
+pub fn read_state(dir: &SessionDir) -> Result<AgentState> {
+    dir.read_state().map_err(|err| damaged(dir, err))
+}
+
+/// The error for a file of a session that cannot be read, with what to do about it:
+/// a corrupt `session.json` or `state.json` is repaired by a worker, anything else
+/// needs a person (or the session's removal).
+pub fn damaged(dir: &SessionDir, err: ReadError) -> anyhow::Error {
+    let repairable = |path: &std::path::Path| path == dir.meta_path() || path == dir.state_path();
+    let hint = match &err {
+        ReadError::Corrupt { path, .. } if repairable(path) => {
+            "a worker moves it aside and rebuilds it from the session's logs (`agentq worker --once`)"
+                .to_owned()
+        }
+        _ => format!(
+            "repair or remove that file, or remove the session with `agentq session rm {}`",
+            dir.id
+        ),
+    };
+    anyhow::anyhow!("{err}; {hint}")
 }
 
 /// An entry to queue.

@@ -182,7 +182,7 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
                         }
                     }
                     Err(err) => {
-                        error!(session = %id, "{}", crate::error::render(&err));
+                        error!(session = %id, "skipping the session until the next full scan: {}; repair or remove that file, or remove the session with `agentq session rm {id}`", crate::error::render(&err));
                         report.errors += 1;
                         failing.insert(id);
                         if is_storage_full(&err) && !shutdown.is_requested() {
@@ -227,8 +227,14 @@ fn candidates(store: &Store, full: bool, only: Option<Uuid>) -> Result<Vec<Uuid>
     let mut ids = store.ready_ids()?;
     if full {
         for id in store.session_ids()? {
-            if !ids.contains(&id) && !inbox::entry_names(&store.session(id).inbox_dir())?.is_empty()
-            {
+            if ids.contains(&id) {
+                continue;
+            }
+            // A session whose inbox cannot be listed is claimed too: its drain fails
+            // naming the path, logged once per full scan, and the others go on.
+            let dir = store.session(id);
+            let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
+            if waiting || dir.needs_repair() {
                 ids.push(id);
             }
         }
@@ -286,6 +292,10 @@ fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
         warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");
         dir.write_state(&newer)?;
         state = newer;
+    }
+    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now())? {
+        error!(session = %dir.id, "{note}");
+        state = rebuilt;
     }
     if let Some(note) = dir.catch_up_meta(meta, &state)? {
         warn!(session = %dir.id, "{note}");
