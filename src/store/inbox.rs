@@ -24,9 +24,26 @@ pub struct Listing {
     pub unreadable: Vec<ReadError>,
 }
 
-/// Writes an entry durably: temp file, fsync, rename, fsync the directory.
+/// Writes an entry durably: temp file, fsync, rename, fsync the directory. A missing
+/// inbox (removed by hand) is made again, durably, rather than refusing every message.
 pub fn publish(inbox: &Path, entry: &InboxEntry) -> io::Result<PathBuf> {
     let path = inbox.join(entry.file_name());
+    if let Err(e) = std::fs::symlink_metadata(inbox)
+        && e.kind() == io::ErrorKind::NotFound
+        && let Some(session) = inbox.parent()
+    {
+        // Not recursive: a session removed meanwhile must not come back as an inbox.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(inbox)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .at(inbox)?;
+        fs::sync_dir(session)?;
+    }
     fs::write_json(&path, entry)?;
     Ok(path)
 }
