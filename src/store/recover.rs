@@ -284,7 +284,12 @@ impl SessionDir {
         let aside = if path.exists() {
             let aside = move_aside(&path, now)
                 .with_context(|| format!("moving the damaged {} aside", path.display()))?;
-            for raw in LogReader::open_at(&aside, 0)?.read_lines()? {
+            let lines_of = if aside.is_file() {
+                LogReader::open_at(&aside, 0)?.read_lines()?
+            } else {
+                Vec::new()
+            };
+            for raw in lines_of {
                 if serde_json::from_slice::<TranscriptLine>(&raw).is_err() {
                     break;
                 }
@@ -310,17 +315,23 @@ impl SessionDir {
     }
 
     /// Whether a file a worker repairs is damaged: `session.json` or `state.json`
-    /// corrupt (or a directory), or the transcript shorter than the state's mark. A
+    /// missing or corrupt (or a directory), or the transcript shorter than the
+    /// state's mark. A
     /// cheap check, for the worker's full scan: a damaged session with nothing in its
     /// inbox is claimed anyway, to be repaired, instead of waiting for a message that
     /// `send` could not queue.
     pub fn needs_repair(&self) -> bool {
-        let corrupt = |r: Result<(), ReadError>| matches!(r, Err(ReadError::Corrupt { .. }));
-        if corrupt(self.read_meta().map(drop)) {
+        let rebuilt = |r: Result<(), ReadError>| {
+            matches!(
+                r,
+                Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. })
+            )
+        };
+        if rebuilt(self.read_meta().map(drop)) {
             return true;
         }
         match self.read_state() {
-            Err(ReadError::Corrupt { .. }) => true,
+            Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. }) => true,
             Ok(state) => {
                 let len = std::fs::metadata(self.transcript_path()).map_or(0, |m| m.len());
                 len < state.transcript.bytes
@@ -343,7 +354,7 @@ fn has_unanswered_calls(lines: &[&TranscriptLine]) -> bool {
 }
 
 /// Reads a file that may be corrupt: a corrupt one is moved aside and rebuilt with
-/// `rebuild`, then written back. Returns the value and, if it was rebuilt, a message
+/// `rebuild`, then written back; a missing one is rebuilt the same way. Returns the value and, if it was rebuilt, a message
 /// saying what happened, for the caller to log.
 pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
     path: &Path,
@@ -361,6 +372,16 @@ pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
                 "{} was corrupt ({reason}); moved it to {} and rebuilt it from the session's logs",
                 path.display(),
                 aside.display()
+            );
+            Ok((value, Some(message)))
+        }
+        // Gone (deleted by hand): nothing to move aside, the same rebuild.
+        Err(ReadError::NotFound { .. }) => {
+            let value = rebuild()?;
+            super::fs::write_json(path, &value)?;
+            let message = format!(
+                "{} was missing; rebuilt it from the session's logs",
+                path.display()
             );
             Ok((value, Some(message)))
         }

@@ -113,7 +113,9 @@ impl Store {
         // and the worker that takes the message repairs the file itself.
         let mut meta = match dir.read_meta() {
             Ok(meta) => meta,
-            Err(ReadError::Corrupt { .. }) if new.raise_session_tokens == 0 => {
+            Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. })
+                if new.raise_session_tokens == 0 =>
+            {
                 dir.rebuild_meta()?
             }
             Err(_) => read_meta(dir)?,
@@ -259,8 +261,9 @@ pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
     match dir.read_meta() {
         Ok(meta) => Ok(meta),
         Err(ReadError::NotFound { .. }) => Err(UserError::usage(format!(
-            "session {} has no session.json; it was removed or never finished being created",
-            dir.id
+            "session {id} has no session.json ({}); a worker rebuilds it from the session's event log (`agentq worker --once`), or remove the session with `agentq session rm {id}`",
+            dir.meta_path().display(),
+            id = dir.id
         ))
         .into()),
         Err(err) => Err(damaged(dir, err)),
@@ -278,8 +281,8 @@ pub fn read_state(dir: &SessionDir) -> Result<AgentState> {
 pub fn damaged(dir: &SessionDir, err: ReadError) -> anyhow::Error {
     let repairable = |path: &std::path::Path| path == dir.meta_path() || path == dir.state_path();
     let hint = match &err {
-        ReadError::Corrupt { path, .. } if repairable(path) => {
-            "a worker moves it aside and rebuilds it from the session's logs (`agentq worker --once`)"
+        ReadError::Corrupt { path, .. } | ReadError::NotFound { path } if repairable(path) => {
+            "a worker rebuilds it from the session's logs, keeping a damaged one aside (`agentq worker --once`)"
                 .to_owned()
         }
         _ => format!(
@@ -288,6 +291,37 @@ pub fn damaged(dir: &SessionDir, err: ReadError) -> anyhow::Error {
         ),
     };
     anyhow::anyhow!("{err}; {hint}")
+}
+
+/// Adds what to do to an error that a damaged file of session `id` caused (a file
+/// where a directory belongs or the reverse, unreadable, garbled, gone), unless it
+/// already says: a one-line error names the path and the way out.
+pub fn explain_damage(err: anyhow::Error, id: &str) -> anyhow::Error {
+    use io::ErrorKind as K;
+    let user_facing = err.chain().any(|c| c.downcast_ref::<UserError>().is_some());
+    let damage = err.chain().any(|c| {
+        c.downcast_ref::<ReadError>().is_some()
+            || c.downcast_ref::<io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    K::NotFound
+                        | K::NotADirectory
+                        | K::IsADirectory
+                        | K::PermissionDenied
+                        | K::InvalidData
+                        | K::UnexpectedEof
+                )
+            })
+    });
+    let text = crate::error::render(&err);
+    if user_facing || !damage || text.contains("`agentq ") {
+        return err;
+    }
+    // A new error, so the way out follows the path instead of preceding it; the exit
+    // code (1) is the same as the original's.
+    anyhow::anyhow!(
+        "{text}; repair that file of session {id} or move it aside, or remove the session with `agentq session rm {id}`"
+    )
 }
 
 /// An entry to queue.

@@ -97,7 +97,14 @@ fn read_whole(path: &Path, mark: TranscriptMark) -> io::Result<Vec<TranscriptLin
 }
 
 fn read_settled(file: File, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>> {
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is a directory, not a file",
+        ));
+    }
+    let len = meta.len();
     if len < mark.bytes {
         return Err(shorter_than_mark(len, mark));
     }

@@ -288,14 +288,15 @@ fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
     }
+    // A transcript that lost settled lines first: rolling forward reads past the mark.
+    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now())? {
+        error!(session = %dir.id, "{note}");
+        state = rebuilt;
+    }
     if let Some(newer) = dir.roll_forward(&state)? {
         warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");
         dir.write_state(&newer)?;
         state = newer;
-    }
-    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now())? {
-        error!(session = %dir.id, "{note}");
-        state = rebuilt;
     }
     if let Some(note) = dir.catch_up_meta(meta, &state)? {
         warn!(session = %dir.id, "{note}");

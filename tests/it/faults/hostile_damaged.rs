@@ -53,6 +53,16 @@ const FILES: &[&str] = &[
 ];
 const DIRS: &[&str] = &["inbox", "executions", "workspace"];
 
+/// Parts a worker repairs (or moves aside) by itself, whatever the damage: the
+/// damaged session runs its messages like the other.
+const REPAIRED: &[&str] = &[
+    "session.json",
+    "state.json",
+    "transcript.ndjson",
+    "inbox/*",
+    "executions/*",
+];
+
 fn resolve_part(dir: &Path, part: &str) -> PathBuf {
     match part.strip_suffix("/*") {
         Some(sub) => {
@@ -154,7 +164,11 @@ fn two_sessions(env: &TestEnv) -> (String, String) {
 /// A command on the damaged session worked (exit 0; JSON on stdout when asked for),
 /// or refused it in one `agentq:` line that names the damaged path.
 fn works_or_names(out: &Output, named: &str, json: bool, what: &str) {
-    assert!(!stderr(out).contains("panicked"), "{what}:\n{}", describe(out));
+    assert!(
+        !stderr(out).contains("panicked"),
+        "{what}:\n{}",
+        describe(out)
+    );
     // `watch` exits with the code of the execution it saw finish last.
     let watched = what.ends_with("watch") && !stderr(out).contains("agentq: ");
     if code(out) == 0 || watched {
@@ -165,10 +179,13 @@ fn works_or_names(out: &Output, named: &str, json: bool, what: &str) {
         return;
     }
     let err = stderr(out);
-    let line = err.lines().find(|l| l.starts_with("agentq: ")).unwrap_or("");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("agentq: "))
+        .unwrap_or("");
     assert!(
-        line.contains(named),
-        "{what}: a one-line error naming {named}:\n{}",
+        line.contains(named) && line.contains("`agentq "),
+        "{what}: a one-line error naming {named} and the command that gets out of it:\n{}",
         describe(out)
     );
 }
@@ -186,7 +203,11 @@ fn the_others_are_listed(env: &TestEnv, fine: &str, what: &str) {
     );
     let out = env.run(&["session", "list"]);
     assert_eq!(code(&out), 0, "{what}: session list:\n{}", describe(&out));
-    assert!(stdout(&out).contains(&fine[..8]), "{what}:\n{}", describe(&out));
+    assert!(
+        stdout(&out).contains(&fine[..8]),
+        "{what}:\n{}",
+        describe(&out)
+    );
     let out = env.run(&["status", "--json"]);
     assert_eq!(code(&out), 0, "{what}: status:\n{}", describe(&out));
     serde_json::from_slice::<Value>(&out.stdout).expect("status --json is JSON");
@@ -239,7 +260,13 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
         assert!(!log.contains("panicked"), "{what}:\n{log}");
         assert_eq!(
             finishes(&env, &fine),
-            vec![("completed".to_owned(), env.payloads(&fine, "message.queued")[0]["message_id"].as_str().unwrap().to_owned())],
+            vec![(
+                "completed".to_owned(),
+                env.payloads(&fine, "message.queued")[0]["message_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            )],
             "{what}: the healthy session ran:\n{log}"
         );
         let inbox = dir.join("inbox");
@@ -251,15 +278,26 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
             }),
             Err(e) => e.kind() != std::io::ErrorKind::NotFound,
         };
+        if REPAIRED.contains(&part) {
+            assert!(!still_waiting, "{what}: repaired and run:\n{log}");
+        }
         if still_waiting {
-            assert!(log.contains(&named), "{what}: the worker names {named}:\n{log}");
+            assert!(
+                log.contains(&named),
+                "{what}: the worker names {named}:\n{log}"
+            );
         }
         the_others_are_listed(&env, &fine, &what);
         for (args, json) in [
             (&["session", "show", &broken, "--json"][..], true),
             (&["session", "messages", &broken, "--json"][..], true),
         ] {
-            works_or_names(&env.run(args), &named, json, &format!("{what}, after: {args:?}"));
+            works_or_names(
+                &env.run(args),
+                &named,
+                json,
+                &format!("{what}, after: {args:?}"),
+            );
         }
         // `watch` ends on an idle session, or refuses it; it never hangs silently.
         if !still_waiting {
