@@ -318,3 +318,226 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
     }
     report("damaged_session_files", &[("cases", cases)]);
 }
+
+#[test]
+fn a_worker_repairs_a_damaged_session_that_has_no_message_waiting() {
+    // Before issue 15 only a claim repaired, a claim needs a message, and `send`
+    // refused the session: nothing but `session rm` got out.
+    let mut cases = 0;
+    let damages: [(&str, fn(&Path)); 5] = [
+        ("session.json", |p| {
+            std::fs::write(p, b"{\"v\":1,\"id\":").unwrap()
+        }),
+        ("session.json", |p| std::fs::remove_file(p).unwrap()),
+        ("state.json", |p| std::fs::write(p, b"\0\0\0\0").unwrap()),
+        ("state.json", |p| {
+            std::fs::remove_file(p).unwrap();
+            std::fs::create_dir(p).unwrap();
+        }),
+        ("transcript.ndjson", |p| {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(10)
+                .unwrap()
+        }),
+    ];
+    for (name, damage) in damages {
+        let env = TestEnv::new();
+        env.write_agent("fast", FAST_AGENT);
+        let id = env.new_session("fast");
+        env.send(&id, "before the damage");
+        worker_once_log(&env);
+        let path = env.session_dir(&id).join(name);
+        damage(&path);
+        let what = format!("{name} damaged, nothing waiting");
+
+        let log = worker_once_log(&env);
+        assert!(
+            log.contains(&path.display().to_string()),
+            "{what}: the worker repairs it and says so:\n{log}"
+        );
+        let shown = env.json(&["session", "show", &id, "--json"]);
+        assert_eq!(shown["session"]["agent"], "fast", "{what}: {shown}");
+        env.json(&["session", "messages", &id, "--json"]);
+        assert!(
+            !worker_once_log(&env).contains(name),
+            "{what}: repaired once, not again"
+        );
+        // And the session goes on.
+        env.send(&id, "after the repair");
+        worker_once_log(&env);
+        assert_eq!(env.responses(&id).last().unwrap(), "echo: after the repair");
+        cases += 1;
+    }
+
+    // `send` needs only the inbox: a corrupt session.json does not refuse a message.
+    for damage in [&b""[..], b"[]", b"\0\0"] {
+        let env = TestEnv::new();
+        env.write_agent("fast", FAST_AGENT);
+        let id = env.new_session("fast");
+        std::fs::write(env.session_dir(&id).join("session.json"), damage).unwrap();
+        let message = env.send(&id, "sent while session.json is corrupt");
+        worker_once_log(&env);
+        assert_eq!(finishes(&env, &id), vec![("completed".to_owned(), message)]);
+        assert_eq!(
+            moved_aside(&env.session_dir(&id), "session.json").len(),
+            1,
+            "moved aside, not overwritten"
+        );
+        assert_gapless(&env, &id);
+        cases += 1;
+    }
+    report(
+        "damaged_session_repaired_without_a_message",
+        &[("cases", cases)],
+    );
+}
+
+/// The counts every command shows for one session: `(messages, pending)` of
+/// `session list --json`, `session show --json` and its text, and `status --json`'s
+/// pending and running.
+fn counts(env: &TestEnv, id: &str) -> Vec<(&'static str, u64)> {
+    let listed = env.json(&["session", "list", "--json"]);
+    let row = &listed[0];
+    let shown = env.json(&["session", "show", id, "--json"]);
+    let text = env.ok(&["session", "show", id]);
+    let line = text.lines().find(|l| l.starts_with("messages")).unwrap();
+    let total: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = env.json(&["status", "--json"]);
+    vec![
+        ("list messages", row["messages"].as_u64().unwrap()),
+        ("list pending", row["pending"].as_u64().unwrap()),
+        (
+            "show settled",
+            shown["session"]["counters"]["messages"].as_u64().unwrap(),
+        ),
+        ("show pending", shown["pending"].as_u64().unwrap()),
+        ("show text messages", total),
+        ("status pending", status["pending"].as_u64().unwrap()),
+        (
+            "status running",
+            status["running"].as_array().unwrap().len() as u64,
+        ),
+    ]
+}
+
+#[test]
+fn counters_count_messages_not_cancel_entries_and_the_running_one_as_running() {
+    let env = TestEnv::new();
+    env.write_agent("fast", FAST_AGENT);
+    env.write_agent("slow", SLOW_AGENT);
+    let mut cases = 0;
+
+    // A message and a cancel entry queued before any worker runs: one message.
+    let id = env.new_session("fast");
+    env.send(&id, "to be cancelled");
+    env.ok(&["cancel", &id]);
+    let expected = [1, 1, 0, 1, 1, 1, 0];
+    let names: Vec<&str> = counts(&env, &id).iter().map(|(n, _)| *n).collect();
+    let got: Vec<u64> = counts(&env, &id).iter().map(|(_, v)| *v).collect();
+    assert_eq!(got, expected, "queued, before the worker: {names:?}");
+    cases += expected.len() as u64;
+    // Settled (cancelled): still one message, none pending.
+    worker_once_log(&env);
+    assert_eq!(finishes(&env, &id)[0].0, "cancelled");
+    let got: Vec<u64> = counts(&env, &id).iter().map(|(_, v)| *v).collect();
+    assert_eq!(got, [1, 0, 1, 0, 1, 0, 0], "settled: {names:?}");
+    cases += expected.len() as u64;
+    env.ok(&["session", "rm", &id]);
+
+    // A running first attempt: counted as running, not pending, with its worker.
+    let id = env.new_session("slow");
+    env.send(&id, "running");
+    env.send(&id, "waiting behind it");
+    let worker = env.spawn_worker(&[]);
+    wait_until("a chunk", LONG, || {
+        !events_of(&env, &id, "agent.stream.chunk").is_empty()
+    });
+    let got: Vec<u64> = counts(&env, &id).iter().map(|(_, v)| *v).collect();
+    assert_eq!(
+        got,
+        [2, 2, 0, 2, 2, 1, 1],
+        "one running, one waiting: {names:?}"
+    );
+    cases += expected.len() as u64;
+    let pid = u64::from(worker.child.id());
+    let shown = env.json(&["session", "show", &id, "--json"]);
+    assert_eq!(shown["running"]["worker"]["pid"], pid, "{shown}");
+    let host = shown["running"]["worker"]["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!host.is_empty() && host != "unknown", "{shown}");
+    let text = env.ok(&["session", "show", &id]);
+    assert!(
+        text.contains(&format!("worker {pid} on {host}")),
+        "the running line names its worker:\n{text}"
+    );
+    let status = env.json(&["status", "--json"]);
+    assert_eq!(status["running"][0]["owner"]["pid"], pid, "{status}");
+    cases += 3;
+    drop(worker);
+    report("counters", &[("cases", cases)]);
+}
+
+#[test]
+fn attempts_count_the_starts_in_the_log_the_record_the_event_and_the_error() {
+    let env = TestEnv::new();
+    env.write_agent("slow", SLOW_AGENT);
+    let id = env.new_session("slow");
+    let doomed = env.send(&id, "crashes every time");
+    for attempt in 1..=MAX_ATTEMPTS {
+        let worker = env.spawn_worker(&[]);
+        wait_until(&format!("attempt {attempt} streaming"), LONG, || {
+            let events = events_of(&env, &id, "execution.started").len() as u64;
+            let last = env.events(&id);
+            let streaming = last
+                .last()
+                .is_some_and(|e| e["type"] == "agent.stream.chunk");
+            events == attempt && streaming
+        });
+        worker.signal(9);
+        let _ = worker.wait(LONG);
+    }
+    let log = worker_once_log(&env);
+    let starts: Vec<u64> = events_of(&env, &id, "execution.started")
+        .iter()
+        .map(|e| e["payload"]["attempt"].as_u64().unwrap())
+        .collect();
+    let record = &env.json(&["session", "show", &id, "--json"])["failed"][0];
+    let error = finishes_error(&env, &id);
+    let checks = [
+        ("the starts in the log", starts == [1, 2, 3]),
+        ("the record", record["attempts"] == MAX_ATTEMPTS),
+        (
+            "the record's error",
+            record["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("after 3 attempts"),
+        ),
+        ("the event's error", error.contains("after 3 attempts")),
+        (
+            "the worker's log",
+            log.contains("attempts=3") && !log.contains("attempt=4"),
+        ),
+        ("the message", record["message_id"] == doomed.as_str()),
+    ];
+    for (what, ok) in checks {
+        assert!(
+            ok,
+            "{what}: starts {starts:?}, record {record}, error {error:?}, log:\n{log}"
+        );
+    }
+    report("attempts", &[("cases", checks.len() as u64)]);
+}
+
+/// The error of the session's last `execution.finished`.
+fn finishes_error(env: &TestEnv, id: &str) -> String {
+    events_of(env, id, "execution.finished")
+        .last()
+        .and_then(|e| e["payload"]["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
