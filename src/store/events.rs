@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::fs::{AtPath, find_last_newline, last_line, open_append, repair_torn_tail, with_path};
+use super::fs::{AtPath, find_last_newline, open_append, repair_torn_tail, with_path};
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::{Event, EventPayload, RawEvent};
 use crate::time::Clock;
@@ -74,7 +74,7 @@ impl LockedLog<'_> {
             let len = repair_torn_tail(&mut log.file)?;
             let mut seq = match log.known_tail {
                 Some((known_len, seq)) if known_len == len => seq,
-                _ => last_seq(&mut log.file, len, &path)?,
+                _ => last_seq(&log.file, len)?,
             };
             let mut lines = Vec::new();
             for payload in payloads {
@@ -108,25 +108,21 @@ impl Drop for LockedLog<'_> {
     }
 }
 
-fn last_seq(file: &mut File, len: u64, path: &Path) -> io::Result<u64> {
+/// The seq of the last event in the log. Lines that are not events (written into the
+/// log by hand, or garbled) are skipped, as readers skip them: numbering goes on from
+/// the last event, and one bad line does not stop every writer of the session.
+fn last_seq(file: &File, len: u64) -> io::Result<u64> {
     #[derive(Deserialize)]
     struct SeqOnly {
         seq: u64,
     }
-    match last_line(file, len)? {
-        None => Ok(0),
-        Some(line) => serde_json::from_slice::<SeqOnly>(&line)
-            .map(|l| l.seq)
-            .map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} ends with a line that is not an event ({e})",
-                        path.display()
-                    ),
-                )
-            }),
+    let mut lines = ReverseLines::new(file.try_clone()?, len);
+    while let Some((_, line)) = lines.next_line()? {
+        if let Ok(event) = serde_json::from_slice::<SeqOnly>(&line) {
+            return Ok(event.seq);
+        }
     }
+    Ok(0)
 }
 
 /// Reads complete lines from an offset on, for `watch` and `send --wait`.
@@ -393,6 +389,27 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.lines().all(|l| parse_line(l.as_bytes()).is_some()));
+    }
+
+    #[test]
+    fn lines_that_are_not_events_are_skipped_by_writers_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let mut log = open(&path);
+        log.append(None, chunk(0)).unwrap();
+        // Written into the log by hand, complete lines: the numbering goes on after
+        // the last event, across read blocks.
+        let garbage = format!("not an event\n{}\n\0\0\0\n", "x".repeat(70_000));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(garbage.as_bytes())
+            .unwrap();
+        assert_eq!(open(&path).append(None, chunk(1)).unwrap(), 2);
+
+        std::fs::write(&path, "only garbage\n").unwrap();
+        assert_eq!(open(&path).append(None, chunk(2)).unwrap(), 1);
     }
 
     #[test]

@@ -451,22 +451,6 @@ pub fn find_last_newline(file: &mut File, end: u64) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
-/// The last complete line before `end` (which must sit just after a `\n`), without
-/// its terminator; `None` for an empty file.
-pub fn last_line(file: &mut File, end: u64) -> io::Result<Option<Vec<u8>>> {
-    if end == 0 {
-        return Ok(None);
-    }
-    let start = match find_last_newline(file, end - 1)? {
-        Some(pos) => pos + 1,
-        None => 0,
-    };
-    let mut line = vec![0u8; (end - 1 - start) as usize];
-    file.seek(SeekFrom::Start(start))?;
-    file.read_exact(&mut line)?;
-    Ok(Some(line))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,23 +632,10 @@ mod tests {
         let mut file = open_append(&path).unwrap();
         assert_eq!(repair_torn_tail(&mut file).unwrap(), 20);
         assert_eq!(fs::read(&path).unwrap(), b"{\"seq\":1}\n{\"seq\":2}\n");
-        assert_eq!(last_line(&mut file, 20).unwrap().unwrap(), b"{\"seq\":2}");
 
         fs::write(&path, b"torn without any newline").unwrap();
         let mut file = open_append(&path).unwrap();
         assert_eq!(repair_torn_tail(&mut file).unwrap(), 0);
-        assert_eq!(last_line(&mut file, 0).unwrap(), None);
-    }
-
-    #[test]
-    fn the_last_line_is_found_across_read_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.ndjson");
-        let long = "x".repeat(40_000);
-        fs::write(&path, format!("first\n{long}\n")).unwrap();
-        let mut file = open_append(&path).unwrap();
-        let len = file.metadata().unwrap().len();
-        assert_eq!(last_line(&mut file, len).unwrap().unwrap(), long.as_bytes());
     }
 
     #[test]

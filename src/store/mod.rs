@@ -132,8 +132,14 @@ impl Store {
         match fs::create_private(&path) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_private(&dir)?;
+            // Missing, or a file in its place (moved aside: markers are all it holds).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                recover::ensure_dir(&dir, self.clock.now())?;
                 fs::create_private(&path).map(drop).or_else(ignore_exists)
             }
             Err(e) => Err(fs::with_path(e, &path)),

@@ -55,7 +55,8 @@ pub fn remove_stale_temps(dirs: &[&Path]) -> usize {
     removed
 }
 
-/// Renames a corrupt file out of the way; returns where it went.
+/// Renames a corrupt file (or a directory where a file belongs, or the reverse) out of
+/// the way; returns where it went.
 pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
     let name = path
         .file_name()
@@ -64,6 +65,21 @@ pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
     let stamp = now.to_string().replace([':', '.'], "-");
     let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
     std::fs::rename(path, &aside).at(path)?;
+    Ok(aside)
+}
+
+/// Makes sure a directory agentq keeps its own files in is one: missing, it is made;
+/// a file (or anything else) in its place is moved aside first, since agentq never
+/// puts one there. Returns where the thing in the way went, for the caller to log. A
+/// symlink is moved aside too: followed, it would lead agentq's writes elsewhere.
+pub fn ensure_dir(path: &Path, now: Timestamp) -> io::Result<Option<PathBuf>> {
+    let aside = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(None),
+        Ok(_) => Some(move_aside(path, now)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).at(path),
+    };
+    super::fs::create_dir_private(path)?;
     Ok(aside)
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::fs::{self, create_dir_private};
+use super::fs;
 use crate::domain::execution::WorkerInfo;
 use crate::time::Timestamp;
 
@@ -54,7 +54,15 @@ impl Store {
         max_workers: Option<usize>,
     ) -> Result<Option<Registration>> {
         let dir = self.workers_dir();
-        create_dir_private(&dir)?;
+        // Only lock files live there: something else in its place is moved aside, so
+        // no worker is kept from starting by it.
+        if let Some(aside) = super::recover::ensure_dir(&dir, self.clock.now())? {
+            tracing::error!(
+                "{} was not a directory; moved it to {} and made the directory again",
+                dir.display(),
+                aside.display()
+            );
+        }
         let mut record = WorkerRecord {
             pid: worker.pid,
             host: worker.host.clone(),

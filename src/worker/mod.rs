@@ -27,7 +27,7 @@ use crate::domain::session::SessionStatus;
 use crate::store::Store;
 use crate::store::fs::ReadError;
 use crate::store::inbox;
-use crate::store::recover::{move_aside, read_or_rebuild};
+use crate::store::recover::{ensure_dir, move_aside, read_or_rebuild};
 use crate::store::session::read_meta;
 use execute::{Handled, Owner};
 
@@ -76,7 +76,13 @@ pub fn this_worker() -> WorkerInfo {
 
 /// Runs the worker until shutdown (or, with `once`, until nothing is pending).
 pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) -> Result<Report> {
-    crate::store::fs::create_dir_private(&store.ready_dir())?;
+    if let Some(aside) = ensure_dir(&store.ready_dir(), store.clock.now())? {
+        error!(
+            "{} was not a directory; moved it to {} and made the directory again",
+            store.ready_dir().display(),
+            aside.display()
+        );
+    }
     let worker = Arc::new(this_worker());
     let Some(_registration) = store.register_worker(&worker, options.max_workers)? else {
         info!(
@@ -279,6 +285,18 @@ fn watch_ready_dir(
 /// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
 /// session's logs, so one damaged session neither stops the worker nor stays stuck.
 fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
+    for sub in [dir.inbox_dir(), dir.executions_dir()] {
+        if let Some(aside) = ensure_dir(&sub, store.clock.now())? {
+            error!(session = %dir.id, "{} was not a directory; moved it to {} and made the directory again", sub.display(), aside.display());
+        }
+    }
+    // A directory where the event log belongs holds no events to go on from: it is
+    // moved aside, and the log starts again.
+    let events = dir.events_path();
+    if events.is_dir() {
+        let aside = move_aside(&events, store.clock.now())?;
+        error!(session = %dir.id, "{} was a directory; moved it to {} and started the event log again", events.display(), aside.display());
+    }
     let (meta, note) = read_or_rebuild(&dir.meta_path(), store.clock.now(), || dir.rebuild_meta())?;
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");

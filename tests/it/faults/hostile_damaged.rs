@@ -54,13 +54,18 @@ const FILES: &[&str] = &[
 const DIRS: &[&str] = &["inbox", "executions", "workspace"];
 
 /// Parts a worker repairs (or moves aside) by itself, whatever the damage: the
-/// damaged session runs its messages like the other.
+/// damaged session runs its messages like the other. (A workspace that is not a
+/// directory fails its executions, which is the agent's business, not the store's.)
 const REPAIRED: &[&str] = &[
     "session.json",
     "state.json",
     "transcript.ndjson",
+    "events.ndjson",
     "inbox/*",
     "executions/*",
+    "lock",
+    "inbox",
+    "executions",
 ];
 
 fn resolve_part(dir: &Path, part: &str) -> PathBuf {
@@ -314,6 +319,27 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
             .filter(|p| *p != target.display().to_string() && !p.contains(".corrupt-"))
             .collect();
         assert!(nuls.is_empty(), "{what}: NUL bytes in {nuls:?}");
+        cases += 1;
+    }
+
+    // The home's own directories: a file in the place of one stops no worker and no
+    // `send`.
+    for (part, how) in [".ready", ".workers"]
+        .into_iter()
+        .flat_map(|p| [Harm::Missing, Harm::File].map(move |h| (p, h)))
+    {
+        let env = TestEnv::new();
+        env.write_agent("fast", FAST_AGENT);
+        let id = env.new_session("fast");
+        worker_once_log(&env);
+        let target = env.home().join("sessions").join(part);
+        harm(&target, how);
+        let what = format!("sessions/{part} {how:?}");
+        let out = env.run(&["send", &id, "after the damage"]);
+        assert_eq!(code(&out), 0, "{what}: send:\n{}", describe(&out));
+        let log = worker_once_log(&env);
+        assert_eq!(finishes(&env, &id).len(), 1, "{what}:\n{log}");
+        the_others_are_listed(&env, &id, &what);
         cases += 1;
     }
     report("damaged_session_files", &[("cases", cases)]);
