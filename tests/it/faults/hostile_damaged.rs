@@ -345,12 +345,15 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
     report("damaged_session_files", &[("cases", cases)]);
 }
 
+/// Something done to one file of a session.
+type Damage = fn(&Path);
+
 #[test]
 fn a_worker_repairs_a_damaged_session_that_has_no_message_waiting() {
     // Before issue 15 only a claim repaired, a claim needs a message, and `send`
     // refused the session: nothing but `session rm` got out.
     let mut cases = 0;
-    let damages: [(&str, fn(&Path)); 5] = [
+    let damages: [(&str, Damage); 5] = [
         ("session.json", |p| {
             std::fs::write(p, b"{\"v\":1,\"id\":").unwrap()
         }),
