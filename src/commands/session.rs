@@ -18,7 +18,7 @@ use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::render::sanitize;
 use crate::store::session::{NewSession, damaged, read_meta, read_state};
-use crate::store::{SessionDir, inbox, transcript};
+use crate::store::{SessionDir, inbox};
 use crate::time::{Timestamp, human_duration};
 use uuid::Uuid;
 
@@ -418,7 +418,7 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
 fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let dir = ctx.store.resolve(id)?;
     let state = read_state(&dir)?;
-    let lines = transcript::read(&dir.transcript_path(), state.transcript)?;
+    let lines = ctx.store.read_transcript(&dir, state.transcript)?;
     if json {
         print_json(&lines)?;
         return Ok(0);

@@ -146,6 +146,23 @@ impl Store {
         }
     }
 
+    /// The settled lines of a session's transcript, for a command. A damaged
+    /// transcript is an error saying so, and the session is marked ready: the worker
+    /// that claims it next repairs it ([`SessionDir::repair_transcript`]), with or
+    /// without a message waiting.
+    pub fn read_transcript(
+        &self,
+        dir: &SessionDir,
+        mark: TranscriptMark,
+    ) -> io::Result<Vec<TranscriptLine>> {
+        transcript::read(&dir.transcript_path(), mark).inspect_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                // Best effort: the error is what the user needs to see.
+                let _ = self.mark_ready(dir.id);
+            }
+        })
+    }
+
     pub fn clear_ready(&self, id: Uuid) -> io::Result<()> {
         let path = self.ready_dir().join(id.to_string());
         match std::fs::remove_file(&path) {

@@ -274,9 +274,7 @@ impl SessionDir {
             self.meta_path().display()
         )))
     }
-}
 
-impl SessionDir {
     /// Repairs a transcript that lost or garbled lines `state.json` counts as settled
     /// (truncated or overwritten by a disk or a person): the file is moved aside, the
     /// lines before the damage are written back, and the state is rebuilt from them
@@ -331,11 +329,11 @@ impl SessionDir {
     }
 
     /// Whether a file a worker repairs is damaged: `session.json` or `state.json`
-    /// missing or corrupt (or a directory), or the transcript shorter than the
-    /// state's mark. A
-    /// cheap check, for the worker's full scan: a damaged session with nothing in its
-    /// inbox is claimed anyway, to be repaired, instead of waiting for a message that
-    /// `send` could not queue.
+    /// missing or corrupt (or a directory), or the transcript shorter than the state's
+    /// mark. A cheap check, for the worker's full scan: a damaged session with nothing
+    /// in its inbox is claimed anyway, to be repaired, instead of waiting for a
+    /// message that `send` could not queue. (Lines garbled inside the transcript are
+    /// found by whoever reads it, who marks the session ready for the same claim.)
     pub fn needs_repair(&self) -> bool {
         let rebuilt = |r: Result<(), ReadError>| {
             matches!(
@@ -370,8 +368,8 @@ fn has_unanswered_calls(lines: &[&TranscriptLine]) -> bool {
 }
 
 /// Reads a file that may be corrupt: a corrupt one is moved aside and rebuilt with
-/// `rebuild`, then written back; a missing one is rebuilt the same way. Returns the value and, if it was rebuilt, a message
-/// saying what happened, for the caller to log.
+/// `rebuild`, then written back; a missing one is rebuilt the same way. Returns the
+/// value and, if it was rebuilt, a message saying what happened, for the caller to log.
 pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
     path: &Path,
     now: Timestamp,

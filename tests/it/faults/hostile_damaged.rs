@@ -257,6 +257,14 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
             works_or_names(&out, &named, json, &format!("{what}: {args:?}"));
         }
         the_others_are_listed(&env, &fine, &what);
+        if part == "session.json" {
+            // Before issue 15 this followed the log in silence, for ever.
+            let out = env
+                .spawn(&["watch", &broken, "--json", "--exit-on-idle"])
+                .wait(LONG);
+            assert_ne!(code(&out), 0, "{what}: watch refuses:\n{}", describe(&out));
+            assert_refused(&out, code(&out), &[&named, "`agentq "], &what);
+        }
 
         // A worker serves the healthy session; for the damaged one it either runs
         // its messages or says which path stops it.
@@ -398,6 +406,39 @@ fn a_worker_repairs_a_damaged_session_that_has_no_message_waiting() {
         env.send(&id, "after the repair");
         worker_once_log(&env);
         assert_eq!(env.responses(&id).last().unwrap(), "echo: after the repair");
+        cases += 1;
+    }
+
+    // A line garbled inside the transcript: the reader that finds it says so, and
+    // the next worker repairs it, nothing waiting.
+    {
+        let env = TestEnv::new();
+        env.write_agent("fast", FAST_AGENT);
+        let id = env.new_session("fast");
+        env.send(&id, "first");
+        env.send(&id, "second");
+        worker_once_log(&env);
+        let path = env.session_dir(&id).join("transcript.ndjson");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let out = env.run(&["session", "messages", &id]);
+        assert_refused(
+            &out,
+            1,
+            &["transcript.ndjson", "line 1", "`agentq worker"],
+            "garbled",
+        );
+        let log = worker_once_log(&env);
+        assert!(log.contains(&path.display().to_string()), "{log}");
+        assert_eq!(
+            moved_aside(&env.session_dir(&id), "transcript.ndjson").len(),
+            1
+        );
+        env.json(&["session", "messages", &id, "--json"]);
+        env.send(&id, "third");
+        worker_once_log(&env);
+        assert_eq!(env.responses(&id).last().unwrap(), "echo: third");
         cases += 1;
     }
 
