@@ -132,7 +132,7 @@ impl Store {
             .as_deref()
             .map(|key| dir.keys_dir().join(hex(key.as_bytes())));
         if let Some(path) = &key_path
-            && let Some(first) = read_key(path)?
+            && let Some(first) = read_key(dir, path, new.key.as_deref().unwrap_or_default())?
         {
             return Ok(Enqueued {
                 id: first,
@@ -162,7 +162,8 @@ impl Store {
         inbox::publish(&dir.inbox_dir(), &entry)
             .with_context(|| format!("writing to the inbox of session {}", dir.id))?;
         if let Some(path) = &key_path {
-            fs::create_dir_private(&dir.keys_dir())?;
+            // A file in its place held no key (they are files inside it).
+            super::recover::ensure_dir(&dir.keys_dir(), entry.created_at)?;
             fs::replace(path, entry.id.to_string().as_bytes())?;
         }
         self.mark_ready(dir.id)?;
@@ -343,14 +344,43 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
-fn read_key(path: &std::path::Path) -> Result<Option<Uuid>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Uuid::try_parse(text.trim())
-            .map(Some)
-            .with_context(|| format!("{} does not hold a message id", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+/// The message a key queued first, from its file. A damaged key file (or a file where
+/// `keys/` belongs) is answered from the event log instead, whose `message.queued`
+/// events carry the keys: idempotency holds through the damage.
+fn read_key(dir: &SessionDir, path: &std::path::Path, key: &str) -> Result<Option<Uuid>> {
+    let damage = match std::fs::read_to_string(path) {
+        Ok(text) => match Uuid::try_parse(text.trim()) {
+            Ok(id) => return Ok(Some(id)),
+            Err(e) => format!("it does not hold a message id ({e})"),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => e.to_string(),
+    };
+    if let Some(id) = key_in_log(dir, key)? {
+        return Ok(Some(id));
     }
+    if std::fs::symlink_metadata(dir.keys_dir()).is_ok_and(|m| !m.is_dir()) {
+        return Ok(None);
+    }
+    Err(anyhow::anyhow!(
+        "{} is damaged ({damage}), and the event log has no message queued with key `{key}`; remove that file, then `agentq send` again",
+        path.display()
+    ))
+}
+
+/// The message queued with `key`, according to the event log.
+fn key_in_log(dir: &SessionDir, key: &str) -> Result<Option<Uuid>> {
+    let mut reader = super::events::LogReader::open_at(&dir.events_path(), 0)?;
+    Ok(reader
+        .read_lines()?
+        .iter()
+        .filter_map(|raw| super::events::parse_line(raw)?.into_event().ok().flatten())
+        .find_map(|event| match event.payload {
+            EventPayload::MessageQueued(queued) if queued.key.as_deref() == Some(key) => {
+                Some(queued.message_id)
+            }
+            _ => None,
+        }))
 }
 
 fn hex(bytes: &[u8]) -> String {

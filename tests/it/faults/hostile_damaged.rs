@@ -49,9 +49,10 @@ const FILES: &[&str] = &[
     "events.ndjson",
     "inbox/*",
     "executions/*",
+    "keys/*",
     "lock",
 ];
-const DIRS: &[&str] = &["inbox", "executions", "workspace"];
+const DIRS: &[&str] = &["inbox", "executions", "keys", "workspace"];
 
 /// Parts a worker repairs (or moves aside) by itself, whatever the damage: the
 /// damaged session runs its messages like the other. (A workspace that is not a
@@ -161,7 +162,7 @@ fn two_sessions(env: &TestEnv) -> (String, String) {
     let fine = env.new_session("fast");
     env.send(&broken, "settled before the damage");
     worker_once_log(env);
-    env.send(&broken, "waiting at the damage");
+    env.ok(&["send", &broken, "waiting at the damage", "--key", "k1"]);
     env.send(&fine, "in the healthy session");
     (broken, fine)
 }
@@ -240,11 +241,15 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
         let named = target.file_name().unwrap().to_string_lossy().into_owned();
 
         // Every reader of the damaged session works or names the path.
-        let readers: [(&[&str], bool); 6] = [
+        let readers: [(&[&str], bool); 7] = [
             (&["session", "show", &broken, "--json"], true),
             (&["session", "show", &broken], false),
             (&["session", "messages", &broken, "--json"], true),
             (&["send", &broken, "sent to the damaged session"], false),
+            (
+                &["send", &broken, "sent again", "--key", "k1", "--json"],
+                true,
+            ),
             (&["cancel", &broken, "--json"], true),
             (&["retry", &broken], false),
         ];
@@ -255,6 +260,11 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
                 continue;
             }
             works_or_names(&out, &named, json, &format!("{what}: {args:?}"));
+            // A damaged key is answered from the event log: still a duplicate.
+            if args.contains(&"--key") && how != Harm::Missing && code(&out) == 0 {
+                let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(sent["duplicate"], true, "{what}: {sent}");
+            }
         }
         the_others_are_listed(&env, &fine, &what);
         if part == "session.json" {
