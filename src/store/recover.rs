@@ -83,6 +83,26 @@ pub fn ensure_dir(path: &Path, now: Timestamp) -> io::Result<Option<PathBuf>> {
     Ok(aside)
 }
 
+/// [`super::fs::try_lock_file`], for a lock file in a place agentq owns: a directory
+/// where the file belongs is moved aside and the file made again. Nobody can hold a
+/// directory as the lock, so nothing is taken from a holder, and every taker opens the
+/// same new file.
+pub fn try_lock_clearing(path: &Path) -> io::Result<Option<std::fs::File>> {
+    match super::fs::try_lock_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+            let now = Timestamp::from_system(std::time::SystemTime::now());
+            // NotFound: another taker moved it first.
+            if let Err(e) = move_aside(path, now)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                return Err(e);
+            }
+            super::fs::try_lock_file(path)
+        }
+        other => other,
+    }
+}
+
 impl SessionDir {
     /// Rebuilds `state.json`: whole, from the last checkpoint line of the transcript
     /// ([`SessionDir::roll_forward`] from the start). A transcript written before

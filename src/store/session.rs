@@ -410,17 +410,9 @@ impl SessionDir {
     /// the same name would both think they own the session.
     pub fn try_lock_owner(&self, worker: Option<&WorkerInfo>) -> Result<Option<OwnerLock>> {
         let path = self.lock_path();
-        let locked = match fs::try_lock_file(&path) {
-            // Nobody can hold a directory in its place: it is moved aside, and the lock
-            // file made again (every taker opens the same new inode).
-            Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
-                let now = crate::time::Timestamp::from_system(std::time::SystemTime::now());
-                super::recover::move_aside(&path, now)?;
-                fs::try_lock_file(&path)
-            }
-            other => other,
-        };
-        let Some(mut file) = locked.with_context(|| format!("locking {}", path.display()))? else {
+        let Some(mut file) = super::recover::try_lock_clearing(&path)
+            .with_context(|| format!("locking {}", path.display()))?
+        else {
             return Ok(None);
         };
         if let Some(worker) = worker {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::fs;
+use super::fs::AtPath;
 use crate::domain::execution::WorkerInfo;
 use crate::time::Timestamp;
 
@@ -107,7 +107,7 @@ impl Store {
         };
         let mut live = Vec::new();
         for entry in entries {
-            let path = entry?.path();
+            let path = entry.at(&dir)?.path();
             let Ok(mut file) = File::open(&path) else {
                 continue;
             };
@@ -140,8 +140,8 @@ impl Store {
 
 /// Locks `path` without waiting and writes `record` into it; `None` if it is held.
 fn lock_and_describe(path: &std::path::Path, record: &WorkerRecord) -> Result<Option<File>> {
-    let Some(mut file) =
-        fs::try_lock_file(path).with_context(|| format!("locking {}", path.display()))?
+    let Some(mut file) = super::recover::try_lock_clearing(path)
+        .with_context(|| format!("locking {}", path.display()))?
     else {
         return Ok(None);
     };

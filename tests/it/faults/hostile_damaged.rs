@@ -342,20 +342,23 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
 
     // The home's own directories: a file in the place of one stops no worker and no
     // `send`.
-    for (part, how) in [".ready", ".workers"]
+    let home_parts = [".ready", ".workers"]
         .into_iter()
         .flat_map(|p| [Harm::Missing, Harm::File].map(move |h| (p, h)))
-    {
+        .chain([(".workers/slot-0", Harm::Directory)]);
+    for (part, how) in home_parts {
         let env = TestEnv::new();
         env.write_agent("fast", FAST_AGENT);
         let id = env.new_session("fast");
-        worker_once_log(&env);
+        env.ok(&["worker", "--once", "--max-workers", "1"]);
         let target = env.home().join("sessions").join(part);
         harm(&target, how);
         let what = format!("sessions/{part} {how:?}");
         let out = env.run(&["send", &id, "after the damage"]);
         assert_eq!(code(&out), 0, "{what}: send:\n{}", describe(&out));
-        let log = worker_once_log(&env);
+        let out = env.run(&["worker", "--once", "--max-workers", "1"]);
+        let log = stderr(&out);
+        assert_eq!(code(&out), 0, "{what}: worker:\n{log}");
         assert_eq!(finishes(&env, &id).len(), 1, "{what}:\n{log}");
         the_others_are_listed(&env, &id, &what);
         cases += 1;
