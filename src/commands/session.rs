@@ -17,7 +17,7 @@ use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::render::sanitize;
-use crate::store::session::{NewSession, damaged, read_meta, read_state};
+use crate::store::session::{NewSession, damaged, explain_damage, read_meta, read_state};
 use crate::store::{SessionDir, inbox};
 use crate::time::{Timestamp, human_duration};
 use uuid::Uuid;
@@ -139,7 +139,7 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
             Ok(_) => {}
             Err(err) => eprintln!(
                 "agentq: skipping session {id}: {}",
-                crate::error::render(&err)
+                crate::error::render(&explain_damage(err, &id.to_string()))
             ),
         }
     }

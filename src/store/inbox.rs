@@ -214,6 +214,37 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_of_user_messages_with_the_running_one_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = entry(1);
+        let waiting = InboxEntry {
+            created_at: Timestamp(5),
+            ..entry(2)
+        };
+        let cancel = InboxEntry {
+            kind: EntryKind::Cancel,
+            created_at: Timestamp(9),
+            ..entry(3)
+        };
+        for e in [&running, &waiting, &cancel] {
+            publish(dir.path(), e).unwrap();
+        }
+        std::fs::write(dir.path().join("000000000004-bad.json"), b"{").unwrap();
+        let counts = count(dir.path(), Some(running.id)).unwrap();
+        assert_eq!(
+            counts,
+            Counts {
+                waiting: 1,
+                running: true,
+                oldest_waiting: Some(Timestamp(5)),
+                newest: Some(Timestamp(5)),
+            }
+        );
+        assert_eq!(counts.messages(), 2);
+        assert_eq!(count(dir.path(), None).unwrap().waiting, 2);
+    }
+
+    #[test]
     fn removing_a_missing_entry_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = publish(dir.path(), &entry(1)).unwrap();

@@ -214,6 +214,14 @@ fn the_others_are_listed(env: &TestEnv, fine: &str, what: &str) {
         "{what}:\n{}",
         describe(&out)
     );
+    // A session skipped is named with the way out.
+    for line in stderr(&out).lines() {
+        assert!(
+            line.starts_with("agentq: skipping session ") && line.contains("`agentq "),
+            "{what}:\n{}",
+            describe(&out)
+        );
+    }
     let out = env.run(&["status", "--json"]);
     assert_eq!(code(&out), 0, "{what}: status:\n{}", describe(&out));
     serde_json::from_slice::<Value>(&out.stdout).expect("status --json is JSON");
