@@ -315,7 +315,9 @@ pub fn explain_damage(err: anyhow::Error, id: &str) -> anyhow::Error {
             })
     });
     let text = crate::error::render(&err);
-    if user_facing || !damage || text.contains("`agentq ") {
+    // About a file of this session: its path holds the id (which a prefix starts).
+    let ours = text.contains(id);
+    if user_facing || !damage || !ours || text.contains("`agentq ") {
         return err;
     }
     // A new error, so the way out follows the path instead of preceding it; the exit
