@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use anyhow::{Context, Result};
 use uuid::Uuid;
 
+use super::events::offset_of_last;
 use super::fs::{self, AtPath, ReadError};
 use super::{SessionDir, Store, inbox};
 use crate::domain::event::{
@@ -140,14 +141,24 @@ impl Store {
                 duplicate: true,
             });
         }
-        // Above every seq handed out: in session.json, in the inbox, and the one the
-        // state names (session.json can lag behind it after a power failure, and an
-        // entry below it counts as settled).
+        // Above every seq handed out: in session.json, in the inbox, the one the state
+        // names (session.json can lag behind it after a power failure, and an entry
+        // below it counts as settled), and the last one the log says was queued (an
+        // entry deleted by hand takes its seq out of the inbox, not out of the log;
+        // found from the end, it costs a block or two).
         let claimed = dir.read_state().map_or(0, |state| state.claimed_seq());
+        let logged = match offset_of_last(&dir.events_path(), &["message.queued"])? {
+            Some((_, event)) => match event.into_event().ok().flatten().map(|e| e.payload) {
+                Some(EventPayload::MessageQueued(queued)) => queued.seq,
+                _ => 0,
+            },
+            None => 0,
+        };
         let seq = meta
             .last_message_seq
             .max(inbox::highest_seq(&dir.inbox_dir())?)
             .max(claimed)
+            .max(logged)
             + 1;
         let entry = InboxEntry {
             id: self.ids.new_id(),

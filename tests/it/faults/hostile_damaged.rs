@@ -275,6 +275,14 @@ fn one_damaged_file_of_one_session_never_stops_the_others_nor_hides_its_path() {
             }
         }
         the_others_are_listed(&env, &fine, &what);
+        // Whatever was lost, no seq is handed out twice.
+        let mut queued: Vec<u64> = events_of(&env, &broken, "message.queued")
+            .iter()
+            .filter_map(|e| e["payload"]["seq"].as_u64())
+            .collect();
+        let all = queued.len();
+        queued.dedup();
+        assert_eq!(queued.len(), all, "{what}: seqs {queued:?}");
         if part == "session.json" {
             // Before issue 15 this followed the log in silence, for ever.
             let out = env
