@@ -95,7 +95,8 @@ impl Context {
     }
 }
 
-/// Runs one command and returns its exit code.
+/// Runs one command and returns its exit code. An error from a damaged file of the
+/// session a command names says what gets the user out of it.
 pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
     // Every command but these works in a home; `init` makes one.
     if !matches!(
@@ -104,6 +105,34 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
     ) {
         ctx.require_home()?;
     }
+    let session = session_of(&command).map(str::to_owned);
+    run_command(ctx, command).map_err(|err| match session {
+        Some(id) => crate::store::session::explain_damage(err, &id),
+        None => err,
+    })
+}
+
+/// The session id a command was given, if it takes one.
+fn session_of(command: &Command) -> Option<&str> {
+    use crate::cli::SessionCommand as S;
+    match command {
+        Command::Session(
+            S::Show { id, .. }
+            | S::Messages { id, .. }
+            | S::Close { id }
+            | S::Pause { id }
+            | S::Resume { id }
+            | S::Rm { id },
+        ) => Some(id),
+        Command::Send(args) => Some(&args.id),
+        Command::Cancel(args) => Some(&args.id),
+        Command::Retry(args) => Some(&args.id),
+        Command::Watch(args) => Some(&args.id),
+        _ => None,
+    }
+}
+
+fn run_command(ctx: &Context, command: Command) -> Result<u8> {
     match command {
         Command::Init => init::run(ctx),
         Command::Agents(cmd) => agents::run(ctx, cmd),

@@ -15,8 +15,8 @@ use crate::domain::execution::ExecStatus;
 use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
+use crate::store::inbox;
 use crate::store::session::{NewEntry, read_meta};
-use crate::store::{inbox, transcript};
 
 /// Metadata key naming the failed execution an entry retries.
 pub const RETRY_OF_KEY: &str = "retry_of";
@@ -56,7 +56,7 @@ pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
         String::new()
     } else {
         let state = dir.read_state()?;
-        let lines = transcript::read(&dir.transcript_path(), state.transcript)?;
+        let lines = ctx.store.read_transcript(&dir, state.transcript)?;
         let original = lines.into_iter().find_map(|line| match line.message {
             Message::User { content } if line.message_id == Some(failed.message_id) => {
                 Some(content)

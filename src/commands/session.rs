@@ -17,8 +17,8 @@ use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::render::sanitize;
-use crate::store::session::{NewSession, read_meta};
-use crate::store::{SessionDir, inbox, transcript};
+use crate::store::session::{NewSession, damaged, explain_damage, read_meta, read_state};
+use crate::store::{SessionDir, inbox};
 use crate::time::{Timestamp, human_duration};
 use uuid::Uuid;
 
@@ -108,53 +108,39 @@ struct Listed {
     updated_at: Timestamp,
 }
 
-fn pending_count(dir: &SessionDir) -> Result<usize> {
-    Ok(inbox::entry_names(&dir.inbox_dir())?.len())
-}
-
-/// Entries waiting, and when the newest was queued (`send` does not touch
-/// session.json, so its `updated_at` alone would miss it).
-fn pending_info(dir: &SessionDir) -> Result<(usize, Option<Timestamp>)> {
-    let names = inbox::entry_names(&dir.inbox_dir())?;
-    let newest = names
-        .last()
-        .and_then(|name| {
-            crate::store::fs::read_json::<crate::domain::inbox::InboxEntry>(
-                &dir.inbox_dir().join(name),
-            )
-            .ok()
-        })
-        .map(|entry| entry.created_at);
-    Ok((names.len(), newest))
+fn listed(dir: &SessionDir) -> Result<Listed> {
+    let meta = read_meta(dir)?;
+    let pending = dir.inbox_counts()?;
+    Ok(Listed {
+        id: dir.id,
+        pending: pending.messages(),
+        agent: meta.agent,
+        title: meta.title,
+        status: meta.status,
+        // Settled messages are counted in session.json, waiting ones are entries.
+        messages: meta.counters.messages + pending.messages() as u64,
+        usage: meta.usage,
+        created_at: meta.created_at,
+        // `send` does not touch session.json, so its `updated_at` alone would miss
+        // the newest message.
+        updated_at: pending
+            .newest
+            .map_or(meta.updated_at, |t| t.max(meta.updated_at)),
+    })
 }
 
 fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
     let mut rows = Vec::new();
     for id in ctx.store.session_ids()? {
-        let dir = ctx.store.session(id);
-        let meta = match dir.read_meta() {
-            Ok(meta) => meta,
-            Err(err) => {
-                eprintln!("agentq: skipping session {id}: {err}");
-                continue;
-            }
-        };
-        if status.is_some_and(|s| !s.matches(meta.status)) {
-            continue;
+        // One damaged session is reported and skipped; the others are listed.
+        match listed(&ctx.store.session(id)) {
+            Ok(row) if status.is_none_or(|s| s.matches(row.status)) => rows.push(row),
+            Ok(_) => {}
+            Err(err) => eprintln!(
+                "agentq: skipping session {id}: {}",
+                crate::error::render(&explain_damage(err, &id.to_string()))
+            ),
         }
-        let (pending, newest) = pending_info(&dir)?;
-        rows.push(Listed {
-            id,
-            pending,
-            agent: meta.agent,
-            title: meta.title,
-            status: meta.status,
-            // Settled messages are counted in session.json, waiting ones are entries.
-            messages: meta.counters.messages + pending as u64,
-            usage: meta.usage,
-            created_at: meta.created_at,
-            updated_at: newest.map_or(meta.updated_at, |t| t.max(meta.updated_at)),
-        });
     }
     if json {
         print_json(&rows)?;
@@ -290,14 +276,20 @@ fn budgets(ctx: &Context, meta: &SessionMeta) -> Option<ShownBudgets> {
 fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let dir = ctx.store.resolve(id)?;
     let meta = read_meta(&dir)?;
-    let state = dir.read_state()?;
+    let state = read_state(&dir)?;
     let running = dir.running_execution(&state);
-    let last_execution = match meta.last_execution {
-        Some(id) => Some(dir.read_execution(id)?),
-        None => None,
-    };
+    // A damaged record is reported, and the rest of the session still shown.
+    let last_execution = meta
+        .last_execution
+        .and_then(|id| match dir.read_execution(id) {
+            Ok(exec) => Some(exec),
+            Err(err) => {
+                eprintln!("agentq: {}", crate::error::render(&damaged(&dir, err)));
+                None
+            }
+        });
     let shown = Shown {
-        pending: pending_count(&dir)?,
+        pending: dir.inbox_counts()?.messages(),
         budgets: budgets(ctx, &meta),
         session: meta,
         running,
@@ -433,8 +425,8 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
 
 fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let dir = ctx.store.resolve(id)?;
-    let state = dir.read_state()?;
-    let lines = transcript::read(&dir.transcript_path(), state.transcript)?;
+    let state = read_state(&dir)?;
+    let lines = ctx.store.read_transcript(&dir, state.transcript)?;
     if json {
         print_json(&lines)?;
         return Ok(0);

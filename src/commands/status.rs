@@ -11,10 +11,9 @@ use uuid::Uuid;
 
 use super::{Context, print_json};
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
-use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::render::sanitize;
+use crate::store::SessionDir;
 use crate::store::workers::WorkerRecord;
-use crate::store::{SessionDir, fs, inbox};
 use crate::time::{Timestamp, human_duration};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -23,7 +22,7 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 struct Status {
     home: PathBuf,
     now: Timestamp,
-    /// Messages waiting (or running) in all sessions.
+    /// Messages waiting in all sessions (the running ones are under `running`).
     pending: usize,
     oldest_pending: Option<Pending>,
     sessions: Vec<SessionPending>,
@@ -108,6 +107,7 @@ fn gather(ctx: &Context) -> Status {
     };
     for id in ids {
         if let Err(e) = gather_session(&store.session(id), now, &mut status) {
+            let e = crate::store::session::explain_damage(e, &id.to_string());
             status
                 .unreadable
                 .push(format!("session {id}: {}", crate::error::render(&e)));
@@ -121,27 +121,18 @@ fn gather(ctx: &Context) -> Status {
 
 fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Result<()> {
     let meta = dir.read_meta()?;
-    let names = inbox::entry_names(&dir.inbox_dir())?;
-    let mut users = 0;
-    let mut oldest: Option<Timestamp> = None;
-    for name in &names {
-        if let Ok(entry) = fs::read_json::<InboxEntry>(&dir.inbox_dir().join(name))
-            && entry.kind == EntryKind::User
-        {
-            users += 1;
-            oldest = Some(oldest.map_or(entry.created_at, |o| o.min(entry.created_at)));
-        }
-    }
-    if users > 0 {
-        status.pending += users;
+    // The message being run is counted under `running`, not as waiting.
+    let counts = dir.inbox_counts()?;
+    if counts.waiting > 0 {
+        status.pending += counts.waiting;
         status.sessions.push(SessionPending {
             id: dir.id,
             agent: meta.agent.clone(),
             status: meta.status.as_str().to_owned(),
-            pending: users,
-            oldest_queued_at: oldest,
+            pending: counts.waiting,
+            oldest_queued_at: counts.oldest_waiting,
         });
-        if let Some(queued_at) = oldest
+        if let Some(queued_at) = counts.oldest_waiting
             && status
                 .oldest_pending
                 .as_ref()
@@ -186,15 +177,11 @@ fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Resu
     Ok(())
 }
 
-/// The worker holding the session's lock, from what it wrote into the lock file.
+/// The worker holding the session's lock now, from what it wrote into the lock file.
 fn owner(dir: &SessionDir) -> Option<WorkerInfo> {
-    let mut file = std::fs::File::open(dir.lock_path()).ok()?;
+    let file = std::fs::File::open(dir.lock_path()).ok()?;
     match file.try_lock_shared() {
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut file, &mut text).ok()?;
-            serde_json::from_str(text.trim()).ok()
-        }
+        Err(std::fs::TryLockError::WouldBlock) => dir.lock_owner(),
         _ => None,
     }
 }

@@ -25,6 +25,9 @@ use crate::store::session::read_meta;
 
 pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
     let dir = ctx.store.resolve(&args.id)?;
+    // A session whose session.json cannot be read is refused, naming it, rather than
+    // followed in silence while no worker can run it.
+    read_meta(&dir)?;
     let path = dir.events_path();
     let offset = if args.from_start {
         0

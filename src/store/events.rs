@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::fs::{find_last_newline, last_line, open_append, repair_torn_tail, with_path};
+use super::fs::{AtPath, find_last_newline, open_append, repair_torn_tail, with_path};
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::{Event, EventPayload, RawEvent};
 use crate::time::Clock;
@@ -74,7 +74,7 @@ impl LockedLog<'_> {
             let len = repair_torn_tail(&mut log.file)?;
             let mut seq = match log.known_tail {
                 Some((known_len, seq)) if known_len == len => seq,
-                _ => last_seq(&mut log.file, len, &path)?,
+                _ => last_seq(&log.file, len)?,
             };
             let mut lines = Vec::new();
             for payload in payloads {
@@ -108,31 +108,28 @@ impl Drop for LockedLog<'_> {
     }
 }
 
-fn last_seq(file: &mut File, len: u64, path: &Path) -> io::Result<u64> {
+/// The seq of the last event in the log. Lines that are not events (written into the
+/// log by hand, or garbled) are skipped, as readers skip them: numbering goes on from
+/// the last event, and one bad line does not stop every writer of the session.
+fn last_seq(file: &File, len: u64) -> io::Result<u64> {
     #[derive(Deserialize)]
     struct SeqOnly {
         seq: u64,
     }
-    match last_line(file, len)? {
-        None => Ok(0),
-        Some(line) => serde_json::from_slice::<SeqOnly>(&line)
-            .map(|l| l.seq)
-            .map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} ends with a line that is not an event ({e})",
-                        path.display()
-                    ),
-                )
-            }),
+    let mut lines = ReverseLines::new(file.try_clone()?, len);
+    while let Some((_, line)) = lines.next_line()? {
+        if let Ok(event) = serde_json::from_slice::<SeqOnly>(&line) {
+            return Ok(event.seq);
+        }
     }
+    Ok(0)
 }
 
 /// Reads complete lines from an offset on, for `watch` and `send --wait`.
 /// An unterminated last line is left for the next read: it is either being written
 /// right now or torn by a crash, and in both cases not yet an event.
 pub struct LogReader {
+    path: PathBuf,
     file: File,
     offset: u64,
     pending: Vec<u8>,
@@ -140,8 +137,9 @@ pub struct LogReader {
 
 impl LogReader {
     pub fn open_at(path: &Path, offset: u64) -> io::Result<LogReader> {
-        let file = File::open(path).map_err(|e| with_path(e, path))?;
+        let file = File::open(path).at(path)?;
         Ok(LogReader {
+            path: path.to_owned(),
             file,
             offset,
             pending: Vec::new(),
@@ -155,6 +153,11 @@ impl LogReader {
 
     /// Every complete line appended since the last call, without terminators.
     pub fn read_lines(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        let path = self.path.clone();
+        self.read_new_lines().at(&path)
+    }
+
+    fn read_new_lines(&mut self) -> io::Result<Vec<Vec<u8>>> {
         let len = self.file.metadata()?.len();
         let read_from = self.offset + self.pending.len() as u64;
         if len < read_from {
@@ -189,7 +192,11 @@ pub fn parse_line(line: &[u8]) -> Option<RawEvent> {
 /// the file (seq grows with the offset), so starting from a late `seq` in a huge log
 /// reads a few blocks rather than the whole file.
 pub fn offset_after_seq(path: &Path, after: u64) -> io::Result<u64> {
-    let mut file = File::open(path).map_err(|e| with_path(e, path))?;
+    find_offset_after_seq(path, after).at(path)
+}
+
+fn find_offset_after_seq(path: &Path, after: u64) -> io::Result<u64> {
+    let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     // Invariant: the line starting at `lo` has seq <= after or lo == 0 (unchecked);
     // every line starting at or after `hi` has seq > after.
@@ -247,7 +254,11 @@ fn line_start_after(file: &mut File, pos: u64, end: u64) -> io::Result<Option<(u
 /// the end in blocks, so `watch` starts at the last execution without reading the
 /// whole log.
 pub fn offset_of_last(path: &Path, types: &[&str]) -> io::Result<Option<(u64, RawEvent)>> {
-    let mut file = File::open(path).map_err(|e| with_path(e, path))?;
+    find_last(path, types).at(path)
+}
+
+fn find_last(path: &Path, types: &[&str]) -> io::Result<Option<(u64, RawEvent)>> {
+    let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     // A torn tail is not an event yet.
     let Some(last_newline) = find_last_newline(&mut file, len)? else {
@@ -378,6 +389,27 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.lines().all(|l| parse_line(l.as_bytes()).is_some()));
+    }
+
+    #[test]
+    fn lines_that_are_not_events_are_skipped_by_writers_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let mut log = open(&path);
+        log.append(None, chunk(0)).unwrap();
+        // Written into the log by hand, complete lines: the numbering goes on after
+        // the last event, across read blocks.
+        let garbage = format!("not an event\n{}\n\0\0\0\n", "x".repeat(70_000));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(garbage.as_bytes())
+            .unwrap();
+        assert_eq!(open(&path).append(None, chunk(1)).unwrap(), 2);
+
+        std::fs::write(&path, "only garbage\n").unwrap();
+        assert_eq!(open(&path).append(None, chunk(2)).unwrap(), 1);
     }
 
     #[test]

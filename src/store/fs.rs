@@ -30,11 +30,16 @@ pub enum ReadError {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// Reads and parses a JSON file. An empty or unparsable file is `Corrupt`, never a default.
+/// Reads and parses a JSON file. An empty or unparsable file is `Corrupt`, never a
+/// default; so is a directory where the file belongs (recovery moves either aside).
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
     let bytes = fs::read(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => ReadError::NotFound {
             path: path.to_owned(),
+        },
+        io::ErrorKind::IsADirectory => ReadError::Corrupt {
+            path: path.to_owned(),
+            reason: "it is a directory, not a file".to_owned(),
         },
         _ => ReadError::Io {
             path: path.to_owned(),
@@ -297,11 +302,12 @@ pub fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(path)?;
+        .open(path)
+        .at(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(e)) => Err(e),
+        Err(fs::TryLockError::Error(e)) => Err(with_path(e, path)),
     }
 }
 
@@ -312,6 +318,7 @@ pub fn create_private(path: &Path) -> io::Result<File> {
         .create_new(true)
         .mode(0o600)
         .open(path)
+        .at(path)
 }
 
 /// A temp name beside `path`, unique across processes and threads. Dot-prefixed, so
@@ -344,16 +351,16 @@ pub fn sync_file(file: &File) -> io::Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let file = File::open(dir)?;
-    counted(|| file.sync_all())?;
+    let file = File::open(dir).at(dir)?;
+    counted(|| file.sync_all()).at(dir)?;
     UnsyncedSwaps::synced(dir);
     Ok(())
 }
 
 /// fsync of a file written earlier without one (by path; a missing file is an error).
 pub fn sync_path(path: &Path) -> io::Result<()> {
-    let file = File::open(path).map_err(|e| with_path(e, path))?;
-    sync_file(&file).map_err(|e| with_path(e, path))
+    let file = File::open(path).at(path)?;
+    sync_file(&file).at(path)
 }
 
 /// Creates a directory (and its parents) with mode 0700.
@@ -370,9 +377,27 @@ fn parent(path: &Path) -> io::Result<&Path> {
         .ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))
 }
 
-/// Adds the path to an I/O error's message, keeping its kind.
+/// Adds the path to an I/O error's message, keeping its kind; an error that already
+/// starts with the path is returned as it is, so layers can each add it safely.
 pub fn with_path(err: io::Error, path: &Path) -> io::Error {
-    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+    let shown = path.display().to_string();
+    if err.to_string().starts_with(&shown) {
+        return err;
+    }
+    io::Error::new(err.kind(), format!("{shown}: {err}"))
+}
+
+/// The one way the store turns an I/O result into its error: `.at(path)` names the
+/// file or directory it concerns, so no error reaches the user as a bare
+/// `Is a directory (os error 21)`.
+pub trait AtPath<T> {
+    fn at(self, path: &Path) -> io::Result<T>;
+}
+
+impl<T> AtPath<T> for io::Result<T> {
+    fn at(self, path: &Path) -> io::Result<T> {
+        self.map_err(|e| with_path(e, path))
+    }
 }
 
 /// Opens an NDJSON file for appending, creating it 0600.
@@ -424,22 +449,6 @@ pub fn find_last_newline(file: &mut File, end: u64) -> io::Result<Option<u64>> {
         hi = lo;
     }
     Ok(None)
-}
-
-/// The last complete line before `end` (which must sit just after a `\n`), without
-/// its terminator; `None` for an empty file.
-pub fn last_line(file: &mut File, end: u64) -> io::Result<Option<Vec<u8>>> {
-    if end == 0 {
-        return Ok(None);
-    }
-    let start = match find_last_newline(file, end - 1)? {
-        Some(pos) => pos + 1,
-        None => 0,
-    };
-    let mut line = vec![0u8; (end - 1 - start) as usize];
-    file.seek(SeekFrom::Start(start))?;
-    file.read_exact(&mut line)?;
-    Ok(Some(line))
 }
 
 #[cfg(test)]
@@ -623,23 +632,10 @@ mod tests {
         let mut file = open_append(&path).unwrap();
         assert_eq!(repair_torn_tail(&mut file).unwrap(), 20);
         assert_eq!(fs::read(&path).unwrap(), b"{\"seq\":1}\n{\"seq\":2}\n");
-        assert_eq!(last_line(&mut file, 20).unwrap().unwrap(), b"{\"seq\":2}");
 
         fs::write(&path, b"torn without any newline").unwrap();
         let mut file = open_append(&path).unwrap();
         assert_eq!(repair_torn_tail(&mut file).unwrap(), 0);
-        assert_eq!(last_line(&mut file, 0).unwrap(), None);
-    }
-
-    #[test]
-    fn the_last_line_is_found_across_read_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.ndjson");
-        let long = "x".repeat(40_000);
-        fs::write(&path, format!("first\n{long}\n")).unwrap();
-        let mut file = open_append(&path).unwrap();
-        let len = file.metadata().unwrap().len();
-        assert_eq!(last_line(&mut file, len).unwrap().unwrap(), long.as_bytes());
     }
 
     #[test]

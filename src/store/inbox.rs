@@ -4,8 +4,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::fs::{self, ReadError};
-use crate::domain::inbox::InboxEntry;
+use super::fs::{self, AtPath, ReadError};
+use uuid::Uuid;
+
+use crate::domain::inbox::{EntryKind, InboxEntry};
+use crate::time::Timestamp;
 
 /// An entry as found in the inbox.
 #[derive(Debug, Clone)]
@@ -21,9 +24,26 @@ pub struct Listing {
     pub unreadable: Vec<ReadError>,
 }
 
-/// Writes an entry durably: temp file, fsync, rename, fsync the directory.
+/// Writes an entry durably: temp file, fsync, rename, fsync the directory. A missing
+/// inbox (removed by hand) is made again, durably, rather than refusing every message.
 pub fn publish(inbox: &Path, entry: &InboxEntry) -> io::Result<PathBuf> {
     let path = inbox.join(entry.file_name());
+    if let Err(e) = std::fs::symlink_metadata(inbox)
+        && e.kind() == io::ErrorKind::NotFound
+        && let Some(session) = inbox.parent()
+    {
+        // Not recursive: a session removed meanwhile must not come back as an inbox.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(inbox)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .at(inbox)?;
+        fs::sync_dir(session)?;
+    }
     fs::write_json(&path, entry)?;
     Ok(path)
 }
@@ -37,7 +57,7 @@ pub fn entry_names(inbox: &Path) -> io::Result<Vec<String>> {
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry?;
+        let entry = entry.at(inbox)?;
         if let Some(name) = entry.file_name().to_str()
             && !name.starts_with('.')
             && name.ends_with(".json")
@@ -82,6 +102,57 @@ pub fn head(inbox: &Path) -> io::Result<Listing> {
     Ok(listing)
 }
 
+/// What waits in an inbox, counted the one way every command counts it: user
+/// messages only (a `cancel` entry is a request about one, not a message), the one
+/// an execution is running apart from those waiting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// User messages no execution has started on.
+    pub waiting: usize,
+    /// Whether the message of the running execution is in the inbox (it stays there
+    /// until its execution has settled).
+    pub running: bool,
+    pub oldest_waiting: Option<Timestamp>,
+    /// When the newest user message was queued.
+    pub newest: Option<Timestamp>,
+}
+
+impl Counts {
+    /// User messages in the inbox, waiting or running.
+    pub fn messages(&self) -> usize {
+        self.waiting + usize::from(self.running)
+    }
+}
+
+/// Counts the entries of `inbox`; `running` is the message of the execution in
+/// progress, if one is. An entry that cannot be read is not a message anyone can run,
+/// and is not counted.
+pub fn count(inbox: &Path, running: Option<Uuid>) -> io::Result<Counts> {
+    let mut counts = Counts::default();
+    for file in list(inbox)?.entries {
+        let entry = file.entry;
+        if entry.kind != EntryKind::User {
+            continue;
+        }
+        counts.newest = Some(
+            counts
+                .newest
+                .map_or(entry.created_at, |t| t.max(entry.created_at)),
+        );
+        if Some(entry.id) == running {
+            counts.running = true;
+        } else {
+            counts.waiting += 1;
+            counts.oldest_waiting = Some(
+                counts
+                    .oldest_waiting
+                    .map_or(entry.created_at, |t| t.min(entry.created_at)),
+            );
+        }
+    }
+    Ok(counts)
+}
+
 /// The highest `seq` among the entry names, read from the zero-padded prefix.
 pub fn highest_seq(inbox: &Path) -> io::Result<u64> {
     Ok(entry_names(inbox)?
@@ -104,9 +175,6 @@ pub fn remove(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::inbox::EntryKind;
-    use crate::time::Timestamp;
-    use uuid::Uuid;
 
     fn entry(seq: u64) -> InboxEntry {
         InboxEntry {
@@ -143,6 +211,37 @@ mod tests {
         let listing = list(dir.path()).unwrap();
         assert_eq!(listing.entries.len(), 1);
         assert_eq!(listing.unreadable.len(), 1);
+    }
+
+    #[test]
+    fn counts_are_of_user_messages_with_the_running_one_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = entry(1);
+        let waiting = InboxEntry {
+            created_at: Timestamp(5),
+            ..entry(2)
+        };
+        let cancel = InboxEntry {
+            kind: EntryKind::Cancel,
+            created_at: Timestamp(9),
+            ..entry(3)
+        };
+        for e in [&running, &waiting, &cancel] {
+            publish(dir.path(), e).unwrap();
+        }
+        std::fs::write(dir.path().join("000000000004-bad.json"), b"{").unwrap();
+        let counts = count(dir.path(), Some(running.id)).unwrap();
+        assert_eq!(
+            counts,
+            Counts {
+                waiting: 1,
+                running: true,
+                oldest_waiting: Some(Timestamp(5)),
+                newest: Some(Timestamp(5)),
+            }
+        );
+        assert_eq!(counts.messages(), 2);
+        assert_eq!(count(dir.path(), None).unwrap().waiting, 2);
     }
 
     #[test]

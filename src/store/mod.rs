@@ -29,7 +29,7 @@ use crate::error::UserError;
 use crate::ids::{IdGen, IdQuery};
 use crate::time::Clock;
 use events::EventLog;
-use fs::ReadError;
+use fs::{AtPath, ReadError};
 
 /// The home directory and the services every store operation needs.
 #[derive(Clone)]
@@ -132,12 +132,35 @@ impl Store {
         match fs::create_private(&path) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_private(&dir)?;
+            // Missing, or a file in its place (moved aside: markers are all it holds).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                recover::ensure_dir(&dir, self.clock.now())?;
                 fs::create_private(&path).map(drop).or_else(ignore_exists)
             }
             Err(e) => Err(fs::with_path(e, &path)),
         }
+    }
+
+    /// The settled lines of a session's transcript, for a command. A damaged
+    /// transcript is an error saying so, and the session is marked ready: the worker
+    /// that claims it next repairs it ([`SessionDir::repair_transcript`]), with or
+    /// without a message waiting.
+    pub fn read_transcript(
+        &self,
+        dir: &SessionDir,
+        mark: TranscriptMark,
+    ) -> io::Result<Vec<TranscriptLine>> {
+        transcript::read(&dir.transcript_path(), mark).inspect_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                // Best effort: the error is what the user needs to see.
+                let _ = self.mark_ready(dir.id);
+            }
+        })
     }
 
     pub fn clear_ready(&self, id: Uuid) -> io::Result<()> {
@@ -166,7 +189,7 @@ fn uuid_entries(dir: &Path) -> io::Result<Vec<Uuid>> {
     };
     let mut ids = Vec::new();
     for entry in entries {
-        let name = entry?.file_name();
+        let name = entry.at(dir)?.file_name();
         // Only the canonical form: a directory named in upper case, or without hyphens,
         // would not be found again under the id's canonical name.
         if let Some(name) = name.to_str()
@@ -373,15 +396,36 @@ impl SessionDir {
                 error: None,
                 exit_code: None,
                 cost_usd: None,
-                worker: crate::domain::execution::WorkerInfo {
-                    pid: 0,
-                    host: String::new(),
-                },
+                // The worker that claimed it wrote who it is into the lock file.
+                worker: self
+                    .lock_owner()
+                    .unwrap_or(crate::domain::execution::WorkerInfo {
+                        pid: 0,
+                        host: "unknown".to_owned(),
+                    }),
                 retry_of: None,
                 suspended: false,
             }),
             Err(_) => None,
         }
+    }
+
+    /// The worker that last took the owner lock, as it wrote itself into the lock
+    /// file ([`SessionDir::try_lock_owner`]); it may have exited since.
+    pub fn lock_owner(&self) -> Option<crate::domain::execution::WorkerInfo> {
+        let text = std::fs::read_to_string(self.lock_path()).ok()?;
+        serde_json::from_str(text.trim()).ok()
+    }
+
+    /// What waits in the inbox ([`inbox::count`]), the message of the execution in
+    /// progress told apart from the others.
+    pub fn inbox_counts(&self) -> io::Result<inbox::Counts> {
+        let running = self
+            .read_state()
+            .ok()
+            .and_then(|state| self.running_execution(&state))
+            .map(|exec| exec.message_id);
+        inbox::count(&self.inbox_dir(), running)
     }
 
     /// Every readable execution record, oldest first (ids are time-ordered).
@@ -394,7 +438,7 @@ impl SessionDir {
             Err(e) => return Err(fs::with_path(e, &path)),
         };
         for entry in entries {
-            let file = entry?.path();
+            let file = entry.at(&path)?.path();
             if file.extension().is_some_and(|e| e == "json")
                 && let Ok(record) = fs::read_json::<Execution>(&file)
             {

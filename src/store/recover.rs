@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 
 use super::SessionDir;
 use super::events::{LogReader, parse_line};
-use super::fs::{ReadError, read_json};
-use super::inbox;
+use super::fs::{AtPath, ReadError, read_json};
+use super::{inbox, transcript};
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::EventPayload;
 use crate::domain::session::{Counters, SessionMeta, SessionStatus};
@@ -55,7 +55,8 @@ pub fn remove_stale_temps(dirs: &[&Path]) -> usize {
     removed
 }
 
-/// Renames a corrupt file out of the way; returns where it went.
+/// Renames a corrupt file (or a directory where a file belongs, or the reverse) out of
+/// the way; returns where it went.
 pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
     let name = path
         .file_name()
@@ -63,8 +64,43 @@ pub fn move_aside(path: &Path, now: Timestamp) -> io::Result<PathBuf> {
         .unwrap_or_default();
     let stamp = now.to_string().replace([':', '.'], "-");
     let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
-    std::fs::rename(path, &aside)?;
+    std::fs::rename(path, &aside).at(path)?;
     Ok(aside)
+}
+
+/// Makes sure a directory agentq keeps its own files in is one: missing, it is made;
+/// a file (or anything else) in its place is moved aside first, since agentq never
+/// puts one there. Returns where the thing in the way went, for the caller to log. A
+/// symlink is moved aside too: followed, it would lead agentq's writes elsewhere.
+pub fn ensure_dir(path: &Path, now: Timestamp) -> io::Result<Option<PathBuf>> {
+    let aside = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(None),
+        Ok(_) => Some(move_aside(path, now)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).at(path),
+    };
+    super::fs::create_dir_private(path)?;
+    Ok(aside)
+}
+
+/// [`super::fs::try_lock_file`], for a lock file in a place agentq owns: a directory
+/// where the file belongs is moved aside and the file made again. Nobody can hold a
+/// directory as the lock, so nothing is taken from a holder, and every taker opens the
+/// same new file.
+pub fn try_lock_clearing(path: &Path) -> io::Result<Option<std::fs::File>> {
+    match super::fs::try_lock_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+            let now = Timestamp::from_system(std::time::SystemTime::now());
+            // NotFound: another taker moved it first.
+            if let Err(e) = move_aside(path, now)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                return Err(e);
+            }
+            super::fs::try_lock_file(path)
+        }
+        other => other,
+    }
 }
 
 impl SessionDir {
@@ -258,6 +294,85 @@ impl SessionDir {
             self.meta_path().display()
         )))
     }
+
+    /// Repairs a transcript that lost or garbled lines `state.json` counts as settled
+    /// (truncated or overwritten by a disk or a person): the file is moved aside, the
+    /// lines before the damage are written back, and the state is rebuilt from them
+    /// ([`SessionDir::rebuild_state`]: the last checkpoint among them). The history the
+    /// agent sees is shorter, but every later append starts where a line ends. Returns
+    /// the rebuilt state and a message for the caller to log, or `None` when the
+    /// transcript is whole.
+    pub fn repair_transcript(
+        &self,
+        state: &AgentState,
+        now: Timestamp,
+    ) -> Result<Option<(AgentState, String)>> {
+        let path = self.transcript_path();
+        let damage = match transcript::check(&path, state.transcript) {
+            Ok(()) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => e,
+            Err(e) => return Err(e.into()),
+        };
+        let mut kept = Vec::new();
+        let mut lines = 0u64;
+        let aside = if path.exists() {
+            let aside = move_aside(&path, now)
+                .with_context(|| format!("moving the damaged {} aside", path.display()))?;
+            let lines_of = if aside.is_file() {
+                LogReader::open_at(&aside, 0)?.read_lines()?
+            } else {
+                Vec::new()
+            };
+            for raw in lines_of {
+                if serde_json::from_slice::<TranscriptLine>(&raw).is_err() {
+                    break;
+                }
+                kept.extend_from_slice(&raw);
+                kept.push(b'\n');
+                lines += 1;
+            }
+            Some(aside)
+        } else {
+            None
+        };
+        super::fs::replace(&path, &kept)?;
+        let rebuilt = self.rebuild_state()?;
+        self.write_state(&rebuilt)?;
+        let moved = aside.map_or_else(
+            || "it was missing".to_owned(),
+            |aside| format!("moved it to {}", aside.display()),
+        );
+        let message = format!(
+            "{damage}; {moved}, kept its first {lines} whole lines and rebuilt state.json from them"
+        );
+        Ok(Some((rebuilt, message)))
+    }
+
+    /// Whether a file a worker repairs is damaged: `session.json` or `state.json`
+    /// missing or corrupt (or a directory), or the transcript shorter than the state's
+    /// mark. A cheap check, for the worker's full scan: a damaged session with nothing
+    /// in its inbox is claimed anyway, to be repaired, instead of waiting for a
+    /// message that `send` could not queue. (Lines garbled inside the transcript are
+    /// found by whoever reads it, who marks the session ready for the same claim.)
+    pub fn needs_repair(&self) -> bool {
+        let rebuilt = |r: Result<(), ReadError>| {
+            matches!(
+                r,
+                Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. })
+            )
+        };
+        if rebuilt(self.read_meta().map(drop)) {
+            return true;
+        }
+        match self.read_state() {
+            Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. }) => true,
+            Ok(state) => {
+                let len = std::fs::metadata(self.transcript_path()).map_or(0, |m| m.len());
+                len < state.transcript.bytes
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Whether the last answer among an execution's lines has tool calls that are not all
@@ -273,8 +388,8 @@ fn has_unanswered_calls(lines: &[&TranscriptLine]) -> bool {
 }
 
 /// Reads a file that may be corrupt: a corrupt one is moved aside and rebuilt with
-/// `rebuild`, then written back. Returns the value and, if it was rebuilt, a message
-/// saying what happened, for the caller to log.
+/// `rebuild`, then written back; a missing one is rebuilt the same way. Returns the
+/// value and, if it was rebuilt, a message saying what happened, for the caller to log.
 pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
     path: &Path,
     now: Timestamp,
@@ -291,6 +406,16 @@ pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
                 "{} was corrupt ({reason}); moved it to {} and rebuilt it from the session's logs",
                 path.display(),
                 aside.display()
+            );
+            Ok((value, Some(message)))
+        }
+        // Gone (deleted by hand): nothing to move aside, the same rebuild.
+        Err(ReadError::NotFound { .. }) => {
+            let value = rebuild()?;
+            super::fs::write_json(path, &value)?;
+            let message = format!(
+                "{} was missing; rebuilt it from the session's logs",
+                path.display()
             );
             Ok((value, Some(message)))
         }

@@ -8,7 +8,8 @@ use std::io::{self, Write};
 use anyhow::{Context, Result};
 use uuid::Uuid;
 
-use super::fs::{self, ReadError};
+use super::events::offset_of_last;
+use super::fs::{self, AtPath, ReadError};
 use super::{SessionDir, Store, inbox};
 use crate::domain::event::{
     CancelRequested, EventPayload, MessageQueued, SessionCreated, SessionStatusChanged,
@@ -80,7 +81,7 @@ impl Store {
             };
             let mut log = staging.open_events(self.clock.clone())?;
             log.append(None, EventPayload::SessionCreated(created))?;
-            std::fs::rename(&staging.path, self.session(id).path)?;
+            std::fs::rename(&staging.path, self.session(id).path).at(&staging.path)?;
             fs::sync_dir(&sessions)?;
             Ok(())
         };
@@ -108,7 +109,18 @@ impl Store {
     pub fn enqueue(&self, dir: &SessionDir, new: NewEntry) -> Result<Enqueued> {
         let mut log = dir.open_events(self.clock.clone())?;
         let mut locked = log.lock()?;
-        let mut meta = read_meta(dir)?;
+        // A corrupt session.json does not stop a message: what queueing needs of it
+        // (the status, the seqs handed out) is rebuilt from the event log in memory,
+        // and the worker that takes the message repairs the file itself.
+        let mut meta = match dir.read_meta() {
+            Ok(meta) => meta,
+            Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. })
+                if new.raise_session_tokens == 0 =>
+            {
+                dir.rebuild_meta()?
+            }
+            Err(_) => read_meta(dir)?,
+        };
         if new.kind == EntryKind::User && meta.status == SessionStatus::Closed {
             return Err(UserError::usage(format!(
                 "session {} is closed and takes no new messages; start another with `agentq session new --agent {}`",
@@ -121,7 +133,7 @@ impl Store {
             .as_deref()
             .map(|key| dir.keys_dir().join(hex(key.as_bytes())));
         if let Some(path) = &key_path
-            && let Some(first) = read_key(path)?
+            && let Some(first) = read_key(dir, path, new.key.as_deref().unwrap_or_default())?
         {
             return Ok(Enqueued {
                 id: first,
@@ -129,14 +141,24 @@ impl Store {
                 duplicate: true,
             });
         }
-        // Above every seq handed out: in session.json, in the inbox, and the one the
-        // state names (session.json can lag behind it after a power failure, and an
-        // entry below it counts as settled).
+        // Above every seq handed out: in session.json, in the inbox, the one the state
+        // names (session.json can lag behind it after a power failure, and an entry
+        // below it counts as settled), and the last one the log says was queued (an
+        // entry deleted by hand takes its seq out of the inbox, not out of the log;
+        // found from the end, it costs a block or two).
         let claimed = dir.read_state().map_or(0, |state| state.claimed_seq());
+        let logged = match offset_of_last(&dir.events_path(), &["message.queued"])? {
+            Some((_, event)) => match event.into_event().ok().flatten().map(|e| e.payload) {
+                Some(EventPayload::MessageQueued(queued)) => queued.seq,
+                _ => 0,
+            },
+            None => 0,
+        };
         let seq = meta
             .last_message_seq
             .max(inbox::highest_seq(&dir.inbox_dir())?)
             .max(claimed)
+            .max(logged)
             + 1;
         let entry = InboxEntry {
             id: self.ids.new_id(),
@@ -151,7 +173,8 @@ impl Store {
         inbox::publish(&dir.inbox_dir(), &entry)
             .with_context(|| format!("writing to the inbox of session {}", dir.id))?;
         if let Some(path) = &key_path {
-            fs::create_dir_private(&dir.keys_dir())?;
+            // A file in its place held no key (they are files inside it).
+            super::recover::ensure_dir(&dir.keys_dir(), entry.created_at)?;
             fs::replace(path, entry.id.to_string().as_bytes())?;
         }
         self.mark_ready(dir.id)?;
@@ -250,12 +273,69 @@ pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
     match dir.read_meta() {
         Ok(meta) => Ok(meta),
         Err(ReadError::NotFound { .. }) => Err(UserError::usage(format!(
-            "session {} has no session.json; it was removed or never finished being created",
-            dir.id
+            "session {id} has no session.json ({}); a worker rebuilds it from the session's event log (`agentq worker --once`), or remove the session with `agentq session rm {id}`",
+            dir.meta_path().display(),
+            id = dir.id
         ))
         .into()),
-        Err(err) => Err(err.into()),
+        Err(err) => Err(damaged(dir, err)),
     }
+}
+
+/// Reads `state.json` for a command, saying what to do when it cannot.
+pub fn read_state(dir: &SessionDir) -> Result<AgentState> {
+    dir.read_state().map_err(|err| damaged(dir, err))
+}
+
+/// The error for a file of a session that cannot be read, with what to do about it:
+/// a corrupt `session.json` or `state.json` is repaired by a worker, anything else
+/// needs a person (or the session's removal).
+pub fn damaged(dir: &SessionDir, err: ReadError) -> anyhow::Error {
+    let repairable = |path: &std::path::Path| path == dir.meta_path() || path == dir.state_path();
+    let hint = match &err {
+        ReadError::Corrupt { path, .. } | ReadError::NotFound { path } if repairable(path) => {
+            "a worker rebuilds it from the session's logs, keeping a damaged one aside (`agentq worker --once`)"
+                .to_owned()
+        }
+        _ => format!(
+            "repair or remove that file, or remove the session with `agentq session rm {}`",
+            dir.id
+        ),
+    };
+    anyhow::anyhow!("{err}; {hint}")
+}
+
+/// Adds what to do to an error that a damaged file of session `id` caused (a file
+/// where a directory belongs or the reverse, unreadable, garbled, gone), unless it
+/// already says: a one-line error names the path and the way out.
+pub fn explain_damage(err: anyhow::Error, id: &str) -> anyhow::Error {
+    use io::ErrorKind as K;
+    let user_facing = err.chain().any(|c| c.downcast_ref::<UserError>().is_some());
+    let damage = err.chain().any(|c| {
+        c.downcast_ref::<ReadError>().is_some()
+            || c.downcast_ref::<io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    K::NotFound
+                        | K::NotADirectory
+                        | K::IsADirectory
+                        | K::PermissionDenied
+                        | K::InvalidData
+                        | K::UnexpectedEof
+                )
+            })
+    });
+    let text = crate::error::render(&err);
+    // About a file of this session: its path holds the id (which a prefix starts).
+    let ours = text.contains(id);
+    if user_facing || !damage || !ours || text.contains("`agentq ") {
+        return err;
+    }
+    // A new error, so the way out follows the path instead of preceding it; the exit
+    // code (1) is the same as the original's.
+    anyhow::anyhow!(
+        "{text}; repair that file of session {id} or move it aside, or remove the session with `agentq session rm {id}`"
+    )
 }
 
 /// An entry to queue.
@@ -277,14 +357,43 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
-fn read_key(path: &std::path::Path) -> Result<Option<Uuid>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Uuid::try_parse(text.trim())
-            .map(Some)
-            .with_context(|| format!("{} does not hold a message id", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+/// The message a key queued first, from its file. A damaged key file (or a file where
+/// `keys/` belongs) is answered from the event log instead, whose `message.queued`
+/// events carry the keys: idempotency holds through the damage.
+fn read_key(dir: &SessionDir, path: &std::path::Path, key: &str) -> Result<Option<Uuid>> {
+    let damage = match std::fs::read_to_string(path) {
+        Ok(text) => match Uuid::try_parse(text.trim()) {
+            Ok(id) => return Ok(Some(id)),
+            Err(e) => format!("it does not hold a message id ({e})"),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => e.to_string(),
+    };
+    if let Some(id) = key_in_log(dir, key)? {
+        return Ok(Some(id));
     }
+    if std::fs::symlink_metadata(dir.keys_dir()).is_ok_and(|m| !m.is_dir()) {
+        return Ok(None);
+    }
+    Err(anyhow::anyhow!(
+        "{} is damaged ({damage}), and the event log has no message queued with key `{key}`; remove that file, then `agentq send` again",
+        path.display()
+    ))
+}
+
+/// The message queued with `key`, according to the event log.
+fn key_in_log(dir: &SessionDir, key: &str) -> Result<Option<Uuid>> {
+    let mut reader = super::events::LogReader::open_at(&dir.events_path(), 0)?;
+    Ok(reader
+        .read_lines()?
+        .iter()
+        .filter_map(|raw| super::events::parse_line(raw)?.into_event().ok().flatten())
+        .find_map(|event| match event.payload {
+            EventPayload::MessageQueued(queued) if queued.key.as_deref() == Some(key) => {
+                Some(queued.message_id)
+            }
+            _ => None,
+        }))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -314,8 +423,8 @@ impl SessionDir {
     /// the same name would both think they own the session.
     pub fn try_lock_owner(&self, worker: Option<&WorkerInfo>) -> Result<Option<OwnerLock>> {
         let path = self.lock_path();
-        let Some(mut file) =
-            fs::try_lock_file(&path).with_context(|| format!("locking {}", path.display()))?
+        let Some(mut file) = super::recover::try_lock_clearing(&path)
+            .with_context(|| format!("locking {}", path.display()))?
         else {
             return Ok(None);
         };

@@ -6,13 +6,36 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use super::fs::{Durable, open_append, sync_file, with_path};
+use super::fs::{AtPath, Durable, open_append, sync_file, with_path};
 use crate::domain::state::TranscriptMark;
 use crate::domain::transcript::TranscriptLine;
+
+/// What a worker does about a damaged transcript, for the errors that report one.
+const REPAIR_HINT: &str = "a worker moves it aside and rebuilds state.json from the lines that remain (`agentq worker --once`)";
+
+/// A transcript that ends before `mark`: lines `state.json` counts as settled are gone
+/// (the file was truncated, by a disk or a person). It is never padded up to the mark:
+/// that would write a run of NUL bytes that no reader could parse again.
+fn shorter_than_mark(len: u64, mark: TranscriptMark) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "it is {len} bytes long, but state.json counts {} bytes of settled lines (was it truncated?)",
+            mark.bytes
+        ),
+    )
+}
+
+/// Whether the transcript holds every line `state.json` counts as settled, each one
+/// parsing: `Err` (`InvalidData`) with the path and what is wrong when it does not.
+pub fn check(path: &Path, mark: TranscriptMark) -> io::Result<()> {
+    read_whole(path, mark).map(drop)
+}
 
 /// Appends lines after `mark`, cutting off anything a crashed step left past it, and
 /// returns the new mark. The caller records the mark in `state.json` afterwards. With
 /// [`Durable::Later`], the next durable append (or [`sync`]) fsyncs these lines too.
+/// A file shorter than `mark` is refused, never extended.
 pub fn append(
     path: &Path,
     mark: TranscriptMark,
@@ -22,7 +45,11 @@ pub fn append(
     let mut file = open_append(path)?;
     file.lock().map_err(|e| with_path(e, path))?;
     let result = (|| {
-        if file.metadata()?.len() != mark.bytes {
+        let len = file.metadata()?.len();
+        if len < mark.bytes {
+            return Err(shorter_than_mark(len, mark));
+        }
+        if len > mark.bytes {
             file.set_len(mark.bytes)?;
         }
         let mut buf = Vec::new();
@@ -48,21 +75,46 @@ pub fn sync(path: &Path) -> io::Result<()> {
     super::fs::sync_path(path)
 }
 
-/// Reads the settled lines (up to `mark`). A missing file is an empty transcript.
+/// Reads the settled lines (up to `mark`). A missing file is an empty transcript. A
+/// damaged one is an error that says what repairs it.
 pub fn read(path: &Path, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>> {
+    read_whole(path, mark).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => io::Error::new(e.kind(), format!("{e}; {REPAIR_HINT}")),
+        _ => e,
+    })
+}
+
+fn read_whole(path: &Path, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound && mark.bytes == 0 => return Ok(Vec::new()),
-        Err(e) => return Err(with_path(e, path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(shorter_than_mark(0, mark)).at(path);
+        }
+        Err(e) => return Err(e).at(path),
     };
+    read_settled(file, mark).at(path)
+}
+
+fn read_settled(file: File, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>> {
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is a directory, not a file",
+        ));
+    }
+    let len = meta.len();
+    if len < mark.bytes {
+        return Err(shorter_than_mark(len, mark));
+    }
     let reader = BufReader::new(file.take(mark.bytes));
     let mut lines = Vec::with_capacity(mark.lines as usize);
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| with_path(e, path))?;
-        let parsed = serde_json::from_str(&line).map_err(|e| {
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let parsed = serde_json::from_slice(&line?).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} line {}: {e}", path.display(), n + 1),
+                format!("line {} is not a transcript message ({e})", n + 1),
             )
         })?;
         lines.push(parsed);
@@ -71,8 +123,7 @@ pub fn read(path: &Path, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{} has {} settled lines, state.json expects {}",
-                path.display(),
+                "it has {} settled lines, state.json counts {}",
                 lines.len(),
                 mark.lines
             ),

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::fs::{self, create_dir_private};
+use super::fs::AtPath;
 use crate::domain::execution::WorkerInfo;
 use crate::time::Timestamp;
 
@@ -54,7 +54,15 @@ impl Store {
         max_workers: Option<usize>,
     ) -> Result<Option<Registration>> {
         let dir = self.workers_dir();
-        create_dir_private(&dir)?;
+        // Only lock files live there: something else in its place is moved aside, so
+        // no worker is kept from starting by it.
+        if let Some(aside) = super::recover::ensure_dir(&dir, self.clock.now())? {
+            tracing::error!(
+                "{} was not a directory; moved it to {} and made the directory again",
+                dir.display(),
+                aside.display()
+            );
+        }
         let mut record = WorkerRecord {
             pid: worker.pid,
             host: worker.host.clone(),
@@ -99,7 +107,7 @@ impl Store {
         };
         let mut live = Vec::new();
         for entry in entries {
-            let path = entry?.path();
+            let path = entry.at(&dir)?.path();
             let Ok(mut file) = File::open(&path) else {
                 continue;
             };
@@ -132,8 +140,8 @@ impl Store {
 
 /// Locks `path` without waiting and writes `record` into it; `None` if it is held.
 fn lock_and_describe(path: &std::path::Path, record: &WorkerRecord) -> Result<Option<File>> {
-    let Some(mut file) =
-        fs::try_lock_file(path).with_context(|| format!("locking {}", path.display()))?
+    let Some(mut file) = super::recover::try_lock_clearing(path)
+        .with_context(|| format!("locking {}", path.display()))?
     else {
         return Ok(None);
     };

@@ -52,7 +52,8 @@ use crate::store::{SessionDir, Store, transcript};
 use crate::time::Timestamp;
 use crate::tools::Toolbox;
 
-/// How many times an execution may be started or resumed before it is given up.
+/// How many times an execution may be started (first, then resumed after a crash):
+/// one whose last attempt crashed too fails instead of starting again.
 pub const MAX_ATTEMPTS: u32 = 3;
 
 /// What happened to the message.
@@ -136,22 +137,30 @@ impl Owner<'_> {
                 if leftovers > 0 {
                     warn!(session = %self.dir.id, execution = %exec.id, leftovers, "killed processes of a command the previous worker left running");
                 }
-                // A worker that shut down cleanly left it at a checkpoint on purpose;
-                // only a crash counts as another attempt.
-                if exec.suspended {
-                    exec.suspended = false;
-                } else {
-                    exec.attempts += 1;
-                }
                 exec.worker = self.worker.clone();
                 (exec, true)
             }
             None => (self.new_execution(entry), false),
         };
+        // `attempts` counts the starts of an execution (its first and every resume
+        // after a crash). One that crashed at its last attempt is not started again:
+        // it fails, with the count as it stands, in the log, the record and the error.
+        let give_up = resumed && !exec.suspended && exec.attempts >= MAX_ATTEMPTS;
+        if resumed && !give_up {
+            // A worker that shut down cleanly left it at a checkpoint on purpose;
+            // only a crash counts as another attempt.
+            if exec.suspended {
+                exec.suspended = false;
+            } else {
+                exec.attempts += 1;
+            }
+        }
         // The attempt is counted before any work: a new execution's in the state (its
         // record is first written when it settles: one file fewer per message), a
         // resumed one's in its record.
-        if resumed {
+        if give_up {
+            warn!(session = %self.dir.id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
+        } else if resumed {
             info!(session = %self.dir.id, execution = %exec.id, attempt = exec.attempts, "resuming");
             self.dir.mark_running(&exec)?;
             if let Some(current) = state.current.as_mut() {
@@ -162,15 +171,17 @@ impl Owner<'_> {
             info!(session = %self.dir.id, message_id = %entry.id, execution = %exec.id, "claimed");
             self.begin(entry, &exec, &mut state)?;
         }
-        self.log.append(
-            Some(exec.id),
-            EventPayload::ExecutionStarted(ExecutionStarted {
-                message_id: entry.id,
-                attempt: exec.attempts,
-                worker: self.worker.clone(),
-                resumed,
-            }),
-        )?;
+        if !give_up {
+            self.log.append(
+                Some(exec.id),
+                EventPayload::ExecutionStarted(ExecutionStarted {
+                    message_id: entry.id,
+                    attempt: exec.attempts,
+                    worker: self.worker.clone(),
+                    resumed,
+                }),
+            )?;
+        }
         if !resumed {
             self.status_event(exec.id, AgentStatus::Processing, AgentStatus::Idle)?;
         }
@@ -178,13 +189,16 @@ impl Owner<'_> {
         // Whether `state.json` (and the transcript it points into) is on disk as the
         // loop left it: a checkpoint writes both durably, a start or resume does not.
         let mut checkpointed = false;
-        let outcome = if exec.attempts > MAX_ATTEMPTS {
+        let outcome = if give_up {
             Outcome {
                 status: ExecStatus::Failed,
                 stop_reason: StopReason::TooManyAttempts,
                 response: None,
                 error: Some(ErrorInfo {
-                    message: format!("gave up after {MAX_ATTEMPTS} attempts"),
+                    message: format!(
+                        "gave up after {} attempts, each interrupted by a crash",
+                        exec.attempts
+                    ),
                     context: None,
                 }),
             }
@@ -514,13 +528,12 @@ impl Owner<'_> {
         let mut meta = read_meta(self.dir)?;
         if meta.last_execution != Some(exec.id) {
             meta.add_execution(exec);
+            // A message settles one execution, so this counts it, as `recount` does. Not
+            // by its seq: a `cancel` entry consumed while it ran has a higher one.
+            meta.counters.messages += 1;
             // `send` leaves the seq in the entry alone: it is recorded here, before the
-            // entry leaves the inbox, so no later message gets the same one. A message's
-            // first settled execution counts it.
-            if exec.message_seq > meta.last_message_seq {
-                meta.counters.messages += 1;
-                meta.last_message_seq = exec.message_seq;
-            }
+            // entry leaves the inbox, so no later message gets the same one.
+            meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
             meta.updated_at = clock.now();
             // Made durable at the end of the drain (see the module's notes).
             self.dir.write_meta_unsynced(&meta)?;

@@ -27,7 +27,7 @@ use crate::domain::session::SessionStatus;
 use crate::store::Store;
 use crate::store::fs::ReadError;
 use crate::store::inbox;
-use crate::store::recover::{move_aside, read_or_rebuild};
+use crate::store::recover::{ensure_dir, move_aside, read_or_rebuild};
 use crate::store::session::read_meta;
 use execute::{Handled, Owner};
 
@@ -79,7 +79,13 @@ pub fn this_worker() -> WorkerInfo {
 
 /// Runs the worker until shutdown (or, with `once`, until nothing is pending).
 pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) -> Result<Report> {
-    crate::store::fs::create_dir_private(&store.ready_dir())?;
+    if let Some(aside) = ensure_dir(&store.ready_dir(), store.clock.now())? {
+        error!(
+            "{} was not a directory; moved it to {} and made the directory again",
+            store.ready_dir().display(),
+            aside.display()
+        );
+    }
     let worker = Arc::new(this_worker());
     let Some(_registration) = store.register_worker(&worker, options.max_workers)? else {
         info!(
@@ -204,7 +210,7 @@ async fn claim(
                         }
                     }
                     Err(err) => {
-                        error!(session = %id, "{}", crate::error::render(&err));
+                        error!(session = %id, "skipping the session until the next full scan: {}; repair or remove that file, or remove the session with `agentq session rm {id}`", crate::error::render(&err));
                         report.errors += 1;
                         // An invalid agentq.toml found here is exit 2, like at start.
                         report.worst =
@@ -262,8 +268,14 @@ fn candidates(store: &Store, full: bool, only: Option<Uuid>) -> Result<Vec<Uuid>
     let mut ids = store.ready_ids()?;
     if full {
         for id in store.session_ids()? {
-            if !ids.contains(&id) && !inbox::entry_names(&store.session(id).inbox_dir())?.is_empty()
-            {
+            if ids.contains(&id) {
+                continue;
+            }
+            // A session whose inbox cannot be listed is claimed too: its drain fails
+            // naming the path, logged once per full scan, and the others go on.
+            let dir = store.session(id);
+            let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
+            if waiting || dir.needs_repair() {
                 ids.push(id);
             }
         }
@@ -308,6 +320,18 @@ fn watch_ready_dir(
 /// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
 /// session's logs, so one damaged session neither stops the worker nor stays stuck.
 fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
+    for sub in [dir.inbox_dir(), dir.executions_dir()] {
+        if let Some(aside) = ensure_dir(&sub, store.clock.now())? {
+            error!(session = %dir.id, "{} was not a directory; moved it to {} and made the directory again", sub.display(), aside.display());
+        }
+    }
+    // A directory where the event log belongs holds no events to go on from: it is
+    // moved aside, and the log starts again.
+    let events = dir.events_path();
+    if events.is_dir() {
+        let aside = move_aside(&events, store.clock.now())?;
+        error!(session = %dir.id, "{} was a directory; moved it to {} and started the event log again", events.display(), aside.display());
+    }
     let (meta, note) = read_or_rebuild(&dir.meta_path(), store.clock.now(), || dir.rebuild_meta())?;
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
@@ -316,6 +340,11 @@ fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
         read_or_rebuild(&dir.state_path(), store.clock.now(), || dir.rebuild_state())?;
     if let Some(note) = note {
         error!(session = %dir.id, "{note}");
+    }
+    // A transcript that lost settled lines first: rolling forward reads past the mark.
+    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now())? {
+        error!(session = %dir.id, "{note}");
+        state = rebuilt;
     }
     if let Some(newer) = dir.roll_forward(&state)? {
         warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");

@@ -561,31 +561,35 @@ fn an_execution_killed_three_times_fails_with_too_many_attempts_and_the_next_mes
         }
     }
 
+    // The third crash was the last attempt: the execution is not started a fourth
+    // time, and the log, the record and the error all count three.
     let out = env.run(&["worker", "--once"]);
     // One execution failed (too many attempts): the worker exits 1, as cron must see.
     assert_eq!(code(&out), 1, "{}", describe(&out));
-    assert!(stderr(&out).contains("resuming"), "{}", describe(&out));
+    assert!(!stderr(&out).contains("resuming"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("attempts=3") && !stderr(&out).contains("attempt=4"),
+        "{}",
+        describe(&out)
+    );
     let starts = started(&env, &id);
     let attempts: Vec<u64> = starts
         .iter()
         .map(|s| s["attempt"].as_u64().unwrap())
         .collect();
-    assert_eq!(&attempts[..3], &[1, 2, 3], "{starts:?}");
-    assert_eq!(
-        starts.len(),
-        5,
-        "three crashed starts, the giving-up one, the next"
-    );
+    assert_eq!(attempts, vec![1, 2, 3, 1], "three crashed starts, the next");
     let resumed: Vec<bool> = starts
         .iter()
         .map(|s| s["resumed"].as_bool().unwrap())
         .collect();
-    assert_eq!(resumed, vec![false, true, true, true, false]);
+    assert_eq!(resumed, vec![false, true, true, false]);
     assert!(
-        starts[..4]
+        starts[..3]
             .iter()
             .all(|s| s["message_id"] == doomed.as_str())
     );
+    let records = executions(&env, &id);
+    assert_eq!(records[0]["attempts"], 3, "{}", records[0]);
 
     let done = env.finished(&id);
     assert_eq!(done.len(), 2);
@@ -594,7 +598,7 @@ fn an_execution_killed_three_times_fails_with_too_many_attempts_and_the_next_mes
     assert_eq!(done[0]["stop_reason"], "too_many_attempts");
     assert_eq!(done[0]["exit_code"], 1);
     assert!(
-        str_of(&done[0]["error"]).contains("attempts"),
+        str_of(&done[0]["error"]).contains("gave up after 3 attempts"),
         "{}",
         done[0]
     );
