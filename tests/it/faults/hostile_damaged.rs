@@ -538,8 +538,9 @@ fn counters_count_messages_not_cancel_entries_and_the_running_one_as_running() {
     let got: Vec<u64> = counts(&env, &id).iter().map(|(_, v)| *v).collect();
     assert_eq!(got, expected, "queued, before the worker: {names:?}");
     cases += expected.len() as u64;
-    // Settled (cancelled): still one message, none pending.
-    worker_once_log(&env);
+    // Settled (cancelled, which `--once` reports as 130): still one message, none
+    // pending.
+    worker_once_log_exiting(&env, 130);
     assert_eq!(finishes(&env, &id)[0].0, "cancelled");
     let got: Vec<u64> = counts(&env, &id).iter().map(|(_, v)| *v).collect();
     assert_eq!(got, [1, 0, 1, 0, 1, 0, 0], "settled: {names:?}");
@@ -600,7 +601,8 @@ fn attempts_count_the_starts_in_the_log_the_record_the_event_and_the_error() {
         worker.signal(9);
         let _ = worker.wait(LONG);
     }
-    let log = worker_once_log(&env);
+    // Given up: a failed execution, exit 1.
+    let log = worker_once_log_exiting(&env, 1);
     let starts: Vec<u64> = events_of(&env, &id, "execution.started")
         .iter()
         .map(|e| e["payload"]["attempt"].as_u64().unwrap())
