@@ -5,22 +5,25 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::{FormatFields, format};
 
 use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
 use agentq::commands::{self, Context};
 use agentq::error;
+use agentq::render::ERROR_CAP;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version: print, exit 0
         Err(err) => {
-            eprintln!("agentq: {}", one_line(&err.to_string()));
+            eprintln!("agentq: {}", clap_line(&err.to_string()));
             return ExitCode::from(error::exit::USAGE);
         }
     };
     if let Err(message) = init_logging(&cli) {
-        eprintln!("agentq: {message}");
+        eprintln!("agentq: {}", agentq::render::one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
     let result = Context::new(cli.home.clone(), cli.color)
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("agentq: {}", agentq::render::sanitize(&error::render(&err)));
+            eprintln!("agentq: {}", error::for_terminal(&err));
             ExitCode::from(error::exit_code(&err))
         }
     }
@@ -58,7 +61,8 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_target(false);
+        .with_target(false)
+        .fmt_fields(neutral_fields());
     match &cli.command {
         Command::Worker(WorkerArgs {
             log_file: Some(path),
@@ -79,9 +83,25 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Log fields as the default formatter writes them (`message key=value …`), but each
+/// value neutralised and on one line: log lines quote provider errors, tool names and
+/// paths, and a log is read in a terminal (`tail -f`) like any other output.
+fn neutral_fields() -> impl for<'w> FormatFields<'w> + 'static {
+    format::debug_fn(|out, field, value| {
+        let text = format!("{value:?}");
+        let text = agentq::render::one_line(&text, ERROR_CAP);
+        match field.name() {
+            "message" => write!(out, "{text}"),
+            name => write!(out, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
+}
+
 /// Clap's message without its usage block, on one line:
 /// `the following required arguments were not provided: <ID> (see --help)`.
-fn one_line(clap_message: &str) -> String {
+/// It quotes the arguments, which may hold anything: they are neutralised too.
+fn clap_line(clap_message: &str) -> String {
     let body: Vec<&str> = clap_message
         .lines()
         .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
@@ -90,5 +110,5 @@ fn one_line(clap_message: &str) -> String {
         .collect();
     let text = body.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{text} (see --help)")
+    format!("{} (see --help)", agentq::render::one_line(text, ERROR_CAP))
 }
