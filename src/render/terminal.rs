@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn outside_text_is_neutralised_in_every_line() {
-        let evil = "x\x1b]8;;http://e\x1b\\y\x07\r\u{9b}2J";
+        let evil = "x\x1b]8;;http://e\x1b\\y\x07\r\u{9b}2J\u{202e}\u{2066}";
         let text = render(
             60,
             vec![
@@ -584,9 +584,14 @@ mod tests {
         );
         let raw: Vec<char> = text
             .chars()
-            .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+            .filter(|c| {
+                (c.is_control() && *c != '\n' && *c != '\t') || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            })
             .collect();
         assert!(raw.is_empty(), "{raw:?} in {text}");
-        assert!(text.contains("x␛]8;;http://e␛\\y␇␍\u{fffd}2J"), "{text}");
+        assert!(
+            text.contains("x␛]8;;http://e␛\\y␇␍\u{fffd}2J<U+202E><U+2066>"),
+            "{text}"
+        );
     }
 }
