@@ -360,11 +360,20 @@ fn provider_error_text_is_one_neutral_capped_line_wherever_it_is_shown() {
             assert_ne!(code(&out), 0, "{}", describe(&out));
             cases += assert_output_neutral(&out, "run", kind);
             assert_one_error_line(&out, "run");
+            // `--json` gives the provider's text back as it was sent.
+            let out = env.run(&["run", "--agent", &agent, "hi", "--json"]);
+            let result: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let error = result["error"].as_str().unwrap_or_default();
+            assert!(error.contains(&format!("{text}\nsecond line")), "{result}");
+            cases += 1;
 
             let id = env.new_session(&agent);
             env.send(&id, "hi");
             let worker = env.spawn_worker(&["--session", &id]);
             let out = env.run(&["send", &id, "again", "--wait", "--timeout", "30s"]);
+            // The answer is out before the entry leaves the inbox: stop the worker only
+            // once it has, or `watch --exit-on-idle` below would wait for it forever.
+            wait_until("the inbox to drain", LONG, || env.pending(&id) == 0);
             drop(worker);
             cases += assert_output_neutral(&out, "send --wait", kind);
             assert_one_error_line(&out, "send --wait");
