@@ -115,6 +115,13 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The error line a person reads on stderr: the chain rendered by [`render`], with what
+/// it quotes from outside (a provider's body, a path, a key name from a file)
+/// neutralised and capped, so it stays one safe line however hostile the text.
+pub fn for_terminal(err: &anyhow::Error) -> String {
+    crate::render::one_line(&render(err), crate::render::ERROR_CAP).into_owned()
+}
+
 /// Renders an error chain as one line: `outer: inner: root`.
 pub fn render(err: &anyhow::Error) -> String {
     let mut line = String::new();
@@ -161,6 +168,19 @@ mod tests {
             42,
             "an unknown code counts as a failure"
         );
+    }
+
+    #[test]
+    fn the_terminal_line_neutralises_what_the_error_quotes() {
+        let body = format!("bad\x1b]52;c;aGk=\x07\u{202e}\n{}", "x".repeat(5000));
+        let err = anyhow::Error::new(UserError::unavailable(body)).context("calling the model");
+        let line = for_terminal(&err);
+        assert!(
+            line.starts_with("calling the model: bad␛]52;c;aGk=␇<U+202E> x"),
+            "{line}"
+        );
+        assert!(line.ends_with("more bytes)"), "{line}");
+        assert!(line.chars().count() < 1100);
     }
 
     #[test]

@@ -8,11 +8,14 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::{FormatFields, format};
 
 use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
 use agentq::commands::{self, Context};
 use agentq::eprintln;
 use agentq::error;
+use agentq::render::ERROR_CAP;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -29,12 +32,12 @@ fn main() -> ExitCode {
             };
         }
         Err(err) => {
-            eprintln!("agentq: {}", one_line(&err.to_string()));
+            eprintln!("agentq: {}", clap_line(&err.to_string()));
             return ExitCode::from(error::exit::USAGE);
         }
     };
     if let Err(message) = init_logging(&cli) {
-        eprintln!("agentq: {message}");
+        eprintln!("agentq: {}", agentq::render::one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
     let result = Context::new(cli.home.clone(), cli.color)
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("agentq: {}", agentq::render::sanitize(&error::render(&err)));
+            eprintln!("agentq: {}", error::for_terminal(&err));
             ExitCode::from(error::exit_code(&err))
         }
     }
@@ -81,7 +84,8 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
         .with_target(false)
         // Its report of a failed write is std's `eprintln!`, which panics when stderr
         // is the output that failed; a log line lost is not worth the process.
-        .log_internal_errors(false);
+        .log_internal_errors(false)
+        .fmt_fields(neutral_fields());
     match &cli.command {
         Command::Worker(WorkerArgs {
             log_file: Some(path),
@@ -102,9 +106,25 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Log fields as the default formatter writes them (`message key=value …`), but each
+/// value neutralised and on one line: log lines quote provider errors, tool names and
+/// paths, and a log is read in a terminal (`tail -f`) like any other output.
+fn neutral_fields() -> impl for<'w> FormatFields<'w> + 'static {
+    format::debug_fn(|out, field, value| {
+        let text = format!("{value:?}");
+        let text = agentq::render::one_line(&text, ERROR_CAP);
+        match field.name() {
+            "message" => write!(out, "{text}"),
+            name => write!(out, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
+}
+
 /// Clap's message without its usage block, on one line:
 /// `the following required arguments were not provided: <ID> (see --help)`.
-fn one_line(clap_message: &str) -> String {
+/// It quotes the arguments, which may hold anything: they are neutralised too.
+fn clap_line(clap_message: &str) -> String {
     let body: Vec<&str> = clap_message
         .lines()
         .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
@@ -113,5 +133,5 @@ fn one_line(clap_message: &str) -> String {
         .collect();
     let text = body.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{text} (see --help)")
+    format!("{} (see --help)", agentq::render::one_line(text, ERROR_CAP))
 }

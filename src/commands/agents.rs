@@ -12,6 +12,7 @@ use crate::cli::AgentsCommand;
 use crate::config::HomeConfig;
 use crate::definition::{self, Source, schema::Problem};
 use crate::error::{UserError, exit};
+use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
 
 pub fn run(ctx: &Context, command: AgentsCommand) -> Result<u8> {
     match command {
@@ -107,14 +108,15 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
         print_json(&checked)?;
         return Ok(0);
     }
-    let mut out = crate::commands::stdout();
+    let mut out = super::human_stdout();
     if checked.is_empty() {
         writeln!(out, "no agents in {}", ctx.store.agents_dir().display())?;
         return Ok(0);
     }
+    let name = |c: &Checked| one_line(&c.name, FIELD_CAP).into_owned();
     let width = checked
         .iter()
-        .map(|c| c.name.len())
+        .map(|c| name(c).chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -129,12 +131,12 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
                 c.file.display()
             )
         };
-        let provider = c.provider.as_deref().unwrap_or("-");
+        let provider = one_line(c.provider.as_deref().unwrap_or("-"), FIELD_CAP);
         writeln!(
             out,
             "{:width$}  {provider:10}  {}",
-            c.name,
-            crate::render::sanitize(&description)
+            name(c),
+            one_line(&description, FIELD_CAP)
         )?;
     }
     Ok(0)
@@ -156,7 +158,7 @@ fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             "definition": definition::toml_to_json(toml::Value::Table(table)),
         }))?;
     } else {
-        let mut out = crate::commands::stdout();
+        let mut out = super::human_stdout();
         writeln!(out, "# {} ({})", source.path.display(), source.hash())?;
         out.write_all(source.text.as_bytes())?;
     }
@@ -175,13 +177,22 @@ fn validate(ctx: &Context, files: Vec<PathBuf>, json: bool) -> Result<u8> {
     if json {
         print_json(&checked)?;
     } else {
-        let mut out = crate::commands::stdout();
+        let mut out = super::human_stdout();
         for c in &checked {
             if c.valid {
-                writeln!(out, "ok       {}", c.file.display())?;
+                writeln!(
+                    out,
+                    "ok       {}",
+                    one_line(&c.file.display().to_string(), FIELD_CAP)
+                )?;
             }
             for problem in &c.problems {
-                writeln!(out, "invalid  {}: {problem}", c.file.display())?;
+                writeln!(
+                    out,
+                    "invalid  {}: {}",
+                    one_line(&c.file.display().to_string(), FIELD_CAP),
+                    one_line(&problem.to_string(), ERROR_CAP)
+                )?;
             }
         }
         if checked.is_empty() {

@@ -45,7 +45,7 @@ workspace = "session"
 
 pub fn run(ctx: &Context) -> Result<u8> {
     let store = &ctx.store;
-    let mut out = crate::commands::stdout();
+    let mut out = super::human_stdout();
     let mut created = 0;
     for dir in [store.agents_dir(), store.sessions_dir(), store.ready_dir()] {
         if !dir.is_dir() {

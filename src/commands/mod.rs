@@ -197,6 +197,21 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Standard output for what people read (tables, `show` pages, answers): everything
+/// written to it is neutralised, so outside text printed without a thought cannot
+/// drive the terminal. `--json` output goes straight to stdout instead, exact.
+pub fn human_stdout() -> crate::render::Neutral<Stdout> {
+    crate::render::Neutral::new(stdout())
+}
+
+/// A one-line note on stderr, `agentq: …`, neutralised and capped whatever it quotes.
+pub fn note(text: &str) {
+    eprintln!(
+        "agentq: {}",
+        crate::render::one_line(text, crate::render::ERROR_CAP)
+    );
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     // Serialised first, so a closed pipe surfaces as the plain I/O error it is.

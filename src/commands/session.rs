@@ -16,7 +16,7 @@ use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
-use crate::render::sanitize;
+use crate::render::{ERROR_CAP, FIELD_CAP, one_line, sanitize};
 use crate::store::session::{NewSession, damaged, explain_damage, read_meta, read_state};
 use crate::store::{SessionDir, inbox};
 use crate::time::{Timestamp, human_duration};
@@ -136,17 +136,17 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
         match listed(&ctx.store.session(id)) {
             Ok(row) if status.is_none_or(|s| s.matches(row.status)) => rows.push(row),
             Ok(_) => {}
-            Err(err) => eprintln!(
-                "agentq: skipping session {id}: {}",
+            Err(err) => super::note(&format!(
+                "skipping session {id}: {}",
                 crate::error::render(&explain_damage(err, &id.to_string()))
-            ),
+            )),
         }
     }
     if json {
         print_json(&rows)?;
         return Ok(0);
     }
-    let mut out = crate::commands::stdout();
+    let mut out = super::human_stdout();
     if rows.is_empty() {
         writeln!(out, "no sessions")?;
         return Ok(0);
@@ -166,13 +166,13 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
             let id = r.id.to_string();
             [
                 prefixes.get(&id).cloned().unwrap_or(id),
-                r.agent.clone(),
+                one_line(&r.agent, FIELD_CAP).into_owned(),
                 r.status.as_str().to_owned(),
                 r.messages.to_string(),
                 r.pending.to_string(),
                 r.usage.total.to_string(),
                 format!("{} ago", human_duration(now.millis_since(r.updated_at))),
-                sanitize(r.title.as_deref().unwrap_or("")).into_owned(),
+                one_line(r.title.as_deref().unwrap_or(""), FIELD_CAP).into_owned(),
             ]
         })
         .collect();
@@ -309,7 +309,7 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     }
     let m = &shown.session;
     let c = &m.counters;
-    let mut out = crate::commands::stdout();
+    let mut out = super::human_stdout();
     writeln!(out, "session   {}", m.id)?;
     let current_hash = definition::path_for(&ctx.store.agents_dir(), &m.agent)
         .ok()
@@ -320,9 +320,14 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         Some(_) => "; the definition changed since the session was created",
         None => "; the definition no longer exists",
     };
-    writeln!(out, "agent     {} ({}{changed})", m.agent, m.agent_hash)?;
+    writeln!(
+        out,
+        "agent     {} ({}{changed})",
+        one_line(&m.agent, FIELD_CAP),
+        m.agent_hash
+    )?;
     if let Some(title) = &m.title {
-        writeln!(out, "title     {}", sanitize(title))?;
+        writeln!(out, "title     {}", one_line(title, FIELD_CAP))?;
     }
     writeln!(out, "status    {}", m.status.as_str())?;
     writeln!(
@@ -331,7 +336,12 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         format!("{:?}", m.events).to_lowercase()
     )?;
     for (key, value) in &m.config {
-        writeln!(out, "set       {key} = {value}")?;
+        writeln!(
+            out,
+            "set       {} = {}",
+            one_line(key, FIELD_CAP),
+            one_line(&value.to_string(), FIELD_CAP)
+        )?;
     }
     writeln!(out, "created   {}", m.created_at)?;
     writeln!(out, "updated   {}", m.updated_at)?;
@@ -378,7 +388,10 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             e.id,
             e.finished_at.map(|t| t.to_string()).unwrap_or_default(),
             e.stop_reason.map_or("", |r| r.as_str()),
-            sanitize(e.error.as_ref().map_or("", |err| err.message.as_str()))
+            one_line(
+                e.error.as_ref().map_or("", |err| err.message.as_str()),
+                ERROR_CAP
+            )
         )?;
     }
     for todo in &shown.todos {
@@ -387,7 +400,11 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             TodoStatus::InProgress => "[>]",
             TodoStatus::Pending => "[ ]",
         };
-        writeln!(out, "todo      {mark} {}", sanitize(&todo.content))?;
+        writeln!(
+            out,
+            "todo      {mark} {}",
+            one_line(&todo.content, FIELD_CAP)
+        )?;
     }
     if let Some(e) = &shown.running {
         if e.suspended {
@@ -401,7 +418,11 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             writeln!(
                 out,
                 "running   {} (attempt {}, worker {} on {}, since {})",
-                e.id, e.attempts, e.worker.pid, e.worker.host, e.started_at
+                e.id,
+                e.attempts,
+                e.worker.pid,
+                one_line(&e.worker.host, FIELD_CAP),
+                e.started_at
             )?;
         }
     }
@@ -417,7 +438,7 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             e.exit_code.unwrap_or_default()
         )?;
         if let Some(error) = &e.error {
-            writeln!(out, "error     {}", sanitize(&error.message))?;
+            writeln!(out, "error     {}", one_line(&error.message, ERROR_CAP))?;
         }
     }
     Ok(0)
@@ -431,7 +452,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         print_json(&lines)?;
         return Ok(0);
     }
-    let mut out = crate::commands::stdout();
+    let mut out = super::human_stdout();
     for line in &lines {
         match &line.message {
             Message::User { content } => writeln!(out, "user: {}", sanitize(content))?,
@@ -444,7 +465,12 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
                 }
                 for call in tool_calls {
                     let args = crate::tools::summarize_args(&call.arguments, 100);
-                    writeln!(out, "  → {} {}", call.name, sanitize(&args))?;
+                    writeln!(
+                        out,
+                        "  → {} {}",
+                        one_line(&call.name, FIELD_CAP),
+                        one_line(&args, FIELD_CAP)
+                    )?;
                 }
             }
             Message::Tool {
@@ -455,7 +481,12 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             } => {
                 let mark = if *is_error { "✗" } else { "✓" };
                 let preview = crate::store::session::preview(content, 200);
-                writeln!(out, "  {mark} {name}: {}", sanitize(&preview))?;
+                writeln!(
+                    out,
+                    "  {mark} {}: {}",
+                    one_line(name, FIELD_CAP),
+                    one_line(&preview, FIELD_CAP)
+                )?;
             }
         }
     }
@@ -472,7 +503,7 @@ fn set_status(ctx: &Context, id: &str, to: SessionStatus) -> Result<u8> {
         // Wake workers for the messages that waited while the session was paused.
         ctx.store.mark_ready(dir.id)?;
     }
-    let mut out = crate::commands::stdout();
+    let mut out = super::human_stdout();
     if from == to {
         writeln!(out, "session {} is already {}", dir.id, to.as_str())?;
     } else {

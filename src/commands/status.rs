@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{Context, print_json};
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
-use crate::render::sanitize;
+use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::store::SessionDir;
 use crate::store::workers::WorkerRecord;
 use crate::time::{Timestamp, human_duration};
@@ -195,8 +195,9 @@ fn plural(n: u64, word: &str) -> String {
 }
 
 fn print(s: &Status) -> Result<()> {
-    let mut out = crate::commands::stdout();
-    writeln!(out, "home      {}", s.home.display())?;
+    let mut out = super::human_stdout();
+    let home = s.home.display().to_string();
+    writeln!(out, "home      {}", one_line(&home, ERROR_CAP))?;
     if s.workers.is_empty() {
         writeln!(
             out,
@@ -210,7 +211,7 @@ fn print(s: &Status) -> Result<()> {
                 format!(
                     "pid {} on {} (for {})",
                     w.pid,
-                    w.host,
+                    one_line(&w.host, FIELD_CAP),
                     human_duration(s.now.millis_since(w.started_at))
                 )
             })
@@ -237,12 +238,15 @@ fn print(s: &Status) -> Result<()> {
         writeln!(
             out,
             "          {} {} ({}): {} pending",
-            p.id, p.agent, p.status, p.pending
+            p.id,
+            one_line(&p.agent, FIELD_CAP),
+            p.status,
+            p.pending
         )?;
     }
     for r in &s.running {
         let owner = match &r.owner {
-            Some(w) => format!("worker {} on {}", w.pid, w.host),
+            Some(w) => format!("worker {} on {}", w.pid, one_line(&w.host, FIELD_CAP)),
             None => "no live worker (the next one resumes it)".to_owned(),
         };
         writeln!(
@@ -269,12 +273,12 @@ fn print(s: &Status) -> Result<()> {
                 "          session {} ({}): {}",
                 f.session_id,
                 f.stop_reason.map_or("", |r| r.as_str()),
-                sanitize(f.error.as_deref().unwrap_or(""))
+                one_line(f.error.as_deref().unwrap_or(""), ERROR_CAP)
             )?;
         }
     }
     for problem in &s.unreadable {
-        writeln!(out, "unreadable {}", sanitize(problem))?;
+        writeln!(out, "unreadable {}", one_line(problem, ERROR_CAP))?;
     }
     Ok(())
 }

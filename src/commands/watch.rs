@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::Context;
 use crate::cli::WatchArgs;
 use crate::domain::Usage;
-use crate::domain::event::{Event, EventPayload, ExecutionFinished};
+use crate::domain::event::{Event, EventPayload, ExecutionFinished, RawEvent};
 use crate::domain::execution::{ExecStatus, StopReason};
 use crate::domain::inbox::EntryKind;
 use crate::error::{UserError, exit};
@@ -78,18 +78,25 @@ fn show(
     renderer: &mut dyn Renderer,
     last_exit: &mut Option<u8>,
 ) -> Result<()> {
+    // A line that is not an event (not an envelope, or a known type with a payload that
+    // does not parse) is skipped, as the renderers skip it: `--json` readers get
+    // events only, and are told on stderr that a line was left out. A type this version
+    // does not know is still an event, and passes through `--json` untouched.
+    let parsed = line.event.clone().map(RawEvent::into_event);
     if json {
-        let mut out = crate::commands::stdout();
-        out.write_all(&line.raw)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
+        if matches!(parsed, Some(Ok(_))) {
+            let mut out = crate::commands::stdout();
+            out.write_all(&line.raw)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        } else {
+            super::note(&format!(
+                "skipped a line of the event log that is not an event ({} bytes)",
+                line.raw.len()
+            ));
+        }
     }
-    // Lines that are not events, and event types this version does not know, are skipped.
-    let Some(event) = line
-        .event
-        .clone()
-        .and_then(|raw| raw.into_event().ok().flatten())
-    else {
+    let Some(Ok(Some(event))) = parsed else {
         return Ok(());
     };
     if let EventPayload::ExecutionFinished(done) = &event.payload {
@@ -188,11 +195,10 @@ impl MessageResult {
             return super::print_json(self);
         }
         if let Some(response) = &self.response {
-            let mut out = crate::commands::stdout();
-            writeln!(out, "{}", crate::render::sanitize(response))?;
+            writeln!(super::human_stdout(), "{response}")?;
         }
         if self.empty {
-            eprintln!("agentq: {}", crate::render::EMPTY_ANSWER);
+            super::note(crate::render::EMPTY_ANSWER);
         }
         if self.status != ExecStatus::Completed {
             let reason = self.stop_reason.map_or("", StopReason::as_str);
@@ -201,10 +207,11 @@ impl MessageResult {
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
-            eprintln!(
-                "agentq: execution {} ({reason}){detail}",
+            // The error may quote a provider's body: `note` keeps it to one safe line.
+            super::note(&format!(
+                "execution {} ({reason}){detail}",
                 self.status.as_str()
-            );
+            ));
         }
         Ok(())
     }

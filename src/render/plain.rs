@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::{Renderer, footer, sanitize};
+use super::{ERROR_CAP, FIELD_CAP, Renderer, footer, one_line, sanitize};
 use crate::domain::event::{Event, EventPayload};
 use crate::domain::execution::ExecStatus;
 use crate::time::human_duration;
@@ -132,10 +132,10 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
         EventPayload::SessionCreated(p) => format!(
             "session {} created: agent {}{}",
             &event.session_id.to_string()[..13],
-            p.agent,
+            one_line(&p.agent, FIELD_CAP),
             p.title
                 .as_deref()
-                .map(|t| format!(", \"{t}\""))
+                .map(|t| format!(", \"{}\"", one_line(t, FIELD_CAP)))
                 .unwrap_or_default()
         ),
         EventPayload::SessionStatus(p) => format!(
@@ -144,7 +144,11 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             p.previous_status.as_str()
         ),
         EventPayload::MessageQueued(p) => {
-            format!("queued message #{}: {}", p.seq, p.content_preview)
+            format!(
+                "queued message #{}: {}",
+                p.seq,
+                one_line(&p.content_preview, FIELD_CAP)
+            )
         }
         EventPayload::CancelRequested(_) => "cancel requested".to_owned(),
         EventPayload::ExecutionStarted(p) => format!(
@@ -153,7 +157,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             event.execution_id.unwrap_or_default(),
             p.attempt,
             p.worker.pid,
-            p.worker.host
+            one_line(&p.worker.host, FIELD_CAP)
         ),
         EventPayload::StepStarted(p) => format!("· step {}", p.step_number),
         EventPayload::ToolStarted(p) => {
@@ -166,15 +170,23 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
                         .map(|a| crate::tools::summarize_args(a, 100))
                 })
                 .unwrap_or_default();
-            format!("→ {} {args}", p.tool_name)
+            format!(
+                "→ {} {}",
+                one_line(&p.tool_name, FIELD_CAP),
+                one_line(&args, FIELD_CAP)
+            )
         }
         EventPayload::ToolCompleted(p) => match &p.error {
-            None => format!("✓ {} ({})", p.tool_name, human_duration(p.duration_ms)),
+            None => format!(
+                "✓ {} ({})",
+                one_line(&p.tool_name, FIELD_CAP),
+                human_duration(p.duration_ms)
+            ),
             Some(error) => format!(
                 "✗ {} ({}): {}",
-                p.tool_name,
+                one_line(&p.tool_name, FIELD_CAP),
                 human_duration(p.duration_ms),
-                crate::store::session::preview(error, 200)
+                one_line(&crate::store::session::preview(error, 200), FIELD_CAP)
             ),
         },
         EventPayload::Continuation(p) => format!(
@@ -188,7 +200,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
         ),
         EventPayload::ProviderRetry(p) => format!(
             "· model call failed ({}), retry {} in {}",
-            p.error,
+            one_line(&p.error, ERROR_CAP),
             p.attempt,
             human_duration(p.delay_ms)
         ),
@@ -206,7 +218,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
         EventPayload::ExecutionFinished(p) => {
             let mut text = format!("■ {}", footer(p));
             if let Some(error) = &p.error {
-                text.push_str(&format!("\n  error: {error}"));
+                text.push_str(&format!("\n  error: {}", one_line(error, ERROR_CAP)));
             }
             text
         }

@@ -16,7 +16,7 @@ use console::Style;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::wrap::Wrap;
-use super::{Renderer, footer, sanitize};
+use super::{ERROR_CAP, FIELD_CAP, Renderer, footer, one_line, sanitize};
 use crate::domain::event::{Event, EventPayload};
 use crate::domain::execution::ExecStatus;
 use crate::time::{Timestamp, human_duration};
@@ -79,9 +79,13 @@ impl<W: Write> TerminalRenderer<W> {
 
     /// The header: which session this is.
     pub fn header(&mut self, session: &str, agent: &str, title: Option<&str>) -> io::Result<()> {
-        let mut text = format!("● session {session} · agent {agent}");
+        let mut text = format!(
+            "● session {} · agent {}",
+            one_line(session, FIELD_CAP),
+            one_line(agent, FIELD_CAP)
+        );
         if let Some(title) = title {
-            text.push_str(&format!(" · \"{}\"", sanitize(title)));
+            text.push_str(&format!(" · \"{}\"", one_line(title, FIELD_CAP)));
         }
         let line = self.paint(&Style::new().bold(), &text);
         writeln!(self.out, "{line}")?;
@@ -167,7 +171,11 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 self.streamed = true;
             }
             EventPayload::MessageQueued(p) => {
-                self.note(&format!("queued #{}: {}", p.seq, p.content_preview))?;
+                self.note(&format!(
+                    "queued #{}: {}",
+                    p.seq,
+                    one_line(&p.content_preview, FIELD_CAP)
+                ))?;
             }
             EventPayload::SessionStatus(p) => {
                 self.note(&format!(
@@ -207,8 +215,8 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 self.tool_args.insert(p.tool_call_id.clone(), args.clone());
                 self.set_status(format!(
                     "running {} {}",
-                    sanitize(&p.tool_name),
-                    sanitize(&args)
+                    one_line(&p.tool_name, FIELD_CAP),
+                    one_line(&args, FIELD_CAP)
                 ));
             }
             EventPayload::ToolCompleted(p) => {
@@ -221,15 +229,15 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 let mut text = format!(
                     "{INDENT}{} {} {} · {}",
                     self.paint(&style, mark),
-                    sanitize(&p.tool_name),
-                    sanitize(&args),
+                    one_line(&p.tool_name, FIELD_CAP),
+                    one_line(&args, FIELD_CAP),
                     human_duration(p.duration_ms)
                 );
                 if let Some(error) = &p.error {
                     let error = crate::store::session::preview(error, 160);
                     text.push_str(&format!(
                         " — {}",
-                        self.paint(&Style::new().red(), &sanitize(&error))
+                        self.paint(&Style::new().red(), &one_line(&error, FIELD_CAP))
                     ));
                 }
                 self.line(&text)?;
@@ -238,7 +246,7 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
             EventPayload::ProviderRetry(p) => {
                 self.note(&format!(
                     "↻ model call failed ({}); retry {} in {}",
-                    p.error,
+                    one_line(&p.error, ERROR_CAP),
                     p.attempt,
                     human_duration(p.delay_ms)
                 ))?;
@@ -288,7 +296,7 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 if let Some(error) = &p.error {
                     let error = self.paint(
                         &Style::new().red(),
-                        &format!("{INDENT}error: {}", sanitize(error)),
+                        &format!("{INDENT}error: {}", one_line(error, ERROR_CAP)),
                     );
                     self.line(&error)?;
                 }
@@ -540,7 +548,7 @@ mod tests {
 
     #[test]
     fn outside_text_is_neutralised_in_every_line() {
-        let evil = "x\x1b]8;;http://e\x1b\\y\x07\r\u{9b}2J";
+        let evil = "x\x1b]8;;http://e\x1b\\y\x07\r\u{9b}2J\u{202e}\u{2066}";
         let text = render(
             60,
             vec![
@@ -576,9 +584,14 @@ mod tests {
         );
         let raw: Vec<char> = text
             .chars()
-            .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+            .filter(|c| {
+                (c.is_control() && *c != '\n' && *c != '\t') || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            })
             .collect();
         assert!(raw.is_empty(), "{raw:?} in {text}");
-        assert!(text.contains("x␛]8;;http://e␛\\y␇␍\u{fffd}2J"), "{text}");
+        assert!(
+            text.contains("x␛]8;;http://e␛\\y␇␍\u{fffd}2J<U+202E><U+2066>"),
+            "{text}"
+        );
     }
 }

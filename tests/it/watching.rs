@@ -343,10 +343,10 @@ fn catches(pid: u32, signal: u32) -> Option<bool> {
 // Pseudo-terminals
 
 /// What agentq wrote to a pseudo-terminal, with its exit code.
-struct Pty {
-    code: i32,
+pub(crate) struct Pty {
+    pub(crate) code: i32,
     /// Everything, line ends normalised to `\n`.
-    raw: String,
+    pub(crate) raw: String,
 }
 
 impl Pty {
@@ -364,7 +364,7 @@ impl Pty {
     }
 }
 
-fn script_available() -> bool {
+pub(crate) fn script_available() -> bool {
     let found = Command::new("script")
         .arg("--version")
         .stdin(Stdio::null())
@@ -382,7 +382,7 @@ fn quote(text: &str) -> String {
 
 /// Runs `agentq --home HOME ARGS` in a pseudo-terminal [`COLUMNS`] wide (util-linux
 /// `script`), with `TERM=xterm`, no `NO_COLOR` unless `vars` sets it, and `vars`.
-fn in_pty(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Pty {
+pub(crate) fn in_pty(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Pty {
     let agentq = Command::cargo_bin("agentq").unwrap();
     let mut line = format!(
         "stty cols {COLUMNS} rows 40 && exec {} --home {}",
