@@ -2,6 +2,7 @@
 //! into an exit code. Errors are rendered here and nowhere else.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -67,6 +68,7 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600) // like every file agentq creates, whatever the umask
                 .open(path)
                 .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
             builder

@@ -6,6 +6,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::Context;
+use super::retry::{History, already_queued};
 use super::watch::wait_for_message;
 use crate::cli::SendArgs;
 use crate::domain::execution::ExecStatus;
@@ -80,7 +81,8 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
 }
 
 /// `--continue` carries on a task the last execution left unfinished: stopped by a
-/// limit, failed (for example with the provider unavailable) or cancelled.
+/// limit, failed (for example with the provider unavailable) or cancelled; once, so it
+/// is refused while a continuation or a retry of that task waits in the inbox.
 fn check_continuable(dir: &SessionDir) -> Result<()> {
     let meta = read_meta(dir)?;
     let Some(last) = meta.last_execution else {
@@ -97,6 +99,9 @@ fn check_continuable(dir: &SessionDir) -> Result<()> {
             dir.id
         ))
         .into());
+    }
+    if let Some(refusal) = already_queued(dir, &History::read(dir)?, last)? {
+        return Err(UserError::usage(refusal).into());
     }
     Ok(())
 }

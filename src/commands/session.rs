@@ -12,6 +12,7 @@ use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
 use crate::definition;
 use crate::domain::Usage;
 use crate::domain::execution::{ExecStatus, Execution};
+use crate::domain::inbox::EntryKind;
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
@@ -459,7 +460,30 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             }
         }
     }
-    if lines.is_empty() {
+    // Queued messages reach the transcript only when a worker takes them: say so,
+    // rather than let an empty transcript look like nothing was sent.
+    let queued = inbox::list(&dir.inbox_dir())?
+        .entries
+        .iter()
+        .filter(|f| f.entry.kind == EntryKind::User)
+        .count() as u64;
+    let empty = if lines.is_empty() {
+        "no messages in the transcript yet; "
+    } else {
+        ""
+    };
+    if queued > 0 {
+        let taken_by = if read_meta(&dir)?.status == SessionStatus::Paused {
+            format!(
+                "the session is paused: `agentq session resume {}` lets a worker take them",
+                dir.id
+            )
+        } else {
+            "they enter the transcript when a worker takes them: `agentq worker`".to_owned()
+        };
+        let queued = crate::plural::count(queued, "message queued", "messages queued");
+        writeln!(out, "{empty}{queued} ({taken_by})")?;
+    } else if lines.is_empty() {
         writeln!(out, "no messages yet")?;
     }
     Ok(0)

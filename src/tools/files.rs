@@ -12,7 +12,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -332,7 +332,12 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let path = ws.resolve(rel)?;
     refuse_special(&path, rel)?;
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| ws.describe_io(rel, &e))?;
+        // 0755 whatever the umask, like the 0644 of the file below.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| ws.describe_io(rel, &e))?;
     }
     let mut file = OpenOptions::new()
         .write(true)
