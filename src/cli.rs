@@ -69,7 +69,7 @@ pub enum Command {
 
     /// Queue a message for a session (works with no worker running)
     #[command(
-        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq send \"$id\" \"Summarise the notes\"\n  echo \"text\" | agentq send \"$id\" -\n  agentq send \"$id\" --file prompt.md --key daily-2026-11-21\n  agentq send \"$id\" \"Hello\" --wait --timeout 2m   # a worker must be running\n  agentq send \"$id\" --continue --raise-budget 50000"
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq send \"$id\" \"Summarise the notes\"\n  echo \"text\" | agentq send \"$id\" -\n  agentq send \"$id\" --file prompt.md --key daily-2026-11-21\n  agentq send \"$id\" \"Hello\" --wait --timeout 2m      # a worker must be running\n  agentq send \"$id\" --continue --raise-budget 50000"
     )]
     Send(SendArgs),
 
@@ -87,13 +87,13 @@ pub enum Command {
 
     /// Process pending messages: claim sessions, run the agent loop, record events
     #[command(
-        after_help = "Examples:\n  agentq worker                 run until Ctrl-C or SIGTERM\n  agentq worker --once          handle what is pending now, then exit (cron, CI)\n  agentq worker --concurrency 4 --max-duration 10m"
+        after_help = "Examples:\n  agentq worker                 # run until Ctrl-C or SIGTERM\n  agentq worker --once          # handle what is pending now, then exit (cron, CI)\n  agentq worker --concurrency 4 --max-duration 10m"
     )]
     Worker(WorkerArgs),
 
     /// Follow a session's event log and render it live
     #[command(
-        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq watch \"$id\"\n  agentq watch \"$id\" --from-start --plain\n  agentq watch \"$id\" --json | jq .type\n  agentq send \"$id\" \"Hi\" && agentq watch \"$id\" --exit-on-idle --timeout 5m   # a worker must be running"
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq watch \"$id\"\n  agentq watch \"$id\" --from-start --plain\n  agentq watch \"$id\" --json | jq .type\n  agentq watch \"$id\" --exit-on-idle --timeout 5m   # a worker must be running"
     )]
     Watch(WatchArgs),
 

@@ -134,7 +134,7 @@ pub fn evaluate(
         check(
             "answered",
             facts.tool_calls == 0,
-            format!("{} tool calls", facts.tool_calls),
+            crate::plural::count(facts.tool_calls as u64, "tool call", "tool calls"),
             StopReason::Completed,
         ),
         check(

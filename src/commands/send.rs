@@ -36,6 +36,9 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     let config = ctx.config()?;
     let (text, metadata) = if args.continue_ {
         check_continuable(&dir)?;
+        if args.raise_budget.is_some() {
+            check_raisable(ctx, &dir)?;
+        }
         let mut metadata = serde_json::Map::new();
         metadata.insert(CONTINUE_KEY.to_owned(), true.into());
         (String::new(), metadata)
@@ -102,6 +105,26 @@ fn check_continuable(dir: &SessionDir) -> Result<()> {
     }
     if let Some(refusal) = already_queued(dir, &History::read(dir)?, last)? {
         return Err(UserError::usage(refusal).into());
+    }
+    Ok(())
+}
+
+/// `--raise-budget` adds to `session_max_tokens`: refused where the session has none,
+/// rather than accepted and doing nothing.
+fn check_raisable(ctx: &Context, dir: &SessionDir) -> Result<()> {
+    let meta = read_meta(dir)?;
+    let (def, _) = crate::definition::load_named(
+        &ctx.store.agents_dir(),
+        &meta.agent,
+        &meta.config,
+        &ctx.config()?,
+    )?;
+    if def.limits.session_max_tokens.is_none() {
+        return Err(UserError::usage(format!(
+            "--raise-budget adds to session_max_tokens, which agent `{}` does not set for session {}: there is no budget to raise; drop --raise-budget",
+            meta.agent, dir.id
+        ))
+        .into());
     }
     Ok(())
 }

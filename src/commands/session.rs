@@ -17,6 +17,7 @@ use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
+use crate::plural::count;
 use crate::render::sanitize;
 use crate::store::session::{NewSession, read_meta};
 use crate::store::{SessionDir, inbox, transcript};
@@ -354,24 +355,28 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     )?;
     writeln!(
         out,
-        "runs      {} executions: {} completed, {} failed, {} stopped, {} cancelled",
-        c.executions, c.completed, c.failed, c.stopped, c.cancelled
+        "runs      {}: {} completed, {} failed, {} stopped, {} cancelled",
+        count(c.executions, "execution", "executions"),
+        c.completed,
+        c.failed,
+        c.stopped,
+        c.cancelled
     )?;
     writeln!(
         out,
-        "usage     {} tokens ({} input, {} output){}",
-        m.usage.total,
+        "usage     {} ({} input, {} output){}",
+        count(m.usage.total, "token", "tokens"),
         m.usage.input,
         m.usage.output,
         m.cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default()
     )?;
     if let Some(b) = &shown.budgets {
-        let mut limits = vec![format!("{} steps", b.max_steps)];
+        let mut limits = vec![count(u64::from(b.max_steps), "step", "steps")];
         if let Some(t) = b.max_tokens {
-            limits.push(format!("{t} tokens"));
+            limits.push(count(t, "token", "tokens"));
         }
         if let Some(t) = b.session_max_tokens {
-            limits.push(format!("{t} session tokens"));
+            limits.push(count(t, "session token", "session tokens"));
         }
         if let Some(ms) = b.timeout_ms {
             limits.push(crate::time::human_duration(ms));
@@ -409,12 +414,12 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     if let Some(e) = &shown.last_execution {
         writeln!(
             out,
-            "last      {} {} ({}), {} steps, {} tokens, exit {}",
+            "last      {} {} ({}), {}, {}, exit {}",
             e.id,
             e.status.as_str(),
             e.stop_reason.map_or("", |r| r.as_str()),
-            e.steps,
-            e.usage.total,
+            count(u64::from(e.steps), "step", "steps"),
+            count(e.usage.total, "token", "tokens"),
             e.exit_code.unwrap_or_default()
         )?;
         if let Some(error) = &e.error {
@@ -481,7 +486,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         } else {
             "they enter the transcript when a worker takes them: `agentq worker`".to_owned()
         };
-        let queued = crate::plural::count(queued, "message queued", "messages queued");
+        let queued = count(queued, "message queued", "messages queued");
         writeln!(out, "{empty}{queued} ({taken_by})")?;
     } else if lines.is_empty() {
         writeln!(out, "no messages yet")?;

@@ -366,7 +366,7 @@ fn why_not_done(dir: &SessionDir, running: bool) -> Result<String> {
             dir.id, dir.id
         )
     } else {
-        "no worker has picked it up; start one with `agentq worker` (or use `agentq run`)"
+        "no worker has picked it up; start one with `agentq worker` (`--once` to handle what is queued and exit)"
             .to_owned()
     })
 }

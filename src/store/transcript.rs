@@ -71,9 +71,9 @@ pub fn read(path: &Path, mark: TranscriptMark) -> io::Result<Vec<TranscriptLine>
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{} has {} settled lines, state.json expects {}",
+                "{} has {}, state.json expects {}",
                 path.display(),
-                lines.len(),
+                crate::plural::count(lines.len() as u64, "settled line", "settled lines"),
                 mark.lines
             ),
         ));

@@ -299,7 +299,7 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         let total = if truncated_bytes {
             format!("the first {} KiB", READ_CAP_BYTES / 1024)
         } else {
-            format!("{} lines", lines.len())
+            crate::plural::count(lines.len() as u64, "line", "lines")
         };
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
@@ -349,7 +349,10 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         .map_err(|e| ws.describe_io(rel, &e))?;
     file.write_all(content.as_bytes())
         .map_err(|e| ws.describe_io(rel, &e))?;
-    Ok(format!("wrote {} bytes to {rel}", content.len()))
+    Ok(format!(
+        "wrote {} to {rel}",
+        crate::plural::count(content.len() as u64, "byte", "bytes")
+    ))
 }
 
 pub fn list_dir_schema() -> Value {
