@@ -255,7 +255,7 @@ pub struct SendArgs {
     /// Read the message from a file
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// No new text: carry on with the task the last execution left stopped or failed
+    /// No new text: carry on with the task the last execution left stopped, failed or cancelled
     #[arg(long = "continue", conflicts_with_all = ["text", "file"])]
     pub continue_: bool,
     /// With --continue: add this many tokens to the session's session_max_tokens

@@ -94,6 +94,14 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The value of a duration flag such as `--timeout`, refused with the flag's name.
+pub fn duration_flag(flag: &str, text: Option<&str>) -> Result<Option<std::time::Duration>> {
+    text.map(|t| {
+        crate::time::parse_duration(t).map_err(|e| UserError::usage(format!("{flag}: {e}")).into())
+    })
+    .transpose()
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     // Serialised first, so a closed pipe surfaces as the plain I/O error it is.

@@ -14,17 +14,12 @@ use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::error::UserError;
 use crate::store::SessionDir;
 use crate::store::session::{NewEntry, read_meta};
-use crate::time::parse_duration;
 
 /// The longest idempotency key: it is stored hex-encoded as a file name.
 const MAX_KEY_BYTES: usize = 120;
 
 pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| parse_duration(t).map_err(|e| UserError::usage(format!("--timeout: {e}"))))
-        .transpose()?;
+    let timeout = super::duration_flag("--timeout", args.timeout.as_deref())?;
     if let Some(key) = &args.key
         && (key.is_empty() || key.len() > MAX_KEY_BYTES)
     {

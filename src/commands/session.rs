@@ -472,7 +472,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         .iter()
         .filter(|f| f.entry.kind == EntryKind::User)
         .count() as u64;
-    let empty = if lines.is_empty() {
+    let before = if lines.is_empty() {
         "no messages in the transcript yet; "
     } else {
         ""
@@ -487,7 +487,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             "they enter the transcript when a worker takes them: `agentq worker`".to_owned()
         };
         let queued = count(queued, "message queued", "messages queued");
-        writeln!(out, "{empty}{queued} ({taken_by})")?;
+        writeln!(out, "{before}{queued} ({taken_by})")?;
     } else if lines.is_empty() {
         writeln!(out, "no messages yet")?;
     }

@@ -23,14 +23,9 @@ use crate::store::events::{offset_after_seq, offset_of_last};
 use crate::store::follow::{Follower, Line};
 use crate::store::inbox;
 use crate::store::session::read_meta;
-use crate::time::parse_duration;
 
 pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| parse_duration(t).map_err(|e| UserError::usage(format!("--timeout: {e}"))))
-        .transpose()?;
+    let timeout = super::duration_flag("--timeout", args.timeout.as_deref())?;
     let dir = ctx.store.resolve(&args.id)?;
     let path = dir.events_path();
     let offset = if args.from_start {

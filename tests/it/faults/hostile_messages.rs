@@ -395,6 +395,27 @@ fn flags_that_only_make_sense_with_another_are_refused_without_it() {
         assert!(message.contains(flag), "{args:?}: {message}");
     }
     assert_eq!(env.pending(&id), 0, "nothing was queued by a refused send");
+
+    // --raise-budget needs a session_max_tokens to raise.
+    let stops = |name: &str, extra: &str| {
+        format!(
+            "name = \"{name}\"\n[model]\nprovider = \"scripted\"\n[[model.script]]\ntool_calls = [{{ name = \"list_dir\", arguments = {{ path = \".\" }} }}]\nusage = {{ input = 10, output = 10 }}\n[limits]\nmax_steps = 1\n{extra}[tools]\nbuiltin = [\"list_dir\"]\n"
+        )
+    };
+    env.write_agent("uncapped", &stops("uncapped", ""));
+    env.write_agent("capped", &stops("capped", "session_max_tokens = 1000\n"));
+    let uncapped = env.new_session("uncapped");
+    env.run(&["run", "--session", &uncapped, "go"]);
+    let message = one_line_error(
+        &env.run(&["send", &uncapped, "--continue", "--raise-budget", "5"]),
+        2,
+        "raise without a budget",
+    );
+    assert!(message.contains("session_max_tokens"), "{message}");
+    assert_eq!(env.pending(&uncapped), 0);
+    let capped = env.new_session("capped");
+    env.run(&["run", "--session", &capped, "go"]);
+    env.ok(&["send", &capped, "--continue", "--raise-budget", "5"]);
     // The same flags with what they need are accepted.
     env.ok(&["send", &id, "--file", "prompt.md"]);
     env.ok(&["run", "--session", &id, "--file", "prompt.md"]);
@@ -1024,7 +1045,46 @@ fn the_readmes_tour_runs_as_written_and_every_command_it_shows_parses() {
         "{}",
         describe(&out)
     );
-    report("readme_tour_and_commands", &[("cases", commands + lines)]);
+
+    // Every TOML example is valid where it goes: the agent definitions (the
+    // alternatives of one block, each alone) and agentq.toml.
+    let mut tomls = 0;
+    let mut config = String::new();
+    for block in readme.split("```toml\n").skip(1) {
+        let block = &block[..block.find("```").unwrap()];
+        if block.starts_with("# agentq.toml") || block.starts_with("[providers.") {
+            config.push_str(block);
+            continue;
+        }
+        // A block that is not a whole definition shows alternatives, blank-line apart.
+        let parts: Vec<&str> = if block.starts_with("name = ") {
+            vec![block]
+        } else {
+            block.split("\n\n").collect()
+        };
+        for (i, part) in parts.into_iter().enumerate() {
+            let name = format!("readme{tomls}x{i}");
+            let text = if part.starts_with("name = ") {
+                part.replacen("name = \"demo\"", &format!("name = \"{name}\""), 1)
+            } else {
+                format!("name = \"{name}\"\n{part}")
+            };
+            std::fs::create_dir_all(env.home().join("agents")).unwrap();
+            env.write_agent(&name, &text);
+            env.ok(&["agents", "validate", &format!("agents/{name}.toml")]);
+        }
+        tomls += 1;
+    }
+    std::fs::write(env.home().join("agentq.toml"), &config).unwrap();
+    env.ok(&["status"]);
+    assert!(
+        tomls >= 2 && config.contains("[providers.local]"),
+        "{tomls}: {config}"
+    );
+    report(
+        "readme_tour_and_commands",
+        &[("cases", commands + lines + tomls + 1)],
+    );
 }
 
 /// A process group, killed when dropped (a script's background jobs with it).
