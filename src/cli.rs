@@ -69,7 +69,7 @@ pub enum Command {
 
     /// Queue a message for a session (works with no worker running)
     #[command(
-        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq send \"$id\" \"Summarise the notes\"\n  echo \"text\" | agentq send \"$id\" -\n  agentq send \"$id\" --file prompt.md --key daily-2026-11-21\n  agentq send \"$id\" \"Hello\" --wait --timeout 2m      # a worker must be running\n  agentq send \"$id\" --continue --raise-budget 50000"
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq send \"$id\" \"Summarise the notes\"\n  echo \"text\" | agentq send \"$id\" -\n  agentq send \"$id\" --file prompt.md --key daily-2026-11-21\n  agentq send \"$id\" \"Hello\" --wait --timeout 2m      # a worker must be running\n  agentq send \"$id\" --continue                        # after a stop at a limit"
     )]
     Send(SendArgs),
 

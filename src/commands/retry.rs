@@ -37,8 +37,17 @@ pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
                 .all(|later| history.task_of(later.id) != history.task_of(e.id))
     });
     let Some((_, failed)) = failed else {
+        let any_failed = history
+            .executions
+            .iter()
+            .any(|e| e.status == ExecStatus::Failed);
+        let why = if any_failed {
+            "each failed execution was retried or carried on since"
+        } else {
+            "nothing failed"
+        };
         return Err(UserError::usage(format!(
-            "session {} has no failed execution to retry",
+            "session {} has no failed execution to retry: {why}",
             dir.id
         ))
         .into());

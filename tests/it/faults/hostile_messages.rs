@@ -586,12 +586,12 @@ builtin = ["write_file", "read_file", "todo_write"]
 }
 
 #[test]
-fn every_help_example_parses_and_names_sessions_by_a_whole_id() {
-    let env = TestEnv::empty();
+fn every_help_example_parses_names_sessions_by_a_whole_id_and_runs() {
+    let env = TestEnv::new();
     let id = "01900000-0000-7000-8000-000000000000";
     // Every command path, found from the help itself.
     let mut paths: Vec<Vec<String>> = vec![vec![]];
-    let mut examples = 0;
+    let mut lines: Vec<String> = Vec::new();
     let mut i = 0;
     while i < paths.len() {
         let path = paths[i].clone();
@@ -622,13 +622,84 @@ fn every_help_example_parses_and_names_sessions_by_a_whole_id() {
                 for words in commands {
                     assert_parses(&words, &format!("agentq {} --help", path.join(" ")));
                 }
-                examples += 1;
+                lines.push(trimmed.to_owned());
             }
         }
     }
     assert!(paths.len() > 20, "commands found: {paths:?}");
-    assert!(examples > 30, "examples found: {examples}");
-    report("help_examples_parse", &[("cases", examples)]);
+    assert!(lines.len() > 30, "examples found: {}", lines.len());
+
+    // Each example, run as written in a home with a worker, `$id` a new session. Not
+    // run: those that go on until stopped (a worker without --once, a watch without
+    // --exit-on-idle) and those that write into the user's shell set-up.
+    std::fs::write(env.home().join("prompt.md"), "a prompt").unwrap();
+    let _worker = env.spawn_worker(&[]);
+    let mut ran = 0;
+    for line in &lines {
+        let command = line.split(" #").next().unwrap();
+        let endless = (command.contains("agentq worker") && !command.contains("--once"))
+            || (command.contains("agentq watch") && !command.contains("--exit-on-idle"));
+        if endless || command.contains("completions") {
+            continue;
+        }
+        let script = format!("set -e\nid=$(agentq session new --agent demo)\n{command}\n");
+        let out = shell(&env, &script, LONG);
+        // Examples for a state the new session is not in are refused as such.
+        let not_now = ["no failed execution", "nothing to continue"]
+            .iter()
+            .any(|m| stderr(&out).contains(m));
+        assert!(
+            code(&out) == 0 || (code(&out) == 2 && not_now),
+            "the example `{line}`:\n{}",
+            describe(&out)
+        );
+        ran += 1;
+    }
+    assert!(ran > 25, "examples run: {ran}");
+    report("help_examples_run", &[("cases", lines.len() as u64 + ran)]);
+}
+
+/// Runs `script` with `sh` in the home, `agentq` on the PATH; waits at most `timeout`.
+/// Its background jobs are killed with it.
+fn shell(env: &TestEnv, script: &str, timeout: Duration) -> Output {
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        assert_cmd::cargo::cargo_bin("agentq"),
+        bin.path().join("agentq"),
+    )
+    .unwrap();
+    let mut prelude = String::new();
+    if std::process::Command::new("jq")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // jq is not part of a fresh machine: the line still runs, its output unread.
+        prelude.push_str("jq() { cat >/dev/null; }\n");
+    }
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(prelude + script)
+        .env("PATH", path)
+        .env("AGENTQ_HOME", env.home())
+        .env("HOME", env.home())
+        .env("NO_COLOR", "1")
+        .current_dir(env.home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = Group(child.id());
+    let out = Background { child }.wait(timeout);
+    drop(group);
+    out
 }
 
 #[test]
@@ -987,18 +1058,7 @@ fn the_readmes_tour_runs_as_written_and_every_command_it_shows_parses() {
         .find(|b| b.iter().any(|l| l.contains("--exit-on-idle")))
         .expect("the CI lines");
     let env = TestEnv::empty();
-    let bin = tempfile::tempdir().unwrap();
-    let agentq = assert_cmd::cargo::cargo_bin("agentq");
-    std::os::unix::fs::symlink(&agentq, bin.path().join("agentq")).unwrap();
     let mut script = String::from("set -e\n");
-    if std::process::Command::new("jq")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        // jq is not part of a fresh machine: the line still runs, its output unread.
-        script.push_str("jq() { cat >/dev/null; }\n");
-    }
     let mut lines = 0;
     for line in tour.iter().chain(ci.iter()) {
         if line.starts_with("alias ") || line.trim().is_empty() {
@@ -1017,28 +1077,7 @@ fn the_readmes_tour_runs_as_written_and_every_command_it_shows_parses() {
         lines += 1;
     }
     script.push_str("kill $jobs\nwait\n");
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .env("PATH", path)
-        .env("AGENTQ_HOME", env.home())
-        .env("HOME", env.home())
-        .env("NO_COLOR", "1")
-        .current_dir(env.home())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let group = Group(child.id());
-    let out = Background { child }.wait(Duration::from_secs(60));
-    drop(group);
+    let out = shell(&env, &script, Duration::from_secs(60));
     assert_eq!(code(&out), 0, "the tour:\n{script}\n{}", describe(&out));
     assert!(
         stdout(&out).contains("You asked: \"Summarise\""),
