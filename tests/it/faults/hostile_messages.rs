@@ -738,7 +738,15 @@ builtin = ["write_file"]
     open(&["send", &id, "write", "--key", "k1"]);
     open(&["send", &id, "again"]);
     let log = env.home().join("worker.log");
-    open(&["worker", "--once", "--log-file", log.to_str().unwrap()]);
+    // With slots, the worker's file in sessions/.workers/ stays to be checked.
+    open(&[
+        "worker",
+        "--once",
+        "--max-workers",
+        "2",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
     open(&["session", "pause", &id]);
     open(&["session", "resume", &id]);
     open(&["run", "--agent", "demo", "hello"]);
@@ -779,6 +787,10 @@ builtin = ["write_file"]
         env.session_dir(&id)
             .join("workspace/deep/er/note.md")
             .exists()
+    );
+    assert!(
+        sessions.join(".workers/slot-0").exists(),
+        "a slot was checked"
     );
     for (path, expected) in [
         (env.home().join("agents"), 0o700),
