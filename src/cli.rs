@@ -77,27 +77,31 @@ pub enum Command {
 
     /// Queue a message for a session (works with no worker running)
     #[command(
-        after_help = "Examples:\n  agentq send 0193a7c2 \"Summarise the notes\"\n  echo \"text\" | agentq send 0193a7c2 -\n  agentq send 0193a7c2 --file prompt.md --key daily-2026-11-21\n  agentq send 0193a7c2 \"Hello\" --wait --timeout 2m"
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq send \"$id\" \"Summarise the notes\"\n  echo \"text\" | agentq send \"$id\" -\n  agentq send \"$id\" --file prompt.md --key daily-2026-11-21\n  agentq send \"$id\" \"Hello\" --wait --timeout 2m      # a worker must be running\n  agentq send \"$id\" --continue                        # after a stop at a limit"
     )]
     Send(SendArgs),
 
     /// Cancel the running execution of a session
-    #[command(after_help = "Example:\n  agentq cancel 0193a7c2")]
+    #[command(
+        after_help = "Example:\n  agentq cancel \"$id\"   # id=$(agentq session new --agent demo)"
+    )]
     Cancel(CancelArgs),
 
-    /// Queue again the message of the session's last failed execution
-    #[command(after_help = "Example:\n  agentq retry 0193a7c2 && agentq worker --once")]
+    /// Queue again the text of the message whose execution failed last
+    #[command(
+        after_help = "Example:\n  agentq retry \"$id\" && agentq worker --once   # id=$(agentq session new --agent demo)"
+    )]
     Retry(RetryArgs),
 
     /// Process pending messages: claim sessions, run the agent loop, record events
     #[command(
-        after_help = "Examples:\n  agentq worker                 run until Ctrl-C or SIGTERM\n  agentq worker --once          handle what is pending now, then exit (cron, CI)\n  agentq worker --concurrency 4 --max-duration 10m"
+        after_help = "Examples:\n  agentq worker                 # run until Ctrl-C or SIGTERM\n  agentq worker --once          # handle what is pending now, then exit (cron, CI)\n  agentq worker --concurrency 4 --max-duration 10m"
     )]
     Worker(WorkerArgs),
 
     /// Follow a session's event log and render it live
     #[command(
-        after_help = "Examples:\n  agentq watch 0193a7c2\n  agentq watch 0193a7c2 --from-start --plain\n  agentq watch 0193a7c2 --json | jq .type\n  agentq send 0193a7c2 \"Hi\" && agentq watch 0193a7c2 --exit-on-idle"
+        after_help = "Examples:\n  id=$(agentq session new --agent demo)\n  agentq watch \"$id\"\n  agentq watch \"$id\" --from-start --plain\n  agentq watch \"$id\" --json | jq .type\n  agentq watch \"$id\" --exit-on-idle --timeout 5m   # a worker must be running"
     )]
     Watch(WatchArgs),
 
@@ -126,7 +130,7 @@ pub enum Command {
 
     /// One shot: queue a message, process it here, render it, print the answer
     #[command(
-        after_help = "Examples:\n  agentq run --agent demo \"What is in the notes?\"\n  agentq run --agent demo --session 0193a7c2 \"And then?\""
+        after_help = "Examples:\n  agentq run --agent demo \"What is in the notes?\"\n  agentq run --agent demo --file prompt.md\n  id=$(agentq session new --agent demo)\n  agentq run --session \"$id\" \"And then?\""
     )]
     Run(RunArgs),
 }
@@ -186,30 +190,30 @@ pub enum SessionCommand {
         json: bool,
     },
     /// Show a session: status, counters, usage, budgets, todo list, last and failed executions
-    #[command(after_help = "Example:\n  agentq session show 0193a7c2 --json | jq .session.usage")]
+    #[command(after_help = "Example:\n  agentq session show \"$id\" --json | jq .session.usage")]
     Show {
         id: String,
         #[arg(long)]
         json: bool,
     },
     /// Show a session's transcript
-    #[command(after_help = "Example:\n  agentq session messages 0193a7c2")]
+    #[command(after_help = "Example:\n  agentq session messages \"$id\"")]
     Messages {
         id: String,
         #[arg(long)]
         json: bool,
     },
     /// Close a session: it takes no new messages
-    #[command(after_help = "Example:\n  agentq session close 0193a7c2")]
+    #[command(after_help = "Example:\n  agentq session close \"$id\"")]
     Close { id: String },
     /// Pause a session: workers skip it (after the current step) until it is resumed
-    #[command(after_help = "Example:\n  agentq session pause 0193a7c2")]
+    #[command(after_help = "Example:\n  agentq session pause \"$id\"")]
     Pause { id: String },
     /// Resume a paused session
-    #[command(after_help = "Example:\n  agentq session resume 0193a7c2")]
+    #[command(after_help = "Example:\n  agentq session resume \"$id\"")]
     Resume { id: String },
     /// Remove a session and all its files (refused while a worker owns it)
-    #[command(after_help = "Example:\n  agentq session rm 0193a7c2")]
+    #[command(after_help = "Example:\n  agentq session rm \"$id\"")]
     Rm { id: String },
 }
 
@@ -259,11 +263,13 @@ pub struct SendArgs {
     /// Read the message from a file
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// No new text: carry on with the task the last execution left stopped or failed
+    /// No new text: carry on with the task the last execution left stopped, failed or cancelled
     #[arg(long = "continue", conflicts_with_all = ["text", "file"])]
     pub continue_: bool,
     /// With --continue: add this many tokens to the session's session_max_tokens
-    #[arg(long, requires = "continue_", value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
+    // `requires` alone is not enough: clap drops the requirement of an argument that
+    // conflicts with one given, so `--raise-budget 5 TEXT` would pass unnoticed.
+    #[arg(long, requires = "continue_", conflicts_with_all = ["text", "file"], value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
     pub raise_budget: Option<u64>,
     /// Idempotency key: sending the same key again is a no-op returning the first id
     #[arg(long, value_name = "KEY")]
@@ -338,6 +344,9 @@ pub struct WatchArgs {
     /// Exit once nothing is pending or running, with the last execution's exit code
     #[arg(long)]
     pub exit_on_idle: bool,
+    /// With --exit-on-idle: give up after this long (exit 75), e.g. 30s, 5m
+    #[arg(long, requires = "exit_on_idle", value_name = "DURATION", value_parser = limit)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -346,7 +355,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", required_unless_present = "session")]
     pub agent: Option<String>,
     /// The message; `-` reads it from standard input
+    #[arg(conflicts_with = "file")]
     pub text: Option<String>,
+    /// Read the message from a file
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// Use this existing session
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,

@@ -5,6 +5,7 @@
 //! standard output, exit 1. No write panics.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -94,6 +95,7 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600) // like every file agentq creates, whatever the umask
                 .open(path)
                 .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
             builder

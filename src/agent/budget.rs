@@ -134,7 +134,7 @@ pub fn evaluate(
         check(
             "answered",
             facts.tool_calls == 0,
-            format!("{} tool calls", facts.tool_calls),
+            crate::plural::count(facts.tool_calls as u64, "tool call", "tool calls"),
             StopReason::Completed,
         ),
         check(
@@ -165,7 +165,7 @@ pub fn evaluate(
         check(
             "max_tokens",
             budgets.max_tokens.is_some_and(|max| usage.total >= max),
-            limit_detail(usage.total, budgets.max_tokens, "tokens"),
+            limit_detail(usage.total, budgets.max_tokens),
             StopReason::TokenLimit,
         ),
         check(
@@ -173,7 +173,7 @@ pub fn evaluate(
             budgets
                 .session_max_tokens
                 .is_some_and(|max| session.total >= max),
-            limit_detail(session.total, budgets.session_max_tokens, "tokens"),
+            limit_detail(session.total, budgets.session_max_tokens),
             StopReason::TokenLimit,
         ),
         check(
@@ -220,9 +220,11 @@ pub fn evaluate(
     }
 }
 
-fn limit_detail(used: u64, max: Option<u64>, unit: &str) -> String {
+/// The tokens used against a token limit, for the continuation trace.
+fn limit_detail(used: u64, max: Option<u64>) -> String {
+    let used = crate::plural::count(used, "token", "tokens");
     match max {
-        Some(max) => format!("{used} {unit} of {max}"),
-        None => format!("{used} {unit}, no limit"),
+        Some(max) => format!("{used} of {max}"),
+        None => format!("{used}, no limit"),
     }
 }

@@ -21,8 +21,12 @@ Write a concise summary that lets the agent carry on: the user's goals and const
 decisions made, facts learned from tool results (file names, values, errors), work done \
 and work still open. Leave out pleasantries. Answer with the summary only.";
 
-/// How much a summary is assumed to take before it is written.
-const SUMMARY_ALLOWANCE: u64 = 500;
+/// How much a summary is assumed to take before it is written: a tenth of the window,
+/// at most 500 tokens. A fixed 500 would stop compaction in small windows altogether
+/// (below about 600 tokens, no cut could bring a prompt under the threshold with it).
+fn summary_allowance(window: u64) -> u64 {
+    (window / 10).min(500)
+}
 
 /// The messages the model sees: the summary (if any), the latest user message if it
 /// was compacted away, then everything after the compacted part.
@@ -98,7 +102,7 @@ pub fn plan(
             through: cut as u64,
             summary: None,
         };
-        estimate(system, &view(history, Some(&trial)), tools) + SUMMARY_ALLOWANCE
+        estimate(system, &view(history, Some(&trial)), tools) + summary_allowance(window)
     };
     let cut = candidates
         .iter()
@@ -236,6 +240,39 @@ mod tests {
                 .any(|m| matches!(m, Message::User { content } if content == "second task"))
         );
         assert!(matches!(view.last(), Some(Message::Tool { .. })));
+    }
+
+    #[test]
+    fn small_windows_compact_too() {
+        // Six messages of 100 tokens each: over the threshold of a 600-token window.
+        let turn = "y".repeat(400);
+        let history: Vec<Message> = (0..6)
+            .map(|i| {
+                if i % 2 == 0 {
+                    user(&turn)
+                } else {
+                    Message::Assistant {
+                        content: turn.clone(),
+                        tool_calls: vec![],
+                    }
+                }
+            })
+            .collect();
+        for window in [300, 500, 700] {
+            let plan = plan("", &history, &[], None, window, 0.8)
+                .unwrap_or_else(|| panic!("a {window}-token window compacts"));
+            let trial = Compaction {
+                through: plan.cut as u64,
+                summary: None,
+            };
+            let after = estimate("", &view(&history, Some(&trial)), &[]);
+            assert!(
+                after + summary_allowance(window) < plan.before_tokens,
+                "window {window}: the cut makes room ({after} of {})",
+                plan.before_tokens
+            );
+        }
+        assert_eq!(summary_allowance(100_000), 500, "large windows as before");
     }
 
     #[test]

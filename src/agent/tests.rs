@@ -106,7 +106,10 @@ impl Harness {
         mut history: Vec<Message>,
         mut state: AgentState,
     ) -> (LoopEnd, AgentState) {
-        let provider = Scripted::new(self.def.model.script.clone());
+        let provider = Scripted::new(
+            self.def.model.script.clone(),
+            crate::provider::retry::RetryPolicy::with_max_attempts(self.def.model.max_attempts),
+        );
         let tools = Toolbox::new(
             self.workspace.path().to_owned(),
             &self.def.tools.builtin,
@@ -220,11 +223,12 @@ fn max_steps_stops_the_execution() {
 }
 
 #[test]
-fn a_transient_provider_error_fails_as_unavailable() {
+fn a_transient_provider_error_is_retried_then_fails_as_unavailable() {
     let h = Harness::new(
         r#"
         [model]
         provider = "scripted"
+        max_attempts = 2
         [[model.script]]
         error = { status = 503, message = "overloaded" }
         "#,
@@ -235,7 +239,15 @@ fn a_transient_provider_error_fails_as_unavailable() {
         panic!("suspended")
     };
     assert_eq!(outcome.stop_reason, StopReason::ProviderUnavailable);
-    assert!(outcome.error.unwrap().message.contains("overloaded"));
+    let retries: Vec<&EventPayload> = sink
+        .events
+        .iter()
+        .filter(|e| matches!(e, EventPayload::ProviderRetry(_)))
+        .collect();
+    assert_eq!(retries.len(), 1, "max_attempts = 2: one retry");
+    let message = outcome.error.unwrap().message;
+    assert!(message.contains("overloaded"), "{message}");
+    assert!(message.contains("gave up after 2 attempts"), "{message}");
     assert_eq!(state.model_calls, 1, "the script entry is used up");
     assert_eq!(sink.checkpoints, 0);
 }

@@ -126,8 +126,8 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
             c.description.clone().unwrap_or_default()
         } else {
             format!(
-                "invalid ({} problems): agentq agents validate {}",
-                c.problems.len(),
+                "invalid ({}): agentq agents validate {}",
+                crate::plural::count(c.problems.len() as u64, "problem", "problems"),
                 c.file.display()
             )
         };

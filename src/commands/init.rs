@@ -2,6 +2,7 @@
 //! exists is left as it is, so running it twice changes nothing.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context as _, Result};
 
@@ -58,7 +59,15 @@ pub fn run(ctx: &Context) -> Result<u8> {
     }
     let demo = store.agents_dir().join("demo.toml");
     if !demo.exists() {
-        std::fs::write(&demo, DEMO_AGENT).with_context(|| format!("writing {}", demo.display()))?;
+        // The mode is given, not left to the umask: a permissive one (000) must not
+        // make the definition, which decides what the agent may run, world-writable.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&demo)
+            .and_then(|mut file| file.write_all(DEMO_AGENT.as_bytes()))
+            .with_context(|| format!("writing {}", demo.display()))?;
         writeln!(out, "created {}", demo.display())?;
         created += 1;
     }

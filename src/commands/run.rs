@@ -23,7 +23,11 @@ use crate::worker::{self, Shutdown};
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     let config = ctx.config()?;
-    let text = super::message_text(args.text, None, config.inbox.max_message_bytes)?;
+    let text = super::message_text(
+        args.text,
+        args.file.as_ref(),
+        config.inbox.max_message_bytes,
+    )?;
     let dir = match (&args.session, &args.agent) {
         (Some(id), agent) => {
             let dir = ctx.store.resolve(id)?;

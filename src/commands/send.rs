@@ -6,6 +6,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::Context;
+use super::retry::{History, already_queued};
 use super::watch::wait_for_message;
 use crate::cli::SendArgs;
 use crate::domain::execution::ExecStatus;
@@ -29,7 +30,10 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     let dir = ctx.store.resolve(&args.id)?;
     let config = ctx.config()?;
     let (text, metadata) = if args.continue_ {
-        check_continuable(&dir)?;
+        check_continuable(ctx, &dir)?;
+        if args.raise_budget.is_some() {
+            check_raisable(ctx, &dir)?;
+        }
         let mut metadata = serde_json::Map::new();
         metadata.insert(CONTINUE_KEY.to_owned(), true.into());
         (String::new(), metadata)
@@ -75,8 +79,9 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
 }
 
 /// `--continue` carries on a task the last execution left unfinished: stopped by a
-/// limit, failed (for example with the provider unavailable) or cancelled.
-fn check_continuable(dir: &SessionDir) -> Result<()> {
+/// limit, failed (for example with the provider unavailable) or cancelled; once, so it
+/// is refused while a continuation or a retry of that task waits in the inbox.
+fn check_continuable(ctx: &Context, dir: &SessionDir) -> Result<()> {
     let meta = read_meta(dir)?;
     let Some(last) = meta.last_execution else {
         return Err(UserError::usage(format!(
@@ -90,6 +95,29 @@ fn check_continuable(dir: &SessionDir) -> Result<()> {
         return Err(UserError::usage(format!(
             "nothing to continue: the last execution of session {} completed; send a new message instead",
             dir.id
+        ))
+        .into());
+    }
+    if let Some(refusal) = already_queued(dir, &History::read(&ctx.store, dir)?, last)? {
+        return Err(UserError::usage(refusal).into());
+    }
+    Ok(())
+}
+
+/// `--raise-budget` adds to `session_max_tokens`: refused where the session has none,
+/// rather than accepted and doing nothing.
+fn check_raisable(ctx: &Context, dir: &SessionDir) -> Result<()> {
+    let meta = read_meta(dir)?;
+    let (def, _) = crate::definition::load_named(
+        &ctx.store.agents_dir(),
+        &meta.agent,
+        &meta.config,
+        &ctx.config()?,
+    )?;
+    if def.limits.session_max_tokens.is_none() {
+        return Err(UserError::usage(format!(
+            "--raise-budget adds to session_max_tokens, which agent `{}` does not set for session {}: there is no budget to raise; drop --raise-budget",
+            meta.agent, dir.id
         ))
         .into());
     }

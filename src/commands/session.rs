@@ -12,10 +12,12 @@ use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
 use crate::definition;
 use crate::domain::Usage;
 use crate::domain::execution::{ExecStatus, Execution};
+use crate::domain::inbox::EntryKind;
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
+use crate::plural::count;
 use crate::render::{ERROR_CAP, FIELD_CAP, one_line, sanitize};
 use crate::store::session::{NewSession, damaged, explain_damage, read_meta, read_state};
 use crate::store::{SessionDir, inbox};
@@ -354,24 +356,28 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     )?;
     writeln!(
         out,
-        "runs      {} executions: {} completed, {} failed, {} stopped, {} cancelled",
-        c.executions, c.completed, c.failed, c.stopped, c.cancelled
+        "runs      {}: {} completed, {} failed, {} stopped, {} cancelled",
+        count(c.executions, "execution", "executions"),
+        c.completed,
+        c.failed,
+        c.stopped,
+        c.cancelled
     )?;
     writeln!(
         out,
-        "usage     {} tokens ({} input, {} output){}",
-        m.usage.total,
+        "usage     {} ({} input, {} output){}",
+        count(m.usage.total, "token", "tokens"),
         m.usage.input,
         m.usage.output,
         m.cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default()
     )?;
     if let Some(b) = &shown.budgets {
-        let mut limits = vec![format!("{} steps", b.max_steps)];
+        let mut limits = vec![count(u64::from(b.max_steps), "step", "steps")];
         if let Some(t) = b.max_tokens {
-            limits.push(format!("{t} tokens"));
+            limits.push(count(t, "token", "tokens"));
         }
         if let Some(t) = b.session_max_tokens {
-            limits.push(format!("{t} session tokens"));
+            limits.push(count(t, "session token", "session tokens"));
         }
         if let Some(ms) = b.timeout_ms {
             limits.push(crate::time::human_duration(ms));
@@ -429,12 +435,12 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     if let Some(e) = &shown.last_execution {
         writeln!(
             out,
-            "last      {} {} ({}), {} steps, {} tokens, exit {}",
+            "last      {} {} ({}), {}, {}, exit {}",
             e.id,
             e.status.as_str(),
             e.stop_reason.map_or("", |r| r.as_str()),
-            e.steps,
-            e.usage.total,
+            count(u64::from(e.steps), "step", "steps"),
+            count(e.usage.total, "token", "tokens"),
             e.exit_code.unwrap_or_default()
         )?;
         if let Some(error) = &e.error {
@@ -490,7 +496,30 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
             }
         }
     }
-    if lines.is_empty() {
+    // Queued messages reach the transcript only when a worker takes them: say so,
+    // rather than let an empty transcript look like nothing was sent.
+    let queued = inbox::list(&dir.inbox_dir())?
+        .entries
+        .iter()
+        .filter(|f| f.entry.kind == EntryKind::User)
+        .count() as u64;
+    let before = if lines.is_empty() {
+        "no messages in the transcript yet; "
+    } else {
+        ""
+    };
+    if queued > 0 {
+        let taken_by = if read_meta(&dir)?.status == SessionStatus::Paused {
+            format!(
+                "the session is paused: `agentq session resume {}` lets a worker take them",
+                dir.id
+            )
+        } else {
+            "they enter the transcript when a worker takes them: `agentq worker`".to_owned()
+        };
+        let queued = count(queued, "message queued", "messages queued");
+        writeln!(out, "{before}{queued} ({taken_by})")?;
+    } else if lines.is_empty() {
         writeln!(out, "no messages yet")?;
     }
     Ok(0)

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{Context, print_json};
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
+use crate::plural::count;
 use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::store::SessionDir;
 use crate::store::workers::WorkerRecord;
@@ -186,14 +187,6 @@ fn owner(dir: &SessionDir) -> Option<WorkerInfo> {
     }
 }
 
-fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
 fn print(s: &Status) -> Result<()> {
     let mut out = super::human_stdout();
     let home = s.home.display().to_string();
@@ -228,8 +221,8 @@ fn print(s: &Status) -> Result<()> {
         Some(oldest) => writeln!(
             out,
             "pending   {} in {}; the oldest waits for {} (session {})",
-            plural(s.pending as u64, "message"),
-            plural(s.sessions.len() as u64, "session"),
+            count(s.pending as u64, "message", "messages"),
+            count(s.sessions.len() as u64, "session", "sessions"),
             human_duration(oldest.age_ms),
             oldest.session_id
         )?,

@@ -15,6 +15,7 @@ use crate::domain::Usage;
 use crate::domain::event::{Event, EventPayload, ExecutionFinished, RawEvent};
 use crate::domain::execution::{ExecStatus, StopReason};
 use crate::domain::inbox::EntryKind;
+use crate::domain::session::SessionStatus;
 use crate::error::{UserError, exit};
 use crate::render::{PlainRenderer, Renderer, TerminalRenderer};
 use crate::store::SessionDir;
@@ -24,6 +25,7 @@ use crate::store::inbox;
 use crate::store::session::read_meta;
 
 pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
+    let timeout = args.timeout;
     let dir = ctx.store.resolve(&args.id)?;
     // A session whose session.json cannot be read is refused, naming it, rather than
     // followed in silence while no worker can run it.
@@ -43,7 +45,7 @@ pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
     } else {
         Box::new(terminal_view(ctx, &dir)?)
     };
-    super::runtime(1)?.block_on(watch(&dir, offset, &args, renderer.as_mut()))
+    super::runtime(1)?.block_on(watch(&dir, offset, &args, timeout, renderer.as_mut()))
 }
 
 /// `--json`: the log's lines as they are (the raw text is written by [`show`]).
@@ -110,9 +112,11 @@ async fn watch(
     dir: &SessionDir,
     offset: u64,
     args: &WatchArgs,
+    timeout: Option<Duration>,
     renderer: &mut dyn Renderer,
 ) -> Result<u8> {
     let mut follower = Follower::open(dir, offset)?;
+    let started = Instant::now();
     let mut last_exit: Option<u8> = None;
     loop {
         let lines = follower.read()?;
@@ -138,6 +142,19 @@ async fn watch(
                 Some(code) => code,
                 None => last_exit_code(dir)?,
             });
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            renderer.finish()?;
+            let running = dir.read_state()?.current.is_some();
+            return Err(UserError::unavailable(format!(
+                "gave up waiting for session {} to be idle after {}: {}",
+                dir.id,
+                human_limit(limit),
+                why_not_done(dir, running)?
+            ))
+            .into());
         }
         tokio::select! {
             () = follower.wait() => {}
@@ -318,21 +335,19 @@ pub async fn wait_for_message(
         if let Some(limit) = timeout
             && waited >= limit
         {
-            let what = if tracker.claimed {
-                "its execution is still running".to_owned()
-            } else {
-                "no worker has picked it up; start one with `agentq worker`".to_owned()
-            };
             return Err(UserError::unavailable(format!(
-                "gave up waiting for message {message_id} after {}: {what}",
-                crate::time::human_duration(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+                "gave up waiting for message {message_id} after {}: {}",
+                human_limit(limit),
+                why_not_done(dir, tracker.claimed)?
             ))
             .into());
         }
-        if !tracker.claimed && !hinted && waited >= NO_WORKER_HINT_AFTER {
+        // A paused session is said at once: no worker will take it however long we wait.
+        if !tracker.claimed && !hinted && (waited >= NO_WORKER_HINT_AFTER || is_paused(dir)?) {
             hinted = true;
             eprintln!(
-                "agentq: waiting for a worker: nothing has picked up message {message_id} yet; start one with `agentq worker`"
+                "agentq: waiting: message {message_id} is queued, but {}",
+                why_not_done(dir, false)?
             );
         }
         tokio::select! {
@@ -340,6 +355,30 @@ pub async fn wait_for_message(
             _ = tokio::signal::ctrl_c() => return Err(Interrupted.into()),
         }
     }
+}
+
+/// Why what is waited for has not finished yet, for the messages of `--wait` and
+/// `--timeout`: the running execution, a paused session, or no worker.
+fn why_not_done(dir: &SessionDir, running: bool) -> Result<String> {
+    Ok(if running {
+        "its execution is still running".to_owned()
+    } else if is_paused(dir)? {
+        format!(
+            "session {} is paused; workers skip it until `agentq session resume {}`",
+            dir.id, dir.id
+        )
+    } else {
+        "no worker has picked it up; start one with `agentq worker` (`--once` to handle what is queued and exit)"
+            .to_owned()
+    })
+}
+
+fn is_paused(dir: &SessionDir) -> Result<bool> {
+    Ok(read_meta(dir)?.status == SessionStatus::Paused)
+}
+
+fn human_limit(limit: Duration) -> String {
+    crate::time::human_duration(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Ctrl-C while waiting; `main` exits 130 for it.

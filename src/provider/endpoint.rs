@@ -141,13 +141,11 @@ pub fn resolve(
             def.name, model.provider
         ))
     })?;
-    let mut retry = RetryPolicy::default();
-    if let Some(attempts) = model
-        .max_attempts
-        .or_else(|| named.and_then(|n| n.max_attempts))
-    {
-        retry.max_attempts = attempts.max(1);
-    }
+    let retry = RetryPolicy::with_max_attempts(
+        model
+            .max_attempts
+            .or_else(|| named.and_then(|n| n.max_attempts)),
+    );
     let idle_timeout = match model.idle_timeout.or_else(|| {
         named
             .and_then(|n| n.idle_timeout.as_deref())

@@ -8,13 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::endpoint::Endpoint;
-use super::retry::{jitter, parse_retry_after};
+use super::retry::{Attempts, CHECK_EVERY, parse_retry_after};
 use super::sse::{Decoder, SseParser};
-use super::{ProviderError, RetryNotice, StreamObserver};
+use super::{ProviderError, StreamObserver};
 use crate::error::UserError;
-
-/// How often a wait checks whether to stop.
-const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// A client for model APIs: TLS through rustls with the system's roots, a connect
 /// timeout, and no overall timeout (a stream may last minutes; idleness is watched
@@ -89,8 +86,7 @@ pub async fn post_stream(
     observer: &mut dyn StreamObserver,
 ) -> Result<reqwest::Response, ProviderError> {
     let body = serde_json::to_vec(body).map_err(|e| ProviderError::fatal(e.to_string()))?;
-    let policy = endpoint.retry;
-    let mut attempt = 1;
+    let mut attempts = Attempts::new(endpoint.retry);
     loop {
         let mut request = client
             .post(url)
@@ -149,36 +145,7 @@ pub async fn post_stream(
             }
             Some(Err(err)) => (request_error(&err, url, endpoint), None),
         };
-        let ProviderError::Transient { status, message } = &error else {
-            return Err(error);
-        };
-        if attempt >= policy.max_attempts {
-            return Err(ProviderError::Transient {
-                status: *status,
-                message: format!("{message} (gave up after {attempt} attempts)"),
-            });
-        }
-        let Some(delay) = policy.delay(attempt + 1, retry_after, jitter()) else {
-            return Err(ProviderError::Transient {
-                status: *status,
-                message: format!(
-                    "{message} (the server asks to wait {}s, longer than agentq waits)",
-                    retry_after.map_or(0, |d| d.as_secs())
-                ),
-            });
-        };
-        attempt += 1;
-        let notice = RetryNotice {
-            attempt,
-            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            http_status: *status,
-            error: message.clone(),
-        };
-        observer
-            .retry(&notice)
-            .map_err(|_| ProviderError::Interrupted)?;
-        let until = Instant::now() + delay;
-        interruptible(std::future::pending::<()>(), observer, Some(until)).await?;
+        attempts.after(error, retry_after, observer).await?;
     }
 }
 

@@ -162,7 +162,10 @@ pub trait Provider: Send + Sync {
 /// configuration is incomplete (no model name, no API key where one is needed).
 pub fn for_agent(def: &AgentDef, home: &HomeConfig) -> Result<Box<dyn Provider>, UserError> {
     if def.model.provider == "scripted" {
-        return Ok(Box::new(scripted::Scripted::new(def.model.script.clone())));
+        return Ok(Box::new(scripted::Scripted::new(
+            def.model.script.clone(),
+            retry::RetryPolicy::with_max_attempts(def.model.max_attempts),
+        )));
     }
     let endpoint = endpoint::resolve(def, home, &|name| std::env::var(name).ok())?;
     Ok(match endpoint.kind {

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use super::{ProviderError, RetryNotice, StreamObserver};
+
 /// How a provider retries: up to `max_attempts` calls in all, waiting `base`, then
 /// twice as long each time (at most `max_delay`), with random jitter so that many
 /// workers hitting the same rate limit do not retry in lockstep.
@@ -25,11 +27,101 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The attempts of one model call, for every provider alike (the HTTP ones and the
+/// scripted one, so a test of retries sees what a real server's failures do): after
+/// each failure, [`Attempts::after`] decides whether to try again, reports the retry
+/// and waits out its delay.
+pub struct Attempts {
+    policy: RetryPolicy,
+    made: u32,
+}
+
+impl Attempts {
+    /// Before the first attempt.
+    pub fn new(policy: RetryPolicy) -> Attempts {
+        Attempts { policy, made: 1 }
+    }
+
+    /// After an attempt failed with `error` (and the server's `Retry-After`, if any):
+    /// `Ok` once the wait before the next attempt is over, else the error to give up
+    /// with: a fatal one as it is, a transient one saying why no retry follows.
+    pub async fn after(
+        &mut self,
+        error: ProviderError,
+        retry_after: Option<Duration>,
+        observer: &mut dyn StreamObserver,
+    ) -> Result<(), ProviderError> {
+        let ProviderError::Transient { status, message } = error else {
+            return Err(error);
+        };
+        if self.made >= self.policy.max_attempts {
+            return Err(ProviderError::Transient {
+                status,
+                message: format!(
+                    "{message} (gave up after {})",
+                    crate::plural::count(u64::from(self.made), "attempt", "attempts")
+                ),
+            });
+        }
+        let Some(delay) = self.policy.delay(self.made + 1, retry_after, jitter()) else {
+            return Err(ProviderError::Transient {
+                status,
+                message: format!(
+                    "{message} (the server asks to wait {}s, longer than agentq waits)",
+                    retry_after.map_or(0, |d| d.as_secs())
+                ),
+            });
+        };
+        self.made += 1;
+        let notice = RetryNotice {
+            attempt: self.made,
+            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            http_status: status,
+            error: message,
+        };
+        observer
+            .retry(&notice)
+            .map_err(|_| ProviderError::Interrupted)?;
+        sleep_unless_interrupted(delay, observer).await
+    }
+}
+
+/// How often a wait checks whether to stop.
+pub const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Sleeps for `delay`, giving way as soon as the observer asks to stop.
+async fn sleep_unless_interrupted(
+    delay: Duration,
+    observer: &mut dyn StreamObserver,
+) -> Result<(), ProviderError> {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        if observer.interrupted() {
+            return Err(ProviderError::Interrupted);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        tokio::time::sleep((until - now).min(CHECK_EVERY)).await;
+    }
+}
+
 /// The longest `Retry-After` waited for; a server asking for more is treated as down
 /// for now, and the call fails at once (the execution can be continued later).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 impl RetryPolicy {
+    /// The default policy, with the `max_attempts` of a definition if it sets one (at
+    /// least 1: the call itself).
+    pub fn with_max_attempts(max_attempts: Option<u32>) -> RetryPolicy {
+        let mut policy = RetryPolicy::default();
+        if let Some(attempts) = max_attempts {
+            policy.max_attempts = attempts.max(1);
+        }
+        policy
+    }
+
     /// The wait before attempt `next` (2 for the first retry), or `None` when the
     /// server asks for a longer wait than [`MAX_RETRY_AFTER`]. A server's `Retry-After`
     /// wins over the backoff; `jitter` is a number in [0, 1).

@@ -3,9 +3,17 @@
 //! Which entry answers is decided by the session's count of model calls, kept in
 //! `state.json`, so a session with several messages walks through the script and a
 //! resumed execution continues where it stopped. Past the end, the last entry repeats.
+//!
+//! An injected `error` fails the call the way a server's answer with that status would:
+//! a transient status is retried under the same policy as the HTTP providers
+//! (`max_attempts`, backoff, a `provider.retry` event per retry), and since every
+//! attempt replays the same entry, it fails each time, like a server that stays down.
+//! `{input}` stands for the latest user message in the text and in every string of the
+//! tool calls' arguments.
 
 use std::time::Duration;
 
+use super::retry::{Attempts, RetryPolicy};
 use super::{
     BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, usage_or_estimate,
 };
@@ -15,11 +23,12 @@ use crate::domain::transcript::{Message, ToolCall};
 
 pub struct Scripted {
     entries: Vec<ScriptEntry>,
+    retry: RetryPolicy,
 }
 
 impl Scripted {
-    pub fn new(entries: Vec<ScriptEntry>) -> Scripted {
-        Scripted { entries }
+    pub fn new(entries: Vec<ScriptEntry>, retry: RetryPolicy) -> Scripted {
+        Scripted { entries, retry }
     }
 
     fn entry(&self, call_index: u64) -> ScriptEntry {
@@ -43,11 +52,14 @@ impl Provider for Scripted {
                 } else {
                     error.message.clone()
                 };
-                return Err(ProviderError::from_status(error.status, message));
+                let mut attempts = Attempts::new(self.retry);
+                loop {
+                    let failed = ProviderError::from_status(error.status, message.clone());
+                    attempts.after(failed, None, observer).await?;
+                }
             }
-            let text = entry
-                .text
-                .replace("{input}", latest_input(request.messages));
+            let input = latest_input(request.messages);
+            let text = entry.text.replace("{input}", input);
             for chunk in word_chunks(&text) {
                 if let Some(ms) = entry.delay_ms.filter(|ms| *ms > 0) {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -63,9 +75,10 @@ impl Provider for Scripted {
                 .map(|(i, call)| ToolCall {
                     id: format!("call_{}_{}", request.call_index + 1, i + 1),
                     name: call.name.clone(),
-                    arguments: crate::definition::toml_to_json(toml::Value::Table(
-                        call.arguments.clone(),
-                    )),
+                    arguments: fill_input(
+                        crate::definition::toml_to_json(toml::Value::Table(call.arguments.clone())),
+                        input,
+                    ),
                     invalid_arguments: None,
                 })
                 .collect();
@@ -101,6 +114,24 @@ fn latest_input(messages: &[Message]) -> &str {
         .unwrap_or("")
 }
 
+/// `value` with `{input}` replaced by `input` in every string it holds.
+fn fill_input(value: serde_json::Value, input: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(text.replace("{input}", input)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| fill_input(v, input)).collect())
+        }
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, fill_input(v, input)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Splits text into words, each keeping the whitespace that follows it, so the chunks
 /// concatenate back to the text exactly.
 pub fn word_chunks(text: &str) -> Vec<&str> {
@@ -127,6 +158,18 @@ mod tests {
     use super::*;
     use crate::definition::{ScriptError, ScriptToolCall};
 
+    /// Retries without waiting, so the tests stay fast.
+    fn quick(entries: Vec<ScriptEntry>, max_attempts: u32) -> Scripted {
+        Scripted::new(
+            entries,
+            RetryPolicy {
+                max_attempts,
+                base: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+            },
+        )
+    }
+
     fn run(
         provider: &Scripted,
         call_index: u64,
@@ -151,6 +194,7 @@ mod tests {
         (result, sink.0)
     }
 
+    /// The text chunks, and a `retry:N` line for each retry announced.
     #[derive(Default)]
     struct Chunks(Vec<String>);
 
@@ -161,8 +205,9 @@ mod tests {
         }
         fn retry(
             &mut self,
-            _: &crate::provider::RetryNotice,
+            notice: &crate::provider::RetryNotice,
         ) -> Result<(), crate::provider::Interrupt> {
+            self.0.push(format!("retry:{}", notice.attempt));
             Ok(())
         }
         fn interrupted(&mut self) -> bool {
@@ -189,7 +234,7 @@ mod tests {
 
     #[test]
     fn entries_answer_in_order_and_the_last_repeats() {
-        let provider = Scripted::new(vec![entry("one"), entry("two {input}")]);
+        let provider = quick(vec![entry("one"), entry("two {input}")], 1);
         assert_eq!(run(&provider, 0, "x").0.unwrap().text, "one");
         let (turn, chunks) = run(&provider, 1, "hi there");
         assert_eq!(turn.unwrap().text, "two hi there");
@@ -200,8 +245,12 @@ mod tests {
     #[test]
     fn tool_calls_and_usage_come_from_the_script() {
         let mut arguments = toml::Table::new();
-        arguments.insert("path".into(), "notes.md".into());
-        let provider = Scripted::new(vec![ScriptEntry {
+        arguments.insert("path".into(), "notes/{input}.md".into());
+        let mut nested = toml::Table::new();
+        nested.insert("tags".into(), vec!["{input}", "fixed"].into());
+        arguments.insert("meta".into(), nested.into());
+        arguments.insert("limit".into(), 3.into());
+        let entry = ScriptEntry {
             text: "reading".into(),
             tool_calls: vec![ScriptToolCall {
                 name: "read_file".into(),
@@ -212,41 +261,56 @@ mod tests {
                 output: 5,
             }),
             ..Default::default()
-        }]);
-        let turn = run(&provider, 2, "x").0.unwrap();
+        };
+        let turn = run(&quick(vec![entry], 1), 2, "today").0.unwrap();
         assert_eq!(turn.tool_calls[0].id, "call_3_1");
         assert_eq!(
             turn.tool_calls[0].arguments,
-            serde_json::json!({"path": "notes.md"})
+            serde_json::json!({
+                "path": "notes/today.md",
+                "meta": {"tags": ["today", "fixed"]},
+                "limit": 3
+            }),
+            "{{input}} is filled in every string of the arguments"
         );
         assert_eq!(turn.usage, Usage::new(10, 5));
         assert_eq!(turn.finish_reason.as_deref(), Some("tool_calls"));
     }
 
     #[test]
-    fn injected_errors_are_classified_by_status() {
+    fn injected_errors_are_retried_like_a_servers_by_status() {
         let error = |status| {
-            Scripted::new(vec![ScriptEntry {
-                error: Some(ScriptError {
-                    status,
-                    message: "boom".into(),
-                }),
-                ..Default::default()
-            }])
+            quick(
+                vec![ScriptEntry {
+                    error: Some(ScriptError {
+                        status,
+                        message: "boom".into(),
+                    }),
+                    ..Default::default()
+                }],
+                3,
+            )
         };
-        assert!(matches!(
-            run(&error(503), 0, "x").0,
-            Err(ProviderError::Transient {
-                status: Some(503),
-                ..
-            })
-        ));
-        assert!(matches!(
-            run(&error(400), 0, "x").0,
-            Err(ProviderError::Fatal {
-                status: Some(400),
-                ..
-            })
-        ));
+        for status in [408, 409, 429, 500, 503] {
+            let (result, reported) = run(&error(status), 0, "x");
+            assert_eq!(reported, vec!["retry:2", "retry:3"], "status {status}");
+            let Err(ProviderError::Transient {
+                status: Some(seen),
+                message,
+            }) = result
+            else {
+                panic!("status {status}: {result:?}")
+            };
+            assert_eq!(seen, status);
+            assert_eq!(message, "boom (gave up after 3 attempts)");
+        }
+        for status in [400, 401, 403, 404] {
+            let (result, reported) = run(&error(status), 0, "x");
+            assert!(reported.is_empty(), "status {status} is not retried");
+            assert!(matches!(
+                result,
+                Err(ProviderError::Fatal { status: Some(s), .. }) if s == status
+            ));
+        }
     }
 }

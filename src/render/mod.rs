@@ -44,12 +44,11 @@ pub fn footer(p: &ExecutionFinished) -> String {
         text.push_str(&format!(" ({})", reason.as_str()));
     }
     text.push_str(&format!(
-        " · {} step{} · {}{} tokens",
-        p.steps,
-        if p.steps == 1 { "" } else { "s" },
+        " · {} · {}{}",
+        crate::plural::count(u64::from(p.steps), "step", "steps"),
         // Estimated by agentq: the server reported no usage.
         if p.usage.execution.estimated { "~" } else { "" },
-        p.usage.execution.total
+        crate::plural::count(p.usage.execution.total, "token", "tokens")
     ));
     if let Some(cost) = p.cost_usd {
         text.push_str(&format!(" · ${:.4}", cost.execution));

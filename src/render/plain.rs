@@ -205,8 +205,8 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             human_duration(p.delay_ms)
         ),
         EventPayload::ContextCompacted(p) => format!(
-            "· context compacted: {} messages {} ({} → {} tokens)",
-            p.dropped_messages,
+            "· context compacted: {} {} ({} → {} tokens)",
+            crate::plural::count(p.dropped_messages, "message", "messages"),
             if p.summarized {
                 "summarised"
             } else {

@@ -258,8 +258,10 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                     "dropped"
                 };
                 self.note(&format!(
-                    "context compacted: {} messages {how}, {} → {} tokens",
-                    p.dropped_messages, p.before_tokens, p.after_tokens
+                    "context compacted: {} {how}, {} → {} tokens",
+                    crate::plural::count(p.dropped_messages, "message", "messages"),
+                    p.before_tokens,
+                    p.after_tokens
                 ))?;
             }
             EventPayload::Continuation(p) => {

@@ -123,8 +123,8 @@ fn read_settled(file: File, mark: TranscriptMark) -> io::Result<Vec<TranscriptLi
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "it has {} settled lines, state.json counts {}",
-                lines.len(),
+                "it has {}, state.json counts {}",
+                crate::plural::count(lines.len() as u64, "settled line", "settled lines"),
                 mark.lines
             ),
         ));

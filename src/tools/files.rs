@@ -23,7 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -265,7 +265,12 @@ impl Workspace {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(format!("`{rel}` is not a file path"));
         };
-        fs::create_dir_all(parent).map_err(|e| self.describe_io(rel, &e))?;
+        // 0755 whatever the umask, like the 0644 of a new file.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| self.describe_io(rel, &e))?;
         // Not a directory now, or a symlink: swapped since it was resolved.
         let dir = OpenDir::open(parent).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOTDIR | libc::ELOOP) => changed(rel),
@@ -391,7 +396,7 @@ pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
         let total = if truncated_bytes {
             format!("the first {} KiB", READ_CAP_BYTES / 1024)
         } else {
-            format!("{} lines", lines.len())
+            crate::plural::count(lines.len() as u64, "line", "lines")
         };
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
@@ -423,7 +428,10 @@ pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     }
     let path = ws.resolve(rel)?;
     ws.replace_file(&path, rel, content.as_bytes())?;
-    Ok(format!("wrote {} bytes to {rel}", content.len()))
+    Ok(format!(
+        "wrote {} to {rel}",
+        crate::plural::count(content.len() as u64, "byte", "bytes")
+    ))
 }
 
 pub fn list_dir_schema() -> Value {

@@ -64,8 +64,8 @@ pub fn write(todos: &mut Vec<Todo>, args: &Value) -> Result<String, String> {
         ));
     }
     let summary = format!(
-        "{} tasks: {} completed, {} in progress, {} pending",
-        new.len(),
+        "{}: {} completed, {} in progress, {} pending",
+        crate::plural::count(new.len() as u64, "task", "tasks"),
         count(TodoStatus::Completed),
         in_progress,
         count(TodoStatus::Pending)

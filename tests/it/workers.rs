@@ -764,7 +764,7 @@ fn pause_lets_the_running_step_finish_then_suspends_until_resume() {
 // Retry
 
 #[test]
-fn retry_carries_on_a_failed_last_execution_without_a_second_user_message() {
+fn retry_queues_the_text_of_the_failed_message_again() {
     let env = TestEnv::new();
     env.write_agent("fragile", FRAGILE_AGENT);
     let id = env.new_session("fragile");
@@ -783,6 +783,13 @@ fn retry_carries_on_a_failed_last_execution_without_a_second_user_message() {
     let retried = env.ok(&["retry", &id]);
     let retry_id = retried.trim().to_owned();
     assert!(uuid_like(&retry_id), "prints the new message id: {retried}");
+    let queued = env.payloads(&id, "message.queued");
+    assert_eq!(queued.last().unwrap()["message_id"], retry_id.as_str());
+    assert_eq!(
+        queued.last().unwrap()["content_preview"],
+        "the task",
+        "the message is queued again, text and all"
+    );
     let err = env.fails(&["retry", &id], 2);
     assert!(err.contains("already queued"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -795,8 +802,8 @@ fn retry_carries_on_a_failed_last_execution_without_a_second_user_message() {
     assert_eq!(env.responses(&id), vec!["ok: the task"]);
     assert_eq!(
         user_texts(&env, &id),
-        vec!["the task"],
-        "no second user message"
+        vec!["the task", "the task"],
+        "the model is asked again"
     );
 
     // The failed execution's record stays, listed with its error.
