@@ -129,6 +129,18 @@ impl TestEnv {
         self.ok(&["worker", "--once"]);
     }
 
+    /// Runs `worker --once`, which must exit `expected`: the worst outcome of the
+    /// executions it ran (1 when one failed, 3 when one stopped at a limit…).
+    pub fn worker_once_exiting(&self, expected: i32) {
+        let out = self.run(&["worker", "--once"]);
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "worker --once:\n{}",
+            describe(&out)
+        );
+    }
+
     /// Every complete event line of a session, parsed. A last line without its `\n`
     /// is an append still being written, which readers skip (ARCHITECTURE.md §1).
     pub fn events(&self, id: &str) -> Vec<Value> {

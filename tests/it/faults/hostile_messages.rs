@@ -821,7 +821,7 @@ fn retry_queues_the_failed_text_again_and_a_task_is_queued_again_only_once() {
     // retry, then send --continue: the second is refused.
     let a = env.new_session("fragile");
     env.send(&a, "the task");
-    env.worker_once();
+    env.worker_once_exiting(1);
     env.ok(&["retry", &a]);
     assert_eq!(queued_text(&env, &a), vec!["the task", "the task"]);
     let refused = one_line_error(
@@ -850,7 +850,7 @@ fn retry_queues_the_failed_text_again_and_a_task_is_queued_again_only_once() {
     // send --continue, then retry: the second is refused.
     let b = env.new_session("fragile");
     env.send(&b, "other task");
-    env.worker_once();
+    env.worker_once_exiting(1);
     env.ok(&["send", &b, "--continue"]);
     let refused = one_line_error(&env.run(&["retry", &b]), 2, "retry after continue");
     assert!(refused.contains("already queued"), "{refused}");
@@ -866,7 +866,7 @@ fn retry_queues_the_failed_text_again_and_a_task_is_queued_again_only_once() {
     // A task stopped by a limit is continued once at a time.
     let c = env.new_session("limited");
     env.send(&c, "long task");
-    env.worker_once();
+    env.worker_once_exiting(3);
     env.ok(&["send", &c, "--continue"]);
     let refused = one_line_error(&env.run(&["send", &c, "--continue"]), 2, "continue twice");
     assert!(refused.contains("already queued"), "{refused}");
@@ -885,11 +885,11 @@ fn retry_queues_the_failed_text_again_and_a_task_is_queued_again_only_once() {
     );
     let d = env.new_session("broken");
     env.send(&d, "hopeless");
-    env.worker_once();
+    env.worker_once_exiting(1);
     env.ok(&["retry", &d]);
-    env.worker_once();
+    env.worker_once_exiting(1);
     env.ok(&["retry", &d]);
-    env.worker_once();
+    env.worker_once_exiting(1);
     assert_eq!(queued_text(&env, &d), vec!["hopeless"; 3]);
     let statuses: Vec<Value> = env
         .finished(&d)
