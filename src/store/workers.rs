@@ -70,13 +70,25 @@ impl Store {
             slot: None,
         };
         let Some(max) = max_workers else {
-            let path = dir.join(format!("worker-{}-{}", worker.pid, record.started_at.0));
-            let file = match lock_and_describe(&path, &record) {
-                Ok(Some(file)) => file,
-                Ok(None) => anyhow::bail!("{} is locked by another process", path.display()),
+            // Locked and described under a name readers ignore, then renamed into place:
+            // a reader that finds a `worker-*` file unlocked knows its worker is gone
+            // and removes it, and must never meet the file of one not locked yet.
+            let name = format!("worker-{}-{}", worker.pid, record.started_at.0);
+            let path = dir.join(&name);
+            let starting = dir.join(format!(".{name}"));
+            let registered = lock_and_describe(&starting, &record).and_then(|file| match file {
+                Some(file) => std::fs::rename(&starting, &path)
+                    .with_context(|| {
+                        format!("renaming {} to {}", starting.display(), path.display())
+                    })
+                    .map(|()| file),
+                None => anyhow::bail!("{} is locked by another process", starting.display()),
+            });
+            let file = match registered {
+                Ok(file) => file,
                 Err(err) => {
                     // A worker that cannot register leaves no file claiming it runs.
-                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(&starting);
                     return Err(err);
                 }
             };
@@ -108,6 +120,13 @@ impl Store {
         let mut live = Vec::new();
         for entry in entries {
             let path = entry.at(&dir)?.path();
+            // A worker registering right now (see `register_worker`).
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
             let Ok(mut file) = File::open(&path) else {
                 continue;
             };
