@@ -107,15 +107,7 @@ impl HomeConfig {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(UserError::usage(format!(
-                "{} is invalid: {}",
-                path.display(),
-                problems
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )))
+            Err(crate::definition::invalid_file(&path, &problems))
         }
     }
 

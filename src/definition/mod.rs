@@ -796,16 +796,19 @@ pub fn load_named(
     })?;
     match source.load(overrides, home) {
         Ok(def) => Ok((def, source)),
-        Err(problems) => Err(UserError::usage(format!(
-            "{} is invalid: {}",
-            path.display(),
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))),
+        Err(problems) => Err(invalid_file(&path, &problems)),
     }
+}
+
+/// The one-line refusal of a file with problems (a definition, `agentq.toml`): the
+/// file, then every problem, so one run of `agents validate` shows them all.
+pub fn invalid_file(path: &Path, problems: &[impl std::fmt::Display]) -> UserError {
+    let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    UserError::usage(format!(
+        "{} is invalid: {}",
+        path.display(),
+        listed.join("; ")
+    ))
 }
 
 #[cfg(test)]

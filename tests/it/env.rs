@@ -129,6 +129,18 @@ impl TestEnv {
         self.ok(&["worker", "--once"]);
     }
 
+    /// The tool messages of a session's transcript, as `session messages --json` gives.
+    pub fn tool_messages(&self, id: &str) -> Vec<Value> {
+        let messages = self.json(&["session", "messages", id, "--json"]);
+        let all = messages
+            .as_array()
+            .expect("session messages --json is an array");
+        all.iter()
+            .filter(|m| m["role"] == "tool")
+            .cloned()
+            .collect()
+    }
+
     /// Runs `worker --once`, which must exit `expected`: the worst outcome of the
     /// executions it ran (1 when one failed, 3 when one stopped at a limit…).
     pub fn worker_once_exiting(&self, expected: i32) {

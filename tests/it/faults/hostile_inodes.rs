@@ -37,6 +37,26 @@ fn works(tool: &str, args: Value, says: &[&str]) -> Case {
 }
 
 /// The same refusal from every file tool that takes a file path.
+/// Refusals of `path` by the file tools, `search_files` (searching for `pattern`) and,
+/// when `listed`, `list_dir`: every tool that takes a path.
+fn refused_by_every_tool(
+    cases: &mut Vec<Case>,
+    path: &str,
+    pattern: &str,
+    listed: bool,
+    says: &[&str],
+) {
+    refused_by_file_tools(cases, path, says);
+    cases.push(refused(
+        "search_files",
+        json!({"pattern": pattern, "path": path}),
+        says,
+    ));
+    if listed {
+        cases.push(refused("list_dir", json!({"path": path}), says));
+    }
+}
+
 fn refused_by_file_tools(cases: &mut Vec<Case>, path: &str, says: &[&str]) {
     cases.push(refused("read_file", json!({"path": path}), says));
     cases.push(refused(
@@ -191,12 +211,7 @@ fn no_file_tool_touches_an_inode_the_workspace_does_not_own_alone() {
     // and through a symlinked directory: refused by every tool, whatever it would do.
     for path in ["hard.txt", "sub/hard.txt", "alias-hard", "link-in/hard.txt"] {
         let says = [path, "has 3 hard links, so other paths", "single link"];
-        refused_by_file_tools(&mut cases, path, &says);
-        cases.push(refused(
-            "search_files",
-            json!({"pattern": "SECRET", "path": path}),
-            &says,
-        ));
+        refused_by_every_tool(&mut cases, path, "SECRET", false, &says);
     }
     // A FIFO would block the worker forever; a socket or a device is no file either.
     let mut special = vec![("fifo", "a FIFO"), ("sock", "a socket")];
@@ -205,23 +220,12 @@ fn no_file_tool_touches_an_inode_the_workspace_does_not_own_alone() {
     }
     for (path, kind) in special {
         let says = [path, kind, "only regular files"];
-        refused_by_file_tools(&mut cases, path, &says);
-        cases.push(refused(
-            "search_files",
-            json!({"pattern": "a", "path": path}),
-            &says,
-        ));
-        cases.push(refused("list_dir", json!({"path": path}), &says));
+        refused_by_every_tool(&mut cases, path, "a", true, &says);
     }
     // Symlinks leading out, as the last component and as a directory on the way.
     for path in ["link-out-file", "link-out/secret.txt"] {
         let says = [path, "outside the workspace"];
-        refused_by_file_tools(&mut cases, path, &says);
-        cases.push(refused(
-            "search_files",
-            json!({"pattern": "SECRET", "path": path}),
-            &says,
-        ));
+        refused_by_every_tool(&mut cases, path, "SECRET", false, &says);
     }
     cases.push(refused(
         "list_dir",
@@ -291,23 +295,11 @@ fn a_file_taken_for_a_directory_or_a_directory_for_a_file_is_refused_everywhere(
     // `in.txt/` and `in.txt/.` name a directory; `in.txt/x` goes through a file.
     for path in ["in.txt/", "in.txt/.", "./in.txt/"] {
         let says = [path, "ends with `/`", "`in.txt` is not one"];
-        refused_by_file_tools(&mut cases, path, &says);
-        cases.push(refused(
-            "search_files",
-            json!({"pattern": "inside", "path": path}),
-            &says,
-        ));
-        cases.push(refused("list_dir", json!({"path": path}), &says));
+        refused_by_every_tool(&mut cases, path, "inside", true, &says);
     }
     for path in ["in.txt/x", "in.txt/x/y.txt"] {
         let says = [path, "goes through `in.txt`, which is a file"];
-        refused_by_file_tools(&mut cases, path, &says);
-        cases.push(refused(
-            "search_files",
-            json!({"pattern": "inside", "path": path}),
-            &says,
-        ));
-        cases.push(refused("list_dir", json!({"path": path}), &says));
+        refused_by_every_tool(&mut cases, path, "inside", true, &says);
     }
     // A missing path written as a directory is no file to create.
     cases.push(refused(

@@ -290,14 +290,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     let done = env.finished(&id);
     assert_eq!(done.len(), 1, "{what}: {done:?}");
     assert_eq!(done[0]["status"], "completed", "{what}: {done:?}");
-    let tools: Vec<Value> = env
-        .json(&["session", "messages", &id, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .cloned()
-        .collect();
+    let tools: Vec<Value> = env.tool_messages(&id);
     assert_eq!(tools.len(), 1, "{what}: {tools:?}");
     let content = tools[0]["content"].as_str().unwrap_or_default();
     match child {

@@ -2563,14 +2563,7 @@ argv = ["printf\u0000touch", "argv3"]
     let before = snapshot(env.home());
     let out = env.run(&["run", "--session", &id, "go", "--json"]);
     assert_eq!(code(&out), 0, "{}", describe(&out));
-    let tools: Vec<Value> = env
-        .json(&["session", "messages", &id, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .cloned()
-        .collect();
+    let tools: Vec<Value> = env.tool_messages(&id);
     let content = |i: usize| tools[i]["content"].as_str().unwrap().to_owned();
     let mut cases = 0;
 
