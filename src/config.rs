@@ -107,7 +107,7 @@ impl HomeConfig {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(crate::definition::invalid_file(&path, &problems))
+            Err(crate::definition::invalid_file(path, &problems))
         }
     }
 

@@ -58,6 +58,9 @@ struct Running {
     /// The worker holding the session now; `None` when its worker died (the next
     /// worker resumes it).
     owner: Option<WorkerInfo>,
+    /// Left at a checkpoint by a worker that stopped (not one that died); nothing runs
+    /// it until the next worker takes the session.
+    suspended: bool,
     step: u32,
     attempt: u32,
     started_at: Timestamp,
@@ -155,6 +158,7 @@ fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Resu
             execution_id: exec.id,
             message_id: exec.message_id,
             owner: owner(dir),
+            suspended: exec.suspended,
             step: current.steps + 1,
             attempt: exec.attempts,
             started_at: exec.started_at,
@@ -238,13 +242,23 @@ fn print(s: &Status) -> Result<()> {
         )?;
     }
     for r in &s.running {
-        let owner = match &r.owner {
-            Some(w) => format!("worker {} on {}", w.pid, one_line(&w.host, FIELD_CAP)),
-            None => "no live worker (the next one resumes it)".to_owned(),
+        let (state, owner) = match &r.owner {
+            Some(w) => (
+                "running  ",
+                format!("worker {} on {}", w.pid, one_line(&w.host, FIELD_CAP)),
+            ),
+            None if r.suspended => (
+                "suspended",
+                "left at a checkpoint by a stopped worker (the next one resumes it)".to_owned(),
+            ),
+            None => (
+                "running  ",
+                "no live worker (the next one resumes it)".to_owned(),
+            ),
         };
         writeln!(
             out,
-            "running   session {} · step {} · attempt {} · {} · {}",
+            "{state} session {} · step {} · attempt {} · {} · {}",
             r.session_id,
             r.step,
             r.attempt,

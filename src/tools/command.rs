@@ -219,9 +219,17 @@ async fn execute(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     process::prepare(&mut command, owner);
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    let started_in = same_directory(&mut command, &cwd)?;
+    let mut child = command.spawn().map_err(|e| {
+        if e.raw_os_error() == Some(started_in) {
+            format!(
+                "cannot run `{program}`: its working directory `{}` was replaced while it started; run it again",
+                def.cwd.as_deref().unwrap_or(".")
+            )
+        } else {
+            format!("cannot run `{program}`: {e}")
+        }
+    })?;
     let group = child
         .id()
         .and_then(|id| process::Group::register(id, owner));
@@ -330,9 +338,67 @@ async fn capped(pipe: Option<impl AsyncRead + Unpin>) -> String {
     text
 }
 
+/// Makes the command start in the very directory that was checked: the child, once it
+/// has changed into `cwd`, compares `.` with the inode the check saw, so a directory
+/// swapped for a symlink between the check and the start is never run in. Returns the
+/// error number the spawn fails with when it was swapped.
+fn same_directory(
+    command: &mut tokio::process::Command,
+    cwd: &std::path::Path,
+) -> Result<i32, String> {
+    use std::os::unix::fs::MetadataExt;
+    const SWAPPED: i32 = libc::ESTALE;
+    let checked = std::fs::metadata(cwd)
+        .map_err(|e| format!("cannot use the working directory {}: {e}", cwd.display()))?;
+    let (dev, ino) = (checked.dev(), checked.ino());
+    // SAFETY: the closure runs in the forked child after its chdir and before exec, and
+    // calls only stat(2), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let mut here: libc::stat = std::mem::zeroed();
+            if libc::stat(c".".as_ptr(), &mut here) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if here.st_dev != dev || here.st_ino != ino {
+                return Err(std::io::Error::from_raw_os_error(SWAPPED));
+            }
+            Ok(())
+        });
+    }
+    Ok(SWAPPED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_working_directory_swapped_after_its_check_is_never_started_in() {
+        let root = tempfile::tempdir().unwrap();
+        let checked = root.path().join("work");
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&checked).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = |swap: bool| {
+            let mut command = tokio::process::Command::new("true");
+            command.current_dir(&checked);
+            let swapped = same_directory(&mut command, &checked).unwrap();
+            if swap {
+                // The race, won: the checked directory is replaced by a symlink out.
+                std::fs::rename(&checked, root.path().join("moved")).unwrap();
+                std::os::unix::fs::symlink(&outside, &checked).unwrap();
+            }
+            let _guard = rt.enter();
+            command.spawn().map(|_| ()).map_err(|e| (e, swapped))
+        };
+        start(false).expect("the checked directory starts the command");
+        let (err, swapped) = start(true).expect_err("a swapped directory must not");
+        assert_eq!(err.raw_os_error(), Some(swapped), "{err}");
+    }
 
     fn tool(argv: &[&str], timeout_ms: u64) -> CommandToolDef {
         CommandToolDef {

@@ -272,6 +272,15 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             text.lines().any(|l| l.starts_with("suspended ")) && !text.contains("running   "),
             "{what}:\n{text}"
         );
+        // `status` too, which lists what is running in the whole home.
+        let status = env.json(&["status", "--json"]);
+        assert_eq!(status["running"][0]["suspended"], true, "{what}: {status}");
+        let text = env.ok(&["status"]);
+        assert!(
+            text.lines().any(|l| l.starts_with("suspended session"))
+                && !text.lines().any(|l| l.starts_with("running ")),
+            "{what}:\n{text}"
+        );
     }
     if end == End::ErrorExit {
         let ready = env.home().join("sessions/.ready");
