@@ -20,6 +20,54 @@ pub struct HomeConfig {
     /// Prices per model name, for costs in `execution.finished` and `max_cost_usd`.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    /// MCP servers agents may take tools from (`[tools] mcp = ["NAME"]`).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
+}
+
+/// `[mcp_servers.NAME]`, with codex's keys (ARCHITECTURE.md §9): a child process over
+/// stdio (`command`), or a streamable HTTP endpoint (`url`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Set for the child, besides the few variables every child gets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Variables of agentq's environment passed to the child by name.
+    #[serde(default)]
+    pub env_vars: Vec<String>,
+    /// The child's working directory, relative to the home (the home by default).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The variable holding the bearer token sent to `url`, never the token.
+    #[serde(default)]
+    pub bearer_token_env_var: Option<String>,
+    #[serde(default)]
+    pub http_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub startup_timeout: Option<String>,
+    #[serde(default)]
+    pub tool_timeout: Option<String>,
+    /// Only these tools of the server, when given.
+    #[serde(default)]
+    pub enabled_tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub disabled_tools: Vec<String>,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// A server that cannot start fails the execution instead of only its tools.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// `[prices."MODEL"]`: US dollars per million tokens.
@@ -151,26 +199,247 @@ impl HomeConfig {
             }
             // A header reqwest cannot send fails every request of every run.
             for (header, value) in &provider.headers {
-                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
-                    || reqwest::header::HeaderValue::from_str(value).is_err()
-                {
-                    problem(
-                        key(&format!("headers.{header}")),
-                        format!(
-                            "`{}` is not an HTTP header: a name of letters, digits and `-`, a value of printable text on one line",
-                            header.escape_default()
-                        ),
-                    );
+                if !is_http_header(header, value) {
+                    problem(key(&format!("headers.{header}")), not_a_header(header));
                 }
+            }
+        }
+        let key_env: Vec<&str> = self
+            .providers
+            .values()
+            .filter_map(|p| p.api_key_env.as_deref())
+            .collect();
+        for (name, server) in &self.mcp_servers {
+            for (key, message) in server.problems(name, &key_env) {
+                problem(key, message);
             }
         }
         problems
     }
 }
 
+impl McpServerConfig {
+    /// What makes this server unusable, by key. `key_env` names the variables API keys
+    /// are read from, which no server is given.
+    fn problems(&self, name: &str, key_env: &[&str]) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            let key = if field.is_empty() {
+                format!("mcp_servers.{name}")
+            } else {
+                format!("mcp_servers.{name}.{field}")
+            };
+            problems.push((key, message));
+        };
+        // `mcp__<server>__<tool>` must say where the server's name ends.
+        if definition::check_name(name).is_err() || name.contains("__") {
+            problem(
+                "",
+                format!(
+                    "`{}` is not a server name: use letters, digits, `-` and single `_` (at most 64)",
+                    name.escape_default()
+                ),
+            );
+        }
+        match (&self.command, &self.url) {
+            (Some(_), Some(_)) => problem(
+                "",
+                "has both `command` (stdio) and `url` (HTTP); keep the one it speaks".to_owned(),
+            ),
+            (None, None) => problem(
+                "",
+                "needs `command` (a program speaking MCP on stdio) or `url` (streamable HTTP)"
+                    .to_owned(),
+            ),
+            (Some(command), None) => {
+                if command.trim().is_empty() {
+                    problem("command", "is empty".to_owned());
+                }
+                for field in ["bearer_token_env_var", "http_headers"] {
+                    let given = match field {
+                        "bearer_token_env_var" => self.bearer_token_env_var.is_some(),
+                        _ => !self.http_headers.is_empty(),
+                    };
+                    if given {
+                        problem(
+                            field,
+                            "is for a server with `url`, not `command`".to_owned(),
+                        );
+                    }
+                }
+            }
+            (None, Some(url)) => {
+                if let Err(message) = definition::check_base_url(url) {
+                    problem("url", message);
+                }
+                for (field, given) in [
+                    ("args", !self.args.is_empty()),
+                    ("env", !self.env.is_empty()),
+                    ("env_vars", !self.env_vars.is_empty()),
+                    ("cwd", self.cwd.is_some()),
+                ] {
+                    if given {
+                        problem(
+                            field,
+                            "is for a server with `command`, not `url`".to_owned(),
+                        );
+                    }
+                }
+            }
+        }
+        for var in self.env.keys() {
+            if let Err(message) = definition::check_env_name(var) {
+                problem(&format!("env.{var}"), message);
+            }
+        }
+        for (i, var) in self.env_vars.iter().enumerate() {
+            if let Err(message) = crate::tools::command::check_env_pass(var, key_env) {
+                problem(
+                    &format!("env_vars[{i}]"),
+                    message.replace("commands", "MCP servers"),
+                );
+            }
+        }
+        if let Some(cwd) = &self.cwd
+            && let Err(message) = definition::check_relative(cwd)
+        {
+            problem("cwd", message);
+        }
+        if let Some(var) = &self.bearer_token_env_var
+            && let Err(message) = definition::check_env_name(var)
+        {
+            problem("bearer_token_env_var", message);
+        }
+        for (header, value) in &self.http_headers {
+            if !is_http_header(header, value) {
+                problem(&format!("http_headers.{header}"), not_a_header(header));
+            }
+        }
+        for tool in &self.disabled_tools {
+            if self
+                .enabled_tools
+                .as_ref()
+                .is_some_and(|enabled| enabled.contains(tool))
+            {
+                problem(
+                    "disabled_tools",
+                    format!("`{tool}` is in enabled_tools too; keep it in one of them"),
+                );
+            }
+        }
+        problems
+    }
+}
+
+/// Whether reqwest can send this header: one it cannot fails every request.
+fn is_http_header(name: &str, value: &str) -> bool {
+    reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && reqwest::header::HeaderValue::from_str(value).is_ok()
+}
+
+fn not_a_header(name: &str) -> String {
+    format!(
+        "`{}` is not an HTTP header: a name of letters, digits and `-`, a value of printable text on one line",
+        name.escape_default()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(text: &str) -> Result<HomeConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.toml");
+        std::fs::write(&path, text).unwrap();
+        HomeConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mcp_servers_take_codexs_keys_over_stdio_and_http() {
+        let config = load(
+            r#"
+[mcp_servers.time]
+command = "uvx"
+args = ["mcp-server-time"]
+env = { TZ = "UTC" }
+env_vars = ["HOME"]
+cwd = "tools"
+startup_timeout = "20s"
+tool_timeout = "60s"
+enabled_tools = ["get_current_time"]
+[mcp_servers.search]
+url = "http://127.0.0.1:3001/mcp"
+bearer_token_env_var = "SEARCH_TOKEN"
+http_headers = { X-Team = "blue" }
+disabled_tools = ["delete"]
+required = true
+"#,
+        )
+        .unwrap();
+        let time = &config.mcp_servers["time"];
+        assert_eq!(time.command.as_deref(), Some("uvx"));
+        assert_eq!(
+            time.enabled_tools.as_deref(),
+            Some(&["get_current_time".to_owned()][..])
+        );
+        assert!(time.enabled && !time.required);
+        let search = &config.mcp_servers["search"];
+        assert_eq!(search.http_headers["X-Team"], "blue");
+        assert!(search.required);
+    }
+
+    #[test]
+    fn an_mcp_server_that_cannot_work_is_refused_naming_its_key() {
+        let cases = [
+            ("[mcp_servers.x]\n", "mcp_servers.x: needs `command`"),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nurl = \"http://127.0.0.1/\"\n",
+                "mcp_servers.x: has both",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \" \"\n",
+                "mcp_servers.x.command: is empty",
+            ),
+            (
+                "[mcp_servers.x]\nurl = \"file:///etc/passwd\"\n",
+                "mcp_servers.x.url",
+            ),
+            (
+                "[mcp_servers.x]\nurl = \"http://127.0.0.1/\"\nargs = [\"a\"]\n",
+                "mcp_servers.x.args: is for a server with `command`",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nhttp_headers = { A = \"b\" }\n",
+                "mcp_servers.x.http_headers: is for a server with `url`",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nenv_vars = [\"OPENAI_API_KEY\"]\n",
+                "mcp_servers.x.env_vars[0]",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\ncwd = \"../out\"\n",
+                "mcp_servers.x.cwd",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nstartup_timeout = \"0s\"\n",
+                "mcp_servers.x.startup_timeout",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nenabled_tools = [\"t\"]\ndisabled_tools = [\"t\"]\n",
+                "in enabled_tools too",
+            ),
+            ("[mcp_servers.a__b]\ncommand = \"a\"\n", "not a server name"),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\ntimeout = \"1s\"\n",
+                "unknown field `timeout`",
+            ),
+        ];
+        for (text, says) in cases {
+            let err = load(text).expect_err(text);
+            assert!(err.contains(says), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn a_missing_file_means_defaults() {

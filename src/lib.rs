@@ -25,6 +25,7 @@ pub mod definition;
 pub mod domain;
 pub mod error;
 pub mod ids;
+pub mod mcp;
 pub mod plural;
 pub mod provider;
 pub mod render;

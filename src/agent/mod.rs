@@ -785,7 +785,7 @@ async fn run_read_only(
         } else {
             output
         };
-        sink.emit(tool_completed(call, &output, duration_ms))?;
+        sink.emit(tool_completed(run, call, &output, duration_ms))?;
         outputs.push(output);
     }
     Ok((!shutdown).then_some(outputs))
@@ -816,7 +816,7 @@ async fn run_side_effecting(
     let shown = output
         .clone()
         .unwrap_or_else(|| ToolOutput::error(CUT_BY_SHUTDOWN));
-    sink.emit(tool_completed(call, &shown, elapsed_ms(started)))?;
+    sink.emit(tool_completed(run, call, &shown, elapsed_ms(started)))?;
     Ok(output)
 }
 
@@ -852,15 +852,22 @@ fn tool_started(run: &Run<'_>, call: &ToolCall) -> EventPayload {
     EventPayload::ToolStarted(ToolStarted {
         tool_name: call.name.clone(),
         tool_call_id: call.id.clone(),
+        server: run.tools.server_of(&call.name).map(str::to_owned),
         args_summary,
         args,
     })
 }
 
-fn tool_completed(call: &ToolCall, output: &ToolOutput, duration_ms: u64) -> EventPayload {
+fn tool_completed(
+    run: &Run<'_>,
+    call: &ToolCall,
+    output: &ToolOutput,
+    duration_ms: u64,
+) -> EventPayload {
     EventPayload::ToolCompleted(ToolCompleted {
         tool_name: call.name.clone(),
         tool_call_id: call.id.clone(),
+        server: run.tools.server_of(&call.name).map(str::to_owned),
         success: !output.is_error,
         error: output.is_error.then(|| output.content.clone()),
         duration_ms,

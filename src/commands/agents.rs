@@ -143,12 +143,26 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
 }
 
 fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
-    let (_, source) = definition::load_named(
-        &ctx.store.agents_dir(),
-        name,
-        &BTreeMap::new(),
-        &ctx.config()?,
-    )?;
+    let home = ctx.config()?;
+    let (def, source) =
+        definition::load_named(&ctx.store.agents_dir(), name, &BTreeMap::new(), &home)?;
+    // The servers' tools are known only by asking them: they are started, listed and
+    // stopped again, so a server that cannot start is found here rather than mid-run.
+    let servers = if def.tools.mcp.is_empty() {
+        Vec::new()
+    } else {
+        super::runtime(2)?.block_on(async {
+            let started = crate::worker::mcp::start_all(&def, &home, ctx.store.home()).await;
+            let shown: Vec<ShownServer> = started.iter().map(ShownServer::of).collect();
+            for (_, server) in started {
+                if let Ok(server) = server {
+                    server.stop().await;
+                }
+            }
+            shown
+        })
+    };
+    let failed = servers.iter().any(|s| s.error.is_some());
     if json {
         let table: toml::Table = toml::from_str(&source.text)?;
         print_json(&serde_json::json!({
@@ -156,13 +170,93 @@ fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             "file": source.path,
             "hash": source.hash(),
             "definition": definition::toml_to_json(toml::Value::Table(table)),
+            "mcp_servers": servers,
         }))?;
     } else {
         let mut out = super::human_stdout();
         writeln!(out, "# {} ({})", source.path.display(), source.hash())?;
         out.write_all(source.text.as_bytes())?;
+        for server in &servers {
+            let name = one_line(&server.name, FIELD_CAP);
+            match &server.error {
+                Some(error) => writeln!(
+                    out,
+                    "# MCP server {name}: did not start: {}",
+                    one_line(error, ERROR_CAP)
+                )?,
+                None => {
+                    writeln!(
+                        out,
+                        "# MCP server {name}: {}",
+                        crate::plural::count(server.tools.len() as u64, "tool", "tools")
+                    )?;
+                    for tool in &server.tools {
+                        let read_only = if tool.read_only { " (read-only)" } else { "" };
+                        writeln!(
+                            out,
+                            "#   {}{read_only}: {}",
+                            one_line(&tool.name, FIELD_CAP),
+                            one_line(&tool.description, FIELD_CAP)
+                        )?;
+                    }
+                }
+            }
+        }
     }
-    Ok(0)
+    // A server that does not start fails its tools in every run: a script checking the
+    // agent must see it.
+    Ok(if failed {
+        crate::error::exit::FAILED
+    } else {
+        0
+    })
+}
+
+/// An MCP server as `agents show` reports it.
+#[derive(Serialize)]
+struct ShownServer {
+    name: String,
+    /// Why it did not start; `None` when it did.
+    error: Option<String>,
+    tools: Vec<ShownTool>,
+}
+
+#[derive(Serialize)]
+struct ShownTool {
+    /// The name the model calls: `mcp__<server>__<tool>`.
+    name: String,
+    /// The server's own name for it.
+    server_tool: String,
+    description: String,
+    read_only: bool,
+    input_schema: serde_json::Value,
+}
+
+impl ShownServer {
+    fn of((name, started): &(String, Result<crate::mcp::Server, String>)) -> ShownServer {
+        match started {
+            Ok(server) => ShownServer {
+                name: name.clone(),
+                error: None,
+                tools: server
+                    .tools()
+                    .iter()
+                    .map(|t| ShownTool {
+                        name: t.exposed.clone(),
+                        server_tool: t.name.clone(),
+                        description: t.description.clone(),
+                        read_only: t.read_only,
+                        input_schema: t.input_schema.clone(),
+                    })
+                    .collect(),
+            },
+            Err(error) => ShownServer {
+                name: name.clone(),
+                error: Some(error.clone()),
+                tools: Vec::new(),
+            },
+        }
+    }
 }
 
 fn validate(ctx: &Context, files: Vec<PathBuf>, json: bool) -> Result<u8> {

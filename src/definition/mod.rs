@@ -232,6 +232,10 @@ pub struct ToolsConfig {
     /// few of `env = "clean"`; never the agent's own `api_key_env`.
     #[serde(default)]
     pub env_pass: Vec<String>,
+    /// The MCP servers of `agentq.toml` (`[mcp_servers.NAME]`) whose tools the agent may
+    /// call, as `mcp__<server>__<tool>`.
+    #[serde(default)]
+    pub mcp: Vec<String>,
 }
 
 /// `[tools] env`.
@@ -275,6 +279,7 @@ impl Default for ToolsConfig {
             command: Vec::new(),
             env: EnvMode::default(),
             env_pass: Vec::new(),
+            mcp: Vec::new(),
         }
     }
 }
@@ -464,7 +469,9 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
             }
         }
     }
-    let no_tools = def.tools.builtin.is_empty() && def.tools.command.is_empty();
+    // An MCP server's tools are known only once it runs; a granted server counts as tools.
+    let no_tools =
+        def.tools.builtin.is_empty() && def.tools.command.is_empty() && def.tools.mcp.is_empty();
     if def.model.tool_choice == Some(ToolChoice::Required) && no_tools {
         problem(
             "model.tool_choice",
@@ -474,7 +481,12 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     }
     if let Some(ToolChoice::Tool(name)) = &def.model.tool_choice {
         let granted = def.tools.builtin.iter().any(|t| t == name)
-            || def.tools.command.iter().any(|c| &c.name == name);
+            || def.tools.command.iter().any(|c| &c.name == name)
+            || def
+                .tools
+                .mcp
+                .iter()
+                .any(|server| name.starts_with(&format!("mcp__{server}__")));
         if !granted && BUILTIN_TOOLS.contains(&name.as_str()) {
             problem(
                 "model.tool_choice",
@@ -520,6 +532,26 @@ fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
     for (i, name) in def.tools.env_pass.iter().enumerate() {
         if let Err(message) = crate::tools::command::check_env_pass(name, &key_env) {
             problem(&format!("tools.env_pass[{i}]"), message);
+        }
+    }
+    for (i, server) in def.tools.mcp.iter().enumerate() {
+        match home.mcp_servers.get(server) {
+            None => problem(
+                &format!("tools.mcp[{i}]"),
+                format!(
+                    "no MCP server `{}` in agentq.toml; define [mcp_servers.{}] there{}",
+                    server.escape_default(),
+                    server.escape_default(),
+                    known_servers(home)
+                ),
+            ),
+            Some(config) if !config.enabled => problem(
+                &format!("tools.mcp[{i}]"),
+                format!(
+                    "MCP server `{server}` is disabled in agentq.toml (enabled = false); enable it or leave it out"
+                ),
+            ),
+            Some(_) => {}
         }
     }
     for (i, command) in def.tools.command.iter().enumerate() {
@@ -626,7 +658,7 @@ fn check_workspace(workspace: &str) -> Result<(), String> {
 }
 
 /// A path relative to its base that cannot climb out of it.
-fn check_relative(path: &str) -> Result<(), String> {
+pub fn check_relative(path: &str) -> Result<(), String> {
     let inside = !path.is_empty()
         && !path.contains('\0')
         && Path::new(path).components().all(|c| {
@@ -800,6 +832,16 @@ pub fn load_named(
     }
 }
 
+/// `; the servers defined are: a, b` (or nothing when there are none).
+fn known_servers(home: &HomeConfig) -> String {
+    if home.mcp_servers.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = home.mcp_servers.keys().map(String::as_str).collect();
+        format!("; the servers defined are: {}", names.join(", "))
+    }
+}
+
 /// The one-line refusal of a file with problems (a definition, `agentq.toml`): the
 /// file, then every problem, so one run of `agents validate` shows them all.
 pub fn invalid_file(path: &Path, problems: &[impl std::fmt::Display]) -> UserError {
@@ -838,6 +880,37 @@ mod tests {
         assert_eq!(def.limits.max_steps, 20);
         assert_eq!(def.tools.workspace, "session");
         assert!(def.tools.builtin.is_empty());
+    }
+
+    #[test]
+    fn an_agent_takes_tools_only_from_mcp_servers_agentq_toml_defines_and_enables() {
+        let text = format!("{MINIMAL}\n[tools]\nmcp = [\"time\", \"off\", \"nobody\"]\n");
+        let home: HomeConfig = toml::from_str(
+            "[mcp_servers.time]\ncommand = \"uvx\"\n[mcp_servers.off]\ncommand = \"x\"\nenabled = false\n",
+        )
+        .unwrap();
+        let problems = source("bot", &text)
+            .load(&BTreeMap::new(), &home)
+            .unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("tools.mcp[1]: MCP server `off` is disabled"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("tools.mcp[2]: no MCP server `nobody` in agentq.toml")
+                && shown[1].ends_with("the servers defined are: off, time"),
+            "{shown:?}"
+        );
+        let granted = format!("{MINIMAL}\n[tools]\nmcp = [\"time\"]\n").replace(
+            "[model]",
+            "[model]\ntool_choice = \"mcp__time__get_current_time\"",
+        );
+        let def = source("bot", &granted)
+            .load(&BTreeMap::new(), &home)
+            .unwrap();
+        assert_eq!(def.tools.mcp, ["time"]);
     }
 
     #[test]

@@ -243,6 +243,7 @@ const TOOLS: &[Field] = &[
     opt("command", Kind::TableArray(COMMAND_TOOL)),
     opt("env", Kind::OneOf(&["scrubbed", "clean"])),
     opt("env_pass", Kind::StrList),
+    opt("mcp", Kind::StrSet),
 ];
 
 /// The keys of `agents/<name>.toml` (ARCHITECTURE.md §5).
@@ -269,9 +270,29 @@ const PRICE: &[Field] = &[
     req("output_per_mtok", ZERO_OR_MORE),
 ];
 
+/// `[mcp_servers.NAME]`: codex's keys (ARCHITECTURE.md §9). Which keys go with which
+/// transport is checked with the typed config (src/config.rs).
+const MCP_SERVER: &[Field] = &[
+    opt("command", Kind::Str),
+    opt("args", Kind::StrList),
+    opt("env", Kind::AnyTable),
+    opt("env_vars", Kind::StrSet),
+    opt("cwd", Kind::Str),
+    opt("url", Kind::Str),
+    opt("bearer_token_env_var", Kind::Str),
+    opt("http_headers", Kind::AnyTable),
+    opt("startup_timeout", Kind::Duration),
+    opt("tool_timeout", Kind::Duration),
+    opt("enabled_tools", Kind::StrSet),
+    opt("disabled_tools", Kind::StrSet),
+    opt("enabled", Kind::Bool),
+    opt("required", Kind::Bool),
+];
+
 /// The keys of `agentq.toml`.
 pub const HOME: &[Field] = &[
     opt("inbox", Kind::Table(INBOX)),
+    opt("mcp_servers", Kind::TableOf(MCP_SERVER)),
     opt("providers", Kind::TableOf(NAMED_PROVIDER)),
     opt("prices", Kind::TableOf(PRICE)),
 ];

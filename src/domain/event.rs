@@ -218,6 +218,9 @@ pub struct StreamChunk {
 pub struct ToolStarted {
     pub tool_name: String,
     pub tool_call_id: String,
+    /// The MCP server the tool comes from (`tool_name` is then `mcp__<server>__<tool>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_summary: Option<String>,
     /// The arguments themselves, with the `debug` preset.
@@ -229,6 +232,9 @@ pub struct ToolStarted {
 pub struct ToolCompleted {
     pub tool_name: String,
     pub tool_call_id: String,
+    /// As in [`ToolStarted`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     pub success: bool,
     pub error: Option<String>,
     pub duration_ms: u64,
@@ -340,6 +346,7 @@ mod tests {
         let event = sample(EventPayload::ToolStarted(ToolStarted {
             tool_name: "read_file".into(),
             tool_call_id: "call_1".into(),
+            server: None,
             args_summary: Some("path: 'src/main.rs'".into()),
             args: None,
         }));

@@ -21,6 +21,20 @@ pub use sanitize::{ERROR_CAP, FIELD_CAP, Neutral, one_line, sanitize};
 pub use terminal::TerminalRenderer;
 
 /// What every view says of an answer with no text, instead of showing nothing.
+/// How a tool is named in a view: `server › tool` for an MCP tool (whose model-facing
+/// name is `mcp__<server>__<tool>`), its name otherwise; neutralised, on one line.
+pub fn tool_label(name: &str, server: Option<&str>) -> String {
+    let own = server.and_then(|server| name.strip_prefix(&format!("mcp__{server}__")));
+    match (server, own) {
+        (Some(server), Some(tool)) => format!(
+            "{} › {}",
+            one_line(server, FIELD_CAP),
+            one_line(tool, FIELD_CAP)
+        ),
+        _ => one_line(name, FIELD_CAP).into_owned(),
+    }
+}
+
 pub const EMPTY_ANSWER: &str = "the model's answer was empty (no text and no tool calls)";
 
 /// Something that shows events as they are read from the log.
@@ -59,4 +73,17 @@ pub fn footer(p: &ExecutionFinished) -> String {
         p.exit_code
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_mcp_tool_is_shown_as_server_and_tool() {
+        assert_eq!(tool_label("mcp__time__now", Some("time")), "time › now");
+        assert_eq!(tool_label("read_file", None), "read_file");
+        // A name shortened with a hash keeps its whole form.
+        assert_eq!(tool_label("mcp__tim_1a2b", Some("time")), "mcp__tim_1a2b");
+    }
 }

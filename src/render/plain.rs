@@ -172,19 +172,19 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
                 .unwrap_or_default();
             format!(
                 "→ {} {}",
-                one_line(&p.tool_name, FIELD_CAP),
+                super::tool_label(&p.tool_name, p.server.as_deref()),
                 one_line(&args, FIELD_CAP)
             )
         }
         EventPayload::ToolCompleted(p) => match &p.error {
             None => format!(
                 "✓ {} ({})",
-                one_line(&p.tool_name, FIELD_CAP),
+                super::tool_label(&p.tool_name, p.server.as_deref()),
                 human_duration(p.duration_ms)
             ),
             Some(error) => format!(
                 "✗ {} ({}): {}",
-                one_line(&p.tool_name, FIELD_CAP),
+                super::tool_label(&p.tool_name, p.server.as_deref()),
                 human_duration(p.duration_ms),
                 one_line(&crate::store::session::preview(error, 200), FIELD_CAP)
             ),
@@ -273,6 +273,7 @@ mod tests {
             EventPayload::ToolCompleted(ToolCompleted {
                 tool_name: "read_file".into(),
                 tool_call_id: "c".into(),
+                server: None,
                 success: true,
                 error: None,
                 duration_ms: 3,
@@ -366,6 +367,7 @@ mod tests {
             EventPayload::ToolStarted(ToolStarted {
                 tool_name: "write_file".into(),
                 tool_call_id: "c1".into(),
+                server: None,
                 args_summary: None,
                 args: Some(serde_json::json!({"path": "a.md"})),
             }),

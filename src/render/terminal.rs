@@ -215,7 +215,7 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 self.tool_args.insert(p.tool_call_id.clone(), args.clone());
                 self.set_status(format!(
                     "running {} {}",
-                    one_line(&p.tool_name, FIELD_CAP),
+                    super::tool_label(&p.tool_name, p.server.as_deref()),
                     one_line(&args, FIELD_CAP)
                 ));
             }
@@ -229,7 +229,7 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 let mut text = format!(
                     "{INDENT}{} {} {} · {}",
                     self.paint(&style, mark),
-                    one_line(&p.tool_name, FIELD_CAP),
+                    super::tool_label(&p.tool_name, p.server.as_deref()),
                     one_line(&args, FIELD_CAP),
                     human_duration(p.duration_ms)
                 );
@@ -458,12 +458,14 @@ mod tests {
                 EventPayload::ToolStarted(ToolStarted {
                     tool_name: "write_file".into(),
                     tool_call_id: "c1".into(),
+                    server: None,
                     args_summary: None,
                     args: Some(serde_json::json!({"path": "a.md", "content": "x"})),
                 }),
                 EventPayload::ToolCompleted(ToolCompleted {
                     tool_name: "write_file".into(),
                     tool_call_id: "c1".into(),
+                    server: None,
                     success: true,
                     error: None,
                     duration_ms: 61_000,
@@ -559,12 +561,14 @@ mod tests {
                 EventPayload::ToolStarted(ToolStarted {
                     tool_name: evil.into(),
                     tool_call_id: "c1".into(),
+                    server: None,
                     args_summary: Some(evil.into()),
                     args: None,
                 }),
                 EventPayload::ToolCompleted(ToolCompleted {
                     tool_name: evil.into(),
                     tool_call_id: "c1".into(),
+                    server: None,
                     success: false,
                     error: Some(evil.into()),
                     duration_ms: 1,

@@ -36,7 +36,7 @@ use crate::provider::ToolSpec;
 /// Used when a command declares no timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes kept of each of stdout and stderr.
-const OUTPUT_CAP: usize = 32 * 1024;
+pub const OUTPUT_CAP: usize = 32 * 1024;
 /// How often a running command asks whether to stop: the most a shutdown or
 /// `--max-duration` waits for it (one cheap call; a cancel's inbox is read at most
 /// every 50 ms whatever this is).

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod command;
 pub mod files;
+pub mod mcp;
 pub mod process;
 pub mod todo;
 
@@ -122,6 +123,8 @@ pub struct Toolbox {
     agent: Option<String>,
     /// The session commands run for ([`process::Owner`]).
     owner: Option<process::Owner>,
+    /// The tools of the agent's MCP servers.
+    mcp: mcp::McpTools,
 }
 
 impl Toolbox {
@@ -143,6 +146,7 @@ impl Toolbox {
             env: command::EnvPolicy::default(),
             agent: None,
             owner: None,
+            mcp: mcp::McpTools::default(),
         }
     }
 
@@ -173,6 +177,17 @@ impl Toolbox {
         self
     }
 
+    /// Adds the tools of the MCP servers the worker started for the session.
+    pub fn with_mcp(mut self, mcp: mcp::McpTools) -> Toolbox {
+        self.mcp = mcp;
+        self
+    }
+
+    /// The MCP server a tool comes from; `None` for a built-in or a command.
+    pub fn server_of(&self, name: &str) -> Option<&str> {
+        self.mcp.server_of(name)
+    }
+
     pub fn specs(&self) -> Vec<ToolSpec> {
         let builtins = self.builtins.iter().map(|t| ToolSpec {
             name: t.name.to_owned(),
@@ -180,13 +195,14 @@ impl Toolbox {
             parameters: (t.parameters)(),
         });
         let commands = self.commands.iter().map(command::spec);
-        builtins.chain(commands).collect()
+        builtins.chain(commands).chain(self.mcp.specs()).collect()
     }
 
     pub fn names(&self) -> Vec<String> {
         let builtins = self.builtins.iter().map(|t| t.name.to_owned());
         builtins
             .chain(self.commands.iter().map(|c| c.name.clone()))
+            .chain(self.mcp.names())
             .collect()
     }
 
@@ -195,6 +211,7 @@ impl Toolbox {
     pub fn is_read_only(&self, name: &str) -> bool {
         self.builtins.iter().any(|t| t.name == name && t.read_only)
             || self.commands.iter().any(|c| c.name == name && c.read_only)
+            || self.mcp.is_read_only(name)
     }
 
     /// Why `name` cannot be called, and what would make it callable: a built-in tool
@@ -239,6 +256,9 @@ impl Toolbox {
             Granted::Builtin(tool)
         } else if let Some(command) = self.commands.iter().find(|c| c.name == name) {
             Granted::Command(command)
+        } else if let Some(output) = self.mcp.call(name, arguments, ctx.stop).await {
+            // The server checks its own arguments against its own schema.
+            return output;
         } else {
             return ToolOutput::error(self.not_granted(name));
         };

@@ -73,6 +73,8 @@ pub struct Owner<'a> {
     pub log: &'a mut EventLog,
     pub shutdown: &'a Shutdown,
     pub worker: &'a WorkerInfo,
+    /// The MCP servers started for this session while the worker owns it.
+    pub mcp: &'a mut super::mcp::McpPool,
 }
 
 impl Owner<'_> {
@@ -452,23 +454,24 @@ impl Owner<'_> {
         checkpointed: &mut bool,
     ) -> Result<(LoopEnd, Option<Price>)> {
         let meta = read_meta(self.dir)?;
-        let Prepared {
-            def,
-            source_hash,
-            provider,
-            price,
-            key_env,
-        } = match self.definition(&meta) {
+        let (def, source, home) = match self.definition(&meta) {
+            Ok(loaded) => loaded,
             Err(err) => {
                 return Ok((
                     self.cannot_run(&meta, err, StopReason::InvalidDefinition),
                     None,
                 ));
             }
-            Ok((def, source, home)) => match self.prepare(def, &source, &home) {
-                Ok(ready) => ready,
-                Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
-            },
+        };
+        let Prepared {
+            def,
+            source_hash,
+            provider,
+            price,
+            key_env,
+        } = match self.prepare(def, &source, &home) {
+            Ok(ready) => ready,
+            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
         };
         if source_hash != meta.agent_hash {
             warn!(
@@ -481,9 +484,24 @@ impl Owner<'_> {
             Ok(path) => path,
             Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
         };
+        let mcp = self
+            .mcp
+            .tools_for(
+                &def,
+                &home,
+                self.store.home(),
+                &key_env,
+                &commands_of(self.dir),
+            )
+            .await;
+        let mcp = match mcp {
+            Ok(tools) => tools,
+            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
+        };
         let tools = Toolbox::for_agent(workspace, &def)
             .withholding(key_env)
-            .for_session(commands_of(self.dir));
+            .for_session(commands_of(self.dir))
+            .with_mcp(mcp);
         let mut history: Vec<Message> =
             transcript::read(&self.dir.transcript_path(), state.transcript)?
                 .into_iter()

@@ -7,6 +7,7 @@
 //! lost notification or a lost marker delays work but never loses it.
 
 pub mod execute;
+pub mod mcp;
 mod shutdown;
 
 use std::collections::{BTreeSet, HashSet};
@@ -396,7 +397,26 @@ pub async fn drain(
         drained.skipped = true;
         return Ok(drained);
     };
-    recover_files(store, &dir)?;
+    // The session's MCP servers live as long as the lock is held: they are stopped
+    // whichever way the drain ends (a `?` included) before the lock goes.
+    let mut mcp = mcp::McpPool::default();
+    let result = drain_owned(store, &dir, shutdown, worker, until, &mut mcp, drained).await;
+    mcp.stop().await;
+    result
+}
+
+/// [`drain`] once the session's lock is held.
+async fn drain_owned(
+    store: &Store,
+    dir: &crate::store::SessionDir,
+    shutdown: &Shutdown,
+    worker: &WorkerInfo,
+    until: Option<Uuid>,
+    mcp: &mut mcp::McpPool,
+    mut drained: Drained,
+) -> Result<Drained> {
+    let id = dir.id;
+    recover_files(store, dir)?;
     // An agentq.toml broken while the worker runs would fail every message claimed
     // from here on; they stay queued instead, the error naming the file, and run once
     // it is fixed (the worker refuses to start on one that is broken already).
@@ -406,7 +426,7 @@ pub async fn drain(
     // Whether anything needs `flush_drain` before the lock goes.
     let mut wrote = false;
     while !shutdown.is_requested() {
-        if read_meta(&dir)?.status == SessionStatus::Paused {
+        if read_meta(dir)?.status == SessionStatus::Paused {
             drained.skipped = true;
             break;
         }
@@ -433,7 +453,7 @@ pub async fn drain(
         looked_again = false;
         if head.entry.kind == EntryKind::Cancel {
             // Nothing is running that it could cancel.
-            store.note_consumed(&dir, head.entry.seq)?;
+            store.note_consumed(dir, head.entry.seq)?;
             inbox::remove(&head.path)?;
             wrote = true;
             continue;
@@ -441,10 +461,11 @@ pub async fn drain(
         wrote = true;
         let mut owner = Owner {
             store,
-            dir: &dir,
+            dir,
             log: &mut log,
             shutdown,
             worker,
+            mcp,
         };
         match owner.handle(&head).await? {
             Handled::Settled(code) => {

@@ -2,6 +2,8 @@ mod agent_loop;
 mod env;
 mod fake_server;
 mod faults;
+mod mcp;
+mod mcp_worker;
 mod pipeline;
 mod providers;
 mod real;

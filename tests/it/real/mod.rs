@@ -1,6 +1,7 @@
-//! agentq against real model servers (issue 14), started by the tests themselves on
-//! 127.0.0.1: llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct,
-//! and LiteLLM's proxy serving the Anthropic Messages API in front of it.
+//! agentq against real servers, started by the tests themselves on 127.0.0.1:
+//! llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct, LiteLLM's
+//! proxy serving the Anthropic Messages API in front of it (issue 14), and the
+//! reference MCP server `mcp-server-time` over stdio (issue 16).
 //!
 //! `scripts/real-server install` puts both into a cache outside the repository (from
 //! PyPI only) and writes a manifest there; these tests read it. They are `#[ignore]`d,
@@ -19,6 +20,7 @@
 //! run, answered), never wording.
 
 mod gateway;
+mod mcp;
 mod openai;
 pub mod servers;
 

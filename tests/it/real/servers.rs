@@ -26,6 +26,7 @@ struct Installed {
     llama_python: PathBuf,
     model: PathBuf,
     litellm: PathBuf,
+    mcp_time: PathBuf,
 }
 
 pub fn cache_dir() -> PathBuf {
@@ -55,7 +56,13 @@ fn installed() -> Installed {
         llama_python: path("llama_python"),
         model: path("model"),
         litellm: path("litellm"),
+        mcp_time: path("mcp_time"),
     }
+}
+
+/// The `mcp-server-time` program (a stdio MCP server) the install put in the cache.
+pub fn mcp_time_server() -> PathBuf {
+    installed().mcp_time
 }
 
 /// Whether the process runs in a network namespace whose only interface is loopback
