@@ -255,11 +255,10 @@ impl McpServerConfig {
                 if command.trim().is_empty() {
                     problem("command", "is empty".to_owned());
                 }
-                for field in ["bearer_token_env_var", "http_headers"] {
-                    let given = match field {
-                        "bearer_token_env_var" => self.bearer_token_env_var.is_some(),
-                        _ => !self.http_headers.is_empty(),
-                    };
+                for (field, given) in [
+                    ("bearer_token_env_var", self.bearer_token_env_var.is_some()),
+                    ("http_headers", !self.http_headers.is_empty()),
+                ] {
                     if given {
                         problem(
                             field,

@@ -43,34 +43,19 @@ impl McpPool {
         withheld: &[String],
         owner: &process::Owner,
     ) -> Result<McpTools, UserError> {
-        let mut to_start: Vec<(String, ServerSpec)> = Vec::new();
-        for name in &def.tools.mcp {
-            if self.started.contains_key(name) || self.failed.contains_key(name) {
-                continue;
-            }
-            let Some(config) = home.mcp_servers.get(name) else {
-                continue;
-            };
-            let vars = std::env::vars().filter(|(var, _)| !withheld.contains(var));
-            match spec(name, config, home_dir, vars) {
-                Ok(spec) => to_start.push((name.clone(), spec)),
-                Err(why) => {
-                    self.failed.insert(name.clone(), why);
-                }
-            }
-        }
-        let starts = to_start
-            .iter()
-            .map(|(name, spec)| async move { (name, Server::start(spec, Some(owner)).await) });
-        for (name, started) in futures_util::future::join_all(starts).await {
+        let to_start =
+            def.tools.mcp.iter().filter(|name| {
+                !self.started.contains_key(*name) && !self.failed.contains_key(*name)
+            });
+        for (name, started) in start_each(to_start, home, home_dir, withheld, Some(owner)).await {
             match started {
                 Ok(server) => {
                     info!(session = %owner.session, server = %name, tools = server.tools().len(), "started an MCP server");
-                    self.started.insert(name.clone(), Arc::new(server));
+                    self.started.insert(name, Arc::new(server));
                 }
-                Err(err) => {
-                    warn!(session = %owner.session, server = %name, "{err}");
-                    self.failed.insert(name.clone(), err.to_string());
+                Err(why) => {
+                    warn!(session = %owner.session, server = %name, "{why}");
+                    self.failed.insert(name, why);
                 }
             }
         }
@@ -111,13 +96,28 @@ pub async fn start_all(
     home: &HomeConfig,
     home_dir: &Path,
 ) -> Vec<(String, Result<Server, String>)> {
-    let starts = def.tools.mcp.iter().map(|name| async move {
+    start_each(def.tools.mcp.iter(), home, home_dir, &[], None).await
+}
+
+/// Starts the servers `names` at once, each within its `startup_timeout`, with
+/// agentq's environment less the `withheld` variables; why one did not start, in a line.
+async fn start_each(
+    names: impl Iterator<Item = &String>,
+    home: &HomeConfig,
+    home_dir: &Path,
+    withheld: &[String],
+    owner: Option<&process::Owner>,
+) -> Vec<(String, Result<Server, String>)> {
+    let starts = names.map(|name| async move {
         let started = match home.mcp_servers.get(name) {
             None => Err(format!("no [mcp_servers.{name}] in agentq.toml")),
-            Some(config) => match spec(name, config, home_dir, std::env::vars()) {
-                Ok(spec) => Server::start(&spec, None).await.map_err(|e| e.to_string()),
-                Err(why) => Err(why),
-            },
+            Some(config) => {
+                let vars = std::env::vars().filter(|(var, _)| !withheld.contains(var));
+                match spec(name, config, home_dir, vars) {
+                    Ok(spec) => Server::start(&spec, owner).await.map_err(|e| e.to_string()),
+                    Err(why) => Err(why),
+                }
+            }
         };
         (name.clone(), started)
     });

@@ -36,6 +36,18 @@ fn calling_agent(name: &str, calls: &str) -> String {
     )
 }
 
+/// A home with the test server (`extra` added to its table) and an agent making
+/// `calls`; one message sent and answered by `worker --once`. Returns the session too.
+fn one_message_answered(extra: &str, calls: &str) -> (TestEnv, PathBuf, String) {
+    let (env, notes_dir) = home_with_server(extra);
+    env.write_agent("user", &calling_agent("user", calls));
+    let id = env.new_session("user");
+    env.send(&id, "go");
+    env.worker_once();
+    assert_eq!(env.responses(&id), ["done"]);
+    (env, notes_dir, id)
+}
+
 fn notes(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("events"))
         .unwrap_or_default()
@@ -72,18 +84,10 @@ fn tool_results(env: &TestEnv, id: &str) -> Vec<(String, bool)> {
 
 #[test]
 fn an_agent_calls_an_mcp_tool_and_the_model_gets_its_result() {
-    let (env, _notes) = home_with_server("");
-    env.write_agent(
-        "user",
-        &calling_agent(
-            "user",
-            "{ name = \"mcp__t__echo\", arguments = { text = \"hello from t\" } }, { name = \"mcp__t__fail\", arguments = { message = \"no luck\" } }",
-        ),
+    let (env, _notes, id) = one_message_answered(
+        "",
+        "{ name = \"mcp__t__echo\", arguments = { text = \"hello from t\" } }, { name = \"mcp__t__fail\", arguments = { message = \"no luck\" } }",
     );
-    let id = env.new_session("user");
-    env.send(&id, "go");
-    env.worker_once();
-    assert_eq!(env.responses(&id), ["done"]);
     let results = tool_results(&env, &id);
     assert_eq!(
         results[0],
@@ -292,18 +296,10 @@ fn cancel_stops_a_running_mcp_call_and_tells_the_server() {
 
 #[test]
 fn a_call_past_tool_timeout_is_a_tool_error_and_the_execution_goes_on() {
-    let (env, notes_dir) = home_with_server("tool_timeout = \"300ms\"");
-    env.write_agent(
-        "user",
-        &calling_agent(
-            "user",
-            "{ name = \"mcp__t__sleep\", arguments = { ms = 60000 } }",
-        ),
+    let (env, notes_dir, id) = one_message_answered(
+        "tool_timeout = \"300ms\"",
+        "{ name = \"mcp__t__sleep\", arguments = { ms = 60000 } }",
     );
-    let id = env.new_session("user");
-    env.send(&id, "go");
-    env.worker_once();
-    assert_eq!(env.responses(&id), ["done"]);
     let results = tool_results(&env, &id);
     assert!(
         results[0].1 && results[0].0.contains("300ms"),
