@@ -18,7 +18,7 @@ use agentq::domain::event::{EventPayload, StreamChunk};
 use agentq::domain::inbox::EntryKind;
 use agentq::domain::session::EventsPreset;
 use agentq::ids::V7Ids;
-use agentq::store::Store;
+use agentq::store::FileStore;
 use agentq::store::events::LogReader;
 use agentq::store::fs::Durable;
 use agentq::store::session::NewEntry;
@@ -411,7 +411,12 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let machine_before = machine_cpu();
     let start = Instant::now();
     let report = runtime
-        .block_on(worker::run(store, options, Arc::new(Shutdown::default())))
+        .block_on(worker::run(
+            Arc::new(store.clone()),
+            agentq::home::Home::new(store.home().to_owned()),
+            options,
+            Arc::new(Shutdown::default()),
+        ))
         .expect("worker");
     let elapsed = start.elapsed().as_secs_f64();
     let (user, system) = cpu_seconds();
@@ -751,8 +756,8 @@ impl Home {
         self.dir.as_ref().expect("a live home").path()
     }
 
-    fn store(&self) -> Store {
-        Store::new(
+    fn store(&self) -> FileStore {
+        FileStore::new(
             self.path().to_owned(),
             Arc::new(SystemClock),
             Arc::new(V7Ids),

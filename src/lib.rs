@@ -24,6 +24,7 @@ pub mod config;
 pub mod definition;
 pub mod domain;
 pub mod error;
+pub mod home;
 pub mod ids;
 pub mod mcp;
 pub mod plural;

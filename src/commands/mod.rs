@@ -23,13 +23,13 @@ use crate::cli::{ColorChoice, Command};
 use crate::config::HomeConfig;
 use crate::error::UserError;
 use crate::ids::V7Ids;
-use crate::store::Store;
+use crate::store::FileStore;
 use crate::time::SystemClock;
 use crate::usage_bail;
 
 /// What every command works with, built once from the global options.
 pub struct Context {
-    pub store: Store,
+    pub store: FileStore,
     /// Whether standard output gets colours.
     pub color: bool,
 }
@@ -49,7 +49,7 @@ impl Context {
             }
         };
         Ok(Context {
-            store: Store::new(home, Arc::new(SystemClock), Arc::new(V7Ids)),
+            store: FileStore::new(home, Arc::new(SystemClock), Arc::new(V7Ids)),
             color,
         })
     }

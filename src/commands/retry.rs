@@ -20,10 +20,10 @@ use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::store::session::NewEntry;
-use crate::store::{SessionDir, Store, inbox};
+use crate::store::{FileStore, SessionDir, inbox};
 
-/// Metadata key naming the failed execution an entry retries.
-pub const RETRY_OF_KEY: &str = "retry_of";
+// Where it lived before; the worker reads it from the domain.
+pub use crate::domain::inbox::RETRY_OF_KEY;
 
 pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
     let dir = ctx.store.resolve(&args.id)?;
@@ -138,7 +138,7 @@ pub(crate) struct History {
 }
 
 impl History {
-    pub fn read(store: &Store, dir: &SessionDir) -> Result<History> {
+    pub fn read(store: &FileStore, dir: &SessionDir) -> Result<History> {
         let executions = dir.executions()?;
         let state = dir.read_state()?;
         let texts: HashMap<Uuid, String> = store

@@ -99,7 +99,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let me = worker::this_worker();
-                worker::drain(&store, session_id, &shutdown, &me, Some(queued.id)).await
+                let home = crate::home::Home::new(store.home().to_owned());
+                worker::drain(&store, &home, session_id, &shutdown, &me, Some(queued.id)).await
             })
         };
         let wait = wait_for_message(

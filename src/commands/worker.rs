@@ -32,11 +32,12 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     // Sessions run on blocking threads of their own (see worker::run); the runtime's
     // threads only drive timers, sockets and the claiming loop.
     let runtime = super::runtime(2)?;
-    let store = ctx.store.clone();
+    let store: Arc<dyn crate::store::Store> = Arc::new(ctx.store.clone());
+    let home = crate::home::Home::new(ctx.store.home().to_owned());
     runtime.block_on(async move {
         let shutdown = Arc::new(Shutdown::default());
         tokio::spawn(handle_signals(shutdown.clone()));
-        let report = worker::run(store, options, shutdown).await?;
+        let report = worker::run(store, home, options, shutdown).await?;
         info!(
             settled = report.settled,
             suspended = report.suspended,

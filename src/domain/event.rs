@@ -326,6 +326,46 @@ pub struct FinishedCost {
     pub session: f64,
 }
 
+/// The last events of a settled execution, in order: its answer (when it completed
+/// with one), the agent's status, and `execution.finished` with the session's totals
+/// once the execution is counted in `session` (whose `usage` and `cost_usd` include it).
+/// A store appends them in one write, so a crash leaves all of them or none.
+pub fn closing_events(
+    exec: &super::execution::Execution,
+    session: &super::session::SessionMeta,
+) -> Vec<EventPayload> {
+    let mut last = Vec::new();
+    if let (ExecStatus::Completed, Some(response)) = (exec.status, &exec.response) {
+        last.push(EventPayload::MessageCompleted(MessageCompleted {
+            message_id: exec.message_id,
+            response: response.clone(),
+            empty: response.trim().is_empty(),
+        }));
+    }
+    last.push(EventPayload::AgentStatus(AgentStatusChanged {
+        status: exec.status.into(),
+        previous_status: AgentStatus::Processing,
+    }));
+    last.push(EventPayload::ExecutionFinished(ExecutionFinished {
+        status: exec.status,
+        stop_reason: exec.stop_reason,
+        exit_code: super::execution::exit_code(exec.status, exec.stop_reason),
+        steps: exec.steps,
+        usage: FinishedUsage {
+            execution: exec.usage,
+            session: session.usage,
+        },
+        duration_ms: exec.duration_ms.unwrap_or(0),
+        error: exec.error.as_ref().map(|e| e.message.clone()),
+        message_id: Some(exec.message_id),
+        cost_usd: exec.cost_usd.map(|execution| FinishedCost {
+            execution,
+            session: session.cost_usd.unwrap_or(execution),
+        }),
+    }));
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,3 +48,6 @@ impl InboxEntry {
         format!("{:012}-{}.json", self.seq, self.id)
     }
 }
+
+/// Metadata key naming the failed execution an entry retries (`agentq retry`).
+pub const RETRY_OF_KEY: &str = "retry_of";

@@ -1,451 +1,332 @@
-//! The file store: everything agentq keeps, as files under one home directory
-//! (ARCHITECTURE.md §1).
+//! The store: everything a session is (meta, inbox, executions, transcript, state,
+//! events, idempotency keys, the owner lease), behind one interface (ARCHITECTURE.md §8).
+//! Nothing above this module knows whether a session is files or rows, or where the
+//! fsyncs go; [`file`] keeps them as files under the home, as §1 lays out.
 //!
-//! [`Store`] knows the layout of the home; [`SessionDir`] the layout of one session.
-//! Other modules never build a path under `sessions/` themselves, and a session id only
-//! becomes a path after [`Store::resolve`] matched it against the directory listing.
+//! Three traits, from the widest to the narrowest hold on a session:
+//! - [`Store`]: a home's sessions: create, find, list, what may have work, workers.
+//! - [`Session`]: one session, for anyone: read it, queue entries, pause, close, remove,
+//!   follow its events; and [`Session::claim`], which makes the caller its owner.
+//! - [`Lease`]: the owner's hold on a session. Every write an execution makes goes
+//!   through it, in the order below, so a store can refuse the writes of an owner that
+//!   lost it (a database lease that expired) with [`LeaseLost`].
+//!
+//! # The lifecycle of a message, and the order of its writes
+//! What makes a crash at any point recoverable, whichever store keeps it:
+//! 1. **Claim** ([`Lease::next`]): the head of the inbox becomes an execution. A new one
+//!    puts the user message in the transcript and names the execution in the state; a
+//!    resumed one (the state already names it) has its record marked `running` with the
+//!    attempt counted. From here on a crash resumes this execution instead of starting
+//!    another. A message that settled before a crash is only finished settling.
+//! 2. **Checkpoints** ([`Lease::checkpoint`]): each step's answer, then each tool result,
+//!    as transcript lines carrying the state; a side-effecting call is marked in the state
+//!    before it runs ([`Lease::checkpoint`] with no lines), so a resumed execution never
+//!    runs it twice.
+//! 3. **Settle** ([`Lease::settle`]): the state the record settles, then the settled
+//!    record (the commit point), then the session totals and the final events (one
+//!    append), each skipped if an earlier attempt already wrote it; the inbox entry goes
+//!    last. The state keeps naming the message until the next execution replaces it, so
+//!    a settled message is never run again. [`Lease::suspend`] instead leaves the
+//!    execution at its last checkpoint for a later owner.
+//!
+//! Events are appended through [`Lease::append`] (by the owner) or by the session's
+//! other writes (`send`, `pause`, …); the store assigns `seq`, gapless per session.
+//!
+//! # Durability in the file store
+//! A killed worker loses nothing it wrote (the page cache survives it); fsyncs are for
+//! power failures, and are spent where a lost write could not be told apart from one
+//! never made. The claim is not fsynced: the first checkpoint makes it durable (a power
+//! failure before it loses only the claim; the message is still in the inbox). A
+//! checkpoint is durable once its transcript lines are: `state.json` follows without
+//! fsync, and an owner that finds it behind rolls forward. A checkpoint without lines
+//! and the settled record are fsynced. The session totals and the inbox removals are
+//! fsynced once per drain, when the lease is released: an entry brought back is
+//! recognised by its seq ([`crate::domain::state::AgentState::has_moved_past`]), an
+//! older `session.json` by the execution it names last. A resumed record is not
+//! fsynced: `state.json` is what a resuming owner trusts, and a record lost is rebuilt
+//! from it.
 
-pub mod events;
-pub mod follow;
-pub mod fs;
-pub mod inbox;
-pub mod recover;
-pub mod session;
-pub mod transcript;
-pub mod workers;
+pub mod file;
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::Result;
 use uuid::Uuid;
 
-use crate::domain::execution::Execution;
-use crate::domain::session::SessionMeta;
+use crate::domain::event::{EventPayload, RawEvent};
+use crate::domain::execution::{Execution, WorkerInfo};
+use crate::domain::inbox::InboxEntry;
+use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, TranscriptMark};
 use crate::domain::transcript::TranscriptLine;
-use crate::error::UserError;
-use crate::ids::{IdGen, IdQuery};
 use crate::time::Clock;
-use events::EventLog;
-use fs::{AtPath, ReadError};
 
-/// The home directory and the services every store operation needs.
-#[derive(Clone)]
-pub struct Store {
-    home: PathBuf,
-    pub clock: Arc<dyn Clock>,
-    pub ids: Arc<dyn IdGen>,
-}
+pub use file::inbox::Counts as InboxCounts;
+pub use file::session::{Enqueued, NewEntry, NewSession};
+pub use file::workers::WorkerRecord;
+pub use file::{FileLease, FileStore, SessionDir};
+// The file store's parts, reached by their old paths until every caller goes through
+// the traits below.
+pub use file::{events, follow, fs, inbox, recover, session, transcript, workers};
 
-impl Store {
-    pub fn new(home: PathBuf, clock: Arc<dyn Clock>, ids: Arc<dyn IdGen>) -> Store {
-        Store { home, clock, ids }
-    }
+/// A home's sessions, wherever they are kept: what the worker asks of them as a whole.
+pub trait Store: Send + Sync {
+    /// The clock the store stamps its records with.
+    fn clock(&self) -> Arc<dyn Clock>;
 
-    pub fn home(&self) -> &Path {
-        &self.home
-    }
+    /// Makes ready what workers need, once when a worker starts.
+    fn prepare_workers(&self) -> Result<()>;
 
-    pub fn agents_dir(&self) -> PathBuf {
-        self.home.join("agents")
-    }
-
-    pub fn sessions_dir(&self) -> PathBuf {
-        self.home.join("sessions")
-    }
-
-    /// `sessions/.ready/`: one empty marker per session with pending inbox entries.
-    pub fn ready_dir(&self) -> PathBuf {
-        self.sessions_dir().join(".ready")
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.home.join("agentq.toml")
-    }
-
-    /// The directory of a session known to exist (from a listing or a marker).
-    pub fn session(&self, id: Uuid) -> SessionDir {
-        SessionDir {
-            id,
-            path: self.sessions_dir().join(id.to_string()),
-        }
-    }
-
-    /// Every session id in the home, oldest first. Entries that are not ids are ignored.
-    pub fn session_ids(&self) -> io::Result<Vec<Uuid>> {
-        let mut ids = uuid_entries(&self.sessions_dir())?;
-        ids.sort_unstable();
-        Ok(ids)
-    }
-
-    /// Sessions with a `.ready` marker.
-    pub fn ready_ids(&self) -> io::Result<Vec<Uuid>> {
-        uuid_entries(&self.ready_dir())
-    }
-
-    /// Finds the one session a whole id or unique prefix names.
-    pub fn resolve(&self, input: &str) -> anyhow::Result<SessionDir> {
-        let query = IdQuery::parse(input)?;
-        let sessions = self.sessions_dir();
-        if let IdQuery::Full(id) = query {
-            let dir = self.session(id);
-            if dir.path.is_dir() {
-                return Ok(dir);
-            }
-            return Err(
-                UserError::usage(format!("no session {id} in {}", sessions.display())).into(),
-            );
-        }
-        let matches: Vec<Uuid> = self
-            .session_ids()
-            .with_context(|| format!("listing {}", sessions.display()))?
-            .into_iter()
-            .filter(|id| query.matches(id))
-            .collect();
-        match matches.as_slice() {
-            [id] => Ok(self.session(*id)),
-            [] => Err(UserError::usage(format!(
-                "no session id starts with `{input}` in {}",
-                sessions.display()
-            ))
-            .into()),
-            many => Err(UserError::usage(format!(
-                "`{input}` matches {} sessions ({}); give more of the id",
-                many.len(),
-                many.iter()
-                    .take(3)
-                    .map(Uuid::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into()),
-        }
-    }
-
-    /// Marks a session as having pending entries. Not fsynced: the marker only speeds up
-    /// discovery, and the worker's full scan finds the entries without it.
-    pub fn mark_ready(&self, id: Uuid) -> io::Result<()> {
-        let dir = self.ready_dir();
-        let path = dir.join(id.to_string());
-        match fs::create_private(&path) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            // Missing, or a file in its place (moved aside: markers are all it holds).
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                recover::ensure_dir(&dir, self.clock.now())?;
-                fs::create_private(&path).map(drop).or_else(ignore_exists)
-            }
-            Err(e) => Err(fs::with_path(e, &path)),
-        }
-    }
-
-    /// The settled lines of a session's transcript, for a command. A damaged
-    /// transcript is an error saying so, and the session is marked ready: the worker
-    /// that claims it next repairs it ([`SessionDir::repair_transcript`]), with or
-    /// without a message waiting.
-    pub fn read_transcript(
+    /// Registers a worker as running for as long as the guard lives. With
+    /// `max_workers`, takes one of that many slots, or returns `None` when all are held.
+    fn register_worker(
         &self,
-        dir: &SessionDir,
-        mark: TranscriptMark,
-    ) -> io::Result<Vec<TranscriptLine>> {
-        transcript::read(&dir.transcript_path(), mark).inspect_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                // Best effort: the error is what the user needs to see.
-                let _ = self.mark_ready(dir.id);
-            }
-        })
-    }
+        worker: &WorkerInfo,
+        max_workers: Option<usize>,
+    ) -> Result<Option<Guard>>;
 
-    pub fn clear_ready(&self, id: Uuid) -> io::Result<()> {
-        let path = self.ready_dir().join(id.to_string());
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs::with_path(e, &path)),
-            _ => Ok(()),
-        }
-    }
+    /// Sessions that may have work waiting: those announced since (cheap), or with
+    /// `full` every session that has any (the source of truth).
+    fn pending(&self, full: bool) -> Result<Vec<Uuid>>;
+
+    /// Calls `wake` whenever work may have been announced, until the guard is dropped:
+    /// a hint that makes pickup fast. `None` where the store cannot tell (then only the
+    /// scans of [`Store::pending`] find the work).
+    fn notify_pending(&self, wake: Box<dyn Fn() + Send + Sync>) -> Option<Guard>;
+
+    /// Makes `worker` the owner of session `id`, unless another worker is.
+    fn claim(&self, id: Uuid, worker: &WorkerInfo) -> Result<Claimed>;
+
+    /// Creates a session.
+    fn create_session(&self, new: NewSession) -> Result<SessionMeta>;
+
+    /// The one session a whole id or a unique prefix names.
+    fn resolve(&self, input: &str) -> Result<Box<dyn Session>>;
+
+    /// A session known to exist (from [`Store::session_ids`]).
+    fn session(&self, id: Uuid) -> Box<dyn Session>;
+
+    /// Every session id, oldest first.
+    fn session_ids(&self) -> Result<Vec<Uuid>>;
+
+    /// The workers running now.
+    fn live_workers(&self) -> Result<Vec<WorkerRecord>>;
 }
 
-fn ignore_exists(e: io::Error) -> io::Result<()> {
-    if e.kind() == io::ErrorKind::AlreadyExists {
-        Ok(())
-    } else {
-        Err(e)
-    }
+/// One session, for anyone: what commands (and a server) read and ask of it. Taking
+/// its messages is [`Store::claim`]'s, which makes the caller its owner.
+pub trait Session: Send + Sync {
+    fn id(&self) -> Uuid;
+
+    /// `session.json`: the session's identity, status and totals.
+    fn meta(&self) -> Result<SessionMeta>;
+
+    /// `state.json`: where the session stands (the execution in progress, the task list).
+    fn state(&self) -> Result<AgentState>;
+
+    /// The settled lines of the transcript up to `mark`. A damaged transcript is an
+    /// error saying so, and the session is announced for an owner to repair it.
+    fn transcript(&self, mark: TranscriptMark) -> Result<Vec<TranscriptLine>>;
+
+    /// Every readable execution record, oldest first.
+    fn executions(&self) -> Result<Vec<Execution>>;
+
+    /// One execution's record; `None` if it has none (yet).
+    fn execution(&self, id: Uuid) -> Result<Option<Execution>>;
+
+    /// The execution in progress, if one is: its record, or what the state says of one
+    /// that has not written its record yet.
+    fn running_execution(&self) -> Option<Execution>;
+
+    /// The readable entries waiting in the inbox, in run order.
+    fn inbox(&self) -> Result<Vec<InboxEntry>>;
+
+    /// What waits in the inbox, the message of the execution in progress told apart.
+    fn inbox_counts(&self) -> Result<InboxCounts>;
+
+    /// The worker that owns the session now, if one does.
+    fn owner(&self) -> Option<WorkerInfo>;
+
+    /// The worker that last owned the session; it may have exited since.
+    fn last_owner(&self) -> Option<WorkerInfo>;
+
+    /// Queues an entry (`send`, `cancel`, `retry`); with a key that queued one before,
+    /// queues nothing and names the first.
+    fn enqueue(&self, entry: NewEntry) -> Result<Enqueued>;
+
+    /// Moves the session to another status, recording the change as an event; returns
+    /// the status it had. Moving to the status it has changes and records nothing.
+    fn set_status(&self, to: SessionStatus) -> Result<SessionStatus>;
+
+    /// Removes the session and everything in it; refused while a worker owns it.
+    fn remove(&self) -> Result<()>;
+
+    /// Where the event log ends now: following from there sees only what comes next.
+    fn events_end(&self) -> Result<Position>;
+
+    /// Where the first event with `seq > after` is (or will be).
+    fn events_after(&self, after: u64) -> Result<Position>;
+
+    /// The last event of one of `types`, and where it starts.
+    fn last_event(&self, types: &[&str]) -> Result<Option<(Position, RawEvent)>>;
+
+    /// Follows the event log from `from` as it grows.
+    fn follow(&self, from: Position) -> Result<Box<dyn EventFeed>>;
 }
 
-/// Names in `dir` that are UUIDs; a missing directory has none.
-fn uuid_entries(dir: &Path) -> io::Result<Vec<Uuid>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(fs::with_path(e, dir)),
-    };
-    let mut ids = Vec::new();
-    for entry in entries {
-        let name = entry.at(dir)?.file_name();
-        // Only the canonical form: a directory named in upper case, or without hyphens,
-        // would not be found again under the id's canonical name.
-        if let Some(name) = name.to_str()
-            && let Ok(id) = Uuid::try_parse(name)
-            && id.hyphenated().to_string() == name
-        {
-            ids.push(id);
-        }
-    }
-    Ok(ids)
+/// A place in a session's event log, for following it from there. Opaque: the file
+/// store counts bytes, a database would count seqs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position(pub(crate) u64);
+
+/// One line read from the event log: the raw text (for `--json`) and the parsed
+/// envelope, absent for a line that is not an event (skipped by renderers).
+pub struct LogLine {
+    pub raw: Vec<u8>,
+    pub event: Option<RawEvent>,
 }
 
-/// The files of one session.
+/// A session's event log, followed as it grows.
+pub trait EventFeed: Send {
+    /// Lines appended since the last call, without waiting.
+    fn read(&mut self) -> Result<Vec<LogLine>>;
+
+    /// Waits until the log may have grown (a notification, or a short poll).
+    fn wait(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+
+    /// False once the session (and so its log) was removed.
+    fn exists(&self) -> bool;
+}
+
+/// Something held for as long as it lives (a registration, a subscription).
+pub type Guard = Box<dyn Send>;
+
+/// How many times an execution may be started (first, then resumed after a crash):
+/// one whose last attempt crashed too fails instead of starting again.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The owner's hold on one session, from [`Session::claim`] until it is released.
+///
+/// The methods are the owner's writes, in the order the module's docs give. The file
+/// store's hold (a lock on a file) cannot be lost while the process lives; a database
+/// store's lease can expire, and then every write returns [`LeaseLost`] and the owner
+/// stops its execution at once.
+pub trait Lease: Send {
+    /// The session held.
+    fn session_id(&self) -> Uuid;
+
+    /// Confirms the hold (and, for a store whose leases expire, extends it).
+    fn renew(&mut self) -> Result<()>;
+
+    /// Claims what comes next in the inbox, in `seq` order: see [`Next`]. Entries that
+    /// need no execution (a `cancel` with nothing running, one that settled before and
+    /// came back) are consumed on the way; unreadable ones are set aside and logged.
+    fn next(&mut self) -> Result<Next>;
+
+    /// `session.json` as it stands.
+    fn meta(&self) -> Result<SessionMeta>;
+
+    /// Whether the session was paused since the claim.
+    fn paused(&mut self) -> bool;
+
+    /// The settled transcript up to `mark`: the history an execution goes on from.
+    fn history(&self, mark: TranscriptMark) -> Result<Vec<TranscriptLine>>;
+
+    /// Appends one event of the execution `execution` (or of the session); returns its seq.
+    fn append(&mut self, execution: Option<Uuid>, payload: EventPayload) -> Result<u64>;
+
+    /// Persists a settled step: `lines`, the last of them carrying `state` (whose
+    /// transcript mark advances). Without lines, persists the state alone: a
+    /// side-effecting call about to run, or a step closed without a result.
+    fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()>;
+
+    /// Whether a `cancel` was queued for the running message since it was claimed.
+    fn cancel_requested(&mut self) -> bool;
+
+    /// Settles the claimed execution: `execution` carries its outcome (status, stop
+    /// reason, response or error, totals) and `state` the state it ends in.
+    fn settle(&mut self, execution: &Execution, state: &AgentState) -> Result<()>;
+
+    /// Leaves the claimed execution at its last checkpoint, for a later owner to resume
+    /// without counting another attempt (a shutdown, a pause).
+    fn suspend(&mut self, execution: &Execution) -> Result<()>;
+
+    /// Files of this session on this host: its workspace (`workspace = "session"`) and
+    /// the record of the process groups its commands run in.
+    fn local(&self) -> LocalFiles;
+
+    /// Ends the hold, making durable what the drain left for the end.
+    fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// What [`Lease::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// The inbox is empty (looked at twice, so a `send` racing the look is not missed).
+    Empty,
+    /// The session is paused: its messages wait.
+    Paused,
+    /// A message to run, its execution begun or resumed.
+    Run(Box<Claim>),
+    /// A message whose execution settled before a crash left it in the inbox; its
+    /// settling was finished and the entry removed. Nothing to run.
+    Finished(Box<Execution>),
+    /// Nothing to run from this look (an entry that needed no execution was consumed,
+    /// or the inbox was seen empty once): call again.
+    Again,
+}
+
+/// A claimed message and the execution that answers it.
+#[derive(Debug)]
+pub struct Claim {
+    pub entry: InboxEntry,
+    pub execution: Execution,
+    /// The state the execution goes on from.
+    pub state: AgentState,
+    pub start: Start,
+}
+
+/// How a claimed execution starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Its first attempt.
+    New,
+    /// Resumed from its last checkpoint: after a crash (its attempt counted) or after a
+    /// shutdown that suspended it.
+    Resumed,
+    /// Every attempt so far was interrupted by a crash ([`MAX_ATTEMPTS`]): it is not
+    /// started again, and the owner settles it failed.
+    Exhausted,
+}
+
+/// A session's files on the host that runs it.
 #[derive(Debug, Clone)]
-pub struct SessionDir {
-    pub id: Uuid,
-    pub path: PathBuf,
+pub struct LocalFiles {
+    /// The workspace of `workspace = "session"`.
+    pub workspace: PathBuf,
+    /// Where the process groups of running commands are recorded, so a later owner can
+    /// end what a killed one left running.
+    pub processes: PathBuf,
 }
 
-impl SessionDir {
-    pub fn meta_path(&self) -> PathBuf {
-        self.path.join("session.json")
-    }
-    pub fn state_path(&self) -> PathBuf {
-        self.path.join("state.json")
-    }
-    pub fn transcript_path(&self) -> PathBuf {
-        self.path.join("transcript.ndjson")
-    }
-    pub fn events_path(&self) -> PathBuf {
-        self.path.join("events.ndjson")
-    }
-    pub fn inbox_dir(&self) -> PathBuf {
-        self.path.join("inbox")
-    }
-    pub fn executions_dir(&self) -> PathBuf {
-        self.path.join("executions")
-    }
-    /// `keys/<hex of key>`: idempotency keys of `send --key`, each holding a message id.
-    pub fn keys_dir(&self) -> PathBuf {
-        self.path.join("keys")
-    }
-    pub fn lock_path(&self) -> PathBuf {
-        self.path.join("lock")
-    }
-    pub fn workspace_dir(&self) -> PathBuf {
-        self.path.join("workspace")
-    }
-    pub fn execution_path(&self, id: Uuid) -> PathBuf {
-        self.executions_dir().join(format!("{id}.json"))
-    }
+/// The hold on a session was lost (a database lease taken over after it expired): the
+/// owner may write nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("lost the ownership of session {session} to another worker")]
+pub struct LeaseLost {
+    pub session: Uuid,
+}
 
-    pub fn read_meta(&self) -> Result<SessionMeta, ReadError> {
-        fs::read_json(&self.meta_path())
-    }
+/// A lease of the worker that took it, as [`Session::claim`] returns it.
+pub type Owned = Box<dyn Lease>;
 
-    pub fn read_state(&self) -> Result<AgentState, ReadError> {
-        fs::read_json(&self.state_path())
-    }
-
-    /// Writes `session.json` without fsync, for the totals of a settled execution:
-    /// [`SessionDir::flush_drain`] makes it durable. It is written for every message,
-    /// so it reuses its inodes, like `state.json` ([`fs::replace_reusing`]).
-    pub fn write_meta_unsynced(&self, meta: &SessionMeta) -> io::Result<()> {
-        fs::replace_reusing(
-            &self.meta_path(),
-            &fs::json_bytes(meta)?,
-            fs::Durable::Later,
-        )
-    }
-
-    /// `state.json` is rewritten twice per message, so it reuses its inodes
-    /// ([`fs::replace_reusing`]).
-    pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
-        fs::replace_reusing(
-            &self.state_path(),
-            &fs::json_bytes(state)?,
-            fs::Durable::Now,
-        )
-    }
-
-    /// Writes `state.json` durably, and with `sync_transcript` the transcript lines it
-    /// points to as well (appended without fsync): both must be on disk before the new
-    /// state takes the name, but neither fsync depends on the other, so they run at the
-    /// same time.
-    pub fn write_state_and_transcript(
-        &self,
-        state: &AgentState,
-        sync_transcript: bool,
-    ) -> io::Result<()> {
-        let transcript = self.transcript_path();
-        std::thread::scope(|scope| {
-            let synced = sync_transcript.then(|| scope.spawn(|| transcript::sync(&transcript)));
-            fs::replace_reusing_after(
-                &self.state_path(),
-                &fs::json_bytes(state)?,
-                fs::Durable::Now,
-                || match synced {
-                    Some(synced) => synced
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    None => Ok(()),
-                },
-            )
-        })
-    }
-
-    /// Persists a settled step: appends `lines` to the transcript, the last one
-    /// carrying `state` (whose mark it advances), and syncs them: that makes the
-    /// checkpoint durable, and `state.json` follows without fsync (a worker finding it
-    /// behind rolls forward, [`SessionDir::roll_forward`]). A checkpoint without lines
-    /// (a side-effecting call about to run, a step closed without a result) writes
-    /// `state.json` durably, with the transcript if `sync_transcript` (lines appended
-    /// earlier without fsync).
-    pub fn checkpoint(
-        &self,
-        mut lines: Vec<TranscriptLine>,
-        state: &mut AgentState,
-        sync_transcript: bool,
-    ) -> io::Result<()> {
-        let Some(last) = lines.last_mut() else {
-            return self.write_state_and_transcript(state, sync_transcript);
-        };
-        last.state = Some(Box::new(AgentState {
-            transcript: TranscriptMark::default(),
-            ..state.clone()
-        }));
-        state.transcript = transcript::append(
-            &self.transcript_path(),
-            state.transcript,
-            &lines,
-            fs::Durable::Now,
-        )?;
-        self.write_state_unsynced(state)
-    }
-
-    /// Writes `state.json` without fsync: at the start of an execution, whose first
-    /// checkpoint (or its settling, if it has none) makes the state durable, so a power
-    /// failure before that loses only the claim (the message is still in the inbox);
-    /// and after a checkpoint whose transcript lines, synced, carry the same state
-    /// ([`SessionDir::roll_forward`] brings back what a power failure took).
-    pub fn write_state_unsynced(&self, state: &AgentState) -> io::Result<()> {
-        fs::replace_reusing(
-            &self.state_path(),
-            &fs::json_bytes(state)?,
-            fs::Durable::Later,
-        )
-    }
-
-    /// Makes durable what an owner wrote without fsync while draining the inbox:
-    /// `session.json` (the totals of each settled execution) and the removal of inbox
-    /// entries. Called once per drain instead of once per message; until then, a power
-    /// failure can bring back an entry (recognised by its seq, see
-    /// [`AgentState::has_moved_past`]) or an older `session.json` (recounted from the
-    /// records when the session is next claimed).
-    pub fn flush_drain(&self) -> io::Result<()> {
-        fs::sync_path(&self.meta_path())?;
-        fs::sync_dir(&self.path)?;
-        fs::sync_dir(&self.inbox_dir())
-    }
-
-    pub fn read_execution(&self, id: Uuid) -> Result<Execution, ReadError> {
-        fs::read_json(&self.execution_path(id))
-    }
-
-    pub fn write_execution(&self, execution: &Execution) -> io::Result<()> {
-        fs::write_json(&self.execution_path(execution.id), execution)
-    }
-
-    /// Writes the record of an execution that resumes (`running`, its attempt counted).
-    /// Not fsynced: `state.json`, written durably, is what a resuming worker trusts,
-    /// and a record lost or emptied by a power failure is rebuilt from it; the settled
-    /// record, the commit point, is always written durably.
-    pub fn mark_running(&self, execution: &Execution) -> io::Result<()> {
-        fs::write_json_unsynced(&self.execution_path(execution.id), execution)
-    }
-
-    pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
-        EventLog::open(&self.events_path(), self.id, clock)
-    }
-
-    /// The execution in progress: its record, or, for one that has not written its
-    /// record yet (a record is first written when it is resumed, suspended or
-    /// settled), what the state says.
-    pub fn running_execution(&self, state: &AgentState) -> Option<Execution> {
-        let current = state.current.as_ref()?;
-        match self.read_execution(current.execution_id) {
-            Ok(exec) => (!exec.status.is_terminal()).then_some(exec),
-            Err(ReadError::NotFound { .. }) => Some(Execution {
-                v: crate::domain::FORMAT_VERSION,
-                id: current.execution_id,
-                session_id: self.id,
-                message_id: current.message_id,
-                message_seq: current.message_seq,
-                status: crate::domain::execution::ExecStatus::Running,
-                stop_reason: None,
-                attempts: current.attempts,
-                steps: current.steps,
-                usage: current.usage,
-                started_at: current.started_at,
-                finished_at: None,
-                duration_ms: None,
-                response: None,
-                error: None,
-                exit_code: None,
-                cost_usd: None,
-                // The worker that claimed it wrote who it is into the lock file.
-                worker: self
-                    .lock_owner()
-                    .unwrap_or(crate::domain::execution::WorkerInfo {
-                        pid: 0,
-                        host: "unknown".to_owned(),
-                    }),
-                retry_of: None,
-                suspended: false,
-            }),
-            Err(_) => None,
-        }
-    }
-
-    /// The worker that last took the owner lock, as it wrote itself into the lock
-    /// file ([`SessionDir::try_lock_owner`]); it may have exited since.
-    pub fn lock_owner(&self) -> Option<crate::domain::execution::WorkerInfo> {
-        let text = std::fs::read_to_string(self.lock_path()).ok()?;
-        serde_json::from_str(text.trim()).ok()
-    }
-
-    /// What waits in the inbox ([`inbox::count`]), the message of the execution in
-    /// progress told apart from the others.
-    pub fn inbox_counts(&self) -> io::Result<inbox::Counts> {
-        let running = self
-            .read_state()
-            .ok()
-            .and_then(|state| self.running_execution(&state))
-            .map(|exec| exec.message_id);
-        inbox::count(&self.inbox_dir(), running)
-    }
-
-    /// Every readable execution record, oldest first (ids are time-ordered).
-    pub fn executions(&self) -> io::Result<Vec<Execution>> {
-        let path = self.executions_dir();
-        let mut records = Vec::new();
-        let entries = match std::fs::read_dir(&path) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(records),
-            Err(e) => return Err(fs::with_path(e, &path)),
-        };
-        for entry in entries {
-            let file = entry.at(&path)?.path();
-            if file.extension().is_some_and(|e| e == "json")
-                && let Ok(record) = fs::read_json::<Execution>(&file)
-            {
-                records.push(record);
-            }
-        }
-        records.sort_by_key(|e| e.id);
-        Ok(records)
-    }
+/// What [`Session::claim`] may give a worker.
+pub enum Claimed {
+    /// The caller owns the session until it releases the lease.
+    Owned(Owned),
+    /// Another worker owns it.
+    Busy,
+    /// The session no longer exists.
+    Gone,
 }

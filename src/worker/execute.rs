@@ -1,60 +1,29 @@
-//! Running one inbox message to a settled execution, as the session's owner.
-//!
-//! The order of writes is what makes a crash at any point recoverable:
-//! 1. for a new execution, the user message in the transcript with `state.current`
-//!    naming the execution; then the execution record (`running`, its attempt counted);
-//! 2. the checkpoints of the agent loop: each step's answer, then each tool result
-//!    (transcript lines, the last carrying the state, then `state.json`), a
-//!    side-effecting call marked (in `state.json`) before it runs;
-//! 3. the record settled (the commit point), then the session totals and the final
-//!    events (in one append), each skipped if a previous attempt already wrote them;
-//! 4. the inbox entry removed last. `state.current` keeps naming the message until the
-//!    next execution replaces it, so a settled message is never run again.
-//!
-//! A killed worker loses nothing it wrote (the page cache survives it); fsyncs are for
-//! power failures, and are spent where a lost write could not be told apart from one
-//! never made. Step 1 is not fsynced: the first checkpoint makes it durable (a power
-//! failure before it loses only the claim). A checkpoint is durable once its
-//! transcript lines are: `state.json` follows without fsync, and a worker that finds
-//! it behind rolls forward (`SessionDir::roll_forward`). A checkpoint without lines
-//! (a side-effect marker) and the settled record are fsynced. The session totals and
-//! the inbox removal are fsynced once per drain (`SessionDir::flush_drain`): an entry
-//! brought back is recognised by its seq (`AgentState::has_moved_past`), an older
-//! `session.json` by `CurrentExecution::previous_execution`.
+//! Running one claimed message to a settled execution, as the session's owner: the
+//! worker's side of the lifecycle the store keeps (`crate::store`). This module decides
+//! what the execution does (load the agent, run the loop, settle with its outcome); the
+//! lease decides how that is written.
 
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result};
-use tracing::{error, info, warn};
+use anyhow::Result;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::Shutdown;
+use super::mcp::McpPool;
 use crate::agent::{self, LoopEnd, Outcome, Sink, Stop};
 use crate::config::{HomeConfig, Price};
 use crate::definition;
-use crate::domain::event::{
-    AgentStatus, AgentStatusChanged, EventPayload, ExecutionFinished, ExecutionStarted,
-    FinishedCost, FinishedUsage, MessageCompleted,
-};
+use crate::domain::Usage;
+use crate::domain::event::{AgentStatus, AgentStatusChanged, EventPayload, ExecutionStarted};
 use crate::domain::execution::{self, ErrorInfo, ExecStatus, Execution, StopReason, WorkerInfo};
-use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::SessionMeta;
-use crate::domain::state::{AgentState, CurrentExecution};
+use crate::domain::state::AgentState;
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::domain::{FORMAT_VERSION, Usage};
 use crate::error::UserError;
+use crate::home::Home;
 use crate::provider;
-use crate::store::events::{EventLog, offset_of_last};
-use crate::store::fs::{Durable, ReadError};
-use crate::store::inbox::{self, InboxFile};
-use crate::store::session::read_meta;
-use crate::store::{SessionDir, Store, transcript};
-use crate::time::Timestamp;
+use crate::store::{Claim, Lease, Start};
+use crate::time::{Clock, Timestamp};
 use crate::tools::Toolbox;
-
-/// How many times an execution may be started (first, then resumed after a crash):
-/// one whose last attempt crashed too fails instead of starting again.
-pub const MAX_ATTEMPTS: u32 = 3;
 
 /// What happened to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,191 +32,78 @@ pub enum Handled {
     Settled(u8),
     /// Left running for a later worker (shutdown).
     Suspended,
-    /// Settled before; its removal from the inbox was lost (a power failure).
-    AlreadySettled,
 }
 
+/// The owner of one session while it runs a claimed message.
 pub struct Owner<'a> {
-    pub store: &'a Store,
-    pub dir: &'a SessionDir,
-    pub log: &'a mut EventLog,
+    pub lease: &'a mut dyn Lease,
+    pub home: &'a Home,
+    pub clock: &'a dyn Clock,
     pub shutdown: &'a Shutdown,
     pub worker: &'a WorkerInfo,
     /// The MCP servers started for this session while the worker owns it.
-    pub mcp: &'a mut super::mcp::McpPool,
+    pub mcp: &'a mut McpPool,
 }
 
 impl Owner<'_> {
-    /// Runs (or resumes, or finishes settling) the execution of a user entry.
-    pub async fn handle(&mut self, file: &InboxFile) -> Result<Handled> {
-        let entry = &file.entry;
-        let mut state = self
-            .dir
-            .read_state()
-            .with_context(|| format!("reading the state of session {}", self.dir.id))?;
-        if state.has_moved_past(entry.seq) {
-            warn!(session = %self.dir.id, message_id = %entry.id, "an inbox entry that settled before came back (its removal was lost); removing it again");
-            inbox::remove(&file.path)?;
-            return Ok(Handled::AlreadySettled);
-        }
-        let previous = state
-            .current
-            .clone()
-            .filter(|current| current.message_id == entry.id);
-        let (mut exec, resumed) = match previous {
-            Some(current) => {
-                let mut exec = match self.dir.read_execution(current.execution_id) {
-                    Ok(exec) => exec,
-                    // A crash between naming the execution in the state and writing
-                    // its record: the record is rebuilt from the state.
-                    Err(ReadError::NotFound { .. }) => Execution {
-                        id: current.execution_id,
-                        started_at: current.started_at,
-                        attempts: current.attempts,
-                        ..self.new_execution(entry)
-                    },
-                    Err(err @ ReadError::Corrupt { .. }) => {
-                        let path = self.dir.execution_path(current.execution_id);
-                        let aside =
-                            crate::store::recover::move_aside(&path, self.store.clock.now())?;
-                        error!(session = %self.dir.id, "{err}; moved it to {} and rebuilt it from the state", aside.display());
-                        Execution {
-                            id: current.execution_id,
-                            started_at: current.started_at,
-                            attempts: current.attempts,
-                            usage: current.usage,
-                            steps: current.steps,
-                            ..self.new_execution(entry)
-                        }
-                    }
-                    Err(err) => return Err(err.into()),
-                };
-                if exec.status.is_terminal() {
-                    // Settled by a worker that stopped before removing the entry.
-                    info!(session = %self.dir.id, execution = %exec.id, "finishing an execution settled before a crash");
-                    self.finish(&exec, true)?;
-                    inbox::remove(&file.path)?;
-                    return Ok(Handled::Settled(execution::exit_code(
-                        exec.status,
-                        exec.stop_reason,
-                    )));
-                }
-                // A previous owner that died while a command ran may have left the
-                // command's children running: they go before anything is resumed, so
-                // the interrupted call can never run alongside what comes next.
-                let leftovers = crate::tools::process::kill_leftovers(&commands_of(self.dir));
-                if leftovers > 0 {
-                    warn!(session = %self.dir.id, execution = %exec.id, leftovers, "killed processes of a command the previous worker left running");
-                }
-                exec.worker = self.worker.clone();
-                (exec, true)
-            }
-            None => (self.new_execution(entry), false),
-        };
-        // `attempts` counts the starts of an execution (its first and every resume
-        // after a crash). One that crashed at its last attempt is not started again:
-        // it fails, with the count as it stands, in the log, the record and the error.
-        let give_up = resumed && !exec.suspended && exec.attempts >= MAX_ATTEMPTS;
-        if resumed && !give_up {
-            // A worker that shut down cleanly left it at a checkpoint on purpose;
-            // only a crash counts as another attempt.
-            if exec.suspended {
-                exec.suspended = false;
-            } else {
-                exec.attempts += 1;
+    /// Runs (or resumes) the execution of a claimed message to its end: settled, or
+    /// suspended at a checkpoint.
+    pub async fn handle(&mut self, claim: Claim) -> Result<Handled> {
+        let Claim {
+            entry,
+            execution: mut exec,
+            mut state,
+            start,
+        } = claim;
+        let session = self.lease.session_id();
+        if start != Start::New {
+            // A previous owner that died while a command ran may have left the
+            // command's children running: they go before anything is resumed, so the
+            // interrupted call can never run alongside what comes next.
+            let leftovers = crate::tools::process::kill_leftovers(&self.commands());
+            if leftovers > 0 {
+                warn!(session = %session, execution = %exec.id, leftovers, "killed processes of a command the previous worker left running");
             }
         }
-        // The attempt is counted before any work: a new execution's in the state (its
-        // record is first written when it settles: one file fewer per message), a
-        // resumed one's in its record.
-        if give_up {
-            warn!(session = %self.dir.id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
-        } else if resumed {
-            info!(session = %self.dir.id, execution = %exec.id, attempt = exec.attempts, "resuming");
-            self.dir.mark_running(&exec)?;
-            if let Some(current) = state.current.as_mut() {
-                // Carried by the next checkpoint too, so the two never disagree for long.
-                current.attempts = exec.attempts;
-            }
-        } else {
-            info!(session = %self.dir.id, message_id = %entry.id, execution = %exec.id, "claimed");
-            self.begin(entry, &exec, &mut state)?;
-        }
-        if !give_up {
-            self.log.append(
+        if start != Start::Exhausted {
+            self.lease.append(
                 Some(exec.id),
                 EventPayload::ExecutionStarted(ExecutionStarted {
                     message_id: entry.id,
                     attempt: exec.attempts,
                     worker: self.worker.clone(),
-                    resumed,
+                    resumed: start != Start::New,
                 }),
             )?;
         }
-        if !resumed {
-            self.status_event(exec.id, AgentStatus::Processing, AgentStatus::Idle)?;
-        }
-
-        // Whether `state.json` (and the transcript it points into) is on disk as the
-        // loop left it: a checkpoint writes both durably, a start or resume does not.
-        let mut checkpointed = false;
-        let outcome = if give_up {
-            Outcome {
-                status: ExecStatus::Failed,
-                stop_reason: StopReason::TooManyAttempts,
-                response: None,
-                error: Some(ErrorInfo {
-                    message: format!(
-                        "gave up after {} attempts, each interrupted by a crash",
-                        exec.attempts
-                    ),
-                    context: None,
+        if start == Start::New {
+            self.lease.append(
+                Some(exec.id),
+                EventPayload::AgentStatus(AgentStatusChanged {
+                    status: AgentStatus::Processing,
+                    previous_status: AgentStatus::Idle,
                 }),
-            }
+            )?;
+        }
+        let outcome = if start == Start::Exhausted {
+            gave_up(&exec)
         } else {
-            let (end, price) = self
-                .run_loop(&exec, &mut state, file, &mut checkpointed)
-                .await?;
+            let (end, price) = self.run_loop(&exec, &mut state).await?;
             exec.cost_usd =
                 price.map(|p| p.cost(state.current.as_ref().map_or(Usage::default(), |c| c.usage)));
             match end {
                 LoopEnd::Settled(outcome) => outcome,
                 LoopEnd::Suspended => {
-                    exec.suspended = true;
-                    self.dir.write_execution(&exec)?;
-                    info!(session = %self.dir.id, execution = %exec.id, "suspended at a checkpoint (shutdown or pause); it resumes from there");
+                    self.lease.suspend(&exec)?;
+                    info!(session = %session, execution = %exec.id, "suspended at a checkpoint (shutdown or pause); it resumes from there");
                     return Ok(Handled::Suspended);
                 }
             }
         };
-        let current = state.current.clone();
-        exec.status = outcome.status;
-        exec.stop_reason = Some(outcome.stop_reason);
-        exec.response = outcome.response;
-        exec.error = outcome.error;
-        if let Some(current) = current {
-            exec.steps = current.steps;
-            exec.usage = current.usage;
-        }
-        let now = self.store.clock.now();
-        exec.finished_at = Some(now);
-        exec.duration_ms = Some(now.millis_since(exec.started_at));
-        exec.exit_code = Some(execution::exit_code(exec.status, exec.stop_reason));
-        // The state the record settles must be on disk first: written again unless the
-        // last checkpoint holds it (a failed model call, for one, changes the call
-        // count without a checkpoint; an execution that failed before its first step
-        // has none).
-        if !checkpointed {
-            self.dir.write_state_and_transcript(&state, true)?;
-        } else if self.dir.read_state().ok().as_ref() != Some(&state) {
-            self.dir.write_state(&state)?;
-        }
-        // The record is the commit point; the state keeps naming the message (see above).
-        self.dir.write_execution(&exec)?;
-        self.finish(&exec, false)?;
-        inbox::remove(&file.path)?;
+        settle_with(&mut exec, outcome, &state, self.clock.now());
+        self.lease.settle(&exec, &state)?;
         info!(
-            session = %self.dir.id,
+            session = %session,
             execution = %exec.id,
             status = exec.status.as_str(),
             stop_reason = exec.stop_reason.map_or("", StopReason::as_str),
@@ -260,78 +116,18 @@ impl Owner<'_> {
         )))
     }
 
-    fn new_execution(&self, entry: &InboxEntry) -> Execution {
-        Execution {
-            v: FORMAT_VERSION,
-            id: self.store.ids.new_id(),
-            session_id: self.dir.id,
-            message_id: entry.id,
-            message_seq: entry.seq,
-            status: ExecStatus::Running,
-            stop_reason: None,
-            attempts: entry.attempts + 1,
-            steps: 0,
-            usage: Usage::default(),
-            started_at: self.store.clock.now(),
-            finished_at: None,
-            duration_ms: None,
-            response: None,
-            error: None,
-            exit_code: None,
-            cost_usd: None,
-            worker: self.worker.clone(),
-            retry_of: entry
-                .metadata
-                .get(crate::commands::retry::RETRY_OF_KEY)
-                .and_then(|v| v.as_str())
-                .and_then(|id| Uuid::try_parse(id).ok()),
-            suspended: false,
+    /// Whom the session's commands run for, and where their process groups are
+    /// recorded while they run.
+    fn commands(&self) -> crate::tools::process::Owner {
+        crate::tools::process::Owner {
+            session: self.lease.session_id(),
+            record: self.lease.local().processes,
         }
-    }
-
-    /// Puts the user message into the transcript and names the execution in the state:
-    /// from here on, a crash resumes this execution instead of starting another. Not
-    /// fsynced (see the module's notes): the first checkpoint makes it durable.
-    fn begin(&self, entry: &InboxEntry, exec: &Execution, state: &mut AgentState) -> Result<()> {
-        // `send --continue` adds no text: the model carries on from the history as is.
-        if !entry.is_continue() {
-            let line = TranscriptLine {
-                message: Message::User {
-                    content: entry.content.clone(),
-                },
-                message_id: Some(entry.id),
-                execution_id: Some(exec.id),
-                step: None,
-                timestamp: exec.started_at,
-                state: None,
-            };
-            state.transcript = transcript::append(
-                &self.dir.transcript_path(),
-                state.transcript,
-                &[line],
-                Durable::Later,
-            )?;
-        }
-        let previous_execution = state.current.as_ref().map(|c| c.execution_id);
-        state.current = Some(CurrentExecution {
-            execution_id: exec.id,
-            message_id: entry.id,
-            message_seq: entry.seq,
-            previous_execution,
-            attempts: exec.attempts,
-            steps: 0,
-            usage: Usage::default(),
-            started_at: exec.started_at,
-            failed_steps_in_a_row: 0,
-            open_step: None,
-        });
-        self.dir.write_state_unsynced(state)?;
-        Ok(())
     }
 
     /// The end of an execution that cannot start: it fails with the reason.
     fn cannot_run(&self, meta: &SessionMeta, err: UserError, reason: StopReason) -> LoopEnd {
-        warn!(session = %self.dir.id, "cannot run: {err}");
+        warn!(session = %self.lease.session_id(), "cannot run: {err}");
         LoopEnd::Settled(Outcome {
             status: ExecStatus::Failed,
             stop_reason: reason,
@@ -351,9 +147,9 @@ impl Owner<'_> {
         &self,
         meta: &SessionMeta,
     ) -> Result<(definition::AgentDef, definition::Source, HomeConfig), UserError> {
-        let home = HomeConfig::load(&self.store.config_path())?;
+        let home = HomeConfig::load(&self.home.config_path())?;
         let (def, source) =
-            definition::load_named(&self.store.agents_dir(), &meta.agent, &meta.config, &home)?;
+            definition::load_named(&self.home.agents_dir(), &meta.agent, &meta.config, &home)?;
         Ok((def, source, home))
     }
 
@@ -395,7 +191,7 @@ impl Owner<'_> {
         let rel = def.tools.workspace.as_str();
         if rel == "session" {
             // The session's own directory; a symlink swapped in for it is not followed.
-            let path = self.dir.workspace_dir();
+            let path = self.lease.local().workspace;
             return match std::fs::symlink_metadata(&path) {
                 Ok(meta) if meta.file_type().is_symlink() => Err(UserError::usage(format!(
                     "the session workspace {} is a symlink; agentq does not follow it",
@@ -406,8 +202,8 @@ impl Owner<'_> {
         }
         let refuse = |why: String| UserError::usage(format!("the workspace `{rel}` {why}"));
         let home = self
-            .store
-            .home()
+            .home
+            .root()
             .canonicalize()
             .map_err(|e| refuse(format!("cannot be checked: {e}")))?;
         // Under the home, not the home itself, not in agentq's own directories.
@@ -450,10 +246,8 @@ impl Owner<'_> {
         &mut self,
         exec: &Execution,
         state: &mut AgentState,
-        file: &InboxFile,
-        checkpointed: &mut bool,
     ) -> Result<(LoopEnd, Option<Price>)> {
-        let meta = read_meta(self.dir)?;
+        let meta = self.lease.meta()?;
         let (def, source, home) = match self.definition(&meta) {
             Ok(loaded) => loaded,
             Err(err) => {
@@ -475,7 +269,7 @@ impl Owner<'_> {
         };
         if source_hash != meta.agent_hash {
             warn!(
-                session = %self.dir.id,
+                session = %self.lease.session_id(),
                 agent = %meta.agent,
                 "the agent definition changed since the session was created; this execution uses the current one"
             );
@@ -484,15 +278,10 @@ impl Owner<'_> {
             Ok(path) => path,
             Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
         };
+        let commands = self.commands();
         let mcp = self
             .mcp
-            .tools_for(
-                &def,
-                &home,
-                self.store.home(),
-                &key_env,
-                &commands_of(self.dir),
-            )
+            .tools_for(&def, &home, self.home.root(), &key_env, &commands)
             .await;
         let mcp = match mcp {
             Ok(tools) => tools,
@@ -500,13 +289,14 @@ impl Owner<'_> {
         };
         let tools = Toolbox::for_agent(workspace, &def)
             .withholding(key_env)
-            .for_session(commands_of(self.dir))
+            .for_session(commands)
             .with_mcp(mcp);
-        let mut history: Vec<Message> =
-            transcript::read(&self.dir.transcript_path(), state.transcript)?
-                .into_iter()
-                .map(|line| line.message)
-                .collect();
+        let mut history: Vec<Message> = self
+            .lease
+            .history(state.transcript)?
+            .into_iter()
+            .map(|line| line.message)
+            .collect();
         let run = agent::Run {
             def: &def,
             provider: provider.as_ref(),
@@ -517,111 +307,46 @@ impl Owner<'_> {
             session_usage: meta.usage,
             budgets: agent::Budgets::from_def(&def, meta.extra_session_tokens, price),
         };
-        let mut sink = StoreSink {
-            dir: self.dir,
-            log: self.log,
+        let mut sink = LeaseSink {
+            lease: &mut *self.lease,
             execution_id: exec.id,
-            clock: self.store.clock.as_ref(),
+            clock: self.clock,
             shutdown: self.shutdown,
-            cancels: CancelWatch::new(self.dir.inbox_dir(), file.entry.seq),
-            checkpointed,
         };
         let end = agent::run(&run, &mut history, state, &mut sink).await?;
-        if matches!(&end, LoopEnd::Settled(o) if o.status == ExecStatus::Cancelled) {
-            if let Some(seq) = sink.cancels.seen.iter().map(|(_, seq)| *seq).max() {
-                self.store.note_consumed(self.dir, seq)?;
-            }
-            for (path, _) in sink.cancels.seen {
-                inbox::remove(&path)?;
-            }
-        }
         Ok((end, price))
-    }
-
-    /// Adds the execution to the session totals and writes the final events, under the
-    /// session lock. When `recovering`, parts an earlier attempt wrote are skipped.
-    fn finish(&mut self, exec: &Execution, recovering: bool) -> Result<()> {
-        let clock = self.store.clock.clone();
-        let mut locked = self.log.lock()?;
-        let mut meta = read_meta(self.dir)?;
-        if meta.last_execution != Some(exec.id) {
-            meta.add_execution(exec);
-            // A message settles one execution, so this counts it, as `recount` does. Not
-            // by its seq: a `cancel` entry consumed while it ran has a higher one.
-            meta.counters.messages += 1;
-            // `send` leaves the seq in the entry alone: it is recorded here, before the
-            // entry leaves the inbox, so no later message gets the same one.
-            meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
-            meta.updated_at = clock.now();
-            // Made durable at the end of the drain (see the module's notes).
-            self.dir.write_meta_unsynced(&meta)?;
-        }
-        if recovering {
-            let written = offset_of_last(&self.dir.events_path(), &["execution.finished"])?
-                .is_some_and(|(_, event)| event.execution_id == Some(exec.id));
-            if written {
-                return Ok(());
-            }
-        }
-        // The last events of an execution go in one write: a crash leaves all or none,
-        // and recovery (above) writes them only if `execution.finished` is missing.
-        let mut last = Vec::new();
-        if let (ExecStatus::Completed, Some(response)) = (exec.status, &exec.response) {
-            last.push(EventPayload::MessageCompleted(MessageCompleted {
-                message_id: exec.message_id,
-                response: response.clone(),
-                empty: response.trim().is_empty(),
-            }));
-        }
-        last.push(EventPayload::AgentStatus(AgentStatusChanged {
-            status: exec.status.into(),
-            previous_status: AgentStatus::Processing,
-        }));
-        last.push(EventPayload::ExecutionFinished(ExecutionFinished {
-            status: exec.status,
-            stop_reason: exec.stop_reason,
-            exit_code: execution::exit_code(exec.status, exec.stop_reason),
-            steps: exec.steps,
-            usage: FinishedUsage {
-                execution: exec.usage,
-                session: meta.usage,
-            },
-            duration_ms: exec.duration_ms.unwrap_or(0),
-            error: exec.error.as_ref().map(|e| e.message.clone()),
-            message_id: Some(exec.message_id),
-            cost_usd: exec.cost_usd.map(|execution| FinishedCost {
-                execution,
-                session: meta.cost_usd.unwrap_or(execution),
-            }),
-        }));
-        locked.append_all(Some(exec.id), last)?;
-        Ok(())
-    }
-
-    fn status_event(
-        &mut self,
-        exec_id: Uuid,
-        status: AgentStatus,
-        previous: AgentStatus,
-    ) -> Result<()> {
-        self.log.append(
-            Some(exec_id),
-            EventPayload::AgentStatus(AgentStatusChanged {
-                status,
-                previous_status: previous,
-            }),
-        )?;
-        Ok(())
     }
 }
 
-/// Whom a session's commands run for, and where their process groups are recorded
-/// while they run.
-fn commands_of(dir: &SessionDir) -> crate::tools::process::Owner {
-    crate::tools::process::Owner {
-        session: dir.id,
-        record: dir.path.join("processes.json"),
+/// The outcome of an execution that every attempt of was interrupted by a crash.
+fn gave_up(exec: &Execution) -> Outcome {
+    Outcome {
+        status: ExecStatus::Failed,
+        stop_reason: StopReason::TooManyAttempts,
+        response: None,
+        error: Some(ErrorInfo {
+            message: format!(
+                "gave up after {} attempts, each interrupted by a crash",
+                exec.attempts
+            ),
+            context: None,
+        }),
     }
+}
+
+/// Writes an outcome, and the totals the state counted, into the execution's record.
+fn settle_with(exec: &mut Execution, outcome: Outcome, state: &AgentState, now: Timestamp) {
+    exec.status = outcome.status;
+    exec.stop_reason = Some(outcome.stop_reason);
+    exec.response = outcome.response;
+    exec.error = outcome.error;
+    if let Some(current) = &state.current {
+        exec.steps = current.steps;
+        exec.usage = current.usage;
+    }
+    exec.finished_at = Some(now);
+    exec.duration_ms = Some(now.millis_since(exec.started_at));
+    exec.exit_code = Some(execution::exit_code(exec.status, exec.stop_reason));
 }
 
 /// What [`Owner::prepare`] resolves for one execution.
@@ -635,23 +360,19 @@ struct Prepared {
     key_env: Vec<String>,
 }
 
-/// The agent loop's sink, backed by the session's files.
-struct StoreSink<'a> {
-    dir: &'a SessionDir,
-    log: &'a mut EventLog,
+/// The agent loop's sink: its events and checkpoints go through the session's lease.
+struct LeaseSink<'a> {
+    lease: &'a mut dyn Lease,
     execution_id: Uuid,
-    clock: &'a dyn crate::time::Clock,
+    clock: &'a dyn Clock,
     shutdown: &'a Shutdown,
-    cancels: CancelWatch,
-    /// Set once a checkpoint wrote the state durably.
-    checkpointed: &'a mut bool,
 }
 
-impl Sink for StoreSink<'_> {
+impl Sink for LeaseSink<'_> {
     fn emit(&mut self, payload: EventPayload) -> Result<()> {
         if let EventPayload::ProviderRetry(retry) = &payload {
             info!(
-                session = %self.dir.id,
+                session = %self.lease.session_id(),
                 execution = %self.execution_id,
                 attempt = retry.attempt,
                 delay_ms = retry.delay_ms,
@@ -659,19 +380,16 @@ impl Sink for StoreSink<'_> {
                 retry.error
             );
         }
-        self.log.append(Some(self.execution_id), payload)?;
+        self.lease.append(Some(self.execution_id), payload)?;
         Ok(())
     }
 
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
-        // The user message `begin` appended without fsync is synced with the first.
-        self.dir.checkpoint(lines, state, !*self.checkpointed)?;
-        *self.checkpointed = true;
-        Ok(())
+        self.lease.checkpoint(lines, state)
     }
 
     fn stop_requested(&mut self) -> Option<Stop> {
-        if self.cancels.requested() {
+        if self.lease.cancel_requested() {
             Some(Stop::Cancel)
         } else if self.shutdown.is_requested() {
             Some(Stop::Shutdown)
@@ -685,59 +403,6 @@ impl Sink for StoreSink<'_> {
     }
 
     fn paused(&mut self) -> bool {
-        self.dir
-            .read_meta()
-            .is_ok_and(|meta| meta.status == crate::domain::session::SessionStatus::Paused)
-    }
-}
-
-/// Notices `cancel` entries queued after the running message. The inbox is listed at
-/// most every 50 ms, and only entries not seen before are read.
-struct CancelWatch {
-    inbox: std::path::PathBuf,
-    after_seq: u64,
-    checked: Option<Instant>,
-    known: std::collections::HashSet<String>,
-    /// Cancel entries seen, with their seqs.
-    seen: Vec<(std::path::PathBuf, u64)>,
-}
-
-impl CancelWatch {
-    const INTERVAL: Duration = Duration::from_millis(50);
-
-    fn new(inbox: std::path::PathBuf, after_seq: u64) -> CancelWatch {
-        CancelWatch {
-            inbox,
-            after_seq,
-            checked: None,
-            known: Default::default(),
-            seen: Vec::new(),
-        }
-    }
-
-    fn requested(&mut self) -> bool {
-        if !self.seen.is_empty() {
-            return true;
-        }
-        if self.checked.is_some_and(|t| t.elapsed() < Self::INTERVAL) {
-            return false;
-        }
-        self.checked = Some(Instant::now());
-        let Ok(names) = inbox::entry_names(&self.inbox) else {
-            return false;
-        };
-        for name in names {
-            if !self.known.insert(name.clone()) {
-                continue;
-            }
-            let path = self.inbox.join(&name);
-            if let Ok(entry) = crate::store::fs::read_json::<InboxEntry>(&path)
-                && entry.kind == EntryKind::Cancel
-                && entry.seq > self.after_seq
-            {
-                self.seen.push((path, entry.seq));
-            }
-        }
-        !self.seen.is_empty()
+        self.lease.paused()
     }
 }

@@ -17,19 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 use uuid::Uuid;
 
 pub use shutdown::Shutdown;
 
 use crate::domain::execution::WorkerInfo;
-use crate::domain::inbox::EntryKind;
-use crate::domain::session::SessionStatus;
-use crate::store::Store;
-use crate::store::fs::ReadError;
-use crate::store::inbox;
-use crate::store::recover::{ensure_dir, move_aside, read_or_rebuild};
-use crate::store::session::read_meta;
+use crate::home::Home;
+use crate::store::{Claimed, Next, Store};
 use execute::{Handled, Owner};
 
 /// Every this many ticks, every session's inbox is listed, not only the marked ones.
@@ -79,14 +74,13 @@ pub fn this_worker() -> WorkerInfo {
 }
 
 /// Runs the worker until shutdown (or, with `once`, until nothing is pending).
-pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) -> Result<Report> {
-    if let Some(aside) = ensure_dir(&store.ready_dir(), store.clock.now())? {
-        error!(
-            "{} was not a directory; moved it to {} and made the directory again",
-            store.ready_dir().display(),
-            aside.display()
-        );
-    }
+pub async fn run(
+    store: Arc<dyn Store>,
+    home: Home,
+    options: WorkerOptions,
+    shutdown: Arc<Shutdown>,
+) -> Result<Report> {
+    store.prepare_workers()?;
     let worker = Arc::new(this_worker());
     let Some(_registration) = store.register_worker(&worker, options.max_workers)? else {
         info!(
@@ -98,145 +92,215 @@ pub async fn run(store: Store, options: WorkerOptions, shutdown: Arc<Shutdown>) 
             ..Report::default()
         });
     };
-    let mut tasks = JoinSet::new();
-    let result = claim(&store, &options, &shutdown, &worker, &mut tasks).await;
+    let mut scheduler = Scheduler::new(store, home, options, shutdown, worker);
+    let result = scheduler.run().await;
     if result.is_err() {
         // The error ends the process: running executions stop first, at a checkpoint
         // and with their commands killed, instead of running on unowned.
-        shutdown.trigger();
-        while tasks.join_next().await.is_some() {}
+        scheduler.shutdown.trigger();
+        while scheduler.tasks.join_next().await.is_some() {}
     }
     result
 }
 
-/// The claiming loop of [`run`]: sessions it takes are drained in `tasks`.
-async fn claim(
-    store: &Store,
-    options: &WorkerOptions,
-    shutdown: &Arc<Shutdown>,
-    worker: &Arc<WorkerInfo>,
-    tasks: &mut JoinSet<(Uuid, Result<Drained>)>,
-) -> Result<Report> {
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = match options.poll {
-        Some(_) => None,
-        None => watch_ready_dir(store, wake_tx),
-    };
-    let tick = options.poll.unwrap_or(Duration::from_secs(1));
-    let deadline = options.max_duration.map(|d| Instant::now() + d);
-    let mut active: HashSet<Uuid> = HashSet::new();
-    // Sessions another worker owns, or that are paused: not retried until the next tick
-    // (with `once`, not at all).
-    let mut deferred: HashSet<Uuid> = HashSet::new();
-    // Sessions whose processing failed: retried only at the next full scan, so one
-    // broken session does not fill the log every second.
-    let mut failing: HashSet<Uuid> = HashSet::new();
-    let mut backlog: BTreeSet<Uuid> = BTreeSet::new();
-    let mut full_scan: Option<tokio::task::JoinHandle<Result<Vec<Uuid>>>> = None;
-    let mut report = Report::default();
-    let mut ticks = 0u64;
-    let mut next_full_scan = 0u64;
-    loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) && !shutdown.is_requested() {
-            // Like a signal: no new claims, running executions stop at a checkpoint.
-            info!("--max-duration reached: stopping");
-            shutdown.trigger();
+/// Decides which sessions are drained when: the claiming loop of [`run`], with what it
+/// remembers from one turn to the next.
+struct Scheduler {
+    store: Arc<dyn Store>,
+    home: Arc<Home>,
+    options: WorkerOptions,
+    shutdown: Arc<Shutdown>,
+    worker: Arc<WorkerInfo>,
+    /// The sessions being drained, each on a thread of its own.
+    tasks: JoinSet<(Uuid, Result<Drained>)>,
+    active: HashSet<Uuid>,
+    /// Sessions another worker owns, or that are paused: not retried until the next
+    /// tick (with `once`, not at all).
+    deferred: HashSet<Uuid>,
+    /// Sessions whose processing failed: retried only at the next full scan, so one
+    /// broken session does not fill the log every second.
+    failing: HashSet<Uuid>,
+    /// Sessions found with work and not drained yet (the concurrency limit).
+    backlog: BTreeSet<Uuid>,
+    /// A full scan running on a blocking thread.
+    full_scan: Option<tokio::task::JoinHandle<Result<Vec<Uuid>>>>,
+    ticks: u64,
+    next_full_scan: u64,
+    report: Report,
+}
+
+impl Scheduler {
+    fn new(
+        store: Arc<dyn Store>,
+        home: Home,
+        options: WorkerOptions,
+        shutdown: Arc<Shutdown>,
+        worker: Arc<WorkerInfo>,
+    ) -> Scheduler {
+        Scheduler {
+            store,
+            home: Arc::new(home),
+            options,
+            shutdown,
+            worker,
+            tasks: JoinSet::new(),
+            active: HashSet::new(),
+            deferred: HashSet::new(),
+            failing: HashSet::new(),
+            backlog: BTreeSet::new(),
+            full_scan: None,
+            ticks: 0,
+            next_full_scan: 0,
+            report: Report::default(),
         }
-        let claiming = !shutdown.is_requested();
+    }
+
+    async fn run(&mut self) -> Result<Report> {
+        let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
+        let _notifications = match self.options.poll {
+            Some(_) => None,
+            None => self.store.notify_pending(Box::new(move || {
+                let _ = wake_tx.send(());
+            })),
+        };
+        let tick = self.options.poll.unwrap_or(Duration::from_secs(1));
+        let deadline = self.options.max_duration.map(|d| Instant::now() + d);
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) && !self.shutdown.is_requested() {
+                // Like a signal: no new claims, running executions stop at a checkpoint.
+                info!("--max-duration reached: stopping");
+                self.shutdown.trigger();
+            }
+            let claiming = !self.shutdown.is_requested();
+            let mut spawned = 0;
+            if claiming {
+                self.look_for_work()?;
+                spawned = self.start_drains();
+            }
+            if self.active.is_empty() && (!claiming || (self.options.once && spawned == 0)) {
+                return Ok(self.report);
+            }
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                Some(found) = async { Some(self.full_scan.as_mut()?.await) }, if self.full_scan.is_some() => {
+                    self.full_scan = None;
+                    match found {
+                        Ok(found) => self.backlog.extend(self.only(found?)),
+                        Err(err) => error!("the periodic scan of the home failed: {err}"),
+                    }
+                }
+                Some(joined) = self.tasks.join_next() => {
+                    let (id, result) = joined.context("a session task panicked")?;
+                    self.drained(id, result);
+                }
+                Some(()) = wake_rx.recv() => {}
+                () = tokio::time::sleep(tick) => {
+                    self.ticks += 1;
+                    if !self.options.once {
+                        self.deferred.clear();
+                    }
+                }
+                () = shutdown.wait(), if claiming => {}
+                // Woken at the deadline itself, not at the next tick after it.
+                () = sleep_until(deadline), if claiming && deadline.is_some() => {}
+            }
+        }
+    }
+
+    /// Adds the sessions that may have work to the backlog. The first full scan is
+    /// done here, before deciding anything; later ones run on a blocking thread, so
+    /// listing thousands of inboxes never delays a pickup that a marker announced.
+    fn look_for_work(&mut self) -> Result<()> {
+        let full = self.ticks >= self.next_full_scan;
+        if full && self.full_scan.is_none() {
+            self.next_full_scan = self.ticks + FULL_SCAN_EVERY;
+            if !self.options.once {
+                self.failing.clear();
+            }
+            if self.ticks == 0 {
+                let found = self.store.pending(true)?;
+                self.backlog.extend(self.only(found));
+            } else {
+                let store = self.store.clone();
+                self.full_scan = Some(tokio::task::spawn_blocking(move || store.pending(true)));
+            }
+        }
+        // What a full scan found stays wanted until it is drained, even when the
+        // concurrency limit keeps it waiting past the next (announced-only) scan.
+        let found = self.store.pending(false)?;
+        self.backlog.extend(self.only(found));
+        Ok(())
+    }
+
+    /// `--session`: only that one.
+    fn only(&self, mut ids: Vec<Uuid>) -> Vec<Uuid> {
+        if let Some(only) = self.options.session {
+            ids.retain(|id| *id == only);
+        }
+        ids
+    }
+
+    /// Starts draining backlog sessions up to the concurrency limit; returns how many.
+    fn start_drains(&mut self) -> usize {
         let mut spawned = 0;
-        if claiming {
-            // The first full scan is done here, before deciding anything; later ones run
-            // on a blocking thread, so listing thousands of inboxes never delays a
-            // pickup that a marker announced.
-            let full = ticks >= next_full_scan;
-            if full && full_scan.is_none() {
-                next_full_scan = ticks + FULL_SCAN_EVERY;
-                if !options.once {
-                    failing.clear();
-                }
-                if ticks == 0 {
-                    backlog.extend(candidates(store, true, options.session)?);
-                } else {
-                    let (store, only) = (store.clone(), options.session);
-                    full_scan = Some(tokio::task::spawn_blocking(move || {
-                        candidates(&store, true, only)
-                    }));
-                }
+        for id in self.backlog.clone() {
+            if self.active.len() >= self.options.concurrency.max(1) {
+                break;
             }
-            // What a full scan found stays wanted until it is drained, even when the
-            // concurrency limit keeps it waiting past the next (marker-only) scan.
-            backlog.extend(candidates(store, false, options.session)?);
-            for id in backlog.clone() {
-                if active.len() >= options.concurrency.max(1) {
-                    break;
-                }
-                if active.contains(&id) || deferred.contains(&id) || failing.contains(&id) {
-                    backlog.remove(&id);
-                    continue;
-                }
-                backlog.remove(&id);
-                active.insert(id);
-                spawned += 1;
-                let (store, shutdown, worker) = (store.clone(), shutdown.clone(), worker.clone());
-                // Each session on a thread of its own: its file writes block (fsync), and
-                // must neither stall other sessions nor the loop that claims them.
-                let runtime = tokio::runtime::Handle::current();
-                tasks.spawn_blocking(move || {
-                    let result = runtime.block_on(drain(&store, id, &shutdown, &worker, None));
-                    (id, result)
-                });
+            self.backlog.remove(&id);
+            if self.active.contains(&id)
+                || self.deferred.contains(&id)
+                || self.failing.contains(&id)
+            {
+                continue;
             }
+            self.active.insert(id);
+            spawned += 1;
+            let (store, home, shutdown, worker) = (
+                self.store.clone(),
+                self.home.clone(),
+                self.shutdown.clone(),
+                self.worker.clone(),
+            );
+            // Each session on a thread of its own: its writes block (fsync), and must
+            // neither stall other sessions nor the loop that claims them.
+            let runtime = tokio::runtime::Handle::current();
+            self.tasks.spawn_blocking(move || {
+                let drain = drain(store.as_ref(), &home, id, &shutdown, &worker, None);
+                (id, runtime.block_on(drain))
+            });
         }
-        if active.is_empty() && (!claiming || (options.once && spawned == 0)) {
-            return Ok(report);
-        }
-        tokio::select! {
-            Some(found) = async { Some(full_scan.as_mut()?.await) }, if full_scan.is_some() => {
-                full_scan = None;
-                match found {
-                    Ok(found) => backlog.extend(found?),
-                    Err(err) => error!("the periodic scan of the home failed: {err}"),
+        spawned
+    }
+
+    /// Records what draining a session did.
+    fn drained(&mut self, id: Uuid, result: Result<Drained>) {
+        self.active.remove(&id);
+        let report = &mut self.report;
+        match result {
+            Ok(drained) => {
+                report.settled += drained.settled;
+                report.worst = crate::error::exit::worst(report.worst, drained.worst);
+                report.suspended += u64::from(drained.suspended);
+                if drained.skipped {
+                    self.deferred.insert(id);
                 }
             }
-            Some(joined) = tasks.join_next() => {
-                let (id, result) = joined.context("a session task panicked")?;
-                active.remove(&id);
-                match result {
-                    Ok(drained) => {
-                        report.settled += drained.settled;
-                        report.worst = crate::error::exit::worst(report.worst, drained.worst);
-                        report.suspended += u64::from(drained.suspended);
-                        if drained.skipped {
-                            deferred.insert(id);
-                        }
-                    }
-                    Err(err) => {
-                        error!(session = %id, "skipping the session until the next full scan: {}; repair or remove that file, or remove the session with `agentq session rm {id}`", crate::error::render(&err));
-                        report.errors += 1;
-                        // An invalid agentq.toml found here is exit 2, like at start.
-                        report.worst =
-                            crate::error::exit::worst(report.worst, crate::error::exit_code(&err));
-                        failing.insert(id);
-                        if is_storage_full(&err) && !shutdown.is_requested() {
-                            // Claiming more work would only fail the same way; what is
-                            // written stays readable (replace is atomic, torn appends
-                            // are repaired by the next writer).
-                            error!("the home cannot be written to; no new claims, stopping");
-                            shutdown.trigger();
-                        }
-                    }
+            Err(err) => {
+                error!(session = %id, "skipping the session until the next full scan: {}; repair or remove that file, or remove the session with `agentq session rm {id}`", crate::error::render(&err));
+                report.errors += 1;
+                // An invalid agentq.toml found here is exit 2, like at start.
+                report.worst =
+                    crate::error::exit::worst(report.worst, crate::error::exit_code(&err));
+                self.failing.insert(id);
+                if is_storage_full(&err) && !self.shutdown.is_requested() {
+                    // Claiming more work would only fail the same way; what is written
+                    // stays readable (replace is atomic, torn appends are repaired by
+                    // the next writer).
+                    error!("the home cannot be written to; no new claims, stopping");
+                    self.shutdown.trigger();
                 }
             }
-            Some(()) = wake_rx.recv() => {}
-            () = tokio::time::sleep(tick) => {
-                ticks += 1;
-                if !options.once {
-                    deferred.clear();
-                }
-            }
-            () = shutdown.wait(), if claiming => {}
-            // Woken at the deadline itself, not at the next tick after it.
-            () = sleep_until(deadline), if claiming && deadline.is_some() => {}
         }
     }
 }
@@ -262,110 +326,6 @@ fn is_storage_full(err: &anyhow::Error) -> bool {
         })
 }
 
-/// Sessions that may have pending entries.
-fn candidates(store: &Store, full: bool, only: Option<Uuid>) -> Result<Vec<Uuid>> {
-    // The markers always count (a stale one is cleared by draining its session); a full
-    // scan adds every session with entries, marked or not.
-    let mut ids = store.ready_ids()?;
-    if full {
-        for id in store.session_ids()? {
-            if ids.contains(&id) {
-                continue;
-            }
-            // A session whose inbox cannot be listed is claimed too: its drain fails
-            // naming the path, logged once per full scan, and the others go on.
-            let dir = store.session(id);
-            let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
-            if waiting || dir.needs_repair() {
-                ids.push(id);
-            }
-        }
-    }
-    if let Some(only) = only {
-        ids.retain(|id| *id == only);
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
-}
-
-/// Wakes the worker when a marker appears. Without notifications (some file systems,
-/// exhausted inotify limits) the periodic scan still finds the work.
-fn watch_ready_dir(
-    store: &Store,
-    wake: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| e.kind.is_create() || e.kind.is_modify()) {
-            let _ = wake.send(());
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(err) => {
-            warn!("file notifications unavailable ({err}); scanning every second");
-            return None;
-        }
-    };
-    if let Err(err) = watcher.watch(&store.ready_dir(), notify::RecursiveMode::NonRecursive) {
-        warn!(
-            "cannot watch {} ({err}); scanning every second",
-            store.ready_dir().display()
-        );
-        return None;
-    }
-    Some(watcher)
-}
-
-/// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
-/// session's logs, so one damaged session neither stops the worker nor stays stuck.
-fn recover_files(store: &Store, dir: &crate::store::SessionDir) -> Result<()> {
-    for sub in [dir.inbox_dir(), dir.executions_dir()] {
-        if let Some(aside) = ensure_dir(&sub, store.clock.now())? {
-            error!(session = %dir.id, "{} was not a directory; moved it to {} and made the directory again", sub.display(), aside.display());
-        }
-    }
-    // A directory where the event log belongs holds no events to go on from: it is
-    // moved aside, and the log starts again.
-    let events = dir.events_path();
-    if events.is_dir() {
-        let aside = move_aside(&events, store.clock.now())?;
-        error!(session = %dir.id, "{} was a directory; moved it to {} and started the event log again", events.display(), aside.display());
-    }
-    let (meta, note) = read_or_rebuild(&dir.meta_path(), store.clock.now(), || dir.rebuild_meta())?;
-    if let Some(note) = note {
-        error!(session = %dir.id, "{note}");
-    }
-    let (mut state, note) =
-        read_or_rebuild(&dir.state_path(), store.clock.now(), || dir.rebuild_state())?;
-    if let Some(note) = note {
-        error!(session = %dir.id, "{note}");
-    }
-    // A transcript that lost settled lines first: rolling forward reads past the mark.
-    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now())? {
-        error!(session = %dir.id, "{note}");
-        state = rebuilt;
-    }
-    if let Some(newer) = dir.roll_forward(&state)? {
-        warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");
-        dir.write_state(&newer)?;
-        state = newer;
-    }
-    if let Some(note) = dir.catch_up_meta(meta, &state)? {
-        warn!(session = %dir.id, "{note}");
-    }
-    let removed = crate::store::recover::remove_stale_temps(&[
-        &dir.path,
-        &dir.inbox_dir(),
-        &dir.executions_dir(),
-    ]);
-    if removed > 0 {
-        info!(session = %dir.id, removed, "removed temp files left by killed writers");
-    }
-    Ok(())
-}
-
 /// What draining one session did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Drained {
@@ -377,113 +337,103 @@ pub struct Drained {
     pub worst: u8,
 }
 
-/// Takes a session's owner lock and runs its pending messages in `seq` order, until the
-/// inbox is empty, the session is paused, shutdown, or (with `until`) that message
-/// has settled.
+/// Takes ownership of a session and runs its pending messages in `seq` order, until
+/// the inbox is empty, the session is paused, shutdown, or (with `until`) that
+/// message has settled.
 pub async fn drain(
-    store: &Store,
+    store: &dyn Store,
+    home: &Home,
     id: Uuid,
     shutdown: &Shutdown,
     worker: &WorkerInfo,
     until: Option<Uuid>,
 ) -> Result<Drained> {
-    let dir = store.session(id);
-    let mut drained = Drained::default();
-    if !dir.path.is_dir() {
-        store.clear_ready(id)?;
-        return Ok(drained);
-    }
-    let Some(_lock) = dir.try_lock_owner(Some(worker))? else {
-        drained.skipped = true;
-        return Ok(drained);
+    let mut lease = match store.claim(id, worker)? {
+        Claimed::Owned(lease) => lease,
+        Claimed::Busy => {
+            return Ok(Drained {
+                skipped: true,
+                ..Drained::default()
+            });
+        }
+        Claimed::Gone => return Ok(Drained::default()),
     };
-    // The session's MCP servers live as long as the lock is held: they are stopped
-    // whichever way the drain ends (a `?` included) before the lock goes.
+    // The session's MCP servers live as long as the lease is held: they are stopped
+    // whichever way the drain ends (a `?` included) before the lease goes.
     let mut mcp = mcp::McpPool::default();
-    let result = drain_owned(store, &dir, shutdown, worker, until, &mut mcp, drained).await;
+    let clock = store.clock();
+    let mut owner = Drain {
+        lease: lease.as_mut(),
+        home,
+        clock: clock.as_ref(),
+        shutdown,
+        worker,
+        mcp: &mut mcp,
+    };
+    let result = owner.run(until).await;
     mcp.stop().await;
-    result
+    // A drain that failed releases nothing more: the lease ends as it is dropped,
+    // and what it left for the release is made durable by the next owner's.
+    let drained = result?;
+    lease.release()?;
+    Ok(drained)
 }
 
-/// [`drain`] once the session's lock is held.
-async fn drain_owned(
-    store: &Store,
-    dir: &crate::store::SessionDir,
-    shutdown: &Shutdown,
-    worker: &WorkerInfo,
-    until: Option<Uuid>,
-    mcp: &mut mcp::McpPool,
-    mut drained: Drained,
-) -> Result<Drained> {
-    let id = dir.id;
-    recover_files(store, dir)?;
-    // An agentq.toml broken while the worker runs would fail every message claimed
-    // from here on; they stay queued instead, the error naming the file, and run once
-    // it is fixed (the worker refuses to start on one that is broken already).
-    crate::config::HomeConfig::load(&store.config_path())?;
-    let mut log = dir.open_events(store.clock.clone())?;
-    let mut looked_again = false;
-    // Whether anything needs `flush_drain` before the lock goes.
-    let mut wrote = false;
-    while !shutdown.is_requested() {
-        if read_meta(dir)?.status == SessionStatus::Paused {
-            drained.skipped = true;
-            break;
-        }
-        let listing = inbox::head(&dir.inbox_dir())?;
-        for unreadable in &listing.unreadable {
-            // Kept (renamed, so it is no longer an entry) for someone to look at.
-            if let ReadError::Corrupt { path, .. } = unreadable {
-                let aside = move_aside(path, store.clock.now())?;
-                error!(session = %id, "{unreadable}; moved it to {}", aside.display());
-            } else {
-                warn!(session = %id, "skipping an inbox entry: {unreadable}");
-            }
-        }
-        let Some(head) = listing.entries.into_iter().next() else {
-            // The marker goes only once the inbox was seen empty, and the inbox is
-            // looked at once more afterwards, so a concurrent `send` is never missed.
-            if looked_again {
-                break;
-            }
-            store.clear_ready(id)?;
-            looked_again = true;
-            continue;
-        };
-        looked_again = false;
-        if head.entry.kind == EntryKind::Cancel {
-            // Nothing is running that it could cancel.
-            store.note_consumed(dir, head.entry.seq)?;
-            inbox::remove(&head.path)?;
-            wrote = true;
-            continue;
-        }
-        wrote = true;
-        let mut owner = Owner {
-            store,
-            dir,
-            log: &mut log,
-            shutdown,
-            worker,
-            mcp,
-        };
-        match owner.handle(&head).await? {
-            Handled::Settled(code) => {
-                drained.settled += 1;
-                drained.worst = crate::error::exit::worst(drained.worst, code);
-                if until == Some(head.entry.id) {
+/// A drain in progress: the owner's side of one session.
+struct Drain<'a> {
+    lease: &'a mut dyn crate::store::Lease,
+    home: &'a Home,
+    clock: &'a dyn crate::time::Clock,
+    shutdown: &'a Shutdown,
+    worker: &'a WorkerInfo,
+    mcp: &'a mut mcp::McpPool,
+}
+
+impl Drain<'_> {
+    async fn run(&mut self, until: Option<Uuid>) -> Result<Drained> {
+        let mut drained = Drained::default();
+        // An agentq.toml broken while the worker runs would fail every message claimed
+        // from here on; they stay queued instead, the error naming the file, and run
+        // once it is fixed (the worker refuses to start on one that is broken already).
+        crate::config::HomeConfig::load(&self.home.config_path())?;
+        while !self.shutdown.is_requested() {
+            self.lease.renew()?;
+            let (message, code) = match self.lease.next()? {
+                Next::Empty => break,
+                Next::Paused => {
+                    drained.skipped = true;
                     break;
                 }
-            }
-            Handled::AlreadySettled => {}
-            Handled::Suspended => {
-                drained.suspended = true;
+                Next::Again => continue,
+                Next::Finished(exec) => (
+                    exec.message_id,
+                    crate::domain::execution::exit_code(exec.status, exec.stop_reason),
+                ),
+                Next::Run(claim) => {
+                    let message = claim.entry.id;
+                    let mut owner = Owner {
+                        lease: &mut *self.lease,
+                        home: self.home,
+                        clock: self.clock,
+                        shutdown: self.shutdown,
+                        worker: self.worker,
+                        mcp: &mut *self.mcp,
+                    };
+                    match owner.handle(*claim).await? {
+                        Handled::Settled(code) => (message, code),
+                        Handled::Suspended => {
+                            drained.suspended = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            drained.settled += 1;
+            drained.worst = crate::error::exit::worst(drained.worst, code);
+            if until == Some(message) {
                 break;
             }
         }
+        Ok(drained)
     }
-    if wrote {
-        dir.flush_drain()?;
-    }
-    Ok(drained)
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use super::FileStore;
 use super::fs::AtPath;
 use crate::domain::execution::WorkerInfo;
 use crate::time::Timestamp;
@@ -41,7 +41,7 @@ impl Drop for Registration {
     }
 }
 
-impl Store {
+impl FileStore {
     pub fn workers_dir(&self) -> PathBuf {
         self.sessions_dir().join(".workers")
     }
@@ -179,9 +179,9 @@ mod tests {
     use crate::time::SystemClock;
     use std::sync::Arc;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, FileStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(
+        let store = FileStore::new(
             dir.path().to_owned(),
             Arc::new(SystemClock),
             Arc::new(V7Ids),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::events::offset_of_last;
 use super::fs::{self, AtPath, ReadError};
-use super::{SessionDir, Store, inbox};
+use super::{FileStore, SessionDir, inbox};
 use crate::domain::event::{
     CancelRequested, EventPayload, MessageQueued, SessionCreated, SessionStatusChanged,
 };
@@ -30,7 +30,7 @@ pub struct NewSession {
     pub agent_hash: String,
 }
 
-impl Store {
+impl FileStore {
     /// Creates a session. It is assembled in a dot-named staging directory and renamed
     /// into place, so a crash never leaves a half-made session that looks real.
     pub fn create_session(&self, new: NewSession) -> Result<SessionMeta> {
@@ -348,7 +348,7 @@ pub struct NewEntry {
     pub raise_session_tokens: u64,
 }
 
-/// The outcome of [`Store::enqueue`].
+/// The outcome of [`FileStore::enqueue`].
 #[derive(Debug, Clone, Copy)]
 pub struct Enqueued {
     pub id: Uuid,

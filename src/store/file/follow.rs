@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 
 use super::SessionDir;
 use super::events::{LogReader, parse_line};
-use crate::domain::event::RawEvent;
 
 /// How often the log is checked when no notification arrives.
 const POLL: Duration = Duration::from_millis(200);
@@ -21,12 +20,7 @@ pub struct Follower {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
-/// One line read from the log: the raw text (for `--json`) and the parsed envelope,
-/// absent for a line that is not an event (skipped by renderers).
-pub struct Line {
-    pub raw: Vec<u8>,
-    pub event: Option<RawEvent>,
-}
+pub use crate::store::LogLine as Line;
 
 impl Follower {
     /// Starts following at byte `offset` of the session's log.

@@ -1,0 +1,566 @@
+//! The file store: everything agentq keeps, as files under one home directory
+//! (ARCHITECTURE.md §1).
+//!
+//! [`FileStore`] knows the layout of the home; [`SessionDir`] the layout of one session.
+//! Other modules never build a path under `sessions/` themselves, and a session id only
+//! becomes a path after [`FileStore::resolve`] matched it against the directory listing.
+
+pub mod events;
+pub mod follow;
+pub mod fs;
+mod handle;
+pub mod inbox;
+mod lease;
+pub use handle::FileSession;
+pub use lease::FileLease;
+pub mod recover;
+pub mod session;
+pub mod transcript;
+pub mod workers;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use crate::domain::execution::Execution;
+use crate::domain::session::SessionMeta;
+use crate::domain::state::{AgentState, TranscriptMark};
+use crate::domain::transcript::TranscriptLine;
+use crate::error::UserError;
+use crate::ids::{IdGen, IdQuery};
+use crate::time::Clock;
+use events::EventLog;
+use fs::{AtPath, ReadError};
+
+/// The home directory and the services every store operation needs.
+#[derive(Clone)]
+pub struct FileStore {
+    home: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdGen>,
+}
+
+impl FileStore {
+    pub fn new(home: PathBuf, clock: Arc<dyn Clock>, ids: Arc<dyn IdGen>) -> FileStore {
+        FileStore { home, clock, ids }
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn agents_dir(&self) -> PathBuf {
+        self.home.join("agents")
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.home.join("sessions")
+    }
+
+    /// `sessions/.ready/`: one empty marker per session with pending inbox entries.
+    pub fn ready_dir(&self) -> PathBuf {
+        self.sessions_dir().join(".ready")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.home.join("agentq.toml")
+    }
+
+    /// The directory of a session known to exist (from a listing or a marker).
+    pub fn session(&self, id: Uuid) -> SessionDir {
+        SessionDir {
+            id,
+            path: self.sessions_dir().join(id.to_string()),
+        }
+    }
+
+    /// Every session id in the home, oldest first. Entries that are not ids are ignored.
+    pub fn session_ids(&self) -> io::Result<Vec<Uuid>> {
+        let mut ids = uuid_entries(&self.sessions_dir())?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Sessions with a `.ready` marker.
+    pub fn ready_ids(&self) -> io::Result<Vec<Uuid>> {
+        uuid_entries(&self.ready_dir())
+    }
+
+    /// Finds the one session a whole id or unique prefix names.
+    pub fn resolve(&self, input: &str) -> anyhow::Result<SessionDir> {
+        let query = IdQuery::parse(input)?;
+        let sessions = self.sessions_dir();
+        if let IdQuery::Full(id) = query {
+            let dir = self.session(id);
+            if dir.path.is_dir() {
+                return Ok(dir);
+            }
+            return Err(
+                UserError::usage(format!("no session {id} in {}", sessions.display())).into(),
+            );
+        }
+        let matches: Vec<Uuid> = self
+            .session_ids()
+            .with_context(|| format!("listing {}", sessions.display()))?
+            .into_iter()
+            .filter(|id| query.matches(id))
+            .collect();
+        match matches.as_slice() {
+            [id] => Ok(self.session(*id)),
+            [] => Err(UserError::usage(format!(
+                "no session id starts with `{input}` in {}",
+                sessions.display()
+            ))
+            .into()),
+            many => Err(UserError::usage(format!(
+                "`{input}` matches {} sessions ({}); give more of the id",
+                many.len(),
+                many.iter()
+                    .take(3)
+                    .map(Uuid::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into()),
+        }
+    }
+
+    /// Marks a session as having pending entries. Not fsynced: the marker only speeds up
+    /// discovery, and the worker's full scan finds the entries without it.
+    pub fn mark_ready(&self, id: Uuid) -> io::Result<()> {
+        let dir = self.ready_dir();
+        let path = dir.join(id.to_string());
+        match fs::create_private(&path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            // Missing, or a file in its place (moved aside: markers are all it holds).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                recover::ensure_dir(&dir, self.clock.now())?;
+                fs::create_private(&path).map(drop).or_else(ignore_exists)
+            }
+            Err(e) => Err(fs::with_path(e, &path)),
+        }
+    }
+
+    /// The settled lines of a session's transcript, for a command. A damaged
+    /// transcript is an error saying so, and the session is marked ready: the worker
+    /// that claims it next repairs it ([`SessionDir::repair_transcript`]), with or
+    /// without a message waiting.
+    pub fn read_transcript(
+        &self,
+        dir: &SessionDir,
+        mark: TranscriptMark,
+    ) -> io::Result<Vec<TranscriptLine>> {
+        transcript::read(&dir.transcript_path(), mark).inspect_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                // Best effort: the error is what the user needs to see.
+                let _ = self.mark_ready(dir.id);
+            }
+        })
+    }
+
+    pub fn clear_ready(&self, id: Uuid) -> io::Result<()> {
+        let path = self.ready_dir().join(id.to_string());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs::with_path(e, &path)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl crate::store::Store for FileStore {
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    fn prepare_workers(&self) -> anyhow::Result<()> {
+        if let Some(aside) = recover::ensure_dir(&self.ready_dir(), self.clock.now())? {
+            tracing::error!(
+                "{} was not a directory; moved it to {} and made the directory again",
+                self.ready_dir().display(),
+                aside.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn register_worker(
+        &self,
+        worker: &crate::domain::execution::WorkerInfo,
+        max_workers: Option<usize>,
+    ) -> anyhow::Result<Option<crate::store::Guard>> {
+        Ok(FileStore::register_worker(self, worker, max_workers)?
+            .map(|registration| Box::new(registration) as crate::store::Guard))
+    }
+
+    fn pending(&self, full: bool) -> anyhow::Result<Vec<Uuid>> {
+        // The markers always count (a stale one is cleared by draining its session); a
+        // full scan adds every session with entries, marked or not.
+        let mut ids = self.ready_ids()?;
+        if full {
+            for id in self.session_ids()? {
+                if ids.contains(&id) {
+                    continue;
+                }
+                // A session whose inbox cannot be listed is claimed too: its drain fails
+                // naming the path, logged once per full scan, and the others go on.
+                let dir = self.session(id);
+                let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
+                if waiting || dir.needs_repair() {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn notify_pending(&self, wake: Box<dyn Fn() + Send + Sync>) -> Option<crate::store::Guard> {
+        use notify::Watcher;
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| e.kind.is_create() || e.kind.is_modify()) {
+                wake();
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(err) => {
+                tracing::warn!("file notifications unavailable ({err}); scanning every second");
+                return None;
+            }
+        };
+        let ready = self.ready_dir();
+        if let Err(err) = watcher.watch(&ready, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "cannot watch {} ({err}); scanning every second",
+                ready.display()
+            );
+            return None;
+        }
+        Some(Box::new(watcher))
+    }
+
+    fn claim(
+        &self,
+        id: Uuid,
+        worker: &crate::domain::execution::WorkerInfo,
+    ) -> anyhow::Result<crate::store::Claimed> {
+        FileLease::claim(self, id, worker)
+    }
+
+    fn create_session(&self, new: session::NewSession) -> anyhow::Result<SessionMeta> {
+        FileStore::create_session(self, new)
+    }
+
+    fn resolve(&self, input: &str) -> anyhow::Result<Box<dyn crate::store::Session>> {
+        Ok(self.handle(FileStore::resolve(self, input)?))
+    }
+
+    fn session(&self, id: Uuid) -> Box<dyn crate::store::Session> {
+        self.handle(FileStore::session(self, id))
+    }
+
+    fn session_ids(&self) -> anyhow::Result<Vec<Uuid>> {
+        Ok(FileStore::session_ids(self)?)
+    }
+
+    fn live_workers(&self) -> anyhow::Result<Vec<workers::WorkerRecord>> {
+        FileStore::live_workers(self)
+    }
+}
+
+impl FileStore {
+    fn handle(&self, dir: SessionDir) -> Box<dyn crate::store::Session> {
+        Box::new(FileSession {
+            store: self.clone(),
+            dir,
+        })
+    }
+}
+
+fn ignore_exists(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Names in `dir` that are UUIDs; a missing directory has none.
+fn uuid_entries(dir: &Path) -> io::Result<Vec<Uuid>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fs::with_path(e, dir)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let name = entry.at(dir)?.file_name();
+        // Only the canonical form: a directory named in upper case, or without hyphens,
+        // would not be found again under the id's canonical name.
+        if let Some(name) = name.to_str()
+            && let Ok(id) = Uuid::try_parse(name)
+            && id.hyphenated().to_string() == name
+        {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// The files of one session.
+#[derive(Debug, Clone)]
+pub struct SessionDir {
+    pub id: Uuid,
+    pub path: PathBuf,
+}
+
+impl SessionDir {
+    pub fn meta_path(&self) -> PathBuf {
+        self.path.join("session.json")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn transcript_path(&self) -> PathBuf {
+        self.path.join("transcript.ndjson")
+    }
+    pub fn events_path(&self) -> PathBuf {
+        self.path.join("events.ndjson")
+    }
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.path.join("inbox")
+    }
+    pub fn executions_dir(&self) -> PathBuf {
+        self.path.join("executions")
+    }
+    /// `keys/<hex of key>`: idempotency keys of `send --key`, each holding a message id.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.path.join("keys")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+    pub fn execution_path(&self, id: Uuid) -> PathBuf {
+        self.executions_dir().join(format!("{id}.json"))
+    }
+
+    pub fn read_meta(&self) -> Result<SessionMeta, ReadError> {
+        fs::read_json(&self.meta_path())
+    }
+
+    pub fn read_state(&self) -> Result<AgentState, ReadError> {
+        fs::read_json(&self.state_path())
+    }
+
+    /// Writes `session.json` without fsync, for the totals of a settled execution:
+    /// [`SessionDir::flush_drain`] makes it durable. It is written for every message,
+    /// so it reuses its inodes, like `state.json` ([`fs::replace_reusing`]).
+    pub fn write_meta_unsynced(&self, meta: &SessionMeta) -> io::Result<()> {
+        fs::replace_reusing(
+            &self.meta_path(),
+            &fs::json_bytes(meta)?,
+            fs::Durable::Later,
+        )
+    }
+
+    /// `state.json` is rewritten twice per message, so it reuses its inodes
+    /// ([`fs::replace_reusing`]).
+    pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
+        fs::replace_reusing(
+            &self.state_path(),
+            &fs::json_bytes(state)?,
+            fs::Durable::Now,
+        )
+    }
+
+    /// Writes `state.json` durably, and with `sync_transcript` the transcript lines it
+    /// points to as well (appended without fsync): both must be on disk before the new
+    /// state takes the name, but neither fsync depends on the other, so they run at the
+    /// same time.
+    pub fn write_state_and_transcript(
+        &self,
+        state: &AgentState,
+        sync_transcript: bool,
+    ) -> io::Result<()> {
+        let transcript = self.transcript_path();
+        std::thread::scope(|scope| {
+            let synced = sync_transcript.then(|| scope.spawn(|| transcript::sync(&transcript)));
+            fs::replace_reusing_after(
+                &self.state_path(),
+                &fs::json_bytes(state)?,
+                fs::Durable::Now,
+                || match synced {
+                    Some(synced) => synced
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    None => Ok(()),
+                },
+            )
+        })
+    }
+
+    /// Persists a settled step: appends `lines` to the transcript, the last one
+    /// carrying `state` (whose mark it advances), and syncs them: that makes the
+    /// checkpoint durable, and `state.json` follows without fsync (a worker finding it
+    /// behind rolls forward, [`SessionDir::roll_forward`]). A checkpoint without lines
+    /// (a side-effecting call about to run, a step closed without a result) writes
+    /// `state.json` durably, with the transcript if `sync_transcript` (lines appended
+    /// earlier without fsync).
+    pub fn checkpoint(
+        &self,
+        mut lines: Vec<TranscriptLine>,
+        state: &mut AgentState,
+        sync_transcript: bool,
+    ) -> io::Result<()> {
+        let Some(last) = lines.last_mut() else {
+            return self.write_state_and_transcript(state, sync_transcript);
+        };
+        last.state = Some(Box::new(AgentState {
+            transcript: TranscriptMark::default(),
+            ..state.clone()
+        }));
+        state.transcript = transcript::append(
+            &self.transcript_path(),
+            state.transcript,
+            &lines,
+            fs::Durable::Now,
+        )?;
+        self.write_state_unsynced(state)
+    }
+
+    /// Writes `state.json` without fsync: at the start of an execution, whose first
+    /// checkpoint (or its settling, if it has none) makes the state durable, so a power
+    /// failure before that loses only the claim (the message is still in the inbox);
+    /// and after a checkpoint whose transcript lines, synced, carry the same state
+    /// ([`SessionDir::roll_forward`] brings back what a power failure took).
+    pub fn write_state_unsynced(&self, state: &AgentState) -> io::Result<()> {
+        fs::replace_reusing(
+            &self.state_path(),
+            &fs::json_bytes(state)?,
+            fs::Durable::Later,
+        )
+    }
+
+    /// Makes durable what an owner wrote without fsync while draining the inbox:
+    /// `session.json` (the totals of each settled execution) and the removal of inbox
+    /// entries. Called once per drain instead of once per message; until then, a power
+    /// failure can bring back an entry (recognised by its seq, see
+    /// [`AgentState::has_moved_past`]) or an older `session.json` (recounted from the
+    /// records when the session is next claimed).
+    pub fn flush_drain(&self) -> io::Result<()> {
+        fs::sync_path(&self.meta_path())?;
+        fs::sync_dir(&self.path)?;
+        fs::sync_dir(&self.inbox_dir())
+    }
+
+    pub fn read_execution(&self, id: Uuid) -> Result<Execution, ReadError> {
+        fs::read_json(&self.execution_path(id))
+    }
+
+    pub fn write_execution(&self, execution: &Execution) -> io::Result<()> {
+        fs::write_json(&self.execution_path(execution.id), execution)
+    }
+
+    /// Writes the record of an execution that resumes (`running`, its attempt counted).
+    /// Not fsynced: `state.json`, written durably, is what a resuming worker trusts,
+    /// and a record lost or emptied by a power failure is rebuilt from it; the settled
+    /// record, the commit point, is always written durably.
+    pub fn mark_running(&self, execution: &Execution) -> io::Result<()> {
+        fs::write_json_unsynced(&self.execution_path(execution.id), execution)
+    }
+
+    pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
+        EventLog::open(&self.events_path(), self.id, clock)
+    }
+
+    /// The execution in progress: its record, or, for one that has not written its
+    /// record yet (a record is first written when it is resumed, suspended or
+    /// settled), what the state says.
+    pub fn running_execution(&self, state: &AgentState) -> Option<Execution> {
+        let current = state.current.as_ref()?;
+        match self.read_execution(current.execution_id) {
+            Ok(exec) => (!exec.status.is_terminal()).then_some(exec),
+            Err(ReadError::NotFound { .. }) => Some(Execution {
+                v: crate::domain::FORMAT_VERSION,
+                id: current.execution_id,
+                session_id: self.id,
+                message_id: current.message_id,
+                message_seq: current.message_seq,
+                status: crate::domain::execution::ExecStatus::Running,
+                stop_reason: None,
+                attempts: current.attempts,
+                steps: current.steps,
+                usage: current.usage,
+                started_at: current.started_at,
+                finished_at: None,
+                duration_ms: None,
+                response: None,
+                error: None,
+                exit_code: None,
+                cost_usd: None,
+                // The worker that claimed it wrote who it is into the lock file.
+                worker: self
+                    .lock_owner()
+                    .unwrap_or(crate::domain::execution::WorkerInfo {
+                        pid: 0,
+                        host: "unknown".to_owned(),
+                    }),
+                retry_of: None,
+                suspended: false,
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// The worker that last took the owner lock, as it wrote itself into the lock
+    /// file ([`SessionDir::try_lock_owner`]); it may have exited since.
+    pub fn lock_owner(&self) -> Option<crate::domain::execution::WorkerInfo> {
+        let text = std::fs::read_to_string(self.lock_path()).ok()?;
+        serde_json::from_str(text.trim()).ok()
+    }
+
+    /// What waits in the inbox ([`inbox::count`]), the message of the execution in
+    /// progress told apart from the others.
+    pub fn inbox_counts(&self) -> io::Result<inbox::Counts> {
+        let running = self
+            .read_state()
+            .ok()
+            .and_then(|state| self.running_execution(&state))
+            .map(|exec| exec.message_id);
+        inbox::count(&self.inbox_dir(), running)
+    }
+
+    /// Every readable execution record, oldest first (ids are time-ordered).
+    pub fn executions(&self) -> io::Result<Vec<Execution>> {
+        let path = self.executions_dir();
+        let mut records = Vec::new();
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(records),
+            Err(e) => return Err(fs::with_path(e, &path)),
+        };
+        for entry in entries {
+            let file = entry.at(&path)?.path();
+            if file.extension().is_some_and(|e| e == "json")
+                && let Ok(record) = fs::read_json::<Execution>(&file)
+            {
+                records.push(record);
+            }
+        }
+        records.sort_by_key(|e| e.id);
+        Ok(records)
+    }
+}
