@@ -480,11 +480,12 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
         ]
     };
     let mut state = AgentState::default();
-    let checkpoint = |state: &mut AgentState| {
+    let mut unsynced = agentq::store::fs::UnsyncedSwaps::default();
+    let mut checkpoint = |state: &mut AgentState| {
         let start = Instant::now();
         state.model_calls += 1;
         // What the worker's checkpoint does for a step's lines.
-        dir.checkpoint(step_lines(), state, false)
+        dir.checkpoint(step_lines(), state, false, &mut unsynced)
             .expect("checkpoint");
         ms_between(start, Instant::now())
     };

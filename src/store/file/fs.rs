@@ -129,8 +129,13 @@ fn replace_with(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
 /// spare. Where leases or `RENAME_EXCHANGE` are not available, it is a plain
 /// [`replace`].
 ///
-pub fn replace_reusing(path: &Path, bytes: &[u8], durable: Durable) -> io::Result<()> {
-    replace_reusing_after(path, bytes, durable, || Ok(()))
+pub fn replace_reusing(
+    path: &Path,
+    bytes: &[u8],
+    durable: Durable,
+    unsynced: &mut UnsyncedSwaps,
+) -> io::Result<()> {
+    replace_reusing_after(path, bytes, durable, unsynced, || Ok(()))
 }
 
 /// [`replace_reusing`], with `before_swap` run after the new version is written (and
@@ -141,14 +146,16 @@ pub fn replace_reusing_after(
     path: &Path,
     bytes: &[u8],
     durable: Durable,
+    unsynced: &mut UnsyncedSwaps,
     before_swap: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
     let spare_path = spare_path(path);
-    if durable == Durable::Now && UnsyncedSwaps::contains(path) {
+    if durable == Durable::Now && unsynced.contains(path) {
         // The last swap may not be on disk: the spare about to be rewritten in place
         // could still be the file the disk names `path`, holding a version that was
         // synced and acted on. A durable write must not tear it.
         sync_dir(parent(path)?)?;
+        unsynced.synced(parent(path)?);
     }
     let spare = write_spare(&spare_path, bytes, durable).map_err(|e| with_path(e, path))?;
     before_swap()?;
@@ -159,38 +166,45 @@ pub fn replace_reusing_after(
     // The writers' lock is released only once the swap is done.
     drop(spare);
     match durable {
-        Durable::Now => sync_dir(parent(path)?),
+        Durable::Now => {
+            let dir = parent(path)?;
+            sync_dir(dir)?;
+            unsynced.synced(dir);
+            Ok(())
+        }
         Durable::Later => {
-            UnsyncedSwaps::add(path);
+            unsynced.add(path);
             Ok(())
         }
     }
 }
 
-/// Files this process swapped with their spare without syncing their directory since.
-/// Few: a drain ends by syncing its session's directory ([`sync_dir`] forgets them).
-struct UnsyncedSwaps;
-
-static UNSYNCED_SWAPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// Files a writer swapped with their spare without syncing their directory since:
+/// before such a file is replaced durably, its directory is synced, so the spare
+/// rewritten in place is never the version the disk still names. Kept by the one
+/// writer of those files (a session's owner, whose drain ends by syncing the
+/// directory), so it holds a file or two.
+#[derive(Debug, Default)]
+pub struct UnsyncedSwaps(Vec<PathBuf>);
 
 impl UnsyncedSwaps {
-    fn list() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-        UNSYNCED_SWAPS.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn add(path: &Path) {
-        let mut swaps = Self::list();
-        if !swaps.iter().any(|p| p == path) {
-            swaps.push(path.to_owned());
+    fn add(&mut self, path: &Path) {
+        if !self.contains(path) {
+            self.0.push(path.to_owned());
         }
     }
 
-    fn contains(path: &Path) -> bool {
-        Self::list().iter().any(|p| p == path)
+    pub fn contains(&self, path: &Path) -> bool {
+        self.0.iter().any(|p| p == path)
     }
 
-    fn synced(dir: &Path) {
-        Self::list().retain(|p| p.parent() != Some(dir));
+    /// `dir` was synced: the swaps in it are on disk.
+    pub fn synced(&mut self, dir: &Path) {
+        self.0.retain(|p| p.parent() != Some(dir));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -353,7 +367,6 @@ pub fn sync_file(file: &File) -> io::Result<()> {
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     let file = File::open(dir).at(dir)?;
     counted(|| file.sync_all()).at(dir)?;
-    UnsyncedSwaps::synced(dir);
     Ok(())
 }
 
@@ -493,12 +506,30 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"{\"n\":1}", Durable::Now).unwrap();
-        replace_reusing(&path, b"{\"n\":2}", Durable::Later).unwrap();
+        replace_reusing(
+            &path,
+            b"{\"n\":1}",
+            Durable::Now,
+            &mut UnsyncedSwaps::default(),
+        )
+        .unwrap();
+        replace_reusing(
+            &path,
+            b"{\"n\":2}",
+            Durable::Later,
+            &mut UnsyncedSwaps::default(),
+        )
+        .unwrap();
         let inodes = |p: &Path| fs::metadata(p).unwrap().ino();
         let pair = [inodes(&path), inodes(&spare_path(&path))];
         for n in 3..10 {
-            replace_reusing(&path, format!("{{\"n\":{n}}}").as_bytes(), Durable::Now).unwrap();
+            replace_reusing(
+                &path,
+                format!("{{\"n\":{n}}}").as_bytes(),
+                Durable::Now,
+                &mut UnsyncedSwaps::default(),
+            )
+            .unwrap();
             let mut now = [inodes(&path), inodes(&spare_path(&path))];
             now.sort_unstable();
             let mut before = pair;
@@ -515,11 +546,11 @@ mod tests {
     fn replace_reusing_falls_back_to_a_temp_file_while_a_reader_holds_the_spare() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"one", Durable::Now).unwrap();
-        replace_reusing(&path, b"two", Durable::Now).unwrap();
+        replace_reusing(&path, b"one", Durable::Now, &mut UnsyncedSwaps::default()).unwrap();
+        replace_reusing(&path, b"two", Durable::Now, &mut UnsyncedSwaps::default()).unwrap();
         // A reader that opened "one" before it became the spare, and still reads it.
         let reader = File::open(spare_path(&path)).unwrap();
-        replace_reusing(&path, b"three", Durable::Now).unwrap();
+        replace_reusing(&path, b"three", Durable::Now, &mut UnsyncedSwaps::default()).unwrap();
         let mut held = String::new();
         (&reader).read_to_string(&mut held).unwrap();
         assert_eq!(held, "one", "the reader's version is left alone");
@@ -534,19 +565,29 @@ mod tests {
         for n in 1..4 {
             let mut seen = None;
             let new = format!("version {n}");
-            replace_reusing_after(&path, new.as_bytes(), Durable::Now, || {
-                seen = Some(fs::read_to_string(&path).ok());
-                Ok(())
-            })
+            replace_reusing_after(
+                &path,
+                new.as_bytes(),
+                Durable::Now,
+                &mut UnsyncedSwaps::default(),
+                || {
+                    seen = Some(fs::read_to_string(&path).ok());
+                    Ok(())
+                },
+            )
             .unwrap();
             let before = (n > 1).then(|| format!("version {}", n - 1));
             assert_eq!(seen, Some(before), "the hook saw the old version");
             assert_eq!(fs::read_to_string(&path).unwrap(), new);
         }
         // A failing hook leaves the old version in place.
-        let failed = replace_reusing_after(&path, b"never", Durable::Now, || {
-            Err(io::Error::other("the transcript could not be synced"))
-        });
+        let failed = replace_reusing_after(
+            &path,
+            b"never",
+            Durable::Now,
+            &mut UnsyncedSwaps::default(),
+            || Err(io::Error::other("the transcript could not be synced")),
+        );
         assert!(failed.is_err());
         assert_eq!(fs::read_to_string(&path).unwrap(), "version 3");
     }
@@ -558,13 +599,14 @@ mod tests {
         // Versions of different lengths, so a torn read could not parse as either.
         let short = br#"{"v":"a"}"#.to_vec();
         let long = format!(r#"{{"v":"{}"}}"#, "b".repeat(3000)).into_bytes();
-        replace_reusing(&path, &short, Durable::Later).unwrap();
+        replace_reusing(&path, &short, Durable::Later, &mut UnsyncedSwaps::default()).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 for i in 0..3000 {
                     let bytes = if i % 2 == 0 { &long } else { &short };
-                    replace_reusing(&path, bytes, Durable::Later).unwrap();
+                    replace_reusing(&path, bytes, Durable::Later, &mut UnsyncedSwaps::default())
+                        .unwrap();
                 }
                 stop.store(true, Ordering::Relaxed);
             });
@@ -642,21 +684,23 @@ mod tests {
     fn a_durable_replace_first_syncs_a_swap_made_without_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace_reusing(&path, b"one", Durable::Now).unwrap();
-        assert!(!UnsyncedSwaps::contains(&path));
-        replace_reusing(&path, b"two", Durable::Later).unwrap();
+        let mut unsynced = UnsyncedSwaps::default();
+        replace_reusing(&path, b"one", Durable::Now, &mut unsynced).unwrap();
+        assert!(!unsynced.contains(&path));
+        replace_reusing(&path, b"two", Durable::Later, &mut unsynced).unwrap();
         if fs::metadata(spare_path(&path)).is_err() {
             return; // no spare here (no leases or no exchange): nothing is swapped
         }
-        assert!(UnsyncedSwaps::contains(&path), "a swap without a sync");
-        replace_reusing(&path, b"three", Durable::Now).unwrap();
-        assert!(!UnsyncedSwaps::contains(&path));
+        assert!(unsynced.contains(&path), "a swap without a sync");
+        replace_reusing(&path, b"three", Durable::Now, &mut unsynced).unwrap();
+        assert!(!unsynced.contains(&path));
         assert_eq!(fs::read(&path).unwrap(), b"three");
 
-        replace_reusing(&path, b"four", Durable::Later).unwrap();
+        replace_reusing(&path, b"four", Durable::Later, &mut unsynced).unwrap();
         sync_dir(dir.path()).unwrap();
+        unsynced.synced(dir.path());
         assert!(
-            !UnsyncedSwaps::contains(&path),
+            !unsynced.contains(&path),
             "syncing the directory makes the swap durable"
         );
     }

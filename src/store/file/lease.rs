@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::events::{EventLog, offset_of_last};
-use super::fs::{Durable, ReadError};
+use super::fs::{Durable, ReadError, UnsyncedSwaps};
 use super::inbox::{self, InboxFile};
 use super::recover::{ensure_dir, move_aside, read_or_rebuild};
 use super::session::{OwnerLock, read_meta};
@@ -38,6 +38,7 @@ pub struct FileLease {
     looked_again: bool,
     /// Whether the drain wrote what [`Lease::release`] makes durable.
     wrote: bool,
+    unsynced: UnsyncedSwaps,
     running: Option<Running>,
 }
 
@@ -92,7 +93,7 @@ impl Lease for FileLease {
         self.wrote = true;
         if head.entry.kind == EntryKind::Cancel {
             // Nothing is running that it could cancel.
-            self.store.note_consumed(&self.dir, head.entry.seq)?;
+            self.note_consumed(head.entry.seq)?;
             inbox::remove(&head.path)?;
             return Ok(Next::Again);
         }
@@ -120,7 +121,8 @@ impl Lease for FileLease {
     fn checkpoint(&mut self, lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
         // The user message the claim appended without fsync is synced with the first.
         let sync_transcript = !self.running_mut()?.synced;
-        self.dir.checkpoint(lines, state, sync_transcript)?;
+        self.dir
+            .checkpoint(lines, state, sync_transcript, &mut self.unsynced)?;
         let running = self.running_mut()?;
         running.synced = true;
         running.written = state.clone();
@@ -140,7 +142,7 @@ impl Lease for FileLease {
         if exec.status == ExecStatus::Cancelled {
             // The cancel entries it obeyed leave the inbox with it.
             if let Some(seq) = claimed.cancels.seen.iter().map(|(_, seq)| *seq).max() {
-                self.store.note_consumed(&self.dir, seq)?;
+                self.note_consumed(seq)?;
             }
             for (path, _) in &claimed.cancels.seen {
                 inbox::remove(path)?;
@@ -151,9 +153,10 @@ impl Lease for FileLease {
         // count without a checkpoint; an execution that failed before its first step
         // has none).
         if !claimed.synced {
-            self.dir.write_state_and_transcript(state, true)?;
+            self.dir
+                .write_state_and_transcript(state, true, &mut self.unsynced)?;
         } else if claimed.written != *state {
-            self.dir.write_state(state)?;
+            self.dir.write_state(state, &mut self.unsynced)?;
         }
         // The record is the commit point; the state keeps naming the message.
         self.dir.write_execution(exec)?;
@@ -179,15 +182,34 @@ impl Lease for FileLease {
         }
     }
 
-    fn release(self: Box<Self>) -> Result<()> {
+    fn release(mut self: Box<Self>) -> Result<()> {
         if self.wrote {
-            self.dir.flush_drain()?;
+            self.dir.flush_drain(&mut self.unsynced)?;
         }
         Ok(())
     }
 }
 
+impl Drop for FileLease {
+    fn drop(&mut self) {
+        // A drain that failed was not released: what it swapped without a sync is
+        // synced now (best effort), so the next owner's durable writes, which know
+        // nothing of these swaps, never rewrite a spare the disk still names.
+        if !self.unsynced.is_empty() {
+            let _ = super::fs::sync_dir(&self.dir.path);
+        }
+    }
+}
+
 impl FileLease {
+    /// Records that entries up to `seq` left the inbox without an execution; that
+    /// rewrite of `session.json` syncs the session's directory.
+    fn note_consumed(&mut self, seq: u64) -> Result<()> {
+        self.store.note_consumed(&self.dir, seq)?;
+        self.unsynced.synced(&self.dir.path);
+        Ok(())
+    }
+
     /// Takes the owner lock of session `id` without waiting, and repairs what a crash
     /// or a hand left damaged before anything else reads it.
     pub(super) fn claim(store: &FileStore, id: Uuid, worker: &WorkerInfo) -> Result<Claimed> {
@@ -199,7 +221,8 @@ impl FileLease {
         let Some(lock) = dir.try_lock_owner(Some(worker))? else {
             return Ok(Claimed::Busy);
         };
-        recover_files(store, &dir)?;
+        let mut unsynced = UnsyncedSwaps::default();
+        recover_files(store, &dir, &mut unsynced)?;
         let log = dir.open_events(store.clock.clone())?;
         Ok(Claimed::Owned(Box::new(FileLease {
             store: store.clone(),
@@ -209,6 +232,7 @@ impl FileLease {
             _lock: lock,
             looked_again: false,
             wrote: false,
+            unsynced,
             running: None,
         })))
     }
@@ -373,7 +397,12 @@ impl FileLease {
     /// fsynced: the first checkpoint makes it durable. The attempt is counted in the
     /// state; the record is first written when the execution settles (one file fewer
     /// per message).
-    fn begin(&self, entry: &InboxEntry, exec: &Execution, state: &mut AgentState) -> Result<()> {
+    fn begin(
+        &mut self,
+        entry: &InboxEntry,
+        exec: &Execution,
+        state: &mut AgentState,
+    ) -> Result<()> {
         // `send --continue` adds no text: the model carries on from the history as is.
         if !entry.is_continue() {
             let line = TranscriptLine {
@@ -406,7 +435,7 @@ impl FileLease {
             failed_steps_in_a_row: 0,
             open_step: None,
         });
-        self.dir.write_state_unsynced(state)?;
+        self.dir.write_state_unsynced(state, &mut self.unsynced)?;
         Ok(())
     }
 
@@ -426,7 +455,7 @@ impl FileLease {
             meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
             meta.updated_at = now;
             // Made durable when the lease is released.
-            self.dir.write_meta_unsynced(&meta)?;
+            self.dir.write_meta_unsynced(&meta, &mut self.unsynced)?;
         }
         if recovering {
             let written = offset_of_last(&self.dir.events_path(), &["execution.finished"])?
@@ -444,7 +473,7 @@ impl FileLease {
 
 /// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
 /// session's logs, so one damaged session neither stops the worker nor stays stuck.
-fn recover_files(store: &FileStore, dir: &SessionDir) -> Result<()> {
+fn recover_files(store: &FileStore, dir: &SessionDir, unsynced: &mut UnsyncedSwaps) -> Result<()> {
     for sub in [dir.inbox_dir(), dir.executions_dir()] {
         if let Some(aside) = ensure_dir(&sub, store.clock.now())? {
             error!(session = %dir.id, "{} was not a directory; moved it to {} and made the directory again", sub.display(), aside.display());
@@ -467,13 +496,13 @@ fn recover_files(store: &FileStore, dir: &SessionDir) -> Result<()> {
         error!(session = %dir.id, "{note}");
     }
     // A transcript that lost settled lines first: rolling forward reads past the mark.
-    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now())? {
+    if let Some((rebuilt, note)) = dir.repair_transcript(&state, store.clock.now(), unsynced)? {
         error!(session = %dir.id, "{note}");
         state = rebuilt;
     }
     if let Some(newer) = dir.roll_forward(&state)? {
         warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");
-        dir.write_state(&newer)?;
+        dir.write_state(&newer, unsynced)?;
         state = newer;
     }
     if let Some(note) = dir.catch_up_meta(meta, &state)? {

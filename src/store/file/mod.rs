@@ -368,21 +368,31 @@ impl SessionDir {
     /// Writes `session.json` without fsync, for the totals of a settled execution:
     /// [`SessionDir::flush_drain`] makes it durable. It is written for every message,
     /// so it reuses its inodes, like `state.json` ([`fs::replace_reusing`]).
-    pub fn write_meta_unsynced(&self, meta: &SessionMeta) -> io::Result<()> {
+    pub fn write_meta_unsynced(
+        &self,
+        meta: &SessionMeta,
+        unsynced: &mut fs::UnsyncedSwaps,
+    ) -> io::Result<()> {
         fs::replace_reusing(
             &self.meta_path(),
             &fs::json_bytes(meta)?,
             fs::Durable::Later,
+            unsynced,
         )
     }
 
     /// `state.json` is rewritten twice per message, so it reuses its inodes
     /// ([`fs::replace_reusing`]).
-    pub fn write_state(&self, state: &AgentState) -> io::Result<()> {
+    pub fn write_state(
+        &self,
+        state: &AgentState,
+        unsynced: &mut fs::UnsyncedSwaps,
+    ) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),
             &fs::json_bytes(state)?,
             fs::Durable::Now,
+            unsynced,
         )
     }
 
@@ -394,6 +404,7 @@ impl SessionDir {
         &self,
         state: &AgentState,
         sync_transcript: bool,
+        unsynced: &mut fs::UnsyncedSwaps,
     ) -> io::Result<()> {
         let transcript = self.transcript_path();
         std::thread::scope(|scope| {
@@ -402,6 +413,7 @@ impl SessionDir {
                 &self.state_path(),
                 &fs::json_bytes(state)?,
                 fs::Durable::Now,
+                unsynced,
                 || match synced {
                     Some(synced) => synced
                         .join()
@@ -424,9 +436,10 @@ impl SessionDir {
         mut lines: Vec<TranscriptLine>,
         state: &mut AgentState,
         sync_transcript: bool,
+        unsynced: &mut fs::UnsyncedSwaps,
     ) -> io::Result<()> {
         let Some(last) = lines.last_mut() else {
-            return self.write_state_and_transcript(state, sync_transcript);
+            return self.write_state_and_transcript(state, sync_transcript, unsynced);
         };
         last.state = Some(Box::new(AgentState {
             transcript: TranscriptMark::default(),
@@ -438,7 +451,7 @@ impl SessionDir {
             &lines,
             fs::Durable::Now,
         )?;
-        self.write_state_unsynced(state)
+        self.write_state_unsynced(state, unsynced)
     }
 
     /// Writes `state.json` without fsync: at the start of an execution, whose first
@@ -446,11 +459,16 @@ impl SessionDir {
     /// failure before that loses only the claim (the message is still in the inbox);
     /// and after a checkpoint whose transcript lines, synced, carry the same state
     /// ([`SessionDir::roll_forward`] brings back what a power failure took).
-    pub fn write_state_unsynced(&self, state: &AgentState) -> io::Result<()> {
+    pub fn write_state_unsynced(
+        &self,
+        state: &AgentState,
+        unsynced: &mut fs::UnsyncedSwaps,
+    ) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),
             &fs::json_bytes(state)?,
             fs::Durable::Later,
+            unsynced,
         )
     }
 
@@ -460,9 +478,10 @@ impl SessionDir {
     /// failure can bring back an entry (recognised by its seq, see
     /// [`AgentState::has_moved_past`]) or an older `session.json` (recounted from the
     /// records when the session is next claimed).
-    pub fn flush_drain(&self) -> io::Result<()> {
+    pub fn flush_drain(&self, unsynced: &mut fs::UnsyncedSwaps) -> io::Result<()> {
         fs::sync_path(&self.meta_path())?;
         fs::sync_dir(&self.path)?;
+        unsynced.synced(&self.path);
         fs::sync_dir(&self.inbox_dir())
     }
 

@@ -306,6 +306,7 @@ impl SessionDir {
         &self,
         state: &AgentState,
         now: Timestamp,
+        unsynced: &mut super::fs::UnsyncedSwaps,
     ) -> Result<Option<(AgentState, String)>> {
         let path = self.transcript_path();
         let damage = match transcript::check(&path, state.transcript) {
@@ -337,7 +338,7 @@ impl SessionDir {
         };
         super::fs::replace(&path, &kept)?;
         let rebuilt = self.rebuild_state()?;
-        self.write_state(&rebuilt)?;
+        self.write_state(&rebuilt, unsynced)?;
         let moved = aside.map_or_else(
             || "it was missing".to_owned(),
             |aside| format!("moved it to {}", aside.display()),

@@ -71,7 +71,8 @@ impl FileStore {
                 fs::create_dir_private(&dir)?;
             }
             fs::write_json(&staging.meta_path(), &meta)?;
-            staging.write_state(&AgentState::default())?;
+            // A new directory: nothing in it was swapped before.
+            staging.write_state(&AgentState::default(), &mut fs::UnsyncedSwaps::default())?;
             let created = SessionCreated {
                 agent: meta.agent.clone(),
                 title: meta.title.clone(),
