@@ -2,6 +2,7 @@ mod agent_loop;
 mod env;
 mod fake_server;
 mod faults;
+mod formats;
 mod mcp;
 mod mcp_worker;
 mod pipeline;
