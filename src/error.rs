@@ -64,6 +64,27 @@ impl ExitKind {
 pub struct UserError {
     pub kind: ExitKind,
     pub message: String,
+    /// What gets the user out of it, for the interface showing the error to word
+    /// (`commands::advice` for the CLI): the store knows the situation, not the commands.
+    pub remedy: Option<Remedy>,
+}
+
+/// The way out of an error, in the terms of the layer that raised it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remedy {
+    /// A worker rebuilds the session's missing `session.json` from its event log; or
+    /// the session can be removed.
+    RebuildFromEventLog { session: uuid::Uuid },
+    /// A worker rebuilds the damaged file from the session's logs, keeping it aside.
+    RebuildFromLogs,
+    /// A person must repair or move the file; or the session can be removed.
+    RepairOrRemove { session: uuid::Uuid },
+    /// The session takes no more messages: start another of the same agent.
+    StartAnother { agent: String },
+    /// A worker owns the session: cancel what it runs, or wait.
+    CancelOrWait { session: uuid::Uuid },
+    /// Remove the damaged key file, then send again.
+    RemoveAndResend,
 }
 
 impl UserError {
@@ -71,6 +92,7 @@ impl UserError {
         UserError {
             kind: ExitKind::Usage,
             message: message.into(),
+            remedy: None,
         }
     }
 
@@ -78,6 +100,23 @@ impl UserError {
         UserError {
             kind: ExitKind::Unavailable,
             message: message.into(),
+            remedy: None,
+        }
+    }
+
+    /// A failure (exit 1) written for the user.
+    pub fn failed(message: impl Into<String>) -> Self {
+        UserError {
+            kind: ExitKind::Failed,
+            message: message.into(),
+            remedy: None,
+        }
+    }
+
+    pub fn with_remedy(self, remedy: Remedy) -> Self {
+        UserError {
+            remedy: Some(remedy),
+            ..self
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each takes the parsed arguments and the [`Context`], does
 //! its work, writes its output, and returns the exit code.
 
+mod advice;
 pub mod agents;
 pub mod cancel;
 pub mod init;
@@ -107,8 +108,8 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
     }
     let session = session_of(&command).map(str::to_owned);
     run_command(ctx, command).map_err(|err| match session {
-        Some(id) => crate::store::session::explain_damage(err, &id),
-        None => err,
+        Some(id) => advice::explain_damage(err, &id),
+        None => advice::advise(err),
     })
 }
 

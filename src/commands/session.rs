@@ -6,6 +6,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::advice::{advise, explain_damage};
 use super::{Context, print_json};
 use crate::agent::Budgets;
 use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
@@ -19,7 +20,7 @@ use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::plural::count;
 use crate::render::{ERROR_CAP, FIELD_CAP, one_line, sanitize};
-use crate::store::session::{NewSession, damaged, explain_damage, read_meta, read_state};
+use crate::store::session::{NewSession, damaged, read_meta, read_state};
 use crate::store::{SessionDir, inbox};
 use crate::time::{Timestamp, human_duration};
 use uuid::Uuid;
@@ -286,7 +287,10 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         .and_then(|id| match dir.read_execution(id) {
             Ok(exec) => Some(exec),
             Err(err) => {
-                eprintln!("agentq: {}", crate::error::render(&damaged(&dir, err)));
+                eprintln!(
+                    "agentq: {}",
+                    crate::error::render(&advise(damaged(&dir, err)))
+                );
                 None
             }
         });

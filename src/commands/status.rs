@@ -111,7 +111,7 @@ fn gather(ctx: &Context) -> Status {
     };
     for id in ids {
         if let Err(e) = gather_session(&store.session(id), now, &mut status) {
-            let e = crate::store::session::explain_damage(e, &id.to_string());
+            let e = super::advice::explain_damage(e, &id.to_string());
             status
                 .unreadable
                 .push(format!("session {id}: {}", crate::error::render(&e)));

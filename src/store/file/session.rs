@@ -19,7 +19,7 @@ use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{Counters, EventsPreset, SessionMeta, SessionStatus};
 use crate::domain::state::AgentState;
 use crate::domain::{FORMAT_VERSION, Usage};
-use crate::error::UserError;
+use crate::error::{Remedy, UserError};
 
 /// What `session new` asks for.
 pub struct NewSession {
@@ -124,9 +124,10 @@ impl FileStore {
         };
         if new.kind == EntryKind::User && meta.status == SessionStatus::Closed {
             return Err(UserError::usage(format!(
-                "session {} is closed and takes no new messages; start another with `agentq session new --agent {}`",
-                dir.id, meta.agent
+                "session {} is closed and takes no new messages",
+                dir.id
             ))
+            .with_remedy(Remedy::StartAnother { agent: meta.agent })
             .into());
         }
         let key_path = new
@@ -249,11 +250,11 @@ impl FileStore {
     /// Removes a session and everything in it. Refused while a worker owns it.
     pub fn remove_session(&self, dir: &SessionDir) -> Result<()> {
         let Some(_owner) = dir.try_lock_owner(None)? else {
-            return Err(UserError::usage(format!(
-                "session {} is being worked on; cancel it with `agentq cancel {}` or wait, then remove it",
-                dir.id, dir.id
-            ))
-            .into());
+            return Err(
+                UserError::usage(format!("session {} is being worked on", dir.id))
+                    .with_remedy(Remedy::CancelOrWait { session: dir.id })
+                    .into(),
+            );
         };
         // Renamed away first so that a crash midway never leaves a half-deleted session
         // under its id; a dot name is invisible to listings.
@@ -274,10 +275,11 @@ pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
     match dir.read_meta() {
         Ok(meta) => Ok(meta),
         Err(ReadError::NotFound { .. }) => Err(UserError::usage(format!(
-            "session {id} has no session.json ({}); a worker rebuilds it from the session's event log (`agentq worker --once`), or remove the session with `agentq session rm {id}`",
+            "session {} has no session.json ({})",
+            dir.id,
             dir.meta_path().display(),
-            id = dir.id
         ))
+        .with_remedy(Remedy::RebuildFromEventLog { session: dir.id })
         .into()),
         Err(err) => Err(damaged(dir, err)),
     }
@@ -288,55 +290,20 @@ pub fn read_state(dir: &SessionDir) -> Result<AgentState> {
     dir.read_state().map_err(|err| damaged(dir, err))
 }
 
-/// The error for a file of a session that cannot be read, with what to do about it:
-/// a corrupt `session.json` or `state.json` is repaired by a worker, anything else
-/// needs a person (or the session's removal).
+/// The error for a file of a session that cannot be read, with the way out: a
+/// corrupt `session.json` or `state.json` is repaired by a worker, anything else needs
+/// a person (or the session's removal).
 pub fn damaged(dir: &SessionDir, err: ReadError) -> anyhow::Error {
     let repairable = |path: &std::path::Path| path == dir.meta_path() || path == dir.state_path();
-    let hint = match &err {
+    let remedy = match &err {
         ReadError::Corrupt { path, .. } | ReadError::NotFound { path } if repairable(path) => {
-            "a worker rebuilds it from the session's logs, keeping a damaged one aside (`agentq worker --once`)"
-                .to_owned()
+            Remedy::RebuildFromLogs
         }
-        _ => format!(
-            "repair or remove that file, or remove the session with `agentq session rm {}`",
-            dir.id
-        ),
+        _ => Remedy::RepairOrRemove { session: dir.id },
     };
-    anyhow::anyhow!("{err}; {hint}")
-}
-
-/// Adds what to do to an error that a damaged file of session `id` caused (a file
-/// where a directory belongs or the reverse, unreadable, garbled, gone), unless it
-/// already says: a one-line error names the path and the way out.
-pub fn explain_damage(err: anyhow::Error, id: &str) -> anyhow::Error {
-    use io::ErrorKind as K;
-    let user_facing = err.chain().any(|c| c.downcast_ref::<UserError>().is_some());
-    let damage = err.chain().any(|c| {
-        c.downcast_ref::<ReadError>().is_some()
-            || c.downcast_ref::<io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    K::NotFound
-                        | K::NotADirectory
-                        | K::IsADirectory
-                        | K::PermissionDenied
-                        | K::InvalidData
-                        | K::UnexpectedEof
-                )
-            })
-    });
-    let text = crate::error::render(&err);
-    // About a file of this session: its path holds the id (which a prefix starts).
-    let ours = text.contains(id);
-    if user_facing || !damage || !ours || text.contains("`agentq ") {
-        return err;
-    }
-    // A new error, so the way out follows the path instead of preceding it; the exit
-    // code (1) is the same as the original's.
-    anyhow::anyhow!(
-        "{text}; repair that file of session {id} or move it aside, or remove the session with `agentq session rm {id}`"
-    )
+    UserError::failed(err.to_string())
+        .with_remedy(remedy)
+        .into()
 }
 
 /// An entry to queue.
@@ -376,10 +343,12 @@ fn read_key(dir: &SessionDir, path: &std::path::Path, key: &str) -> Result<Optio
     if std::fs::symlink_metadata(dir.keys_dir()).is_ok_and(|m| !m.is_dir()) {
         return Ok(None);
     }
-    Err(anyhow::anyhow!(
-        "{} is damaged ({damage}), and the event log has no message queued with key `{key}`; remove that file, then `agentq send` again",
+    Err(UserError::failed(format!(
+        "{} is damaged ({damage}), and the event log has no message queued with key `{key}`",
         path.display()
     ))
+    .with_remedy(Remedy::RemoveAndResend)
+    .into())
 }
 
 /// The message queued with `key`, according to the event log.
