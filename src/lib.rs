@@ -2,7 +2,8 @@
 //!
 //! The binary is a thin shell over this library; the layout follows the architecture:
 //! `domain` (data types, no I/O), `store` (the files), `definition` (agent definitions),
-//! `provider` (models), `tools`, `agent` (the loop), `worker`, `render`, `commands`.
+//! `provider` (models), `tools`, `agent` (the loop), `worker`, `render`, `commands`;
+//! `text` holds the shortening and neutralising every one of them shows text through.
 
 /// `eprintln!` without its panic. std's panics when stderr is closed or full (`2>&-`
 /// is quiet, but a closed pipe or `2>/dev/full` is not), and the panic then fails to
@@ -30,6 +31,7 @@ pub mod plural;
 pub mod provider;
 pub mod render;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod tools;
 pub mod worker;

@@ -16,7 +16,7 @@ use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
 use agentq::commands::{self, Context};
 use agentq::eprintln;
 use agentq::error;
-use agentq::render::ERROR_CAP;
+use agentq::text::{ERROR_CAP, one_line};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(message) = init_logging(&cli) {
-        eprintln!("agentq: {}", agentq::render::one_line(&message, ERROR_CAP));
+        eprintln!("agentq: {}", one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
     let result = Context::new(cli.home.clone(), cli.color)
@@ -114,7 +114,7 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
 fn neutral_fields() -> impl for<'w> FormatFields<'w> + 'static {
     format::debug_fn(|out, field, value| {
         let text = format!("{value:?}");
-        let text = agentq::render::one_line(&text, ERROR_CAP);
+        let text = one_line(&text, ERROR_CAP);
         match field.name() {
             "message" => write!(out, "{text}"),
             name => write!(out, "{name}={text}"),
@@ -135,5 +135,5 @@ fn clap_line(clap_message: &str) -> String {
         .collect();
     let text = body.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{} (see --help)", agentq::render::one_line(text, ERROR_CAP))
+    format!("{} (see --help)", one_line(text, ERROR_CAP))
 }

@@ -12,7 +12,7 @@ use crate::cli::AgentsCommand;
 use crate::config::HomeConfig;
 use crate::definition::{self, Source, schema::Problem};
 use crate::error::{UserError, exit};
-use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line};
 
 pub fn run(ctx: &Context, command: AgentsCommand) -> Result<u8> {
     match command {

@@ -200,15 +200,15 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 /// Standard output for what people read (tables, `show` pages, answers): everything
 /// written to it is neutralised, so outside text printed without a thought cannot
 /// drive the terminal. `--json` output goes straight to stdout instead, exact.
-pub fn human_stdout() -> crate::render::Neutral<Stdout> {
-    crate::render::Neutral::new(stdout())
+pub fn human_stdout() -> crate::text::Neutral<Stdout> {
+    crate::text::Neutral::new(stdout())
 }
 
 /// A one-line note on stderr, `agentq: …`, neutralised and capped whatever it quotes.
 pub fn note(text: &str) {
     eprintln!(
         "agentq: {}",
-        crate::render::one_line(text, crate::render::ERROR_CAP)
+        crate::text::one_line(text, crate::text::ERROR_CAP)
     );
 }
 

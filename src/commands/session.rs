@@ -18,9 +18,9 @@ use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
 use crate::error::UserError;
 use crate::plural::count;
-use crate::render::{ERROR_CAP, FIELD_CAP, one_line, sanitize};
 use crate::store::session::{NewSession, damaged, explain_damage, read_meta, read_state};
 use crate::store::{SessionDir, inbox};
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::{Timestamp, human_duration};
 use uuid::Uuid;
 
@@ -470,7 +470,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
                     writeln!(out, "assistant: {}", sanitize(content))?;
                 }
                 for call in tool_calls {
-                    let args = crate::tools::summarize_args(&call.arguments, 100);
+                    let args = summarize_args(&call.arguments, 100);
                     writeln!(
                         out,
                         "  → {} {}",
@@ -486,7 +486,7 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
                 ..
             } => {
                 let mark = if *is_error { "✗" } else { "✓" };
-                let preview = crate::store::session::preview(content, 200);
+                let preview = preview(content, 200);
                 writeln!(
                     out,
                     "  {mark} {}: {}",

@@ -12,9 +12,9 @@ use uuid::Uuid;
 use super::{Context, print_json};
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
 use crate::plural::count;
-use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::store::SessionDir;
 use crate::store::workers::WorkerRecord;
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::time::{Timestamp, human_duration};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;

@@ -3,9 +3,10 @@
 
 use std::io::{self, Write};
 
-use super::{ERROR_CAP, FIELD_CAP, Renderer, footer, one_line, sanitize};
+use super::{Renderer, footer};
 use crate::domain::event::{Event, EventPayload};
 use crate::domain::execution::ExecStatus;
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::human_duration;
 
 /// Renders events as plain lines to any writer, flushing after each event so the output
@@ -164,11 +165,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             let args = p
                 .args_summary
                 .clone()
-                .or_else(|| {
-                    p.args
-                        .as_ref()
-                        .map(|a| crate::tools::summarize_args(a, 100))
-                })
+                .or_else(|| p.args.as_ref().map(|a| summarize_args(a, 100)))
                 .unwrap_or_default();
             format!(
                 "→ {} {}",
@@ -186,7 +183,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
                 "✗ {} ({}): {}",
                 super::tool_label(&p.tool_name, p.server.as_deref()),
                 human_duration(p.duration_ms),
-                one_line(&crate::store::session::preview(error, 200), FIELD_CAP)
+                one_line(&preview(error, 200), FIELD_CAP)
             ),
         },
         EventPayload::Continuation(p) => format!(

@@ -16,11 +16,11 @@ use console::Style;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::wrap::Wrap;
-use super::{ERROR_CAP, FIELD_CAP, Renderer, footer, one_line, sanitize};
+use super::{Renderer, footer};
 use crate::domain::event::{Event, EventPayload};
 use crate::domain::execution::ExecStatus;
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::{Timestamp, human_duration};
-use crate::tools::summarize_args;
 
 const INDENT: &str = "  ";
 
@@ -234,7 +234,7 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                     human_duration(p.duration_ms)
                 );
                 if let Some(error) = &p.error {
-                    let error = crate::store::session::preview(error, 160);
+                    let error = preview(error, 160);
                     text.push_str(&format!(
                         " — {}",
                         self.paint(&Style::new().red(), &one_line(&error, FIELD_CAP))
