@@ -20,7 +20,6 @@ use crate::time::human_duration;
 pub use plain::PlainRenderer;
 pub use terminal::TerminalRenderer;
 
-/// What every view says of an answer with no text, instead of showing nothing.
 /// How a tool is named in a view: `server › tool` for an MCP tool (whose model-facing
 /// name is `mcp__<server>__<tool>`), its name otherwise; neutralised, on one line.
 pub fn tool_label(name: &str, server: Option<&str>) -> String {
@@ -35,6 +34,7 @@ pub fn tool_label(name: &str, server: Option<&str>) -> String {
     }
 }
 
+/// What every view says of an answer with no text, instead of showing nothing.
 pub const EMPTY_ANSWER: &str = "the model's answer was empty (no text and no tool calls)";
 
 /// Something that shows events as they are read from the log.
