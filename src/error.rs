@@ -158,7 +158,7 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// it quotes from outside (a provider's body, a path, a key name from a file)
 /// neutralised and capped, so it stays one safe line however hostile the text.
 pub fn for_terminal(err: &anyhow::Error) -> String {
-    crate::render::one_line(&render(err), crate::render::ERROR_CAP).into_owned()
+    crate::text::one_line(&render(err), crate::text::ERROR_CAP).into_owned()
 }
 
 /// Renders an error chain as one line: `outer: inner: root`.

@@ -3,6 +3,11 @@
 //! The binary is a thin shell over this library; the layout follows the architecture:
 //! `domain` (data types, no I/O), `store` (the files), `definition` (agent definitions),
 //! `provider` (models), `tools`, `agent` (the loop), `worker`, `render`, `commands`.
+//! Shared by several of them, each in a module of its own: `text` (the shortening and
+//! neutralising every one of them shows text through), `output` (where commands
+//! print), `follow` (following one message's execution, for `send --wait`, `run` and
+//! `watch`) and `history` (which task each execution worked on, for `retry` and
+//! `send --continue`).
 
 /// `eprintln!` without its panic. std's panics when stderr is closed or full (`2>&-`
 /// is quiet, but a closed pipe or `2>/dev/full` is not), and the panic then fails to
@@ -24,13 +29,17 @@ pub mod config;
 pub mod definition;
 pub mod domain;
 pub mod error;
+pub mod follow;
+pub mod history;
 pub mod home;
 pub mod ids;
 pub mod mcp;
+pub mod output;
 pub mod plural;
 pub mod provider;
 pub mod render;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod tools;
 pub mod worker;

@@ -1,10 +1,10 @@
 //! The `agentq` binary: parse the command line, run one command, and turn its result
 //! into an exit code. Errors are rendered here and nowhere else. Output goes through
-//! [`commands::stdout`]: a closed pipe ends the command quietly with 0, like `head`
-//! closing it is meant to; any other failed write (a full disk) is an error naming
-//! standard output, exit 1. No write panics.
+//! an [`Output`], whose colours are decided here once: a closed pipe ends the command
+//! quietly with 0, like `head` closing it is meant to; any other failed write (a full
+//! disk) is an error naming standard output, exit 1. No write panics.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
@@ -12,11 +12,12 @@ use clap::Parser;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::{FormatFields, format};
 
-use agentq::cli::{Cli, ColorChoice, Command, WorkerArgs};
+use agentq::cli::{Cli, Command, WorkerArgs};
 use agentq::commands::{self, Context};
 use agentq::eprintln;
 use agentq::error;
-use agentq::render::ERROR_CAP;
+use agentq::output::Output;
+use agentq::text::{ERROR_CAP, one_line};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -37,18 +38,18 @@ fn main() -> ExitCode {
             return ExitCode::from(error::exit::USAGE);
         }
     };
-    if let Err(message) = init_logging(&cli) {
-        eprintln!("agentq: {}", agentq::render::one_line(&message, ERROR_CAP));
+    let out = Output::standard(cli.color);
+    if let Err(message) = init_logging(&cli, out.stderr().color()) {
+        eprintln!("agentq: {}", one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
-    let result = Context::new(cli.home.clone(), cli.color)
-        .and_then(|ctx| commands::dispatch(&ctx, cli.command))
+    let result = Context::new(cli.home.clone(), out).and_then(|ctx| {
+        let code = commands::dispatch(&ctx, cli.command)?;
         // What is still buffered is written here, where a failure is reported like any
         // other (at exit it would be dropped silently).
-        .and_then(|code| {
-            commands::stdout().flush()?;
-            Ok(code)
-        });
+        ctx.out.stdout().flush()?;
+        Ok(code)
+    });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -61,8 +62,8 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr (or `worker --log-file`) through `tracing`: the worker reports
 /// claims, finishes, retries and recoveries at `info`, other commands only warnings
-/// unless asked with `-v`.
-fn init_logging(cli: &Cli) -> Result<(), String> {
+/// unless asked with `-v`; coloured when stderr is (`ansi`).
+fn init_logging(cli: &Cli, ansi: bool) -> Result<(), String> {
     let base = match cli.command {
         Command::Worker(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,
@@ -71,14 +72,6 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
         0 => base,
         1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
-    };
-    let ansi = match cli.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stderr().is_terminal()
-        }
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
@@ -114,7 +107,7 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
 fn neutral_fields() -> impl for<'w> FormatFields<'w> + 'static {
     format::debug_fn(|out, field, value| {
         let text = format!("{value:?}");
-        let text = agentq::render::one_line(&text, ERROR_CAP);
+        let text = one_line(&text, ERROR_CAP);
         match field.name() {
             "message" => write!(out, "{text}"),
             name => write!(out, "{name}={text}"),
@@ -135,5 +128,5 @@ fn clap_line(clap_message: &str) -> String {
         .collect();
     let text = body.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{} (see --help)", agentq::render::one_line(text, ERROR_CAP))
+    format!("{} (see --help)", one_line(text, ERROR_CAP))
 }

@@ -27,8 +27,9 @@ use crate::domain::transcript::{Message, ToolCall, TranscriptLine};
 use crate::provider::{
     Interrupt, ModelRequest, ModelTurn, Provider, ProviderError, RetryNotice, StreamObserver,
 };
+use crate::text::summarize_args;
 use crate::time::Timestamp;
-use crate::tools::{ToolContext, ToolOutput, Toolbox, summarize_args};
+use crate::tools::{ToolContext, ToolOutput, Toolbox};
 pub use budget::Budgets;
 use budget::StepFacts;
 

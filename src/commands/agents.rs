@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{Context, print_json};
+use super::Context;
 use crate::cli::AgentsCommand;
 use crate::config::HomeConfig;
 use crate::definition::{self, Source, schema::Problem};
 use crate::error::{UserError, exit};
-use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line};
 
 pub fn run(ctx: &Context, command: AgentsCommand) -> Result<u8> {
     match command {
@@ -105,10 +105,10 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
         .map(|p| check(p, &home))
         .collect();
     if json {
-        print_json(&checked)?;
+        ctx.out.json(&checked)?;
         return Ok(0);
     }
-    let mut out = super::human_stdout();
+    let mut out = ctx.out.human();
     if checked.is_empty() {
         writeln!(out, "no agents in {}", ctx.store.agents_dir().display())?;
         return Ok(0);
@@ -165,7 +165,7 @@ fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     let failed = servers.iter().any(|s| s.error.is_some());
     if json {
         let table: toml::Table = toml::from_str(&source.text)?;
-        print_json(&serde_json::json!({
+        ctx.out.json(&serde_json::json!({
             "name": name,
             "file": source.path,
             "hash": source.hash(),
@@ -173,7 +173,7 @@ fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             "mcp_servers": servers,
         }))?;
     } else {
-        let mut out = super::human_stdout();
+        let mut out = ctx.out.human();
         writeln!(out, "# {} ({})", source.path.display(), source.hash())?;
         out.write_all(source.text.as_bytes())?;
         for server in &servers {
@@ -269,9 +269,9 @@ fn validate(ctx: &Context, files: Vec<PathBuf>, json: bool) -> Result<u8> {
     let checked: Vec<Checked> = files.iter().map(|p| check(p, &home)).collect();
     let invalid = checked.iter().filter(|c| !c.valid).count();
     if json {
-        print_json(&checked)?;
+        ctx.out.json(&checked)?;
     } else {
-        let mut out = super::human_stdout();
+        let mut out = ctx.out.human();
         for c in &checked {
             if c.valid {
                 writeln!(

@@ -33,13 +33,13 @@ pub fn run(ctx: &Context, args: CancelArgs) -> Result<u8> {
         None
     };
     if args.json {
-        super::print_json(&serde_json::json!({
+        ctx.out.json(&serde_json::json!({
             "session_id": dir.id,
             "requested": requested.is_some(),
             "entry_id": requested.map(|r| r.id),
         }))?;
     } else {
-        let mut out = crate::commands::stdout();
+        let mut out = ctx.out.stdout();
         match requested {
             Some(_) => writeln!(
                 out,

@@ -46,7 +46,7 @@ workspace = "session"
 
 pub fn run(ctx: &Context) -> Result<u8> {
     let store = &ctx.store;
-    let mut out = super::human_stdout();
+    let mut out = ctx.out.human();
     let mut created = 0;
     for dir in [store.agents_dir(), store.sessions_dir(), store.ready_dir()] {
         if !dir.is_dir() {
@@ -79,4 +79,33 @@ pub fn run(ctx: &Context) -> Result<u8> {
         )?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Output;
+
+    #[test]
+    fn says_what_it_created_then_that_nothing_changed() {
+        let home = tempfile::tempdir().unwrap();
+        let shown = home.path().display();
+        let init = || {
+            let (out, captured) = Output::captured();
+            let ctx = Context::new(Some(home.path().to_owned()), out).unwrap();
+            assert_eq!(run(&ctx).unwrap(), 0);
+            assert_eq!(captured.stderr(), "");
+            captured.stdout()
+        };
+        assert_eq!(
+            init(),
+            format!(
+                "created {shown}/agents/\ncreated {shown}/sessions/\ncreated {shown}/agents/demo.toml\n"
+            )
+        );
+        assert_eq!(
+            init(),
+            format!("{shown} is already set up; nothing changed\n")
+        );
+    }
 }

@@ -1,5 +1,8 @@
 //! One module per subcommand. Each takes the parsed arguments and the [`Context`], does
-//! its work, writes its output, and returns the exit code.
+//! its work, writes its output through the context's [`Output`], and returns the exit
+//! code. The subcommands do not use each other: what several of them share is here
+//! (the context, reading a message's text, printing a message's result) or in a module
+//! of its own ([`crate::follow`], [`crate::history`]).
 
 mod advice;
 pub mod agents;
@@ -14,16 +17,19 @@ pub mod status;
 pub mod watch;
 pub mod worker;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 
-use crate::cli::{ColorChoice, Command};
+use crate::cli::Command;
 use crate::config::HomeConfig;
+use crate::domain::execution::{ExecStatus, StopReason};
 use crate::error::UserError;
+use crate::follow::MessageResult;
 use crate::ids::V7Ids;
+use crate::output::Output;
 use crate::store::FileStore;
 use crate::time::SystemClock;
 use crate::usage_bail;
@@ -31,27 +37,19 @@ use crate::usage_bail;
 /// What every command works with, built once from the global options.
 pub struct Context {
     pub store: FileStore,
-    /// Whether standard output gets colours.
-    pub color: bool,
+    /// Where the command's output goes: the process's streams, or a test's buffers.
+    pub out: Output,
 }
 
 impl Context {
-    pub fn new(home: Option<PathBuf>, color: ColorChoice) -> Result<Context> {
+    pub fn new(home: Option<PathBuf>, out: Output) -> Result<Context> {
         let home = match home {
             Some(home) => home,
             None => std::env::current_dir().context("finding the current directory")?,
         };
-        let color = match color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => {
-                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                    && std::io::stdout().is_terminal()
-            }
-        };
         Ok(Context {
             store: FileStore::new(home, Arc::new(SystemClock), Arc::new(V7Ids)),
-            color,
+            out,
         })
     }
 
@@ -145,7 +143,7 @@ fn run_command(ctx: &Context, command: Command) -> Result<u8> {
         Command::Watch(args) => watch::run(ctx, args),
         Command::Run(args) => run::run(ctx, args),
         Command::Status { json } => status::run(ctx, json),
-        Command::Schema(what) => schema::run(what),
+        Command::Schema(what) => schema::run(ctx, what),
         Command::Completions { shell } => {
             // Generated into memory: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -155,37 +153,9 @@ fn run_command(ctx: &Context, command: Command) -> Result<u8> {
                 "agentq",
                 &mut script,
             );
-            stdout().write_all(&script)?;
+            ctx.out.stdout().write_all(&script)?;
             Ok(0)
         }
-    }
-}
-
-/// Standard output for every command's results. A failed write is an error naming
-/// standard output (a full disk: `writing to standard output: No space left on
-/// device`), of the same kind, so `main` still tells a closed pipe (success) apart.
-/// Nothing in agentq prints with `print!`, which panics instead.
-pub fn stdout() -> Stdout {
-    Stdout(std::io::stdout())
-}
-
-pub struct Stdout(std::io::Stdout);
-
-fn named(e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))
-}
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf).map_err(named)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(buf).map_err(named)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush().map_err(named)
     }
 }
 
@@ -196,30 +166,6 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// Standard output for what people read (tables, `show` pages, answers): everything
-/// written to it is neutralised, so outside text printed without a thought cannot
-/// drive the terminal. `--json` output goes straight to stdout instead, exact.
-pub fn human_stdout() -> crate::render::Neutral<Stdout> {
-    crate::render::Neutral::new(stdout())
-}
-
-/// A one-line note on stderr, `agentq: …`, neutralised and capped whatever it quotes.
-pub fn note(text: &str) {
-    eprintln!(
-        "agentq: {}",
-        crate::render::one_line(text, crate::render::ERROR_CAP)
-    );
-}
-
-/// Prints a value as pretty JSON on stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    // Serialised first, so a closed pipe surfaces as the plain I/O error it is.
-    let mut text = serde_json::to_vec_pretty(value)?;
-    text.push(b'\n');
-    stdout().write_all(&text)?;
-    Ok(())
 }
 
 /// The text of a message from the argument, `-` (standard input) or `--file`.
@@ -273,4 +219,32 @@ pub fn message_text(
         return Err(UserError::usage("the message is empty").into());
     }
     Ok(text)
+}
+
+/// Prints the result of one message (`send --wait`, `run`): the answer on stdout and
+/// what went wrong on stderr, or the whole result as JSON.
+pub fn print_result(out: &Output, result: &MessageResult, json: bool) -> Result<()> {
+    if json {
+        return out.json(result);
+    }
+    if let Some(response) = &result.response {
+        writeln!(out.human(), "{response}")?;
+    }
+    if result.empty {
+        out.note(crate::render::EMPTY_ANSWER);
+    }
+    if result.status != ExecStatus::Completed {
+        let reason = result.stop_reason.map_or("", StopReason::as_str);
+        let detail = result
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        // The error may quote a provider's body: `note` keeps it to one safe line.
+        out.note(&format!(
+            "execution {} ({reason}){detail}",
+            result.status.as_str()
+        ));
+    }
+    Ok(())
 }

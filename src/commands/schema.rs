@@ -4,13 +4,14 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 
+use super::Context;
 use crate::cli::SchemaCommand;
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::EventPayload;
 
-pub fn run(what: SchemaCommand) -> Result<u8> {
+pub fn run(ctx: &Context, what: SchemaCommand) -> Result<u8> {
     match what {
-        SchemaCommand::Events => super::print_json(&events_schema())?,
+        SchemaCommand::Events => ctx.out.json(&events_schema())?,
     }
     Ok(0)
 }

@@ -5,13 +5,14 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::Context;
-use super::retry::{History, already_queued};
-use super::watch::wait_for_message;
+use super::{Context, print_result};
 use crate::cli::SendArgs;
+use crate::config::HomeConfig;
 use crate::domain::execution::ExecStatus;
 use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::error::UserError;
+use crate::follow::wait_for_message;
+use crate::history::History;
 use crate::store::SessionDir;
 use crate::store::session::{NewEntry, read_meta};
 
@@ -32,7 +33,7 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     let (text, metadata) = if args.continue_ {
         check_continuable(ctx, &dir)?;
         if args.raise_budget.is_some() {
-            check_raisable(ctx, &dir)?;
+            check_raisable(ctx, &config, &dir)?;
         }
         let mut metadata = serde_json::Map::new();
         metadata.insert(CONTINUE_KEY.to_owned(), true.into());
@@ -59,22 +60,23 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
     )?;
     if !args.wait {
         if args.json {
-            super::print_json(&serde_json::json!({
+            ctx.out.json(&serde_json::json!({
                 "session_id": dir.id,
                 "message_id": queued.id,
                 "seq": queued.seq,
                 "duplicate": queued.duplicate,
             }))?;
         } else {
-            writeln!(crate::commands::stdout(), "{}", queued.id)?;
+            writeln!(ctx.out.stdout(), "{}", queued.id)?;
         }
         return Ok(0);
     }
     // A repeated key names a message queued earlier: its events may be anywhere.
     let offset = if queued.duplicate { 0 } else { offset };
-    let result =
-        super::runtime(1)?.block_on(wait_for_message(&dir, offset, queued.id, timeout, None))?;
-    result.print(args.json)?;
+    let note = |text: &str| ctx.out.note(text);
+    let waited = wait_for_message(&dir, offset, queued.id, timeout, None, &note);
+    let result = super::runtime(1)?.block_on(waited)?;
+    print_result(&ctx.out, &result, args.json)?;
     Ok(result.exit_code)
 }
 
@@ -98,7 +100,7 @@ fn check_continuable(ctx: &Context, dir: &SessionDir) -> Result<()> {
         ))
         .into());
     }
-    if let Some(refusal) = already_queued(dir, &History::read(&ctx.store, dir)?, last)? {
+    if let Some(refusal) = History::read(&ctx.store, dir)?.already_queued(dir, last)? {
         return Err(UserError::usage(refusal).into());
     }
     Ok(())
@@ -106,14 +108,10 @@ fn check_continuable(ctx: &Context, dir: &SessionDir) -> Result<()> {
 
 /// `--raise-budget` adds to `session_max_tokens`: refused where the session has none,
 /// rather than accepted and doing nothing.
-fn check_raisable(ctx: &Context, dir: &SessionDir) -> Result<()> {
+fn check_raisable(ctx: &Context, config: &HomeConfig, dir: &SessionDir) -> Result<()> {
     let meta = read_meta(dir)?;
-    let (def, _) = crate::definition::load_named(
-        &ctx.store.agents_dir(),
-        &meta.agent,
-        &meta.config,
-        &ctx.config()?,
-    )?;
+    let (def, _) =
+        crate::definition::load_named(&ctx.store.agents_dir(), &meta.agent, &meta.config, config)?;
     if def.limits.session_max_tokens.is_none() {
         return Err(UserError::usage(format!(
             "--raise-budget adds to session_max_tokens, which agent `{}` does not set for session {}: there is no budget to raise; drop --raise-budget",

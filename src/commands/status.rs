@@ -9,12 +9,12 @@ use anyhow::Result;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Context, print_json};
+use super::Context;
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
 use crate::plural::count;
-use crate::render::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::store::SessionDir;
 use crate::store::workers::WorkerRecord;
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::time::{Timestamp, human_duration};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -79,9 +79,9 @@ struct Failure {
 pub fn run(ctx: &Context, json: bool) -> Result<u8> {
     let status = gather(ctx);
     if json {
-        print_json(&status)?;
+        ctx.out.json(&status)?;
     } else {
-        print(&status)?;
+        print(&mut ctx.out.human(), &status)?;
     }
     Ok(0)
 }
@@ -191,35 +191,53 @@ fn owner(dir: &SessionDir) -> Option<WorkerInfo> {
     }
 }
 
-fn print(s: &Status) -> Result<()> {
-    let mut out = super::human_stdout();
+/// The page for people: one line per fact, a section per kind (home, workers,
+/// pending, running, failed, unreadable), each line starting with what it is about.
+fn print(out: &mut impl Write, s: &Status) -> Result<()> {
     let home = s.home.display().to_string();
     writeln!(out, "home      {}", one_line(&home, ERROR_CAP))?;
+    print_workers(out, s)?;
+    print_pending(out, s)?;
+    for r in &s.running {
+        print_running(out, r)?;
+    }
+    print_failed(out, &s.failed_last_24h)?;
+    for problem in &s.unreadable {
+        writeln!(out, "unreadable {}", one_line(problem, ERROR_CAP))?;
+    }
+    Ok(())
+}
+
+fn print_workers(out: &mut impl Write, s: &Status) -> Result<()> {
     if s.workers.is_empty() {
         writeln!(
             out,
             "workers   none running; start one with `agentq worker`"
         )?;
-    } else {
-        let list: Vec<String> = s
-            .workers
-            .iter()
-            .map(|w| {
-                format!(
-                    "pid {} on {} (for {})",
-                    w.pid,
-                    one_line(&w.host, FIELD_CAP),
-                    human_duration(s.now.millis_since(w.started_at))
-                )
-            })
-            .collect();
-        writeln!(
-            out,
-            "workers   {} live: {}",
-            s.workers.len(),
-            list.join(", ")
-        )?;
+        return Ok(());
     }
+    let list: Vec<String> = s
+        .workers
+        .iter()
+        .map(|w| {
+            format!(
+                "pid {} on {} (for {})",
+                w.pid,
+                one_line(&w.host, FIELD_CAP),
+                human_duration(s.now.millis_since(w.started_at))
+            )
+        })
+        .collect();
+    writeln!(
+        out,
+        "workers   {} live: {}",
+        s.workers.len(),
+        list.join(", ")
+    )?;
+    Ok(())
+}
+
+fn print_pending(out: &mut impl Write, s: &Status) -> Result<()> {
     match &s.oldest_pending {
         None => writeln!(out, "pending   nothing")?,
         Some(oldest) => writeln!(
@@ -241,51 +259,76 @@ fn print(s: &Status) -> Result<()> {
             p.pending
         )?;
     }
-    for r in &s.running {
-        let (state, owner) = match &r.owner {
-            Some(w) => (
-                "running  ",
-                format!("worker {} on {}", w.pid, one_line(&w.host, FIELD_CAP)),
-            ),
-            None if r.suspended => (
-                "suspended",
-                "left at a checkpoint by a stopped worker (the next one resumes it)".to_owned(),
-            ),
-            None => (
-                "running  ",
-                "no live worker (the next one resumes it)".to_owned(),
-            ),
-        };
-        writeln!(
-            out,
-            "{state} session {} · step {} · attempt {} · {} · {}",
-            r.session_id,
-            r.step,
-            r.attempt,
-            human_duration(r.elapsed_ms),
-            owner
-        )?;
-    }
-    if s.failed_last_24h.is_empty() {
+    Ok(())
+}
+
+fn print_running(out: &mut impl Write, r: &Running) -> Result<()> {
+    let (state, owner) = match &r.owner {
+        Some(w) => (
+            "running  ",
+            format!("worker {} on {}", w.pid, one_line(&w.host, FIELD_CAP)),
+        ),
+        None if r.suspended => (
+            "suspended",
+            "left at a checkpoint by a stopped worker (the next one resumes it)".to_owned(),
+        ),
+        None => (
+            "running  ",
+            "no live worker (the next one resumes it)".to_owned(),
+        ),
+    };
+    writeln!(
+        out,
+        "{state} session {} · step {} · attempt {} · {} · {}",
+        r.session_id,
+        r.step,
+        r.attempt,
+        human_duration(r.elapsed_ms),
+        owner
+    )?;
+    Ok(())
+}
+
+/// The failures of the last day, newest first; the ten newest are listed.
+fn print_failed(out: &mut impl Write, failed: &[Failure]) -> Result<()> {
+    if failed.is_empty() {
         writeln!(out, "failed    none in the last 24 hours")?;
-    } else {
+        return Ok(());
+    }
+    writeln!(out, "failed    {} in the last 24 hours:", failed.len())?;
+    for f in failed.iter().take(10) {
         writeln!(
             out,
-            "failed    {} in the last 24 hours:",
-            s.failed_last_24h.len()
+            "          session {} ({}): {}",
+            f.session_id,
+            f.stop_reason.map_or("", |r| r.as_str()),
+            one_line(f.error.as_deref().unwrap_or(""), ERROR_CAP)
         )?;
-        for f in s.failed_last_24h.iter().take(10) {
-            writeln!(
-                out,
-                "          session {} ({}): {}",
-                f.session_id,
-                f.stop_reason.map_or("", |r| r.as_str()),
-                one_line(f.error.as_deref().unwrap_or(""), ERROR_CAP)
-            )?;
-        }
-    }
-    for problem in &s.unreadable {
-        writeln!(out, "unreadable {}", one_line(problem, ERROR_CAP))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Output;
+
+    #[test]
+    fn an_empty_home_has_nothing_waiting_running_or_failed() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("sessions")).unwrap();
+        let (out, captured) = Output::captured();
+        let ctx = Context::new(Some(home.path().to_owned()), out).unwrap();
+        assert_eq!(run(&ctx, false).unwrap(), 0);
+        assert_eq!(
+            captured.stdout(),
+            format!(
+                "home      {}\n\
+                 workers   none running; start one with `agentq worker`\n\
+                 pending   nothing\n\
+                 failed    none in the last 24 hours\n",
+                home.path().display()
+            )
+        );
+    }
 }

@@ -707,7 +707,7 @@ pub fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
         } else {
             format!(
                 "line {line}, column {column} (`{}`): ",
-                crate::render::sanitize(&source)
+                crate::text::sanitize(&source)
             )
         }
     });

@@ -35,6 +35,10 @@ pub struct InboxEntry {
 /// agent carries on from where the last execution stopped.
 pub const CONTINUE_KEY: &str = "continue";
 
+/// `metadata.retry_of = "<execution id>"` marks an entry of `agentq retry`: it names the
+/// failed execution whose task the entry queues again.
+pub const RETRY_OF_KEY: &str = "retry_of";
+
 impl InboxEntry {
     pub fn is_continue(&self) -> bool {
         self.metadata
@@ -48,6 +52,3 @@ impl InboxEntry {
         format!("{:012}-{}.json", self.seq, self.id)
     }
 }
-
-/// Metadata key naming the failed execution an entry retries (`agentq retry`).
-pub const RETRY_OF_KEY: &str = "retry_of";

@@ -189,7 +189,7 @@ pub fn error_message(body: &str) -> String {
     } else {
         text
     };
-    crate::store::session::preview(text, 300)
+    crate::text::preview(text, 300)
 }
 
 /// Reads a response's server-sent events into `decoder` until its terminal event (or

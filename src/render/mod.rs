@@ -3,11 +3,11 @@
 //! stderr, the model's text streamed word by word and wrapped on stdout), or
 //! [`PlainRenderer`] (one line per event, for CI logs and pipes).
 //!
-//! Everything shown passes through [`sanitize()`] (multi-line text) or [`one_line()`]
-//! (a field that must keep its row); only `--json` prints lines untouched.
+//! Everything shown passes through [`sanitize()`](crate::text::sanitize) (multi-line
+//! text) or [`one_line()`](crate::text::one_line) (a field that must keep its row);
+//! only `--json` prints lines untouched.
 
 pub mod plain;
-pub mod sanitize;
 pub mod terminal;
 mod wrap;
 
@@ -15,12 +15,11 @@ use std::io;
 
 use crate::domain::event::{Event, ExecutionFinished};
 use crate::domain::execution::ExecStatus;
+use crate::text::{FIELD_CAP, one_line};
 use crate::time::human_duration;
 pub use plain::PlainRenderer;
-pub use sanitize::{ERROR_CAP, FIELD_CAP, Neutral, one_line, sanitize};
 pub use terminal::TerminalRenderer;
 
-/// What every view says of an answer with no text, instead of showing nothing.
 /// How a tool is named in a view: `server › tool` for an MCP tool (whose model-facing
 /// name is `mcp__<server>__<tool>`), its name otherwise; neutralised, on one line.
 pub fn tool_label(name: &str, server: Option<&str>) -> String {
@@ -35,6 +34,7 @@ pub fn tool_label(name: &str, server: Option<&str>) -> String {
     }
 }
 
+/// What every view says of an answer with no text, instead of showing nothing.
 pub const EMPTY_ANSWER: &str = "the model's answer was empty (no text and no tool calls)";
 
 /// Something that shows events as they are read from the log.

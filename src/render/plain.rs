@@ -3,9 +3,10 @@
 
 use std::io::{self, Write};
 
-use super::{ERROR_CAP, FIELD_CAP, Renderer, footer, one_line, sanitize};
-use crate::domain::event::{Event, EventPayload};
+use super::{Renderer, footer};
+use crate::domain::event::{Event, EventPayload, ToolCompleted, ToolStarted};
 use crate::domain::execution::ExecStatus;
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::human_duration;
 
 /// Renders events as plain lines to any writer, flushing after each event so the output
@@ -118,16 +119,21 @@ impl Style {
     }
 }
 
-/// The line for an event, or `None` for events shown another way (or not at all).
-fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
-    let style = match payload {
+/// How the line of an event is emphasised: outcomes stand out, bookkeeping is dim.
+fn style(payload: &EventPayload) -> Style {
+    match payload {
         EventPayload::ToolCompleted(p) if p.success => Style::Good,
         EventPayload::ToolCompleted(_) => Style::Bad,
         EventPayload::ExecutionFinished(p) if p.status == ExecStatus::Completed => Style::Strong,
         EventPayload::ExecutionFinished(_) => Style::Bad,
         EventPayload::ToolStarted(_) | EventPayload::ExecutionStarted(_) => Style::Plain,
         _ => Style::Dim,
-    };
+    }
+}
+
+/// The line for an event, or `None` for events shown another way (or not at all).
+/// One arm per event type, so it is as long as the list of events is.
+fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
     let text = match payload {
         EventPayload::SessionCreated(p) => format!(
             "session {} created: agent {}{}",
@@ -160,35 +166,8 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             one_line(&p.worker.host, FIELD_CAP)
         ),
         EventPayload::StepStarted(p) => format!("· step {}", p.step_number),
-        EventPayload::ToolStarted(p) => {
-            let args = p
-                .args_summary
-                .clone()
-                .or_else(|| {
-                    p.args
-                        .as_ref()
-                        .map(|a| crate::tools::summarize_args(a, 100))
-                })
-                .unwrap_or_default();
-            format!(
-                "→ {} {}",
-                super::tool_label(&p.tool_name, p.server.as_deref()),
-                one_line(&args, FIELD_CAP)
-            )
-        }
-        EventPayload::ToolCompleted(p) => match &p.error {
-            None => format!(
-                "✓ {} ({})",
-                super::tool_label(&p.tool_name, p.server.as_deref()),
-                human_duration(p.duration_ms)
-            ),
-            Some(error) => format!(
-                "✗ {} ({}): {}",
-                super::tool_label(&p.tool_name, p.server.as_deref()),
-                human_duration(p.duration_ms),
-                one_line(&crate::store::session::preview(error, 200), FIELD_CAP)
-            ),
-        },
+        EventPayload::ToolStarted(p) => tool_started(p),
+        EventPayload::ToolCompleted(p) => tool_completed(p),
         EventPayload::Continuation(p) => format!(
             "· continue after step {}: {}",
             p.step_number,
@@ -227,13 +206,41 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
         | EventPayload::StreamChunk(_)
         | EventPayload::MessageCompleted(_) => return None,
     };
-    Some((style, text))
+    Some((style(payload), text))
+}
+
+/// `→ read_file path: 'notes.md'`: the arguments as the event summarised them, or
+/// summarised here from the arguments recorded whole.
+fn tool_started(p: &ToolStarted) -> String {
+    let args = p
+        .args_summary
+        .clone()
+        .or_else(|| p.args.as_ref().map(|a| summarize_args(a, 100)))
+        .unwrap_or_default();
+    format!(
+        "→ {} {}",
+        super::tool_label(&p.tool_name, p.server.as_deref()),
+        one_line(&args, FIELD_CAP)
+    )
+}
+
+/// `✓ read_file (3ms)`, or `✗ read_file (3ms): ` and the start of the error.
+fn tool_completed(p: &ToolCompleted) -> String {
+    let label = super::tool_label(&p.tool_name, p.server.as_deref());
+    let took = human_duration(p.duration_ms);
+    match &p.error {
+        None => format!("✓ {label} ({took})"),
+        Some(error) => format!(
+            "✗ {label} ({took}): {}",
+            one_line(&preview(error, 200), FIELD_CAP)
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::{MessageCompleted, StepStarted, StreamChunk, ToolCompleted};
+    use crate::domain::event::{MessageCompleted, StepStarted, StreamChunk};
     use crate::time::Timestamp;
     use uuid::Uuid;
 
@@ -317,7 +324,7 @@ mod tests {
         use crate::domain::Usage;
         use crate::domain::event::{
             CancelRequested, ContextCompacted, Continuation, ExecutionFinished, ExecutionStarted,
-            FinishedUsage, ProviderRetry, SessionStatusChanged, ToolStarted,
+            FinishedUsage, ProviderRetry, SessionStatusChanged,
         };
         use crate::domain::execution::{StopReason, WorkerInfo};
         use crate::domain::session::SessionStatus;

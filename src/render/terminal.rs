@@ -16,11 +16,14 @@ use console::Style;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::wrap::Wrap;
-use super::{ERROR_CAP, FIELD_CAP, Renderer, footer, one_line, sanitize};
-use crate::domain::event::{Event, EventPayload};
+use super::{Renderer, footer};
+use crate::domain::event::{
+    Event, EventPayload, ExecutionFinished, ExecutionStarted, MessageCompleted, ToolCompleted,
+    ToolStarted,
+};
 use crate::domain::execution::ExecStatus;
+use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::{Timestamp, human_duration};
-use crate::tools::summarize_args;
 
 const INDENT: &str = "  ";
 
@@ -153,6 +156,110 @@ impl<W: Write> TerminalRenderer<W> {
         }
     }
 
+    /// Streams model text, wrapped at the terminal's width as it is now.
+    fn push_text(&mut self, text: &str) -> io::Result<()> {
+        let width = (self.width)();
+        self.text
+            .push(&mut self.out, &sanitize(text), width, INDENT)
+    }
+
+    /// `▶ execution <id> · attempt 1` after a blank line, and the spinner's clock starts.
+    fn execution_started(&mut self, event: &Event, p: &ExecutionStarted) -> io::Result<()> {
+        self.end_text()?;
+        self.hide_spinner();
+        let id = event
+            .execution_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let what = if p.resumed { "resumed" } else { "execution" };
+        let text = format!("▶ {what} {id} · attempt {}", p.attempt);
+        self.line("")?;
+        let line = self.paint(&Style::new().bold(), &text);
+        self.line(&line)?;
+        self.running_since = Some(event.timestamp);
+        self.set_status("starting".to_owned());
+        Ok(())
+    }
+
+    /// A running tool is the spinner's status; its arguments are kept for its result.
+    fn tool_started(&mut self, p: &ToolStarted) -> io::Result<()> {
+        self.end_text()?;
+        let args = p
+            .args_summary
+            .clone()
+            .or_else(|| p.args.as_ref().map(|a| summarize_args(a, 100)))
+            .unwrap_or_default();
+        self.tool_args.insert(p.tool_call_id.clone(), args.clone());
+        self.set_status(format!(
+            "running {} {}",
+            super::tool_label(&p.tool_name, p.server.as_deref()),
+            one_line(&args, FIELD_CAP)
+        ));
+        Ok(())
+    }
+
+    /// `  ✓ read_file path: 'a.md' · 3ms`, with the start of the error if it failed.
+    fn tool_completed(&mut self, p: &ToolCompleted) -> io::Result<()> {
+        let args = self.tool_args.remove(&p.tool_call_id).unwrap_or_default();
+        let (mark, style) = if p.success {
+            ("✓", Style::new().green())
+        } else {
+            ("✗", Style::new().red())
+        };
+        let mut text = format!(
+            "{INDENT}{} {} {} · {}",
+            self.paint(&style, mark),
+            super::tool_label(&p.tool_name, p.server.as_deref()),
+            one_line(&args, FIELD_CAP),
+            human_duration(p.duration_ms)
+        );
+        if let Some(error) = &p.error {
+            let error = preview(error, 160);
+            text.push_str(&format!(
+                " — {}",
+                self.paint(&Style::new().red(), &one_line(&error, FIELD_CAP))
+            ));
+        }
+        self.line(&text)?;
+        self.set_status("thinking".to_owned());
+        Ok(())
+    }
+
+    fn message_completed(&mut self, p: &MessageCompleted) -> io::Result<()> {
+        // Not streamed (the minimal preset): the answer is shown whole.
+        if !self.streamed && !p.response.is_empty() {
+            self.hide_spinner();
+            self.push_text(&p.response)?;
+        }
+        self.end_text()?;
+        if p.empty {
+            self.note(super::EMPTY_ANSWER)?;
+        }
+        Ok(())
+    }
+
+    /// The footer, coloured by the outcome, and the error if there was one.
+    fn execution_finished(&mut self, p: &ExecutionFinished) -> io::Result<()> {
+        self.end_text()?;
+        self.hide_spinner();
+        self.running_since = None;
+        let style = match p.status {
+            ExecStatus::Completed => Style::new().green().bold(),
+            ExecStatus::Stopped => Style::new().yellow().bold(),
+            _ => Style::new().red().bold(),
+        };
+        let line = self.paint(&style, &format!("■ {}", footer(p)));
+        self.line(&line)?;
+        if let Some(error) = &p.error {
+            let error = self.paint(
+                &Style::new().red(),
+                &format!("{INDENT}error: {}", one_line(error, ERROR_CAP)),
+            );
+            self.line(&error)?;
+        }
+        Ok(())
+    }
+
     fn note(&mut self, text: &str) -> io::Result<()> {
         let text = self.paint(&Style::new().dim(), &format!("{INDENT}{}", sanitize(text)));
         self.line(&text)
@@ -165,9 +272,7 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
             EventPayload::StreamChunk(chunk) => {
                 // Text and spinner never share the screen: the spinner waits.
                 self.hide_spinner();
-                let width = (self.width)();
-                self.text
-                    .push(&mut self.out, &sanitize(&chunk.content), width, INDENT)?;
+                self.push_text(&chunk.content)?;
                 self.streamed = true;
             }
             EventPayload::MessageQueued(p) => {
@@ -185,64 +290,14 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 ))?;
             }
             EventPayload::CancelRequested(_) => self.note("cancel requested")?,
-            EventPayload::ExecutionStarted(p) => {
-                self.end_text()?;
-                self.hide_spinner();
-                let id = event
-                    .execution_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_default();
-                let what = if p.resumed { "resumed" } else { "execution" };
-                let text = format!("▶ {what} {id} · attempt {}", p.attempt);
-                self.line("")?;
-                let line = self.paint(&Style::new().bold(), &text);
-                self.line(&line)?;
-                self.running_since = Some(event.timestamp);
-                self.set_status("starting".to_owned());
-            }
+            EventPayload::ExecutionStarted(p) => self.execution_started(event, p)?,
             EventPayload::StepStarted(p) => {
                 self.end_text()?;
                 self.streamed = false;
                 self.set_status(format!("thinking · step {}", p.step_number));
             }
-            EventPayload::ToolStarted(p) => {
-                self.end_text()?;
-                let args = p
-                    .args_summary
-                    .clone()
-                    .or_else(|| p.args.as_ref().map(|a| summarize_args(a, 100)))
-                    .unwrap_or_default();
-                self.tool_args.insert(p.tool_call_id.clone(), args.clone());
-                self.set_status(format!(
-                    "running {} {}",
-                    super::tool_label(&p.tool_name, p.server.as_deref()),
-                    one_line(&args, FIELD_CAP)
-                ));
-            }
-            EventPayload::ToolCompleted(p) => {
-                let args = self.tool_args.remove(&p.tool_call_id).unwrap_or_default();
-                let (mark, style) = if p.success {
-                    ("✓", Style::new().green())
-                } else {
-                    ("✗", Style::new().red())
-                };
-                let mut text = format!(
-                    "{INDENT}{} {} {} · {}",
-                    self.paint(&style, mark),
-                    super::tool_label(&p.tool_name, p.server.as_deref()),
-                    one_line(&args, FIELD_CAP),
-                    human_duration(p.duration_ms)
-                );
-                if let Some(error) = &p.error {
-                    let error = crate::store::session::preview(error, 160);
-                    text.push_str(&format!(
-                        " — {}",
-                        self.paint(&Style::new().red(), &one_line(&error, FIELD_CAP))
-                    ));
-                }
-                self.line(&text)?;
-                self.set_status("thinking".to_owned());
-            }
+            EventPayload::ToolStarted(p) => self.tool_started(p)?,
+            EventPayload::ToolCompleted(p) => self.tool_completed(p)?,
             EventPayload::ProviderRetry(p) => {
                 self.note(&format!(
                     "↻ model call failed ({}); retry {} in {}",
@@ -271,38 +326,8 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 };
                 self.note(&format!("after step {}: {decision}", p.step_number))?;
             }
-            EventPayload::MessageCompleted(p) => {
-                // Not streamed (the minimal preset): the answer is shown whole.
-                if !self.streamed && !p.response.is_empty() {
-                    let width = (self.width)();
-                    self.hide_spinner();
-                    self.text
-                        .push(&mut self.out, &sanitize(&p.response), width, INDENT)?;
-                }
-                self.end_text()?;
-                if p.empty {
-                    self.note(super::EMPTY_ANSWER)?;
-                }
-            }
-            EventPayload::ExecutionFinished(p) => {
-                self.end_text()?;
-                self.hide_spinner();
-                self.running_since = None;
-                let style = match p.status {
-                    ExecStatus::Completed => Style::new().green().bold(),
-                    ExecStatus::Stopped => Style::new().yellow().bold(),
-                    _ => Style::new().red().bold(),
-                };
-                let line = self.paint(&style, &format!("■ {}", footer(p)));
-                self.line(&line)?;
-                if let Some(error) = &p.error {
-                    let error = self.paint(
-                        &Style::new().red(),
-                        &format!("{INDENT}error: {}", one_line(error, ERROR_CAP)),
-                    );
-                    self.line(&error)?;
-                }
-            }
+            EventPayload::MessageCompleted(p) => self.message_completed(p)?,
+            EventPayload::ExecutionFinished(p) => self.execution_finished(p)?,
             EventPayload::SessionCreated(_)
             | EventPayload::AgentStatus(_)
             | EventPayload::StepCompleted(_) => {}

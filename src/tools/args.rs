@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::store::session::preview;
+use crate::text::preview;
 
 /// The longest rendering of a received value in a message.
 const SHOWN_CHARS: usize = 60;

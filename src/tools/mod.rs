@@ -303,29 +303,6 @@ impl Toolbox {
     }
 }
 
-/// A short, one-line rendering of tool arguments for events: `path: 'src/main.rs'`.
-pub fn summarize_args(arguments: &Value, max_chars: usize) -> String {
-    // What identifies the call (the path, the pattern) comes first, bulky content last.
-    const FIRST: &[&str] = &["path", "pattern", "name", "command"];
-    let rank = |key: &str| FIRST.iter().position(|k| *k == key).unwrap_or(FIRST.len());
-    let text = match arguments {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by_key(|(k, _)| rank(k));
-            entries
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => format!("{k}: '{s}'"),
-                    other => format!("{k}: {other}"),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-        other => other.to_string(),
-    };
-    crate::store::session::preview(&text, max_chars)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,19 +621,5 @@ mod tests {
             let out = call(&toolbox, tool, args.clone());
             assert!(!out.is_error, "{tool} {args}: {}", out.content);
         }
-    }
-
-    #[test]
-    fn argument_summaries_are_short_and_quoted() {
-        assert_eq!(
-            summarize_args(&json!({"path": "src/main.rs"}), 100),
-            "path: 'src/main.rs'"
-        );
-        assert_eq!(
-            summarize_args(&json!({"content": "x", "path": "a.md"}), 100),
-            "path: 'a.md', content: 'x'"
-        );
-        let long = summarize_args(&json!({"content": "x".repeat(500)}), 100);
-        assert_eq!(long.chars().count(), 100);
     }
 }

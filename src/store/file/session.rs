@@ -20,6 +20,7 @@ use crate::domain::session::{Counters, EventsPreset, SessionMeta, SessionStatus}
 use crate::domain::state::AgentState;
 use crate::domain::{FORMAT_VERSION, Usage};
 use crate::error::{Remedy, UserError};
+use crate::text::preview;
 
 /// What `session new` asks for.
 pub struct NewSession {
@@ -370,17 +371,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The first `max` characters of a text on one line, with an ellipsis if cut.
-pub fn preview(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
-
 /// The advisory lock a worker holds while it owns a session. Released when dropped
 /// (closing the file releases the lock, even when the process is killed).
 pub struct OwnerLock {
@@ -406,16 +396,5 @@ impl SessionDir {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(Some(OwnerLock { _file: file }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn previews_are_one_line_and_bounded() {
-        assert_eq!(preview("hello\n  world", 100), "hello world");
-        assert_eq!(preview("abcdef", 4), "abc…");
     }
 }

@@ -1,3 +1,5 @@
+//! Neutralising untrusted text before it reaches a terminal.
+//!
 //! Text from models, tools, providers and files is untrusted. Shown raw, an escape
 //! sequence could move the cursor, retitle the terminal, write the clipboard (OSC 52),
 //! plant a hyperlink or ring the bell; a bidirectional override or an invisible
@@ -16,13 +18,6 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
-
-/// The cap for a field in a row or a list (`session list` titles, todo items, names).
-pub const FIELD_CAP: usize = 200;
-
-/// The cap for a one-line error: long enough for a provider's message, short enough
-/// that a 100 KB error body does not fill the screen.
-pub const ERROR_CAP: usize = 1000;
 
 /// Neutralises multi-line text: newlines and tabs are kept, every other control or
 /// format character is replaced by a visible stand-in (see [`stand_in`]).
