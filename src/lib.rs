@@ -1,8 +1,10 @@
 //! agentq: a command-line job runner for LLM agents whose whole state lives in files.
 //!
 //! The binary is a thin shell over this library; the layout follows the architecture:
-//! `domain` (data types, no I/O), `store` (the files), `definition` (agent definitions),
-//! `provider` (models), `tools`, `agent` (the loop), `worker`, `render`, `commands`.
+//! `domain` (data types, no I/O), `store` (the files), `validate` (the checks
+//! `agentq.toml` and agent definitions share), `config` (`agentq.toml`), `definition`
+//! (agent definitions), `provider` (models), `tools`, `agent` (the loop), `worker`,
+//! `render`, `commands`.
 
 /// `eprintln!` without its panic. std's panics when stderr is closed or full (`2>&-`
 /// is quiet, but a closed pipe or `2>/dev/full` is not), and the panic then fails to
@@ -32,4 +34,5 @@ pub mod render;
 pub mod store;
 pub mod time;
 pub mod tools;
+pub mod validate;
 pub mod worker;

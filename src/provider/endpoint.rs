@@ -112,7 +112,7 @@ pub fn resolve(
         .unwrap_or_else(|| default_url.to_owned());
     let base_url = base_url.trim().trim_end_matches('/').to_owned();
     // The same check as `agents validate`; repeated for a URL from the environment.
-    if let Err(message) = crate::definition::check_base_url(&base_url) {
+    if let Err(message) = crate::validate::check_base_url(&base_url) {
         return Err(UserError::usage(format!(
             "agent `{}`: base_url {message}",
             def.name

@@ -32,6 +32,7 @@ use super::files::Workspace;
 use super::{ToolOutput, process};
 use crate::definition::{CommandToolDef, EnvMode};
 use crate::provider::ToolSpec;
+use crate::validate::DEFAULT_KEY_ENV;
 
 /// Used when a command declares no timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,9 +76,6 @@ const SECRET_ENDINGS: &[&str] = &[
 const SECRET_WORDS: &[&str] = &["PWD", "PAT", "AUTH", "DSN", "JWT"];
 /// What `env = "clean"` keeps.
 const CLEAN_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
-/// Where the built-in providers read their key when `api_key_env` is not set: withheld
-/// like a named `api_key_env`, even from `env_pass`.
-const DEFAULT_KEY_ENV: &[&str] = &["OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
 
 /// True for a variable name that looks like it holds a credential (module doc).
 pub fn is_secret(name: &str) -> bool {
@@ -154,25 +152,6 @@ impl EnvPolicy {
             .filter(|(name, value)| self.keeps(&name.to_string_lossy(), &value.to_string_lossy()))
             .collect()
     }
-}
-
-/// `[tools] env_pass` entries: variable names, and not one the agent's key is read
-/// from (`key_env`), which is never passed.
-pub fn check_env_pass(name: &str, key_env: &[&str]) -> Result<(), String> {
-    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        return Err(format!(
-            "`{}` is not an environment variable name: use letters, digits and `_`, not starting with a digit",
-            name.escape_default()
-        ));
-    }
-    if key_env.contains(&name) || DEFAULT_KEY_ENV.contains(&name) {
-        return Err(format!(
-            "`{name}` is where an API key of the agent is read from, which is never passed to commands"
-        ));
-    }
-    Ok(())
 }
 
 /// Runs the command and reports its exit code and output to the model.
@@ -371,6 +350,7 @@ fn same_directory(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::check_env_pass;
 
     #[test]
     fn a_working_directory_swapped_after_its_check_is_never_started_in() {

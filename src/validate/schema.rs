@@ -1,4 +1,5 @@
-//! Checks an agent definition and reports every problem at once, each with its key.
+//! Checks an agent definition or `agentq.toml` and reports every problem at once, each
+//! with its key.
 //!
 //! serde stops at the first error; `agentq agents validate` must list them all, so the
 //! raw TOML table is walked against a schema first, and only a table that passed is
@@ -13,7 +14,7 @@ use toml::{Table, Value};
 
 use crate::time::parse_duration;
 
-/// One thing wrong with a definition.
+/// One thing wrong with a definition or `agentq.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// Dotted path of the key, for example `model.script[1].text`; empty for the whole file.
@@ -22,6 +23,13 @@ pub struct Problem {
 }
 
 impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
     /// `KEY = VALUE: must be RANGE`: a value of the right type that cannot work.
     pub fn out_of_range(key: &str, value: &Value, range: &str) -> Problem {
         Problem {
