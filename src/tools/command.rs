@@ -179,6 +179,21 @@ async fn execute(
     owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
+    let (mut child, group) = spawn(def, workspace, env, owner)?;
+    let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let started = Instant::now();
+    let (ended, stdout, stderr) = wait(&mut child, group, arguments, timeout, stop).await;
+    let _ = child.wait().await;
+    Ok(report(&ended, timeout, started, stdout, stderr))
+}
+
+/// Starts the command in its working directory, in a process group of its own.
+fn spawn(
+    def: &CommandToolDef,
+    workspace: &Workspace,
+    env: &EnvPolicy,
+    owner: Option<&process::Owner>,
+) -> Result<(tokio::process::Child, Option<process::Group>), String> {
     // The same resolution as the file tools': no symlink out, no file taken for a
     // directory. The definition check already refused absolute paths and `..`.
     let cwd = workspace
@@ -199,7 +214,7 @@ async fn execute(
         .kill_on_drop(true);
     process::prepare(&mut command, owner);
     let started_in = same_directory(&mut command, &cwd)?;
-    let mut child = command.spawn().map_err(|e| {
+    let child = command.spawn().map_err(|e| {
         if e.raw_os_error() == Some(started_in) {
             format!(
                 "cannot run `{program}`: its working directory `{}` was replaced while it started; run it again",
@@ -212,7 +227,18 @@ async fn execute(
     let group = child
         .id()
         .and_then(|id| process::Group::register(id, owner));
+    Ok((child, group))
+}
 
+/// Feeds the arguments to the command and waits for it to exit, for `timeout` to pass
+/// or for `stop()`, reading its (capped) stdout and stderr meanwhile.
+async fn wait(
+    child: &mut tokio::process::Child,
+    group: Option<process::Group>,
+    arguments: &Value,
+    timeout: Duration,
+    stop: &mut (dyn FnMut() -> bool + Send),
+) -> (Ended, String, String) {
     let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();
     let feed = async move {
@@ -224,11 +250,8 @@ async fn execute(
     };
     let stdout = capped(child.stdout.take());
     let stderr = capped(child.stderr.take());
-    let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let started = Instant::now();
-
-    let wait = async {
+    let ended = async {
         feed.await;
         loop {
             tokio::select! {
@@ -244,19 +267,27 @@ async fn execute(
             }
         }
     };
-    let (ended, stdout, stderr) = tokio::join!(
+    tokio::join!(
         async {
-            let ended = wait.await;
+            let ended = ended.await;
             // Whatever the reason, nothing of the group may outlive the call.
             drop(group);
             ended
         },
         stdout,
         stderr
-    );
-    let _ = child.wait().await;
+    )
+}
 
-    let mut report = match &ended {
+/// What the model is told: how the command ended and how long it ran, then its output.
+fn report(
+    ended: &Ended,
+    timeout: Duration,
+    started: Instant,
+    stdout: String,
+    stderr: String,
+) -> ToolOutput {
+    let mut report = match ended {
         Ended::Exited(Ok(status)) => match status.code() {
             Some(code) => format!("exit code: {code}"),
             None => "exit code: none (killed by a signal)".to_owned(),
@@ -277,12 +308,12 @@ async fn execute(
             report.push_str(&format!("\n--- {name}\n{text}"));
         }
     }
-    let success = matches!(&ended, Ended::Exited(Ok(status)) if status.success());
-    Ok(if success {
+    let success = matches!(ended, Ended::Exited(Ok(status)) if status.success());
+    if success {
         ToolOutput::ok(report)
     } else {
         ToolOutput::error(report)
-    })
+    }
 }
 
 enum Ended {
