@@ -1,5 +1,9 @@
 //! Agent definitions: `agents/<name>.toml`, checked, typed, and with a session's
 //! `--set` overrides applied (ARCHITECTURE.md §5).
+//!
+//! A definition is checked twice, and every problem of a pass is reported at once: its
+//! table against the schema ([`schema::AGENT`]), then the typed definition against the
+//! home's config (`check.rs`).
 
 mod check;
 
