@@ -5,8 +5,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::definition::{self, schema, schema::Problem};
 use crate::error::UserError;
+use crate::validate::{
+    self, PROVIDERS, Problem, check_base_url, check_env_name, check_env_pass, check_relative,
+    is_name, schema,
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,14 +151,14 @@ impl HomeConfig {
             UserError::usage(format!(
                 "{} is invalid: {}",
                 path.display(),
-                crate::definition::describe_toml_error(&text, &e)
+                validate::describe_toml_error(&text, &e)
             ))
         })?;
         let problems = config.problems(&text);
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(crate::definition::invalid_file(path, &problems))
+            Err(validate::invalid_file(path, &problems))
         }
     }
 
@@ -166,43 +169,8 @@ impl HomeConfig {
         if let Ok(table) = toml::from_str::<toml::Table>(text) {
             schema::check_table(&table, schema::HOME, "", &mut problems);
         }
-        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
         for (name, provider) in &self.providers {
-            let key = |field: &str| format!("providers.{name}.{field}");
-            if definition::check_name(name).is_err() {
-                problem(
-                    format!("providers.{name}"),
-                    format!(
-                        "`{}` is not a provider name: use letters, digits, `-` and `_` (at most 64)",
-                        name.escape_default()
-                    ),
-                );
-            } else if definition::PROVIDERS.contains(&name.as_str()) {
-                // An agent naming `openai` would otherwise get whatever this says,
-                // another protocol included, with nothing to tell it so.
-                problem(
-                    format!("providers.{name}"),
-                    format!(
-                        "`{name}` is a built-in provider; give this one another name (such as `{name}-proxy`) and use that as [model] provider"
-                    ),
-                );
-            }
-            if let Some(url) = &provider.base_url
-                && let Err(message) = definition::check_base_url(url)
-            {
-                problem(key("base_url"), message);
-            }
-            if let Some(var) = &provider.api_key_env
-                && let Err(message) = definition::check_env_name(var)
-            {
-                problem(key("api_key_env"), message);
-            }
-            // A header reqwest cannot send fails every request of every run.
-            for (header, value) in &provider.headers {
-                if !is_http_header(header, value) {
-                    problem(key(&format!("headers.{header}")), not_a_header(header));
-                }
-            }
+            problems.extend(provider.problems(name));
         }
         let key_env: Vec<&str> = self
             .providers
@@ -210,8 +178,52 @@ impl HomeConfig {
             .filter_map(|p| p.api_key_env.as_deref())
             .collect();
         for (name, server) in &self.mcp_servers {
-            for (key, message) in server.problems(name, &key_env) {
-                problem(key, message);
+            problems.extend(server.problems(name, &key_env));
+        }
+        problems
+    }
+}
+
+impl NamedProvider {
+    /// What makes `[providers.NAME]` unusable, by key.
+    fn problems(&self, name: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let key = |field: &str| format!("providers.{name}.{field}");
+        if !is_name(name) {
+            problems.push(Problem::new(
+                format!("providers.{name}"),
+                format!(
+                    "`{}` is not a provider name: use letters, digits, `-` and `_` (at most 64)",
+                    name.escape_default()
+                ),
+            ));
+        } else if PROVIDERS.contains(&name) {
+            // An agent naming `openai` would otherwise get whatever this says,
+            // another protocol included, with nothing to tell it so.
+            problems.push(Problem::new(
+                format!("providers.{name}"),
+                format!(
+                    "`{name}` is a built-in provider; give this one another name (such as `{name}-proxy`) and use that as [model] provider"
+                ),
+            ));
+        }
+        if let Some(url) = &self.base_url
+            && let Err(message) = check_base_url(url)
+        {
+            problems.push(Problem::new(key("base_url"), message));
+        }
+        if let Some(var) = &self.api_key_env
+            && let Err(message) = check_env_name(var)
+        {
+            problems.push(Problem::new(key("api_key_env"), message));
+        }
+        // A header reqwest cannot send fails every request of every run.
+        for (header, value) in &self.headers {
+            if !is_http_header(header, value) {
+                problems.push(Problem::new(
+                    key(&format!("headers.{header}")),
+                    not_a_header(header),
+                ));
             }
         }
         problems
@@ -219,114 +231,142 @@ impl HomeConfig {
 }
 
 impl McpServerConfig {
-    /// What makes this server unusable, by key. `key_env` names the variables API keys
-    /// are read from, which no server is given.
-    fn problems(&self, name: &str, key_env: &[&str]) -> Vec<(String, String)> {
-        let mut problems = Vec::new();
-        let mut problem = |field: &str, message: String| {
-            let key = if field.is_empty() {
-                format!("mcp_servers.{name}")
-            } else {
-                format!("mcp_servers.{name}.{field}")
-            };
-            problems.push((key, message));
-        };
+    /// What makes `[mcp_servers.NAME]` unusable, by key. `key_env` names the variables
+    /// API keys are read from, which no server is given.
+    fn problems(&self, name: &str, key_env: &[&str]) -> Vec<Problem> {
+        let mut found = Vec::new();
         // `mcp__<server>__<tool>` must say where the server's name ends.
-        if definition::check_name(name).is_err() || name.contains("__") {
-            problem(
-                "",
+        if !is_name(name) || name.contains("__") {
+            found.push((
+                String::new(),
                 format!(
                     "`{}` is not a server name: use letters, digits, `-` and single `_` (at most 64)",
                     name.escape_default()
                 ),
-            );
+            ));
         }
+        found.extend(self.transport_problems());
+        found.extend(self.environment_problems(key_env));
+        found.extend(self.http_problems());
+        found.extend(self.tool_list_problems());
+        found
+            .into_iter()
+            .map(|(field, message)| {
+                let key = if field.is_empty() {
+                    format!("mcp_servers.{name}")
+                } else {
+                    format!("mcp_servers.{name}.{field}")
+                };
+                Problem::new(key, message)
+            })
+            .collect()
+    }
+
+    /// One transport, and only its keys. Each problem is `(field, message)`, the field
+    /// empty for the server as a whole.
+    fn transport_problems(&self) -> Vec<(String, String)> {
+        let misplaced = |keys: &[(&str, bool)], message: &str| -> Vec<(String, String)> {
+            keys.iter()
+                .filter(|(_, given)| *given)
+                .map(|(field, _)| ((*field).to_owned(), message.to_owned()))
+                .collect()
+        };
         match (&self.command, &self.url) {
-            (Some(_), Some(_)) => problem(
-                "",
+            (Some(_), Some(_)) => vec![(
+                String::new(),
                 "has both `command` (stdio) and `url` (HTTP); keep the one it speaks".to_owned(),
-            ),
-            (None, None) => problem(
-                "",
+            )],
+            (None, None) => vec![(
+                String::new(),
                 "needs `command` (a program speaking MCP on stdio) or `url` (streamable HTTP)"
                     .to_owned(),
-            ),
+            )],
             (Some(command), None) => {
+                let mut found = Vec::new();
                 if command.trim().is_empty() {
-                    problem("command", "is empty".to_owned());
+                    found.push(("command".to_owned(), "is empty".to_owned()));
                 }
-                for (field, given) in [
-                    ("bearer_token_env_var", self.bearer_token_env_var.is_some()),
-                    ("http_headers", !self.http_headers.is_empty()),
-                ] {
-                    if given {
-                        problem(
-                            field,
-                            "is for a server with `url`, not `command`".to_owned(),
-                        );
-                    }
-                }
+                found.extend(misplaced(
+                    &[
+                        ("bearer_token_env_var", self.bearer_token_env_var.is_some()),
+                        ("http_headers", !self.http_headers.is_empty()),
+                    ],
+                    "is for a server with `url`, not `command`",
+                ));
+                found
             }
             (None, Some(url)) => {
-                if let Err(message) = definition::check_base_url(url) {
-                    problem("url", message);
+                let mut found = Vec::new();
+                if let Err(message) = check_base_url(url) {
+                    found.push(("url".to_owned(), message));
                 }
-                for (field, given) in [
-                    ("args", !self.args.is_empty()),
-                    ("env", !self.env.is_empty()),
-                    ("env_vars", !self.env_vars.is_empty()),
-                    ("cwd", self.cwd.is_some()),
-                ] {
-                    if given {
-                        problem(
-                            field,
-                            "is for a server with `command`, not `url`".to_owned(),
-                        );
-                    }
-                }
+                found.extend(misplaced(
+                    &[
+                        ("args", !self.args.is_empty()),
+                        ("env", !self.env.is_empty()),
+                        ("env_vars", !self.env_vars.is_empty()),
+                        ("cwd", self.cwd.is_some()),
+                    ],
+                    "is for a server with `command`, not `url`",
+                ));
+                found
             }
         }
+    }
+
+    /// A stdio child's variables and working directory.
+    fn environment_problems(&self, key_env: &[&str]) -> Vec<(String, String)> {
+        let mut found = Vec::new();
         for var in self.env.keys() {
-            if let Err(message) = definition::check_env_name(var) {
-                problem(&format!("env.{var}"), message);
+            if let Err(message) = check_env_name(var) {
+                found.push((format!("env.{var}"), message));
             }
         }
         for (i, var) in self.env_vars.iter().enumerate() {
-            if let Err(message) = crate::tools::command::check_env_pass(var, key_env) {
-                problem(
-                    &format!("env_vars[{i}]"),
+            if let Err(message) = check_env_pass(var, key_env) {
+                found.push((
+                    format!("env_vars[{i}]"),
                     message.replace("commands", "MCP servers"),
-                );
+                ));
             }
         }
         if let Some(cwd) = &self.cwd
-            && let Err(message) = definition::check_relative(cwd)
+            && let Err(message) = check_relative(cwd)
         {
-            problem("cwd", message);
+            found.push(("cwd".to_owned(), message));
         }
+        found
+    }
+
+    /// What an HTTP server is sent besides the request: a token's variable and headers.
+    fn http_problems(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
         if let Some(var) = &self.bearer_token_env_var
-            && let Err(message) = definition::check_env_name(var)
+            && let Err(message) = check_env_name(var)
         {
-            problem("bearer_token_env_var", message);
+            found.push(("bearer_token_env_var".to_owned(), message));
         }
         for (header, value) in &self.http_headers {
             if !is_http_header(header, value) {
-                problem(&format!("http_headers.{header}"), not_a_header(header));
+                found.push((format!("http_headers.{header}"), not_a_header(header)));
             }
         }
-        for tool in &self.disabled_tools {
-            if self
-                .enabled_tools
-                .as_ref()
-                .is_some_and(|enabled| enabled.contains(tool))
-            {
-                problem(
-                    "disabled_tools",
+        found
+    }
+
+    /// `enabled_tools` and `disabled_tools` may not both name a tool.
+    fn tool_list_problems(&self) -> Vec<(String, String)> {
+        let enabled = self.enabled_tools.as_deref().unwrap_or_default();
+        self.disabled_tools
+            .iter()
+            .filter(|tool| enabled.contains(tool))
+            .map(|tool| {
+                (
+                    "disabled_tools".to_owned(),
                     format!("`{tool}` is in enabled_tools too; keep it in one of them"),
-                );
-            }
-        }
-        problems
+                )
+            })
+            .collect()
     }
 }
 

@@ -1,8 +1,10 @@
 //! agentq: a command-line job runner for LLM agents whose whole state lives in files.
 //!
 //! The binary is a thin shell over this library; the layout follows the architecture:
-//! `domain` (data types, no I/O), `store` (the files), `definition` (agent definitions),
-//! `provider` (models), `tools`, `agent` (the loop), `worker`, `render`, `commands`.
+//! `domain` (data types, no I/O), `store` (the files), `validate` (the checks
+//! `agentq.toml` and agent definitions share), `config` (`agentq.toml`), `definition`
+//! (agent definitions), `provider` (models), `tools`, `agent` (the loop), `worker`,
+//! `render`, `commands`.
 //! Shared by several of them, each in a module of its own: `text` (the shortening and
 //! neutralising every one of them shows text through), `output` (where commands
 //! print), `follow` (following one message's execution, for `send --wait`, `run` and
@@ -42,4 +44,5 @@ pub mod store;
 pub mod text;
 pub mod time;
 pub mod tools;
+pub mod validate;
 pub mod worker;

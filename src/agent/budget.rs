@@ -112,95 +112,18 @@ pub fn evaluate(
     facts: &StepFacts<'_>,
     now: Timestamp,
 ) -> Decision {
-    let usage = current.usage;
-    let mut session = session_before;
-    session.add(usage);
-    let elapsed = now.millis_since(current.started_at);
-    let cost = budgets.cost(usage);
-    let mut evaluations = Vec::new();
-    let mut check = |name: &str, stop: bool, detail: String, reason: StopReason| {
-        evaluations.push(Evaluation {
-            check: name.to_owned(),
-            passed: !stop,
-            detail,
-        });
-        stop.then_some(reason)
-    };
     let policy_stop = budgets.on_tool_error == ToolErrorPolicy::Stop && facts.errors > 0;
-    // Counted in steps, not calls: a model that makes four failing calls in one step
-    // sees all four errors before it is judged.
-    let too_many = current.failed_steps_in_a_row >= budgets.max_consecutive_errors;
-    let reasons = [
-        check(
-            "answered",
-            facts.tool_calls == 0,
-            crate::plural::count(facts.tool_calls as u64, "tool call", "tool calls"),
-            StopReason::Completed,
-        ),
-        check(
-            "on_tool_error",
-            policy_stop,
-            format!(
-                "{} tool errors, policy {:?}",
-                facts.errors, budgets.on_tool_error
-            )
-            .to_lowercase(),
-            StopReason::Error,
-        ),
-        check(
-            "max_consecutive_errors",
-            too_many,
-            format!(
-                "{} of {}",
-                current.failed_steps_in_a_row, budgets.max_consecutive_errors
-            ),
-            StopReason::Error,
-        ),
-        check(
-            "max_steps",
-            facts.step >= budgets.max_steps,
-            format!("step {} of {}", facts.step, budgets.max_steps),
-            StopReason::StepsLimit,
-        ),
-        check(
-            "max_tokens",
-            budgets.max_tokens.is_some_and(|max| usage.total >= max),
-            limit_detail(usage.total, budgets.max_tokens),
-            StopReason::TokenLimit,
-        ),
-        check(
-            "session_max_tokens",
-            budgets
-                .session_max_tokens
-                .is_some_and(|max| session.total >= max),
-            limit_detail(session.total, budgets.session_max_tokens),
-            StopReason::TokenLimit,
-        ),
-        check(
-            "max_cost_usd",
-            matches!((cost, budgets.max_cost_usd), (Some(c), Some(max)) if c >= max),
-            format!(
-                "${:.4} of {}",
-                cost.unwrap_or(0.0),
-                budgets
-                    .max_cost_usd
-                    .map_or("no limit".to_owned(), |m| format!("${m}"))
-            ),
-            StopReason::CostLimit,
-        ),
-        check(
-            "timeout",
-            budgets
-                .timeout
-                .is_some_and(|t| u128::from(elapsed) >= t.as_millis()),
-            format!(
-                "{elapsed} ms elapsed of {:?}",
-                budgets.timeout.map(|t| t.as_millis())
-            ),
-            StopReason::TimeLimit,
-        ),
-    ];
-    let stop_reason = reasons.into_iter().flatten().next();
+    let checks: Vec<Check> = step_checks(budgets, current, facts, policy_stop)
+        .into_iter()
+        .chain(limit_checks(
+            budgets,
+            current,
+            session_before,
+            facts.step,
+            now,
+        ))
+        .collect();
+    let stop_reason = checks.iter().find(|c| c.stop).map(|c| c.reason);
     let error = match stop_reason {
         Some(StopReason::Error) if policy_stop => Some(format!(
             "a tool failed and on_tool_error is \"stop\": {}",
@@ -216,8 +139,127 @@ pub fn evaluate(
     Decision {
         stop_reason,
         error,
-        evaluations,
+        evaluations: checks.into_iter().map(Check::into_evaluation).collect(),
     }
+}
+
+/// One check of the continuation decision.
+struct Check {
+    name: &'static str,
+    /// The check failed: the execution stops, for `reason`.
+    stop: bool,
+    detail: String,
+    reason: StopReason,
+}
+
+impl Check {
+    fn into_evaluation(self) -> Evaluation {
+        Evaluation {
+            check: self.name.to_owned(),
+            passed: !self.stop,
+            detail: self.detail,
+        }
+    }
+}
+
+/// What the step itself says: the model answered, or its tool errors end the
+/// execution (`policy_stop`: on the first error, as `on_tool_error = "stop"` asks).
+fn step_checks(
+    budgets: &Budgets,
+    current: &CurrentExecution,
+    facts: &StepFacts<'_>,
+    policy_stop: bool,
+) -> [Check; 3] {
+    // Counted in steps, not calls: a model that makes four failing calls in one step
+    // sees all four errors before it is judged.
+    let too_many = current.failed_steps_in_a_row >= budgets.max_consecutive_errors;
+    [
+        Check {
+            name: "answered",
+            stop: facts.tool_calls == 0,
+            detail: crate::plural::count(facts.tool_calls as u64, "tool call", "tool calls"),
+            reason: StopReason::Completed,
+        },
+        Check {
+            name: "on_tool_error",
+            stop: policy_stop,
+            detail: format!(
+                "{} tool errors, policy {:?}",
+                facts.errors, budgets.on_tool_error
+            )
+            .to_lowercase(),
+            reason: StopReason::Error,
+        },
+        Check {
+            name: "max_consecutive_errors",
+            stop: too_many,
+            detail: format!(
+                "{} of {}",
+                current.failed_steps_in_a_row, budgets.max_consecutive_errors
+            ),
+            reason: StopReason::Error,
+        },
+    ]
+}
+
+/// The limits: steps, tokens (of the execution and of the session), cost and time.
+fn limit_checks(
+    budgets: &Budgets,
+    current: &CurrentExecution,
+    session_before: Usage,
+    step: u32,
+    now: Timestamp,
+) -> [Check; 5] {
+    let usage = current.usage;
+    let mut session = session_before;
+    session.add(usage);
+    let elapsed = now.millis_since(current.started_at);
+    let cost = budgets.cost(usage);
+    [
+        Check {
+            name: "max_steps",
+            stop: step >= budgets.max_steps,
+            detail: format!("step {step} of {}", budgets.max_steps),
+            reason: StopReason::StepsLimit,
+        },
+        Check {
+            name: "max_tokens",
+            stop: budgets.max_tokens.is_some_and(|max| usage.total >= max),
+            detail: limit_detail(usage.total, budgets.max_tokens),
+            reason: StopReason::TokenLimit,
+        },
+        Check {
+            name: "session_max_tokens",
+            stop: budgets
+                .session_max_tokens
+                .is_some_and(|max| session.total >= max),
+            detail: limit_detail(session.total, budgets.session_max_tokens),
+            reason: StopReason::TokenLimit,
+        },
+        Check {
+            name: "max_cost_usd",
+            stop: matches!((cost, budgets.max_cost_usd), (Some(c), Some(max)) if c >= max),
+            detail: format!(
+                "${:.4} of {}",
+                cost.unwrap_or(0.0),
+                budgets
+                    .max_cost_usd
+                    .map_or("no limit".to_owned(), |m| format!("${m}"))
+            ),
+            reason: StopReason::CostLimit,
+        },
+        Check {
+            name: "timeout",
+            stop: budgets
+                .timeout
+                .is_some_and(|t| u128::from(elapsed) >= t.as_millis()),
+            detail: format!(
+                "{elapsed} ms elapsed of {:?}",
+                budgets.timeout.map(|t| t.as_millis())
+            ),
+            reason: StopReason::TimeLimit,
+        },
+    ]
 }
 
 /// The tokens used against a token limit, for the continuation trace.

@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod compact;
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -26,6 +27,7 @@ use crate::domain::state::{AgentState, Compaction, CurrentExecution, OpenStep};
 use crate::domain::transcript::{Message, ToolCall, TranscriptLine};
 use crate::provider::{
     Interrupt, ModelRequest, ModelTurn, Provider, ProviderError, RetryNotice, StreamObserver,
+    ToolSpec,
 };
 use crate::text::summarize_args;
 use crate::time::Timestamp;
@@ -89,12 +91,41 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn completed(response: String) -> Outcome {
+        Outcome {
+            status: ExecStatus::Completed,
+            stop_reason: StopReason::Completed,
+            response: Some(response),
+            error: None,
+        }
+    }
+
     fn stopped(reason: StopReason) -> Outcome {
         Outcome {
             status: ExecStatus::Stopped,
             stop_reason: reason,
             response: None,
             error: None,
+        }
+    }
+
+    /// How the execution ends when the decision after step `step` stops it: `answer`
+    /// is the step's text, `error` why a tool failure ended it.
+    fn decided(reason: StopReason, answer: String, error: Option<String>, step: u32) -> Outcome {
+        match reason {
+            // `agent.message.completed` is written by whoever settles the execution,
+            // together with its last events.
+            StopReason::Completed => Outcome::completed(answer),
+            StopReason::Error => Outcome {
+                status: ExecStatus::Failed,
+                stop_reason: StopReason::Error,
+                response: None,
+                error: Some(ErrorInfo {
+                    message: error.unwrap_or_else(|| "a tool failed".to_owned()),
+                    context: Some(format!("step {step}")),
+                }),
+            },
+            limit => Outcome::stopped(limit),
         }
     }
 }
@@ -144,115 +175,530 @@ pub async fn run(
 ) -> anyhow::Result<LoopEnd> {
     let specs = run.tools.specs();
     let tool_names = run.tools.names();
-    let started_at = current(state)?.started_at;
-    let deadline = run.budgets.deadline(started_at);
+    let deadline = run.budgets.deadline(current(state)?.started_at);
     if let Some(answer) = settled_answer(history, current(state)?) {
         // Resumed after the final step settled but before the execution did: the
         // answer is there, no model call is needed.
-        return Ok(LoopEnd::Settled(Outcome {
-            status: ExecStatus::Completed,
-            stop_reason: StopReason::Completed,
-            response: Some(answer),
-            error: None,
-        }));
+        return Ok(LoopEnd::Settled(Outcome::completed(answer)));
     }
+    let mut execution = Loop {
+        run,
+        specs,
+        tool_names,
+        deadline,
+        history,
+        state,
+        sink,
+    };
     loop {
-        if let Some(stop) = stop_now(sink, deadline) {
-            return Ok(stop.into());
+        if let ControlFlow::Break(end) = execution.step().await? {
+            return Ok(end);
         }
-        let resuming_step = current(state)?.open_step.is_some();
-        if !resuming_step {
-            if sink.paused() {
-                return Ok(LoopEnd::Suspended);
-            }
-            if let Some(limit) = budget::exhausted(&run.budgets, current(state)?, run.session_usage)
-            {
-                return Ok(LoopEnd::Settled(Outcome::stopped(limit)));
+    }
+}
+
+/// What the steps of one execution share: what the loop was given, what is fixed once
+/// it starts, and the history, state and sink the steps change.
+struct Loop<'a> {
+    run: &'a Run<'a>,
+    /// The tools as the model is told of them, and their names for `step.started`.
+    specs: Vec<ToolSpec>,
+    tool_names: Vec<String>,
+    /// When the execution's `timeout` runs out.
+    deadline: Option<Timestamp>,
+    history: &'a mut Vec<Message>,
+    state: &'a mut AgentState,
+    sink: &'a mut dyn Sink,
+}
+
+/// A step under way.
+struct Step {
+    number: u32,
+    started: Instant,
+    /// What `step.completed` reports of the answer: its finish reason and usage.
+    answer: Option<OpenStep>,
+}
+
+impl Loop<'_> {
+    /// One step: the model's answer (unless the step was left open with it), its tool
+    /// calls, and whether to run another. `Break` with how the loop ends.
+    async fn step(&mut self) -> anyhow::Result<ControlFlow<LoopEnd>> {
+        if let Some(stop) = self.stop_now() {
+            return Ok(ControlFlow::Break(stop.into()));
+        }
+        let resuming = self.current()?.open_step.is_some();
+        if !resuming && let Some(end) = self.held_before_step()? {
+            return Ok(ControlFlow::Break(end));
+        }
+        let mut step = Step {
+            number: self.current()?.steps + 1,
+            started: Instant::now(),
+            answer: self.current()?.open_step.clone(),
+        };
+        if !resuming {
+            match self.answer(step.number).await? {
+                Ok(open) => step.answer = Some(open),
+                Err(end) => return Ok(ControlFlow::Break(end)),
             }
         }
-        let step = current(state)?.steps + 1;
-        let step_started = Instant::now();
-        // What step.completed reports: the answer's finish reason and usage.
-        let mut info = current(state)?.open_step.clone();
-        if !resuming_step {
-            if let Some(window) = run.def.model.context_window
-                && let Some(stop) =
-                    compact_if_needed(run, history, state, sink, window, &specs, deadline).await?
-            {
-                return Ok(stop.into());
-            }
-            let turn = match infer(
-                run,
-                history,
-                state,
-                sink,
-                &specs,
-                &tool_names,
-                step,
-                deadline,
-            )
-            .await?
-            {
-                Ok(turn) => turn,
-                Err(end) => return Ok(end),
-            };
-            // The answer is settled: a crash from here on resumes with the tool calls.
-            let line = transcript_line(
-                run,
-                step,
-                sink.now(),
-                Message::Assistant {
-                    content: turn.text.clone(),
-                    tool_calls: turn.tool_calls.clone(),
-                },
-            );
-            history.push(line.message.clone());
-            let current = current_mut(state)?;
-            current.usage.add(turn.usage);
-            let open = OpenStep {
-                finish_reason: turn.finish_reason.clone(),
-                usage: turn.usage,
-                tool_started: None,
-            };
-            info = Some(open.clone());
-            current.open_step = Some(open);
-            if turn.tool_calls.is_empty() {
-                close_step(state, step)?;
-            }
-            sink.checkpoint(vec![line], state)?;
+        let (content, tool_calls) = last_answer(self.history, step.number)?;
+        let ran = self.run_tools(&tool_calls, step.number).await?;
+        if let Some(end) = self.settle_step(&step, &tool_calls, &ran)? {
+            return Ok(ControlFlow::Break(end));
         }
-        // The step's answer: just settled, or left by the worker that opened the step.
-        let answer = history
+        self.decide(step.number, content, &tool_calls, &ran)
+    }
+
+    /// What keeps a new step from starting: a paused session waits at its checkpoint,
+    /// and a limit reached already ends the execution without a model call.
+    fn held_before_step(&mut self) -> anyhow::Result<Option<LoopEnd>> {
+        if self.sink.paused() {
+            return Ok(Some(LoopEnd::Suspended));
+        }
+        let limit = budget::exhausted(&self.run.budgets, self.current()?, self.run.session_usage);
+        Ok(limit.map(|limit| LoopEnd::Settled(Outcome::stopped(limit))))
+    }
+
+    /// A new step's answer, settled: older turns are compacted first when the prompt
+    /// would not fit. `Err(end)` when no answer came (interrupted, provider failure).
+    async fn answer(&mut self, step: u32) -> anyhow::Result<Result<OpenStep, LoopEnd>> {
+        if let Some(window) = self.run.def.model.context_window
+            && let Some(stop) = self.compact_if_needed(window).await?
+        {
+            return Ok(Err(stop.into()));
+        }
+        match self.infer(step).await? {
+            Ok(turn) => self.settle_answer(step, turn).map(Ok),
+            Err(end) => Ok(Err(end)),
+        }
+    }
+
+    /// One inference: the step's first event, the streamed answer, its accounting.
+    /// `Err(end)` when the call did not produce an answer (interrupted, provider failure).
+    async fn infer(&mut self, step: u32) -> anyhow::Result<Result<ModelTurn, LoopEnd>> {
+        let view = compact::view(self.history, self.state.compaction.as_ref());
+        self.sink.emit(EventPayload::StepStarted(StepStarted {
+            step_number: step,
+            message_count: view.len(),
+            available_tools: self.tool_names.clone(),
+        }))?;
+        let request = ModelRequest {
+            system: &self.run.def.system,
+            messages: &view,
+            tools: &self.specs,
+            tool_choice: tool_choice(self.run.def, self.history),
+            call_index: self.state.model_calls,
+        };
+        let observer =
+            StepObserver::new(self.sink, self.run.preset.streams_chunks(), self.deadline);
+        let streamed = observer.stream(self.run.provider, request).await;
+        if let Some(err) = streamed.record_error {
+            return Err(err);
+        }
+        Ok(match streamed.result {
+            Ok(turn) => {
+                self.state.model_calls += 1;
+                Ok(turn)
+            }
+            Err(ProviderError::Interrupted) => {
+                let stop = streamed.stop.unwrap_or(Stop::Shutdown);
+                if stop != Stop::Shutdown {
+                    // The call was made and abandoned; a suspended one is made again.
+                    self.state.model_calls += 1;
+                }
+                Err(stop.into())
+            }
+            Err(err) => {
+                // The call was made: a script entry was used up, a real API billed it.
+                self.state.model_calls += 1;
+                Err(LoopEnd::Settled(provider_failure(&err, step)))
+            }
+        })
+    }
+
+    /// Records the model's answer: a crash from here on resumes the step with its tool
+    /// calls. An answer without tool calls settles the step with it.
+    fn settle_answer(&mut self, step: u32, turn: ModelTurn) -> anyhow::Result<OpenStep> {
+        let ModelTurn {
+            text,
+            tool_calls,
+            usage,
+            finish_reason,
+        } = turn;
+        let settles_the_step = tool_calls.is_empty();
+        let line = self.transcript_line(
+            step,
+            Message::Assistant {
+                content: text,
+                tool_calls,
+            },
+        );
+        self.history.push(line.message.clone());
+        let current = current_mut(self.state)?;
+        current.usage.add(usage);
+        let open = OpenStep {
+            finish_reason,
+            usage,
+            tool_started: None,
+        };
+        current.open_step = Some(open.clone());
+        if settles_the_step {
+            close_step(self.state, step)?;
+        }
+        self.sink.checkpoint(vec![line], self.state)?;
+        Ok(open)
+    }
+
+    /// Compacts older turns when the next prompt would pass the threshold. Returns a
+    /// stop if one was requested during the summarising call.
+    async fn compact_if_needed(&mut self, window: u64) -> anyhow::Result<Option<Stop>> {
+        let threshold = self
+            .run
+            .def
+            .model
+            .compact_threshold
+            .unwrap_or(compact::DEFAULT_THRESHOLD);
+        let Some(plan) = compact::plan(
+            &self.run.def.system,
+            self.history,
+            &self.specs,
+            self.state.compaction.as_ref(),
+            window,
+            threshold,
+        ) else {
+            return Ok(None);
+        };
+        let previous = self
+            .state
+            .compaction
+            .as_ref()
+            .and_then(|c| c.summary.clone());
+        let summary = match self.summarize(&plan, previous.as_deref()).await? {
+            Ok(summary) => summary,
+            Err(stop) => return Ok(Some(stop)),
+        };
+        self.record_compaction(&plan, summary, previous)?;
+        Ok(None)
+    }
+
+    /// Asks the model to summarise the turns `plan` drops. `Ok(None)` when it could not
+    /// (the turns are then dropped without a summary), `Err(stop)` when a stop
+    /// interrupted the call.
+    async fn summarize(
+        &mut self,
+        plan: &compact::Plan,
+        previous: Option<&str>,
+    ) -> anyhow::Result<Result<Option<String>, Stop>> {
+        let input = compact::summary_input(self.history, plan, previous);
+        let messages = [Message::User { content: input }];
+        let request = ModelRequest {
+            system: compact::PROMPT,
+            messages: &messages,
+            tools: &[],
+            tool_choice: None,
+            call_index: self.state.model_calls,
+        };
+        // The summary is not part of the answer: its text is not streamed as chunks.
+        let observer = StepObserver::new(self.sink, false, self.deadline);
+        let streamed = observer.stream(self.run.provider, request).await;
+        if let Some(err) = streamed.record_error {
+            return Err(err);
+        }
+        Ok(match streamed.result {
+            Err(ProviderError::Interrupted) => Err(streamed.stop.unwrap_or(Stop::Shutdown)),
+            Ok(turn) if !turn.text.trim().is_empty() => {
+                self.state.model_calls += 1;
+                if let Some(current) = self.state.current.as_mut() {
+                    current.usage.add(turn.usage);
+                }
+                Ok(Some(turn.text))
+            }
+            // Summarising failed: the oldest turns are dropped instead, with any earlier
+            // summary kept.
+            _ => {
+                self.state.model_calls += 1;
+                Ok(None)
+            }
+        })
+    }
+
+    /// Moves the cut to where `plan` says, with the new summary (or the earlier one),
+    /// and reports what it saved.
+    fn record_compaction(
+        &mut self,
+        plan: &compact::Plan,
+        summary: Option<String>,
+        previous: Option<String>,
+    ) -> anyhow::Result<()> {
+        let summarized = summary.is_some();
+        self.state.compaction = Some(Compaction {
+            through: plan.cut as u64,
+            summary: summary.or(previous),
+        });
+        let after = compact::estimate(
+            &self.run.def.system,
+            &compact::view(self.history, self.state.compaction.as_ref()),
+            &self.specs,
+        );
+        self.sink
+            .emit(EventPayload::ContextCompacted(ContextCompacted {
+                before_tokens: plan.before_tokens,
+                after_tokens: after,
+                dropped_messages: (plan.cut - plan.from) as u64,
+                summarized,
+            }))
+    }
+
+    /// Runs the step's tool calls that have no result yet, persisting results as they
+    /// come. Consecutive read-only calls run at the same time and are persisted
+    /// together, in the order of the calls (a crash before that runs them again, which
+    /// changes nothing); a side-effecting call runs alone, marked as started first. A
+    /// cancel or the time limit between calls answers the remaining calls with errors
+    /// (so the transcript stays a valid conversation); a shutdown stops at once, leaving
+    /// the step open for the next worker: a running command is killed, and one that may
+    /// have had effects stays marked as started, so that the resumed step answers it as
+    /// interrupted.
+    async fn run_tools(&mut self, calls: &[ToolCall], step: u32) -> anyhow::Result<ToolRun> {
+        let mut next = self
+            .history
             .iter()
             .rev()
-            .find(|m| matches!(m, Message::Assistant { .. }))
-            .cloned();
-        let Some(Message::Assistant {
-            content,
-            tool_calls,
-        }) = answer
-        else {
-            return Err(anyhow::anyhow!(
-                "step {step} has no answer of the model in the transcript"
-            ));
-        };
-        let ran = run_tools(run, history, state, sink, &tool_calls, step, deadline).await?;
-        if let Some(stop) = ran.stop {
-            if stop == Stop::Shutdown {
-                return Ok(LoopEnd::Suspended);
+            .take_while(|m| matches!(m, Message::Tool { .. }))
+            .count();
+        let mut ran = ToolRun::default();
+        while next < calls.len() {
+            if ran.stop.is_none() {
+                ran.stop = self.stop_now();
+                if ran.stop == Some(Stop::Shutdown) {
+                    return Ok(ran);
+                }
             }
-            // The remaining calls were answered as not run; the step is closed.
-            close_step(state, step)?;
-            sink.checkpoint(Vec::new(), state)?;
-            emit_step_completed(sink, step, &tool_calls, &ran, info.as_ref(), step_started)?;
-            return Ok(stop.into());
+            let Some(outputs) = self.next_outputs(&calls[next..], ran.stop).await? else {
+                ran.stop = Some(Stop::Shutdown);
+                return Ok(ran);
+            };
+            let answered = &calls[next..next + outputs.len()];
+            next += outputs.len();
+            let lines = self.answer_calls(step, answered, outputs, &mut ran);
+            if let Some(open) = current_mut(self.state)?.open_step.as_mut() {
+                open.tool_started = None;
+            }
+            if next == calls.len() && ran.stop.is_none() {
+                self.complete_step(step, calls.len())?;
+            }
+            self.sink.checkpoint(lines, self.state)?;
         }
-        if current(state)?.open_step.is_some() {
-            close_step(state, step)?;
-            sink.checkpoint(Vec::new(), state)?;
+        if ran.stop.is_none() {
+            ran.stop = self.stop_now().filter(|s| *s != Stop::Shutdown);
         }
-        emit_step_completed(sink, step, &tool_calls, &ran, info.as_ref(), step_started)?;
+        Ok(ran)
+    }
 
+    /// The outputs of the first of the `pending` calls, or of the read-only calls it
+    /// starts, run together. After a stop nothing runs, and a call the previous worker
+    /// was running when it died is not run again. `None` when a shutdown cut the calls
+    /// short: they have no results.
+    async fn next_outputs(
+        &mut self,
+        pending: &[ToolCall],
+        stop: Option<Stop>,
+    ) -> anyhow::Result<Option<Vec<ToolOutput>>> {
+        let call = &pending[0];
+        let interrupted = self
+            .current()?
+            .open_step
+            .as_ref()
+            .and_then(|o| o.tool_started.as_deref())
+            == Some(call.id.as_str());
+        let output = match stop {
+            Some(Stop::TimeLimit) => ToolOutput::error("not run: the execution ran out of time"),
+            Some(_) => ToolOutput::error("not run: the execution was cancelled"),
+            // Never run twice: its effects may or may not have happened.
+            None if interrupted => ToolOutput::error(
+                "interrupted: the worker running this tool stopped before it finished; it may or may not have taken effect",
+            ),
+            None if self.run.tools.is_read_only(&call.name) => {
+                let batch = pending
+                    .iter()
+                    .take_while(|c| self.run.tools.is_read_only(&c.name))
+                    .count();
+                // Cut by a shutdown: they have no results, and run again on resume.
+                return self.run_read_only(&pending[..batch]).await;
+            }
+            // Cut by a shutdown: the call stays marked as started, so the resumed step
+            // answers it as interrupted instead of running it again.
+            None => {
+                return Ok(self
+                    .run_side_effecting(call)
+                    .await?
+                    .map(|output| vec![output]));
+            }
+        };
+        Ok(Some(vec![output]))
+    }
+
+    /// Runs read-only calls at the same time. Their events keep the calls' order: every
+    /// start, then every completion. Any stop (a cancel, the deadline, a shutdown) stops
+    /// them: a command's process group is killed. `None` when a shutdown did: the calls
+    /// changed nothing and have no results, so the resumed step runs them again.
+    async fn run_read_only(
+        &mut self,
+        calls: &[ToolCall],
+    ) -> anyhow::Result<Option<Vec<ToolOutput>>> {
+        let run = self.run;
+        for call in calls {
+            self.sink.emit(tool_started(run, call))?;
+        }
+        let stopping = std::sync::atomic::AtomicBool::new(false);
+        let work = futures_util::future::join_all(calls.iter().map(|call| {
+            let stopping = &stopping;
+            async move {
+                let started = Instant::now();
+                // Read-only tools never touch the task list.
+                let mut todos = Vec::new();
+                let mut stop = || stopping.load(std::sync::atomic::Ordering::Relaxed);
+                let output = invoke(run, call, &mut todos, &mut stop).await;
+                (output, elapsed_ms(started))
+            }
+        }));
+        tokio::pin!(work);
+        let mut cut = None;
+        let results = loop {
+            tokio::select! {
+                results = &mut work => break results,
+                () = tokio::time::sleep(STOP_CHECK), if cut.is_none() => {
+                    cut = self.stop_now();
+                    if cut.is_some() {
+                        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        let shutdown = cut == Some(Stop::Shutdown);
+        let mut outputs = Vec::with_capacity(results.len());
+        for (call, (output, duration_ms)) in calls.iter().zip(results) {
+            let output = if shutdown {
+                ToolOutput::error(CUT_BY_SHUTDOWN)
+            } else {
+                output
+            };
+            self.sink
+                .emit(tool_completed(run, call, &output, duration_ms))?;
+            outputs.push(output);
+        }
+        Ok((!shutdown).then_some(outputs))
+    }
+
+    /// Runs one call that may change something, alone, marked as started in the
+    /// persisted state first. Any stop (a cancel, the deadline, a shutdown) cuts a long
+    /// tool (a command: its process group is killed). `None` when a shutdown did: the
+    /// call may or may not have taken effect, and has no result.
+    async fn run_side_effecting(&mut self, call: &ToolCall) -> anyhow::Result<Option<ToolOutput>> {
+        if let Some(open) = current_mut(self.state)?.open_step.as_mut() {
+            open.tool_started = Some(call.id.clone());
+        }
+        self.sink.checkpoint(Vec::new(), self.state)?;
+        let (run, deadline) = (self.run, self.deadline);
+        self.sink.emit(tool_started(run, call))?;
+        let started = Instant::now();
+        let mut cut = None;
+        let sink = &mut *self.sink;
+        let mut stop = || {
+            cut = cut.or_else(|| stop_now(&mut *sink, deadline));
+            cut.is_some()
+        };
+        let output = invoke(run, call, &mut self.state.todos, &mut stop).await;
+        let output = match cut {
+            Some(Stop::Shutdown) => None,
+            _ => Some(output),
+        };
+        let shown = output
+            .clone()
+            .unwrap_or_else(|| ToolOutput::error(CUT_BY_SHUTDOWN));
+        self.sink
+            .emit(tool_completed(run, call, &shown, elapsed_ms(started)))?;
+        Ok(output)
+    }
+
+    /// Puts the calls' results in the history, counting the errors; returns their
+    /// transcript lines.
+    fn answer_calls(
+        &mut self,
+        step: u32,
+        calls: &[ToolCall],
+        outputs: Vec<ToolOutput>,
+        ran: &mut ToolRun,
+    ) -> Vec<TranscriptLine> {
+        let mut lines = Vec::with_capacity(outputs.len());
+        for (call, output) in calls.iter().zip(outputs) {
+            if output.is_error {
+                ran.errors += 1;
+                ran.last_error = Some(output.content.clone());
+            }
+            let line = self.transcript_line(
+                step,
+                Message::Tool {
+                    tool_call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    content: output.content,
+                    is_error: output.is_error,
+                },
+            );
+            self.history.push(line.message.clone());
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Closes a step whose `calls` all have results. It counts as failed when every one
+    /// of its calls failed, including those answered before a resume.
+    fn complete_step(&mut self, step: u32, calls: usize) -> anyhow::Result<()> {
+        let failed = self
+            .history
+            .iter()
+            .rev()
+            .take(calls)
+            .all(|m| matches!(m, Message::Tool { is_error: true, .. }));
+        let current = current_mut(self.state)?;
+        current.failed_steps_in_a_row = if failed {
+            current.failed_steps_in_a_row + 1
+        } else {
+            0
+        };
+        close_step(self.state, step)
+    }
+
+    /// Closes the step once its tools ran, and reports it. `Some(end)` when a stop cut
+    /// it: a shutdown leaves it open (and unreported) for the next worker; after a
+    /// cancel or the time limit the calls not run were answered as such, and the step
+    /// is closed.
+    fn settle_step(
+        &mut self,
+        step: &Step,
+        tool_calls: &[ToolCall],
+        ran: &ToolRun,
+    ) -> anyhow::Result<Option<LoopEnd>> {
+        match ran.stop {
+            Some(Stop::Shutdown) => return Ok(Some(LoopEnd::Suspended)),
+            Some(_) => self.close_and_checkpoint(step.number)?,
+            None if self.current()?.open_step.is_some() => {
+                self.close_and_checkpoint(step.number)?
+            }
+            None => {}
+        }
+        self.sink.emit(step_completed(step, tool_calls, ran))?;
+        Ok(ran.stop.map(LoopEnd::from))
+    }
+
+    /// After a settled step: whether to run another (traced for the debug preset), and
+    /// if not, how the execution ends. `answer` is the step's text.
+    fn decide(
+        &mut self,
+        step: u32,
+        answer: String,
+        tool_calls: &[ToolCall],
+        ran: &ToolRun,
+    ) -> anyhow::Result<ControlFlow<LoopEnd>> {
         let facts = StepFacts {
             step,
             tool_calls: tool_calls.len(),
@@ -260,44 +706,52 @@ pub async fn run(
             last_error: ran.last_error.as_deref(),
         };
         let decision = budget::evaluate(
-            &run.budgets,
-            current(state)?,
-            run.session_usage,
+            &self.run.budgets,
+            self.current()?,
+            self.run.session_usage,
             &facts,
-            sink.now(),
+            self.sink.now(),
         );
-        if run.preset.traces_continuation() {
-            sink.emit(EventPayload::Continuation(Continuation {
+        if self.run.preset.traces_continuation() {
+            self.sink.emit(EventPayload::Continuation(Continuation {
                 step_number: step,
                 should_continue: decision.stop_reason.is_none(),
                 stop_reason: decision.stop_reason,
                 evaluations: decision.evaluations,
             }))?;
         }
-        match decision.stop_reason {
-            None => continue,
-            Some(StopReason::Completed) => {
-                // `agent.message.completed` is written by whoever settles the
-                // execution, together with its last events.
-                return Ok(LoopEnd::Settled(Outcome {
-                    status: ExecStatus::Completed,
-                    stop_reason: StopReason::Completed,
-                    response: Some(content),
-                    error: None,
-                }));
-            }
-            Some(StopReason::Error) => {
-                return Ok(LoopEnd::Settled(Outcome {
-                    status: ExecStatus::Failed,
-                    stop_reason: StopReason::Error,
-                    response: None,
-                    error: Some(ErrorInfo {
-                        message: decision.error.unwrap_or_else(|| "a tool failed".to_owned()),
-                        context: Some(format!("step {step}")),
-                    }),
-                }));
-            }
-            Some(limit) => return Ok(LoopEnd::Settled(Outcome::stopped(limit))),
+        Ok(match decision.stop_reason {
+            None => ControlFlow::Continue(()),
+            Some(reason) => ControlFlow::Break(LoopEnd::Settled(Outcome::decided(
+                reason,
+                answer,
+                decision.error,
+                step,
+            ))),
+        })
+    }
+
+    fn current(&self) -> anyhow::Result<&CurrentExecution> {
+        current(self.state)
+    }
+
+    fn stop_now(&mut self) -> Option<Stop> {
+        stop_now(self.sink, self.deadline)
+    }
+
+    fn close_and_checkpoint(&mut self, step: u32) -> anyhow::Result<()> {
+        close_step(self.state, step)?;
+        self.sink.checkpoint(Vec::new(), self.state)
+    }
+
+    fn transcript_line(&self, step: u32, message: Message) -> TranscriptLine {
+        TranscriptLine {
+            message,
+            message_id: None,
+            execution_id: Some(self.run.execution_id),
+            step: Some(step),
+            timestamp: self.sink.now(),
+            state: None,
         }
     }
 }
@@ -313,6 +767,23 @@ fn settled_answer(history: &[Message], current: &CurrentExecution) -> Option<Str
             tool_calls,
         }) if tool_calls.is_empty() => Some(content.clone()),
         _ => None,
+    }
+}
+
+/// The step's answer: just settled, or left by the worker that opened the step.
+fn last_answer(history: &[Message], step: u32) -> anyhow::Result<(String, Vec<ToolCall>)> {
+    match history
+        .iter()
+        .rev()
+        .find(|m| matches!(m, Message::Assistant { .. }))
+    {
+        Some(Message::Assistant {
+            content,
+            tool_calls,
+        }) => Ok((content.clone(), tool_calls.clone())),
+        _ => Err(anyhow::anyhow!(
+            "step {step} has no answer of the model in the transcript"
+        )),
     }
 }
 
@@ -338,83 +809,15 @@ fn close_step(state: &mut AgentState, step: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn transcript_line(run: &Run<'_>, step: u32, now: Timestamp, message: Message) -> TranscriptLine {
-    TranscriptLine {
-        message,
-        message_id: None,
-        execution_id: Some(run.execution_id),
-        step: Some(step),
-        timestamp: now,
-        state: None,
-    }
-}
-
-fn emit_step_completed(
-    sink: &mut dyn Sink,
-    step: u32,
-    tool_calls: &[ToolCall],
-    ran: &ToolRun,
-    open: Option<&OpenStep>,
-    started: Instant,
-) -> anyhow::Result<()> {
-    sink.emit(EventPayload::StepCompleted(StepCompleted {
-        step_number: step,
+fn step_completed(step: &Step, tool_calls: &[ToolCall], ran: &ToolRun) -> EventPayload {
+    let answer = step.answer.as_ref();
+    EventPayload::StepCompleted(StepCompleted {
+        step_number: step.number,
         has_tool_calls: !tool_calls.is_empty(),
         errors: ran.errors,
-        finish_reason: open.and_then(|o| o.finish_reason.clone()),
-        usage: open.map(|o| o.usage).unwrap_or_default(),
-        duration_ms: elapsed_ms(started),
-    }))
-}
-
-/// One inference: the step's first event, the streamed answer, its accounting.
-/// `Err(end)` when the call did not produce an answer (interrupted, provider failure).
-#[allow(clippy::too_many_arguments)]
-async fn infer(
-    run: &Run<'_>,
-    history: &[Message],
-    state: &mut AgentState,
-    sink: &mut dyn Sink,
-    specs: &[crate::provider::ToolSpec],
-    tool_names: &[String],
-    step: u32,
-    deadline: Option<Timestamp>,
-) -> anyhow::Result<Result<ModelTurn, LoopEnd>> {
-    let view = compact::view(history, state.compaction.as_ref());
-    sink.emit(EventPayload::StepStarted(StepStarted {
-        step_number: step,
-        message_count: view.len(),
-        available_tools: tool_names.to_vec(),
-    }))?;
-    let request = ModelRequest {
-        system: &run.def.system,
-        messages: &view,
-        tools: specs,
-        tool_choice: tool_choice(run.def, history),
-        call_index: state.model_calls,
-    };
-    let (result, stop, record_error) = stream_step(run, request, sink, deadline).await;
-    if let Some(err) = record_error {
-        return Err(err);
-    }
-    Ok(match result {
-        Ok(turn) => {
-            state.model_calls += 1;
-            Ok(turn)
-        }
-        Err(ProviderError::Interrupted) => {
-            let stop = stop.unwrap_or(Stop::Shutdown);
-            if stop != Stop::Shutdown {
-                // The call was made and abandoned; a suspended one is made again.
-                state.model_calls += 1;
-            }
-            Err(stop.into())
-        }
-        Err(err) => {
-            // The call was made: a script entry was used up, a real API billed it.
-            state.model_calls += 1;
-            Err(LoopEnd::Settled(provider_failure(&err, step)))
-        }
+        finish_reason: answer.and_then(|o| o.finish_reason.clone()),
+        usage: answer.map(|o| o.usage).unwrap_or_default(),
+        duration_ms: elapsed_ms(step.started),
     })
 }
 
@@ -431,117 +834,9 @@ fn tool_choice<'d>(def: &'d AgentDef, history: &[Message]) -> Option<&'d ToolCho
     (!(choice.forces_a_call() && called)).then_some(choice)
 }
 
-/// Compacts older turns when the next prompt would pass the threshold. Returns a stop
-/// if one was requested during the summarising call.
-async fn compact_if_needed(
-    run: &Run<'_>,
-    history: &[Message],
-    state: &mut AgentState,
-    sink: &mut dyn Sink,
-    window: u64,
-    specs: &[crate::provider::ToolSpec],
-    deadline: Option<Timestamp>,
-) -> anyhow::Result<Option<Stop>> {
-    let threshold = run
-        .def
-        .model
-        .compact_threshold
-        .unwrap_or(compact::DEFAULT_THRESHOLD);
-    let Some(plan) = compact::plan(
-        &run.def.system,
-        history,
-        specs,
-        state.compaction.as_ref(),
-        window,
-        threshold,
-    ) else {
-        return Ok(None);
-    };
-    let previous = state.compaction.as_ref().and_then(|c| c.summary.clone());
-    let input = compact::summary_input(history, &plan, previous.as_deref());
-    let messages = [Message::User { content: input }];
-    let request = ModelRequest {
-        system: compact::PROMPT,
-        messages: &messages,
-        tools: &[],
-        tool_choice: None,
-        call_index: state.model_calls,
-    };
-    // The summary is not part of the answer: its text is not streamed as chunks.
-    let mut observer = StepObserver {
-        sink,
-        streams: false,
-        chunk_index: 0,
-        stop: None,
-        record_error: None,
-        deadline,
-    };
-    let result = run.provider.stream(request, &mut observer).await;
-    let (stop, record_error) = (observer.stop, observer.record_error);
-    if let Some(err) = record_error {
-        return Err(err);
-    }
-    let summary = match result {
-        Err(ProviderError::Interrupted) => return Ok(Some(stop.unwrap_or(Stop::Shutdown))),
-        Ok(turn) if !turn.text.trim().is_empty() => {
-            state.model_calls += 1;
-            if let Some(current) = state.current.as_mut() {
-                current.usage.add(turn.usage);
-            }
-            Some(turn.text)
-        }
-        // Summarising failed: the oldest turns are dropped instead, with any earlier
-        // summary kept.
-        _ => {
-            state.model_calls += 1;
-            None
-        }
-    };
-    let summarized = summary.is_some();
-    state.compaction = Some(Compaction {
-        through: plan.cut as u64,
-        summary: summary.or(previous),
-    });
-    let after = compact::estimate(
-        &run.def.system,
-        &compact::view(history, state.compaction.as_ref()),
-        specs,
-    );
-    sink.emit(EventPayload::ContextCompacted(ContextCompacted {
-        before_tokens: plan.before_tokens,
-        after_tokens: after,
-        dropped_messages: (plan.cut - plan.from) as u64,
-        summarized,
-    }))?;
-    Ok(None)
-}
-
-/// Streams one inference, turning text deltas into chunk events and retries into
-/// `provider.retry` events. Returns the provider's result, why it was interrupted (if
-/// it was), and any failure to record an event.
-async fn stream_step(
-    run: &Run<'_>,
-    request: ModelRequest<'_>,
-    sink: &mut dyn Sink,
-    deadline: Option<Timestamp>,
-) -> (
-    Result<ModelTurn, ProviderError>,
-    Option<Stop>,
-    Option<anyhow::Error>,
-) {
-    let mut observer = StepObserver {
-        sink,
-        streams: run.preset.streams_chunks(),
-        chunk_index: 0,
-        stop: None,
-        record_error: None,
-        deadline,
-    };
-    let result = run.provider.stream(request, &mut observer).await;
-    (result, observer.stop, observer.record_error)
-}
-
-/// Sees a step's stream on behalf of the loop.
+/// Sees a model call's stream on behalf of the loop: text deltas become chunk events
+/// (when `streams`), retries `provider.retry` events, and a stop or a failure to record
+/// an event interrupts the call.
 struct StepObserver<'s> {
     sink: &'s mut dyn Sink,
     streams: bool,
@@ -551,7 +846,35 @@ struct StepObserver<'s> {
     deadline: Option<Timestamp>,
 }
 
-impl StepObserver<'_> {
+/// What a model call came to: the provider's result, why it was interrupted (if it
+/// was), and any failure to record an event.
+struct Streamed {
+    result: Result<ModelTurn, ProviderError>,
+    stop: Option<Stop>,
+    record_error: Option<anyhow::Error>,
+}
+
+impl<'s> StepObserver<'s> {
+    fn new(sink: &'s mut dyn Sink, streams: bool, deadline: Option<Timestamp>) -> Self {
+        StepObserver {
+            sink,
+            streams,
+            chunk_index: 0,
+            stop: None,
+            record_error: None,
+            deadline,
+        }
+    }
+
+    async fn stream(mut self, provider: &dyn Provider, request: ModelRequest<'_>) -> Streamed {
+        let result = provider.stream(request, &mut self).await;
+        Streamed {
+            result,
+            stop: self.stop,
+            record_error: self.record_error,
+        }
+    }
+
     fn record(&mut self, payload: EventPayload) -> Result<(), Interrupt> {
         if self.interrupted() {
             return Err(Interrupt);
@@ -598,139 +921,11 @@ impl StreamObserver for StepObserver<'_> {
 }
 
 /// What running a step's tool calls produced.
+#[derive(Default)]
 struct ToolRun {
     errors: u32,
     last_error: Option<String>,
     stop: Option<Stop>,
-}
-
-/// Runs the step's tool calls that have no result yet, persisting results as they
-/// come. Consecutive read-only calls run at the same time and are persisted together,
-/// in the order of the calls (a crash before that runs them again, which changes
-/// nothing); a side-effecting call runs alone, marked as started first. A cancel or
-/// the time limit between calls answers the remaining calls with errors (so the
-/// transcript stays a valid conversation); a shutdown stops at once, leaving the step
-/// open for the next worker: a running command is killed, and one that may have had
-/// effects stays marked as started, so that the resumed step answers it as
-/// interrupted.
-async fn run_tools(
-    run: &Run<'_>,
-    history: &mut Vec<Message>,
-    state: &mut AgentState,
-    sink: &mut dyn Sink,
-    calls: &[ToolCall],
-    step: u32,
-    deadline: Option<Timestamp>,
-) -> anyhow::Result<ToolRun> {
-    let mut next = history
-        .iter()
-        .rev()
-        .take_while(|m| matches!(m, Message::Tool { .. }))
-        .count();
-    let mut ran = ToolRun {
-        errors: 0,
-        last_error: None,
-        stop: None,
-    };
-    while next < calls.len() {
-        if ran.stop.is_none() {
-            ran.stop = stop_now(sink, deadline);
-            if ran.stop == Some(Stop::Shutdown) {
-                return Ok(ran);
-            }
-        }
-        let call = &calls[next];
-        let interrupted = current(state)?
-            .open_step
-            .as_ref()
-            .and_then(|o| o.tool_started.as_deref())
-            == Some(call.id.as_str());
-        let outputs = match ran.stop {
-            Some(Stop::TimeLimit) => {
-                vec![ToolOutput::error("not run: the execution ran out of time")]
-            }
-            Some(_) => vec![ToolOutput::error("not run: the execution was cancelled")],
-            // Never run twice: its effects may or may not have happened.
-            None if interrupted => vec![ToolOutput::error(
-                "interrupted: the worker running this tool stopped before it finished; it may or may not have taken effect",
-            )],
-            None if run.tools.is_read_only(&call.name) => {
-                let batch = calls[next..]
-                    .iter()
-                    .take_while(|c| run.tools.is_read_only(&c.name))
-                    .count();
-                match run_read_only(run, &calls[next..next + batch], sink, deadline).await? {
-                    Some(outputs) => outputs,
-                    // Cut by a shutdown: they have no results, and run again on resume.
-                    None => {
-                        ran.stop = Some(Stop::Shutdown);
-                        return Ok(ran);
-                    }
-                }
-            }
-            None => {
-                if let Some(open) = current_mut(state)?.open_step.as_mut() {
-                    open.tool_started = Some(call.id.clone());
-                }
-                sink.checkpoint(Vec::new(), state)?;
-                match run_side_effecting(run, call, sink, &mut state.todos, deadline).await? {
-                    Some(output) => vec![output],
-                    // Cut by a shutdown: the call stays marked as started, so the
-                    // resumed step answers it as interrupted instead of running it again.
-                    None => {
-                        ran.stop = Some(Stop::Shutdown);
-                        return Ok(ran);
-                    }
-                }
-            }
-        };
-        let answered = &calls[next..next + outputs.len()];
-        next += outputs.len();
-        let mut lines = Vec::with_capacity(outputs.len());
-        for (call, output) in answered.iter().zip(outputs) {
-            if output.is_error {
-                ran.errors += 1;
-                ran.last_error = Some(output.content.clone());
-            }
-            let line = transcript_line(
-                run,
-                step,
-                sink.now(),
-                Message::Tool {
-                    tool_call_id: call.id.clone(),
-                    name: call.name.clone(),
-                    content: output.content,
-                    is_error: output.is_error,
-                },
-            );
-            history.push(line.message.clone());
-            lines.push(line);
-        }
-        let current = current_mut(state)?;
-        if let Some(open) = current.open_step.as_mut() {
-            open.tool_started = None;
-        }
-        if next == calls.len() && ran.stop.is_none() {
-            // The step is complete: it counts as failed when every one of its calls
-            // failed, including those answered before a resume.
-            let failed = history
-                .iter()
-                .rev()
-                .take(calls.len())
-                .all(|m| matches!(m, Message::Tool { is_error: true, .. }));
-            current.failed_steps_in_a_row = if failed {
-                current.failed_steps_in_a_row + 1
-            } else {
-                0
-            };
-            close_step(state, step)?;
-        }
-        sink.checkpoint(lines, state)?;
-    }
-    if ran.stop.is_none() {
-        ran.stop = stop_now(sink, deadline).filter(|s| *s != Stop::Shutdown);
-    }
-    Ok(ran)
 }
 
 /// How often running tools look whether the execution should stop.
@@ -739,87 +934,6 @@ const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 /// The answer recorded for a call a shutdown cut short (in its `agent.tool.completed`
 /// event; the transcript gets the resumed step's answer).
 const CUT_BY_SHUTDOWN: &str = "interrupted: the worker stopped while this tool ran";
-
-/// Runs read-only calls at the same time. Their events keep the calls' order: every
-/// start, then every completion. Any stop (a cancel, the deadline, a shutdown) stops
-/// them: a command's process group is killed. `None` when a shutdown did: the calls
-/// changed nothing and have no results, so the resumed step runs them again.
-async fn run_read_only(
-    run: &Run<'_>,
-    calls: &[ToolCall],
-    sink: &mut dyn Sink,
-    deadline: Option<Timestamp>,
-) -> anyhow::Result<Option<Vec<ToolOutput>>> {
-    for call in calls {
-        sink.emit(tool_started(run, call))?;
-    }
-    let stopping = std::sync::atomic::AtomicBool::new(false);
-    let work = futures_util::future::join_all(calls.iter().map(|call| {
-        let stopping = &stopping;
-        async move {
-            let started = Instant::now();
-            // Read-only tools never touch the task list.
-            let mut todos = Vec::new();
-            let mut stop = || stopping.load(std::sync::atomic::Ordering::Relaxed);
-            let output = invoke(run, call, &mut todos, &mut stop).await;
-            (output, elapsed_ms(started))
-        }
-    }));
-    tokio::pin!(work);
-    let mut cut = None;
-    let results = loop {
-        tokio::select! {
-            results = &mut work => break results,
-            () = tokio::time::sleep(STOP_CHECK), if cut.is_none() => {
-                cut = stop_now(sink, deadline);
-                if cut.is_some() {
-                    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    let shutdown = cut == Some(Stop::Shutdown);
-    let mut outputs = Vec::with_capacity(results.len());
-    for (call, (output, duration_ms)) in calls.iter().zip(results) {
-        let output = if shutdown {
-            ToolOutput::error(CUT_BY_SHUTDOWN)
-        } else {
-            output
-        };
-        sink.emit(tool_completed(run, call, &output, duration_ms))?;
-        outputs.push(output);
-    }
-    Ok((!shutdown).then_some(outputs))
-}
-
-/// Runs one call that may change something, alone. Any stop (a cancel, the deadline,
-/// a shutdown) cuts a long tool (a command: its process group is killed). `None` when
-/// a shutdown did: the call may or may not have taken effect, and has no result.
-async fn run_side_effecting(
-    run: &Run<'_>,
-    call: &ToolCall,
-    sink: &mut dyn Sink,
-    todos: &mut Vec<crate::domain::state::Todo>,
-    deadline: Option<Timestamp>,
-) -> anyhow::Result<Option<ToolOutput>> {
-    sink.emit(tool_started(run, call))?;
-    let started = Instant::now();
-    let mut cut = None;
-    let mut stop = || {
-        cut = cut.or_else(|| stop_now(&mut *sink, deadline));
-        cut.is_some()
-    };
-    let output = invoke(run, call, todos, &mut stop).await;
-    let output = match cut {
-        Some(Stop::Shutdown) => None,
-        _ => Some(output),
-    };
-    let shown = output
-        .clone()
-        .unwrap_or_else(|| ToolOutput::error(CUT_BY_SHUTDOWN));
-    sink.emit(tool_completed(run, call, &shown, elapsed_ms(started)))?;
-    Ok(output)
-}
 
 /// Calls the tool, unless the model's arguments were not valid JSON.
 async fn invoke(

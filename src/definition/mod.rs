@@ -1,7 +1,11 @@
 //! Agent definitions: `agents/<name>.toml`, checked, typed, and with a session's
 //! `--set` overrides applied (ARCHITECTURE.md §5).
+//!
+//! A definition is checked twice, and every problem of a pass is reported at once: its
+//! table against the schema ([`schema::AGENT`]), then the typed definition against the
+//! home's config (`check.rs`).
 
-pub mod schema;
+mod check;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,11 @@ use toml::{Table, Value};
 use crate::config::HomeConfig;
 use crate::error::UserError;
 use crate::time::parse_duration;
-use schema::Problem;
+/// Also reachable here, where the commands that report a definition's problems look
+/// for it (`definition::schema::Problem`).
+pub use crate::validate::schema;
+use crate::validate::{self, Problem, is_name};
+use check::{check_file_name, check_semantics};
 
 /// Built-in tools this version provides, by their contract names.
 pub const BUILTIN_TOOLS: &[&str] = &[
@@ -24,9 +32,6 @@ pub const BUILTIN_TOOLS: &[&str] = &[
     "search_files",
     "todo_write",
 ];
-
-/// Providers this version knows.
-pub const PROVIDERS: &[&str] = &["openai", "anthropic", "scripted"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,13 +295,7 @@ fn default_workspace() -> String {
 
 /// An agent name is a file stem under `agents/`, so it is checked before it becomes one.
 pub fn check_name(name: &str) -> Result<(), UserError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['-', '.'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
+    if is_name(name) {
         Ok(())
     } else {
         Err(UserError::usage(format!(
@@ -348,12 +347,8 @@ impl Source {
         let mut table: Table =
             toml::from_str(&self.text).map_err(|e| vec![toml_problem(&self.text, &e)])?;
         for (key, value) in overrides {
-            set_dotted(&mut table, key, json_to_toml(value)).map_err(|message| {
-                vec![Problem {
-                    key: key.clone(),
-                    message,
-                }]
-            })?;
+            set_dotted(&mut table, key, json_to_toml(value))
+                .map_err(|message| vec![Problem::new(key.clone(), message)])?;
         }
         let mut problems = Vec::new();
         schema::check_table(&table, schema::AGENT, "", &mut problems);
@@ -363,12 +358,9 @@ impl Source {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let def: AgentDef = Value::Table(table).try_into().map_err(|e| {
-            vec![Problem {
-                key: String::new(),
-                message: e.message().to_owned(),
-            }]
-        })?;
+        let def: AgentDef = Value::Table(table)
+            .try_into()
+            .map_err(|e| vec![Problem::new(String::new(), e.message())])?;
         let semantic = check_semantics(&def, home);
         if semantic.is_empty() {
             Ok(def)
@@ -378,343 +370,11 @@ impl Source {
     }
 }
 
-/// The name must be the file's stem (and so a safe one).
-fn check_file_name(name: &str, stem: &str) -> Option<Problem> {
-    let message = if name != stem {
-        format!(
-            "`{}` does not match the file name `{stem}.toml`",
-            name.escape_default()
-        )
-    } else {
-        check_name(name).err()?.message
-    };
-    Some(Problem {
-        key: "name".to_owned(),
-        message,
-    })
-}
-
-/// What the schema cannot say: values from a fixed set, combinations of keys.
-fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            key: key.to_owned(),
-            message,
-        })
-    };
-    let provider = def.model.provider.as_str();
-    let named = home.providers.contains_key(provider);
-    if !named && !PROVIDERS.contains(&provider) {
-        let mut known: Vec<&str> = PROVIDERS.to_vec();
-        known.extend(home.providers.keys().map(String::as_str));
-        problem(
-            "model.provider",
-            format!(
-                "unknown provider `{provider}`; use one of {} (or define [providers.{provider}] in agentq.toml)",
-                known.join(", ")
-            ),
-        );
-    } else if (named || provider != "scripted") && def.model.name.is_none() {
-        problem(
-            "model.name",
-            format!("missing (required for provider `{provider}`)"),
-        );
-    }
-    if let Some(name) = &def.model.name
-        && (name.trim().is_empty() || name.chars().any(char::is_control))
-    {
-        problem(
-            "model.name",
-            format!(
-                "`{}` is not a model name; write it as the server knows it, such as gpt-4o-mini",
-                name.escape_default()
-            ),
-        );
-    }
-    if let Some(url) = &def.model.base_url
-        && let Err(message) = check_base_url(url)
-    {
-        problem("model.base_url", message);
-    }
-    if let Some(var) = &def.model.api_key_env
-        && let Err(message) = check_env_name(var)
-    {
-        problem("model.api_key_env", message);
-    }
-    let anthropic = match home.providers.get(provider) {
-        Some(named) => named.kind == crate::config::ProviderKind::Anthropic,
-        None => provider == "anthropic",
-    };
-    if anthropic && let Some(t) = def.model.temperature.filter(|t| *t > 1.0) {
-        // The schema allows OpenAI's 0 to 2; the Messages API refuses more than 1.
-        problem(
-            "model.temperature",
-            format!("model.temperature = {t}: must be at most 1 for an anthropic provider"),
-        );
-    }
-    if def.model.provider == "scripted" && def.model.script.is_empty() {
-        problem(
-            "model.script",
-            "the scripted provider needs at least one [[model.script]] entry".to_owned(),
-        );
-    }
-    for (i, entry) in def.model.script.iter().enumerate() {
-        for (j, call) in entry.tool_calls.iter().enumerate() {
-            if call.name.is_empty() {
-                problem(
-                    &format!("model.script[{i}].tool_calls[{j}].name"),
-                    "is empty".to_owned(),
-                );
-            }
-        }
-    }
-    // An MCP server's tools are known only once it runs; a granted server counts as tools.
-    let no_tools =
-        def.tools.builtin.is_empty() && def.tools.command.is_empty() && def.tools.mcp.is_empty();
-    if def.model.tool_choice == Some(ToolChoice::Required) && no_tools {
-        problem(
-            "model.tool_choice",
-            "\"required\" needs a tool to call; grant one in [tools], or leave tool_choice out"
-                .to_owned(),
-        );
-    }
-    if let Some(ToolChoice::Tool(name)) = &def.model.tool_choice {
-        let granted = def.tools.builtin.iter().any(|t| t == name)
-            || def.tools.command.iter().any(|c| &c.name == name)
-            || def
-                .tools
-                .mcp
-                .iter()
-                .any(|server| name.starts_with(&format!("mcp__{server}__")));
-        if !granted && BUILTIN_TOOLS.contains(&name.as_str()) {
-            problem(
-                "model.tool_choice",
-                format!(
-                    "`{name}` is a built-in tool this agent does not list; add it to `[tools] builtin`"
-                ),
-            );
-        } else if !granted {
-            problem(
-                "model.tool_choice",
-                format!(
-                    "`{}` is neither \"auto\", \"required\", \"none\" nor a tool this agent has",
-                    name.escape_default()
-                ),
-            );
-        }
-    }
-    for (i, tool) in def.tools.builtin.iter().enumerate() {
-        if !BUILTIN_TOOLS.contains(&tool.as_str()) {
-            problem(
-                &format!("tools.builtin[{i}]"),
-                format!(
-                    "unknown tool `{tool}`; built-in tools are {}",
-                    BUILTIN_TOOLS.join(", ")
-                ),
-            );
-        }
-    }
-    if let Err(message) = check_workspace(&def.tools.workspace) {
-        problem("tools.workspace", message);
-    }
-    let key_env: Vec<&str> = def
-        .model
-        .api_key_env
-        .iter()
-        .chain(
-            home.providers
-                .get(provider)
-                .and_then(|p| p.api_key_env.as_ref()),
-        )
-        .map(String::as_str)
-        .collect();
-    for (i, name) in def.tools.env_pass.iter().enumerate() {
-        if let Err(message) = crate::tools::command::check_env_pass(name, &key_env) {
-            problem(&format!("tools.env_pass[{i}]"), message);
-        }
-    }
-    for (i, server) in def.tools.mcp.iter().enumerate() {
-        match home.mcp_servers.get(server) {
-            None => problem(
-                &format!("tools.mcp[{i}]"),
-                format!(
-                    "no MCP server `{}` in agentq.toml; define [mcp_servers.{}] there{}",
-                    server.escape_default(),
-                    server.escape_default(),
-                    known_servers(home)
-                ),
-            ),
-            Some(config) if !config.enabled => problem(
-                &format!("tools.mcp[{i}]"),
-                format!(
-                    "MCP server `{server}` is disabled in agentq.toml (enabled = false); enable it or leave it out"
-                ),
-            ),
-            Some(_) => {}
-        }
-    }
-    for (i, command) in def.tools.command.iter().enumerate() {
-        let key = |field: &str| format!("tools.command[{i}].{field}");
-        if check_name(&command.name).is_err() {
-            problem(
-                &key("name"),
-                format!(
-                    "`{}` is not a tool name: use letters, digits, `-` and `_`",
-                    command.name.escape_default()
-                ),
-            );
-        } else if BUILTIN_TOOLS.contains(&command.name.as_str())
-            || def.tools.command[..i]
-                .iter()
-                .any(|c| c.name == command.name)
-        {
-            problem(
-                &key("name"),
-                format!("`{}` is already the name of another tool", command.name),
-            );
-        }
-        if command.argv.first().is_none_or(|p| p.is_empty()) {
-            problem(&key("argv"), "needs at least the program to run".to_owned());
-        }
-        if let Some(cwd) = &command.cwd
-            && let Err(message) = check_relative(cwd)
-        {
-            problem(&key("cwd"), message);
-        }
-        // Sent to the model as the function's parameters, which must be an object
-        // schema; any other is refused by the server at every step.
-        if let Some(parameters) = &command.parameters
-            && parameters.get("type").and_then(Value::as_str) != Some("object")
-        {
-            problem(
-                &key("parameters"),
-                "must be a JSON Schema of an object: type = \"object\", with its properties"
-                    .to_owned(),
-            );
-        }
-    }
-    problems
-}
-
-/// A `base_url` that a request can go to: http or https, with a host. Checked where a
-/// definition or `agentq.toml` is read and again where the endpoint is resolved (the
-/// environment may supply one), so validate and the run agree.
-pub fn check_base_url(url: &str) -> Result<(), String> {
-    let shown = url.escape_default();
-    let parsed = reqwest::Url::parse(url.trim())
-        .map_err(|e| format!("`{shown}` is not a URL ({e}); write it like https://host/v1"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "`{shown}` must start with http:// or https://, like https://host/v1"
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "`{shown}` names no host; write it like https://host/v1"
-        ));
-    }
-    Ok(())
-}
-
-/// The name of an environment variable (`api_key_env`): the key itself, pasted by
-/// mistake, would otherwise be looked up as a name and reported missing at every run.
-pub fn check_env_name(name: &str) -> Result<(), String> {
-    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is not an environment variable name: use letters, digits and `_`, such as OPENAI_API_KEY (the name of the variable, never the key)",
-            // Never echo what may be a pasted key.
-            if name.len() > 12 { "…" } else { name }.escape_default()
-        ))
-    }
-}
-
-/// `[tools] workspace`: "session", or a directory under the home that is not agentq's
-/// own (an agent able to write `agents/` or `sessions/` could grant itself new tools,
-/// raise its own limits or touch other sessions).
-fn check_workspace(workspace: &str) -> Result<(), String> {
-    if workspace == "session" {
-        return Ok(());
-    }
-    check_relative(workspace)?;
-    let first = Path::new(workspace).components().find_map(|c| match c {
-        std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
-        _ => None,
-    });
-    match first.as_deref() {
-        None => Err(
-            "the workspace cannot be the home itself; name a directory under it, or \"session\""
-                .to_owned(),
-        ),
-        Some(reserved @ ("agents" | "sessions" | "agentq.toml")) => Err(format!(
-            "the workspace cannot be inside `{reserved}`, which holds agentq's own files"
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
-/// A path relative to its base that cannot climb out of it.
-pub fn check_relative(path: &str) -> Result<(), String> {
-    let inside = !path.is_empty()
-        && !path.contains('\0')
-        && Path::new(path).components().all(|c| {
-            matches!(
-                c,
-                std::path::Component::Normal(_) | std::path::Component::CurDir
-            )
-        });
-    if inside {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` must be a relative path without `..`",
-            path.escape_default()
-        ))
-    }
-}
-
 /// One problem for a TOML syntax error, with its line and column.
 fn toml_problem(text: &str, err: &toml::de::Error) -> Problem {
-    Problem {
-        key: String::new(),
-        message: format!("invalid TOML: {}", describe_toml_error(text, err)),
-    }
-}
-
-/// A TOML error on one line: where it is, the line itself (which names the key), and
-/// what is wrong.
-pub fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
-    let position = err.span().map(|span| {
-        let start = span.start.min(text.len());
-        let before = &text[..start];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        let source: String = text[start..]
-            .lines()
-            .next()
-            .map(|rest| format!("{}{rest}", before.rsplit('\n').next().unwrap_or("")))
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .take(80)
-            .collect();
-        if source.is_empty() {
-            format!("line {line}, column {column}: ")
-        } else {
-            format!(
-                "line {line}, column {column} (`{}`): ",
-                crate::text::sanitize(&source)
-            )
-        }
-    });
-    format!(
-        "{}{}",
-        position.unwrap_or_default(),
-        err.message().trim().replace('\n', " ")
+    Problem::new(
+        String::new(),
+        format!("invalid TOML: {}", validate::describe_toml_error(text, err)),
     )
 }
 
@@ -828,29 +488,8 @@ pub fn load_named(
     })?;
     match source.load(overrides, home) {
         Ok(def) => Ok((def, source)),
-        Err(problems) => Err(invalid_file(&path, &problems)),
+        Err(problems) => Err(validate::invalid_file(&path, &problems)),
     }
-}
-
-/// `; the servers defined are: a, b` (or nothing when there are none).
-fn known_servers(home: &HomeConfig) -> String {
-    if home.mcp_servers.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<&str> = home.mcp_servers.keys().map(String::as_str).collect();
-        format!("; the servers defined are: {}", names.join(", "))
-    }
-}
-
-/// The one-line refusal of a file with problems (a definition, `agentq.toml`): the
-/// file, then every problem, so one run of `agents validate` shows them all.
-pub fn invalid_file(path: &Path, problems: &[impl std::fmt::Display]) -> UserError {
-    let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    UserError::usage(format!(
-        "{} is invalid: {}",
-        path.display(),
-        listed.join("; ")
-    ))
 }
 
 #[cfg(test)]
@@ -978,25 +617,6 @@ mod tests {
     }
 
     #[test]
-    fn workspaces_stay_under_the_home() {
-        assert!(check_workspace("session").is_ok());
-        assert!(check_workspace("projects/site").is_ok());
-        for bad in [
-            "/etc",
-            "../x",
-            "a/../../b",
-            "",
-            ".",
-            "./",
-            "agents",
-            "sessions/x",
-            "./agents",
-        ] {
-            assert!(check_workspace(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn max_consecutive_errors_leaves_the_model_one_failed_step_to_learn_from() {
         let with = |n: &str| {
             source(
@@ -1012,40 +632,6 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!(with("2").unwrap().limits.max_consecutive_errors, 2);
-    }
-
-    #[test]
-    fn base_urls_are_http_or_https_with_a_host() {
-        for good in [
-            "https://api.openai.com/v1",
-            "http://127.0.0.1:8080/v1",
-            " http://localhost:11434/v1/ ",
-        ] {
-            assert!(check_base_url(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "not a url",
-            "file:///etc/passwd",
-            "ftp://host/v1",
-            "http://",
-            "http://:8080",
-            "unix:/run/x.sock",
-            "",
-        ] {
-            assert!(check_base_url(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn api_key_env_is_a_variable_name_and_a_pasted_key_is_not_echoed() {
-        for good in ["OPENAI_API_KEY", "_KEY", "k1"] {
-            assert!(check_env_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "1KEY", "MY KEY", "A-B", "KEY\n"] {
-            assert!(check_env_name(bad).is_err(), "{bad:?}");
-        }
-        let err = check_env_name("sk-proj-abcdefghijklmnop").unwrap_err();
-        assert!(!err.contains("abcdef"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use rmcp::transport::streamable_http_client::{
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::watch;
 
 use super::names::{cap_description, exposed_name, selected};
@@ -286,38 +287,63 @@ async fn start_stdio(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     process::prepare(&mut child, owner);
-    let mut spawned = child.spawn().map_err(|e| {
+    let spawned = child.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             format!("cannot run `{command}`: not found")
         } else {
             format!("cannot run `{command}`: {e}")
         }
     })?;
-    let group = spawned
-        .id()
-        .and_then(|id| process::Group::register(id, owner));
-    let (Some(stdin), Some(stdout)) = (spawned.stdin.take(), spawned.stdout.take()) else {
-        return Err("cannot talk to it: its pipes are missing".to_owned());
-    };
-    let last_stderr = Arc::new(Mutex::new(String::new()));
-    let stderr = tokio::spawn(log_stderr(
-        spec.name.clone(),
-        spawned.stderr.take(),
-        Arc::clone(&last_stderr),
-    ));
-    let (tell, exited) = watch::channel(None);
-    let waiter = tokio::spawn(async move {
-        if let Ok(status) = spawned.wait().await {
-            let _ = tell.send(Some(status));
-        }
-    });
-    let mut child = Child {
-        group,
-        exited,
-        waiter,
-        last_stderr,
-        stderr,
-    };
+    let (child, stdin, stdout) = Child::adopt(&spec.name, spawned, owner)?;
+    handshake_stdio(spec, child, stdin, stdout).await
+}
+
+impl Child {
+    /// Takes charge of a spawned server: registers its group, sends its stderr to the
+    /// log and reaps it when it exits. Returns the pipes the protocol runs over.
+    fn adopt(
+        server: &str,
+        mut spawned: tokio::process::Child,
+        owner: Option<&process::Owner>,
+    ) -> Result<(Child, ChildStdin, ChildStdout), String> {
+        let group = spawned
+            .id()
+            .and_then(|id| process::Group::register(id, owner));
+        let (Some(stdin), Some(stdout)) = (spawned.stdin.take(), spawned.stdout.take()) else {
+            return Err("cannot talk to it: its pipes are missing".to_owned());
+        };
+        let last_stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = tokio::spawn(log_stderr(
+            server.to_owned(),
+            spawned.stderr.take(),
+            Arc::clone(&last_stderr),
+        ));
+        let (tell, exited) = watch::channel(None);
+        let waiter = tokio::spawn(async move {
+            if let Ok(status) = spawned.wait().await {
+                let _ = tell.send(Some(status));
+            }
+        });
+        let child = Child {
+            group,
+            exited,
+            waiter,
+            last_stderr,
+            stderr,
+        };
+        Ok((child, stdin, stdout))
+    }
+}
+
+/// Initialises the connection over the child's pipes and lists its tools, within
+/// `startup_timeout`. A server that exited says more than the protocol error it
+/// caused, so a failed start reports the exit when there is one.
+async fn handshake_stdio(
+    spec: &ServerSpec,
+    mut child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+) -> Result<Server, String> {
     let started = Instant::now();
     let handshake = connect(spec, client_info().serve((stdout, stdin)));
     let why = match tokio::time::timeout(spec.startup_timeout, handshake).await {
@@ -333,8 +359,7 @@ async fn start_stdio(
         Ok(Err(why)) => Some(why),
         Err(_) => None,
     };
-    // A server that exited says more than the protocol error it caused. Dropping
-    // `child` on the way out kills what is left of it.
+    // Dropping `child` on the way out kills what is left of it.
     let left = spec
         .startup_timeout
         .saturating_sub(started.elapsed())

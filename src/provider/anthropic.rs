@@ -199,87 +199,102 @@ impl TurnBuilder {
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
         let index = self.continues.get(&index).copied().unwrap_or(index);
         match event.get("type").and_then(Value::as_str).unwrap_or("") {
-            "message_start" => {
-                if let Some(usage) = event.pointer("/message/usage") {
-                    self.input_tokens = input_tokens(usage);
-                    self.output_tokens = usage
-                        .get("output_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
-                }
-            }
-            "content_block_start" => {
-                let block = event.get("content_block").cloned().unwrap_or(Value::Null);
-                let text = |key: &str| {
-                    block
-                        .get(key)
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned()
-                };
-                if let Some(first) = self.continued_call(index, &text("id"), &block) {
-                    self.continues.insert(index, first);
-                    return Ok(String::new());
-                }
-                let started = match block.get("type").and_then(Value::as_str) {
-                    Some("tool_use") => Block::ToolUse {
-                        id: text("id"),
-                        name: text("name"),
-                        json: String::new(),
-                        start_input: block.get("input").cloned().unwrap_or(Value::Null),
-                    },
-                    _ => Block::Text(text("text")),
-                };
-                let initial = match &started {
-                    Block::Text(t) => t.clone(),
-                    Block::ToolUse { .. } => String::new(),
-                };
-                self.blocks.insert(index, started);
-                return Ok(initial);
-            }
-            "content_block_delta" => {
-                let delta = event.get("delta").cloned().unwrap_or(Value::Null);
-                match (
-                    delta.get("type").and_then(Value::as_str),
-                    self.blocks.get_mut(&index),
-                ) {
-                    (Some("text_delta"), Some(Block::Text(text))) => {
-                        let piece = delta.get("text").and_then(Value::as_str).unwrap_or("");
-                        text.push_str(piece);
-                        return Ok(piece.to_owned());
-                    }
-                    (Some("input_json_delta"), Some(Block::ToolUse { json, .. })) => {
-                        json.push_str(
-                            delta
-                                .get("partial_json")
-                                .and_then(Value::as_str)
-                                .unwrap_or(""),
-                        );
-                    }
-                    // Thinking and other block kinds are not part of the answer.
-                    _ => {}
-                }
-            }
-            "message_delta" => {
-                if let Some(reason) = event.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    self.stop_reason = Some(reason.to_owned());
-                }
-                if let Some(usage) = event.get("usage") {
-                    if let Some(out) = usage.get("output_tokens").and_then(Value::as_u64) {
-                        self.output_tokens = out;
-                    }
-                    let input = input_tokens(usage);
-                    if input > 0 {
-                        self.input_tokens = input;
-                    }
-                }
-            }
+            "message_start" => self.message_start(&event),
+            "content_block_start" => return Ok(self.block_start(index, &event)),
+            "content_block_delta" => return Ok(self.block_delta(index, &event)),
+            "message_delta" => self.message_delta(&event),
             "message_stop" => self.done = true,
             "error" => return Err(stream_error(event.get("error").unwrap_or(&Value::Null))),
             // `ping`, `content_block_stop` and event types added later.
             _ => {}
         }
         Ok(String::new())
+    }
+
+    /// `message_start`: the usage the answer starts with (the prompt's tokens).
+    fn message_start(&mut self, event: &Value) {
+        if let Some(usage) = event.pointer("/message/usage") {
+            self.input_tokens = input_tokens(usage);
+            self.output_tokens = usage
+                .get("output_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+        }
+    }
+
+    /// `content_block_start`: a new text or `tool_use` block, or more of the call
+    /// before it. Returns the text the block starts with.
+    fn block_start(&mut self, index: u64, event: &Value) -> String {
+        let block = event.get("content_block").cloned().unwrap_or(Value::Null);
+        let text = |key: &str| {
+            block
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        if let Some(first) = self.continued_call(index, &text("id"), &block) {
+            self.continues.insert(index, first);
+            return String::new();
+        }
+        let started = match block.get("type").and_then(Value::as_str) {
+            Some("tool_use") => Block::ToolUse {
+                id: text("id"),
+                name: text("name"),
+                json: String::new(),
+                start_input: block.get("input").cloned().unwrap_or(Value::Null),
+            },
+            _ => Block::Text(text("text")),
+        };
+        let initial = match &started {
+            Block::Text(t) => t.clone(),
+            Block::ToolUse { .. } => String::new(),
+        };
+        self.blocks.insert(index, started);
+        initial
+    }
+
+    /// `content_block_delta`: more text, or more of a call's arguments. Returns the
+    /// text it adds.
+    fn block_delta(&mut self, index: u64, event: &Value) -> String {
+        let delta = event.get("delta").cloned().unwrap_or(Value::Null);
+        match (
+            delta.get("type").and_then(Value::as_str),
+            self.blocks.get_mut(&index),
+        ) {
+            (Some("text_delta"), Some(Block::Text(text))) => {
+                let piece = delta.get("text").and_then(Value::as_str).unwrap_or("");
+                text.push_str(piece);
+                return piece.to_owned();
+            }
+            (Some("input_json_delta"), Some(Block::ToolUse { json, .. })) => {
+                json.push_str(
+                    delta
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                );
+            }
+            // Thinking and other block kinds are not part of the answer.
+            _ => {}
+        }
+        String::new()
+    }
+
+    /// `message_delta`: why the answer ended, and the final usage.
+    fn message_delta(&mut self, event: &Value) {
+        if let Some(reason) = event.pointer("/delta/stop_reason").and_then(Value::as_str) {
+            self.stop_reason = Some(reason.to_owned());
+        }
+        if let Some(usage) = event.get("usage") {
+            if let Some(out) = usage.get("output_tokens").and_then(Value::as_u64) {
+                self.output_tokens = out;
+            }
+            let input = input_tokens(usage);
+            if input > 0 {
+                self.input_tokens = input;
+            }
+        }
     }
 
     /// The block a new `tool_use` block at `index` continues: the block just before it,

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{HomeConfig, ProviderKind};
+use crate::config::{HomeConfig, NamedProvider, ProviderKind};
 use crate::definition::AgentDef;
 use crate::error::UserError;
 use crate::provider::retry::RetryPolicy;
@@ -79,6 +79,9 @@ impl Endpoint {
     }
 }
 
+/// The endpoint agent `def` calls, with `env` reading the environment. Fails, naming
+/// the agent, when the provider is unknown, the base URL unusable, a key it needs is
+/// not set, or the model has no name.
 pub fn resolve(
     def: &AgentDef,
     home: &HomeConfig,
@@ -86,55 +89,9 @@ pub fn resolve(
 ) -> Result<Endpoint, UserError> {
     let model = &def.model;
     let named = home.providers.get(&model.provider);
-    let kind = match (named.map(|n| n.kind), model.provider.as_str()) {
-        (Some(ProviderKind::Openai), _) | (None, "openai") => Kind::OpenAi,
-        (Some(ProviderKind::Anthropic), _) | (None, "anthropic") => Kind::Anthropic,
-        (None, other) => {
-            return Err(UserError::usage(format!(
-                "agent `{}` uses provider `{other}`, which is neither built in nor defined in agentq.toml ([providers.{other}])",
-                def.name
-            )));
-        }
-    };
-    let (url_env, key_env_default, default_url) = match kind {
-        Kind::OpenAi => ("OPENAI_BASE_URL", "OPENAI_API_KEY", OPENAI_DEFAULT_URL),
-        Kind::Anthropic => (
-            "ANTHROPIC_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            ANTHROPIC_DEFAULT_URL,
-        ),
-    };
-    let base_url = model
-        .base_url
-        .clone()
-        .or_else(|| named.and_then(|n| n.base_url.clone()))
-        .or_else(|| env(url_env).filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| default_url.to_owned());
-    let base_url = base_url.trim().trim_end_matches('/').to_owned();
-    // The same check as `agents validate`; repeated for a URL from the environment.
-    if let Err(message) = crate::definition::check_base_url(&base_url) {
-        return Err(UserError::usage(format!(
-            "agent `{}`: base_url {message}",
-            def.name
-        )));
-    }
-    let explicit_key_env = model
-        .api_key_env
-        .clone()
-        .or_else(|| named.and_then(|n| n.api_key_env.clone()));
-    let key_env = explicit_key_env
-        .clone()
-        .unwrap_or_else(|| key_env_default.to_owned());
-    let api_key = env(&key_env)
-        .filter(|k| !k.trim().is_empty())
-        .map(|k| Secret(k.trim().to_owned()));
-    let needs_key = explicit_key_env.is_some() || base_url == default_url;
-    if needs_key && api_key.is_none() {
-        return Err(UserError::usage(format!(
-            "agent `{}` needs an API key for {base_url}: set the environment variable {key_env}",
-            def.name
-        )));
-    }
+    let kind = Kind::of(def, named)?;
+    let base_url = base_url(def, named, kind, env)?;
+    let api_key = api_key(def, named, kind, &base_url, env)?;
     let name = model.name.clone().ok_or_else(|| {
         UserError::usage(format!(
             "agent `{}` has no [model] name, which provider `{}` needs",
@@ -173,6 +130,99 @@ pub fn resolve(
         retry,
         idle_timeout,
     })
+}
+
+impl Kind {
+    /// The protocol of the agent's provider: a named provider's `kind`, or a built-in.
+    fn of(def: &AgentDef, named: Option<&NamedProvider>) -> Result<Kind, UserError> {
+        match (named.map(|n| n.kind), def.model.provider.as_str()) {
+            (Some(ProviderKind::Openai), _) | (None, "openai") => Ok(Kind::OpenAi),
+            (Some(ProviderKind::Anthropic), _) | (None, "anthropic") => Ok(Kind::Anthropic),
+            (None, other) => Err(UserError::usage(format!(
+                "agent `{}` uses provider `{other}`, which is neither built in nor defined in agentq.toml ([providers.{other}])",
+                def.name
+            ))),
+        }
+    }
+
+    /// The variable that may hold the base URL.
+    fn url_env(self) -> &'static str {
+        match self {
+            Kind::OpenAi => "OPENAI_BASE_URL",
+            Kind::Anthropic => "ANTHROPIC_BASE_URL",
+        }
+    }
+
+    /// The variable the key is read from when `api_key_env` is not set.
+    fn key_env(self) -> &'static str {
+        match self {
+            Kind::OpenAi => "OPENAI_API_KEY",
+            Kind::Anthropic => "ANTHROPIC_API_KEY",
+        }
+    }
+
+    /// The public API.
+    fn default_url(self) -> &'static str {
+        match self {
+            Kind::OpenAi => OPENAI_DEFAULT_URL,
+            Kind::Anthropic => ANTHROPIC_DEFAULT_URL,
+        }
+    }
+}
+
+/// The base URL by the precedence of the module doc, without a trailing `/`.
+fn base_url(
+    def: &AgentDef,
+    named: Option<&NamedProvider>,
+    kind: Kind,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, UserError> {
+    let base_url = def
+        .model
+        .base_url
+        .clone()
+        .or_else(|| named.and_then(|n| n.base_url.clone()))
+        .or_else(|| env(kind.url_env()).filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| kind.default_url().to_owned());
+    let base_url = base_url.trim().trim_end_matches('/').to_owned();
+    // The same check as `agents validate`; repeated for a URL from the environment.
+    if let Err(message) = crate::validate::check_base_url(&base_url) {
+        return Err(UserError::usage(format!(
+            "agent `{}`: base_url {message}",
+            def.name
+        )));
+    }
+    Ok(base_url)
+}
+
+/// The key from the variable `api_key_env` names (or the kind's default variable).
+/// Required when `api_key_env` is set and for the public API.
+fn api_key(
+    def: &AgentDef,
+    named: Option<&NamedProvider>,
+    kind: Kind,
+    base_url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, UserError> {
+    let explicit_key_env = def
+        .model
+        .api_key_env
+        .clone()
+        .or_else(|| named.and_then(|n| n.api_key_env.clone()));
+    let key_env = explicit_key_env
+        .clone()
+        .unwrap_or_else(|| kind.key_env().to_owned());
+    let api_key = env(&key_env)
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| Secret(k.trim().to_owned()));
+    let needs_key = explicit_key_env.is_some() || base_url == kind.default_url();
+    if needs_key && api_key.is_none() {
+        return Err(UserError::usage(format!(
+            "agent `{}` needs an API key for {base_url}: set the environment variable {key_env}",
+            def.name
+        )));
+    }
+    Ok(api_key)
 }
 
 #[cfg(test)]

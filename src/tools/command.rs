@@ -32,6 +32,7 @@ use super::files::Workspace;
 use super::{ToolOutput, process};
 use crate::definition::{CommandToolDef, EnvMode};
 use crate::provider::ToolSpec;
+use crate::validate::DEFAULT_KEY_ENV;
 
 /// Used when a command declares no timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,9 +76,6 @@ const SECRET_ENDINGS: &[&str] = &[
 const SECRET_WORDS: &[&str] = &["PWD", "PAT", "AUTH", "DSN", "JWT"];
 /// What `env = "clean"` keeps.
 const CLEAN_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
-/// Where the built-in providers read their key when `api_key_env` is not set: withheld
-/// like a named `api_key_env`, even from `env_pass`.
-const DEFAULT_KEY_ENV: &[&str] = &["OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
 
 /// True for a variable name that looks like it holds a credential (module doc).
 pub fn is_secret(name: &str) -> bool {
@@ -156,25 +154,6 @@ impl EnvPolicy {
     }
 }
 
-/// `[tools] env_pass` entries: variable names, and not one the agent's key is read
-/// from (`key_env`), which is never passed.
-pub fn check_env_pass(name: &str, key_env: &[&str]) -> Result<(), String> {
-    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        return Err(format!(
-            "`{}` is not an environment variable name: use letters, digits and `_`, not starting with a digit",
-            name.escape_default()
-        ));
-    }
-    if key_env.contains(&name) || DEFAULT_KEY_ENV.contains(&name) {
-        return Err(format!(
-            "`{name}` is where an API key of the agent is read from, which is never passed to commands"
-        ));
-    }
-    Ok(())
-}
-
 /// Runs the command and reports its exit code and output to the model.
 /// `env` says which variables the command sees; `owner` is the session the command's
 /// processes are marked and recorded for.
@@ -200,6 +179,21 @@ async fn execute(
     owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<ToolOutput, String> {
+    let (mut child, group) = spawn(def, workspace, env, owner)?;
+    let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let started = Instant::now();
+    let (ended, stdout, stderr) = wait(&mut child, group, arguments, timeout, stop).await;
+    let _ = child.wait().await;
+    Ok(report(&ended, timeout, started, stdout, stderr))
+}
+
+/// Starts the command in its working directory, in a process group of its own.
+fn spawn(
+    def: &CommandToolDef,
+    workspace: &Workspace,
+    env: &EnvPolicy,
+    owner: Option<&process::Owner>,
+) -> Result<(tokio::process::Child, Option<process::Group>), String> {
     // The same resolution as the file tools': no symlink out, no file taken for a
     // directory. The definition check already refused absolute paths and `..`.
     let cwd = workspace
@@ -220,7 +214,7 @@ async fn execute(
         .kill_on_drop(true);
     process::prepare(&mut command, owner);
     let started_in = same_directory(&mut command, &cwd)?;
-    let mut child = command.spawn().map_err(|e| {
+    let child = command.spawn().map_err(|e| {
         if e.raw_os_error() == Some(started_in) {
             format!(
                 "cannot run `{program}`: its working directory `{}` was replaced while it started; run it again",
@@ -233,7 +227,18 @@ async fn execute(
     let group = child
         .id()
         .and_then(|id| process::Group::register(id, owner));
+    Ok((child, group))
+}
 
+/// Feeds the arguments to the command and waits for it to exit, for `timeout` to pass
+/// or for `stop()`, reading its (capped) stdout and stderr meanwhile.
+async fn wait(
+    child: &mut tokio::process::Child,
+    group: Option<process::Group>,
+    arguments: &Value,
+    timeout: Duration,
+    stop: &mut (dyn FnMut() -> bool + Send),
+) -> (Ended, String, String) {
     let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();
     let feed = async move {
@@ -245,11 +250,8 @@ async fn execute(
     };
     let stdout = capped(child.stdout.take());
     let stderr = capped(child.stderr.take());
-    let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let started = Instant::now();
-
-    let wait = async {
+    let ended = async {
         feed.await;
         loop {
             tokio::select! {
@@ -265,19 +267,27 @@ async fn execute(
             }
         }
     };
-    let (ended, stdout, stderr) = tokio::join!(
+    tokio::join!(
         async {
-            let ended = wait.await;
+            let ended = ended.await;
             // Whatever the reason, nothing of the group may outlive the call.
             drop(group);
             ended
         },
         stdout,
         stderr
-    );
-    let _ = child.wait().await;
+    )
+}
 
-    let mut report = match &ended {
+/// What the model is told: how the command ended and how long it ran, then its output.
+fn report(
+    ended: &Ended,
+    timeout: Duration,
+    started: Instant,
+    stdout: String,
+    stderr: String,
+) -> ToolOutput {
+    let mut report = match ended {
         Ended::Exited(Ok(status)) => match status.code() {
             Some(code) => format!("exit code: {code}"),
             None => "exit code: none (killed by a signal)".to_owned(),
@@ -298,12 +308,12 @@ async fn execute(
             report.push_str(&format!("\n--- {name}\n{text}"));
         }
     }
-    let success = matches!(&ended, Ended::Exited(Ok(status)) if status.success());
-    Ok(if success {
+    let success = matches!(ended, Ended::Exited(Ok(status)) if status.success());
+    if success {
         ToolOutput::ok(report)
     } else {
         ToolOutput::error(report)
-    })
+    }
 }
 
 enum Ended {
@@ -371,6 +381,7 @@ fn same_directory(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::check_env_pass;
 
     #[test]
     fn a_working_directory_swapped_after_its_check_is_never_started_in() {

@@ -1,4 +1,5 @@
-//! Checks an agent definition and reports every problem at once, each with its key.
+//! Checks an agent definition or `agentq.toml` and reports every problem at once, each
+//! with its key.
 //!
 //! serde stops at the first error; `agentq agents validate` must list them all, so the
 //! raw TOML table is walked against a schema first, and only a table that passed is
@@ -13,7 +14,7 @@ use toml::{Table, Value};
 
 use crate::time::parse_duration;
 
-/// One thing wrong with a definition.
+/// One thing wrong with a definition or `agentq.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// Dotted path of the key, for example `model.script[1].text`; empty for the whole file.
@@ -22,6 +23,13 @@ pub struct Problem {
 }
 
 impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
     /// `KEY = VALUE: must be RANGE`: a value of the right type that cannot work.
     pub fn out_of_range(key: &str, value: &Value, range: &str) -> Problem {
         Problem {
@@ -319,6 +327,7 @@ pub fn check_table(table: &Table, fields: &[Field], path: &str, problems: &mut V
     }
 }
 
+/// Checks one value: a list or table is walked, anything else is checked by itself.
 fn check_value(
     value: &Value,
     kind: Kind,
@@ -326,103 +335,115 @@ fn check_value(
     problems: &mut Vec<Problem>,
     why: Option<&str>,
 ) {
+    match (kind, value) {
+        (Kind::StrList, Value::Array(items)) => check_strings(items, false, path, problems),
+        (Kind::StrSet, Value::Array(items)) => check_strings(items, true, path, problems),
+        (Kind::Table(fields), Value::Table(table)) => check_table(table, fields, path, problems),
+        (Kind::TableArray(fields), Value::Array(items)) => {
+            let items = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (format!("{path}[{i}]"), item));
+            check_tables(items, fields, problems);
+        }
+        (Kind::TableOf(fields), Value::Table(tables)) => {
+            let items = tables.iter().map(|(name, item)| (join(path, name), item));
+            check_tables(items, fields, problems);
+        }
+        _ => problems.extend(check_scalar(value, kind, path, why)),
+    }
+}
+
+/// The one problem of a value that holds no others to check (or of a list or table
+/// given where another type belongs; one of the right type was walked by
+/// [`check_value`]).
+fn check_scalar(value: &Value, kind: Kind, path: &str, why: Option<&str>) -> Option<Problem> {
     let out_of_range = |range: String| {
         let range = match why {
             Some(why) => format!("{range} ({why})"),
             None => range,
         };
-        Problem::out_of_range(path, value, &range)
+        Some(Problem::out_of_range(path, value, &range))
     };
-    let wrong = |expected: &str| Problem {
-        key: path.to_owned(),
-        message: format!("expected {expected}, found {}", describe(value)),
+    let wrong = |expected: &str| {
+        Some(Problem {
+            key: path.to_owned(),
+            message: format!("expected {expected}, found {}", describe(value)),
+        })
     };
     match (kind, value) {
         (Kind::Str, Value::String(_))
         | (Kind::Bool, Value::Boolean(_))
-        | (Kind::AnyTable, Value::Table(_)) => {}
+        | (Kind::AnyTable, Value::Table(_)) => None,
         (Kind::Int { min, max }, Value::Integer(n)) => {
             if *n < min {
-                problems.push(out_of_range(int_range(min, max)));
+                out_of_range(int_range(min, max))
             } else if *n > max {
-                problems.push(out_of_range(format!("from {min} to {max}")));
+                out_of_range(format!("from {min} to {max}"))
+            } else {
+                None
             }
         }
-        (Kind::Int { min, max }, _) => {
-            problems.push(wrong(&format!("a whole number ({})", int_range(min, max))))
-        }
+        (Kind::Int { min, max }, _) => wrong(&format!("a whole number ({})", int_range(min, max))),
         (Kind::Number(range), Value::Integer(n)) if !range.holds(*n as f64) => {
-            problems.push(out_of_range(range.describe()))
+            out_of_range(range.describe())
         }
         (Kind::Number(range), Value::Float(x)) if !range.holds(*x) => {
-            problems.push(out_of_range(range.describe()))
+            out_of_range(range.describe())
         }
-        (Kind::Number(_), Value::Integer(_) | Value::Float(_)) => {}
+        (Kind::Number(_), Value::Integer(_) | Value::Float(_)) => None,
         (Kind::Duration, Value::String(text)) => match parse_duration(text) {
-            Err(message) => problems.push(Problem {
+            Err(message) => Some(Problem {
                 key: path.to_owned(),
                 message,
             }),
             // Every duration agentq reads is a limit or a wait: zero cannot work.
             Ok(d) if d.is_zero() || d > crate::time::MAX_LIMIT => {
-                problems.push(out_of_range(crate::time::LIMIT_RANGE.to_owned()))
+                out_of_range(crate::time::LIMIT_RANGE.to_owned())
             }
-            Ok(_) => {}
+            Ok(_) => None,
         },
-        (Kind::OneOf(choices), Value::String(s)) if choices.contains(&s.as_str()) => {}
-        (Kind::OneOf(choices), _) => {
-            problems.push(wrong(&format!("one of {}", choices.join(", "))))
+        (Kind::OneOf(choices), Value::String(s)) if choices.contains(&s.as_str()) => None,
+        (Kind::OneOf(choices), _) => wrong(&format!("one of {}", choices.join(", "))),
+        (Kind::Str, _) => wrong("a string"),
+        (Kind::Bool, _) => wrong("true or false"),
+        (Kind::Number(_), _) => wrong("a number"),
+        (Kind::Duration, _) => wrong("a duration such as \"30s\""),
+        (Kind::StrList | Kind::StrSet, _) => wrong("a list of strings"),
+        (Kind::Table(_) | Kind::AnyTable | Kind::TableOf(_), _) => wrong("a table"),
+        (Kind::TableArray(_), _) => wrong("a list of tables"),
+    }
+}
+
+/// A list of strings; with `once`, none may be listed twice.
+fn check_strings(items: &[Value], once: bool, path: &str, problems: &mut Vec<Problem>) {
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        check_value(item, Kind::Str, &item_path, problems, None);
+        if once && let Some(first) = items[..i].iter().position(|x| x == item) {
+            problems.push(Problem::out_of_range(
+                &item_path,
+                item,
+                &format!("listed once (it is {path}[{first}] too)"),
+            ));
         }
-        (Kind::StrList, Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                check_value(item, Kind::Str, &format!("{path}[{i}]"), problems, None);
-            }
+    }
+}
+
+/// Tables of the same fields, each under its own path (`[[a]]`, `[a.NAME]`).
+fn check_tables<'v>(
+    items: impl Iterator<Item = (String, &'v Value)>,
+    fields: &[Field],
+    problems: &mut Vec<Problem>,
+) {
+    for (item_path, item) in items {
+        match item {
+            Value::Table(table) => check_table(table, fields, &item_path, problems),
+            other => problems.push(Problem {
+                key: item_path,
+                message: format!("expected a table, found {}", describe(other)),
+            }),
         }
-        (Kind::StrSet, Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let item_path = format!("{path}[{i}]");
-                check_value(item, Kind::Str, &item_path, problems, None);
-                if let Some(first) = items[..i].iter().position(|x| x == item) {
-                    problems.push(Problem::out_of_range(
-                        &item_path,
-                        item,
-                        &format!("listed once (it is {path}[{first}] too)"),
-                    ));
-                }
-            }
-        }
-        (Kind::Table(fields), Value::Table(table)) => check_table(table, fields, path, problems),
-        (Kind::TableArray(fields), Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let item_path = format!("{path}[{i}]");
-                match item {
-                    Value::Table(table) => check_table(table, fields, &item_path, problems),
-                    other => problems.push(Problem {
-                        key: item_path,
-                        message: format!("expected a table, found {}", describe(other)),
-                    }),
-                }
-            }
-        }
-        (Kind::TableOf(fields), Value::Table(tables)) => {
-            for (name, item) in tables {
-                let item_path = join(path, name);
-                match item {
-                    Value::Table(table) => check_table(table, fields, &item_path, problems),
-                    other => problems.push(Problem {
-                        key: item_path,
-                        message: format!("expected a table, found {}", describe(other)),
-                    }),
-                }
-            }
-        }
-        (Kind::Str, _) => problems.push(wrong("a string")),
-        (Kind::Bool, _) => problems.push(wrong("true or false")),
-        (Kind::Number(_), _) => problems.push(wrong("a number")),
-        (Kind::Duration, _) => problems.push(wrong("a duration such as \"30s\"")),
-        (Kind::StrList | Kind::StrSet, _) => problems.push(wrong("a list of strings")),
-        (Kind::Table(_) | Kind::AnyTable | Kind::TableOf(_), _) => problems.push(wrong("a table")),
-        (Kind::TableArray(_), _) => problems.push(wrong("a list of tables")),
     }
 }
 
