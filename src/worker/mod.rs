@@ -262,7 +262,7 @@ impl Scheduler {
                 self.shutdown.clone(),
                 self.worker.clone(),
             );
-            // Each session on a thread of its own: its writes block (fsync), and must
+            // Each session on a thread of its own: its writes block (on the disk), and must
             // neither stall other sessions nor the loop that claims them.
             let runtime = tokio::runtime::Handle::current();
             self.tasks.spawn_blocking(move || {

@@ -420,6 +420,9 @@ async fn a_client_that_will_be_killed() {
 
 #[tokio::test]
 async fn a_killed_client_takes_everything_its_servers_started() {
+    // Built here first: the child's build would otherwise count against the wait for
+    // it to start its server (a stale example takes longer than the wait to build).
+    test_server();
     let dir = tempfile::tempdir().unwrap();
     let mut client = std::process::Command::new(std::env::current_exe().unwrap())
         .args([

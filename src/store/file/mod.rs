@@ -1,9 +1,32 @@
-//! The file store: everything agentq keeps, as files under one home directory
-//! (ARCHITECTURE.md §1).
+//! The file store: every session as files under `<home>/sessions/` (ARCHITECTURE.md
+//! §1), implementing the interface of [`crate::store`].
 //!
-//! [`FileStore`] knows the layout of the home; [`SessionDir`] the layout of one session.
-//! Other modules never build a path under `sessions/` themselves, and a session id only
-//! becomes a path after [`FileStore::resolve`] matched it against the directory listing.
+//! [`FileStore`] knows the layout of the home; [`SessionDir`] the layout of one session;
+//! [`FileSession`] is a session for commands, [`FileLease`] for its owner. Nothing
+//! outside this module builds a path under `sessions/`, and a session id only becomes a
+//! path after [`FileStore::resolve`] matched it against the directory listing.
+//!
+//! # Rules every writer follows
+//! - **Replace** ([`fs`]): the new version is written beside the target (a temp file, or
+//!   for the files rewritten for every message the spare inode of
+//!   [`fs::replace_reusing`]), then renamed or exchanged over it. What an
+//!   acknowledgement depends on (a queued message, a settled execution, a
+//!   side-effecting call about to run) is fsynced, with its directory, before the
+//!   acknowledgement; a file that can be rebuilt from a durable log may be written
+//!   without fsync, and the owner syncs it later (the durability notes of
+//!   [`crate::store`] say which). A failed fsync fails the operation; it is not retried.
+//! - **Append** ([`events`], [`transcript`]): one `write` of whole lines under an
+//!   exclusive lock of the file; readers skip an unterminated last line, and the next
+//!   writer cuts it off before appending. The event log's lock is also the session's
+//!   write lock: whoever changes `session.json` holds it for the read-modify-write and
+//!   the event that records it.
+//! - **Damage** ([`recover`]): a corrupt or unreadable file is never replaced by a
+//!   default: a command fails naming it; the owner moves it aside and rebuilds it from
+//!   what is only ever appended (the event log, the transcript, the records).
+//! - **Ownership** ([`session::OwnerLock`]): an advisory lock on `<session>/lock`, held
+//!   by the worker that owns the session for as long as its process lives; the inbox
+//!   entry's `.ready` marker only speeds up discovery (a full scan finds the work).
+//! - Session files are 0600, directories 0700; no secret is ever written.
 
 pub mod events;
 pub mod follow;

@@ -111,18 +111,7 @@ impl FileStore {
     pub fn enqueue(&self, dir: &SessionDir, new: NewEntry) -> Result<Enqueued> {
         let mut log = dir.open_events(self.clock.clone())?;
         let mut locked = log.lock()?;
-        // A corrupt session.json does not stop a message: what queueing needs of it
-        // (the status, the seqs handed out) is rebuilt from the event log in memory,
-        // and the worker that takes the message repairs the file itself.
-        let mut meta = match dir.read_meta() {
-            Ok(meta) => meta,
-            Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. })
-                if new.raise_session_tokens == 0 =>
-            {
-                dir.rebuild_meta()?
-            }
-            Err(_) => read_meta(dir)?,
-        };
+        let mut meta = meta_for_queueing(dir, new.raise_session_tokens > 0)?;
         if new.kind == EntryKind::User && meta.status == SessionStatus::Closed {
             return Err(UserError::usage(format!(
                 "session {} is closed and takes no new messages",
@@ -144,25 +133,7 @@ impl FileStore {
                 duplicate: true,
             });
         }
-        // Above every seq handed out: in session.json, in the inbox, the one the state
-        // names (session.json can lag behind it after a power failure, and an entry
-        // below it counts as settled), and the last one the log says was queued (an
-        // entry deleted by hand takes its seq out of the inbox, not out of the log;
-        // found from the end, it costs a block or two).
-        let claimed = dir.read_state().map_or(0, |state| state.claimed_seq());
-        let logged = match offset_of_last(&dir.events_path(), &["message.queued"])? {
-            Some((_, event)) => match event.into_event().ok().flatten().map(|e| e.payload) {
-                Some(EventPayload::MessageQueued(queued)) => queued.seq,
-                _ => 0,
-            },
-            None => 0,
-        };
-        let seq = meta
-            .last_message_seq
-            .max(inbox::highest_seq(&dir.inbox_dir())?)
-            .max(claimed)
-            .max(logged)
-            + 1;
+        let seq = next_seq(dir, &meta)?;
         let entry = InboxEntry {
             id: self.ids.new_id(),
             seq,
@@ -191,22 +162,7 @@ impl FileStore {
             meta.updated_at = entry.created_at;
             fs::write_json(&dir.meta_path(), &meta)?;
         }
-        let payload = match entry.kind {
-            EntryKind::User => EventPayload::MessageQueued(MessageQueued {
-                message_id: entry.id,
-                seq,
-                key: entry.key.clone(),
-                content_preview: if entry.is_continue() {
-                    "(continue)".to_owned()
-                } else {
-                    preview(&entry.content, 100)
-                },
-            }),
-            EntryKind::Cancel => EventPayload::CancelRequested(CancelRequested {
-                message_id: entry.id,
-            }),
-        };
-        locked.append(None, payload)?;
+        locked.append(None, queued_event(&entry))?;
         Ok(Enqueued {
             id: entry.id,
             seq: Some(seq),
@@ -268,6 +224,61 @@ impl FileStore {
         self.clear_ready(dir.id)?;
         std::fs::remove_dir_all(&trash).with_context(|| format!("removing {}", trash.display()))?;
         Ok(())
+    }
+}
+
+/// `session.json` for queueing an entry. A corrupt one does not stop a message: what
+/// queueing needs of it (the status, the seqs handed out) is rebuilt from the event log
+/// in memory, and the worker that takes the message repairs the file itself; only an
+/// entry that must change it (`rewrites`) needs it whole.
+fn meta_for_queueing(dir: &SessionDir, rewrites: bool) -> Result<SessionMeta> {
+    match dir.read_meta() {
+        Ok(meta) => Ok(meta),
+        Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. }) if !rewrites => {
+            dir.rebuild_meta()
+        }
+        Err(_) => read_meta(dir),
+    }
+}
+
+/// The seq of the next entry: above every seq handed out: in session.json, in the
+/// inbox, the one the state names (session.json can lag behind it after a power
+/// failure, and an entry below it counts as settled), and the last one the log says
+/// was queued (an entry deleted by hand takes its seq out of the inbox, not out of the
+/// log; found from the end, it costs a block or two).
+fn next_seq(dir: &SessionDir, meta: &SessionMeta) -> Result<u64> {
+    let claimed = dir.read_state().map_or(0, |state| state.claimed_seq());
+    let logged = match offset_of_last(&dir.events_path(), &["message.queued"])? {
+        Some((_, event)) => match event.into_event().ok().flatten().map(|e| e.payload) {
+            Some(EventPayload::MessageQueued(queued)) => queued.seq,
+            _ => 0,
+        },
+        None => 0,
+    };
+    Ok(meta
+        .last_message_seq
+        .max(inbox::highest_seq(&dir.inbox_dir())?)
+        .max(claimed)
+        .max(logged)
+        + 1)
+}
+
+/// The event that records an entry queued.
+fn queued_event(entry: &InboxEntry) -> EventPayload {
+    match entry.kind {
+        EntryKind::User => EventPayload::MessageQueued(MessageQueued {
+            message_id: entry.id,
+            seq: entry.seq,
+            key: entry.key.clone(),
+            content_preview: if entry.is_continue() {
+                "(continue)".to_owned()
+            } else {
+                preview(&entry.content, 100)
+            },
+        }),
+        EntryKind::Cancel => EventPayload::CancelRequested(CancelRequested {
+            message_id: entry.id,
+        }),
     }
 }
 
