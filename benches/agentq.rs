@@ -14,14 +14,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use agentq::bench::{Durable, LogReader};
 use agentq::domain::event::{EventPayload, StreamChunk};
 use agentq::domain::inbox::EntryKind;
 use agentq::domain::session::EventsPreset;
 use agentq::ids::V7Ids;
 use agentq::store::FileStore;
-use agentq::store::events::LogReader;
-use agentq::store::fs::Durable;
-use agentq::store::session::NewEntry;
+use agentq::store::NewEntry;
 use agentq::time::SystemClock;
 use agentq::worker::{self, Shutdown, WorkerOptions};
 
@@ -403,8 +402,8 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
         poll: None,
         max_workers: None,
     };
-    let fsyncs_before = agentq::store::fs::FSYNCS.load(Ordering::Relaxed);
-    let fsync_ns_before = agentq::store::fs::FSYNC_NANOS.load(Ordering::Relaxed);
+    let fsyncs_before = agentq::bench::FSYNCS.load(Ordering::Relaxed);
+    let fsync_ns_before = agentq::bench::FSYNC_NANOS.load(Ordering::Relaxed);
 
     let cpu_before = cpu_seconds();
     let disk_before = disk_counters();
@@ -423,9 +422,9 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let (user, system) = (user - cpu_before.0, system - cpu_before.1);
     let disk = disk_counters().since(&disk_before);
     let (busy, iowait) = machine_cpu().share_since(&machine_before);
-    let fsyncs = agentq::store::fs::FSYNCS.load(Ordering::Relaxed) - fsyncs_before;
+    let fsyncs = agentq::bench::FSYNCS.load(Ordering::Relaxed) - fsyncs_before;
     let fsync_s =
-        (agentq::store::fs::FSYNC_NANOS.load(Ordering::Relaxed) - fsync_ns_before) as f64 / 1e9;
+        (agentq::bench::FSYNC_NANOS.load(Ordering::Relaxed) - fsync_ns_before) as f64 / 1e9;
     eprintln!(
         "  concurrency {concurrency}: {elapsed:.2} s, {fsync_s:.2} s of it in fsync ({:.2} ms per fsync), CPU {user:.2} s user + {system:.2} s system",
         fsync_s * 1e3 / fsyncs as f64
@@ -447,9 +446,9 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
 /// The cost of one step's checkpoint (two transcript lines appended, state.json
 /// replaced) near step 1 and near step 1,000 of the same session.
 fn persistence_per_step(samples: usize) -> (f64, f64) {
+    use agentq::bench::transcript;
     use agentq::domain::state::AgentState;
     use agentq::domain::transcript::{Message, ToolCall, TranscriptLine};
-    use agentq::store::transcript;
     let home = Home::new();
     let store = home.store();
     let dir = store.resolve(&home.session("fast")).expect("session");
@@ -480,7 +479,7 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
         ]
     };
     let mut state = AgentState::default();
-    let mut unsynced = agentq::store::fs::UnsyncedSwaps::default();
+    let mut unsynced = agentq::bench::UnsyncedSwaps::default();
     let mut checkpoint = |state: &mut AgentState| {
         let start = Instant::now();
         state.model_calls += 1;

@@ -75,7 +75,6 @@ pub struct Run<'a> {
     pub tools: &'a Toolbox,
     pub preset: EventsPreset,
     pub execution_id: Uuid,
-    pub message_id: Uuid,
     /// Session usage before this execution, for `session_max_tokens`.
     pub session_usage: Usage,
     pub budgets: Budgets,

@@ -121,7 +121,6 @@ impl Harness {
             tools: &tools,
             preset: self.preset,
             execution_id: Uuid::nil(),
-            message_id: Uuid::nil(),
             session_usage: self.session_usage,
             budgets: Budgets::from_def(&self.def, 0, self.price),
         };

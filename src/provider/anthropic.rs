@@ -493,7 +493,6 @@ mod tests {
     fn a_forced_tool_choice_is_sent_in_the_messages_api_shape() {
         let endpoint = super::super::endpoint::Endpoint {
             kind: super::super::endpoint::Kind::Anthropic,
-            provider: "anthropic".into(),
             base_url: "http://127.0.0.1:9".into(),
             api_key: None,
             headers: Vec::new(),

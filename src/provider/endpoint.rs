@@ -57,8 +57,6 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub kind: Kind,
-    /// The provider name as the definition gave it, for messages.
-    pub provider: String,
     pub base_url: String,
     pub api_key: Option<Secret>,
     pub headers: Vec<(String, String)>,
@@ -113,7 +111,6 @@ pub fn resolve(
     };
     Ok(Endpoint {
         kind,
-        provider: model.provider.clone(),
         base_url,
         api_key,
         headers: named

@@ -303,7 +303,6 @@ impl Owner<'_> {
             tools: &tools,
             preset: meta.events,
             execution_id: exec.id,
-            message_id: exec.message_id,
             session_usage: meta.usage,
             budgets: agent::Budgets::from_def(&def, meta.extra_session_tokens, price),
         };

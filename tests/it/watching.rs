@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use agentq::bench::parse_line;
 use agentq::domain::event::Event;
 use agentq::render::{Renderer, TerminalRenderer};
-use agentq::store::events::parse_line;
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::{Map, Value};
 
