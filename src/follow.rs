@@ -2,8 +2,8 @@
 //! session: what `send --wait`, `run` and `watch` share.
 //!
 //! [`wait_for_message`] reads the session's event log (through
-//! [`store::follow`](crate::store::follow), which tails the file) from where it stood
-//! before the message was queued, passes every event to a renderer if there is one,
+//! [`Session::follow`], which the file store does by tailing the file) from where it
+//! stood before the message was queued, passes every event to a renderer if there is one,
 //! and returns the message's [`MessageResult`] once its `execution.finished` is read.
 //! While it waits it says why nothing happens (no worker, a paused session) rather
 //! than wait in silence. It prints nothing itself: events go to the caller's renderer,
@@ -22,9 +22,7 @@ use crate::domain::execution::{ExecStatus, StopReason};
 use crate::domain::session::SessionStatus;
 use crate::error::UserError;
 use crate::render::{Renderer, TerminalRenderer};
-use crate::store::SessionDir;
-use crate::store::follow::Follower;
-use crate::store::session::read_meta;
+use crate::store::{Position, Session};
 
 /// The live view of a session on a terminal, its header (id, agent, title) drawn:
 /// `watch`'s default there, and `run`'s. `spinners` when stderr is a terminal.
@@ -32,11 +30,15 @@ pub fn terminal_view<W: Write>(
     out: W,
     color: bool,
     spinners: bool,
-    dir: &SessionDir,
+    session: &dyn Session,
 ) -> Result<TerminalRenderer<W>> {
     let mut terminal = TerminalRenderer::new(out, color, spinners);
-    let meta = read_meta(dir)?;
-    terminal.header(&dir.id.to_string(), &meta.agent, meta.title.as_deref())?;
+    let meta = session.meta()?;
+    terminal.header(
+        &session.id().to_string(),
+        &meta.agent,
+        meta.title.as_deref(),
+    )?;
     Ok(terminal)
 }
 
@@ -122,21 +124,21 @@ impl Tracker {
 /// How long `send --wait` waits for a worker before saying that none seems to run.
 const NO_WORKER_HINT_AFTER: Duration = Duration::from_secs(10);
 
-/// Follows the log from `offset` until the execution of `message_id` finishes, passing
+/// Follows the log from `from` until the execution of `message_id` finishes, passing
 /// every event to `renderer` if there is one, and telling `note` once if the message
 /// waits for something that may never come.
 pub async fn wait_for_message(
-    dir: &SessionDir,
-    offset: u64,
+    session: &dyn Session,
+    from: Position,
     message_id: Uuid,
     timeout: Option<Duration>,
     mut renderer: Option<&mut dyn Renderer>,
     note: &dyn Fn(&str),
 ) -> Result<MessageResult> {
-    let mut follower = Follower::open(dir, offset)?;
+    let mut follower = session.follow(from)?;
     let started = Instant::now();
     let mut hinted = false;
-    let mut tracker = Tracker::new(dir.id, message_id);
+    let mut tracker = Tracker::new(session.id(), message_id);
     loop {
         for line in follower.read()? {
             let Some(event) = line.event.and_then(|raw| raw.into_event().ok().flatten()) else {
@@ -156,9 +158,11 @@ pub async fn wait_for_message(
             r.live()?;
         }
         if !follower.exists() {
-            return Err(
-                UserError::usage(format!("session {} was removed while waiting", dir.id)).into(),
-            );
+            return Err(UserError::usage(format!(
+                "session {} was removed while waiting",
+                session.id()
+            ))
+            .into());
         }
         let waited = started.elapsed();
         if let Some(limit) = timeout
@@ -167,16 +171,16 @@ pub async fn wait_for_message(
             return Err(UserError::unavailable(format!(
                 "gave up waiting for message {message_id} after {}: {}",
                 human_limit(limit),
-                why_not_done(dir, tracker.claimed)?
+                why_not_done(session, tracker.claimed)?
             ))
             .into());
         }
         // A paused session is said at once: no worker will take it however long we wait.
-        if !tracker.claimed && !hinted && (waited >= NO_WORKER_HINT_AFTER || is_paused(dir)?) {
+        if !tracker.claimed && !hinted && (waited >= NO_WORKER_HINT_AFTER || is_paused(session)?) {
             hinted = true;
             note(&format!(
                 "waiting: message {message_id} is queued, but {}",
-                why_not_done(dir, false)?
+                why_not_done(session, false)?
             ));
         }
         tokio::select! {
@@ -188,22 +192,20 @@ pub async fn wait_for_message(
 
 /// Why what is waited for has not finished yet, for the messages of `--wait` and
 /// `--timeout`: the running execution, a paused session, or no worker.
-pub fn why_not_done(dir: &SessionDir, running: bool) -> Result<String> {
+pub fn why_not_done(session: &dyn Session, running: bool) -> Result<String> {
     Ok(if running {
         "its execution is still running".to_owned()
-    } else if is_paused(dir)? {
-        format!(
-            "session {} is paused; workers skip it until `agentq session resume {}`",
-            dir.id, dir.id
-        )
+    } else if is_paused(session)? {
+        let id = session.id();
+        format!("session {id} is paused; workers skip it until `agentq session resume {id}`")
     } else {
         "no worker has picked it up; start one with `agentq worker` (`--once` to handle what is queued and exit)"
             .to_owned()
     })
 }
 
-fn is_paused(dir: &SessionDir) -> Result<bool> {
-    Ok(read_meta(dir)?.status == SessionStatus::Paused)
+fn is_paused(session: &dyn Session) -> Result<bool> {
+    Ok(session.meta()?.status == SessionStatus::Paused)
 }
 
 /// A `--timeout` as its messages say it: `after 30s`.

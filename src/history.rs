@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::domain::execution::{ExecStatus, Execution};
 use crate::domain::inbox::{EntryKind, InboxEntry, RETRY_OF_KEY};
 use crate::domain::transcript::Message;
-use crate::store::{FileStore, SessionDir, inbox};
+use crate::store::Session;
 
 /// The session's settled executions, oldest first, with the task each worked on.
 pub struct History {
@@ -30,11 +30,12 @@ pub struct History {
 }
 
 impl History {
-    pub fn read(store: &FileStore, dir: &SessionDir) -> Result<History> {
-        let executions = dir.executions()?;
-        let state = dir.read_state()?;
-        let texts: HashMap<Uuid, String> = store
-            .read_transcript(dir, state.transcript)?
+    pub fn read(session: &dyn Session) -> Result<History> {
+        let executions = session.executions()?;
+        // A damaged state is said plainly: the command's advice names the way out.
+        let state = session.plain_state()?;
+        let texts: HashMap<Uuid, String> = session
+            .transcript(state.transcript)?
             .into_iter()
             .filter_map(|line| match (line.message, line.message_id) {
                 (Message::User { content }, Some(id)) => Some((id, content)),
@@ -97,10 +98,9 @@ impl History {
 
     /// Why the task of `execution` must not be queued again: a retry or a continuation
     /// of it already waits in the inbox. `None` when nothing of it is queued.
-    pub fn already_queued(&self, dir: &SessionDir, execution: Uuid) -> Result<Option<String>> {
-        let listing = inbox::list(&dir.inbox_dir())?;
-        let entries = listing.entries.iter().map(|file| &file.entry);
-        Ok(self.queued_again(dir.id, entries, execution))
+    pub fn already_queued(&self, session: &dyn Session, execution: Uuid) -> Result<Option<String>> {
+        let entries = session.inbox()?;
+        Ok(self.queued_again(session.id(), &entries, execution))
     }
 
     fn queued_again<'a>(

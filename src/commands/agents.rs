@@ -75,7 +75,7 @@ fn check(path: &Path, home: &HomeConfig) -> Checked {
 
 /// Every `*.toml` in agents/, sorted.
 fn definition_files(ctx: &Context) -> Result<Vec<PathBuf>> {
-    let dir = ctx.store.agents_dir();
+    let dir = ctx.home.agents_dir();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -110,7 +110,7 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
     }
     let mut out = ctx.out.human();
     if checked.is_empty() {
-        writeln!(out, "no agents in {}", ctx.store.agents_dir().display())?;
+        writeln!(out, "no agents in {}", ctx.home.agents_dir().display())?;
         return Ok(0);
     }
     let name = |c: &Checked| one_line(&c.name, FIELD_CAP).into_owned();
@@ -145,14 +145,14 @@ fn list(ctx: &Context, json: bool) -> Result<u8> {
 fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     let home = ctx.config()?;
     let (def, source) =
-        definition::load_named(&ctx.store.agents_dir(), name, &BTreeMap::new(), &home)?;
+        definition::load_named(&ctx.home.agents_dir(), name, &BTreeMap::new(), &home)?;
     // The servers' tools are known only by asking them: they are started, listed and
     // stopped again, so a server that cannot start is found here rather than mid-run.
     let servers = if def.tools.mcp.is_empty() {
         Vec::new()
     } else {
         super::runtime(2)?.block_on(async {
-            let started = crate::worker::mcp::start_all(&def, &home, ctx.store.home()).await;
+            let started = crate::worker::mcp::start_all(&def, &home, ctx.home.root()).await;
             let shown: Vec<ShownServer> = started.iter().map(ShownServer::of).collect();
             for (_, server) in started {
                 if let Ok(server) = server {

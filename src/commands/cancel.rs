@@ -8,33 +8,29 @@ use anyhow::Result;
 use super::Context;
 use crate::cli::CancelArgs;
 use crate::domain::inbox::EntryKind;
-use crate::store::inbox;
-use crate::store::session::NewEntry;
+use crate::store::NewEntry;
 
 pub fn run(ctx: &Context, args: CancelArgs) -> Result<u8> {
-    let dir = ctx.store.resolve(&args.id)?;
-    let listing = inbox::list(&dir.inbox_dir())?;
-    let has_work = listing
-        .entries
+    let session = ctx.store.resolve(&args.id)?;
+    let id = session.id();
+    let has_work = session
+        .inbox()?
         .iter()
-        .any(|f| f.entry.kind == EntryKind::User);
+        .any(|entry| entry.kind == EntryKind::User);
     let requested = if has_work {
-        Some(ctx.store.enqueue(
-            &dir,
-            NewEntry {
-                kind: EntryKind::Cancel,
-                content: String::new(),
-                key: None,
-                metadata: Default::default(),
-                raise_session_tokens: 0,
-            },
-        )?)
+        Some(session.enqueue(NewEntry {
+            kind: EntryKind::Cancel,
+            content: String::new(),
+            key: None,
+            metadata: Default::default(),
+            raise_session_tokens: 0,
+        })?)
     } else {
         None
     };
     if args.json {
         ctx.out.json(&serde_json::json!({
-            "session_id": dir.id,
+            "session_id": id,
             "requested": requested.is_some(),
             "entry_id": requested.map(|r| r.id),
         }))?;
@@ -43,13 +39,11 @@ pub fn run(ctx: &Context, args: CancelArgs) -> Result<u8> {
         match requested {
             Some(_) => writeln!(
                 out,
-                "cancel requested for session {}: the running execution stops at its next safe point",
-                dir.id
+                "cancel requested for session {id}: the running execution stops at its next safe point"
             )?,
             None => writeln!(
                 out,
-                "nothing to cancel: session {} has no running or pending message",
-                dir.id
+                "nothing to cancel: session {id} has no running or pending message"
             )?,
         }
     }

@@ -1,13 +1,13 @@
-//! `agentq init`: creates the home's directories and the demo agent. Idempotent: what
-//! exists is left as it is, so running it twice changes nothing.
+//! `agentq init`: creates the home's directories (`agents/`, and what the store keeps
+//! sessions in) and the demo agent. Idempotent: what exists is left as it is, so
+//! running it twice changes nothing.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use crate::store::fs;
 
 /// The example agent: runs offline on the scripted provider.
 pub const DEMO_AGENT: &str = r#"# The demo agent. It runs offline on the `scripted` provider, which replays the
@@ -45,19 +45,22 @@ workspace = "session"
 "#;
 
 pub fn run(ctx: &Context) -> Result<u8> {
-    let store = &ctx.store;
     let mut out = ctx.out.human();
     let mut created = 0;
-    for dir in [store.agents_dir(), store.sessions_dir(), store.ready_dir()] {
-        if !dir.is_dir() {
-            fs::create_dir_private(&dir)?;
-            if dir != store.ready_dir() {
-                writeln!(out, "created {}/", dir.display())?;
-            }
-            created += 1;
-        }
+    let agents = ctx.home.agents_dir();
+    if !agents.is_dir() {
+        create_private_dir(&agents)?;
+        writeln!(out, "created {}/", agents.display())?;
+        created += 1;
     }
-    let demo = store.agents_dir().join("demo.toml");
+    let made = ctx.store.init(&mut |place| {
+        writeln!(out, "created {place}")?;
+        Ok(())
+    })?;
+    if made {
+        created += 1;
+    }
+    let demo = agents.join("demo.toml");
     if !demo.exists() {
         // The mode is given, not left to the umask: a permissive one (000) must not
         // make the definition, which decides what the agent may run, world-writable.
@@ -75,10 +78,21 @@ pub fn run(ctx: &Context) -> Result<u8> {
         writeln!(
             out,
             "{} is already set up; nothing changed",
-            store.home().display()
+            ctx.home.root().display()
         )?;
     }
     Ok(0)
+}
+
+/// Creates `agents/` (and its parents) with mode 0700, like the store's directories;
+/// an error names the path, keeping its kind.
+fn create_private_dir(path: &std::path::Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(())
 }
 
 #[cfg(test)]

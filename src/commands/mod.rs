@@ -28,15 +28,19 @@ use crate::config::HomeConfig;
 use crate::domain::execution::{ExecStatus, StopReason};
 use crate::error::UserError;
 use crate::follow::MessageResult;
+use crate::home::Home;
 use crate::ids::V7Ids;
 use crate::output::Output;
-use crate::store::FileStore;
+use crate::store::{FileStore, Store};
 use crate::time::SystemClock;
 use crate::usage_bail;
 
 /// What every command works with, built once from the global options.
 pub struct Context {
-    pub store: FileStore,
+    /// The home's sessions.
+    pub store: Arc<dyn Store>,
+    /// The home's own files (agent definitions, `agentq.toml`).
+    pub home: Home,
     /// Where the command's output goes: the process's streams, or a test's buffers.
     pub out: Output,
 }
@@ -48,7 +52,12 @@ impl Context {
             None => std::env::current_dir().context("finding the current directory")?,
         };
         Ok(Context {
-            store: FileStore::new(home, Arc::new(SystemClock), Arc::new(V7Ids)),
+            store: Arc::new(FileStore::new(
+                home.clone(),
+                Arc::new(SystemClock),
+                Arc::new(V7Ids),
+            )),
+            home: Home::new(home),
             out,
         })
     }
@@ -58,7 +67,7 @@ impl Context {
     /// A home is a directory with `agents/`, `sessions/` or `agentq.toml`, as
     /// `agentq init` leaves it.
     pub fn require_home(&self) -> Result<()> {
-        let home = self.store.home();
+        let home = self.home.root();
         let shown = home.display();
         let make_one = format!("`agentq --home {shown} init` makes one");
         match std::fs::metadata(home) {
@@ -73,13 +82,9 @@ impl Context {
             }
             Err(e) => usage_bail!("cannot use the home {shown}: {e}"),
         }
-        let marked = [
-            self.store.agents_dir(),
-            self.store.sessions_dir(),
-            self.store.config_path(),
-        ]
-        .iter()
-        .any(|p| p.exists());
+        let marked = self.home.agents_dir().exists()
+            || self.store.exists()
+            || self.home.config_path().exists();
         if !marked {
             usage_bail!(
                 "{shown} is not an agentq home (no agents/, sessions/ or agentq.toml); check --home and AGENTQ_HOME, or {make_one}"
@@ -90,7 +95,7 @@ impl Context {
 
     /// `agentq.toml`, read when a command needs it.
     pub fn config(&self) -> Result<HomeConfig> {
-        Ok(HomeConfig::load(&self.store.config_path())?)
+        Ok(HomeConfig::load(&self.home.config_path())?)
     }
 }
 

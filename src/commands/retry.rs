@@ -16,11 +16,12 @@ use crate::domain::inbox::EntryKind;
 use crate::domain::inbox::RETRY_OF_KEY;
 use crate::error::UserError;
 use crate::history::History;
-use crate::store::session::NewEntry;
+use crate::store::NewEntry;
 
 pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
-    let dir = ctx.store.resolve(&args.id)?;
-    let history = History::read(&ctx.store, &dir)?;
+    let session = ctx.store.resolve(&args.id)?;
+    let id = session.id();
+    let history = History::read(&*session)?;
     let Some(failed) = history.open_failure() else {
         let any_failed = history
             .executions
@@ -32,36 +33,32 @@ pub fn run(ctx: &Context, args: RetryArgs) -> Result<u8> {
             "nothing failed"
         };
         return Err(UserError::usage(format!(
-            "session {} has no failed execution to retry: {why}",
-            dir.id
+            "session {id} has no failed execution to retry: {why}"
         ))
         .into());
     };
-    if let Some(refusal) = history.already_queued(&dir, failed.id)? {
+    if let Some(refusal) = history.already_queued(&*session, failed.id)? {
         return Err(UserError::usage(refusal).into());
     }
     let Some(text) = history.task_of(failed.id).and_then(|t| history.text_of(t)) else {
         return Err(UserError::usage(format!(
-            "the message of execution {} is not in the transcript of session {}; send it again instead",
-            failed.id, dir.id
+            "the message of execution {} is not in the transcript of session {id}; send it again instead",
+            failed.id
         ))
         .into());
     };
     let mut metadata = serde_json::Map::new();
     metadata.insert(RETRY_OF_KEY.to_owned(), failed.id.to_string().into());
-    let queued = ctx.store.enqueue(
-        &dir,
-        NewEntry {
-            kind: EntryKind::User,
-            content: text.to_owned(),
-            key: None,
-            metadata,
-            raise_session_tokens: 0,
-        },
-    )?;
+    let queued = session.enqueue(NewEntry {
+        kind: EntryKind::User,
+        content: text.to_owned(),
+        key: None,
+        metadata,
+        raise_session_tokens: 0,
+    })?;
     if args.json {
         ctx.out.json(&serde_json::json!({
-            "session_id": dir.id,
+            "session_id": id,
             "message_id": queued.id,
             "retry_of": failed.id,
             // Always false since a retry queues the text again; kept for the scripts

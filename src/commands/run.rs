@@ -20,8 +20,7 @@ use crate::domain::session::{EventsPreset, SessionStatus};
 use crate::error::{UserError, exit};
 use crate::follow::{Interrupted, MessageResult, terminal_view, wait_for_message};
 use crate::render::{PlainRenderer, Renderer};
-use crate::store::session::{NewEntry, NewSession, read_meta};
-use crate::store::{FileStore, SessionDir};
+use crate::store::{NewEntry, NewSession, Position, Session};
 use crate::worker::{self, Shutdown};
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
@@ -31,18 +30,15 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         args.file.as_ref(),
         config.inbox.max_message_bytes,
     )?;
-    let dir = session_to_run(ctx, &config, args.session.as_deref(), args.agent.as_deref())?;
-    let offset = std::fs::metadata(dir.events_path()).map_or(0, |m| m.len());
-    let queued = ctx.store.enqueue(
-        &dir,
-        NewEntry {
-            kind: EntryKind::User,
-            content: text,
-            key: None,
-            metadata: Default::default(),
-            raise_session_tokens: 0,
-        },
-    )?;
+    let session = session_to_run(ctx, &config, args.session.as_deref(), args.agent.as_deref())?;
+    let from = session.events_end()?;
+    let queued = session.enqueue(NewEntry {
+        kind: EntryKind::User,
+        content: text,
+        key: None,
+        metadata: Default::default(),
+        raise_session_tokens: 0,
+    })?;
 
     // On a terminal the execution is rendered as `watch` renders it; otherwise the
     // progress goes to stderr as plain lines and stdout gets only the answer.
@@ -57,16 +53,16 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             stdout.clone(),
             stdout.color(),
             spinners,
-            &dir,
+            &*session,
         )?))
     } else {
         Some(Box::new(PlainRenderer::new(out.stderr())))
     };
     let note = |text: &str| out.note(text);
     let here = run_here(
-        &ctx.store,
-        &dir,
-        offset,
+        ctx,
+        &*session,
+        from,
         queued.id,
         renderer.as_deref_mut().map(|r| r as &mut dyn Renderer),
         &note,
@@ -79,7 +75,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         Err(err) if err.is::<Interrupted>() => {
             out.note(&format!(
                 "interrupted; `agentq worker` resumes session {}",
-                dir.id
+                session.id()
             ));
             return Ok(exit::CANCELLED);
         }
@@ -102,32 +98,32 @@ fn session_to_run(
     config: &HomeConfig,
     session: Option<&str>,
     agent: Option<&str>,
-) -> Result<SessionDir> {
+) -> Result<Box<dyn Session>> {
     match (session, agent) {
         (Some(id), agent) => {
-            let dir = ctx.store.resolve(id)?;
-            let meta = read_meta(&dir)?;
+            let session = ctx.store.resolve(id)?;
+            let meta = session.meta()?;
+            let id = session.id();
             if let Some(agent) = agent
                 && agent != meta.agent
             {
                 return Err(UserError::usage(format!(
-                    "session {} runs agent `{}`, not `{agent}`",
-                    dir.id, meta.agent
+                    "session {id} runs agent `{}`, not `{agent}`",
+                    meta.agent
                 ))
                 .into());
             }
             if meta.status == SessionStatus::Paused {
                 return Err(UserError::usage(format!(
-                    "session {} is paused; resume it with `agentq session resume {}`",
-                    dir.id, dir.id
+                    "session {id} is paused; resume it with `agentq session resume {id}`"
                 ))
                 .into());
             }
-            Ok(dir)
+            Ok(session)
         }
         (None, Some(agent)) => {
             let (_, source) =
-                definition::load_named(&ctx.store.agents_dir(), agent, &BTreeMap::new(), config)?;
+                definition::load_named(&ctx.home.agents_dir(), agent, &BTreeMap::new(), config)?;
             let meta = ctx.store.create_session(NewSession {
                 agent: agent.to_owned(),
                 title: None,
@@ -145,23 +141,23 @@ fn session_to_run(
 /// its result, while following the log for it. Ctrl-C or SIGTERM stop the execution at
 /// a safe point, resumable, and end in [`Interrupted`].
 async fn run_here(
-    store: &FileStore,
-    dir: &SessionDir,
-    offset: u64,
+    ctx: &Context,
+    session: &dyn Session,
+    from: Position,
     message_id: Uuid,
     renderer: Option<&mut dyn Renderer>,
     note: &dyn Fn(&str),
 ) -> Result<MessageResult> {
     let shutdown = Arc::new(Shutdown::default());
     let drain = {
-        let (store, shutdown, session_id) = (store.clone(), shutdown.clone(), dir.id);
+        let (store, home) = (ctx.store.clone(), ctx.home.clone());
+        let (shutdown, session_id) = (shutdown.clone(), session.id());
         tokio::spawn(async move {
             let me = worker::this_worker();
-            let home = crate::home::Home::new(store.home().to_owned());
-            worker::drain(&store, &home, session_id, &shutdown, &me, Some(message_id)).await
+            worker::drain(&*store, &home, session_id, &shutdown, &me, Some(message_id)).await
         })
     };
-    let wait = wait_for_message(dir, offset, message_id, None, renderer, note);
+    let wait = wait_for_message(session, from, message_id, None, renderer, note);
     tokio::pin!(wait);
     let mut drain = Some(drain);
     // SIGTERM (a CI step's timeout, systemd) is Ctrl-C's twin: without it the

@@ -13,8 +13,7 @@ use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::error::UserError;
 use crate::follow::wait_for_message;
 use crate::history::History;
-use crate::store::SessionDir;
-use crate::store::session::{NewEntry, read_meta};
+use crate::store::{NewEntry, Position, Session};
 
 /// The longest idempotency key: it is stored hex-encoded as a file name.
 const MAX_KEY_BYTES: usize = 120;
@@ -28,12 +27,12 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
             UserError::usage(format!("--key must be 1 to {MAX_KEY_BYTES} bytes long")).into(),
         );
     }
-    let dir = ctx.store.resolve(&args.id)?;
+    let session = ctx.store.resolve(&args.id)?;
     let config = ctx.config()?;
     let (text, metadata) = if args.continue_ {
-        check_continuable(ctx, &dir)?;
+        check_continuable(&*session)?;
         if args.raise_budget.is_some() {
-            check_raisable(ctx, &config, &dir)?;
+            check_raisable(ctx, &config, &*session)?;
         }
         let mut metadata = serde_json::Map::new();
         metadata.insert(CONTINUE_KEY.to_owned(), true.into());
@@ -47,21 +46,18 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
         (text, serde_json::Map::new())
     };
     // Where the log stands before this message, so `--wait` sees all of its events.
-    let offset = std::fs::metadata(dir.events_path()).map_or(0, |m| m.len());
-    let queued = ctx.store.enqueue(
-        &dir,
-        NewEntry {
-            kind: EntryKind::User,
-            content: text,
-            key: args.key,
-            metadata,
-            raise_session_tokens: args.raise_budget.unwrap_or(0),
-        },
-    )?;
+    let from = session.events_end()?;
+    let queued = session.enqueue(NewEntry {
+        kind: EntryKind::User,
+        content: text,
+        key: args.key,
+        metadata,
+        raise_session_tokens: args.raise_budget.unwrap_or(0),
+    })?;
     if !args.wait {
         if args.json {
             ctx.out.json(&serde_json::json!({
-                "session_id": dir.id,
+                "session_id": session.id(),
                 "message_id": queued.id,
                 "seq": queued.seq,
                 "duplicate": queued.duplicate,
@@ -72,9 +68,13 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
         return Ok(0);
     }
     // A repeated key names a message queued earlier: its events may be anywhere.
-    let offset = if queued.duplicate { 0 } else { offset };
+    let from = if queued.duplicate {
+        Position::START
+    } else {
+        from
+    };
     let note = |text: &str| ctx.out.note(text);
-    let waited = wait_for_message(&dir, offset, queued.id, timeout, None, &note);
+    let waited = wait_for_message(&*session, from, queued.id, timeout, None, &note);
     let result = super::runtime(1)?.block_on(waited)?;
     print_result(&ctx.out, &result, args.json)?;
     Ok(result.exit_code)
@@ -83,24 +83,24 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
 /// `--continue` carries on a task the last execution left unfinished: stopped by a
 /// limit, failed (for example with the provider unavailable) or cancelled; once, so it
 /// is refused while a continuation or a retry of that task waits in the inbox.
-fn check_continuable(ctx: &Context, dir: &SessionDir) -> Result<()> {
-    let meta = read_meta(dir)?;
+fn check_continuable(session: &dyn Session) -> Result<()> {
+    let meta = session.meta()?;
+    let id = session.id();
     let Some(last) = meta.last_execution else {
         return Err(UserError::usage(format!(
-            "nothing to continue: session {} has no finished execution yet",
-            dir.id
+            "nothing to continue: session {id} has no finished execution yet"
         ))
         .into());
     };
-    let status = dir.read_execution(last)?.status;
+    // session.json names it: a missing record is damage, said plainly.
+    let status = session.plain_execution(last)?.status;
     if status == ExecStatus::Completed {
         return Err(UserError::usage(format!(
-            "nothing to continue: the last execution of session {} completed; send a new message instead",
-            dir.id
+            "nothing to continue: the last execution of session {id} completed; send a new message instead"
         ))
         .into());
     }
-    if let Some(refusal) = History::read(&ctx.store, dir)?.already_queued(dir, last)? {
+    if let Some(refusal) = History::read(session)?.already_queued(session, last)? {
         return Err(UserError::usage(refusal).into());
     }
     Ok(())
@@ -108,14 +108,15 @@ fn check_continuable(ctx: &Context, dir: &SessionDir) -> Result<()> {
 
 /// `--raise-budget` adds to `session_max_tokens`: refused where the session has none,
 /// rather than accepted and doing nothing.
-fn check_raisable(ctx: &Context, config: &HomeConfig, dir: &SessionDir) -> Result<()> {
-    let meta = read_meta(dir)?;
+fn check_raisable(ctx: &Context, config: &HomeConfig, session: &dyn Session) -> Result<()> {
+    let meta = session.meta()?;
     let (def, _) =
-        crate::definition::load_named(&ctx.store.agents_dir(), &meta.agent, &meta.config, config)?;
+        crate::definition::load_named(&ctx.home.agents_dir(), &meta.agent, &meta.config, config)?;
     if def.limits.session_max_tokens.is_none() {
         return Err(UserError::usage(format!(
             "--raise-budget adds to session_max_tokens, which agent `{}` does not set for session {}: there is no budget to raise; drop --raise-budget",
-            meta.agent, dir.id
+            meta.agent,
+            session.id()
         ))
         .into());
     }

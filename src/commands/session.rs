@@ -17,10 +17,9 @@ use crate::domain::inbox::EntryKind;
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
 use crate::domain::transcript::Message;
-use crate::error::UserError;
+use crate::error::{Remedy, UserError};
 use crate::plural::count;
-use crate::store::session::{NewSession, damaged, read_meta, read_state};
-use crate::store::{SessionDir, inbox};
+use crate::store::{NewSession, Session};
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::{Timestamp, human_duration};
 use uuid::Uuid;
@@ -69,7 +68,7 @@ fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
     let overrides = parse_overrides(&args.set)?;
     let config = ctx.config()?;
     let (_, source) = definition::load_named(
-        &ctx.store.agents_dir(),
+        &ctx.home.agents_dir(),
         &args.agent,
         &BTreeMap::new(),
         &config,
@@ -112,11 +111,11 @@ struct Listed {
     updated_at: Timestamp,
 }
 
-fn listed(dir: &SessionDir) -> Result<Listed> {
-    let meta = read_meta(dir)?;
-    let pending = dir.inbox_counts()?;
+fn listed(session: &dyn Session) -> Result<Listed> {
+    let meta = session.meta()?;
+    let pending = session.inbox_counts()?;
     Ok(Listed {
-        id: dir.id,
+        id: session.id(),
         pending: pending.messages(),
         agent: meta.agent,
         title: meta.title,
@@ -152,7 +151,7 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
         .map(Uuid::to_string)
         .collect();
     let prefixes = unique_prefixes(&all, 8);
-    let now = ctx.store.clock.now();
+    let now = ctx.store.clock().now();
     let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
@@ -184,7 +183,7 @@ fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {
 fn listed_rows(ctx: &Context, status: Option<StatusFilter>) -> Result<Vec<Listed>> {
     let mut rows = Vec::new();
     for id in ctx.store.session_ids()? {
-        match listed(&ctx.store.session(id)) {
+        match listed(&*ctx.store.session(id)) {
             Ok(row) if status.is_none_or(|s| s.matches(row.status)) => rows.push(row),
             Ok(_) => {}
             Err(err) => ctx.out.note(&format!(
@@ -278,7 +277,7 @@ struct ShownBudgets {
 fn budgets(ctx: &Context, meta: &SessionMeta) -> Option<ShownBudgets> {
     let home = ctx.config().ok()?;
     let (def, _) =
-        definition::load_named(&ctx.store.agents_dir(), &meta.agent, &meta.config, &home).ok()?;
+        definition::load_named(&ctx.home.agents_dir(), &meta.agent, &meta.config, &home).ok()?;
     let b = Budgets::from_def(&def, meta.extra_session_tokens, None);
     Some(ShownBudgets {
         max_steps: b.max_steps,
@@ -294,8 +293,8 @@ fn budgets(ctx: &Context, meta: &SessionMeta) -> Option<ShownBudgets> {
 }
 
 fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
-    let dir = ctx.store.resolve(id)?;
-    let shown = gather_shown(ctx, &dir)?;
+    let session = ctx.store.resolve(id)?;
+    let shown = gather_shown(ctx, &*session)?;
     if json {
         ctx.out.json(&shown)?;
         return Ok(0);
@@ -319,18 +318,24 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
 
 /// Everything `show` reports of a session. A damaged execution record is reported,
 /// and the rest of the session still shown.
-fn gather_shown(ctx: &Context, dir: &SessionDir) -> Result<Shown> {
-    let meta = read_meta(dir)?;
-    let state = read_state(dir)?;
-    let running = dir.running_execution(&state);
+fn gather_shown(ctx: &Context, session: &dyn Session) -> Result<Shown> {
+    let meta = session.meta()?;
+    let state = session.state()?;
+    let running = session.running_execution();
     let last_execution = meta
         .last_execution
-        .and_then(|id| match dir.read_execution(id) {
+        .and_then(|id| match session.plain_execution(id) {
             Ok(exec) => Some(exec),
             Err(err) => {
+                // What the store says, and the way out of a damaged record (which no
+                // worker rebuilds).
+                let damaged =
+                    UserError::failed(err.to_string()).with_remedy(Remedy::RepairOrRemove {
+                        session: session.id(),
+                    });
                 let line = format!(
                     "agentq: {}\n",
-                    crate::error::render(&advise(damaged(dir, err)))
+                    crate::error::render(&advise(damaged.into()))
                 );
                 // TODO: send it through `ctx.out.note`, which would neutralise what a
                 // parse error quotes from the file; written whole for now, because
@@ -341,13 +346,13 @@ fn gather_shown(ctx: &Context, dir: &SessionDir) -> Result<Shown> {
             }
         });
     Ok(Shown {
-        pending: dir.inbox_counts()?.messages(),
+        pending: session.inbox_counts()?.messages(),
         budgets: budgets(ctx, &meta),
         session: meta,
         running,
         last_execution,
         todos: state.todos,
-        failed: dir
+        failed: session
             .executions()?
             .into_iter()
             .rev()
@@ -360,7 +365,7 @@ fn gather_shown(ctx: &Context, dir: &SessionDir) -> Result<Shown> {
 /// What has become of the session's agent definition since the session was created,
 /// as a clause of the `agent` line; empty when it is unchanged.
 fn definition_change(ctx: &Context, m: &SessionMeta) -> &'static str {
-    let current_hash = definition::path_for(&ctx.store.agents_dir(), &m.agent)
+    let current_hash = definition::path_for(&ctx.home.agents_dir(), &m.agent)
         .ok()
         .and_then(|path| definition::Source::read(&path).ok())
         .map(|source| source.hash());
@@ -524,9 +529,9 @@ fn print_last(out: &mut impl Write, e: &Execution) -> Result<()> {
 }
 
 fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
-    let dir = ctx.store.resolve(id)?;
-    let state = read_state(&dir)?;
-    let lines = ctx.store.read_transcript(&dir, state.transcript)?;
+    let session = ctx.store.resolve(id)?;
+    let state = session.state()?;
+    let lines = session.transcript(state.transcript)?;
     if json {
         ctx.out.json(&lines)?;
         return Ok(0);
@@ -571,10 +576,10 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     }
     // Queued messages reach the transcript only when a worker takes them: say so,
     // rather than let an empty transcript look like nothing was sent.
-    let queued = inbox::list(&dir.inbox_dir())?
-        .entries
+    let queued = session
+        .inbox()?
         .iter()
-        .filter(|f| f.entry.kind == EntryKind::User)
+        .filter(|entry| entry.kind == EntryKind::User)
         .count() as u64;
     let before = if lines.is_empty() {
         "no messages in the transcript yet; "
@@ -582,10 +587,10 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         ""
     };
     if queued > 0 {
-        let taken_by = if read_meta(&dir)?.status == SessionStatus::Paused {
+        let taken_by = if session.meta()?.status == SessionStatus::Paused {
             format!(
                 "the session is paused: `agentq session resume {}` lets a worker take them",
-                dir.id
+                session.id()
             )
         } else {
             "they enter the transcript when a worker takes them: `agentq worker`".to_owned()
@@ -599,20 +604,17 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
 }
 
 fn set_status(ctx: &Context, id: &str, to: SessionStatus) -> Result<u8> {
-    let dir = ctx.store.resolve(id)?;
-    let from = ctx.store.set_status(&dir, to)?;
-    if to == SessionStatus::Active && !inbox::entry_names(&dir.inbox_dir())?.is_empty() {
-        // Wake workers for the messages that waited while the session was paused.
-        ctx.store.mark_ready(dir.id)?;
-    }
+    let session = ctx.store.resolve(id)?;
+    // Resuming also wakes workers for the messages that waited while it was paused.
+    let from = session.set_status(to)?;
+    let id = session.id();
     let mut out = ctx.out.human();
     if from == to {
-        writeln!(out, "session {} is already {}", dir.id, to.as_str())?;
+        writeln!(out, "session {id} is already {}", to.as_str())?;
     } else {
         writeln!(
             out,
-            "session {} {}",
-            dir.id,
+            "session {id} {}",
             match to {
                 SessionStatus::Active => "resumed",
                 SessionStatus::Paused => "paused",
@@ -624,9 +626,9 @@ fn set_status(ctx: &Context, id: &str, to: SessionStatus) -> Result<u8> {
 }
 
 fn remove(ctx: &Context, id: &str) -> Result<u8> {
-    let dir = ctx.store.resolve(id)?;
-    ctx.store.remove_session(&dir)?;
-    writeln!(ctx.out.stdout(), "removed session {}", dir.id)?;
+    let session = ctx.store.resolve(id)?;
+    session.remove()?;
+    writeln!(ctx.out.stdout(), "removed session {}", session.id())?;
     Ok(0)
 }
 

@@ -12,8 +12,7 @@ use uuid::Uuid;
 use super::Context;
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
 use crate::plural::count;
-use crate::store::SessionDir;
-use crate::store::workers::WorkerRecord;
+use crate::store::{Session, WorkerRecord};
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::time::{Timestamp, human_duration};
 
@@ -88,9 +87,9 @@ pub fn run(ctx: &Context, json: bool) -> Result<u8> {
 
 fn gather(ctx: &Context) -> Status {
     let store = &ctx.store;
-    let now = store.clock.now();
+    let now = store.clock().now();
     let mut status = Status {
-        home: store.home().to_owned(),
+        home: ctx.home.root().to_owned(),
         now,
         pending: 0,
         oldest_pending: None,
@@ -103,14 +102,12 @@ fn gather(ctx: &Context) -> Status {
     let ids = match store.session_ids() {
         Ok(ids) => ids,
         Err(e) => {
-            status
-                .unreadable
-                .push(format!("{}: {e}", store.sessions_dir().display()));
+            status.unreadable.push(format!("{}: {e}", store.describe()));
             return status;
         }
     };
     for id in ids {
-        if let Err(e) = gather_session(&store.session(id), now, &mut status) {
+        if let Err(e) = gather_session(&*store.session(id), now, &mut status) {
             let e = super::advice::explain_damage(e, &id.to_string());
             status
                 .unreadable
@@ -123,14 +120,16 @@ fn gather(ctx: &Context) -> Status {
     status
 }
 
-fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Result<()> {
-    let meta = dir.read_meta()?;
+fn gather_session(session: &dyn Session, now: Timestamp, status: &mut Status) -> Result<()> {
+    let id = session.id();
+    // Plain: the damage is worded once, for the whole line (see `gather`).
+    let meta = session.plain_meta()?;
     // The message being run is counted under `running`, not as waiting.
-    let counts = dir.inbox_counts()?;
+    let counts = session.inbox_counts()?;
     if counts.waiting > 0 {
         status.pending += counts.waiting;
         status.sessions.push(SessionPending {
-            id: dir.id,
+            id,
             agent: meta.agent.clone(),
             status: meta.status.as_str().to_owned(),
             pending: counts.waiting,
@@ -143,21 +142,21 @@ fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Resu
                 .is_none_or(|o| queued_at < o.queued_at)
         {
             status.oldest_pending = Some(Pending {
-                session_id: dir.id,
+                session_id: id,
                 queued_at,
                 age_ms: now.millis_since(queued_at),
             });
         }
     }
-    if let Ok(state) = dir.read_state()
-        && let Some(exec) = dir.running_execution(&state)
+    if let Ok(state) = session.plain_state()
+        && let Some(exec) = session.running_execution()
         && let Some(current) = state.current
     {
         status.running.push(Running {
-            session_id: dir.id,
+            session_id: id,
             execution_id: exec.id,
             message_id: exec.message_id,
-            owner: owner(dir),
+            owner: session.owner(),
             suspended: exec.suspended,
             step: current.steps + 1,
             attempt: exec.attempts,
@@ -166,11 +165,11 @@ fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Resu
         });
     }
     if meta.counters.failed > 0 {
-        for exec in dir.executions()? {
+        for exec in session.executions()? {
             let recent = exec.finished_at.is_some_and(|t| t.0 >= now.0 - DAY_MS);
             if exec.status == ExecStatus::Failed && recent {
                 status.failed_last_24h.push(Failure {
-                    session_id: dir.id,
+                    session_id: id,
                     execution_id: exec.id,
                     finished_at: exec.finished_at,
                     stop_reason: exec.stop_reason,
@@ -180,15 +179,6 @@ fn gather_session(dir: &SessionDir, now: Timestamp, status: &mut Status) -> Resu
         }
     }
     Ok(())
-}
-
-/// The worker holding the session's lock now, from what it wrote into the lock file.
-fn owner(dir: &SessionDir) -> Option<WorkerInfo> {
-    let file = std::fs::File::open(dir.lock_path()).ok()?;
-    match file.try_lock_shared() {
-        Err(std::fs::TryLockError::WouldBlock) => dir.lock_owner(),
-        _ => None,
-    }
 }
 
 /// The page for people: one line per fact, a section per kind (home, workers,

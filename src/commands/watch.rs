@@ -14,24 +14,21 @@ use crate::error::{UserError, exit};
 use crate::follow::{human_limit, terminal_view, why_not_done};
 use crate::output::Output;
 use crate::render::{PlainRenderer, Renderer};
-use crate::store::SessionDir;
-use crate::store::events::{offset_after_seq, offset_of_last};
-use crate::store::follow::{Follower, Line};
-use crate::store::inbox;
-use crate::store::session::read_meta;
+use crate::store::{LogLine, Position, Session};
 
 pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
-    let dir = ctx.store.resolve(&args.id)?;
+    let session = ctx.store.resolve(&args.id)?;
     // A session whose session.json cannot be read is refused, naming it, rather than
     // followed in silence while no worker can run it.
-    read_meta(&dir)?;
-    let path = dir.events_path();
-    let offset = if args.from_start {
-        0
+    session.meta()?;
+    let from = if args.from_start {
+        Position::START
     } else if let Some(seq) = args.since {
-        offset_after_seq(&path, seq)?
+        session.events_after(seq)?
     } else {
-        offset_of_last(&path, &["execution.started"])?.map_or(0, |(offset, _)| offset)
+        session
+            .last_event(&["execution.started"])?
+            .map_or(Position::START, |(at, _)| at)
     };
     let out = &ctx.out;
     let stdout = out.stdout();
@@ -46,10 +43,10 @@ pub fn run(ctx: &Context, args: WatchArgs) -> Result<u8> {
             stdout.clone(),
             stdout.color(),
             spinners,
-            &dir,
+            &*session,
         )?)
     };
-    let watched = watch(out, &dir, offset, &args, renderer.as_mut());
+    let watched = watch(out, &*session, from, &args, renderer.as_mut());
     super::runtime(1)?.block_on(watched)
 }
 
@@ -68,7 +65,7 @@ impl Renderer for RawLines {
 /// Shows one line of the log; remembers the exit code of finished executions.
 fn show(
     out: &Output,
-    line: &Line,
+    line: &LogLine,
     json: bool,
     renderer: &mut dyn Renderer,
     last_exit: &mut Option<u8>,
@@ -103,12 +100,12 @@ fn show(
 
 async fn watch(
     out: &Output,
-    dir: &SessionDir,
-    offset: u64,
+    session: &dyn Session,
+    from: Position,
     args: &WatchArgs,
     renderer: &mut dyn Renderer,
 ) -> Result<u8> {
-    let mut follower = Follower::open(dir, offset)?;
+    let mut follower = session.follow(from)?;
     let started = Instant::now();
     let mut last_exit: Option<u8> = None;
     loop {
@@ -122,9 +119,9 @@ async fn watch(
         renderer.live()?;
         if !follower.exists() {
             renderer.finish()?;
-            return Err(UserError::usage(format!("session {} was removed", dir.id)).into());
+            return Err(UserError::usage(format!("session {} was removed", session.id())).into());
         }
-        if args.exit_on_idle && is_idle(dir)? {
+        if args.exit_on_idle && is_idle(session)? {
             // Entries leave the inbox only after their final events were written:
             // one more read takes in everything up to idleness.
             for line in follower.read()? {
@@ -133,19 +130,20 @@ async fn watch(
             renderer.finish()?;
             return Ok(match last_exit {
                 Some(code) => code,
-                None => last_exit_code(dir)?,
+                None => last_exit_code(session)?,
             });
         }
         if let Some(limit) = args.timeout
             && started.elapsed() >= limit
         {
             renderer.finish()?;
-            let running = dir.read_state()?.current.is_some();
+            // A damaged state is said plainly: the command's advice names the way out.
+            let running = session.plain_state()?.current.is_some();
             return Err(UserError::unavailable(format!(
                 "gave up waiting for session {} to be idle after {}: {}",
-                dir.id,
+                session.id(),
                 human_limit(limit),
-                why_not_done(dir, running)?
+                why_not_done(session, running)?
             ))
             .into());
         }
@@ -161,17 +159,16 @@ async fn watch(
 
 /// Nothing pending or running: no user entry left in the inbox (an entry stays there
 /// until its execution has settled).
-fn is_idle(dir: &SessionDir) -> Result<bool> {
-    let listing = inbox::list(&dir.inbox_dir())?;
-    Ok(!listing
-        .entries
+fn is_idle(session: &dyn Session) -> Result<bool> {
+    Ok(!session
+        .inbox()?
         .iter()
-        .any(|f| f.entry.kind == EntryKind::User))
+        .any(|entry| entry.kind == EntryKind::User))
 }
 
 /// The exit code of the session's last finished execution, 0 if there was none.
-fn last_exit_code(dir: &SessionDir) -> Result<u8> {
-    let last = offset_of_last(&dir.events_path(), &["execution.finished"])?;
+fn last_exit_code(session: &dyn Session) -> Result<u8> {
+    let last = session.last_event(&["execution.finished"])?;
     Ok(last
         .and_then(|(_, raw)| raw.into_event().ok().flatten())
         .and_then(|event| match event.payload {

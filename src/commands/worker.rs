@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     let options = WorkerOptions {
         once: args.once,
         concurrency: usize::from(args.concurrency),
-        session: session.map(|dir| dir.id),
+        session: session.map(|session| session.id()),
         max_duration: args.max_duration,
         poll: args.poll,
         max_workers: args.max_workers.map(usize::from),
@@ -32,8 +32,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     // Sessions run on blocking threads of their own (see worker::run); the runtime's
     // threads only drive timers, sockets and the claiming loop.
     let runtime = super::runtime(2)?;
-    let store: Arc<dyn crate::store::Store> = Arc::new(ctx.store.clone());
-    let home = crate::home::Home::new(ctx.store.home().to_owned());
+    let (store, home) = (ctx.store.clone(), ctx.home.clone());
     runtime.block_on(async move {
         let shutdown = Arc::new(Shutdown::default());
         tokio::spawn(handle_signals(shutdown.clone()));

@@ -112,6 +112,19 @@ pub trait Store: Send + Sync {
 
     /// The workers running now.
     fn live_workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// Where the sessions are kept, as messages name it (the file store: its
+    /// `sessions/` directory).
+    fn describe(&self) -> String;
+
+    /// Whether the store was set up in this home (by `agentq init` or a first session):
+    /// one of the marks that make a directory a home.
+    fn exists(&self) -> bool;
+
+    /// Makes what a home's sessions need (`agentq init`), leaving what exists as it is.
+    /// `created` is told, as each is made, where the things a user would look for are;
+    /// returns whether anything was made at all.
+    fn init(&self, created: &mut dyn FnMut(&str) -> Result<()>) -> Result<bool>;
 }
 
 /// One session, for anyone: what commands (and a server) read and ask of it. Taking
@@ -134,6 +147,19 @@ pub trait Session: Send + Sync {
 
     /// One execution's record; `None` if it has none (yet).
     fn execution(&self, id: Uuid) -> Result<Option<Execution>>;
+
+    // The plain reads fail with the store's own error, saying what could not be read
+    // and nothing more (a missing record is such an error too): for a caller that
+    // words the way out itself, where `meta` and `state` would word it for them.
+
+    /// `session.json`, its error plain.
+    fn plain_meta(&self) -> Result<SessionMeta>;
+
+    /// `state.json`, its error plain.
+    fn plain_state(&self) -> Result<AgentState>;
+
+    /// One execution's record, which should exist; a missing one is a plain error.
+    fn plain_execution(&self, id: Uuid) -> Result<Execution>;
 
     /// The execution in progress, if one is: its record, or what the state says of one
     /// that has not written its record yet.
@@ -179,6 +205,11 @@ pub trait Session: Send + Sync {
 /// store counts bytes, a database would count seqs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position(pub(crate) u64);
+
+impl Position {
+    /// The start of every log: following from there sees all of it.
+    pub const START: Position = Position(0);
+}
 
 /// One line read from the event log: the raw text (for `--json`) and the parsed
 /// envelope, absent for a line that is not an event (skipped by renderers).

@@ -24,7 +24,7 @@ pub struct FileSession {
 }
 
 impl FileSession {
-    /// The directory, for what only the file store has (tests, `status`'s paths).
+    /// The directory, for what only the file store has (tests).
     pub fn dir(&self) -> &SessionDir {
         &self.dir
     }
@@ -57,6 +57,18 @@ impl Session for FileSession {
             Err(ReadError::NotFound { .. }) => Ok(None),
             Err(err) => Err(err.into()),
         }
+    }
+
+    fn plain_meta(&self) -> Result<SessionMeta> {
+        Ok(self.dir.read_meta()?)
+    }
+
+    fn plain_state(&self) -> Result<AgentState> {
+        Ok(self.dir.read_state()?)
+    }
+
+    fn plain_execution(&self, id: Uuid) -> Result<Execution> {
+        Ok(self.dir.read_execution(id)?)
     }
 
     fn running_execution(&self) -> Option<Execution> {

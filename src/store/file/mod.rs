@@ -299,6 +299,29 @@ impl crate::store::Store for FileStore {
     fn live_workers(&self) -> anyhow::Result<Vec<workers::WorkerRecord>> {
         FileStore::live_workers(self)
     }
+
+    fn describe(&self) -> String {
+        self.sessions_dir().display().to_string()
+    }
+
+    fn exists(&self) -> bool {
+        self.sessions_dir().exists()
+    }
+
+    fn init(&self, created: &mut dyn FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<bool> {
+        let mut made = false;
+        for dir in [self.sessions_dir(), self.ready_dir()] {
+            if !dir.is_dir() {
+                fs::create_dir_private(&dir)?;
+                // `.ready/` is the store's own bookkeeping: nothing a user looks for.
+                if dir != self.ready_dir() {
+                    created(&format!("{}/", dir.display()))?;
+                }
+                made = true;
+            }
+        }
+        Ok(made)
+    }
 }
 
 impl FileStore {
