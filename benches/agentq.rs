@@ -14,13 +14,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use agentq::bench::{Durable, LogReader};
+use agentq::bench::LogReader;
 use agentq::domain::event::{EventPayload, StreamChunk};
 use agentq::domain::inbox::EntryKind;
 use agentq::domain::session::EventsPreset;
 use agentq::ids::V7Ids;
-use agentq::store::FileStore;
 use agentq::store::NewEntry;
+use agentq::store::{Claimed, FileStore, Store as _};
 use agentq::time::SystemClock;
 use agentq::worker::{self, Shutdown, WorkerOptions};
 
@@ -376,20 +376,17 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let store = home.store();
     let sessions: Vec<_> = (0..100).map(|_| home.session("fast")).collect();
     for i in 0..messages {
-        let dir = store
+        let session = store
             .resolve(&sessions[i % sessions.len()])
             .expect("session");
-        store
-            .enqueue(
-                &dir,
-                NewEntry {
-                    kind: EntryKind::User,
-                    content: format!("message {i}"),
-                    key: None,
-                    metadata: Default::default(),
-                    raise_session_tokens: 0,
-                },
-            )
+        session
+            .enqueue(NewEntry {
+                kind: EntryKind::User,
+                content: format!("message {i}"),
+                key: None,
+                metadata: Default::default(),
+                raise_session_tokens: 0,
+            })
             .expect("enqueue");
     }
     // The runtime `agentq worker` runs on (src/commands/worker.rs).
@@ -412,7 +409,7 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let report = runtime
         .block_on(worker::run(
             Arc::new(store.clone()),
-            agentq::home::Home::new(store.home().to_owned()),
+            agentq::home::Home::new(home.path().to_owned()),
             options,
             Arc::new(Shutdown::default()),
         ))
@@ -446,12 +443,12 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
 /// The cost of one step's checkpoint (two transcript lines appended, state.json
 /// replaced) near step 1 and near step 1,000 of the same session.
 fn persistence_per_step(samples: usize) -> (f64, f64) {
-    use agentq::bench::transcript;
     use agentq::domain::state::AgentState;
     use agentq::domain::transcript::{Message, ToolCall, TranscriptLine};
     let home = Home::new();
     let store = home.store();
-    let dir = store.resolve(&home.session("fast")).expect("session");
+    let mut checkpoints =
+        agentq::bench::Checkpoints::open(&store, &home.session("fast")).expect("session");
     let line = |message: Message| TranscriptLine {
         message,
         message_id: None,
@@ -479,26 +476,24 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
         ]
     };
     let mut state = AgentState::default();
-    let mut unsynced = agentq::bench::UnsyncedSwaps::default();
-    let mut checkpoint = |state: &mut AgentState| {
+    let checkpoint = |checkpoints: &mut agentq::bench::Checkpoints, state: &mut AgentState| {
         let start = Instant::now();
         state.model_calls += 1;
         // What the worker's checkpoint does for a step's lines.
-        dir.checkpoint(step_lines(), state, false, &mut unsynced)
+        checkpoints
+            .checkpoint(step_lines(), state)
             .expect("checkpoint");
         ms_between(start, Instant::now())
     };
-    let early: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();
+    let early: Vec<f64> = (0..samples)
+        .map(|_| checkpoint(&mut checkpoints, &mut state))
+        .collect();
     // Grow the history to 1,000 steps without measuring (one append of many lines).
     let filler: Vec<TranscriptLine> = (0..(1000 - samples)).flat_map(|_| step_lines()).collect();
-    state.transcript = transcript::append(
-        &dir.transcript_path(),
-        state.transcript,
-        &filler,
-        Durable::Now,
-    )
-    .expect("append");
-    let late: Vec<f64> = (0..samples).map(|_| checkpoint(&mut state)).collect();
+    checkpoints.grow(&filler, &mut state).expect("append");
+    let late: Vec<f64> = (0..samples)
+        .map(|_| checkpoint(&mut checkpoints, &mut state))
+        .collect();
     (percentile(&early, 50.0), percentile(&late, 50.0))
 }
 
@@ -517,8 +512,12 @@ fn watch_latency(reps: usize) -> Vec<f64> {
         .recv_timeout(Duration::from_secs(10))
         .expect("the first line");
     let store = home.store();
-    let dir = store.resolve(&id).expect("session");
-    let mut log = dir.open_events(store.clock.clone()).expect("log");
+    // Appended as the session's owner appends them.
+    let Ok(Claimed::Owned(mut log)) =
+        store.claim(id.parse().expect("an id"), &worker::this_worker())
+    else {
+        panic!("the session could not be claimed");
+    };
     let mut latencies = Vec::new();
     for i in 0..reps {
         let payload = EventPayload::StreamChunk(StreamChunk {

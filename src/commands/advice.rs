@@ -4,7 +4,7 @@
 use std::io;
 
 use crate::error::{Remedy, UserError};
-use crate::store::fs::ReadError;
+use crate::store::ReadError;
 
 /// The remedy an error carries, as a command to run; the error itself unchanged
 /// otherwise (same text first, same exit code).

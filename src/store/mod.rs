@@ -62,13 +62,12 @@ use crate::domain::state::{AgentState, TranscriptMark};
 use crate::domain::transcript::TranscriptLine;
 use crate::time::Clock;
 
+pub use file::FileStore;
+pub(crate) use file::SessionDir;
+pub use file::fs::ReadError;
 pub use file::inbox::Counts as InboxCounts;
 pub use file::session::{Enqueued, NewEntry, NewSession};
 pub use file::workers::WorkerRecord;
-pub use file::{FileLease, FileStore, SessionDir};
-// The file store's parts, reached by their old paths until every caller goes through
-// the traits below.
-pub use file::{events, follow, fs, inbox, recover, session, transcript, workers};
 
 /// A home's sessions, wherever they are kept: what the worker asks of them as a whole.
 pub trait Store: Send + Sync {
@@ -232,6 +231,14 @@ pub trait EventFeed: Send {
 
 /// Something held for as long as it lives (a registration, a subscription).
 pub type Guard = Box<dyn Send>;
+
+/// Files a session's owner keeps on its own host, beside the store: the workspace
+/// directories and the record of running commands ([`LocalFiles`]). Written with the
+/// store's own primitives, so they share its modes and its temp-file names (which the
+/// clean-up of files left by killed writers knows).
+pub mod local {
+    pub use super::file::fs::{create_dir_private, temp_path, write_json_unsynced};
+}
 
 /// How many times an execution may be started (first, then resumed after a crash):
 /// one whose last attempt crashed too fails instead of starting again.

@@ -51,7 +51,7 @@ impl Workspace {
 
     /// The real location of the workspace; it is created on first use.
     fn canonical_root(&self) -> Result<PathBuf, String> {
-        crate::store::fs::create_dir_private(&self.root)
+        crate::store::local::create_dir_private(&self.root)
             .and_then(|()| self.root.canonicalize())
             .map_err(|e| format!("the workspace {} is not usable: {e}", self.root.display()))
     }
@@ -663,7 +663,7 @@ impl OpenDir {
     /// Writes `bytes` to a new temp file in the directory, with `mode` if given, and
     /// renames it to `name`.
     fn replace(&self, name: &OsStr, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-        let temp = crate::store::fs::temp_path(Path::new(name));
+        let temp = crate::store::local::temp_path(Path::new(name));
         let temp = c_name(temp.as_os_str())?;
         let name = c_name(name)?;
         let dirfd = self.dir.as_raw_fd();

@@ -83,7 +83,7 @@ fn write_record(live: &[Live], owner: &Owner) {
             _ => Ok(()),
         }
     } else {
-        crate::store::fs::write_json_unsynced(&owner.record, &groups)
+        crate::store::local::write_json_unsynced(&owner.record, &groups)
     };
     if let Err(err) = written {
         warn!(session = %owner.session, "cannot record the running commands in {}: {err}", owner.record.display());

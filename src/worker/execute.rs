@@ -231,7 +231,7 @@ impl Owner<'_> {
         if !inside(&real) {
             return Err(out_of_bounds(&real));
         }
-        crate::store::fs::create_dir_private(&path)
+        crate::store::local::create_dir_private(&path)
             .map_err(|e| refuse(format!("cannot be created: {e}")))?;
         let real = path
             .canonicalize()

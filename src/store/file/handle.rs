@@ -23,13 +23,6 @@ pub struct FileSession {
     pub(super) dir: SessionDir,
 }
 
-impl FileSession {
-    /// The directory, for what only the file store has (tests).
-    pub fn dir(&self) -> &SessionDir {
-        &self.dir
-    }
-}
-
 impl Session for FileSession {
     fn id(&self) -> Uuid {
         self.dir.id

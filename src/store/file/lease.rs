@@ -213,7 +213,7 @@ impl FileLease {
     /// Takes the owner lock of session `id` without waiting, and repairs what a crash
     /// or a hand left damaged before anything else reads it.
     pub(super) fn claim(store: &FileStore, id: Uuid, worker: &WorkerInfo) -> Result<Claimed> {
-        let dir = store.session(id);
+        let dir = store.dir(id);
         if !dir.path.is_dir() {
             store.clear_ready(id)?;
             return Ok(Claimed::Gone);

@@ -28,18 +28,18 @@
 //!   entry's `.ready` marker only speeds up discovery (a full scan finds the work).
 //! - Session files are 0600, directories 0700; no secret is ever written.
 
-pub mod events;
-pub mod follow;
-pub mod fs;
+pub(crate) mod events;
+pub(crate) mod follow;
+pub(crate) mod fs;
 mod handle;
-pub mod inbox;
+pub(crate) mod inbox;
 mod lease;
-pub use handle::FileSession;
-pub use lease::FileLease;
-pub mod recover;
-pub mod session;
-pub mod transcript;
-pub mod workers;
+pub(crate) use handle::FileSession;
+pub(crate) use lease::FileLease;
+pub(crate) mod recover;
+pub(crate) mod session;
+pub(crate) mod transcript;
+pub(crate) mod workers;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -62,8 +62,8 @@ use fs::{AtPath, ReadError};
 #[derive(Clone)]
 pub struct FileStore {
     home: PathBuf,
-    pub clock: Arc<dyn Clock>,
-    pub ids: Arc<dyn IdGen>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn IdGen>,
 }
 
 impl FileStore {
@@ -71,29 +71,17 @@ impl FileStore {
         FileStore { home, clock, ids }
     }
 
-    pub fn home(&self) -> &Path {
-        &self.home
-    }
-
-    pub fn agents_dir(&self) -> PathBuf {
-        self.home.join("agents")
-    }
-
-    pub fn sessions_dir(&self) -> PathBuf {
+    pub(crate) fn sessions_dir(&self) -> PathBuf {
         self.home.join("sessions")
     }
 
     /// `sessions/.ready/`: one empty marker per session with pending inbox entries.
-    pub fn ready_dir(&self) -> PathBuf {
+    pub(crate) fn ready_dir(&self) -> PathBuf {
         self.sessions_dir().join(".ready")
     }
 
-    pub fn config_path(&self) -> PathBuf {
-        self.home.join("agentq.toml")
-    }
-
     /// The directory of a session known to exist (from a listing or a marker).
-    pub fn session(&self, id: Uuid) -> SessionDir {
+    pub(crate) fn dir(&self, id: Uuid) -> SessionDir {
         SessionDir {
             id,
             path: self.sessions_dir().join(id.to_string()),
@@ -101,23 +89,23 @@ impl FileStore {
     }
 
     /// Every session id in the home, oldest first. Entries that are not ids are ignored.
-    pub fn session_ids(&self) -> io::Result<Vec<Uuid>> {
+    pub(crate) fn list_ids(&self) -> io::Result<Vec<Uuid>> {
         let mut ids = uuid_entries(&self.sessions_dir())?;
         ids.sort_unstable();
         Ok(ids)
     }
 
     /// Sessions with a `.ready` marker.
-    pub fn ready_ids(&self) -> io::Result<Vec<Uuid>> {
+    pub(crate) fn ready_ids(&self) -> io::Result<Vec<Uuid>> {
         uuid_entries(&self.ready_dir())
     }
 
     /// Finds the one session a whole id or unique prefix names.
-    pub fn resolve(&self, input: &str) -> anyhow::Result<SessionDir> {
+    pub(crate) fn resolve_dir(&self, input: &str) -> anyhow::Result<SessionDir> {
         let query = IdQuery::parse(input)?;
         let sessions = self.sessions_dir();
         if let IdQuery::Full(id) = query {
-            let dir = self.session(id);
+            let dir = self.dir(id);
             if dir.path.is_dir() {
                 return Ok(dir);
             }
@@ -126,13 +114,13 @@ impl FileStore {
             );
         }
         let matches: Vec<Uuid> = self
-            .session_ids()
+            .list_ids()
             .with_context(|| format!("listing {}", sessions.display()))?
             .into_iter()
             .filter(|id| query.matches(id))
             .collect();
         match matches.as_slice() {
-            [id] => Ok(self.session(*id)),
+            [id] => Ok(self.dir(*id)),
             [] => Err(UserError::usage(format!(
                 "no session id starts with `{input}` in {}",
                 sessions.display()
@@ -153,7 +141,7 @@ impl FileStore {
 
     /// Marks a session as having pending entries. Not fsynced: the marker only speeds up
     /// discovery, and the worker's full scan finds the entries without it.
-    pub fn mark_ready(&self, id: Uuid) -> io::Result<()> {
+    pub(crate) fn mark_ready(&self, id: Uuid) -> io::Result<()> {
         let dir = self.ready_dir();
         let path = dir.join(id.to_string());
         match fs::create_private(&path) {
@@ -177,7 +165,7 @@ impl FileStore {
     /// transcript is an error saying so, and the session is marked ready: the worker
     /// that claims it next repairs it ([`SessionDir::repair_transcript`]), with or
     /// without a message waiting.
-    pub fn read_transcript(
+    pub(crate) fn read_transcript(
         &self,
         dir: &SessionDir,
         mark: TranscriptMark,
@@ -190,7 +178,7 @@ impl FileStore {
         })
     }
 
-    pub fn clear_ready(&self, id: Uuid) -> io::Result<()> {
+    pub(crate) fn clear_ready(&self, id: Uuid) -> io::Result<()> {
         let path = self.ready_dir().join(id.to_string());
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs::with_path(e, &path)),
@@ -220,7 +208,7 @@ impl crate::store::Store for FileStore {
         worker: &crate::domain::execution::WorkerInfo,
         max_workers: Option<usize>,
     ) -> anyhow::Result<Option<crate::store::Guard>> {
-        Ok(FileStore::register_worker(self, worker, max_workers)?
+        Ok(FileStore::register(self, worker, max_workers)?
             .map(|registration| Box::new(registration) as crate::store::Guard))
     }
 
@@ -229,13 +217,13 @@ impl crate::store::Store for FileStore {
         // full scan adds every session with entries, marked or not.
         let mut ids = self.ready_ids()?;
         if full {
-            for id in self.session_ids()? {
+            for id in self.list_ids()? {
                 if ids.contains(&id) {
                     continue;
                 }
                 // A session whose inbox cannot be listed is claimed too: its drain fails
                 // naming the path, logged once per full scan, and the others go on.
-                let dir = self.session(id);
+                let dir = self.dir(id);
                 let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
                 if waiting || dir.needs_repair() {
                     ids.push(id);
@@ -281,23 +269,23 @@ impl crate::store::Store for FileStore {
     }
 
     fn create_session(&self, new: session::NewSession) -> anyhow::Result<SessionMeta> {
-        FileStore::create_session(self, new)
+        FileStore::create(self, new)
     }
 
     fn resolve(&self, input: &str) -> anyhow::Result<Box<dyn crate::store::Session>> {
-        Ok(self.handle(FileStore::resolve(self, input)?))
+        Ok(self.handle(FileStore::resolve_dir(self, input)?))
     }
 
     fn session(&self, id: Uuid) -> Box<dyn crate::store::Session> {
-        self.handle(FileStore::session(self, id))
+        self.handle(FileStore::dir(self, id))
     }
 
     fn session_ids(&self) -> anyhow::Result<Vec<Uuid>> {
-        Ok(FileStore::session_ids(self)?)
+        Ok(FileStore::list_ids(self)?)
     }
 
     fn live_workers(&self) -> anyhow::Result<Vec<workers::WorkerRecord>> {
-        FileStore::live_workers(self)
+        FileStore::workers_alive(self)
     }
 
     fn describe(&self) -> String {
@@ -371,50 +359,50 @@ pub struct SessionDir {
 }
 
 impl SessionDir {
-    pub fn meta_path(&self) -> PathBuf {
+    pub(crate) fn meta_path(&self) -> PathBuf {
         self.path.join("session.json")
     }
-    pub fn state_path(&self) -> PathBuf {
+    pub(crate) fn state_path(&self) -> PathBuf {
         self.path.join("state.json")
     }
-    pub fn transcript_path(&self) -> PathBuf {
+    pub(crate) fn transcript_path(&self) -> PathBuf {
         self.path.join("transcript.ndjson")
     }
-    pub fn events_path(&self) -> PathBuf {
+    pub(crate) fn events_path(&self) -> PathBuf {
         self.path.join("events.ndjson")
     }
-    pub fn inbox_dir(&self) -> PathBuf {
+    pub(crate) fn inbox_dir(&self) -> PathBuf {
         self.path.join("inbox")
     }
-    pub fn executions_dir(&self) -> PathBuf {
+    pub(crate) fn executions_dir(&self) -> PathBuf {
         self.path.join("executions")
     }
     /// `keys/<hex of key>`: idempotency keys of `send --key`, each holding a message id.
-    pub fn keys_dir(&self) -> PathBuf {
+    pub(crate) fn keys_dir(&self) -> PathBuf {
         self.path.join("keys")
     }
-    pub fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.path.join("lock")
     }
-    pub fn workspace_dir(&self) -> PathBuf {
+    pub(crate) fn workspace_dir(&self) -> PathBuf {
         self.path.join("workspace")
     }
-    pub fn execution_path(&self, id: Uuid) -> PathBuf {
+    pub(crate) fn execution_path(&self, id: Uuid) -> PathBuf {
         self.executions_dir().join(format!("{id}.json"))
     }
 
-    pub fn read_meta(&self) -> Result<SessionMeta, ReadError> {
+    pub(crate) fn read_meta(&self) -> Result<SessionMeta, ReadError> {
         fs::read_json(&self.meta_path())
     }
 
-    pub fn read_state(&self) -> Result<AgentState, ReadError> {
+    pub(crate) fn read_state(&self) -> Result<AgentState, ReadError> {
         fs::read_json(&self.state_path())
     }
 
     /// Writes `session.json` without fsync, for the totals of a settled execution:
     /// [`SessionDir::flush_drain`] makes it durable. It is written for every message,
     /// so it reuses its inodes, like `state.json` ([`fs::replace_reusing`]).
-    pub fn write_meta_unsynced(
+    pub(crate) fn write_meta_unsynced(
         &self,
         meta: &SessionMeta,
         unsynced: &mut fs::UnsyncedSwaps,
@@ -429,7 +417,7 @@ impl SessionDir {
 
     /// `state.json` is rewritten twice per message, so it reuses its inodes
     /// ([`fs::replace_reusing`]).
-    pub fn write_state(
+    pub(crate) fn write_state(
         &self,
         state: &AgentState,
         unsynced: &mut fs::UnsyncedSwaps,
@@ -446,7 +434,7 @@ impl SessionDir {
     /// points to as well (appended without fsync): both must be on disk before the new
     /// state takes the name, but neither fsync depends on the other, so they run at the
     /// same time.
-    pub fn write_state_and_transcript(
+    pub(crate) fn write_state_and_transcript(
         &self,
         state: &AgentState,
         sync_transcript: bool,
@@ -477,7 +465,7 @@ impl SessionDir {
     /// (a side-effecting call about to run, a step closed without a result) writes
     /// `state.json` durably, with the transcript if `sync_transcript` (lines appended
     /// earlier without fsync).
-    pub fn checkpoint(
+    pub(crate) fn checkpoint(
         &self,
         mut lines: Vec<TranscriptLine>,
         state: &mut AgentState,
@@ -505,7 +493,7 @@ impl SessionDir {
     /// failure before that loses only the claim (the message is still in the inbox);
     /// and after a checkpoint whose transcript lines, synced, carry the same state
     /// ([`SessionDir::roll_forward`] brings back what a power failure took).
-    pub fn write_state_unsynced(
+    pub(crate) fn write_state_unsynced(
         &self,
         state: &AgentState,
         unsynced: &mut fs::UnsyncedSwaps,
@@ -524,18 +512,18 @@ impl SessionDir {
     /// failure can bring back an entry (recognised by its seq, see
     /// [`AgentState::has_moved_past`]) or an older `session.json` (recounted from the
     /// records when the session is next claimed).
-    pub fn flush_drain(&self, unsynced: &mut fs::UnsyncedSwaps) -> io::Result<()> {
+    pub(crate) fn flush_drain(&self, unsynced: &mut fs::UnsyncedSwaps) -> io::Result<()> {
         fs::sync_path(&self.meta_path())?;
         fs::sync_dir(&self.path)?;
         unsynced.synced(&self.path);
         fs::sync_dir(&self.inbox_dir())
     }
 
-    pub fn read_execution(&self, id: Uuid) -> Result<Execution, ReadError> {
+    pub(crate) fn read_execution(&self, id: Uuid) -> Result<Execution, ReadError> {
         fs::read_json(&self.execution_path(id))
     }
 
-    pub fn write_execution(&self, execution: &Execution) -> io::Result<()> {
+    pub(crate) fn write_execution(&self, execution: &Execution) -> io::Result<()> {
         fs::write_json(&self.execution_path(execution.id), execution)
     }
 
@@ -543,18 +531,18 @@ impl SessionDir {
     /// Not fsynced: `state.json`, written durably, is what a resuming worker trusts,
     /// and a record lost or emptied by a power failure is rebuilt from it; the settled
     /// record, the commit point, is always written durably.
-    pub fn mark_running(&self, execution: &Execution) -> io::Result<()> {
+    pub(crate) fn mark_running(&self, execution: &Execution) -> io::Result<()> {
         fs::write_json_unsynced(&self.execution_path(execution.id), execution)
     }
 
-    pub fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
+    pub(crate) fn open_events(&self, clock: Arc<dyn Clock>) -> io::Result<EventLog> {
         EventLog::open(&self.events_path(), self.id, clock)
     }
 
     /// The execution in progress: its record, or, for one that has not written its
     /// record yet (a record is first written when it is resumed, suspended or
     /// settled), what the state says.
-    pub fn running_execution(&self, state: &AgentState) -> Option<Execution> {
+    pub(crate) fn running_execution(&self, state: &AgentState) -> Option<Execution> {
         let current = state.current.as_ref()?;
         match self.read_execution(current.execution_id) {
             Ok(exec) => (!exec.status.is_terminal()).then_some(exec),
@@ -592,14 +580,14 @@ impl SessionDir {
 
     /// The worker that last took the owner lock, as it wrote itself into the lock
     /// file ([`SessionDir::try_lock_owner`]); it may have exited since.
-    pub fn lock_owner(&self) -> Option<crate::domain::execution::WorkerInfo> {
+    pub(crate) fn lock_owner(&self) -> Option<crate::domain::execution::WorkerInfo> {
         let text = std::fs::read_to_string(self.lock_path()).ok()?;
         serde_json::from_str(text.trim()).ok()
     }
 
     /// What waits in the inbox ([`inbox::count`]), the message of the execution in
     /// progress told apart from the others.
-    pub fn inbox_counts(&self) -> io::Result<inbox::Counts> {
+    pub(crate) fn inbox_counts(&self) -> io::Result<inbox::Counts> {
         let running = self
             .read_state()
             .ok()
@@ -609,7 +597,7 @@ impl SessionDir {
     }
 
     /// Every readable execution record, oldest first (ids are time-ordered).
-    pub fn executions(&self) -> io::Result<Vec<Execution>> {
+    pub(crate) fn executions(&self) -> io::Result<Vec<Execution>> {
         let path = self.executions_dir();
         let mut records = Vec::new();
         let entries = match std::fs::read_dir(&path) {

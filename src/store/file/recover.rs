@@ -111,7 +111,7 @@ impl SessionDir {
     /// latest one stays `current`, as it would have (a `running` one is resumed, a
     /// settled one keeps its message from running again), and the task list and any
     /// compaction are lost (the agent rebuilds them as it goes on).
-    pub fn rebuild_state(&self) -> Result<AgentState> {
+    pub(crate) fn rebuild_state(&self) -> Result<AgentState> {
         if let Some(state) = self.roll_forward(&AgentState::default())? {
             return Ok(state);
         }
@@ -188,7 +188,7 @@ impl SessionDir {
     /// durable, so a power failure (or a kill between the two writes) can leave it
     /// behind, never ahead. Lines are read up to the first that is incomplete or does
     /// not parse (a torn tail).
-    pub fn roll_forward(&self, state: &AgentState) -> Result<Option<AgentState>> {
+    pub(crate) fn roll_forward(&self, state: &AgentState) -> Result<Option<AgentState>> {
         let path = self.transcript_path();
         if !path.exists() {
             return Ok(None);
@@ -213,7 +213,7 @@ impl SessionDir {
 
     /// Rebuilds `session.json` from the event log (creation, status changes, queued
     /// messages) and the execution records (counters, usage, costs).
-    pub fn rebuild_meta(&self) -> Result<SessionMeta> {
+    pub(crate) fn rebuild_meta(&self) -> Result<SessionMeta> {
         let path = self.events_path();
         let mut reader = LogReader::open_at(&path, 0)?;
         let mut meta: Option<SessionMeta> = None;
@@ -272,7 +272,7 @@ impl SessionDir {
     /// `state.json` (fsynced at every checkpoint) says settled last. Takes both files
     /// as the owner just read them; returns a note for the caller to log when it
     /// recounted.
-    pub fn catch_up_meta(
+    pub(crate) fn catch_up_meta(
         &self,
         mut meta: SessionMeta,
         state: &AgentState,
@@ -302,7 +302,7 @@ impl SessionDir {
     /// agent sees is shorter, but every later append starts where a line ends. Returns
     /// the rebuilt state and a message for the caller to log, or `None` when the
     /// transcript is whole.
-    pub fn repair_transcript(
+    pub(crate) fn repair_transcript(
         &self,
         state: &AgentState,
         now: Timestamp,
@@ -355,7 +355,7 @@ impl SessionDir {
     /// in its inbox is claimed anyway, to be repaired, instead of waiting for a
     /// message that `send` could not queue. (Lines garbled inside the transcript are
     /// found by whoever reads it, who marks the session ready for the same claim.)
-    pub fn needs_repair(&self) -> bool {
+    pub(crate) fn needs_repair(&self) -> bool {
         let rebuilt = |r: Result<(), ReadError>| {
             matches!(
                 r,
@@ -426,9 +426,9 @@ pub fn read_or_rebuild<T: serde::Serialize + serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fs::Durable;
+    use super::super::transcript;
     use super::*;
-    use crate::store::fs::Durable;
-    use crate::store::transcript;
 
     fn line(text: &str, state: Option<AgentState>) -> TranscriptLine {
         TranscriptLine {

@@ -34,7 +34,7 @@ pub struct NewSession {
 impl FileStore {
     /// Creates a session. It is assembled in a dot-named staging directory and renamed
     /// into place, so a crash never leaves a half-made session that looks real.
-    pub fn create_session(&self, new: NewSession) -> Result<SessionMeta> {
+    pub(crate) fn create(&self, new: NewSession) -> Result<SessionMeta> {
         let id = self.ids.new_id();
         let sessions = self.sessions_dir();
         fs::create_dir_private(&sessions)?;
@@ -83,7 +83,7 @@ impl FileStore {
             };
             let mut log = staging.open_events(self.clock.clone())?;
             log.append(None, EventPayload::SessionCreated(created))?;
-            std::fs::rename(&staging.path, self.session(id).path).at(&staging.path)?;
+            std::fs::rename(&staging.path, self.dir(id).path).at(&staging.path)?;
             fs::sync_dir(&sessions)?;
             Ok(())
         };
@@ -96,7 +96,7 @@ impl FileStore {
 
     /// Records that entries up to `seq` left the inbox without an execution (consumed
     /// cancel entries), so their seqs are never handed out again.
-    pub fn note_consumed(&self, dir: &SessionDir, seq: u64) -> Result<()> {
+    pub(crate) fn note_consumed(&self, dir: &SessionDir, seq: u64) -> Result<()> {
         let mut log = dir.open_events(self.clock.clone())?;
         let _locked = log.lock()?;
         let mut meta = read_meta(dir)?;
@@ -108,7 +108,7 @@ impl FileStore {
     }
 
     /// Queues an entry in a session's inbox (`send`, `cancel`).
-    pub fn enqueue(&self, dir: &SessionDir, new: NewEntry) -> Result<Enqueued> {
+    pub(crate) fn enqueue(&self, dir: &SessionDir, new: NewEntry) -> Result<Enqueued> {
         let mut log = dir.open_events(self.clock.clone())?;
         let mut locked = log.lock()?;
         let mut meta = meta_for_queueing(dir, new.raise_session_tokens > 0)?;
@@ -172,7 +172,7 @@ impl FileStore {
 
     /// Moves a session to another status, recording the change as an event. Moving to
     /// the status it already has changes nothing and records nothing.
-    pub fn set_status(&self, dir: &SessionDir, to: SessionStatus) -> Result<SessionStatus> {
+    pub(crate) fn set_status(&self, dir: &SessionDir, to: SessionStatus) -> Result<SessionStatus> {
         let mut log = dir.open_events(self.clock.clone())?;
         let mut locked = log.lock()?;
         let mut meta = read_meta(dir)?;
@@ -205,7 +205,7 @@ impl FileStore {
     }
 
     /// Removes a session and everything in it. Refused while a worker owns it.
-    pub fn remove_session(&self, dir: &SessionDir) -> Result<()> {
+    pub(crate) fn remove_session(&self, dir: &SessionDir) -> Result<()> {
         let Some(_owner) = dir.try_lock_owner(None)? else {
             return Err(
                 UserError::usage(format!("session {} is being worked on", dir.id))
@@ -392,7 +392,7 @@ impl SessionDir {
     /// Takes the owner lock without waiting; `None` if another process holds it.
     /// The lock file is never deleted: two processes locking two different inodes of
     /// the same name would both think they own the session.
-    pub fn try_lock_owner(&self, worker: Option<&WorkerInfo>) -> Result<Option<OwnerLock>> {
+    pub(crate) fn try_lock_owner(&self, worker: Option<&WorkerInfo>) -> Result<Option<OwnerLock>> {
         let path = self.lock_path();
         let Some(mut file) = super::recover::try_lock_clearing(&path)
             .with_context(|| format!("locking {}", path.display()))?

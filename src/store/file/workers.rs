@@ -42,13 +42,13 @@ impl Drop for Registration {
 }
 
 impl FileStore {
-    pub fn workers_dir(&self) -> PathBuf {
+    pub(crate) fn workers_dir(&self) -> PathBuf {
         self.sessions_dir().join(".workers")
     }
 
     /// Registers this worker. With `max_workers`, takes a free slot, or returns `None`
     /// when all of them are held by live workers.
-    pub fn register_worker(
+    pub(crate) fn register(
         &self,
         worker: &WorkerInfo,
         max_workers: Option<usize>,
@@ -110,7 +110,7 @@ impl FileStore {
     }
 
     /// The workers running now, by their locks.
-    pub fn live_workers(&self) -> Result<Vec<WorkerRecord>> {
+    pub(crate) fn workers_alive(&self) -> Result<Vec<WorkerRecord>> {
         let dir = self.workers_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -199,16 +199,16 @@ mod tests {
     #[test]
     fn slots_run_out_and_come_back() {
         let (_dir, store) = store();
-        let first = store.register_worker(&me(), Some(2)).unwrap();
-        let second = store.register_worker(&me(), Some(2)).unwrap();
+        let first = store.register(&me(), Some(2)).unwrap();
+        let second = store.register(&me(), Some(2)).unwrap();
         assert!(first.is_some() && second.is_some());
-        assert!(store.register_worker(&me(), Some(2)).unwrap().is_none());
-        assert_eq!(store.live_workers().unwrap().len(), 2);
+        assert!(store.register(&me(), Some(2)).unwrap().is_none());
+        assert_eq!(store.workers_alive().unwrap().len(), 2);
         drop(first);
         // Other tests of this binary fork processes; a child between fork and exec holds
         // a copy of the closed descriptor, and its lock, for a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while store.register_worker(&me(), Some(2)).unwrap().is_none() {
+        while store.register(&me(), Some(2)).unwrap().is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the freed slot came back"
@@ -220,12 +220,12 @@ mod tests {
     #[test]
     fn a_worker_is_live_while_registered() {
         let (_dir, store) = store();
-        let registration = store.register_worker(&me(), None).unwrap();
-        let live = store.live_workers().unwrap();
+        let registration = store.register(&me(), None).unwrap();
+        let live = store.workers_alive().unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].pid, std::process::id());
         drop(registration);
-        assert!(store.live_workers().unwrap().is_empty());
+        assert!(store.workers_alive().unwrap().is_empty());
         assert_eq!(std::fs::read_dir(store.workers_dir()).unwrap().count(), 0);
     }
 }
