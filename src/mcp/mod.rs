@@ -22,6 +22,7 @@ mod client;
 mod names;
 mod output;
 mod schema;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,11 +5,11 @@
 pub mod args;
 pub mod command;
 pub mod files;
-pub mod mcp;
 pub mod process;
 pub mod todo;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -124,7 +124,60 @@ pub struct Toolbox {
     /// The session commands run for ([`process::Owner`]).
     owner: Option<process::Owner>,
     /// The tools of the agent's MCP servers.
-    mcp: mcp::McpTools,
+    mcp: Arc<dyn ToolSource>,
+}
+
+/// Tools that come from outside agentq (an agent's MCP servers): a toolbox lists them
+/// beside its own and hands their calls over. The source checks its own arguments.
+pub trait ToolSource: Send + Sync {
+    fn specs(&self) -> Vec<ToolSpec>;
+
+    fn names(&self) -> Vec<String>;
+
+    /// Whether calls of the tool may run alongside others (it changes nothing).
+    fn is_read_only(&self, name: &str) -> bool;
+
+    /// The server a tool comes from, for events and `watch`.
+    fn server_of(&self, name: &str) -> Option<&str>;
+
+    /// Runs a call of one of its tools; `None` when the name is not one of them.
+    /// `stop` is polled while the call runs: true cancels it.
+    fn call<'a>(
+        &'a self,
+        name: &'a str,
+        arguments: &'a Value,
+        stop: &'a mut (dyn FnMut() -> bool + Send),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ToolOutput>> + Send + 'a>>;
+}
+
+/// A source with no tools, for a toolbox without MCP servers.
+struct NoTools;
+
+impl ToolSource for NoTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        Vec::new()
+    }
+
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn is_read_only(&self, _: &str) -> bool {
+        false
+    }
+
+    fn server_of(&self, _: &str) -> Option<&str> {
+        None
+    }
+
+    fn call<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Value,
+        _: &'a mut (dyn FnMut() -> bool + Send),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ToolOutput>> + Send + 'a>> {
+        Box::pin(std::future::ready(None))
+    }
 }
 
 impl Toolbox {
@@ -146,7 +199,7 @@ impl Toolbox {
             env: command::EnvPolicy::default(),
             agent: None,
             owner: None,
-            mcp: mcp::McpTools::default(),
+            mcp: Arc::new(NoTools),
         }
     }
 
@@ -178,8 +231,8 @@ impl Toolbox {
     }
 
     /// Adds the tools of the MCP servers the worker started for the session.
-    pub fn with_mcp(mut self, mcp: mcp::McpTools) -> Toolbox {
-        self.mcp = mcp;
+    pub fn with_mcp(mut self, mcp: impl ToolSource + 'static) -> Toolbox {
+        self.mcp = Arc::new(mcp);
         self
     }
 

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use crate::config::{HomeConfig, McpServerConfig};
 use crate::definition::AgentDef;
 use crate::error::UserError;
+use crate::mcp::tools::McpTools;
 use crate::mcp::{DEFAULT_STARTUP_TIMEOUT, DEFAULT_TOOL_TIMEOUT, Server, ServerSpec, Transport};
-use crate::tools::mcp::McpTools;
 use crate::tools::process;
 
 /// The variables every stdio server gets from agentq's environment, as commands with
