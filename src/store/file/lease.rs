@@ -156,7 +156,8 @@ impl Lease for FileLease {
             self.dir
                 .write_state_and_transcript(state, true, &mut self.unsynced)?;
         } else if claimed.written != *state {
-            self.dir.write_state(state, &mut self.unsynced)?;
+            self.dir
+                .write_state(state, Durable::Now, &mut self.unsynced)?;
         }
         // The record is the commit point; the state keeps naming the message.
         self.dir.write_execution(exec)?;
@@ -435,7 +436,8 @@ impl FileLease {
             failed_steps_in_a_row: 0,
             open_step: None,
         });
-        self.dir.write_state_unsynced(state, &mut self.unsynced)?;
+        self.dir
+            .write_state(state, Durable::Later, &mut self.unsynced)?;
         Ok(())
     }
 
@@ -455,7 +457,8 @@ impl FileLease {
             meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
             meta.updated_at = now;
             // Made durable when the lease is released.
-            self.dir.write_meta_unsynced(&meta, &mut self.unsynced)?;
+            self.dir
+                .write_meta(&meta, Durable::Later, &mut self.unsynced)?;
         }
         if recovering {
             let written = offset_of_last(&self.dir.events_path(), &["execution.finished"])?
@@ -502,7 +505,7 @@ fn recover_files(store: &FileStore, dir: &SessionDir, unsynced: &mut UnsyncedSwa
     }
     if let Some(newer) = dir.roll_forward(&state)? {
         warn!(session = %dir.id, "state.json was behind the transcript's last checkpoint (a power failure, or a worker killed between the two writes); rolled forward to it");
-        dir.write_state(&newer, unsynced)?;
+        dir.write_state(&newer, Durable::Now, unsynced)?;
         state = newer;
     }
     if let Some(note) = dir.catch_up_meta(meta, &state)? {

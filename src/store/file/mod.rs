@@ -56,7 +56,7 @@ use crate::error::UserError;
 use crate::ids::{IdGen, IdQuery};
 use crate::time::Clock;
 use events::EventLog;
-use fs::{AtPath, ReadError};
+use fs::{AtPath, Durable, ReadError};
 
 /// The home directory and the services every store operation needs.
 #[derive(Clone)]
@@ -399,33 +399,35 @@ impl SessionDir {
         fs::read_json(&self.state_path())
     }
 
-    /// Writes `session.json` without fsync, for the totals of a settled execution:
-    /// [`SessionDir::flush_drain`] makes it durable. It is written for every message,
-    /// so it reuses its inodes, like `state.json` ([`fs::replace_reusing`]).
-    pub(crate) fn write_meta_unsynced(
+    /// Replaces `session.json`, reusing its inodes ([`fs::replace_reusing`]): it is
+    /// written for every message settled, with [`Durable::Later`] (the totals a drain's
+    /// end makes durable, [`SessionDir::flush_drain`]).
+    pub(crate) fn write_meta(
         &self,
         meta: &SessionMeta,
+        durable: Durable,
         unsynced: &mut fs::UnsyncedSwaps,
     ) -> io::Result<()> {
-        fs::replace_reusing(
-            &self.meta_path(),
-            &fs::json_bytes(meta)?,
-            fs::Durable::Later,
-            unsynced,
-        )
+        fs::replace_reusing(&self.meta_path(), &fs::json_bytes(meta)?, durable, unsynced)
     }
 
-    /// `state.json` is rewritten twice per message, so it reuses its inodes
-    /// ([`fs::replace_reusing`]).
+    /// Replaces `state.json`, reusing its inodes ([`fs::replace_reusing`]): it is
+    /// rewritten twice per message. [`Durable::Later`] at the start of an execution,
+    /// whose first checkpoint (or its settling, if it has none) makes the state
+    /// durable, so a power failure before that loses only the claim (the message is
+    /// still in the inbox); and after a checkpoint whose transcript lines, synced,
+    /// carry the same state ([`SessionDir::roll_forward`] brings back what a power
+    /// failure took).
     pub(crate) fn write_state(
         &self,
         state: &AgentState,
+        durable: Durable,
         unsynced: &mut fs::UnsyncedSwaps,
     ) -> io::Result<()> {
         fs::replace_reusing(
             &self.state_path(),
             &fs::json_bytes(state)?,
-            fs::Durable::Now,
+            durable,
             unsynced,
         )
     }
@@ -485,25 +487,7 @@ impl SessionDir {
             &lines,
             fs::Durable::Now,
         )?;
-        self.write_state_unsynced(state, unsynced)
-    }
-
-    /// Writes `state.json` without fsync: at the start of an execution, whose first
-    /// checkpoint (or its settling, if it has none) makes the state durable, so a power
-    /// failure before that loses only the claim (the message is still in the inbox);
-    /// and after a checkpoint whose transcript lines, synced, carry the same state
-    /// ([`SessionDir::roll_forward`] brings back what a power failure took).
-    pub(crate) fn write_state_unsynced(
-        &self,
-        state: &AgentState,
-        unsynced: &mut fs::UnsyncedSwaps,
-    ) -> io::Result<()> {
-        fs::replace_reusing(
-            &self.state_path(),
-            &fs::json_bytes(state)?,
-            fs::Durable::Later,
-            unsynced,
-        )
+        self.write_state(state, Durable::Later, unsynced)
     }
 
     /// Makes durable what an owner wrote without fsync while draining the inbox:

@@ -338,7 +338,7 @@ impl SessionDir {
         };
         super::fs::replace(&path, &kept)?;
         let rebuilt = self.rebuild_state()?;
-        self.write_state(&rebuilt, unsynced)?;
+        self.write_state(&rebuilt, super::fs::Durable::Now, unsynced)?;
         let moved = aside.map_or_else(
             || "it was missing".to_owned(),
             |aside| format!("moved it to {}", aside.display()),

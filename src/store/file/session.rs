@@ -73,7 +73,11 @@ impl FileStore {
             }
             fs::write_json(&staging.meta_path(), &meta)?;
             // A new directory: nothing in it was swapped before.
-            staging.write_state(&AgentState::default(), &mut fs::UnsyncedSwaps::default())?;
+            staging.write_state(
+                &AgentState::default(),
+                fs::Durable::Now,
+                &mut fs::UnsyncedSwaps::default(),
+            )?;
             let created = SessionCreated {
                 agent: meta.agent.clone(),
                 title: meta.title.clone(),
