@@ -1,12 +1,13 @@
 //! The store: everything a session is (meta, inbox, executions, transcript, state,
 //! events, idempotency keys, the owner lease), behind one interface (ARCHITECTURE.md §8).
 //! Nothing above this module knows whether a session is files or rows, or where the
-//! fsyncs go; [`file`] keeps them as files under the home, as §1 lays out.
+//! fsyncs go; [`file`](mod@file) keeps them as files under the home, as §1 lays out.
 //!
 //! Three traits, from the widest to the narrowest hold on a session:
-//! - [`Store`]: a home's sessions: create, find, list, what may have work, workers.
+//! - [`Store`]: a home's sessions: create, find, list, what may have work, workers;
+//!   and [`Store::claim`], which makes a worker a session's owner.
 //! - [`Session`]: one session, for anyone: read it, queue entries, pause, close, remove,
-//!   follow its events; and [`Session::claim`], which makes the caller its owner.
+//!   follow its events.
 //! - [`Lease`]: the owner's hold on a session. Every write an execution makes goes
 //!   through it, in the order below, so a store can refuse the writes of an owner that
 //!   lost it (a database lease that expired) with [`LeaseLost`].
@@ -244,7 +245,7 @@ pub mod local {
 /// one whose last attempt crashed too fails instead of starting again.
 pub const MAX_ATTEMPTS: u32 = 3;
 
-/// The owner's hold on one session, from [`Session::claim`] until it is released.
+/// The owner's hold on one session, from [`Store::claim`] until it is released.
 ///
 /// The methods are the owner's writes, in the order the module's docs give. The file
 /// store's hold (a lock on a file) cannot be lost while the process lives; a database
@@ -356,10 +357,10 @@ pub struct LeaseLost {
     pub session: Uuid,
 }
 
-/// A lease of the worker that took it, as [`Session::claim`] returns it.
+/// A lease of the worker that took it, as [`Store::claim`] returns it.
 pub type Owned = Box<dyn Lease>;
 
-/// What [`Session::claim`] may give a worker.
+/// What [`Store::claim`] may give a worker.
 pub enum Claimed {
     /// The caller owns the session until it releases the lease.
     Owned(Owned),

@@ -1,10 +1,13 @@
-//! The worker: finds sessions with pending messages, takes each one's owner lock, and
-//! drains its inbox in order (ARCHITECTURE.md §2, §4).
+//! The worker: finds sessions with pending messages, becomes each one's owner (the
+//! store's claim), and drains its inbox in order (ARCHITECTURE.md §2, §4). The
+//! [`Scheduler`] decides which sessions are drained when; [`execute`] runs one
+//! message; how either is written is the store's ([`crate::store::Lease`]).
 //!
-//! Discovery has two sources. File-system notifications on `sessions/.ready/` wake the
-//! worker early; a periodic scan of the markers, plus a full scan of every session's
-//! inbox at start-up and every `FULL_SCAN_EVERY` ticks, is the source of truth, so a
-//! lost notification or a lost marker delays work but never loses it.
+//! Discovery has two sources. The store's notifications ([`Store::notify_pending`]:
+//! for files, `sessions/.ready/` watched) wake the worker early; a periodic look at what
+//! was announced, plus a full scan of every session at start-up and every
+//! `FULL_SCAN_EVERY` ticks ([`Store::pending`]), is the source of truth, so a lost
+//! notification or a lost marker delays work but never loses it.
 
 pub mod execute;
 pub mod mcp;
@@ -362,7 +365,7 @@ pub async fn drain(
     // whichever way the drain ends (a `?` included) before the lease goes.
     let mut mcp = mcp::McpPool::default();
     let clock = store.clock();
-    let mut owner = Drain {
+    let mut owner = Owner {
         lease: lease.as_mut(),
         home,
         clock: clock.as_ref(),
@@ -370,7 +373,7 @@ pub async fn drain(
         worker,
         mcp: &mut mcp,
     };
-    let result = owner.run(until).await;
+    let result = drain_owned(&mut owner, until).await;
     mcp.stop().await;
     // A drain that failed releases nothing more: the lease ends as it is dropped,
     // and what it left for the release is made durable by the next owner's.
@@ -379,61 +382,42 @@ pub async fn drain(
     Ok(drained)
 }
 
-/// A drain in progress: the owner's side of one session.
-struct Drain<'a> {
-    lease: &'a mut dyn crate::store::Lease,
-    home: &'a Home,
-    clock: &'a dyn crate::time::Clock,
-    shutdown: &'a Shutdown,
-    worker: &'a WorkerInfo,
-    mcp: &'a mut mcp::McpPool,
-}
-
-impl Drain<'_> {
-    async fn run(&mut self, until: Option<Uuid>) -> Result<Drained> {
-        let mut drained = Drained::default();
-        // An agentq.toml broken while the worker runs would fail every message claimed
-        // from here on; they stay queued instead, the error naming the file, and run
-        // once it is fixed (the worker refuses to start on one that is broken already).
-        crate::config::HomeConfig::load(&self.home.config_path())?;
-        while !self.shutdown.is_requested() {
-            self.lease.renew()?;
-            let (message, code) = match self.lease.next()? {
-                Next::Empty => break,
-                Next::Paused => {
-                    drained.skipped = true;
-                    break;
-                }
-                Next::Again => continue,
-                Next::Finished(exec) => (
-                    exec.message_id,
-                    crate::domain::execution::exit_code(exec.status, exec.stop_reason),
-                ),
-                Next::Run(claim) => {
-                    let message = claim.entry.id;
-                    let mut owner = Owner {
-                        lease: &mut *self.lease,
-                        home: self.home,
-                        clock: self.clock,
-                        shutdown: self.shutdown,
-                        worker: self.worker,
-                        mcp: &mut *self.mcp,
-                    };
-                    match owner.handle(*claim).await? {
-                        Handled::Settled(code) => (message, code),
-                        Handled::Suspended => {
-                            drained.suspended = true;
-                            break;
-                        }
-                    }
-                }
-            };
-            drained.settled += 1;
-            drained.worst = crate::error::exit::worst(drained.worst, code);
-            if until == Some(message) {
+/// [`drain`] once the session is owned: its messages, one after the other.
+async fn drain_owned(owner: &mut Owner<'_>, until: Option<Uuid>) -> Result<Drained> {
+    let mut drained = Drained::default();
+    // An agentq.toml broken while the worker runs would fail every message claimed
+    // from here on; they stay queued instead, the error naming the file, and run once
+    // it is fixed (the worker refuses to start on one that is broken already).
+    crate::config::HomeConfig::load(&owner.home.config_path())?;
+    while !owner.shutdown.is_requested() {
+        owner.lease.renew()?;
+        let (message, code) = match owner.lease.next()? {
+            Next::Empty => break,
+            Next::Paused => {
+                drained.skipped = true;
                 break;
             }
+            Next::Again => continue,
+            Next::Finished(exec) => (
+                exec.message_id,
+                crate::domain::execution::exit_code(exec.status, exec.stop_reason),
+            ),
+            Next::Run(claim) => {
+                let message = claim.entry.id;
+                match owner.handle(*claim).await? {
+                    Handled::Settled(code) => (message, code),
+                    Handled::Suspended => {
+                        drained.suspended = true;
+                        break;
+                    }
+                }
+            }
+        };
+        drained.settled += 1;
+        drained.worst = crate::error::exit::worst(drained.worst, code);
+        if until == Some(message) {
+            break;
         }
-        Ok(drained)
     }
+    Ok(drained)
 }

@@ -7,7 +7,7 @@ use super::events::{offset_after_seq, offset_of_last};
 use super::follow::Follower;
 use super::fs::ReadError;
 use super::inbox;
-use super::session::{Enqueued, NewEntry, read_meta, read_state};
+use super::session::{Enqueued, NewEntry, meta_with_remedy, state_with_remedy};
 use super::{FileStore, SessionDir};
 use crate::domain::event::RawEvent;
 use crate::domain::execution::{Execution, WorkerInfo};
@@ -29,11 +29,11 @@ impl Session for FileSession {
     }
 
     fn meta(&self) -> Result<SessionMeta> {
-        read_meta(&self.dir)
+        meta_with_remedy(&self.dir)
     }
 
     fn state(&self) -> Result<AgentState> {
-        read_state(&self.dir)
+        state_with_remedy(&self.dir)
     }
 
     fn transcript(&self, mark: TranscriptMark) -> Result<Vec<TranscriptLine>> {

@@ -13,7 +13,7 @@ use super::events::{EventLog, offset_of_last};
 use super::fs::{Durable, ReadError, UnsyncedSwaps};
 use super::inbox::{self, InboxFile};
 use super::recover::{ensure_dir, move_aside, read_or_rebuild};
-use super::session::{OwnerLock, read_meta};
+use super::session::{OwnerLock, meta_with_remedy};
 use super::{FileStore, SessionDir, transcript};
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
@@ -66,7 +66,7 @@ impl Lease for FileLease {
 
     fn next(&mut self) -> Result<Next> {
         self.running = None;
-        if read_meta(&self.dir)?.status == SessionStatus::Paused {
+        if meta_with_remedy(&self.dir)?.status == SessionStatus::Paused {
             return Ok(Next::Paused);
         }
         let listing = inbox::head(&self.dir.inbox_dir())?;
@@ -101,7 +101,7 @@ impl Lease for FileLease {
     }
 
     fn meta(&self) -> Result<SessionMeta> {
-        read_meta(&self.dir)
+        meta_with_remedy(&self.dir)
     }
 
     fn paused(&mut self) -> bool {
@@ -446,7 +446,7 @@ impl FileLease {
     fn finish(&mut self, exec: &Execution, recovering: bool) -> Result<()> {
         let now = self.store.clock.now();
         let mut locked = self.log.lock()?;
-        let mut meta = read_meta(&self.dir)?;
+        let mut meta = meta_with_remedy(&self.dir)?;
         if meta.last_execution != Some(exec.id) {
             meta.add_execution(exec);
             // A message settles one execution, so this counts it, as `recount` does. Not

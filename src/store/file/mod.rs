@@ -4,7 +4,7 @@
 //! [`FileStore`] knows the layout of the home; [`SessionDir`] the layout of one session;
 //! [`FileSession`] is a session for commands, [`FileLease`] for its owner. Nothing
 //! outside this module builds a path under `sessions/`, and a session id only becomes a
-//! path after [`FileStore::resolve`] matched it against the directory listing.
+//! path after [`FileStore::resolve_dir`] matched it against the directory listing.
 //!
 //! # Rules every writer follows
 //! - **Replace** ([`fs`]): the new version is written beside the target (a temp file, or

@@ -103,7 +103,7 @@ impl FileStore {
     pub(crate) fn note_consumed(&self, dir: &SessionDir, seq: u64) -> Result<()> {
         let mut log = dir.open_events(self.clock.clone())?;
         let _locked = log.lock()?;
-        let mut meta = read_meta(dir)?;
+        let mut meta = meta_with_remedy(dir)?;
         if seq > meta.last_message_seq {
             meta.last_message_seq = seq;
             fs::write_json(&dir.meta_path(), &meta)?;
@@ -179,7 +179,7 @@ impl FileStore {
     pub(crate) fn set_status(&self, dir: &SessionDir, to: SessionStatus) -> Result<SessionStatus> {
         let mut log = dir.open_events(self.clock.clone())?;
         let mut locked = log.lock()?;
-        let mut meta = read_meta(dir)?;
+        let mut meta = meta_with_remedy(dir)?;
         let from = meta.status;
         if from == to {
             return Ok(from);
@@ -241,7 +241,7 @@ fn meta_for_queueing(dir: &SessionDir, rewrites: bool) -> Result<SessionMeta> {
         Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. }) if !rewrites => {
             dir.rebuild_meta()
         }
-        Err(_) => read_meta(dir),
+        Err(_) => meta_with_remedy(dir),
     }
 }
 
@@ -286,8 +286,10 @@ fn queued_event(entry: &InboxEntry) -> EventPayload {
     }
 }
 
-/// Reads `session.json`, turning a missing file into a clear error.
-pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
+/// Reads `session.json` for someone to read the error: a missing or damaged file is a
+/// [`UserError`] naming it, with the [`Remedy`] that gets the session going again
+/// ([`SessionDir::read_meta`] is the plain read).
+pub fn meta_with_remedy(dir: &SessionDir) -> Result<SessionMeta> {
     match dir.read_meta() {
         Ok(meta) => Ok(meta),
         Err(ReadError::NotFound { .. }) => Err(UserError::usage(format!(
@@ -301,8 +303,8 @@ pub fn read_meta(dir: &SessionDir) -> Result<SessionMeta> {
     }
 }
 
-/// Reads `state.json` for a command, saying what to do when it cannot.
-pub fn read_state(dir: &SessionDir) -> Result<AgentState> {
+/// Reads `state.json` for someone to read the error, as [`meta_with_remedy`] does.
+pub fn state_with_remedy(dir: &SessionDir) -> Result<AgentState> {
     dir.read_state().map_err(|err| damaged(dir, err))
 }
 
