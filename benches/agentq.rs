@@ -42,6 +42,22 @@ text = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j 
 delay_ms = 40
 "#;
 
+/// A session's event log read as it grows, with the lines read but not looked at yet.
+struct Tail {
+    log: LogReader,
+    pending: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Tail {
+    /// From the end of the log as it is now.
+    fn open(events: &Path) -> Tail {
+        Tail {
+            log: LogReader::open_at(events, file_len(events)).expect("log"),
+            pending: Default::default(),
+        }
+    }
+}
+
 struct Figure {
     name: String,
     value: String,
@@ -341,7 +357,7 @@ fn pickup_and_send(sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
     let mut worker = home.spawn(&["worker"]);
     home.wait_for_worker();
     let events = home.events(&id);
-    let mut reader = LogReader::open_at(&events, file_len(&events)).expect("log");
+    let mut reader = Tail::open(&events);
     // One message first, not measured: the worker lists every inbox when it starts,
     // and the figure is for a worker idle and waiting.
     home.ok(&["send", &id, "warm-up"]);
@@ -695,7 +711,7 @@ fn streaming_overhead(reps: usize) -> Vec<f64> {
     let mut worker = home.spawn(&["worker"]);
     home.wait_for_worker();
     let events = home.events(&id);
-    let mut reader = LogReader::open_at(&events, file_len(&events)).expect("log");
+    let mut reader = Tail::open(&events);
     let mut overheads = Vec::new();
     for _ in 0..reps {
         home.ok(&["send", &id, "hi"]);
@@ -813,10 +829,17 @@ impl Home {
 
     /// Reads the log until a line matches, returning when it was seen; after 30 s it
     /// gives up, with the end of what the worker logged.
-    fn wait_for_line(&self, reader: &mut LogReader, matches: impl Fn(&str) -> bool) -> Instant {
+    fn wait_for_line(&self, reader: &mut Tail, matches: impl Fn(&str) -> bool) -> Instant {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            for line in reader.read_lines().expect("read") {
+            if reader.pending.is_empty() {
+                reader
+                    .pending
+                    .extend(reader.log.read_lines().expect("read"));
+            }
+            // Lines read after the match stay for the next wait: one read can bring
+            // both an execution's start and its end.
+            while let Some(line) = reader.pending.pop_front() {
                 if matches(&String::from_utf8_lossy(&line)) {
                     return Instant::now();
                 }
