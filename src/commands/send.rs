@@ -93,7 +93,7 @@ fn check_continuable(session: &dyn Session) -> Result<()> {
         .into());
     };
     // session.json names it: a missing record is damage, said plainly.
-    let status = session.plain_execution(last)?.status;
+    let status = session.execution(last)?.status;
     if status == ExecStatus::Completed {
         return Err(UserError::usage(format!(
             "nothing to continue: the last execution of session {id} completed; send a new message instead"

@@ -324,7 +324,7 @@ fn gather_shown(ctx: &Context, session: &dyn Session) -> Result<Shown> {
     let running = session.running_execution();
     let last_execution = meta
         .last_execution
-        .and_then(|id| match session.plain_execution(id) {
+        .and_then(|id| match session.execution(id) {
             Ok(exec) => Some(exec),
             Err(err) => {
                 // What the store says, and the way out of a damaged record (which no

@@ -145,21 +145,19 @@ pub trait Session: Send + Sync {
     /// Every readable execution record, oldest first.
     fn executions(&self) -> Result<Vec<Execution>>;
 
-    /// One execution's record; `None` if it has none (yet).
-    fn execution(&self, id: Uuid) -> Result<Option<Execution>>;
+    /// One execution's record, which should exist (a missing one is an error naming
+    /// it, with nothing more said, as the plain reads below).
+    fn execution(&self, id: Uuid) -> Result<Execution>;
 
     // The plain reads fail with the store's own error, saying what could not be read
-    // and nothing more (a missing record is such an error too): for a caller that
-    // words the way out itself, where `meta` and `state` would word it for them.
+    // and nothing more: for a caller that words the way out itself, where `meta` and
+    // `state` attach the remedy.
 
     /// `session.json`, its error plain.
     fn plain_meta(&self) -> Result<SessionMeta>;
 
     /// `state.json`, its error plain.
     fn plain_state(&self) -> Result<AgentState>;
-
-    /// One execution's record, which should exist; a missing one is a plain error.
-    fn plain_execution(&self, id: Uuid) -> Result<Execution>;
 
     /// The execution in progress, if one is: its record, or what the state says of one
     /// that has not written its record yet.

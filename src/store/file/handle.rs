@@ -5,7 +5,6 @@ use uuid::Uuid;
 
 use super::events::{offset_after_seq, offset_of_last};
 use super::follow::Follower;
-use super::fs::ReadError;
 use super::inbox;
 use super::session::{Enqueued, NewEntry, meta_with_remedy, state_with_remedy};
 use super::{FileStore, SessionDir};
@@ -44,12 +43,8 @@ impl Session for FileSession {
         Ok(self.dir.executions()?)
     }
 
-    fn execution(&self, id: Uuid) -> Result<Option<Execution>> {
-        match self.dir.read_execution(id) {
-            Ok(exec) => Ok(Some(exec)),
-            Err(ReadError::NotFound { .. }) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+    fn execution(&self, id: Uuid) -> Result<Execution> {
+        Ok(self.dir.read_execution(id)?)
     }
 
     fn plain_meta(&self) -> Result<SessionMeta> {
@@ -58,10 +53,6 @@ impl Session for FileSession {
 
     fn plain_state(&self) -> Result<AgentState> {
         Ok(self.dir.read_state()?)
-    }
-
-    fn plain_execution(&self, id: Uuid) -> Result<Execution> {
-        Ok(self.dir.read_execution(id)?)
     }
 
     fn running_execution(&self) -> Option<Execution> {
