@@ -48,6 +48,7 @@
 //! from it.
 
 pub mod file;
+pub mod pg;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ mod formats;
 mod mcp;
 mod mcp_worker;
 mod pipeline;
+mod postgres;
 mod providers;
 mod real;
 mod refusals;

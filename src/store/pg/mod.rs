@@ -1,0 +1,231 @@
+//! The Postgres store (ARCHITECTURE.md §8), for workers on many hosts sharing one
+//! queue. This is its foundation: the connection, how a URL is shown (never with its
+//! password), how the database's errors map to exit codes, and agentq's schema with
+//! its migrations ([`schema`]). The store's traits are implemented on top of it next.
+//!
+//! The store interface is synchronous (the worker runs each session on a thread of its
+//! own), and a client of the `postgres` crate must not be used inside an async
+//! runtime: each [`Db`] owns its client on a thread of its own, and a call hands it a
+//! closure and waits for the answer, as a file write waits for the disk.
+
+pub mod schema;
+
+use std::fmt;
+use std::sync::mpsc;
+
+use crate::error::UserError;
+
+/// A database URL (`postgres://user:password@host:port/database?options`), shown
+/// everywhere with its password replaced.
+#[derive(Clone)]
+pub struct DbUrl {
+    url: String,
+}
+
+impl DbUrl {
+    pub fn parse(url: &str) -> Result<DbUrl, UserError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(UserError::usage(format!(
+                "`{}` is not a Postgres URL: it starts with postgres:// or postgresql://",
+                redact(url)
+            )));
+        }
+        url.parse::<postgres::Config>().map_err(|e| {
+            UserError::usage(format!("the store URL {} is not valid: {e}", redact(url)))
+        })?;
+        Ok(DbUrl {
+            url: url.to_owned(),
+        })
+    }
+
+    fn config(&self) -> postgres::Config {
+        // Checked by `parse`.
+        self.url.parse().unwrap_or_default()
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.url))
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({self})")
+    }
+}
+
+/// `url` with the password of its user part (`user:password@`) and of a `password=`
+/// option replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let mut shown = url.to_owned();
+    if let Some(scheme_end) = shown.find("://") {
+        let rest = &shown[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let (start, end) = (scheme_end + 3 + colon + 1, scheme_end + 3 + at);
+            shown.replace_range(start..end, "***");
+        }
+    }
+    if let Some(query) = shown.find('?') {
+        let (head, tail) = shown.split_at(query + 1);
+        let options: Vec<String> = tail
+            .split('&')
+            .map(|option| match option.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => option.to_owned(),
+            })
+            .collect();
+        shown = format!("{head}{}", options.join("&"));
+    }
+    shown
+}
+
+type Job = Box<dyn FnOnce(&mut postgres::Client) + Send>;
+
+/// One connection to the database, owned by a thread of its own.
+pub struct Db {
+    url: DbUrl,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Db {
+    /// Connects, or says in one line why not, naming the URL without its password:
+    /// exit 75 where trying again later can help (the server unreachable or starting),
+    /// 2 where the URL needs a fix (wrong credentials, no such database).
+    pub fn connect(url: &DbUrl) -> Result<Db, UserError> {
+        let config = url.config();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let shown = url.clone();
+        std::thread::Builder::new()
+            .name("agentq-db".to_owned())
+            .spawn(move || {
+                let mut client = match config.connect(postgres::NoTls) {
+                    Ok(client) => {
+                        let _ = ready_tx.send(Ok(()));
+                        client
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(describe(&shown, "cannot connect to", &err)));
+                        return;
+                    }
+                };
+                for job in queue {
+                    job(&mut client);
+                }
+            })
+            .map_err(|e| UserError::unavailable(format!("cannot start a thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Db {
+                url: url.clone(),
+                jobs,
+            }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(UserError::unavailable(format!(
+                "the connection to {url} ended before it was made"
+            ))),
+        }
+    }
+
+    pub fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    /// Runs `work` with the connection and waits for its answer. A database error is
+    /// described as [`Db::connect`] describes one, `doing` saying what was being done.
+    pub fn call<T: Send + 'static>(
+        &self,
+        doing: &str,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, UserError> {
+        let (answer_tx, answer_rx) = mpsc::channel();
+        let job: Job = Box::new(move |client| {
+            let _ = answer_tx.send(work(client));
+        });
+        let lost =
+            || UserError::unavailable(format!("lost the connection to {} while {doing}", self.url));
+        self.jobs.send(job).map_err(|_| lost())?;
+        match answer_rx.recv() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(describe(&self.url, doing, &err)),
+            Err(_) => Err(lost()),
+        }
+    }
+}
+
+/// One line for a database error, naming the URL (redacted), with the exit code of
+/// ARCHITECTURE.md §7: 2 for what the URL or the database's setup must fix, 75 for
+/// what may pass (a server down or starting, a timeout, a read-only replica, a lost
+/// connection), 1 for the rest.
+fn describe(url: &DbUrl, doing: &str, err: &postgres::Error) -> UserError {
+    use postgres::error::SqlState;
+    let why = match err.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    };
+    let message = format!("{doing} {url}: {why}");
+    let code = err.code();
+    let needs_a_fix = [
+        SqlState::INVALID_PASSWORD,
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        SqlState::INVALID_CATALOG_NAME,
+        SqlState::INSUFFICIENT_PRIVILEGE,
+    ];
+    let may_pass = [
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+        SqlState::QUERY_CANCELED,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+    ];
+    match code {
+        Some(code) if needs_a_fix.contains(code) => UserError::usage(message),
+        Some(code) if may_pass.contains(code) => UserError::unavailable(message),
+        Some(_) => UserError::failed(message),
+        // No answer from the server at all: it is down, unreachable, or went away.
+        None => UserError::unavailable(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_passwords() {
+        assert_eq!(
+            redact("postgres://agentq:s3cret@db.internal:5432/agentq"),
+            "postgres://agentq:***@db.internal:5432/agentq"
+        );
+        assert_eq!(
+            redact("postgresql://u:p%40ss@h/d?sslmode=disable&password=hunter2"),
+            "postgresql://u:***@h/d?sslmode=disable&password=***"
+        );
+        assert_eq!(redact("postgres://agentq@h/d"), "postgres://agentq@h/d");
+        assert_eq!(redact("postgres://h/d?user=x"), "postgres://h/d?user=x");
+    }
+
+    #[test]
+    fn only_postgres_urls_are_taken_and_the_refusal_hides_the_password() {
+        let err = DbUrl::parse("mysql://root:s3cret@h/d").unwrap_err();
+        assert!(err.message.contains("root:***@h/d"), "{}", err.message);
+        assert!(!err.message.contains("s3cret"));
+        let url = DbUrl::parse("postgres://agentq:s3cret@127.0.0.1:5/agentq").unwrap();
+        assert_eq!(url.to_string(), "postgres://agentq:***@127.0.0.1:5/agentq");
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+}
