@@ -268,7 +268,7 @@ fn next_seq(dir: &SessionDir, meta: &SessionMeta) -> Result<u64> {
 }
 
 /// The event that records an entry queued.
-fn queued_event(entry: &InboxEntry) -> EventPayload {
+pub(crate) fn queued_event(entry: &InboxEntry) -> EventPayload {
     match entry.kind {
         EntryKind::User => EventPayload::MessageQueued(MessageQueued {
             message_id: entry.id,

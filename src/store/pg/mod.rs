@@ -1,19 +1,37 @@
 //! The Postgres store (ARCHITECTURE.md §8), for workers on many hosts sharing one
-//! queue. This is its foundation: the connection, how a URL is shown (never with its
-//! password), how the database's errors map to exit codes, and agentq's schema with
-//! its migrations ([`schema`]). The store's traits are implemented on top of it next.
+//! queue: [`PgStore`] ([`store`]), its sessions ([`session`]), the owner's lease
+//! ([`lease`]) and the event log ([`events`]), on this module's foundation: the
+//! connection, how a URL is shown (never with its password), how the database's errors
+//! map to exit codes, and agentq's schema with its migrations ([`schema`]).
+//!
+//! Everything one operation writes is one transaction, so what the file store orders
+//! its writes for (a crash between them) cannot happen here: a settled execution, its
+//! totals, its closing events and the removal of its inbox entry commit together or
+//! not at all. Every transaction that changes a session first locks its row
+//! (`SELECT … FOR UPDATE`), which orders the writers of one session as the file
+//! store's event-log lock does; an owner's transactions also check that the lease's
+//! `epoch` is still theirs, and write nothing if it is not ([`crate::store::LeaseLost`]).
 //!
 //! The store interface is synchronous (the worker runs each session on a thread of its
 //! own), and a client of the `postgres` crate must not be used inside an async
 //! runtime: each [`Db`] owns its client on a thread of its own, and a call hands it a
 //! closure and waits for the answer, as a file write waits for the disk.
 
+pub(crate) mod events;
+mod lease;
 pub mod schema;
+mod session;
+mod store;
+
+pub use store::PgStore;
 
 use std::fmt;
 use std::sync::mpsc;
 
+use uuid::Uuid;
+
 use crate::error::UserError;
+use crate::store::LeaseLost;
 
 /// A database URL (`postgres://user:password@host:port/database?options`), shown
 /// everywhere with its password replaced.
@@ -153,6 +171,72 @@ impl Db {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(describe(&self.url, doing, &err)),
             Err(_) => Err(lost()),
+        }
+    }
+}
+
+/// Why a transaction of [`Db::transaction`] wrote nothing.
+pub(crate) enum TxError {
+    Db(postgres::Error),
+    /// The session's lease is no longer this owner's.
+    Lost(Uuid),
+    /// Anything else: a document that does not parse, a refusal for the user.
+    Other(anyhow::Error),
+}
+
+impl From<postgres::Error> for TxError {
+    fn from(err: postgres::Error) -> TxError {
+        TxError::Db(err)
+    }
+}
+
+impl From<anyhow::Error> for TxError {
+    fn from(err: anyhow::Error) -> TxError {
+        TxError::Other(err)
+    }
+}
+
+impl From<UserError> for TxError {
+    fn from(err: UserError) -> TxError {
+        TxError::Other(err.into())
+    }
+}
+
+impl From<serde_json::Error> for TxError {
+    fn from(err: serde_json::Error) -> TxError {
+        TxError::Other(err.into())
+    }
+}
+
+impl Db {
+    /// Runs `work` in one transaction, committed if it returns `Ok`, rolled back
+    /// otherwise: a database error is described as [`Db::call`] describes one, a lost
+    /// lease is [`LeaseLost`].
+    pub(crate) fn transaction<T: Send + 'static>(
+        &self,
+        doing: &str,
+        work: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, TxError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        enum Refused {
+            Lost(Uuid),
+            Other(anyhow::Error),
+        }
+        let outcome = self.call(doing, move |client| {
+            let mut tx = client.transaction()?;
+            match work(&mut tx) {
+                Ok(value) => {
+                    tx.commit()?;
+                    Ok(Ok(value))
+                }
+                Err(TxError::Db(err)) => Err(err),
+                Err(TxError::Lost(session)) => Ok(Err(Refused::Lost(session))),
+                Err(TxError::Other(err)) => Ok(Err(Refused::Other(err))),
+            }
+        })?;
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(Refused::Lost(session)) => Err(anyhow::Error::new(LeaseLost { session })),
+            Err(Refused::Other(err)) => Err(err),
         }
     }
 }

@@ -8,8 +8,10 @@
 //! JSON documents: `sessions` (`session.json` as `meta`, `state.json` as `state`, the
 //! last event `seq` handed out, and the owner lease: `owner`, `epoch`, `lease_until`
 //! on the database clock), `inbox`, `executions`, `transcript` (one row per line),
-//! `events` (the exact NDJSON line, so `watch --json` prints the same bytes; key
-//! `(session_id, seq)`), `keys` (idempotency keys) and `workers`.
+//! `events` (the exact NDJSON line, so `watch --json` prints the same bytes, with its
+//! `type` beside it for the searches by type; key `(session_id, seq)`), `keys`
+//! (idempotency keys) and `workers` (a heartbeat each). `sessions.last_owner` is the
+//! worker (`{pid, host}`) that took the lease last, kept after it is released.
 
 use super::Db;
 use crate::error::UserError;
@@ -29,7 +31,7 @@ CREATE TABLE sessions (
     owner text,
     epoch bigint NOT NULL DEFAULT 0,
     lease_until timestamptz,
-    last_host text
+    last_owner jsonb
 );
 CREATE TABLE inbox (
     session_id uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
@@ -53,9 +55,11 @@ CREATE TABLE transcript (
 CREATE TABLE events (
     session_id uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
     seq bigint NOT NULL,
+    type text NOT NULL,
     body text NOT NULL,
     PRIMARY KEY (session_id, seq)
 );
+CREATE INDEX events_by_type ON events (session_id, type, seq);
 CREATE TABLE keys (
     session_id uuid NOT NULL REFERENCES sessions ON DELETE CASCADE,
     key text NOT NULL,

@@ -1,0 +1,219 @@
+//! The event log in Postgres: one row per event, its `body` the exact NDJSON line the
+//! file store would write (without the newline), so `watch --json` prints the same
+//! bytes whichever store keeps the session. `seq` comes from `sessions.last_seq`,
+//! raised in the transaction that inserts the events: gapless per session, because a
+//! transaction that fails takes its seqs back with it. A `NOTIFY agentq` with the
+//! session id follows each append (delivered at commit): a hint for followers, whose
+//! poll is the truth.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use postgres::fallible_iterator::FallibleIterator;
+use uuid::Uuid;
+
+use super::{Db, TxError};
+use crate::domain::FORMAT_VERSION;
+use crate::domain::event::{Event, EventPayload, RawEvent};
+use crate::store::file::events::parse_line;
+use crate::store::{EventFeed, LogLine};
+use crate::time::Timestamp;
+
+/// The channel followers listen on; the payload is the session id.
+pub(crate) const EVENTS_CHANNEL: &str = "agentq";
+/// The channel workers listen on; the payload is the session id.
+pub(crate) const INBOX_CHANNEL: &str = "agentq_inbox";
+
+/// How often a follower looks when no notification arrives.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Appends `payloads` as consecutive events of session `session`, in the caller's
+/// transaction (which must hold the session's row); returns the last seq.
+pub(crate) fn append_all(
+    tx: &mut postgres::Transaction<'_>,
+    session: Uuid,
+    execution: Option<Uuid>,
+    payloads: Vec<EventPayload>,
+    now: Timestamp,
+) -> Result<u64, TxError> {
+    let n = payloads.len() as i64;
+    let row = tx.query_opt(
+        "UPDATE sessions SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
+        &[&session, &n],
+    )?;
+    let Some(row) = row else {
+        return Err(anyhow::anyhow!("session {session} no longer exists").into());
+    };
+    let last: i64 = row.get(0);
+    let insert =
+        tx.prepare("INSERT INTO events (session_id, seq, type, body) VALUES ($1, $2, $3, $4)")?;
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let seq = last - n + 1 + i as i64;
+        let kind = payload.type_name();
+        let event = Event {
+            v: FORMAT_VERSION,
+            seq: seq as u64,
+            session_id: session,
+            execution_id: execution,
+            timestamp: now,
+            payload,
+        };
+        let body = serde_json::to_string(&event)?;
+        tx.execute(&insert, &[&session, &seq, &kind, &body])?;
+    }
+    notify(tx, EVENTS_CHANNEL, session)?;
+    Ok(last as u64)
+}
+
+/// Announces something of session `session` on `channel`, at commit.
+pub(crate) fn notify(
+    tx: &mut postgres::Transaction<'_>,
+    channel: &str,
+    session: Uuid,
+) -> Result<(), postgres::Error> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&channel, &session.to_string()],
+    )
+    .map(drop)
+}
+
+/// The last event of one of `types`, with its seq.
+pub(crate) fn last_of(db: &Db, session: Uuid, types: &[&str]) -> Result<Option<(u64, RawEvent)>> {
+    let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+    let row = db.call("reading the event log in", move |c| {
+        c.query_opt(
+            "SELECT seq, body FROM events WHERE session_id = $1 AND type = ANY($2)
+             ORDER BY seq DESC LIMIT 1",
+            &[&session, &types],
+        )
+    })?;
+    Ok(row.and_then(|row| {
+        let seq: i64 = row.get(0);
+        let body: String = row.get(1);
+        Some((seq as u64, parse_line(body.as_bytes())?))
+    }))
+}
+
+/// A session's events, followed from a seq: read by query, woken early by the
+/// session's notifications (on a connection of its own, listening on a thread).
+pub(crate) struct PgFeed {
+    db: std::sync::Arc<Db>,
+    session: Uuid,
+    /// The last seq read.
+    after: u64,
+    wake: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl PgFeed {
+    pub(crate) fn open(db: std::sync::Arc<Db>, session: Uuid, after: u64) -> PgFeed {
+        let (tx, wake) = tokio::sync::mpsc::unbounded_channel();
+        listen(db.url(), EVENTS_CHANNEL, Some(session), move |heard| {
+            if heard {
+                tx.send(()).is_ok()
+            } else {
+                !tx.is_closed()
+            }
+        });
+        PgFeed {
+            db,
+            session,
+            after,
+            wake,
+        }
+    }
+}
+
+impl EventFeed for PgFeed {
+    fn read(&mut self) -> Result<Vec<LogLine>> {
+        let (session, after) = (self.session, self.after as i64);
+        let rows = self.db.call("reading the event log in", move |c| {
+            c.query(
+                "SELECT seq, body FROM events WHERE session_id = $1 AND seq > $2
+                 ORDER BY seq LIMIT 1000",
+                &[&session, &after],
+            )
+        })?;
+        let mut lines = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.get(0);
+            let body: String = row.get(1);
+            self.after = seq as u64;
+            let raw = body.into_bytes();
+            let event = parse_line(&raw);
+            lines.push(LogLine { raw, event });
+        }
+        Ok(lines)
+    }
+
+    fn wait(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            tokio::select! {
+                _ = self.wake.recv() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+            while self.wake.try_recv().is_ok() {}
+        })
+    }
+
+    fn exists(&self) -> bool {
+        let session = self.session;
+        // An error is no proof that it is gone: the next read says what is wrong.
+        self.db
+            .call("looking for a session in", move |c| {
+                c.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
+                    &[&session],
+                )
+            })
+            .map_or(true, |row| row.get(0))
+    }
+}
+
+/// Listens on `channel` on a connection of its own, on a thread of its own, calling
+/// `heard(true)` after a notification (only those naming `session`, when given) and
+/// `heard(false)` after a quiet interval, until it returns false. Without a
+/// connection nothing is heard, which only delays who relies on a poll anyway.
+pub(crate) fn listen(
+    url: &super::DbUrl,
+    channel: &'static str,
+    session: Option<Uuid>,
+    heard: impl FnMut(bool) -> bool + Send + 'static,
+) {
+    let url = url.clone();
+    let spawned = std::thread::Builder::new()
+        .name("agentq-listen".to_owned())
+        .spawn(move || {
+            let db = match Db::connect(&url) {
+                Ok(db) => db,
+                Err(err) => {
+                    tracing::warn!("no notifications ({}); polling instead", err.message);
+                    return;
+                }
+            };
+            let mut heard = heard;
+            let _ = db.call("listening for notifications in", move |c| {
+                c.batch_execute(&format!("LISTEN {channel}"))?;
+                let wanted = session.map(|id| id.to_string());
+                loop {
+                    let mut any = false;
+                    {
+                        let mut notifications = c.notifications();
+                        let mut iter = notifications.timeout_iter(POLL);
+                        while let Some(note) = iter.next()? {
+                            if wanted.as_deref().is_none_or(|id| note.payload() == id) {
+                                any = true;
+                                break;
+                            }
+                        }
+                    }
+                    if !heard(any) {
+                        return Ok(());
+                    }
+                }
+            });
+        });
+    if let Err(err) = spawned {
+        tracing::warn!("no notifications (cannot start a thread: {err}); polling instead");
+    }
+}

@@ -1,0 +1,683 @@
+//! The Postgres store's [`Lease`]: a lease on the session's row (`owner`, `epoch`,
+//! `lease_until` on the database clock), taken by [`PgLease::claim`] when it is free
+//! or expired, renewed every third of its length by a thread while it is held, and
+//! checked by every write: each runs in a transaction that first locks the row and
+//! compares its `epoch` with the one the claim got, and writes nothing (failing with
+//! [`crate::store::LeaseLost`]) when another worker took the session over since.
+//!
+//! The lifecycle is the file store's (`crate::store`, "The lifecycle of a message"),
+//! with each step one transaction: where the file store orders its writes so a crash
+//! between them is recoverable, here they commit together. Settling, for one, writes
+//! the state, the record, the session totals, the closing events and the removal of
+//! the inbox entry atomically; the recovery paths of [`Lease::next`] (an entry that
+//! settled before, a settled record whose entry is still there) are kept for what
+//! the file store may hand over (`agentq store copy`) and cost nothing otherwise.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::events::{self, INBOX_CHANNEL};
+use super::session::{
+    append_transcript, doc, read_execution, read_inbox, read_meta, read_state, read_transcript,
+    transcript_rows, write_execution, write_meta, write_state,
+};
+use super::{Db, PgStore, TxError};
+use crate::domain::event::{EventPayload, closing_events};
+use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
+use crate::domain::inbox::{EntryKind, InboxEntry, RETRY_OF_KEY};
+use crate::domain::session::{SessionMeta, SessionStatus};
+use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
+use crate::domain::transcript::{Message, TranscriptLine};
+use crate::domain::{FORMAT_VERSION, Usage};
+use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, MAX_ATTEMPTS, Next, Start};
+use crate::time::Timestamp;
+
+/// A worker's lease on one session, on a connection of its own.
+pub struct PgLease {
+    store: PgStore,
+    db: Arc<Db>,
+    id: Uuid,
+    /// The epoch the claim set: the lease is this owner's while the row still has it.
+    epoch: i64,
+    worker: WorkerInfo,
+    local: LocalFiles,
+    running: Option<Running>,
+    renewer: Option<Renewer>,
+    released: bool,
+}
+
+/// The message claimed, and the cancels queued for it.
+struct Running {
+    entry: InboxEntry,
+    cancels: CancelWatch,
+}
+
+impl PgLease {
+    /// Takes the lease of session `id` if it is free or expired.
+    pub(super) fn claim(store: &PgStore, id: Uuid, worker: &WorkerInfo) -> Result<Claimed> {
+        let owner = format!("{}:{}:{}", worker.host, worker.pid, store.ids.new_id());
+        let info = serde_json::to_value(worker)?;
+        let lease = store.lease_secs();
+        let claimed = store.db.call("claiming a session in", move |c| {
+            let row = c.query_opt(
+                "UPDATE sessions
+                 SET owner = $2, epoch = epoch + 1,
+                     lease_until = now() + make_interval(secs => $3), last_owner = $4
+                 WHERE id = $1 AND (owner IS NULL OR lease_until < now())
+                 RETURNING epoch",
+                &[&id, &owner, &lease, &info],
+            )?;
+            if let Some(row) = row {
+                return Ok(Some(row.get::<_, i64>(0)));
+            }
+            let exists: bool = c
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
+                    &[&id],
+                )?
+                .get(0);
+            Ok(exists.then_some(-1))
+        })?;
+        let epoch = match claimed {
+            None => return Ok(Claimed::Gone),
+            Some(-1) => return Ok(Claimed::Busy),
+            Some(epoch) => epoch,
+        };
+        let local = local_files(store, id);
+        let opened = Db::connect(store.db.url())
+            .map_err(anyhow::Error::from)
+            .and_then(|db| {
+                crate::store::local::create_dir_private(&local.workspace)?;
+                if let Some(dir) = local.processes.parent() {
+                    crate::store::local::create_dir_private(dir)?;
+                }
+                Ok(db)
+            });
+        let db = match opened {
+            Ok(db) => Arc::new(db),
+            Err(err) => {
+                // Let go at once, rather than leave it held until the lease expires.
+                let _ = release_row(&store.db, id, epoch);
+                return Err(err);
+            }
+        };
+        let renewer = store
+            .renewing
+            .then(|| Renewer::start(db.clone(), id, epoch, store.lease));
+        Ok(Claimed::Owned(Box::new(PgLease {
+            store: store.clone(),
+            db,
+            id,
+            epoch,
+            worker: worker.clone(),
+            local,
+            running: None,
+            renewer,
+            released: false,
+        })))
+    }
+
+    /// Runs `work` in a transaction that first locks the session's row and checks the
+    /// lease is still this owner's; `work` gets the session's meta and state as the
+    /// row holds them.
+    fn write<T: Send + 'static>(
+        &self,
+        doing: &str,
+        work: impl FnOnce(
+            &mut postgres::Transaction<'_>,
+            Uuid,
+            SessionMeta,
+            AgentState,
+        ) -> Result<T, TxError>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        let (id, epoch) = (self.id, self.epoch);
+        self.db.transaction(doing, move |tx| {
+            let Some(row) = tx.query_opt(
+                "SELECT epoch, meta, state FROM sessions WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )?
+            else {
+                return Err(TxError::Lost(id));
+            };
+            if row.get::<_, i64>(0) != epoch {
+                return Err(TxError::Lost(id));
+            }
+            let meta = doc(row.get(1), "session.json", id)?;
+            let state = doc(row.get(2), "state.json", id)?;
+            work(tx, id, meta, state)
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        self.store.clock.now()
+    }
+
+    /// Step 1 of the lifecycle for the entry at the head of the inbox.
+    fn claim_entry(&mut self, entry: InboxEntry, mut state: AgentState) -> Result<Next> {
+        if state.has_moved_past(entry.seq) {
+            warn!(session = %self.id, message_id = %entry.id, "an inbox entry that settled before came back; removing it");
+            let message = entry.id;
+            self.write("removing an inbox entry in", move |tx, id, _, _| {
+                delete_entry(tx, id, message)
+            })?;
+            return Ok(Next::Again);
+        }
+        let previous = state
+            .current
+            .clone()
+            .filter(|current| current.message_id == entry.id);
+        let (exec, start) = match previous {
+            Some(current) => {
+                let exec = self.previous_execution(&entry, &current)?;
+                if exec.status.is_terminal() {
+                    info!(session = %self.id, execution = %exec.id, "finishing an execution settled before a crash");
+                    let (settled, message, now) = (exec.clone(), entry.id, self.now());
+                    self.write("settling an execution in", move |tx, id, meta, _| {
+                        finish(tx, id, &settled, meta, false, true, now)?;
+                        delete_entry(tx, id, message)
+                    })?;
+                    return Ok(Next::Finished(Box::new(exec)));
+                }
+                self.resume(exec, &mut state)?
+            }
+            None => {
+                let exec = self.new_execution(&entry);
+                info!(session = %self.id, message_id = %entry.id, execution = %exec.id, "claimed");
+                state = self.begin(&entry, &exec, state)?;
+                (exec, Start::New)
+            }
+        };
+        self.running = Some(Running {
+            cancels: CancelWatch::new(entry.seq),
+            entry: entry.clone(),
+        });
+        Ok(Next::Run(Box::new(Claim {
+            entry,
+            execution: exec,
+            state,
+            start,
+        })))
+    }
+
+    /// The record of the execution the state names for this entry, or one rebuilt
+    /// from the state when it was never written (it is first written when the
+    /// execution is resumed, suspended or settled).
+    fn previous_execution(
+        &self,
+        entry: &InboxEntry,
+        current: &CurrentExecution,
+    ) -> Result<Execution> {
+        let exec_id = current.execution_id;
+        let record = self.db.transaction("reading an execution in", {
+            let id = self.id;
+            move |tx| read_execution(tx, id, exec_id)
+        })?;
+        Ok(record.unwrap_or_else(|| Execution {
+            id: current.execution_id,
+            started_at: current.started_at,
+            attempts: current.attempts,
+            ..self.new_execution(entry)
+        }))
+    }
+
+    /// Counts the attempt of an execution started again, or gives up on it, as the
+    /// file store does.
+    fn resume(&self, mut exec: Execution, state: &mut AgentState) -> Result<(Execution, Start)> {
+        exec.worker = self.worker.clone();
+        if !exec.suspended && exec.attempts >= MAX_ATTEMPTS {
+            warn!(session = %self.id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
+            return Ok((exec, Start::Exhausted));
+        }
+        if exec.suspended {
+            exec.suspended = false;
+        } else {
+            exec.attempts += 1;
+        }
+        info!(session = %self.id, execution = %exec.id, attempt = exec.attempts, "resuming");
+        if let Some(current) = state.current.as_mut() {
+            current.attempts = exec.attempts;
+        }
+        let (record, written) = (exec.clone(), state.clone());
+        self.write("resuming an execution in", move |tx, id, _, _| {
+            write_execution(tx, &record)?;
+            write_state(tx, id, &written)
+        })?;
+        Ok((exec, Start::Resumed))
+    }
+
+    fn new_execution(&self, entry: &InboxEntry) -> Execution {
+        Execution {
+            v: FORMAT_VERSION,
+            id: self.store.ids.new_id(),
+            session_id: self.id,
+            message_id: entry.id,
+            message_seq: entry.seq,
+            status: ExecStatus::Running,
+            stop_reason: None,
+            attempts: entry.attempts + 1,
+            steps: 0,
+            usage: Usage::default(),
+            started_at: self.now(),
+            finished_at: None,
+            duration_ms: None,
+            response: None,
+            error: None,
+            exit_code: None,
+            cost_usd: None,
+            worker: self.worker.clone(),
+            retry_of: entry
+                .metadata
+                .get(RETRY_OF_KEY)
+                .and_then(|v| v.as_str())
+                .and_then(|id| Uuid::try_parse(id).ok()),
+            suspended: false,
+        }
+    }
+
+    /// Puts the user message into the transcript and names the execution in the state,
+    /// in one transaction: from its commit on, a crash resumes this execution.
+    fn begin(
+        &self,
+        entry: &InboxEntry,
+        exec: &Execution,
+        mut state: AgentState,
+    ) -> Result<AgentState> {
+        // `send --continue` adds no text: the model carries on from the history as is.
+        let lines = if entry.is_continue() {
+            Vec::new()
+        } else {
+            vec![TranscriptLine {
+                message: Message::User {
+                    content: entry.content.clone(),
+                },
+                message_id: Some(entry.id),
+                execution_id: Some(exec.id),
+                step: None,
+                timestamp: exec.started_at,
+                state: None,
+            }]
+        };
+        let rows = transcript_rows(&lines)?;
+        let previous_execution = state.current.as_ref().map(|c| c.execution_id);
+        state.current = Some(CurrentExecution {
+            execution_id: exec.id,
+            message_id: entry.id,
+            message_seq: entry.seq,
+            previous_execution,
+            attempts: exec.attempts,
+            steps: 0,
+            usage: Usage::default(),
+            started_at: exec.started_at,
+            failed_steps_in_a_row: 0,
+            open_step: None,
+        });
+        self.write("claiming a message in", move |tx, id, _, _| {
+            if !rows.is_empty() {
+                state.transcript = append_transcript(tx, id, state.transcript, &rows)?;
+            }
+            write_state(tx, id, &state)?;
+            Ok(state)
+        })
+    }
+
+    /// Lets go of the row (if it is still this lease's) and stops renewing it; an
+    /// entry queued meanwhile is announced again, for the next owner.
+    fn let_go(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        if let Some(renewer) = self.renewer.take() {
+            renewer.stop();
+        }
+        release_row(&self.db, self.id, self.epoch)
+    }
+}
+
+/// The workspace and process record of session `id` on this host.
+fn local_files(store: &PgStore, id: Uuid) -> LocalFiles {
+    let workspaces = store.home.join("workspaces");
+    LocalFiles {
+        workspace: workspaces.join(id.to_string()),
+        processes: workspaces.join(".processes").join(format!("{id}.json")),
+    }
+}
+
+/// Clears the owner of the row, if `epoch` still holds it, and announces the session
+/// again if its inbox is not empty.
+fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
+    db.transaction("releasing a session in", move |tx| {
+        tx.execute(
+            "UPDATE sessions SET owner = NULL, lease_until = NULL WHERE id = $1 AND epoch = $2",
+            &[&id, &epoch],
+        )?;
+        let waiting: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM inbox WHERE session_id = $1)",
+                &[&id],
+            )?
+            .get(0);
+        if waiting {
+            events::notify(tx, INBOX_CHANNEL, id)?;
+        }
+        Ok(())
+    })
+}
+
+fn delete_entry(
+    tx: &mut postgres::Transaction<'_>,
+    id: Uuid,
+    message: Uuid,
+) -> Result<(), TxError> {
+    tx.execute(
+        "DELETE FROM inbox WHERE session_id = $1 AND id = $2",
+        &[&id, &message],
+    )?;
+    Ok(())
+}
+
+/// Adds the execution to the session totals (unless `session.json` counts it
+/// already) and appends the closing events (when `recovering`, only if its
+/// `execution.finished` is not in the log yet). `dirty`: the meta changed before and
+/// is written either way.
+fn finish(
+    tx: &mut postgres::Transaction<'_>,
+    id: Uuid,
+    exec: &Execution,
+    mut meta: SessionMeta,
+    mut dirty: bool,
+    recovering: bool,
+    now: Timestamp,
+) -> Result<(), TxError> {
+    if meta.last_execution != Some(exec.id) {
+        meta.add_execution(exec);
+        // A message settles one execution, so this counts it, as the file store does.
+        meta.counters.messages += 1;
+        meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
+        meta.updated_at = now;
+        dirty = true;
+    }
+    if dirty {
+        write_meta(tx, id, &meta)?;
+    }
+    if recovering {
+        let written = tx
+            .query_opt(
+                "SELECT body FROM events WHERE session_id = $1 AND type = 'execution.finished'
+                 ORDER BY seq DESC LIMIT 1",
+                &[&id],
+            )?
+            .and_then(|row| {
+                crate::store::file::events::parse_line(row.get::<_, String>(0).as_bytes())
+            })
+            .is_some_and(|event| event.execution_id == Some(exec.id));
+        if written {
+            return Ok(());
+        }
+    }
+    events::append_all(tx, id, Some(exec.id), closing_events(exec, &meta), now)?;
+    Ok(())
+}
+
+impl Lease for PgLease {
+    fn session_id(&self) -> Uuid {
+        self.id
+    }
+
+    fn renew(&mut self) -> Result<()> {
+        if renew_row(&self.db, self.id, self.epoch, self.store.lease)? {
+            Ok(())
+        } else {
+            Err(anyhow::Error::new(LeaseLost { session: self.id }))
+        }
+    }
+
+    /// An empty inbox is [`Next::Empty`] at the first look: there is no marker to
+    /// clear, and a `send` that commits after the look is announced again when the
+    /// lease is released (and found by the next scan in any case).
+    fn next(&mut self) -> Result<Next> {
+        self.running = None;
+        let (meta, state, head) = self.db.transaction("reading the inbox in", {
+            let id = self.id;
+            move |tx| {
+                let meta = read_meta(tx, id)?;
+                let state = read_state(tx, id)?;
+                let head = read_inbox(tx, id)?.into_iter().next();
+                Ok((meta, state, head))
+            }
+        })?;
+        if meta.status == SessionStatus::Paused {
+            return Ok(Next::Paused);
+        }
+        let Some(entry) = head else {
+            return Ok(Next::Empty);
+        };
+        if entry.kind == EntryKind::Cancel {
+            // Nothing is running that it could cancel.
+            let (message, seq) = (entry.id, entry.seq);
+            self.write("consuming a cancel in", move |tx, id, mut meta, _| {
+                delete_entry(tx, id, message)?;
+                if seq > meta.last_message_seq {
+                    meta.last_message_seq = seq;
+                    write_meta(tx, id, &meta)?;
+                }
+                Ok(())
+            })?;
+            return Ok(Next::Again);
+        }
+        self.claim_entry(entry, state)
+    }
+
+    fn meta(&self) -> Result<SessionMeta> {
+        let id = self.id;
+        self.db
+            .transaction("reading a session in", move |tx| read_meta(tx, id))
+    }
+
+    fn paused(&mut self) -> bool {
+        self.meta()
+            .is_ok_and(|meta| meta.status == SessionStatus::Paused)
+    }
+
+    fn history(&self, mark: TranscriptMark) -> Result<Vec<TranscriptLine>> {
+        let id = self.id;
+        self.db.transaction("reading a transcript in", move |tx| {
+            read_transcript(tx, id, mark)
+        })
+    }
+
+    fn append(&mut self, execution: Option<Uuid>, payload: EventPayload) -> Result<u64> {
+        let now = self.now();
+        self.write("appending an event in", move |tx, id, _, _| {
+            events::append_all(tx, id, execution, vec![payload], now)
+        })
+    }
+
+    fn checkpoint(&mut self, mut lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
+        if self.running.is_none() {
+            anyhow::bail!(
+                "a checkpoint of session {} with no message claimed",
+                self.id
+            );
+        }
+        if let Some(last) = lines.last_mut() {
+            last.state = Some(Box::new(AgentState {
+                transcript: TranscriptMark::default(),
+                ..state.clone()
+            }));
+        }
+        let rows = transcript_rows(&lines)?;
+        let mark = state.transcript;
+        let mut next = state.clone();
+        next.transcript = TranscriptMark {
+            lines: mark.lines + rows.len() as u64,
+            bytes: mark.bytes + rows.iter().map(|(_, bytes)| bytes).sum::<u64>(),
+        };
+        let written = next.clone();
+        self.write("checkpointing in", move |tx, id, _, _| {
+            if !rows.is_empty() {
+                append_transcript(tx, id, mark, &rows)?;
+            }
+            write_state(tx, id, &written)
+        })?;
+        *state = next;
+        Ok(())
+    }
+
+    fn cancel_requested(&mut self) -> bool {
+        let (db, id) = (self.db.clone(), self.id);
+        self.running
+            .as_mut()
+            .is_some_and(|running| running.cancels.requested(&db, id))
+    }
+
+    fn settle(&mut self, exec: &Execution, state: &AgentState) -> Result<()> {
+        let Some(running) = self.running.take() else {
+            anyhow::bail!("settling session {} with no message claimed", self.id);
+        };
+        let obeyed: Vec<i64> = if exec.status == ExecStatus::Cancelled {
+            running.cancels.seen.iter().map(|seq| *seq as i64).collect()
+        } else {
+            Vec::new()
+        };
+        let (exec, state, message, now) =
+            (exec.clone(), state.clone(), running.entry.id, self.now());
+        self.write("settling an execution in", move |tx, id, mut meta, _| {
+            let mut dirty = false;
+            if let Some(max) = obeyed.iter().max() {
+                // The cancel entries it obeyed leave the inbox with it.
+                tx.execute(
+                    "DELETE FROM inbox WHERE session_id = $1 AND seq = ANY($2)",
+                    &[&id, &obeyed],
+                )?;
+                meta.last_message_seq = meta.last_message_seq.max(*max as u64);
+                dirty = true;
+            }
+            write_state(tx, id, &state)?;
+            write_execution(tx, &exec)?;
+            finish(tx, id, &exec, meta, dirty, false, now)?;
+            delete_entry(tx, id, message)
+        })
+    }
+
+    fn suspend(&mut self, exec: &Execution) -> Result<()> {
+        self.running = None;
+        let suspended = Execution {
+            suspended: true,
+            ..exec.clone()
+        };
+        self.write("suspending an execution in", move |tx, _, _, _| {
+            write_execution(tx, &suspended)
+        })
+    }
+
+    fn local(&self) -> LocalFiles {
+        self.local.clone()
+    }
+
+    fn release(mut self: Box<Self>) -> Result<()> {
+        self.let_go()
+    }
+}
+
+impl Drop for PgLease {
+    fn drop(&mut self) {
+        // A drain that failed lets go too, so the next owner need not wait for the
+        // lease to expire (best effort: expiry does it otherwise).
+        let _ = self.let_go();
+    }
+}
+
+/// Extends the lease if `epoch` still holds it; false if it does not.
+fn renew_row(db: &Db, id: Uuid, epoch: i64, lease: Duration) -> Result<bool> {
+    let secs = lease.as_secs_f64();
+    let renewed = db.call("renewing a lease in", move |c| {
+        c.execute(
+            "UPDATE sessions SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND epoch = $2",
+            &[&id, &epoch, &secs],
+        )
+    })?;
+    Ok(renewed == 1)
+}
+
+/// Renews a lease every third of its length, on a thread, until stopped or lost.
+struct Renewer {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Renewer {
+    fn start(db: Arc<Db>, id: Uuid, epoch: i64, lease: Duration) -> Renewer {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 3) {
+                match renew_row(&db, id, epoch, lease) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(session = %id, "the lease was taken over by another worker");
+                        return;
+                    }
+                    // The next renewal tries again; the writes say if it is lost.
+                    Err(err) => warn!(session = %id, "{err}"),
+                }
+            }
+        });
+        Renewer { stop, thread }
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Notices `cancel` entries queued after the running message, looking at most every
+/// 50 ms.
+struct CancelWatch {
+    after_seq: u64,
+    checked: Option<Instant>,
+    /// The seqs of the cancel entries seen.
+    seen: Vec<u64>,
+}
+
+impl CancelWatch {
+    const INTERVAL: Duration = Duration::from_millis(50);
+
+    fn new(after_seq: u64) -> CancelWatch {
+        CancelWatch {
+            after_seq,
+            checked: None,
+            seen: Vec::new(),
+        }
+    }
+
+    fn requested(&mut self, db: &Db, id: Uuid) -> bool {
+        if !self.seen.is_empty() {
+            return true;
+        }
+        if self.checked.is_some_and(|t| t.elapsed() < Self::INTERVAL) {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        let after = self.after_seq as i64;
+        let found = db.call("looking for a cancel in", move |c| {
+            c.query(
+                "SELECT seq FROM inbox WHERE session_id = $1 AND seq > $2
+                 AND entry->>'kind' = 'cancel' ORDER BY seq",
+                &[&id, &after],
+            )
+        });
+        if let Ok(rows) = found {
+            self.seen = rows.iter().map(|row| row.get::<_, i64>(0) as u64).collect();
+        }
+        !self.seen.is_empty()
+    }
+}
