@@ -31,6 +31,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "AGENTQ_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// Where the sessions are kept: a postgres:// URL [default: `[store] url` in
+    /// agentq.toml, else the files under sessions/]
+    #[arg(long, global = true, env = "AGENTQ_STORE", value_name = "URL")]
+    pub store: Option<String>,
+
     /// When to use colours in output (NO_COLOR is honoured with `auto`)
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,

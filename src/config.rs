@@ -26,6 +26,18 @@ pub struct HomeConfig {
     /// MCP servers agents may take tools from (`[tools] mcp = ["NAME"]`).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    /// Where the sessions are kept, when not given by `--store` or `AGENTQ_STORE`.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the sessions in a database (`url = "postgres://…"`) instead of the files
+/// under `sessions/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// `[mcp_servers.NAME]`, with codex's keys (ARCHITECTURE.md §9): a child process over

@@ -43,7 +43,14 @@ fn main() -> ExitCode {
         eprintln!("agentq: {}", one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
-    let result = Context::new(cli.home.clone(), out).and_then(|ctx| {
+    // The commands that keep no sessions open no database.
+    let context = match cli.command {
+        Command::Schema(_) | Command::Completions { .. } => {
+            Context::with_files(cli.home.clone(), out)
+        }
+        _ => Context::new(cli.home.clone(), cli.store.clone(), out),
+    };
+    let result = context.and_then(|ctx| {
         let code = commands::dispatch(&ctx, cli.command)?;
         // What is still buffered is written here, where a failure is reported like any
         // other (at exit it would be dropped silently).

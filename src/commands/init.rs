@@ -106,7 +106,7 @@ mod tests {
         let shown = home.path().display();
         let init = || {
             let (out, captured) = Output::captured();
-            let ctx = Context::new(Some(home.path().to_owned()), out).unwrap();
+            let ctx = Context::with_files(Some(home.path().to_owned()), out).unwrap();
             assert_eq!(run(&ctx).unwrap(), 0);
             assert_eq!(captured.stderr(), "");
             captured.stdout()

@@ -31,7 +31,7 @@ use crate::follow::MessageResult;
 use crate::home::Home;
 use crate::ids::V7Ids;
 use crate::output::Output;
-use crate::store::{FileStore, Store};
+use crate::store::Store;
 use crate::time::SystemClock;
 use crate::usage_bail;
 
@@ -46,20 +46,31 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(home: Option<PathBuf>, out: Output) -> Result<Context> {
+    /// `store` is `--store` (or `AGENTQ_STORE`); without it, `[store] url` in
+    /// `agentq.toml`, else the files under `sessions/`.
+    pub fn new(home: Option<PathBuf>, store: Option<String>, out: Output) -> Result<Context> {
         let home = match home {
             Some(home) => home,
             None => std::env::current_dir().context("finding the current directory")?,
         };
-        Ok(Context {
-            store: Arc::new(FileStore::new(
-                home.clone(),
-                Arc::new(SystemClock),
-                Arc::new(V7Ids),
-            )),
-            home: Home::new(home),
-            out,
-        })
+        let home = Home::new(home);
+        let url = match store {
+            Some(url) => Some(url),
+            None => store_in_config(&home)?,
+        };
+        let store = crate::store::open(
+            url.as_deref(),
+            home.root(),
+            Arc::new(SystemClock),
+            Arc::new(V7Ids),
+        )?;
+        Ok(Context { store, home, out })
+    }
+
+    /// For the commands that keep no sessions (`schema`, `completions`), and tests: the
+    /// file store, which opens nothing until it is used.
+    pub fn with_files(home: Option<PathBuf>, out: Output) -> Result<Context> {
+        Context::new(home, Some(crate::store::FILES.to_owned()), out)
     }
 
     /// Refuses a home that is not one, naming it: a cron line with `--home /typo` must
@@ -114,6 +125,45 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Some(id) => advice::explain_damage(err, &id),
         None => advice::advise(err),
     })
+}
+
+/// `[store] url` of `agentq.toml`, read alone: the rest of the file is checked by the
+/// commands that use it, so a problem there does not stop `session list`.
+fn store_in_config(home: &Home) -> Result<Option<String>> {
+    let path = home.config_path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        // No file; or no home, which the command refuses with what to do about it.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None);
+        }
+        // Unreadable, or not text: it might name a store, so nothing goes on without
+        // it; the loader words the refusal as for every command that reads the file.
+        Err(_) => return Ok(HomeConfig::load(&path)?.store.url),
+    };
+    // Cheap for the files that do not name a store, which are most.
+    if !text.contains("store") {
+        return Ok(None);
+    }
+    let table: toml::Table = match text.parse() {
+        Ok(table) => table,
+        // Reported, with its line, by the commands that read the whole file.
+        Err(_) => return Ok(None),
+    };
+    match table.get("store").and_then(|store| store.get("url")) {
+        None => Ok(None),
+        Some(toml::Value::String(url)) => Ok(Some(url.clone())),
+        Some(_) => Err(UserError::usage(format!(
+            "{}: store.url must be a string (a postgres:// URL)",
+            path.display()
+        ))
+        .into()),
+    }
 }
 
 /// The session id a command was given, if it takes one.

@@ -308,7 +308,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir(home.path().join("sessions")).unwrap();
         let (out, captured) = Output::captured();
-        let ctx = Context::new(Some(home.path().to_owned()), out).unwrap();
+        let ctx = Context::with_files(Some(home.path().to_owned()), out).unwrap();
         assert_eq!(run(&ctx, false).unwrap(), 0);
         assert_eq!(
             captured.stdout(),

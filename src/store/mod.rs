@@ -232,6 +232,27 @@ pub trait EventFeed: Send {
 /// Something held for as long as it lives (a registration, a subscription).
 pub type Guard = Box<dyn Send>;
 
+/// How `--store` (or `[store] url`) names the file store, the default.
+pub const FILES: &str = "files";
+
+/// Opens the store a home's sessions are kept in: `None` or [`FILES`] for the files
+/// under `<home>/sessions/`, a `postgres://` URL for a database (whose schema is
+/// created or migrated on first use).
+pub fn open(
+    url: Option<&str>,
+    home: &std::path::Path,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn crate::ids::IdGen>,
+) -> Result<Arc<dyn Store>, crate::error::UserError> {
+    match url {
+        None | Some(FILES) => Ok(Arc::new(FileStore::new(home.to_owned(), clock, ids))),
+        Some(url) => {
+            let url = pg::DbUrl::parse(url)?;
+            Ok(Arc::new(pg::PgStore::open(&url, home, clock, ids)?))
+        }
+    }
+}
+
 /// Files a session's owner keeps on its own host, beside the store: the workspace
 /// directories and the record of running commands ([`LocalFiles`]). Written with the
 /// store's own primitives, so they share its modes and its temp-file names (which the

@@ -297,9 +297,13 @@ const MCP_SERVER: &[Field] = &[
     opt("required", Kind::Bool),
 ];
 
+/// `[store]`: where the home's sessions are kept (ARCHITECTURE.md §8).
+const STORE: &[Field] = &[opt("url", Kind::Str)];
+
 /// The keys of `agentq.toml`.
 pub const HOME: &[Field] = &[
     opt("inbox", Kind::Table(INBOX)),
+    opt("store", Kind::Table(STORE)),
     opt("mcp_servers", Kind::TableOf(MCP_SERVER)),
     opt("providers", Kind::TableOf(NAMED_PROVIDER)),
     opt("prices", Kind::TableOf(PRICE)),

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 pub struct TestEnv {
     home: tempfile::TempDir,
+    /// `--store`: where the sessions are kept (the files under the home without it).
+    store: Option<String>,
 }
 
 /// The usual scripted agent for tests: one tool call, then an answer that echoes.
@@ -40,7 +42,19 @@ impl TestEnv {
     pub fn empty() -> TestEnv {
         TestEnv {
             home: tempfile::tempdir().expect("temp dir"),
+            store: None,
         }
+    }
+
+    /// [`TestEnv::new`], its sessions kept in the store at `url`.
+    pub fn on_store(url: &str) -> TestEnv {
+        let env = TestEnv {
+            store: Some(url.to_owned()),
+            ..TestEnv::empty()
+        };
+        env.ok(&["init"]);
+        env.write_agent("echo", ECHO_AGENT);
+        env
     }
 
     pub fn home(&self) -> &Path {
@@ -64,8 +78,12 @@ impl TestEnv {
         let mut cmd = std::process::Command::cargo_bin("agentq").expect("binary");
         cmd.arg("--home").arg(self.home());
         cmd.env_remove("AGENTQ_HOME")
+            .env_remove("AGENTQ_STORE")
             .env("NO_COLOR", "1")
             .current_dir(self.home());
+        if let Some(url) = &self.store {
+            cmd.env("AGENTQ_STORE", url);
+        }
         cmd
     }
 

@@ -44,7 +44,7 @@ impl DbUrl {
     pub fn parse(url: &str) -> Result<DbUrl, UserError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(UserError::usage(format!(
-                "`{}` is not a Postgres URL: it starts with postgres:// or postgresql://",
+                "the store `{}` is neither `files` nor a Postgres URL (postgres://… or postgresql://…)",
                 redact(url)
             )));
         }

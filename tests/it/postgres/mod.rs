@@ -155,4 +155,5 @@ fn an_unreachable_database_is_exit_75_naming_the_url_without_its_password() {
     assert!(!err.message.contains("s3cret"), "{}", err.message);
     assert!(!err.message.contains('\n'), "one line: {}", err.message);
 }
+mod cli;
 mod store;
