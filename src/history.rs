@@ -15,7 +15,7 @@ use anyhow::Result;
 use uuid::Uuid;
 
 use crate::domain::execution::{ExecStatus, Execution};
-use crate::domain::inbox::{EntryKind, InboxEntry, RETRY_OF_KEY};
+use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::transcript::Message;
 use crate::store::Session;
 
@@ -115,12 +115,7 @@ impl History {
             if entry.kind != EntryKind::User {
                 continue;
             }
-            let retry_of = entry
-                .metadata
-                .get(RETRY_OF_KEY)
-                .and_then(|v| v.as_str())
-                .and_then(|id| Uuid::try_parse(id).ok());
-            if let Some(of) = retry_of
+            if let Some(of) = entry.retry_of()
                 && (of == execution || (task.is_some() && self.task_of(of) == task))
             {
                 return Some(format!(
@@ -226,7 +221,10 @@ mod tests {
             ]),
         );
         assert_eq!(history.open_failure().map(|e| e.id), Some(id(1)));
-        let retry = entry(9, serde_json::json!({ RETRY_OF_KEY: id(1).to_string() }));
+        let retry = entry(
+            9,
+            serde_json::json!({ crate::domain::inbox::RETRY_OF_KEY: id(1).to_string() }),
+        );
         let refusal = history.queued_again(id(0), [&retry], id(1));
         assert!(
             refusal.is_some_and(|r| r.contains("already queued for a retry")),

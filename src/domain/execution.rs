@@ -138,3 +138,36 @@ pub struct Execution {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
 }
+/// The execution a worker begins for an inbox entry: running, its attempt counted.
+impl Execution {
+    pub fn for_entry(
+        entry: &super::inbox::InboxEntry,
+        id: Uuid,
+        session_id: Uuid,
+        worker: WorkerInfo,
+        now: Timestamp,
+    ) -> Execution {
+        Execution {
+            v: super::FORMAT_VERSION,
+            id,
+            session_id,
+            message_id: entry.id,
+            message_seq: entry.seq,
+            status: ExecStatus::Running,
+            stop_reason: None,
+            attempts: entry.attempts + 1,
+            steps: 0,
+            usage: Usage::default(),
+            started_at: now,
+            finished_at: None,
+            duration_ms: None,
+            response: None,
+            error: None,
+            exit_code: None,
+            cost_usd: None,
+            worker,
+            retry_of: entry.retry_of(),
+            suspended: false,
+        }
+    }
+}

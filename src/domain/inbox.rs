@@ -47,6 +47,14 @@ impl InboxEntry {
             == Some(true)
     }
 
+    /// The failed execution an entry of `agentq retry` queues again.
+    pub fn retry_of(&self) -> Option<Uuid> {
+        self.metadata
+            .get(RETRY_OF_KEY)
+            .and_then(|v| v.as_str())
+            .and_then(|id| Uuid::try_parse(id).ok())
+    }
+
     /// The file name: zero-padded `seq` first, so a sorted listing is the run order.
     pub fn file_name(&self) -> String {
         format!("{:012}-{}.json", self.seq, self.id)

@@ -128,29 +128,34 @@ impl Counts {
 /// progress, if one is. An entry that cannot be read is not a message anyone can run,
 /// and is not counted.
 pub fn count(inbox: &Path, running: Option<Uuid>) -> io::Result<Counts> {
-    let mut counts = Counts::default();
-    for file in list(inbox)?.entries {
-        let entry = file.entry;
-        if entry.kind != EntryKind::User {
-            continue;
-        }
-        counts.newest = Some(
-            counts
-                .newest
-                .map_or(entry.created_at, |t| t.max(entry.created_at)),
-        );
-        if Some(entry.id) == running {
-            counts.running = true;
-        } else {
-            counts.waiting += 1;
-            counts.oldest_waiting = Some(
+    let entries = list(inbox)?.entries;
+    Ok(Counts::of(entries.iter().map(|file| &file.entry), running))
+}
+
+impl Counts {
+    /// Counts `entries`, whichever store they come from; `running` is the message of
+    /// the execution in progress, if one is.
+    pub fn of<'a>(entries: impl Iterator<Item = &'a InboxEntry>, running: Option<Uuid>) -> Counts {
+        let mut counts = Counts::default();
+        for entry in entries.filter(|entry| entry.kind == EntryKind::User) {
+            counts.newest = Some(
                 counts
-                    .oldest_waiting
-                    .map_or(entry.created_at, |t| t.min(entry.created_at)),
+                    .newest
+                    .map_or(entry.created_at, |t| t.max(entry.created_at)),
             );
+            if Some(entry.id) == running {
+                counts.running = true;
+            } else {
+                counts.waiting += 1;
+                counts.oldest_waiting = Some(
+                    counts
+                        .oldest_waiting
+                        .map_or(entry.created_at, |t| t.min(entry.created_at)),
+                );
+            }
         }
+        counts
     }
-    Ok(counts)
 }
 
 /// The highest `seq` among the entry names, read from the zero-padded prefix.

@@ -15,13 +15,13 @@ use super::inbox::{self, InboxFile};
 use super::recover::{ensure_dir, move_aside, read_or_rebuild};
 use super::session::{OwnerLock, meta_with_remedy};
 use super::{FileStore, SessionDir, transcript};
+use crate::domain::Usage;
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
-use crate::domain::inbox::{EntryKind, InboxEntry, RETRY_OF_KEY};
+use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::domain::{FORMAT_VERSION, Usage};
 use crate::store::{Claim, Claimed, Lease, LocalFiles, MAX_ATTEMPTS, Next, Start};
 
 /// A worker's ownership of one session: its owner lock, its open event log, and what
@@ -365,32 +365,13 @@ impl FileLease {
     }
 
     fn new_execution(&self, entry: &InboxEntry) -> Execution {
-        Execution {
-            v: FORMAT_VERSION,
-            id: self.store.ids.new_id(),
-            session_id: self.dir.id,
-            message_id: entry.id,
-            message_seq: entry.seq,
-            status: ExecStatus::Running,
-            stop_reason: None,
-            attempts: entry.attempts + 1,
-            steps: 0,
-            usage: Usage::default(),
-            started_at: self.store.clock.now(),
-            finished_at: None,
-            duration_ms: None,
-            response: None,
-            error: None,
-            exit_code: None,
-            cost_usd: None,
-            worker: self.worker.clone(),
-            retry_of: entry
-                .metadata
-                .get(RETRY_OF_KEY)
-                .and_then(|v| v.as_str())
-                .and_then(|id| Uuid::try_parse(id).ok()),
-            suspended: false,
-        }
+        Execution::for_entry(
+            entry,
+            self.store.ids.new_id(),
+            self.dir.id,
+            self.worker.clone(),
+            self.store.clock.now(),
+        )
     }
 
     /// Puts the user message into the transcript and names the execution in the state:

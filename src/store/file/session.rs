@@ -31,6 +31,30 @@ pub struct NewSession {
     pub agent_hash: String,
 }
 
+impl NewSession {
+    /// The `session.json` of the new session, whichever store keeps it.
+    pub(crate) fn into_meta(self, id: Uuid, now: crate::time::Timestamp) -> SessionMeta {
+        SessionMeta {
+            v: FORMAT_VERSION,
+            id,
+            agent: self.agent,
+            title: self.title,
+            status: SessionStatus::Active,
+            events: self.events,
+            config: self.config,
+            agent_hash: self.agent_hash,
+            created_at: now,
+            updated_at: now,
+            counters: Counters::default(),
+            usage: Usage::default(),
+            last_message_seq: 0,
+            last_execution: None,
+            extra_session_tokens: 0,
+            cost_usd: None,
+        }
+    }
+}
+
 impl FileStore {
     /// Creates a session. It is assembled in a dot-named staging directory and renamed
     /// into place, so a crash never leaves a half-made session that looks real.
@@ -44,24 +68,7 @@ impl FileStore {
             path: sessions.join(format!(".new-{id}")),
         };
         let now = self.clock.now();
-        let meta = SessionMeta {
-            v: FORMAT_VERSION,
-            id,
-            agent: new.agent,
-            title: new.title,
-            status: SessionStatus::Active,
-            events: new.events,
-            config: new.config,
-            agent_hash: new.agent_hash,
-            created_at: now,
-            updated_at: now,
-            counters: Counters::default(),
-            usage: Usage::default(),
-            last_message_seq: 0,
-            last_execution: None,
-            extra_session_tokens: 0,
-            cost_usd: None,
-        };
+        let meta = new.into_meta(id, now);
         let build = || -> Result<()> {
             for dir in [
                 staging.path.clone(),

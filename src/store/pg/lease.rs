@@ -27,13 +27,13 @@ use super::session::{
     transcript_rows, write_execution, write_meta, write_state,
 };
 use super::{Db, PgStore, TxError};
+use crate::domain::Usage;
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
-use crate::domain::inbox::{EntryKind, InboxEntry, RETRY_OF_KEY};
+use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::domain::{FORMAT_VERSION, Usage};
 use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, MAX_ATTEMPTS, Next, Start};
 use crate::time::Timestamp;
 
@@ -253,32 +253,13 @@ impl PgLease {
     }
 
     fn new_execution(&self, entry: &InboxEntry) -> Execution {
-        Execution {
-            v: FORMAT_VERSION,
-            id: self.store.ids.new_id(),
-            session_id: self.id,
-            message_id: entry.id,
-            message_seq: entry.seq,
-            status: ExecStatus::Running,
-            stop_reason: None,
-            attempts: entry.attempts + 1,
-            steps: 0,
-            usage: Usage::default(),
-            started_at: self.now(),
-            finished_at: None,
-            duration_ms: None,
-            response: None,
-            error: None,
-            exit_code: None,
-            cost_usd: None,
-            worker: self.worker.clone(),
-            retry_of: entry
-                .metadata
-                .get(RETRY_OF_KEY)
-                .and_then(|v| v.as_str())
-                .and_then(|id| Uuid::try_parse(id).ok()),
-            suspended: false,
-        }
+        Execution::for_entry(
+            entry,
+            self.store.ids.new_id(),
+            self.id,
+            self.worker.clone(),
+            self.now(),
+        )
     }
 
     /// Puts the user message into the transcript and names the execution in the state,

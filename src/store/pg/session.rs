@@ -10,44 +10,22 @@ use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL, PgFeed};
 use super::{PgStore, TxError};
+use crate::domain::FORMAT_VERSION;
 use crate::domain::event::{EventPayload, RawEvent, SessionStatusChanged};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
-use crate::domain::session::{Counters, SessionMeta, SessionStatus};
+use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, TranscriptMark};
 use crate::domain::transcript::TranscriptLine;
-use crate::domain::{FORMAT_VERSION, Usage};
 use crate::error::{Remedy, UserError};
 use crate::store::file::session::queued_event;
-use crate::store::{Enqueued, EventFeed, InboxCounts, NewEntry, NewSession, Position, Session};
+use crate::store::{Enqueued, EventFeed, InboxCounts, NewEntry, Position, Session};
 use crate::time::Timestamp;
 
 /// A session of a [`PgStore`].
 pub struct PgSession {
     pub(super) store: PgStore,
     pub(super) id: Uuid,
-}
-
-/// The `session.json` of a new session.
-pub(super) fn new_meta(id: Uuid, new: NewSession, now: Timestamp) -> SessionMeta {
-    SessionMeta {
-        v: FORMAT_VERSION,
-        id,
-        agent: new.agent,
-        title: new.title,
-        status: SessionStatus::Active,
-        events: new.events,
-        config: new.config,
-        agent_hash: new.agent_hash,
-        created_at: now,
-        updated_at: now,
-        counters: Counters::default(),
-        usage: Usage::default(),
-        last_message_seq: 0,
-        last_execution: None,
-        extra_session_tokens: 0,
-        cost_usd: None,
-    }
 }
 
 /// A document of a row, as its type.
@@ -361,28 +339,7 @@ impl Session for PgSession {
 
     fn inbox_counts(&self) -> Result<InboxCounts> {
         let running = self.running_execution().map(|exec| exec.message_id);
-        let mut counts = InboxCounts::default();
-        for entry in self.inbox()? {
-            if entry.kind != EntryKind::User {
-                continue;
-            }
-            counts.newest = Some(
-                counts
-                    .newest
-                    .map_or(entry.created_at, |t| t.max(entry.created_at)),
-            );
-            if Some(entry.id) == running {
-                counts.running = true;
-            } else {
-                counts.waiting += 1;
-                counts.oldest_waiting = Some(
-                    counts
-                        .oldest_waiting
-                        .map_or(entry.created_at, |t| t.min(entry.created_at)),
-                );
-            }
-        }
-        Ok(counts)
+        Ok(InboxCounts::of(self.inbox()?.iter(), running))
     }
 
     fn owner(&self) -> Option<WorkerInfo> {

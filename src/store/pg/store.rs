@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL};
 use super::lease::PgLease;
-use super::session::{PgSession, new_meta};
+use super::session::PgSession;
 use super::{Db, DbUrl, TxError, schema};
 use crate::domain::event::{EventPayload, SessionCreated};
 use crate::domain::execution::WorkerInfo;
@@ -186,7 +186,7 @@ impl Store for PgStore {
     fn create_session(&self, new: NewSession) -> Result<SessionMeta> {
         let id = self.ids.new_id();
         let now = self.clock.now();
-        let meta = new_meta(id, new, now);
+        let meta = new.into_meta(id, now);
         let created = SessionCreated {
             agent: meta.agent.clone(),
             title: meta.title.clone(),
