@@ -261,6 +261,30 @@ pub mod local {
     pub use super::file::fs::{create_dir_private, temp_path, write_json_unsynced};
 }
 
+/// What every store decides when the execution a claim finds is started again: it
+/// runs for `worker` now, and counts another attempt if a crash (not a clean
+/// shutdown, which suspends it on purpose) interrupted it; one that crashed at its
+/// last attempt is not started again ([`Start::Exhausted`]), its count as it stands.
+/// The state's copy of the count follows, so the two never disagree for long. The
+/// caller writes what changed.
+pub(crate) fn restart(exec: &mut Execution, worker: &WorkerInfo, state: &mut AgentState) -> Start {
+    exec.worker = worker.clone();
+    if !exec.suspended && exec.attempts >= MAX_ATTEMPTS {
+        tracing::warn!(session = %exec.session_id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
+        return Start::Exhausted;
+    }
+    if exec.suspended {
+        exec.suspended = false;
+    } else {
+        exec.attempts += 1;
+    }
+    tracing::info!(session = %exec.session_id, execution = %exec.id, attempt = exec.attempts, "resuming");
+    if let Some(current) = state.current.as_mut() {
+        current.attempts = exec.attempts;
+    }
+    Start::Resumed
+}
+
 /// How many times an execution may be started (first, then resumed after a crash):
 /// one whose last attempt crashed too fails instead of starting again.
 pub const MAX_ATTEMPTS: u32 = 3;

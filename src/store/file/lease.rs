@@ -22,7 +22,7 @@ use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::store::{Claim, Claimed, Lease, LocalFiles, MAX_ATTEMPTS, Next, Start};
+use crate::store::{Claim, Claimed, Lease, LocalFiles, Next, Start};
 
 /// A worker's ownership of one session: its owner lock, its open event log, and what
 /// the claimed message has written so far.
@@ -337,31 +337,15 @@ impl FileLease {
         })
     }
 
-    /// Counts the attempt of an execution that is started again, or gives up on it.
-    /// `attempts` counts the starts of an execution (its first and every resume after a
-    /// crash); one that crashed at its last attempt is not started again: it fails,
-    /// with the count as it stands, in the log, the record and the error.
+    /// Counts the attempt of an execution that is started again, or gives up on it
+    /// ([`crate::store::restart`]), and marks its record running.
     fn resume(&self, mut exec: Execution, state: &mut AgentState) -> Result<(Execution, Start)> {
-        exec.worker = self.worker.clone();
-        if !exec.suspended && exec.attempts >= MAX_ATTEMPTS {
-            warn!(session = %self.dir.id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
-            return Ok((exec, Start::Exhausted));
+        let start = crate::store::restart(&mut exec, &self.worker, state);
+        if start == Start::Resumed {
+            // Not fsynced: `state.json` is what a resuming owner trusts.
+            self.dir.mark_running(&exec)?;
         }
-        // A worker that shut down cleanly left it at a checkpoint on purpose; only a
-        // crash counts as another attempt.
-        if exec.suspended {
-            exec.suspended = false;
-        } else {
-            exec.attempts += 1;
-        }
-        info!(session = %self.dir.id, execution = %exec.id, attempt = exec.attempts, "resuming");
-        // Not fsynced: `state.json` is what a resuming owner trusts.
-        self.dir.mark_running(&exec)?;
-        if let Some(current) = state.current.as_mut() {
-            // Carried by the next checkpoint too, so the two never disagree for long.
-            current.attempts = exec.attempts;
-        }
-        Ok((exec, Start::Resumed))
+        Ok((exec, start))
     }
 
     fn new_execution(&self, entry: &InboxEntry) -> Execution {

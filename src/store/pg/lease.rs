@@ -34,7 +34,7 @@ use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, MAX_ATTEMPTS, Next, Start};
+use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, Next, Start};
 use crate::time::Timestamp;
 
 /// A worker's lease on one session, on a connection of its own.
@@ -230,19 +230,8 @@ impl PgLease {
     /// Counts the attempt of an execution started again, or gives up on it, as the
     /// file store does.
     fn resume(&self, mut exec: Execution, state: &mut AgentState) -> Result<(Execution, Start)> {
-        exec.worker = self.worker.clone();
-        if !exec.suspended && exec.attempts >= MAX_ATTEMPTS {
-            warn!(session = %self.id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
+        if crate::store::restart(&mut exec, &self.worker, state) == Start::Exhausted {
             return Ok((exec, Start::Exhausted));
-        }
-        if exec.suspended {
-            exec.suspended = false;
-        } else {
-            exec.attempts += 1;
-        }
-        info!(session = %self.id, execution = %exec.id, attempt = exec.attempts, "resuming");
-        if let Some(current) = state.current.as_mut() {
-            current.attempts = exec.attempts;
         }
         let (record, written) = (exec.clone(), state.clone());
         self.write("resuming an execution in", move |tx, id, _, _| {
