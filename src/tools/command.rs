@@ -16,7 +16,8 @@
 //!   `SSH_AUTH_SOCK`, `SENTRY_DSN`; not `PATH`), except for `PWD` alone, the shell's
 //!   working directory;
 //!
-//! or when its value holds a URL with a password (`postgres://u:pw@host/db`) or a
+//! or when its value holds a URL with a password (`postgres://u:pw@host/db`), a
+//! `password=` option (`postgres://h/db?password=pw`, libpq's `host=h password=pw`) or a
 //! JSON Web Token (`eyJ….eyJ….…`). `[tools] env = "clean"` passes only PATH, HOME, LANG,
 //! TZ and TMPDIR; `env_pass` names variables passed anyway, in either mode, except the
 //! variables the agent's API key is read from, which no command ever sees.
@@ -88,7 +89,8 @@ pub fn is_secret(name: &str) -> bool {
 }
 
 /// True for a value that is a credential whatever its variable is called: a URL with a
-/// password in it, or one holding a JSON Web Token.
+/// password in it, a `password=` option, or a JSON Web Token. `AGENTQ_STORE` is such a
+/// value when its URL carries the database's password.
 pub fn is_secret_value(value: &str) -> bool {
     let url_with_password = value.match_indices("://").any(|(at, _)| {
         let rest = &value[at + 3..];
@@ -100,7 +102,18 @@ pub fn is_secret_value(value: &str) -> bool {
             .rsplit_once('@')
             .is_some_and(|(userinfo, _)| userinfo.contains(':'))
     });
-    url_with_password || value.split_whitespace().any(is_jwt)
+    url_with_password || has_password_option(value) || value.split_whitespace().any(is_jwt)
+}
+
+/// `password=…` as an option of a URL's query or of a libpq connection string.
+fn has_password_option(value: &str) -> bool {
+    value
+        .split(|c: char| matches!(c, '?' | '&' | ';') || c.is_whitespace())
+        .any(|option| {
+            option.split_once('=').is_some_and(|(key, password)| {
+                key.eq_ignore_ascii_case("password") && !password.is_empty()
+            })
+        })
 }
 
 /// `header.payload.signature` in base64url, header and payload JSON objects (a
@@ -482,6 +495,8 @@ mod tests {
             "see https://user:pass@example.com/x",
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
             "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            "postgres://agentq@h/db?sslmode=disable&password=hunter2",
+            "host=db.internal user=agentq PASSWORD=hunter2",
         ] {
             assert!(is_secret_value(value), "{value}");
         }
@@ -492,6 +507,8 @@ mod tests {
             "/usr/bin:/bin",
             "eyJust.some.text here",
             "eyJ..",
+            "postgres://h/db?password=",
+            "reset_password=no",
         ] {
             assert!(!is_secret_value(value), "{value}");
         }
