@@ -63,7 +63,11 @@ impl SessionDump {
 /// command works): its next writes would reach one side of the copy only.
 pub(crate) fn owned(id: Uuid, worker: Option<&WorkerInfo>) -> crate::error::UserError {
     let by = worker.map_or_else(String::new, |w| {
-        format!(" by worker {} on {}", w.pid, crate::text::one_line(&w.host, crate::text::FIELD_CAP))
+        format!(
+            " by worker {} on {}",
+            w.pid,
+            crate::text::one_line(&w.host, crate::text::FIELD_CAP)
+        )
     });
     crate::error::UserError::unavailable(format!(
         "session {id} is being worked on{by}; a copy must not miss its next writes: copy it once it is idle (or the workers are stopped)"

@@ -83,7 +83,8 @@ impl FileStore {
             .and_then(|()| rename_new(&staging.path, &target.path, id, &self.describe_files()));
         if let Err(err) = built {
             let _ = std::fs::remove_dir_all(&staging.path);
-            return Err(err).with_context(|| format!("copying session {id} into {}", sessions.display()));
+            return Err(err)
+                .with_context(|| format!("copying session {id} into {}", sessions.display()));
         }
         fs::sync_dir(&sessions)?;
         if !dump.inbox.is_empty() {
@@ -205,7 +206,11 @@ fn rename_new(from: &Path, to: &Path, id: Uuid, store: &str) -> Result<()> {
 fn read_events(dir: &SessionDir) -> Result<Vec<DumpedEvent>> {
     let path = dir.events_path();
     let mut events: Vec<DumpedEvent> = Vec::new();
-    for (i, raw) in LogReader::open_at(&path, 0)?.read_lines()?.into_iter().enumerate() {
+    for (i, raw) in LogReader::open_at(&path, 0)?
+        .read_lines()?
+        .into_iter()
+        .enumerate()
+    {
         let bad = |why: &str| {
             UserError::failed(format!(
                 "line {} of {} {why}; a copy keeps every line of the log, so fix or remove that line first",
@@ -281,7 +286,7 @@ fn read_keys(dir: &SessionDir, events: &[DumpedEvent]) -> Result<Vec<(String, Uu
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -93,7 +93,11 @@ impl PgStore {
         };
         let meta = serde_json::to_value(&dump.meta)?;
         let state = serde_json::to_value(&state)?;
-        let last_owner = dump.last_owner.as_ref().map(serde_json::to_value).transpose()?;
+        let last_owner = dump
+            .last_owner
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()?;
         let last_seq = dump.last_seq() as i64;
         let inbox = dump
             .inbox
@@ -117,14 +121,14 @@ impl PgStore {
             if inserted == 0 {
                 return Err(dump::exists(id, &url).into());
             }
-            let line = tx.prepare(
-                "INSERT INTO transcript (session_id, line, body) VALUES ($1, $2, $3)",
-            )?;
+            let line =
+                tx.prepare("INSERT INTO transcript (session_id, line, body) VALUES ($1, $2, $3)")?;
             for (i, (body, _)) in rows.iter().enumerate() {
                 tx.execute(&line, &[&id, &(i as i64), body])?;
             }
-            let entry =
-                tx.prepare("INSERT INTO inbox (session_id, seq, id, entry) VALUES ($1, $2, $3, $4)")?;
+            let entry = tx.prepare(
+                "INSERT INTO inbox (session_id, seq, id, entry) VALUES ($1, $2, $3, $4)",
+            )?;
             for (seq, entry_id, doc) in &inbox {
                 tx.execute(&entry, &[&id, seq, entry_id, doc])?;
             }
@@ -142,7 +146,10 @@ impl PgStore {
                 "INSERT INTO events (session_id, seq, type, body) VALUES ($1, $2, $3, $4)",
             )?;
             for logged in &log {
-                tx.execute(&event, &[&id, &(logged.seq as i64), &logged.kind, &logged.line])?;
+                tx.execute(
+                    &event,
+                    &[&id, &(logged.seq as i64), &logged.kind, &logged.line],
+                )?;
             }
             if !inbox.is_empty() {
                 // Workers waiting for work take the copied messages at once.
