@@ -161,7 +161,7 @@ pub enum StoreCommand {
     /// Copy the home's sessions to another store (the source keeps them)
     #[command(
         long_about = "Copy the home's sessions from the store they are in (--store, AGENTQ_STORE or [store] url) to the one --to names: everything a session is (its record, state, transcript, events with their seqs, executions, pending messages and idempotency keys), so that watch, session show, send --key and workers carry on there as here. Nothing is overwritten: if a session exists in the target, or a worker owns one in the source, nothing is copied. Each session is copied as one consistent snapshot.\n\nThe source keeps its sessions: check the copy, switch the home to the target (--store, AGENTQ_STORE or [store] url), then remove them from the source with `agentq session rm ID` if you wish. Workspaces (the files the agent's tools wrote) are files on each host and are not copied: move them by hand (sessions/ID/workspace on the file store, workspaces/ID with a database).",
-        after_help = "Examples:\n  agentq store copy --to postgres://agentq@db/agentq           # files -> Postgres\n  agentq --store postgres://agentq@db/agentq store copy --to files\n  agentq store copy --to postgres://agentq@db/agentq --session 01a2 --json"
+        after_help = "Examples:\n  agentq store copy --to postgres://agentq@db/agentq           # files -> Postgres\n  agentq --store postgres://agentq@db/agentq store copy --to files\n  agentq store copy --to postgres://agentq@db/agentq --session \"$id\" --json"
     )]
     Copy(StoreCopyArgs),
 }

@@ -235,3 +235,32 @@ fn store_migrate_says_what_it_did_and_refuses_a_newer_schema() {
     assert!(err.contains(&format!("schema version {newer}")), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
+fn a_session_a_worker_owns_in_postgres_is_not_copied_to_the_files() {
+    let url = server::new_database();
+    let pg = TestEnv::on_store(&url);
+    pg.write_agent(
+        "hanging",
+        "name = \"hanging\"\n[model]\nprovider = \"scripted\"\n[[model.script]]\ntext = \"waiting\"\ntool_calls = [{ name = \"hang\", arguments = {} }]\n[[model.script]]\ntext = \"done\"\n[[tools.command]]\nname = \"hang\"\nargv = [\"sleep\", \"29.4418\"]\ntimeout = \"60s\"\n",
+    );
+    let id = pg.new_session("hanging");
+    pg.send(&id, "hang on");
+    let worker = pg.spawn_worker(&[]);
+    wait_until("the execution running", LONG, || {
+        !pg.json(&["session", "show", &id, "--json"])["running"].is_null()
+    });
+    let err = pg.fails(&["store", "copy", "--to", "files"], 75);
+    assert!(
+        err.contains(&id) && err.contains("being worked on"),
+        "{err}"
+    );
+    assert!(
+        !pg.session_dir(&id).exists(),
+        "nothing written to the files"
+    );
+    worker.signal(15);
+    let out = worker.wait(Duration::from_secs(20));
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+}
