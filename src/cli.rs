@@ -117,6 +117,13 @@ pub enum Command {
         json: bool,
     },
 
+    /// Migrate agentq's schema in the store, or copy the home's sessions to another store
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  agentq --store postgres://agentq@db/agentq store migrate\n  agentq store copy --to postgres://agentq@db/agentq\n  agentq --store postgres://agentq@db/agentq store copy --to files"
+    )]
+    Store(StoreCommand),
+
     /// Print the JSON Schema of agentq's formats
     #[command(
         subcommand,
@@ -138,6 +145,37 @@ pub enum Command {
         after_help = "Examples:\n  agentq run --agent demo \"What is in the notes?\"\n  agentq run --agent demo --file prompt.md\n  id=$(agentq session new --agent demo)\n  agentq run --session \"$id\" \"And then?\""
     )]
     Run(RunArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create or migrate agentq's tables in the store's database, and say what was done
+    #[command(
+        long_about = "Create or migrate agentq's tables in the store's database (--store, AGENTQ_STORE or [store] url), under an advisory lock, and say what was done: from which version to which, or that it is already at this agentq's version. Every command does this on first use; a database at a newer version than this agentq knows is refused. The file store has no schema: nothing to migrate.",
+        after_help = "Examples:\n  agentq --store postgres://agentq@db/agentq store migrate\n  agentq store migrate --json"
+    )]
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the home's sessions to another store (the source keeps them)
+    #[command(
+        long_about = "Copy the home's sessions from the store they are in (--store, AGENTQ_STORE or [store] url) to the one --to names: everything a session is (its record, state, transcript, events with their seqs, executions, pending messages and idempotency keys), so that watch, session show, send --key and workers carry on there as here. Nothing is overwritten: if a session exists in the target, or a worker owns one in the source, nothing is copied. Each session is copied as one consistent snapshot.\n\nThe source keeps its sessions: check the copy, switch the home to the target (--store, AGENTQ_STORE or [store] url), then remove them from the source with `agentq session rm ID` if you wish. Workspaces (the files the agent's tools wrote) are files on each host and are not copied: move them by hand (sessions/ID/workspace on the file store, workspaces/ID with a database).",
+        after_help = "Examples:\n  agentq store copy --to postgres://agentq@db/agentq           # files -> Postgres\n  agentq --store postgres://agentq@db/agentq store copy --to files\n  agentq store copy --to postgres://agentq@db/agentq --session \"$id\" --json"
+    )]
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The store to copy to: a postgres:// URL, or `files` (the home's sessions/ directory)
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Only this session (id or unique prefix); repeat for more [default: every session]
+    #[arg(long = "session", value_name = "ID")]
+    pub sessions: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]

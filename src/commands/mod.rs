@@ -14,6 +14,7 @@ pub mod schema;
 pub mod send;
 pub mod session;
 pub mod status;
+pub mod store;
 pub mod watch;
 pub mod worker;
 
@@ -198,6 +199,7 @@ fn run_command(ctx: &Context, command: Command) -> Result<u8> {
         Command::Watch(args) => watch::run(ctx, args),
         Command::Run(args) => run::run(ctx, args),
         Command::Status { json } => status::run(ctx, json),
+        Command::Store(cmd) => store::run(ctx, cmd),
         Command::Schema(what) => schema::run(ctx, what),
         Command::Completions { shell } => {
             // Generated into memory: clap_complete panics on a failed write.

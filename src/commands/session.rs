@@ -12,7 +12,7 @@ use crate::agent::Budgets;
 use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
 use crate::definition;
 use crate::domain::Usage;
-use crate::domain::execution::{ExecStatus, Execution};
+use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
@@ -261,6 +261,9 @@ struct Shown {
     todos: Vec<Todo>,
     /// The most recent failed executions (at most ten), newest first.
     failed: Vec<Execution>,
+    /// The worker (`{pid, host}`) that last owned the session, running or not: with a
+    /// database store, the host whose `workspaces/<id>/` holds the session's files.
+    last_worker: Option<WorkerInfo>,
 }
 
 #[derive(Serialize)]
@@ -306,6 +309,14 @@ fn show(ctx: &Context, id: &str, json: bool) -> Result<u8> {
         definition_change(ctx, &shown.session),
     )?;
     print_counts(&mut out, &shown)?;
+    if let Some(worker) = &shown.last_worker {
+        writeln!(
+            out,
+            "host      {} (last run by worker {})",
+            one_line(&worker.host, FIELD_CAP),
+            worker.pid
+        )?;
+    }
     print_failed_and_todos(&mut out, &shown)?;
     if let Some(e) = &shown.running {
         print_running(&mut out, e)?;
@@ -346,6 +357,7 @@ fn gather_shown(ctx: &Context, session: &dyn Session) -> Result<Shown> {
             }
         });
     Ok(Shown {
+        last_worker: session.last_owner(),
         pending: session.inbox_counts()?.messages(),
         budgets: budgets(ctx, &meta),
         session: meta,

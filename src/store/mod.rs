@@ -47,6 +47,7 @@
 //! fsynced: `state.json` is what a resuming owner trusts, and a record lost is rebuilt
 //! from it.
 
+pub mod dump;
 pub mod file;
 pub mod pg;
 
@@ -64,6 +65,7 @@ use crate::domain::state::{AgentState, TranscriptMark};
 use crate::domain::transcript::TranscriptLine;
 use crate::time::Clock;
 
+pub use dump::{DumpedEvent, SessionDump};
 pub use file::FileStore;
 pub(crate) use file::SessionDir;
 pub use file::fs::ReadError;
@@ -126,6 +128,21 @@ pub trait Store: Send + Sync {
     /// `created` is told, as each is made, where the things a user would look for are;
     /// returns whether anything was made at all.
     fn init(&self, created: &mut dyn FnMut(&str) -> Result<()>) -> Result<bool>;
+
+    /// What opening the store did to its schema (`agentq store migrate` reports it):
+    /// `None` for a store that has none to migrate (the files).
+    fn migrated(&self) -> Option<pg::schema::Migrated>;
+
+    /// Session `id`, whole, as one consistent snapshot (`agentq store copy`). Refused
+    /// (exit 75) while a worker owns it: its writes would land on one side of the copy
+    /// only. A session a crashed worker left mid-execution is taken as the next owner
+    /// would find it, and the copy's next owner resumes it.
+    fn export(&self, id: Uuid) -> Result<SessionDump>;
+
+    /// Writes a session exported from another store, with this store's own rules:
+    /// visible whole or not at all. Refused (exit 2) when a session with its id exists
+    /// here; nothing is overwritten.
+    fn import(&self, dump: &SessionDump) -> Result<()>;
 }
 
 /// One session, for anyone: what commands (and a server) read and ask of it. Taking

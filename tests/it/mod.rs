@@ -10,6 +10,7 @@ mod postgres;
 mod providers;
 mod real;
 mod refusals;
+mod store_cmd;
 mod watching;
 mod workers;
 

@@ -441,7 +441,11 @@ impl FileLease {
 
 /// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
 /// session's logs, so one damaged session neither stops the worker nor stays stuck.
-fn recover_files(store: &FileStore, dir: &SessionDir, unsynced: &mut UnsyncedSwaps) -> Result<()> {
+pub(super) fn recover_files(
+    store: &FileStore,
+    dir: &SessionDir,
+    unsynced: &mut UnsyncedSwaps,
+) -> Result<()> {
     for sub in [dir.inbox_dir(), dir.executions_dir()] {
         if let Some(aside) = ensure_dir(&sub, store.clock.now())? {
             error!(session = %dir.id, "{} was not a directory; moved it to {} and made the directory again", sub.display(), aside.display());

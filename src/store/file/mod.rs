@@ -32,6 +32,7 @@ pub(crate) mod events;
 pub(crate) mod follow;
 pub(crate) mod fs;
 mod handle;
+mod import;
 pub(crate) mod inbox;
 mod lease;
 pub(crate) use handle::FileSession;
@@ -294,6 +295,19 @@ impl crate::store::Store for FileStore {
 
     fn exists(&self) -> bool {
         self.sessions_dir().exists()
+    }
+
+    fn migrated(&self) -> Option<crate::store::pg::schema::Migrated> {
+        // Files have no schema: their formats are versioned line by line (`v`).
+        None
+    }
+
+    fn export(&self, id: Uuid) -> anyhow::Result<crate::store::SessionDump> {
+        self.export_session(id)
+    }
+
+    fn import(&self, dump: &crate::store::SessionDump) -> anyhow::Result<()> {
+        self.import_session(dump)
     }
 
     fn init(&self, created: &mut dyn FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<bool> {

@@ -391,7 +391,7 @@ fn key_in_log(dir: &SessionDir, key: &str) -> Result<Option<Uuid>> {
         }))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

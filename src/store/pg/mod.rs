@@ -18,6 +18,7 @@
 //! closure and waits for the answer, as a file write waits for the disk.
 
 pub(crate) mod events;
+mod import;
 mod lease;
 pub mod schema;
 mod session;

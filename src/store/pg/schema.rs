@@ -123,6 +123,28 @@ pub fn migrate(db: &Db) -> Result<Migrated, UserError> {
     })
 }
 
+/// Brings the database to [`VERSION`] only if it is behind, as every command does
+/// when it opens the store: one read of the version on the way (no transaction, no
+/// lock, no DDL), and [`migrate`] only when that finds the schema missing or older.
+/// A newer schema is refused as [`migrate`] refuses it.
+pub fn ensure(db: &Db) -> Result<Migrated, UserError> {
+    let found = db.call("reading agentq's schema version in", |client| {
+        match client.query_one("SELECT coalesce(max(version), 0) FROM agentq_schema", &[]) {
+            Ok(row) => Ok(Some(row.get::<_, i32>(0))),
+            // No version table yet: a database agentq has not used.
+            Err(err) if err.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+            Err(err) => Err(err),
+        }
+    })?;
+    match found {
+        Some(version) if version == VERSION => Ok(Migrated {
+            from: version,
+            to: version,
+        }),
+        _ => migrate(db),
+    }
+}
+
 /// The schema version of the database (0 before the first migration).
 pub fn version(db: &Db) -> Result<i32, UserError> {
     db.call("reading agentq's schema version in", |client| {

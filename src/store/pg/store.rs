@@ -39,12 +39,13 @@ pub struct PgStore {
     pub(super) lease: Duration,
     /// Whether a lease renews itself (every third of its length) while held.
     pub(super) renewing: bool,
-    /// Whether opening the store created agentq's tables.
-    created: bool,
+    /// What opening the store did to agentq's schema (`from == to`: nothing).
+    migrated: schema::Migrated,
 }
 
 impl PgStore {
-    /// Connects to the database and brings its schema to this binary's version.
+    /// Connects to the database and brings its schema to this binary's version if it
+    /// is behind ([`schema::ensure`]).
     pub fn open(
         url: &DbUrl,
         home: &Path,
@@ -52,7 +53,7 @@ impl PgStore {
         ids: Arc<dyn IdGen>,
     ) -> Result<PgStore, UserError> {
         let db = Db::connect(url)?;
-        let migrated = schema::migrate(&db)?;
+        let migrated = schema::ensure(&db)?;
         Ok(PgStore {
             db: Arc::new(db),
             home: home.to_owned(),
@@ -60,7 +61,7 @@ impl PgStore {
             ids,
             lease: DEFAULT_LEASE,
             renewing: true,
-            created: migrated.from == 0,
+            migrated,
         })
     }
 
@@ -297,11 +298,24 @@ impl Store for PgStore {
         true
     }
 
+    fn migrated(&self) -> Option<schema::Migrated> {
+        Some(self.migrated)
+    }
+
+    fn export(&self, id: Uuid) -> Result<crate::store::SessionDump> {
+        self.export_session(id)
+    }
+
+    fn import(&self, dump: &crate::store::SessionDump) -> Result<()> {
+        self.import_session(dump)
+    }
+
     fn init(&self, created: &mut dyn FnMut(&str) -> Result<()>) -> Result<bool> {
-        if self.created {
+        let made = self.migrated.from == 0;
+        if made {
             created(&format!("agentq's tables in {}", self.db.url()))?;
         }
-        Ok(self.created)
+        Ok(made)
     }
 }
 
