@@ -96,6 +96,11 @@ impl TestEnv {
         Some(make())
     }
 
+    /// The `AGENTQ_STORE` every command gets (none: the files under the home).
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_deref()
+    }
+
     pub fn home(&self) -> &Path {
         self.home.path()
     }
