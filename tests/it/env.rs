@@ -281,6 +281,50 @@ impl TestEnv {
         rows[0].get::<_, i64>(0) as usize
     }
 
+    /// Every execution record of a session, oldest first (`executions/*.json` by
+    /// name, or the rows by id: both UUIDv7, so in the order they were made).
+    pub fn executions(&self, id: &str) -> Vec<Value> {
+        if self.store.is_none() {
+            let dir = self.session_dir(id).join("executions");
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            paths.sort();
+            return paths
+                .iter()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p).unwrap();
+                    serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("{p:?} is not JSON ({e}): {text}"))
+                })
+                .collect();
+        }
+        self.query(
+            "SELECT record::text FROM executions WHERE session_id = $1::text::uuid ORDER BY id",
+            id,
+        )
+        .iter()
+        .map(|row| serde_json::from_str(row.get::<_, &str>(0)).expect("record is JSON"))
+        .collect()
+    }
+
+    /// Whether no worker owns the session now: its lock file is free, or its row has
+    /// no owner.
+    pub fn unowned(&self, id: &str) -> bool {
+        if self.store.is_none() {
+            let lock =
+                std::fs::File::open(self.session_dir(id).join("lock")).expect("the lock file");
+            return lock.try_lock().is_ok();
+        }
+        self.query(
+            "SELECT owner IS NULL FROM sessions WHERE id = $1::text::uuid",
+            id,
+        )[0]
+        .get(0)
+    }
+
     /// The directory a session's tools work in on this host.
     pub fn workspace(&self, id: &str) -> PathBuf {
         match self.store {
