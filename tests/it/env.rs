@@ -11,6 +11,20 @@ pub struct TestEnv {
     home: tempfile::TempDir,
     /// `--store`: where the sessions are kept (the files under the home without it).
     store: Option<String>,
+    /// A connection to `store`, for reading its event log as the file tests read
+    /// `events.ndjson`; opened on first use.
+    db: std::sync::Mutex<Option<postgres::Client>>,
+}
+
+/// Whether this run's suites keep their sessions in PostgreSQL: `AGENTQ_TEST_STORE=
+/// postgres` (which `scripts/postgres test` sets) runs the same tests on the Postgres
+/// store, each environment with a database of its own. Anything else is the files.
+pub fn on_postgres() -> bool {
+    match std::env::var("AGENTQ_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("files") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("AGENTQ_TEST_STORE={other}: expected `postgres` or `files`"),
+    }
 }
 
 /// The usual scripted agent for tests: one tool call, then an answer that echoes.
@@ -38,23 +52,53 @@ impl TestEnv {
         env
     }
 
-    /// A home with nothing in it.
+    /// A home with nothing in it; on the Postgres run, its sessions in a new, empty
+    /// database. A Postgres run without a server fails here, loudly: it never falls
+    /// back to the files, which would pass without testing anything.
     pub fn empty() -> TestEnv {
+        let store = on_postgres().then(crate::it::postgres::server::new_database);
+        TestEnv::with_store(store)
+    }
+
+    fn with_store(store: Option<String>) -> TestEnv {
         TestEnv {
             home: tempfile::tempdir().expect("temp dir"),
-            store: None,
+            store,
+            db: std::sync::Mutex::new(None),
         }
     }
 
     /// [`TestEnv::new`], its sessions kept in the store at `url`.
     pub fn on_store(url: &str) -> TestEnv {
-        let env = TestEnv {
-            store: Some(url.to_owned()),
-            ..TestEnv::empty()
-        };
+        let env = TestEnv::with_store(Some(url.to_owned()));
         env.ok(&["init"]);
         env.write_agent("echo", ECHO_AGENT);
         env
+    }
+
+    /// [`TestEnv::new`] for a test whose point is the file store's layout on disk
+    /// (damaged files, modes, locks, inotify…): `None` on the Postgres run, which
+    /// says in one line that it skipped the test and why.
+    pub fn files_only(why: &str) -> Option<TestEnv> {
+        TestEnv::files_only_then(why, TestEnv::new)
+    }
+
+    /// [`TestEnv::files_only`] for an [`TestEnv::empty`] home.
+    pub fn files_only_empty(why: &str) -> Option<TestEnv> {
+        TestEnv::files_only_then(why, TestEnv::empty)
+    }
+
+    fn files_only_then(why: &str, make: fn() -> TestEnv) -> Option<TestEnv> {
+        if on_postgres() {
+            eprintln!("skipped on postgres: {why}");
+            return None;
+        }
+        Some(make())
+    }
+
+    /// The `AGENTQ_STORE` every command gets (none: the files under the home).
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_deref()
     }
 
     pub fn home(&self) -> &Path {
@@ -173,13 +217,120 @@ impl TestEnv {
 
     /// Every complete event line of a session, parsed. A last line without its `\n`
     /// is an append still being written, which readers skip (ARCHITECTURE.md §1).
+    /// On Postgres, the same lines from the `events` table, in seq order.
     pub fn events(&self, id: &str) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.session_dir(id).join("events.ndjson")).unwrap();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
+        self.raw_events(id)
+            .iter()
             .map(|l| serde_json::from_str(l).expect("event line is JSON"))
             .collect()
+    }
+
+    /// Runs `sql` (with the session id as `$1`) on this environment's database.
+    fn query(&self, sql: &str, id: &str) -> Vec<postgres::Row> {
+        let url = self.store.as_ref().expect("a Postgres environment");
+        let mut db = self.db.lock().unwrap();
+        let client = db.get_or_insert_with(|| {
+            postgres::Client::connect(url, postgres::NoTls).expect("connecting to the store")
+        });
+        client
+            .query(sql, &[&id])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The exact event lines of a session, as written (`events.ndjson`'s complete
+    /// lines, or the `body` column on Postgres, which keeps the same bytes).
+    pub fn raw_events(&self, id: &str) -> Vec<String> {
+        if self.store.is_none() {
+            let text = std::fs::read_to_string(self.session_dir(id).join("events.ndjson")).unwrap();
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            return complete.lines().map(str::to_owned).collect();
+        }
+        self.query(
+            "SELECT body FROM events WHERE session_id = $1::text::uuid ORDER BY seq",
+            id,
+        )
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+    }
+
+    /// The session's agent state (`state.json`, or the `state` column).
+    pub fn state(&self, id: &str) -> Value {
+        if self.store.is_none() {
+            let text = std::fs::read_to_string(self.session_dir(id).join("state.json")).unwrap();
+            return serde_json::from_str(&text).expect("state.json is JSON");
+        }
+        let rows = self.query(
+            "SELECT state::text FROM sessions WHERE id = $1::text::uuid",
+            id,
+        );
+        serde_json::from_str(rows[0].get::<_, &str>(0)).expect("state is JSON")
+    }
+
+    /// How many entries the session's inbox holds (files in `inbox/`, none without
+    /// the directory; or rows).
+    pub fn inbox_len(&self, id: &str) -> usize {
+        if self.store.is_none() {
+            return std::fs::read_dir(self.session_dir(id).join("inbox"))
+                .map_or(0, Iterator::count);
+        }
+        let rows = self.query(
+            "SELECT count(*) FROM inbox WHERE session_id = $1::text::uuid",
+            id,
+        );
+        rows[0].get::<_, i64>(0) as usize
+    }
+
+    /// Every execution record of a session, oldest first (`executions/*.json` by
+    /// name, or the rows by id: both UUIDv7, so in the order they were made).
+    pub fn executions(&self, id: &str) -> Vec<Value> {
+        if self.store.is_none() {
+            let dir = self.session_dir(id).join("executions");
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            paths.sort();
+            return paths
+                .iter()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p).unwrap();
+                    serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("{p:?} is not JSON ({e}): {text}"))
+                })
+                .collect();
+        }
+        self.query(
+            "SELECT record::text FROM executions WHERE session_id = $1::text::uuid ORDER BY id",
+            id,
+        )
+        .iter()
+        .map(|row| serde_json::from_str(row.get::<_, &str>(0)).expect("record is JSON"))
+        .collect()
+    }
+
+    /// Whether no worker owns the session now: its lock file is free, or its row has
+    /// no owner.
+    pub fn unowned(&self, id: &str) -> bool {
+        if self.store.is_none() {
+            let lock =
+                std::fs::File::open(self.session_dir(id).join("lock")).expect("the lock file");
+            return lock.try_lock().is_ok();
+        }
+        self.query(
+            "SELECT owner IS NULL FROM sessions WHERE id = $1::text::uuid",
+            id,
+        )[0]
+        .get(0)
+    }
+
+    /// The directory a session's tools work in on this host.
+    pub fn workspace(&self, id: &str) -> PathBuf {
+        match self.store {
+            None => self.session_dir(id).join("workspace"),
+            Some(_) => self.home().join("workspaces").join(id),
+        }
     }
 
     pub fn events_of(&self, id: &str, kind: &str) -> Vec<Value> {
