@@ -156,4 +156,5 @@ fn an_unreachable_database_is_exit_75_naming_the_url_without_its_password() {
     assert!(!err.message.contains('\n'), "one line: {}", err.message);
 }
 mod cli;
+mod faults;
 mod store;
