@@ -180,9 +180,10 @@ impl Scheduler {
                 match self.look_for_work() {
                     Ok(()) => {}
                     // The store unreachable for now (a restart, a lost connection it is
-                    // making again): the next tick looks again, and does a full scan,
-                    // for what was announced meanwhile went unheard.
-                    Err(err) if self.ticks > 0 && is_temporary(&err) => {
+                    // making again): a long-lived worker looks again at the next tick,
+                    // with a full scan, for what was announced meanwhile went unheard;
+                    // `--once` is a one-shot command, and fails fast (exit 75).
+                    Err(err) if !self.options.once && is_temporary(&err) => {
                         error!("looking for work failed: {err:#}");
                         self.next_full_scan = self.ticks + 1;
                     }
