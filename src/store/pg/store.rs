@@ -52,7 +52,18 @@ impl PgStore {
         ids: Arc<dyn IdGen>,
     ) -> Result<PgStore, UserError> {
         let db = Db::connect(url)?;
-        let migrated = schema::migrate(&db)?;
+        // Read first, so that a database already at this version is opened without a
+        // write: on a read-only replica, reading commands work and writing ones fail
+        // naming what they were writing.
+        let current = schema::version(&db)?;
+        let migrated = if current == schema::VERSION {
+            schema::Migrated {
+                from: current,
+                to: current,
+            }
+        } else {
+            schema::migrate(&db)?
+        };
         Ok(PgStore {
             db: Arc::new(db),
             home: home.to_owned(),

@@ -83,7 +83,10 @@ fn a_read_only_replica_is_exit_75_naming_the_url() {
         ))
         .unwrap();
     let err = refused(&env.run(&["send", &id, "hello"]), 75, &url, "s3cret");
+    assert!(err.contains("queueing a message"), "says what: {err}");
     assert!(err.contains("read-only"), "says why: {err}");
+    // Reading still works on a replica.
+    assert_eq!(env.pending(&id), 0);
     refused(
         &env.run(&["session", "new", "--agent", "echo"]),
         75,
