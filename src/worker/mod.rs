@@ -177,7 +177,18 @@ impl Scheduler {
             let claiming = !self.shutdown.is_requested();
             let mut spawned = 0;
             if claiming {
-                self.look_for_work()?;
+                match self.look_for_work() {
+                    Ok(()) => {}
+                    // The store unreachable for now (a restart, a lost connection it is
+                    // making again): a long-lived worker looks again at the next tick,
+                    // with a full scan, for what was announced meanwhile went unheard;
+                    // `--once` is a one-shot command, and fails fast (exit 75).
+                    Err(err) if !self.options.once && is_temporary(&err) => {
+                        error!("looking for work failed: {err:#}");
+                        self.next_full_scan = self.ticks + 1;
+                    }
+                    Err(err) => return Err(err),
+                }
                 spawned = self.start_drains();
             }
             if self.active.is_empty() && (!claiming || (self.options.once && spawned == 0)) {
@@ -317,6 +328,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Whether an error means the disk is full or read-only, for every session alike.
+/// A store error that may pass by itself (exit 75).
+fn is_temporary(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::error::UserError>()
+            .is_some_and(|e| e.kind == crate::error::ExitKind::Unavailable)
+    })
+}
+
 fn is_storage_full(err: &anyhow::Error) -> bool {
     use std::io::ErrorKind;
     err.chain()

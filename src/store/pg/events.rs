@@ -191,27 +191,45 @@ pub(crate) fn listen(
                     return;
                 }
             };
-            let mut heard = heard;
-            let _ = db.call("listening for notifications in", move |c| {
-                c.batch_execute(&format!("LISTEN {channel}"))?;
-                let wanted = session.map(|id| id.to_string());
-                loop {
-                    let mut any = false;
-                    {
-                        let mut notifications = c.notifications();
-                        let mut iter = notifications.timeout_iter(POLL);
-                        while let Some(note) = iter.next()? {
-                            if wanted.as_deref().is_none_or(|id| note.payload() == id) {
-                                any = true;
-                                break;
+            // Shared by the connections made again after one broke.
+            let heard = std::sync::Arc::new(std::sync::Mutex::new(heard));
+            loop {
+                let hear = heard.clone();
+                let listened = db.call("listening for notifications in", move |c| {
+                    c.batch_execute(&format!("LISTEN {channel}"))?;
+                    let wanted = session.map(|id| id.to_string());
+                    let mut hear = hear.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        let mut any = false;
+                        {
+                            let mut notifications = c.notifications();
+                            let mut iter = notifications.timeout_iter(POLL);
+                            while let Some(note) = iter.next()? {
+                                if wanted.as_deref().is_none_or(|id| note.payload() == id) {
+                                    any = true;
+                                    break;
+                                }
                             }
                         }
+                        if !(*hear)(any) {
+                            return Ok(());
+                        }
                     }
-                    if !heard(any) {
-                        return Ok(());
+                });
+                match listened {
+                    Ok(()) => return,
+                    Err(err) => {
+                        tracing::warn!("{}", err.message);
+                        // What was notified while the connection was down went
+                        // unheard: told as heard, the listener looks for itself. The
+                        // next call connects again (backing off) and LISTENs again.
+                        let mut hear = heard.lock().unwrap_or_else(|e| e.into_inner());
+                        if !(*hear)(true) {
+                            return;
+                        }
                     }
                 }
-            });
+            }
         });
     if let Err(err) = spawned {
         tracing::warn!("no notifications (cannot start a thread: {err}); polling instead");

@@ -138,6 +138,9 @@ impl PgLease {
         + 'static,
     ) -> Result<T> {
         let (id, epoch) = (self.id, self.epoch);
+        if self.renewer.as_ref().is_some_and(Renewer::lapsed) {
+            return Err(anyhow::Error::new(LeaseLost { session: id }));
+        }
         self.db.transaction(doing, move |tx| {
             let Some(row) = tx.query_opt(
                 "SELECT epoch, meta, state FROM sessions WHERE id = $1 FOR UPDATE",
@@ -402,7 +405,11 @@ impl Lease for PgLease {
     }
 
     fn renew(&mut self) -> Result<()> {
+        let asked = Instant::now();
         if renew_row(&self.db, self.id, self.epoch, self.store.lease)? {
+            if let Some(renewer) = &self.renewer {
+                *renewer.renewed.lock().unwrap_or_else(|e| e.into_inner()) = asked;
+            }
             Ok(())
         } else {
             Err(anyhow::Error::new(LeaseLost { session: self.id }))
@@ -582,25 +589,49 @@ fn renew_row(db: &Db, id: Uuid, epoch: i64, lease: Duration) -> Result<bool> {
 struct Renewer {
     stop: mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
+    /// When the lease was last known to be held until `now + lease`: at the claim, then
+    /// at each renewal that succeeded.
+    renewed: Arc<std::sync::Mutex<Instant>>,
+    lease: Duration,
 }
 
 impl Renewer {
     fn start(db: Arc<Db>, id: Uuid, epoch: i64, lease: Duration) -> Renewer {
         let (stop, stopped) = mpsc::channel::<()>();
+        let renewed = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let last = renewed.clone();
         let thread = std::thread::spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 3) {
+                let asked = Instant::now();
                 match renew_row(&db, id, epoch, lease) {
-                    Ok(true) => {}
+                    Ok(true) => *last.lock().unwrap_or_else(|e| e.into_inner()) = asked,
                     Ok(false) => {
                         warn!(session = %id, "the lease was taken over by another worker");
                         return;
                     }
-                    // The next renewal tries again; the writes say if it is lost.
+                    // The next renewal tries again; past the lease, the owner stops.
                     Err(err) => warn!(session = %id, "{err}"),
                 }
             }
         });
-        Renewer { stop, thread }
+        Renewer {
+            stop,
+            thread,
+            renewed,
+            lease,
+        }
+    }
+
+    /// Whether the renewals failed for as long as the lease: another worker may have
+    /// taken it over by now, so the owner writes nothing more and runs no further tool
+    /// call (each is preceded by a checkpoint, a write) even if the database, when it
+    /// answers, would still show its epoch.
+    fn lapsed(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= self.lease
     }
 
     fn stop(self) {

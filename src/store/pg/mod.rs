@@ -28,6 +28,7 @@ pub use store::PgStore;
 
 use std::fmt;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -103,9 +104,42 @@ pub fn redact(url: &str) -> String {
     shown
 }
 
-type Job = Box<dyn FnOnce(&mut postgres::Client) + Send>;
+/// A call's work, given the connection, or `None` when there is none to give (it
+/// broke, and could not be made again in [`RECONNECT_FOR`]).
+type Job = Box<dyn FnOnce(Option<&mut postgres::Client>) + Send>;
 
-/// One connection to the database, owned by a thread of its own.
+/// The first wait before connecting again after the connection broke; each failed
+/// attempt doubles it, up to [`BACKOFF_MAX`], with up to a quarter of it added at
+/// random so that many workers cut off together do not come back in step.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long one call keeps trying to connect again before it fails (exit 75); the next
+/// call tries again, so a worker outlives an outage of any length, call after call.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+
+/// The wait after `attempt` failed attempts (0 for the first wait).
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_FIRST
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// One connection to the database, owned by a thread of its own. When the connection
+/// breaks (the server restarted, a backend terminated, the network cut), the call that
+/// was running fails as a lost connection (exit 75) and the next call connects again,
+/// backing off ([`backoff`]): a one-shot command fails fast, and a long-lived user (the
+/// worker, a lease, a listener) goes on once the database is back.
+///
+/// The call that failed is never run again here: a write whose commit was sent but
+/// whose answer was lost may or may not have committed, and only its caller can tell.
+/// An owner's write fails as any store error does, the drain stops, and the session is
+/// taken up again from its last checkpoint, the lease's epoch fencing out a writer that
+/// lost it meanwhile.
 pub struct Db {
     url: DbUrl,
     jobs: mpsc::Sender<Job>,
@@ -126,7 +160,7 @@ impl Db {
                 let mut client = match config.connect(postgres::NoTls) {
                     Ok(client) => {
                         let _ = ready_tx.send(Ok(()));
-                        client
+                        Some(client)
                     }
                     Err(err) => {
                         let _ = ready_tx.send(Err(describe(&shown, "cannot connect to", &err)));
@@ -134,7 +168,10 @@ impl Db {
                     }
                 };
                 for job in queue {
-                    job(&mut client);
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = reconnect(&config, &shown);
+                    }
+                    job(client.as_mut());
                 }
             })
             .map_err(|e| UserError::unavailable(format!("cannot start a thread: {e}")))?;
@@ -163,15 +200,42 @@ impl Db {
     ) -> Result<T, UserError> {
         let (answer_tx, answer_rx) = mpsc::channel();
         let job: Job = Box::new(move |client| {
-            let _ = answer_tx.send(work(client));
+            let _ = answer_tx.send(client.map(work));
         });
         let lost =
             || UserError::unavailable(format!("lost the connection to {} while {doing}", self.url));
         self.jobs.send(job).map_err(|_| lost())?;
         match answer_rx.recv() {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(describe(&self.url, doing, &err)),
-            Err(_) => Err(lost()),
+            Ok(Some(Ok(value))) => Ok(value),
+            Ok(Some(Err(err))) => Err(describe(&self.url, doing, &err)),
+            Ok(None) | Err(_) => Err(lost()),
+        }
+    }
+}
+
+/// Connects again after the connection broke, backing off between attempts, for at
+/// most [`RECONNECT_FOR`]; one log line when it is found broken, one when it is back.
+fn reconnect(config: &postgres::Config, url: &DbUrl) -> Option<postgres::Client> {
+    let lost_at = Instant::now();
+    tracing::warn!("lost the connection to {url}; connecting again");
+    let mut attempt = 0;
+    loop {
+        match config.connect(postgres::NoTls) {
+            Ok(client) => {
+                tracing::warn!(
+                    "connected to {url} again after {} ms",
+                    lost_at.elapsed().as_millis()
+                );
+                return Some(client);
+            }
+            Err(err) if lost_at.elapsed() >= RECONNECT_FOR => {
+                tracing::warn!("{}", describe(url, "cannot connect again to", &err).message);
+                return None;
+            }
+            Err(_) => {
+                std::thread::sleep(backoff(attempt));
+                attempt += 1;
+            }
         }
     }
 }

@@ -53,6 +53,9 @@ impl PgStore {
         ids: Arc<dyn IdGen>,
     ) -> Result<PgStore, UserError> {
         let db = Db::connect(url)?;
+        // Reads first (`ensure`), so a database already at this version is opened
+        // without a write: on a read-only replica, reading commands work and writing
+        // ones fail naming what they were writing.
         let migrated = schema::ensure(&db)?;
         Ok(PgStore {
             db: Arc::new(db),

@@ -157,4 +157,5 @@ fn an_unreachable_database_is_exit_75_naming_the_url_without_its_password() {
 }
 mod cli;
 mod copy;
+mod faults;
 mod store;

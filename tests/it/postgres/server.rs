@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 /// The user the tests connect as (initdb's superuser; local connections are trusted).
 pub const USER: &str = "agentq";
 
+/// A role that must give its password (scram-sha-256), for the tests of wrong
+/// credentials; the tests create it (`CREATE ROLE … PASSWORD`), the server only asks.
+pub const PASSWORD_USER: &str = "agentq_pw";
+
 pub struct Server {
     pub port: u16,
 }
@@ -159,6 +163,15 @@ fn start() -> Result<Server, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    // First, so that it wins over initdb's `trust` lines for the other users.
+    let hba = data.join("db/pg_hba.conf");
+    let trusted =
+        std::fs::read_to_string(&hba).map_err(|e| format!("cannot read pg_hba.conf: {e}"))?;
+    std::fs::write(
+        &hba,
+        format!("host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n{trusted}"),
+    )
+    .map_err(|e| format!("cannot write pg_hba.conf: {e}"))?;
     let port = free_port();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let db_dir = data.join("db");

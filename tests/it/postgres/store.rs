@@ -581,3 +581,50 @@ fn workers_are_live_while_registered_and_slots_are_limited() {
     drop(first);
     assert!(store.live_workers().unwrap().is_empty());
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
+fn an_owner_whose_renewals_fail_for_as_long_as_the_lease_writes_nothing_more() {
+    let home = home_with_agent();
+    let url = server::new_database();
+    let store = open(&url, home.path()).with_lease(Duration::from_millis(600));
+    let id = new_session(&store);
+    send(&store, id, "hello");
+    let mut owner = owned(&store, id);
+    let Next::Run(claim) = owner.next().unwrap() else {
+        panic!("a message to run")
+    };
+    // Another connection holds the session's row: the renewals wait on it, and the
+    // lease runs out.
+    let mut holder = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let mut lock = holder.transaction().unwrap();
+    lock.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", &[&id])
+        .unwrap();
+    let mut watcher = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    crate::it::wait_until("the lease runs out", Duration::from_secs(10), || {
+        watcher
+            .query_one(
+                "SELECT lease_until < now() FROM sessions WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let execution = claim.execution.id;
+    std::thread::spawn(move || {
+        let written = owner.append(
+            Some(execution),
+            EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
+                status: agentq::domain::event::AgentStatus::Processing,
+                previous_status: agentq::domain::event::AgentStatus::Idle,
+            }),
+        );
+        let _ = tx.send(written.map_err(|e| e.downcast_ref::<LeaseLost>().is_some()));
+    });
+    let answer = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("refused at once, without waiting for the row");
+    lock.rollback().unwrap();
+    assert_eq!(answer, Err(true), "LeaseLost");
+}
