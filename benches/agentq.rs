@@ -63,7 +63,8 @@ struct Tail {
 
 enum Log {
     File(LogReader),
-    Postgres(pg::EventLog),
+    // Boxed: a database client is much larger than a file reader.
+    Postgres(Box<pg::EventLog>),
 }
 
 impl Tail {
@@ -643,6 +644,9 @@ fn step_lines() -> Vec<TranscriptLine> {
     ]
 }
 
+/// A step's lines written to a session, or (`true`) a long history's.
+type WriteStep = dyn FnMut(Vec<TranscriptLine>, &mut AgentState, bool);
+
 /// The cost of one step's checkpoint (two transcript lines appended, state.json
 /// replaced) near step 1 and near step 1,000 of the same session.
 fn persistence_per_step(kept: Kept, samples: usize) -> (f64, f64) {
@@ -651,7 +655,7 @@ fn persistence_per_step(kept: Kept, samples: usize) -> (f64, f64) {
     let mut state = AgentState::default();
     // Writes a step's lines as the worker's checkpoint does, or (`grow`) a long
     // history's without measuring them.
-    let mut write: Box<dyn FnMut(Vec<TranscriptLine>, &mut AgentState, bool)> = match kept {
+    let mut write: Box<WriteStep> = match kept {
         Kept::Files => {
             let mut checkpoints =
                 agentq::bench::Checkpoints::open(&home.file_store(), &id).expect("session");
@@ -995,7 +999,7 @@ impl Home {
                 let events = self.events(id);
                 Log::File(LogReader::open_at(&events, file_len(&events)).expect("log"))
             }
-            Some(url) => Log::Postgres(pg::EventLog::open(url, id)),
+            Some(url) => Log::Postgres(Box::new(pg::EventLog::open(url, id))),
         };
         Tail {
             log,
