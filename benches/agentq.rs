@@ -5,6 +5,12 @@
 //! Run with `cargo bench --bench agentq` (or `scripts/bench`); `-- --quick` for fewer
 //! repetitions. It prints the machine, one line per figure with its target, and exits 0
 //! whatever the figures are: these are measurements, not tests.
+//!
+//! The figures a database changes (pickup, throughput, per-step cost, watch) are also
+//! taken on the Postgres store, each right after the file store's, on a PostgreSQL the
+//! benchmark starts itself (`support/pg.rs`); `-- --store files` or `-- --store
+//! postgres` measures one store only. Without a PostgreSQL server here, one line says
+//! so and the file store's figures are taken alone.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -18,11 +24,18 @@ use agentq::bench::LogReader;
 use agentq::domain::event::{EventPayload, StreamChunk};
 use agentq::domain::inbox::EntryKind;
 use agentq::domain::session::EventsPreset;
+use agentq::domain::state::AgentState;
+use agentq::domain::transcript::TranscriptLine;
 use agentq::ids::V7Ids;
 use agentq::store::NewEntry;
-use agentq::store::{Claimed, FileStore, Store as _};
+use agentq::store::{Claimed, FileStore, Next, Store};
 use agentq::time::SystemClock;
 use agentq::worker::{self, Shutdown, WorkerOptions};
+
+#[path = "support/pg.rs"]
+mod pg;
+#[path = "../tests/it/postgres/server.rs"]
+mod pg_server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentq");
 
@@ -44,16 +57,47 @@ delay_ms = 40
 
 /// A session's event log read as it grows, with the lines read but not looked at yet.
 struct Tail {
-    log: LogReader,
+    log: Log,
     pending: std::collections::VecDeque<Vec<u8>>,
 }
 
+enum Log {
+    File(LogReader),
+    // Boxed: a database client is much larger than a file reader.
+    Postgres(Box<pg::EventLog>),
+}
+
 impl Tail {
-    /// From the end of the log as it is now.
-    fn open(events: &Path) -> Tail {
-        Tail {
-            log: LogReader::open_at(events, file_len(events)).expect("log"),
-            pending: Default::default(),
+    /// The lines appended since the last read: the file is looked at every 0.1 ms,
+    /// the database at each commit's notification.
+    fn read(&mut self) -> Vec<Vec<u8>> {
+        match &mut self.log {
+            Log::File(log) => {
+                let lines = log.read_lines().expect("read");
+                if lines.is_empty() {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                lines
+            }
+            Log::Postgres(log) => log.read_lines(),
+        }
+    }
+}
+
+/// Where a measurement keeps its sessions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Files,
+    /// A new database of the benchmark's PostgreSQL for each measurement.
+    Postgres,
+}
+
+impl Kept {
+    /// A figure's name: the file store's as it always was, the other's marked.
+    fn name(self, name: &str) -> String {
+        match self {
+            Kept::Files => name.to_owned(),
+            Kept::Postgres => format!("[postgres] {name}"),
         }
     }
 }
@@ -92,26 +136,50 @@ fn main() {
     let wanted = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let reps = if quick { 30 } else { 200 };
     println!("{}", machine());
+    let mut stores = match std::env::args()
+        .skip_while(|a| a != "--store")
+        .nth(1)
+        .as_deref()
+    {
+        None | Some("both") => vec![Kept::Files, Kept::Postgres],
+        Some("files") => vec![Kept::Files],
+        Some("postgres") => vec![Kept::Postgres],
+        Some(other) => {
+            eprintln!("error: no store `{other}`; --store takes files, postgres or both");
+            std::process::exit(2);
+        }
+    };
+    if stores.contains(&Kept::Postgres) {
+        match pg::available() {
+            Ok(()) => println!("{}", pg::settings(&pg::new_database())),
+            Err(why) => {
+                println!("postgres: SKIPPED the Postgres figures: no server here ({why})");
+                stores.retain(|s| *s != Kept::Postgres);
+            }
+        }
+    }
+    let files = stores.contains(&Kept::Files);
+    let started = Instant::now();
     let mut figures = Vec::new();
     if wanted("pickup") {
-        pickup_figures(reps, &mut figures);
+        pickup_figures(&stores, reps, &mut figures);
     }
     if wanted("throughput") {
-        throughput_figures(quick, &mut figures);
+        throughput_figures(&stores, quick, &mut figures);
     }
     if wanted("persistence") {
-        persistence_figures(quick, &mut figures);
+        persistence_figures(&stores, quick, &mut figures);
     }
     if wanted("watch") {
-        watch_figures(quick, &mut figures);
+        watch_figures(&stores, quick, &mut figures);
     }
-    if wanted("memory") {
+    if files && wanted("memory") {
         memory_figures(&mut figures);
     }
-    if wanted("streaming") {
+    if files && wanted("streaming") {
         streaming_figures(quick, &mut figures);
     }
-    if wanted("disk") {
+    if files && wanted("disk") {
         disk_figures(quick, &mut figures);
     }
     println!();
@@ -126,104 +194,149 @@ fn main() {
             f.name, f.value, f.target
         );
     }
+    println!("measured in {:.0} s", started.elapsed().as_secs_f64());
     if let Ok(mut finished) = FINISHED_HOMES.lock() {
         finished.clear();
     }
 }
 
-fn pickup_figures(reps: usize, figures: &mut Vec<Figure>) {
-    let (pickup_1, send_1) = pickup_and_send(1, reps);
-    let (pickup_10k, _) = pickup_and_send(10_000, reps);
-    let (p50, p99) = (percentile(&pickup_1, 50.0), percentile(&pickup_1, 99.0));
-    figures.push(Figure {
-        name: "pickup latency, 1 session (send returned -> execution.started)".into(),
-        value: format!("p50 {} / p99 {}", ms(p50), ms(p99)),
-        target: "p50 <= 5 ms, p99 <= 25 ms".into(),
-        met: Some(p50 <= 5.0 && p99 <= 25.0),
-    });
-    let (q50, q99) = (percentile(&pickup_10k, 50.0), percentile(&pickup_10k, 99.0));
-    // Below half a millisecond the difference is the resolution of this measurement
-    // (the log is polled every 0.1 ms, processes are scheduled on 2 cores), not work
-    // that grows with the sessions; the reference is floored there.
-    let reference = p50.max(0.5);
-    figures.push(Figure {
-        name: "pickup latency, 10,000 idle sessions".into(),
-        value: format!(
-            "p50 {} / p99 {} ({:.2}x of 1 session)",
-            ms(q50),
-            ms(q99),
-            q50 / reference
-        ),
-        target: "p50 within 1.5x of 1 session (>= 0.5 ms)".into(),
-        met: Some(q50 <= 1.5 * reference),
-    });
-    let s50 = percentile(&send_1, 50.0);
-    figures.push(Figure {
-        name: "send wall time (process start to exit)".into(),
-        value: format!("p50 {}", ms(s50)),
-        target: "<= 10 ms".into(),
-        met: Some(s50 <= 10.0),
-    });
+fn pickup_figures(stores: &[Kept], reps: usize, figures: &mut Vec<Figure>) {
+    for &kept in stores {
+        let (pickup_1, send_1) = pickup_and_send(kept, 1, reps);
+        let (pickup_10k, _) = pickup_and_send(kept, 10_000, reps);
+        let (p50, p99) = (percentile(&pickup_1, 50.0), percentile(&pickup_1, 99.0));
+        figures.push(Figure {
+            name: kept.name("pickup latency, 1 session (send returned -> execution.started)"),
+            value: format!("p50 {} / p99 {}", ms(p50), ms(p99)),
+            target: "p50 <= 5 ms, p99 <= 25 ms".into(),
+            met: Some(p50 <= 5.0 && p99 <= 25.0),
+        });
+        let (q50, q99) = (percentile(&pickup_10k, 50.0), percentile(&pickup_10k, 99.0));
+        // Below half a millisecond the difference is the resolution of this measurement
+        // (the log is polled every 0.1 ms, processes are scheduled on 2 cores), not work
+        // that grows with the sessions; the reference is floored there.
+        let reference = p50.max(0.5);
+        figures.push(Figure {
+            name: kept.name("pickup latency, 10,000 idle sessions"),
+            value: format!(
+                "p50 {} / p99 {} ({:.2}x of 1 session)",
+                ms(q50),
+                ms(q99),
+                q50 / reference
+            ),
+            target: "p50 within 1.5x of 1 session (>= 0.5 ms)".into(),
+            met: Some(q50 <= 1.5 * reference),
+        });
+        let s50 = percentile(&send_1, 50.0);
+        figures.push(Figure {
+            name: kept.name("send wall time (process start to exit)"),
+            value: format!("p50 {}", ms(s50)),
+            target: "<= 10 ms".into(),
+            met: Some(s50 <= 10.0),
+        });
+    }
 }
 
-fn throughput_figures(quick: bool, figures: &mut Vec<Figure>) {
+fn throughput_figures(stores: &[Kept], quick: bool, figures: &mut Vec<Figure>) {
     let messages = if quick { 200 } else { 1000 };
     // The two configurations alternate (1, 4, 1, 4, …) and the ratio is taken pair by
     // pair, so a disk whose speed drifts during the run does not decide the comparison.
     let pairs = if quick { 1 } else { 3 };
-    let (mut ones, mut fours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut fsyncs_1, mut fsyncs_4) = (0.0, 0.0);
-    for _ in 0..pairs {
-        let (one, f1) = throughput(1, messages);
-        let (four, f4) = throughput(4, messages);
-        ratios.push(four / one);
-        ones.push(one);
-        fours.push(four);
-        (fsyncs_1, fsyncs_4) = (f1, f4);
+    // The file store's single worker: what 4 workers on Postgres should reach.
+    let mut one_on_files = None;
+    if stores.contains(&Kept::Files) {
+        let (mut ones, mut fours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fsyncs_1, mut fsyncs_4) = (0.0, 0.0);
+        for _ in 0..pairs {
+            let (one, f1) = throughput(1, messages);
+            let (four, f4) = throughput(4, messages);
+            ratios.push(four / one);
+            ones.push(one);
+            fours.push(four);
+            (fsyncs_1, fsyncs_4) = (f1, f4);
+        }
+        let (rate_1, rate_4, ratio) = (
+            percentile(&ones, 50.0),
+            percentile(&fours, 50.0),
+            percentile(&ratios, 50.0),
+        );
+        one_on_files = Some(rate_1);
+        figures.push(Figure {
+            name: format!(
+                "throughput, 1 worker, {messages} single-step messages over 100 sessions"
+            ),
+            value: format!("{rate_1:.0} messages/s, {fsyncs_1:.1} fsyncs/message"),
+            target: ">= 300 messages/s".into(),
+            met: Some(rate_1 >= 300.0),
+        });
+        figures.push(Figure {
+            name: "throughput, --concurrency 4".into(),
+            value: format!("{rate_4:.0} messages/s ({ratio:.2}x), {fsyncs_4:.1} fsyncs/message"),
+            target: ">= 2x of one at a time".into(),
+            met: Some(ratio >= 2.0),
+        });
     }
-    let (rate_1, rate_4, ratio) = (
-        percentile(&ones, 50.0),
-        percentile(&fours, 50.0),
-        percentile(&ratios, 50.0),
-    );
-    figures.push(Figure {
-        name: format!("throughput, 1 worker, {messages} single-step messages over 100 sessions"),
-        value: format!("{rate_1:.0} messages/s, {fsyncs_1:.1} fsyncs/message"),
-        target: ">= 300 messages/s".into(),
-        met: Some(rate_1 >= 300.0),
-    });
-    figures.push(Figure {
-        name: "throughput, --concurrency 4".into(),
-        value: format!("{rate_4:.0} messages/s ({ratio:.2}x), {fsyncs_4:.1} fsyncs/message"),
-        target: ">= 2x of one at a time".into(),
-        met: Some(ratio >= 2.0),
-    });
+    if stores.contains(&Kept::Postgres) {
+        let (mut ones, mut fours) = (Vec::new(), Vec::new());
+        for _ in 0..pairs {
+            ones.push(throughput_of_processes(1, messages));
+            fours.push(throughput_of_processes(4, messages));
+        }
+        let (rate_1, rate_4) = (percentile(&ones, 50.0), percentile(&fours, 50.0));
+        figures.push(Figure {
+            name: Kept::Postgres.name(&format!(
+                "throughput, 1 worker process, {messages} single-step messages over 100 sessions"
+            )),
+            value: format!("{rate_1:.0} messages/s"),
+            target: "(reported)".into(),
+            met: None,
+        });
+        figures.push(Figure {
+            name: Kept::Postgres.name("throughput, 4 worker processes"),
+            value: format!("{rate_4:.0} messages/s ({:.2}x)", rate_4 / rate_1),
+            target: match one_on_files {
+                Some(files) => format!(">= the file store's 1 worker ({files:.0}/s)"),
+                None => ">= the file store's 1 worker (not measured)".into(),
+            },
+            met: one_on_files.map(|files| rate_4 >= files),
+        });
+    }
 }
 
-fn persistence_figures(quick: bool, figures: &mut Vec<Figure>) {
-    let (step_1, step_1000) = persistence_per_step(if quick { 10 } else { 30 });
-    figures.push(Figure {
-        name: "per-step persistence cost, step 1,000 vs step 1".into(),
-        value: format!(
-            "{} vs {} ({:.2}x)",
-            ms(step_1000),
-            ms(step_1),
-            step_1000 / step_1
-        ),
-        target: "<= 1.2x".into(),
-        met: Some(step_1000 <= 1.2 * step_1),
-    });
+fn persistence_figures(stores: &[Kept], quick: bool, figures: &mut Vec<Figure>) {
+    for &kept in stores {
+        let (step_1, step_1000) = persistence_per_step(kept, if quick { 10 } else { 30 });
+        figures.push(Figure {
+            name: kept.name("per-step persistence cost, step 1,000 vs step 1"),
+            value: format!(
+                "{} vs {} ({:.2}x)",
+                ms(step_1000),
+                ms(step_1),
+                step_1000 / step_1
+            ),
+            target: "<= 1.2x".into(),
+            met: Some(step_1000 <= 1.2 * step_1),
+        });
+    }
 }
 
-fn watch_figures(quick: bool, figures: &mut Vec<Figure>) {
-    let watch = watch_latency(if quick { 30 } else { 100 });
-    let w50 = percentile(&watch, 50.0);
-    figures.push(Figure {
-        name: "watch --json latency (event appended -> line printed)".into(),
-        value: format!("p50 {} / p99 {}", ms(w50), ms(percentile(&watch, 99.0))),
-        target: "p50 <= 10 ms".into(),
-        met: Some(w50 <= 10.0),
-    });
+fn watch_figures(stores: &[Kept], quick: bool, figures: &mut Vec<Figure>) {
+    for &kept in stores {
+        let watch = watch_latency(kept, if quick { 30 } else { 100 });
+        let w50 = percentile(&watch, 50.0);
+        figures.push(Figure {
+            name: kept.name(match kept {
+                Kept::Files => "watch --json latency (event appended -> line printed)",
+                Kept::Postgres => "watch --json latency (event committed -> line printed)",
+            }),
+            value: format!("p50 {} / p99 {}", ms(w50), ms(percentile(&watch, 99.0))),
+            target: "p50 <= 10 ms".into(),
+            met: Some(w50 <= 10.0),
+        });
+    }
+    if !stores.contains(&Kept::Files) {
+        return;
+    }
     let (since, default) = watch_start(if quick { 200_000 } else { 1_000_000 }, 5);
     figures.push(Figure {
         name: format!(
@@ -348,16 +461,15 @@ fn streaming_figures(quick: bool, figures: &mut Vec<Figure>) {
 // ---------------------------------------------------------------- measurements
 
 /// Pickup latency with an idle worker waiting, and `send` wall times.
-fn pickup_and_send(sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
-    let home = Home::new();
+fn pickup_and_send(kept: Kept, sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
+    let home = Home::on(kept);
     if sessions > 1 {
         home.idle_sessions(sessions - 1);
     }
     let id = home.session("fast");
     let mut worker = home.spawn(&["worker"]);
     home.wait_for_worker();
-    let events = home.events(&id);
-    let mut reader = Tail::open(&events);
+    let mut reader = home.tail(&id);
     // One message first, not measured: the worker lists every inbox when it starts,
     // and the figure is for a worker idle and waiting.
     home.ok(&["send", &id, "warm-up"]);
@@ -390,21 +502,7 @@ fn pickup_and_send(sessions: usize, reps: usize) -> (Vec<f64>, Vec<f64>) {
 fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let home = Home::new();
     let store = home.store();
-    let sessions: Vec<_> = (0..100).map(|_| home.session("fast")).collect();
-    for i in 0..messages {
-        let session = store
-            .resolve(&sessions[i % sessions.len()])
-            .expect("session");
-        session
-            .enqueue(NewEntry {
-                kind: EntryKind::User,
-                content: format!("message {i}"),
-                key: None,
-                metadata: Default::default(),
-                raise_session_tokens: 0,
-            })
-            .expect("enqueue");
-    }
+    queue_messages(&home, messages);
     // The runtime `agentq worker` runs on (src/commands/worker.rs).
     let runtime = agentq::commands::runtime(2).expect("runtime");
     let options = WorkerOptions {
@@ -424,7 +522,7 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     let start = Instant::now();
     let report = runtime
         .block_on(worker::run(
-            Arc::new(store.clone()),
+            store,
             agentq::home::Home::new(home.path().to_owned()),
             options,
             Arc::new(Shutdown::default()),
@@ -456,15 +554,70 @@ fn throughput(concurrency: usize, messages: usize) -> (f64, f64) {
     (messages as f64 / elapsed, fsyncs as f64 / messages as f64)
 }
 
-/// The cost of one step's checkpoint (two transcript lines appended, state.json
-/// replaced) near step 1 and near step 1,000 of the same session.
-fn persistence_per_step(samples: usize) -> (f64, f64) {
-    use agentq::domain::state::AgentState;
-    use agentq::domain::transcript::{Message, ToolCall, TranscriptLine};
-    let home = Home::new();
+/// `messages` single-step messages, spread over 100 new sessions.
+fn queue_messages(home: &Home, messages: usize) {
     let store = home.store();
-    let mut checkpoints =
-        agentq::bench::Checkpoints::open(&store, &home.session("fast")).expect("session");
+    let sessions: Vec<_> = (0..100).map(|_| home.session("fast")).collect();
+    for i in 0..messages {
+        let session = store
+            .resolve(&sessions[i % sessions.len()])
+            .expect("session");
+        session
+            .enqueue(user_message(format!("message {i}")))
+            .expect("enqueue");
+    }
+}
+
+fn user_message(content: String) -> NewEntry {
+    NewEntry {
+        kind: EntryKind::User,
+        content,
+        key: None,
+        metadata: Default::default(),
+        raise_session_tokens: 0,
+    }
+}
+
+/// Messages per second of `workers` worker processes (`agentq worker --once`, one
+/// message at a time each) on the Postgres store, from their start to the last one's
+/// exit, over pre-queued single-step messages.
+fn throughput_of_processes(workers: usize, messages: usize) -> f64 {
+    let home = Home::on(Kept::Postgres);
+    queue_messages(&home, messages);
+    let mut db = pg::connect(home.url.as_deref().expect("a database"));
+    let counters_before = pg::counters(&mut db);
+    let machine_before = machine_cpu();
+    let start = Instant::now();
+    let mut children: Vec<Child> = (0..workers)
+        .map(|_| home.spawn(&["worker", "--once", "--concurrency", "1"]))
+        .collect();
+    for child in &mut children {
+        let status = child.wait().expect("a worker");
+        assert!(status.success(), "a worker failed: {status}");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (busy, iowait) = machine_cpu().share_since(&machine_before);
+    let done = pg::counters(&mut db).since(&counters_before);
+    let per_message = |n: f64| n / messages as f64;
+    eprintln!(
+        "  postgres, {workers} worker process(es): {elapsed:.2} s; per message: {:.1} commits, {:.1} WAL flushes, {:.1} KiB of WAL; machine CPU {:.0}% busy, {:.0}% iowait",
+        per_message(done.commits as f64),
+        per_message(done.wal_syncs as f64),
+        per_message(done.wal_bytes) / 1024.0,
+        busy * 100.0,
+        iowait * 100.0,
+    );
+    assert_eq!(
+        pg::settled_and_left(&mut db),
+        (messages as i64, 0),
+        "every message settled"
+    );
+    messages as f64 / elapsed
+}
+
+/// A step's two transcript lines: a tool call and its result.
+fn step_lines() -> Vec<TranscriptLine> {
+    use agentq::domain::transcript::{Message, ToolCall};
     let line = |message: Message| TranscriptLine {
         message,
         message_id: None,
@@ -473,49 +626,84 @@ fn persistence_per_step(samples: usize) -> (f64, f64) {
         timestamp: agentq::time::Timestamp(0),
         state: None,
     };
-    let step_lines = || {
-        vec![
-            line(Message::Assistant {
-                content: "reading the file to answer".into(),
-                tool_calls: vec![ToolCall::from_json_text(
-                    "c".into(),
-                    "read_file".into(),
-                    r#"{"path":"notes.md"}"#,
-                )],
-            }),
-            line(Message::Tool {
-                tool_call_id: "c".into(),
-                name: "read_file".into(),
-                content: "x".repeat(400),
-                is_error: false,
-            }),
-        ]
-    };
+    vec![
+        line(Message::Assistant {
+            content: "reading the file to answer".into(),
+            tool_calls: vec![ToolCall::from_json_text(
+                "c".into(),
+                "read_file".into(),
+                r#"{"path":"notes.md"}"#,
+            )],
+        }),
+        line(Message::Tool {
+            tool_call_id: "c".into(),
+            name: "read_file".into(),
+            content: "x".repeat(400),
+            is_error: false,
+        }),
+    ]
+}
+
+/// A step's lines written to a session, or (`true`) a long history's.
+type WriteStep = dyn FnMut(Vec<TranscriptLine>, &mut AgentState, bool);
+
+/// The cost of one step's checkpoint (two transcript lines appended, state.json
+/// replaced) near step 1 and near step 1,000 of the same session.
+fn persistence_per_step(kept: Kept, samples: usize) -> (f64, f64) {
+    let home = Home::on(kept);
+    let id = home.session("fast");
     let mut state = AgentState::default();
-    let checkpoint = |checkpoints: &mut agentq::bench::Checkpoints, state: &mut AgentState| {
+    // Writes a step's lines as the worker's checkpoint does, or (`grow`) a long
+    // history's without measuring them.
+    let mut write: Box<WriteStep> = match kept {
+        Kept::Files => {
+            let mut checkpoints =
+                agentq::bench::Checkpoints::open(&home.file_store(), &id).expect("session");
+            Box::new(move |lines, state, grow| {
+                if grow {
+                    checkpoints.grow(&lines, state).expect("append");
+                } else {
+                    checkpoints.checkpoint(lines, state).expect("checkpoint");
+                }
+            })
+        }
+        Kept::Postgres => {
+            // A message claimed, as a worker's checkpoints have one.
+            let store = home.store();
+            let session = store.resolve(&id).expect("session");
+            session.enqueue(user_message("go".into())).expect("enqueue");
+            let Ok(Claimed::Owned(mut lease)) = store.claim(session.id(), &worker::this_worker())
+            else {
+                panic!("the session could not be claimed");
+            };
+            let Ok(Next::Run(claim)) = lease.next() else {
+                panic!("the message was not claimed");
+            };
+            state = claim.state;
+            Box::new(move |lines, state, _| lease.checkpoint(lines, state).expect("checkpoint"))
+        }
+    };
+    let checkpoint = |state: &mut AgentState, write: &mut dyn FnMut(_, &mut _, _)| {
         let start = Instant::now();
         state.model_calls += 1;
-        // What the worker's checkpoint does for a step's lines.
-        checkpoints
-            .checkpoint(step_lines(), state)
-            .expect("checkpoint");
+        write(step_lines(), state, false);
         ms_between(start, Instant::now())
     };
     let early: Vec<f64> = (0..samples)
-        .map(|_| checkpoint(&mut checkpoints, &mut state))
+        .map(|_| checkpoint(&mut state, &mut write))
         .collect();
     // Grow the history to 1,000 steps without measuring (one append of many lines).
     let filler: Vec<TranscriptLine> = (0..(1000 - samples)).flat_map(|_| step_lines()).collect();
-    checkpoints.grow(&filler, &mut state).expect("append");
+    write(filler, &mut state, true);
     let late: Vec<f64> = (0..samples)
-        .map(|_| checkpoint(&mut checkpoints, &mut state))
+        .map(|_| checkpoint(&mut state, &mut write))
         .collect();
     (percentile(&early, 50.0), percentile(&late, 50.0))
 }
 
 /// From an event appended to the log to its line printed by `watch --json`.
-fn watch_latency(reps: usize) -> Vec<f64> {
-    let home = Home::new();
+fn watch_latency(kept: Kept, reps: usize) -> Vec<f64> {
+    let home = Home::on(kept);
     let id = home.session("fast");
     let mut child = home
         .cmd(&["watch", &id, "--json"])
@@ -710,8 +898,7 @@ fn streaming_overhead(reps: usize) -> Vec<f64> {
     let id = home.session("remote");
     let mut worker = home.spawn(&["worker"]);
     home.wait_for_worker();
-    let events = home.events(&id);
-    let mut reader = Tail::open(&events);
+    let mut reader = home.tail(&id);
     let mut overheads = Vec::new();
     for _ in 0..reps {
         home.ok(&["send", &id, "hi"]);
@@ -735,6 +922,9 @@ fn streaming_overhead(reps: usize) -> Vec<f64> {
 /// home would slow the next measurement's file creation down.
 struct Home {
     dir: Option<tempfile::TempDir>,
+    /// The database that keeps its sessions, when not the files of the home.
+    url: Option<String>,
+    store: std::sync::OnceLock<Arc<dyn Store>>,
 }
 
 /// A new directory under `AGENTQ_BENCH_DIR` (default: the temp dir).
@@ -758,8 +948,14 @@ impl Drop for Home {
 
 impl Home {
     fn new() -> Home {
+        Home::on(Kept::Files)
+    }
+
+    fn on(kept: Kept) -> Home {
         let home = Home {
             dir: Some(bench_dir()),
+            url: (kept == Kept::Postgres).then(pg::new_database),
+            store: Default::default(),
         };
         home.ok(&["init"]);
         home.agent("fast", FAST_AGENT);
@@ -771,12 +967,44 @@ impl Home {
         self.dir.as_ref().expect("a live home").path()
     }
 
-    fn store(&self) -> FileStore {
+    /// The home's store, as agentq opens it (opened once: on Postgres, that is a
+    /// connection).
+    fn store(&self) -> Arc<dyn Store> {
+        self.store
+            .get_or_init(|| {
+                agentq::store::open(
+                    self.url.as_deref(),
+                    self.path(),
+                    Arc::new(SystemClock),
+                    Arc::new(V7Ids),
+                )
+                .unwrap_or_else(|e| panic!("{}", e.message))
+            })
+            .clone()
+    }
+
+    fn file_store(&self) -> FileStore {
+        assert!(self.url.is_none(), "a home on the file store");
         FileStore::new(
             self.path().to_owned(),
             Arc::new(SystemClock),
             Arc::new(V7Ids),
         )
+    }
+
+    /// A session's event log from its end as it is now.
+    fn tail(&self, id: &str) -> Tail {
+        let log = match &self.url {
+            None => {
+                let events = self.events(id);
+                Log::File(LogReader::open_at(&events, file_len(&events)).expect("log"))
+            }
+            Some(url) => Log::Postgres(Box::new(pg::EventLog::open(url, id))),
+        };
+        Tail {
+            log,
+            pending: Default::default(),
+        }
     }
 
     fn agent(&self, name: &str, text: &str) {
@@ -794,6 +1022,10 @@ impl Home {
             .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
+        match &self.url {
+            Some(url) => cmd.env("AGENTQ_STORE", url),
+            None => cmd.env_remove("AGENTQ_STORE"),
+        };
         cmd
     }
 
@@ -833,9 +1065,8 @@ impl Home {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if reader.pending.is_empty() {
-                reader
-                    .pending
-                    .extend(reader.log.read_lines().expect("read"));
+                let lines = reader.read();
+                reader.pending.extend(lines);
             }
             // Lines read after the match stay for the next wait: one read can bring
             // both an execution's start and its end.
@@ -853,7 +1084,6 @@ impl Home {
                     tail.join("\n")
                 );
             }
-            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
@@ -866,8 +1096,14 @@ impl Home {
     }
 
     /// Sessions with nothing to do: the files `session new` makes, written without
-    /// fsyncs so that ten thousand of them take seconds, not minutes.
+    /// fsyncs so that ten thousand of them take seconds, not minutes; on Postgres, the
+    /// rows, in one statement.
     fn idle_sessions(&self, count: usize) {
+        if let Some(url) = &self.url {
+            let template = self.session("fast");
+            pg::idle_sessions(url, &template, count - 1);
+            return;
+        }
         use agentq::domain::session::{Counters, SessionMeta, SessionStatus};
         use agentq::domain::state::AgentState;
         let now = agentq::time::Timestamp::from_system(std::time::SystemTime::now());
