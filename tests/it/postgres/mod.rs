@@ -4,7 +4,7 @@
 //! installs PostgreSQL from Debian's packages and runs them, or says in one line why it
 //! cannot.
 
-mod server;
+pub(crate) mod server;
 
 use agentq::store::pg::{Db, DbUrl, schema};
 
