@@ -38,6 +38,10 @@ pub struct HomeConfig {
 pub struct StoreConfig {
     #[serde(default)]
     pub url: Option<String>,
+    /// How long a database store's lease lasts unless renewed (`30s` by default):
+    /// read by [`HomeConfig::store_lease`] when the store is opened.
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 /// `[mcp_servers.NAME]`, with codex's keys (ARCHITECTURE.md §9): a child process over
@@ -172,6 +176,34 @@ impl HomeConfig {
         } else {
             Err(validate::invalid_file(path, &problems))
         }
+    }
+
+    /// `[store] lease` of the `agentq.toml` at `path`, read alone (as `[store] url` is,
+    /// so a problem elsewhere in the file does not stop `session list`) and checked as
+    /// the whole file's load checks it.
+    pub fn store_lease(path: &Path) -> Result<Option<std::time::Duration>, UserError> {
+        // Missing or unreadable: whoever reads the whole file says why.
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(None);
+        };
+        if !text.contains("lease") {
+            return Ok(None);
+        }
+        let Ok(table) = text.parse::<toml::Table>() else {
+            return Ok(None);
+        };
+        let Some(value) = table.get("store").and_then(|store| store.get("lease")) else {
+            return Ok(None);
+        };
+        let alone = toml::Table::from_iter([("lease".to_owned(), value.clone())]);
+        let mut problems = Vec::new();
+        schema::check_table(&alone, schema::STORE, "store", &mut problems);
+        if !problems.is_empty() {
+            return Err(validate::invalid_file(path, &problems));
+        }
+        Ok(value
+            .as_str()
+            .and_then(|text| crate::time::parse_duration(text).ok()))
     }
 
     /// What the types cannot say: the ranges of the schema, names, URLs. The checks are
@@ -404,6 +436,35 @@ mod tests {
         let path = dir.path().join("agentq.toml");
         std::fs::write(&path, text).unwrap();
         HomeConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_store_lease_is_a_duration_of_at_least_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.toml");
+        std::fs::write(&path, "[store]\nlease = \"5s\"\n").unwrap();
+        assert_eq!(
+            HomeConfig::store_lease(&path).unwrap(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert!(HomeConfig::load(&path).is_ok());
+        for (bad, says) in [
+            ("\"500ms\"", "store.lease = \"500ms\": must be at least 1s"),
+            ("\"soon\"", "store.lease: `soon` is not a duration"),
+            ("30", "store.lease: expected a duration such as \"30s\""),
+        ] {
+            std::fs::write(&path, format!("[store]\nlease = {bad}\n")).unwrap();
+            let alone = HomeConfig::store_lease(&path).unwrap_err().to_string();
+            assert!(alone.contains(says), "{alone}");
+            // The whole file's load refuses it too (a wrong type in serde's words).
+            let whole = HomeConfig::load(&path).unwrap_err().to_string();
+            assert!(whole.contains("lease"), "{whole}");
+            if bad.starts_with('"') {
+                assert_eq!(alone, whole, "the same refusal either way");
+            }
+        }
+        std::fs::write(&path, "[store]\nurl = \"files\"\n").unwrap();
+        assert_eq!(HomeConfig::store_lease(&path).unwrap(), None);
     }
 
     #[test]

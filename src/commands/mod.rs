@@ -59,8 +59,10 @@ impl Context {
             Some(url) => Some(url),
             None => store_in_config(&home)?,
         };
+        let lease = HomeConfig::store_lease(&home.config_path())?;
         let store = crate::store::open(
             url.as_deref(),
+            lease,
             home.root(),
             Arc::new(SystemClock),
             Arc::new(V7Ids),

@@ -252,11 +252,20 @@ pub type Guard = Box<dyn Send>;
 /// How `--store` (or `[store] url`) names the file store, the default.
 pub const FILES: &str = "files";
 
+/// The shortest `[store] lease`: the owner renews every third of it, and a renewal
+/// must reach the database in that time, through a slow network or a busy server.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What `[store] lease` must be, in the words of every refusal.
+pub const LEASE_RANGE: &str = "at least 1s and at most 8784h (a year), such as \"30s\"";
+
 /// Opens the store a home's sessions are kept in: `None` or [`FILES`] for the files
 /// under `<home>/sessions/`, a `postgres://` URL for a database (whose schema is
-/// created or migrated on first use).
+/// created or migrated on first use). `lease` is `[store] lease`: how long a database
+/// store's lease lasts unless renewed (the file store's lock does not expire).
 pub fn open(
     url: Option<&str>,
+    lease: Option<std::time::Duration>,
     home: &std::path::Path,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn crate::ids::IdGen>,
@@ -265,7 +274,11 @@ pub fn open(
         None | Some(FILES) => Ok(Arc::new(FileStore::new(home.to_owned(), clock, ids))),
         Some(url) => {
             let url = pg::DbUrl::parse(url)?;
-            Ok(Arc::new(pg::PgStore::open(&url, home, clock, ids)?))
+            let store = pg::PgStore::open(&url, home, clock, ids)?;
+            Ok(Arc::new(match lease {
+                Some(lease) => store.with_lease(lease),
+                None => store,
+            }))
         }
     }
 }

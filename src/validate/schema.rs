@@ -73,6 +73,8 @@ pub enum Kind {
     Number(Range),
     /// A limit or a wait (`500ms`, `20s`, `5m`, `1h`): see [`crate::time::LIMIT_RANGE`].
     Duration,
+    /// A database store's lease: a duration of at least [`crate::store::MIN_LEASE`].
+    Lease,
     StrList,
     /// A list of strings, none twice.
     StrSet,
@@ -297,8 +299,9 @@ const MCP_SERVER: &[Field] = &[
     opt("required", Kind::Bool),
 ];
 
-/// `[store]`: where the home's sessions are kept (ARCHITECTURE.md §8).
-const STORE: &[Field] = &[opt("url", Kind::Str)];
+/// `[store]`: where the home's sessions are kept (ARCHITECTURE.md §8), and how long a
+/// database store's lease lasts unless renewed.
+pub const STORE: &[Field] = &[opt("url", Kind::Str), opt("lease", Kind::Lease)];
 
 /// The keys of `agentq.toml`.
 pub const HOME: &[Field] = &[
@@ -407,12 +410,22 @@ fn check_scalar(value: &Value, kind: Kind, path: &str, why: Option<&str>) -> Opt
             }
             Ok(_) => None,
         },
+        (Kind::Lease, Value::String(text)) => match parse_duration(text) {
+            Err(message) => Some(Problem {
+                key: path.to_owned(),
+                message,
+            }),
+            Ok(d) if d < crate::store::MIN_LEASE || d > crate::time::MAX_LIMIT => {
+                out_of_range(crate::store::LEASE_RANGE.to_owned())
+            }
+            Ok(_) => None,
+        },
         (Kind::OneOf(choices), Value::String(s)) if choices.contains(&s.as_str()) => None,
         (Kind::OneOf(choices), _) => wrong(&format!("one of {}", choices.join(", "))),
         (Kind::Str, _) => wrong("a string"),
         (Kind::Bool, _) => wrong("true or false"),
         (Kind::Number(_), _) => wrong("a number"),
-        (Kind::Duration, _) => wrong("a duration such as \"30s\""),
+        (Kind::Duration | Kind::Lease, _) => wrong("a duration such as \"30s\""),
         (Kind::StrList | Kind::StrSet, _) => wrong("a list of strings"),
         (Kind::Table(_) | Kind::AnyTable | Kind::TableOf(_), _) => wrong("a table"),
         (Kind::TableArray(_), _) => wrong("a list of tables"),

@@ -195,18 +195,22 @@ struct Ndjson {
 }
 
 fn read_ndjson(path: &Path) -> Ndjson {
-    let bytes = std::fs::read(path).unwrap_or_default();
+    parse_ndjson(
+        &std::fs::read(path).unwrap_or_default(),
+        &path.display().to_string(),
+    )
+}
+
+/// NDJSON lines from wherever they were kept (a file, a database's rows), `origin`
+/// naming it in what does not parse.
+fn parse_ndjson(bytes: &[u8], origin: &str) -> Ndjson {
     let torn = bytes.last().is_some_and(|b| *b != b'\n');
     let mut values = Vec::new();
     let mut unparsable = Vec::new();
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice(line) {
             Ok(value) => values.push(value),
-            Err(e) => unparsable.push(format!(
-                "{}: {e}: {}",
-                path.display(),
-                String::from_utf8_lossy(line)
-            )),
+            Err(e) => unparsable.push(format!("{origin}: {e}: {}", String::from_utf8_lossy(line))),
         }
     }
     Ndjson {
@@ -507,6 +511,30 @@ fn audit_log(
 ) {
     let dir = env.session_dir(id);
     let log = read_ndjson(&dir.join("events.ndjson"));
+    let records: Vec<(String, Result<Option<Value>, String>)> =
+        std::fs::read_dir(dir.join("executions"))
+            .expect("executions/")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with('.') && name.ends_with(".json"))
+            .map(|name| {
+                let record = read_json(&dir.join("executions").join(&name));
+                (name, record)
+            })
+            .collect();
+    audit_events(id, &log, &records, sent, answer, tally);
+}
+
+/// [`audit_log`] of a session read from any store: its event log and its execution
+/// records (each named, parsed or why not).
+fn audit_events(
+    id: &str,
+    log: &Ndjson,
+    records: &[(String, Result<Option<Value>, String>)],
+    sent: &[Sent],
+    answer: &dyn Fn(&str) -> String,
+    tally: &mut Tally,
+) {
     tally.unparsable += log.unparsable.len() as u64 + u64::from(log.torn);
     for line in &log.unparsable {
         tally.problem(format!("session {id}: unparsable event line {line}"));
@@ -639,15 +667,8 @@ fn audit_log(
 
     // The records: every one parses, none is left running, one completed per message.
     let mut completed_records: HashMap<String, u64> = HashMap::new();
-    for entry in std::fs::read_dir(dir.join("executions"))
-        .expect("executions/")
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        match read_json(&entry.path()) {
+    for (name, record) in records {
+        match record {
             Ok(Some(record)) => {
                 if !is_terminal(&record["status"]) {
                     tally.problem(format!("session {id}: execution {name} left {record}"));
@@ -660,7 +681,7 @@ fn audit_log(
             Ok(None) => {}
             Err(e) => {
                 tally.unparsable += 1;
-                tally.problem(e);
+                tally.problem(e.clone());
             }
         }
     }
@@ -701,6 +722,11 @@ fn marks(k: usize) -> Vec<String> {
 /// (message, step) calls the tool with arguments of its own: a call run twice, or a
 /// step taken again after its message settled, shows up in `effects.log`.
 fn effects_agent(messages: usize) -> String {
+    effects_agent_appending_to(messages, "effects.log")
+}
+
+/// [`effects_agent`] whose tool appends to `log` (a shell word, run in the workspace).
+fn effects_agent_appending_to(messages: usize, log: &str) -> String {
     let mut toml = String::from(
         r#"name = "effects"
 description = "Three steps per message, with side effects"
@@ -730,15 +756,16 @@ delay_ms = {WORD_DELAY_MS}
 "#
         );
     }
-    toml.push_str(
+    let _ = write!(
+        toml,
         r#"[limits]
 max_steps = 10
 [[tools.command]]
 name = "effect"
-description = "Appends its arguments to effects.log, one line per call"
-argv = ["sh", "-c", 'line=$(cat); printf "%s\n" "$line" >> effects.log']
+description = "Appends its arguments to a log, one line per call"
+argv = ["sh", "-c", 'line=$(cat); printf "%s\n" "$line" >> {log}']
 timeout = "20s"
-"#,
+"#
     );
     toml
 }
@@ -876,10 +903,6 @@ fn inspect(env: &TestEnv, ids: &[String], pid: u32, known_temps: &mut HashSet<Pa
 fn audit_effects(env: &TestEnv, id: &str, sent: &[Sent], tally: &mut Tally) {
     let dir = env.session_dir(id);
     let transcript = read_ndjson(&dir.join("transcript.ndjson"));
-    tally.unparsable += transcript.unparsable.len() as u64 + u64::from(transcript.torn);
-    for line in &transcript.unparsable {
-        tally.problem(format!("session {id}: unparsable transcript line {line}"));
-    }
     let state = read_json(&dir.join("state.json")).ok().flatten();
     let file_len = std::fs::metadata(dir.join("transcript.ndjson")).map_or(0, |m| m.len());
     let mark = state
@@ -889,6 +912,24 @@ fn audit_effects(env: &TestEnv, id: &str, sent: &[Sent], tally: &mut Tally) {
         tally.problem(format!(
             "session {id}: the transcript is {file_len} bytes, state.json marks {mark:?}"
         ));
+    }
+    let effects =
+        std::fs::read_to_string(dir.join("workspace").join("effects.log")).unwrap_or_default();
+    audit_tool_calls(id, &transcript, &effects, sent, tally);
+}
+
+/// [`audit_effects`] of a session read from any store: its transcript, and the lines
+/// its tool calls left (`effects`).
+fn audit_tool_calls(
+    id: &str,
+    transcript: &Ndjson,
+    effects: &str,
+    sent: &[Sent],
+    tally: &mut Tally,
+) {
+    tally.unparsable += transcript.unparsable.len() as u64 + u64::from(transcript.torn);
+    for line in &transcript.unparsable {
+        tally.problem(format!("session {id}: unparsable transcript line {line}"));
     }
 
     let index: HashMap<&str, usize> = sent
@@ -968,8 +1009,6 @@ fn audit_effects(env: &TestEnv, id: &str, sent: &[Sent], tally: &mut Tally) {
         }
     }
 
-    let effects =
-        std::fs::read_to_string(dir.join("workspace").join("effects.log")).unwrap_or_default();
     let mut count: HashMap<String, u64> = HashMap::new();
     let mut partial = 0u64;
     for line in effects.lines() {
@@ -1413,6 +1452,39 @@ fn send_all(
     sent
 }
 
+/// One owner at a time, with no crash to resume from: each execution's events form one
+/// block, started once (attempt 1). Collects the pids of the workers that ran them.
+fn audit_one_owner_at_a_time(id: &str, log: &Ndjson, pids: &mut BTreeSet<u64>, tally: &mut Tally) {
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut current: Option<&str> = None;
+    for event in &log.values {
+        let Some(execution) = event["execution_id"].as_str() else {
+            continue;
+        };
+        if current != Some(execution) {
+            if done.contains(execution) || current.is_some() {
+                tally.problem(format!(
+                    "session {id}: events of execution {execution} interleave with another's"
+                ));
+            }
+            current = Some(execution);
+        }
+        match event["type"].as_str() {
+            Some("execution.started") => {
+                pids.insert(event["payload"]["worker"]["pid"].as_u64().unwrap_or(0));
+                if event["payload"]["attempt"] != 1 {
+                    tally.problem(format!("session {id}: a restarted execution: {event}"));
+                }
+            }
+            Some("execution.finished") => {
+                done.insert(execution);
+                current = None;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn four_workers_racing_over_100_sessions_run_every_message_once_in_order() {
     let started = Instant::now();
@@ -1478,36 +1550,8 @@ fn four_workers_racing_over_100_sessions_run_every_message_once_in_order() {
             &|text| format!("echo: {text}"),
             &mut tally,
         );
-        // One owner at a time: each execution's events form one block, and nothing ran twice.
         let log = read_ndjson(&env.session_dir(id).join("events.ndjson"));
-        let mut done: HashSet<&str> = HashSet::new();
-        let mut current: Option<&str> = None;
-        for event in &log.values {
-            let Some(execution) = event["execution_id"].as_str() else {
-                continue;
-            };
-            if current != Some(execution) {
-                if done.contains(execution) || current.is_some() {
-                    tally.problem(format!(
-                        "session {id}: events of execution {execution} interleave with another's"
-                    ));
-                }
-                current = Some(execution);
-            }
-            match event["type"].as_str() {
-                Some("execution.started") => {
-                    pids.insert(event["payload"]["worker"]["pid"].as_u64().unwrap_or(0));
-                    if event["payload"]["attempt"] != 1 {
-                        tally.problem(format!("session {id}: a restarted execution: {event}"));
-                    }
-                }
-                Some("execution.finished") => {
-                    done.insert(execution);
-                    current = None;
-                }
-                _ => {}
-            }
-        }
+        audit_one_owner_at_a_time(id, &log, &mut pids, &mut tally);
     }
     let files = check_files(env.home());
     tally.unparsable += (files.unparsable.len() + files.torn.len()) as u64;
