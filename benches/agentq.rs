@@ -974,6 +974,7 @@ impl Home {
             .get_or_init(|| {
                 agentq::store::open(
                     self.url.as_deref(),
+                    None,
                     self.path(),
                     Arc::new(SystemClock),
                     Arc::new(V7Ids),

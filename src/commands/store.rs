@@ -100,8 +100,10 @@ struct CopiedSession {
 }
 
 fn copy(ctx: &Context, args: StoreCopyArgs) -> Result<u8> {
+    // The copy only imports: it takes no lease, so the lease's length does not matter.
     let target = crate::store::open(
         Some(&args.to),
+        None,
         ctx.home.root(),
         Arc::new(SystemClock),
         Arc::new(V7Ids),
