@@ -63,6 +63,10 @@ impl PgLease {
         let owner = format!("{}:{}:{}", worker.host, worker.pid, store.ids.new_id());
         let info = serde_json::to_value(worker)?;
         let lease = store.lease_secs();
+        // Taken before the claim: the lease runs from the database's `now()` of the
+        // claim, and the owner must not count it as held for longer than the database
+        // does (a slow answer would otherwise let it write past the lease).
+        let asked = Instant::now();
         let claimed = store.db.call("claiming a session in", move |c| {
             let row = c.query_opt(
                 "UPDATE sessions
@@ -108,7 +112,7 @@ impl PgLease {
         };
         let renewer = store
             .renewing
-            .then(|| Renewer::start(db.clone(), id, epoch, store.lease));
+            .then(|| Renewer::start(db.clone(), id, epoch, store.lease, asked));
         Ok(Claimed::Owned(Box::new(PgLease {
             store: store.clone(),
             db,
@@ -596,9 +600,10 @@ struct Renewer {
 }
 
 impl Renewer {
-    fn start(db: Arc<Db>, id: Uuid, epoch: i64, lease: Duration) -> Renewer {
+    /// `claimed` is when the claim that took the lease was asked.
+    fn start(db: Arc<Db>, id: Uuid, epoch: i64, lease: Duration, claimed: Instant) -> Renewer {
         let (stop, stopped) = mpsc::channel::<()>();
-        let renewed = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let renewed = Arc::new(std::sync::Mutex::new(claimed));
         let last = renewed.clone();
         let thread = std::thread::spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 3) {
