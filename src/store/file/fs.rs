@@ -283,6 +283,22 @@ pub fn spare_path(path: &Path) -> PathBuf {
 /// Swaps two names atomically; where the target is missing or the file system cannot
 /// swap, renames `from` over `to` instead (`from` is then gone).
 fn exchange(from: &Path, to: &Path) -> io::Result<()> {
+    match rename_with(from, to, libc::RENAME_EXCHANGE) {
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            ) =>
+        {
+            fs::rename(from, to)
+        }
+        done => done,
+    }
+}
+
+/// renameat2(2) with `flags` (`RENAME_EXCHANGE`, `RENAME_NOREPLACE`): the OS error as
+/// it is, for the caller to decide what a file system without the flag means.
+pub(super) fn rename_with(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
     let (from_c, to_c) = (c(from)?, c(to)?);
@@ -294,16 +310,13 @@ fn exchange(from: &Path, to: &Path) -> io::Result<()> {
             from_c.as_ptr(),
             libc::AT_FDCWD,
             to_c.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            flags,
         )
     };
     if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => fs::rename(from, to),
-        _ => Err(err),
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -170,24 +170,9 @@ fn sync_tree(root: &Path) -> io::Result<()> {
 
 /// Renames the staging directory to the session's name, never over anything there.
 fn rename_new(from: &Path, to: &Path, id: Uuid, store: &str) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: both arguments are NUL-terminated paths that outlive the call;
-    // renameat2(2) reads nothing else.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
+    let Err(err) = fs::rename_with(from, to, libc::RENAME_NOREPLACE) else {
         return Ok(());
-    }
-    let err = io::Error::last_os_error();
+    };
     match err.raw_os_error() {
         Some(libc::EEXIST | libc::ENOTEMPTY) => Err(dump::exists(id, store).into()),
         // A file system without the flag: the look before is the guard.
