@@ -45,11 +45,10 @@ pub(crate) fn append_all(
         return Err(anyhow::anyhow!("session {session} no longer exists").into());
     };
     let last: i64 = row.get(0);
-    let insert =
-        tx.prepare("INSERT INTO events (session_id, seq, type, body) VALUES ($1, $2, $3, $4)")?;
+    let (mut seqs, mut kinds, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
     for (i, payload) in payloads.into_iter().enumerate() {
         let seq = last - n + 1 + i as i64;
-        let kind = payload.type_name();
+        kinds.push(payload.type_name().to_owned());
         let event = Event {
             v: FORMAT_VERSION,
             seq: seq as u64,
@@ -58,10 +57,26 @@ pub(crate) fn append_all(
             timestamp: now,
             payload,
         };
-        let body = serde_json::to_string(&event)?;
-        tx.execute(&insert, &[&session, &seq, &kind, &body])?;
+        bodies.push(serde_json::to_string(&event)?);
+        seqs.push(seq);
     }
-    notify(tx, EVENTS_CHANNEL, session)?;
+    // All the rows and the notification in one statement: an event is a round trip.
+    tx.execute(
+        "WITH inserted AS (
+             INSERT INTO events (session_id, seq, type, body)
+             SELECT $1, e.seq, e.type, e.body
+             FROM unnest($2::bigint[], $3::text[], $4::text[]) AS e (seq, type, body)
+         )
+         SELECT pg_notify($5, $6)",
+        &[
+            &session,
+            &seqs,
+            &kinds,
+            &bodies,
+            &EVENTS_CHANNEL,
+            &session.to_string(),
+        ],
+    )?;
     Ok(last as u64)
 }
 

@@ -23,10 +23,10 @@ use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL};
 use super::session::{
-    append_transcript, doc, read_execution, read_inbox, read_meta, read_state, read_transcript,
-    transcript_rows, write_execution, write_meta, write_state,
+    append_transcript, doc, read_execution, read_meta, read_transcript, transcript_rows,
+    write_execution, write_meta, write_state,
 };
-use super::{Db, PgStore, TxError};
+use super::{Commit, Db, PgStore, TxError};
 use crate::domain::Usage;
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
@@ -34,6 +34,7 @@ use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
+use crate::error::UserError;
 use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, Next, Start};
 use crate::time::Timestamp;
 
@@ -67,8 +68,12 @@ impl PgLease {
         // claim, and the owner must not count it as held for longer than the database
         // does (a slow answer would otherwise let it write past the lease).
         let asked = Instant::now();
-        let claimed = store.db.call("claiming a session in", move |c| {
-            let row = c.query_opt(
+        // The claim is made on the connection the lease will write on.
+        let db = store.pool.take(store.db.url())?;
+        // Not durable, as the file store's claim is not fsynced: the first checkpoint
+        // makes it so, and a claim a crash lost leaves the message in the inbox.
+        let claimed = db.transaction_as("claiming a session in", Commit::Deferred, move |tx| {
+            let row = tx.query_opt(
                 "UPDATE sessions
                  SET owner = $2, epoch = epoch + 1,
                      lease_until = now() + make_interval(secs => $3), last_owner = $4
@@ -79,37 +84,37 @@ impl PgLease {
             if let Some(row) = row {
                 return Ok(Some(row.get::<_, i64>(0)));
             }
-            let exists: bool = c
+            let exists: bool = tx
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
                     &[&id],
                 )?
                 .get(0);
             Ok(exists.then_some(-1))
-        })?;
+        });
         let epoch = match claimed {
-            None => return Ok(Claimed::Gone),
-            Some(-1) => return Ok(Claimed::Busy),
-            Some(epoch) => epoch,
-        };
-        let local = local_files(store, id);
-        let opened = Db::connect(store.db.url())
-            .map_err(anyhow::Error::from)
-            .and_then(|db| {
-                crate::store::local::create_dir_private(&local.workspace)?;
-                if let Some(dir) = local.processes.parent() {
-                    crate::store::local::create_dir_private(dir)?;
-                }
-                Ok(db)
-            });
-        let db = match opened {
-            Ok(db) => Arc::new(db),
-            Err(err) => {
-                // Let go at once, rather than leave it held until the lease expires.
-                let _ = release_row(&store.db, id, epoch);
-                return Err(err);
+            Ok(Some(epoch)) if epoch != -1 => epoch,
+            other => {
+                store.pool.give(db);
+                return match other? {
+                    None => Ok(Claimed::Gone),
+                    _ => Ok(Claimed::Busy),
+                };
             }
         };
+        let local = local_files(store, id);
+        let made = crate::store::local::create_dir_private(&local.workspace).and_then(|()| {
+            match local.processes.parent() {
+                Some(dir) => crate::store::local::create_dir_private(dir),
+                None => Ok(()),
+            }
+        });
+        if let Err(err) = made {
+            // Let go at once, rather than leave it held until the lease expires.
+            let _ = release_row(&db, id, epoch);
+            store.pool.give(db);
+            return Err(err.into());
+        }
         let renewer = store
             .renewing
             .then(|| Renewer::start(db.clone(), id, epoch, store.lease, asked));
@@ -126,39 +131,27 @@ impl PgLease {
         })))
     }
 
-    /// Runs `work` in a transaction that first locks the session's row and checks the
-    /// lease is still this owner's; `work` gets the session's meta and state as the
-    /// row holds them.
+    /// Runs `work` in a transaction, committed as `commit` says, that first locks the
+    /// session's row and checks the lease is still this owner's.
     fn write<T: Send + 'static>(
         &self,
         doing: &str,
-        work: impl FnOnce(
-            &mut postgres::Transaction<'_>,
-            Uuid,
-            SessionMeta,
-            AgentState,
-        ) -> Result<T, TxError>
-        + Send
-        + 'static,
+        commit: Commit,
+        work: impl FnOnce(&mut postgres::Transaction<'_>, Uuid) -> Result<T, TxError> + Send + 'static,
     ) -> Result<T> {
         let (id, epoch) = (self.id, self.epoch);
         if self.renewer.as_ref().is_some_and(Renewer::lapsed) {
             return Err(anyhow::Error::new(LeaseLost { session: id }));
         }
-        self.db.transaction(doing, move |tx| {
-            let Some(row) = tx.query_opt(
-                "SELECT epoch, meta, state FROM sessions WHERE id = $1 FOR UPDATE",
+        self.db.transaction_as(doing, commit, move |tx| {
+            let row = tx.query_opt(
+                "SELECT epoch FROM sessions WHERE id = $1 FOR UPDATE",
                 &[&id],
-            )?
-            else {
-                return Err(TxError::Lost(id));
-            };
-            if row.get::<_, i64>(0) != epoch {
+            )?;
+            if row.is_none_or(|row| row.get::<_, i64>(0) != epoch) {
                 return Err(TxError::Lost(id));
             }
-            let meta = doc(row.get(1), "session.json", id)?;
-            let state = doc(row.get(2), "state.json", id)?;
-            work(tx, id, meta, state)
+            work(tx, id)
         })
     }
 
@@ -171,9 +164,11 @@ impl PgLease {
         if state.has_moved_past(entry.seq) {
             warn!(session = %self.id, message_id = %entry.id, "an inbox entry that settled before came back; removing it");
             let message = entry.id;
-            self.write("removing an inbox entry in", move |tx, id, _, _| {
-                delete_entry(tx, id, message)
-            })?;
+            self.write(
+                "removing an inbox entry in",
+                Commit::Deferred,
+                move |tx, id| delete_entry(tx, id, message),
+            )?;
             return Ok(Next::Again);
         }
         let previous = state
@@ -186,10 +181,15 @@ impl PgLease {
                 if exec.status.is_terminal() {
                     info!(session = %self.id, execution = %exec.id, "finishing an execution settled before a crash");
                     let (settled, message, now) = (exec.clone(), entry.id, self.now());
-                    self.write("settling an execution in", move |tx, id, meta, _| {
-                        finish(tx, id, &settled, meta, false, true, now)?;
-                        delete_entry(tx, id, message)
-                    })?;
+                    self.write(
+                        "settling an execution in",
+                        Commit::Durable,
+                        move |tx, id| {
+                            let meta = read_meta(tx, id)?;
+                            finish(tx, id, &settled, meta, false, true, now)?;
+                            delete_entry(tx, id, message)
+                        },
+                    )?;
                     return Ok(Next::Finished(Box::new(exec)));
                 }
                 self.resume(exec, &mut state)?
@@ -241,10 +241,16 @@ impl PgLease {
             return Ok((exec, Start::Exhausted));
         }
         let (record, written) = (exec.clone(), state.clone());
-        self.write("resuming an execution in", move |tx, id, _, _| {
-            write_execution(tx, &record)?;
-            write_state(tx, id, &written)
-        })?;
+        // Not durable, as the file store's resumed record is not fsynced: the state is
+        // what a resuming owner trusts, and a record lost is rebuilt from it.
+        self.write(
+            "resuming an execution in",
+            Commit::Deferred,
+            move |tx, id| {
+                write_execution(tx, &record)?;
+                write_state(tx, id, &written)
+            },
+        )?;
         Ok((exec, Start::Resumed))
     }
 
@@ -295,7 +301,9 @@ impl PgLease {
             failed_steps_in_a_row: 0,
             open_step: None,
         });
-        self.write("claiming a message in", move |tx, id, _, _| {
+        // Not durable: the first checkpoint makes it so (a crash before it leaves the
+        // message in the inbox, unclaimed), as the file store's claim is synced with it.
+        self.write("claiming a message in", Commit::Deferred, move |tx, id| {
             if !rows.is_empty() {
                 state.transcript = append_transcript(tx, id, state.transcript, &rows)?;
             }
@@ -314,7 +322,9 @@ impl PgLease {
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
-        release_row(&self.db, self.id, self.epoch)
+        let released = release_row(&self.db, self.id, self.epoch);
+        self.store.pool.give(self.db.clone());
+        released
     }
 }
 
@@ -330,7 +340,8 @@ fn local_files(store: &PgStore, id: Uuid) -> LocalFiles {
 /// Clears the owner of the row, if `epoch` still holds it, and announces the session
 /// again if its inbox is not empty.
 fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
-    db.transaction("releasing a session in", move |tx| {
+    // Not durable: a release a crash lost is a lease that expires.
+    db.transaction_as("releasing a session in", Commit::Deferred, move |tx| {
         tx.execute(
             "UPDATE sessions SET owner = NULL, lease_until = NULL WHERE id = $1 AND epoch = $2",
             &[&id, &epoch],
@@ -409,6 +420,14 @@ impl Lease for PgLease {
     }
 
     fn renew(&mut self) -> Result<()> {
+        if let Some(renewer) = &self.renewer {
+            // The renewer extends the lease every third of its length, and every write
+            // checks the epoch: a lease renewed that recently needs no query (a drain
+            // confirms its hold before each message).
+            if renewer.fresh() {
+                return Ok(());
+            }
+        }
         let asked = Instant::now();
         if renew_row(&self.db, self.id, self.epoch, self.store.lease)? {
             if let Some(renewer) = &self.renewer {
@@ -428,9 +447,25 @@ impl Lease for PgLease {
         let (meta, state, head) = self.db.transaction("reading the inbox in", {
             let id = self.id;
             move |tx| {
-                let meta = read_meta(tx, id)?;
-                let state = read_state(tx, id)?;
-                let head = read_inbox(tx, id)?.into_iter().next();
+                // One statement, one snapshot: the documents and the inbox's head.
+                let Some(row) = tx.query_opt(
+                    "SELECT s.meta, s.state,
+                            (SELECT i.entry FROM inbox i WHERE i.session_id = s.id
+                             ORDER BY i.seq LIMIT 1)
+                     FROM sessions s WHERE s.id = $1",
+                    &[&id],
+                )?
+                else {
+                    return Err(
+                        anyhow::Error::from(UserError::usage(format!("no session {id}"))).into(),
+                    );
+                };
+                let meta: SessionMeta = doc(row.get(0), "session.json", id)?;
+                let state: AgentState = doc(row.get(1), "state.json", id)?;
+                let head: Option<InboxEntry> = row
+                    .get::<_, Option<serde_json::Value>>(2)
+                    .map(|entry| doc(entry, "inbox entry", id))
+                    .transpose()?;
                 Ok((meta, state, head))
             }
         })?;
@@ -443,7 +478,8 @@ impl Lease for PgLease {
         if entry.kind == EntryKind::Cancel {
             // Nothing is running that it could cancel.
             let (message, seq) = (entry.id, entry.seq);
-            self.write("consuming a cancel in", move |tx, id, mut meta, _| {
+            self.write("consuming a cancel in", Commit::Deferred, move |tx, id| {
+                let mut meta = read_meta(tx, id)?;
                 delete_entry(tx, id, message)?;
                 if seq > meta.last_message_seq {
                     meta.last_message_seq = seq;
@@ -476,7 +512,9 @@ impl Lease for PgLease {
 
     fn append(&mut self, execution: Option<Uuid>, payload: EventPayload) -> Result<u64> {
         let now = self.now();
-        self.write("appending an event in", move |tx, id, _, _| {
+        // The file store does not fsync its events either: the durable writes that
+        // follow (a checkpoint, the settling) flush them with themselves.
+        self.write("appending an event in", Commit::Deferred, move |tx, id| {
             events::append_all(tx, id, execution, vec![payload], now)
         })
     }
@@ -502,12 +540,16 @@ impl Lease for PgLease {
             bytes: mark.bytes + rows.iter().map(|(_, bytes)| bytes).sum::<u64>(),
         };
         let written = next.clone();
-        self.write("checkpointing in", move |tx, id, _, _| {
-            if !rows.is_empty() {
-                append_transcript(tx, id, mark, &rows)?;
-            }
-            write_state(tx, id, &written)
-        })?;
+        self.write(
+            "checkpointing in",
+            checkpoint_commit(state),
+            move |tx, id| {
+                if !rows.is_empty() {
+                    append_transcript(tx, id, mark, &rows)?;
+                }
+                write_state(tx, id, &written)
+            },
+        )?;
         *state = next;
         Ok(())
     }
@@ -530,22 +572,27 @@ impl Lease for PgLease {
         };
         let (exec, state, message, now) =
             (exec.clone(), state.clone(), running.entry.id, self.now());
-        self.write("settling an execution in", move |tx, id, mut meta, _| {
-            let mut dirty = false;
-            if let Some(max) = obeyed.iter().max() {
-                // The cancel entries it obeyed leave the inbox with it.
-                tx.execute(
-                    "DELETE FROM inbox WHERE session_id = $1 AND seq = ANY($2)",
-                    &[&id, &obeyed],
-                )?;
-                meta.last_message_seq = meta.last_message_seq.max(*max as u64);
-                dirty = true;
-            }
-            write_state(tx, id, &state)?;
-            write_execution(tx, &exec)?;
-            finish(tx, id, &exec, meta, dirty, false, now)?;
-            delete_entry(tx, id, message)
-        })
+        self.write(
+            "settling an execution in",
+            Commit::Durable,
+            move |tx, id| {
+                let mut meta = read_meta(tx, id)?;
+                let mut dirty = false;
+                if let Some(max) = obeyed.iter().max() {
+                    // The cancel entries it obeyed leave the inbox with it.
+                    tx.execute(
+                        "DELETE FROM inbox WHERE session_id = $1 AND seq = ANY($2)",
+                        &[&id, &obeyed],
+                    )?;
+                    meta.last_message_seq = meta.last_message_seq.max(*max as u64);
+                    dirty = true;
+                }
+                write_state(tx, id, &state)?;
+                write_execution(tx, &exec)?;
+                finish(tx, id, &exec, meta, dirty, false, now)?;
+                delete_entry(tx, id, message)
+            },
+        )
     }
 
     fn suspend(&mut self, exec: &Execution) -> Result<()> {
@@ -554,9 +601,11 @@ impl Lease for PgLease {
             suspended: true,
             ..exec.clone()
         };
-        self.write("suspending an execution in", move |tx, _, _, _| {
-            write_execution(tx, &suspended)
-        })
+        self.write(
+            "suspending an execution in",
+            Commit::Durable,
+            move |tx, _| write_execution(tx, &suspended),
+        )
     }
 
     fn local(&self) -> LocalFiles {
@@ -573,6 +622,26 @@ impl Drop for PgLease {
         // A drain that failed lets go too, so the next owner need not wait for the
         // lease to expire (best effort: expiry does it otherwise).
         let _ = self.let_go();
+    }
+}
+
+/// How a checkpoint of `state` commits. Durable where exactly-once needs it: the state
+/// that marks a side-effecting call as about to run must be on disk before the call
+/// runs. The others (a model's answer, tool results, a step closed) are flushed by the
+/// settling's durable commit or by the server a moment later; a crash of the database
+/// server itself before that resumes the execution from an earlier checkpoint, calling
+/// the model again but never a side-effecting call a second time (the mark, durable,
+/// says it may have run). A worker killed loses none of them.
+fn checkpoint_commit(state: &AgentState) -> Commit {
+    let marked = state
+        .current
+        .as_ref()
+        .and_then(|current| current.open_step.as_ref())
+        .is_some_and(|step| step.tool_started.is_some());
+    if marked {
+        Commit::Durable
+    } else {
+        Commit::Deferred
     }
 }
 
@@ -637,6 +706,15 @@ impl Renewer {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
             >= self.lease
+    }
+
+    /// Whether the lease was renewed (or claimed) less than a third of its length ago.
+    fn fresh(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < self.lease / 3
     }
 
     fn stop(self) {

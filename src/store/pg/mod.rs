@@ -240,6 +240,38 @@ fn reconnect(config: &postgres::Config, url: &DbUrl) -> Option<postgres::Client>
     }
 }
 
+/// Connections kept for the leases a worker takes one after another, so a claim costs
+/// a query and not a connection: a new one is a backend the server forks, whose caches
+/// start cold. A lease takes one ([`Pool::take`]) and gives it back when it lets go;
+/// one broken meanwhile connects again on its next call, as any [`Db`] does.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: std::sync::Mutex<Vec<std::sync::Arc<Db>>>,
+}
+
+impl Pool {
+    /// More idle connections than this are closed: a worker holds as many as it runs
+    /// sessions at once, and the server's connection slots are shared by every host.
+    const IDLE_MAX: usize = 8;
+
+    /// An idle connection to `url`, or a new one.
+    pub(crate) fn take(&self, url: &DbUrl) -> Result<std::sync::Arc<Db>, UserError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(db) => Ok(db),
+            None => Db::connect(url).map(std::sync::Arc::new),
+        }
+    }
+
+    /// Keeps `db` for the next [`Pool::take`]; its caller uses it no more.
+    pub(crate) fn give(&self, db: std::sync::Arc<Db>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < Self::IDLE_MAX {
+            idle.push(db);
+        }
+    }
+}
+
 /// Why a transaction of [`Db::transaction`] wrote nothing.
 pub(crate) enum TxError {
     Db(postgres::Error),
@@ -273,13 +305,41 @@ impl From<serde_json::Error> for TxError {
     }
 }
 
+/// When a transaction's commit returns, as the file store chooses where to fsync
+/// (`crate::store`, "Durability in the file store"): on the server's defaults
+/// (`synchronous_commit = on`) each durable commit waits for a WAL flush, which costs
+/// what an fsync costs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Commit {
+    /// Flushed to disk before the call returns: what an acknowledgement depends on (a
+    /// queued message, a checkpoint before a tool call runs, a settled execution).
+    Durable,
+    /// Committed, visible and fenced like any other, but flushed by the server a moment
+    /// later (`synchronous_commit = off`), or by the next durable commit, which flushes
+    /// the WAL up to itself and so everything committed before it. Only a crash of the
+    /// database server (not of a worker) can lose it, and then nothing after it either:
+    /// what the file store leaves unsynced, a claim, the events, a resumed record, the
+    /// inbox removals, a release. The database stays consistent either way.
+    Deferred,
+}
+
 impl Db {
-    /// Runs `work` in one transaction, committed if it returns `Ok`, rolled back
-    /// otherwise: a database error is described as [`Db::call`] describes one, a lost
-    /// lease is [`LeaseLost`].
+    /// Runs `work` in one durable transaction ([`Db::transaction_as`]).
     pub(crate) fn transaction<T: Send + 'static>(
         &self,
         doing: &str,
+        work: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, TxError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.transaction_as(doing, Commit::Durable, work)
+    }
+
+    /// Runs `work` in one transaction, committed as `commit` says if it returns `Ok`,
+    /// rolled back otherwise: a database error is described as [`Db::call`] describes
+    /// one, a lost lease is [`LeaseLost`].
+    pub(crate) fn transaction_as<T: Send + 'static>(
+        &self,
+        doing: &str,
+        commit: Commit,
         work: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, TxError> + Send + 'static,
     ) -> anyhow::Result<T> {
         enum Refused {
@@ -288,6 +348,9 @@ impl Db {
         }
         let outcome = self.call(doing, move |client| {
             let mut tx = client.transaction()?;
+            if commit == Commit::Deferred {
+                tx.batch_execute("SET LOCAL synchronous_commit TO off")?;
+            }
             match work(&mut tx) {
                 Ok(value) => {
                     tx.commit()?;

@@ -1,8 +1,9 @@
 //! [`PgStore`]: a home's sessions in a Postgres database, implementing [`Store`].
 //!
 //! The store keeps one connection for its own calls and those of its sessions; each
-//! claim opens a connection for its lease (an owner writes on its own connection),
-//! and each listener (a worker's wake-ups, a follower) one more, closed with it.
+//! lease writes on a connection of its own, taken from a small pool the store keeps
+//! between claims ([`super::Pool`]), and each listener (a worker's wake-ups, a
+//! follower) has one more, closed with it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use super::events::{self, INBOX_CHANNEL};
 use super::lease::PgLease;
 use super::session::PgSession;
-use super::{Db, DbUrl, TxError, schema};
+use super::{Db, DbUrl, Pool, TxError, schema};
 use crate::domain::event::{EventPayload, SessionCreated};
 use crate::domain::execution::WorkerInfo;
 use crate::domain::session::SessionMeta;
@@ -32,6 +33,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) db: Arc<Db>,
+    /// The connections of the leases, kept between claims.
+    pub(super) pool: Arc<Pool>,
     pub(super) home: PathBuf,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) ids: Arc<dyn IdGen>,
@@ -59,6 +62,7 @@ impl PgStore {
         let migrated = schema::ensure(&db)?;
         Ok(PgStore {
             db: Arc::new(db),
+            pool: Arc::default(),
             home: home.to_owned(),
             clock,
             ids,
