@@ -80,6 +80,68 @@ pub(crate) fn append_all(
     Ok(last as u64)
 }
 
+/// Appends `payloads` as consecutive events of session `session` for its owner, if
+/// the lease's `epoch` still holds the session: one statement, so one round trip that
+/// checks the fence, takes the seqs and inserts the rows (committed as `db`'s commits
+/// are). `None` when the epoch is no longer the session's (nothing is written).
+pub(crate) fn append_fenced(
+    db: &Db,
+    session: Uuid,
+    epoch: i64,
+    execution: Option<Uuid>,
+    payloads: Vec<EventPayload>,
+    now: Timestamp,
+) -> Result<Option<u64>> {
+    let n = payloads.len() as i64;
+    let (mut kinds, mut tails) = (Vec::new(), Vec::new());
+    for payload in payloads {
+        kinds.push(payload.type_name().to_owned());
+        tails.push(body_after_seq(&Event {
+            v: FORMAT_VERSION,
+            seq: 0,
+            session_id: session,
+            execution_id: execution,
+            timestamp: now,
+            payload,
+        })?);
+    }
+    let head = body_head();
+    let row = db.call("appending an event in", move |c| {
+        // The seqs are known only once the row is locked, so the server writes each
+        // into its line: `head`, the seq, then the rest of the line.
+        c.query_opt(
+            "WITH s AS (
+                 UPDATE sessions SET last_seq = last_seq + $2
+                 WHERE id = $1 AND epoch = $3 RETURNING last_seq
+             ), inserted AS (
+                 INSERT INTO events (session_id, seq, type, body)
+                 SELECT $1, s.last_seq - $2 + e.n, e.type,
+                        $6::text || (s.last_seq - $2 + e.n)::text || e.tail
+                 FROM s, unnest($4::text[], $5::text[]) WITH ORDINALITY AS e (type, tail, n)
+             )
+             SELECT s.last_seq, pg_notify($7, $1::text) FROM s",
+            &[&session, &n, &epoch, &kinds, &tails, &head, &EVENTS_CHANNEL],
+        )
+    })?;
+    Ok(row.map(|row| row.get::<_, i64>(0) as u64))
+}
+
+/// What every event's line starts with, up to its seq.
+fn body_head() -> String {
+    format!("{{\"v\":{FORMAT_VERSION},\"seq\":")
+}
+
+/// The line of `event` (whose seq is 0) after its seq: [`body_head`], the seq, and
+/// this make the line the file store would write.
+fn body_after_seq(event: &Event) -> Result<String> {
+    let line = serde_json::to_string(event)?;
+    let head = format!("{}0", body_head());
+    match line.strip_prefix(&head) {
+        Some(tail) => Ok(tail.to_owned()),
+        None => anyhow::bail!("an event's line does not start with `{head}`: {line}"),
+    }
+}
+
 /// Announces something of session `session` on `channel`, at commit.
 pub(crate) fn notify(
     tx: &mut postgres::Transaction<'_>,
@@ -144,15 +206,35 @@ impl EventFeed for PgFeed {
         let (session, after) = (self.session, self.after as i64);
         let rows = self.db.call("reading the event log in", move |c| {
             c.query(
-                "SELECT seq, body FROM events WHERE session_id = $1 AND seq > $2
-                 ORDER BY seq LIMIT 1000",
+                "SELECT s.last_seq, e.seq, e.body FROM sessions s
+                 LEFT JOIN LATERAL (
+                     SELECT seq, body FROM events
+                     WHERE session_id = s.id AND seq > $2 ORDER BY seq LIMIT 1000
+                 ) e ON true
+                 WHERE s.id = $1",
                 &[&session, &after],
             )
         })?;
+        if let Some(last) = rows.first().map(|row| row.get::<_, i64>(0) as u64)
+            && last < self.after
+        {
+            // Events are not flushed one by one (`super::Commit::Deferred`): a crash
+            // of the server took back those after `last`, and the execution, resumed,
+            // writes those seqs again. Followed from there, nothing new is skipped.
+            tracing::warn!(
+                session = %session,
+                "the database came back without events {}–{} (it stopped before they were flushed); following from event {last}",
+                last + 1,
+                self.after
+            );
+            self.after = last;
+        }
         let mut lines = Vec::with_capacity(rows.len());
         for row in rows {
-            let seq: i64 = row.get(0);
-            let body: String = row.get(1);
+            let Some(seq) = row.get::<_, Option<i64>>(1) else {
+                continue;
+            };
+            let body: String = row.get(2);
             self.after = seq as u64;
             let raw = body.into_bytes();
             let event = parse_line(&raw);
@@ -248,5 +330,30 @@ pub(crate) fn listen(
         });
     if let Err(err) = spawned {
         tracing::warn!("no notifications (cannot start a thread: {err}); polling instead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{AgentStatus, AgentStatusChanged};
+
+    #[test]
+    fn a_line_is_its_head_its_seq_and_its_tail_as_the_file_store_writes_it() {
+        let mut event = Event {
+            v: FORMAT_VERSION,
+            seq: 0,
+            session_id: Uuid::nil(),
+            execution_id: Some(Uuid::max()),
+            timestamp: Timestamp(1_700_000_000_000),
+            payload: EventPayload::AgentStatus(AgentStatusChanged {
+                status: AgentStatus::Processing,
+                previous_status: AgentStatus::Idle,
+            }),
+        };
+        let tail = body_after_seq(&event).expect("the line has the head");
+        event.seq = 4711;
+        let line = serde_json::to_string(&event).expect("serialises");
+        assert_eq!(format!("{}4711{tail}", body_head()), line);
     }
 }

@@ -70,10 +70,11 @@ impl PgLease {
         let asked = Instant::now();
         // The claim is made on the connection the lease will write on.
         let db = store.pool.take(store.db.url())?;
-        // Not durable, as the file store's claim is not fsynced: the first checkpoint
-        // makes it so, and a claim a crash lost leaves the message in the inbox.
-        let claimed = db.transaction_as("claiming a session in", Commit::Deferred, move |tx| {
-            let row = tx.query_opt(
+        // Not durable (the connection's commits are not), as the file store's claim is
+        // not fsynced: the first durable write makes it so, and a claim a crash lost
+        // leaves the message in the inbox.
+        let claimed = db.call("claiming a session in", move |c| {
+            let row = c.query_opt(
                 "UPDATE sessions
                  SET owner = $2, epoch = epoch + 1,
                      lease_until = now() + make_interval(secs => $3), last_owner = $4
@@ -84,7 +85,7 @@ impl PgLease {
             if let Some(row) = row {
                 return Ok(Some(row.get::<_, i64>(0)));
             }
-            let exists: bool = tx
+            let exists: bool = c
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
                     &[&id],
@@ -96,7 +97,7 @@ impl PgLease {
             Ok(Some(epoch)) if epoch != -1 => epoch,
             other => {
                 store.pool.give(db);
-                return match other? {
+                return match other.map_err(anyhow::Error::from)? {
                     None => Ok(Claimed::Gone),
                     _ => Ok(Claimed::Busy),
                 };
@@ -511,12 +512,21 @@ impl Lease for PgLease {
     }
 
     fn append(&mut self, execution: Option<Uuid>, payload: EventPayload) -> Result<u64> {
-        let now = self.now();
-        // The file store does not fsync its events either: the durable writes that
-        // follow (a checkpoint, the settling) flush them with themselves.
-        self.write("appending an event in", Commit::Deferred, move |tx, id| {
-            events::append_all(tx, id, execution, vec![payload], now)
-        })
+        if self.renewer.as_ref().is_some_and(Renewer::lapsed) {
+            return Err(anyhow::Error::new(LeaseLost { session: self.id }));
+        }
+        // On the lease's connection, not durable: the file store does not fsync its
+        // events either, and the durable writes that follow (a checkpoint, the
+        // settling) flush them with themselves.
+        let appended = events::append_fenced(
+            &self.db,
+            self.id,
+            self.epoch,
+            execution,
+            vec![payload],
+            self.now(),
+        )?;
+        appended.ok_or_else(|| anyhow::Error::new(LeaseLost { session: self.id }))
     }
 
     fn checkpoint(&mut self, mut lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
@@ -648,12 +658,14 @@ fn checkpoint_commit(state: &AgentState) -> Commit {
 /// Extends the lease if `epoch` still holds it; false if it does not.
 fn renew_row(db: &Db, id: Uuid, epoch: i64, lease: Duration) -> Result<bool> {
     let secs = lease.as_secs_f64();
-    let renewed = db.call("renewing a lease in", move |c| {
-        c.execute(
+    // Durable, so the lease the owner counts on is the one a crashed server comes back
+    // with (it costs a flush every third of the lease).
+    let renewed = db.transaction_as("renewing a lease in", Commit::Durable, move |tx| {
+        Ok(tx.execute(
             "UPDATE sessions SET lease_until = now() + make_interval(secs => $3)
              WHERE id = $1 AND epoch = $2",
             &[&id, &epoch, &secs],
-        )
+        )?)
     })?;
     Ok(renewed == 1)
 }

@@ -143,6 +143,8 @@ fn backoff(attempt: u32) -> Duration {
 pub struct Db {
     url: DbUrl,
     jobs: mpsc::Sender<Job>,
+    /// How the connection's transactions commit unless told otherwise.
+    commits: Commit,
 }
 
 impl Db {
@@ -150,7 +152,22 @@ impl Db {
     /// exit 75 where trying again later can help (the server unreachable or starting),
     /// 2 where the URL needs a fix (wrong credentials, no such database).
     pub fn connect(url: &DbUrl) -> Result<Db, UserError> {
-        let config = url.config();
+        Db::connect_as(url, Commit::Durable)
+    }
+
+    /// [`Db::connect`], for a connection whose commits are `commits` unless a
+    /// transaction says otherwise ([`Db::transaction_as`]): set when the connection
+    /// starts (and starts again), so it costs no round trip.
+    pub(crate) fn connect_as(url: &DbUrl, commits: Commit) -> Result<Db, UserError> {
+        let mut config = url.config();
+        if commits == Commit::Deferred {
+            // Added to what the URL's own `options` say.
+            let options = match config.get_options() {
+                Some(given) => format!("{given} -c synchronous_commit=off"),
+                None => "-c synchronous_commit=off".to_owned(),
+            };
+            config.options(&options);
+        }
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, queue) = mpsc::channel::<Job>();
         let shown = url.clone();
@@ -179,6 +196,7 @@ impl Db {
             Ok(Ok(())) => Ok(Db {
                 url: url.clone(),
                 jobs,
+                commits,
             }),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(UserError::unavailable(format!(
@@ -193,6 +211,7 @@ impl Db {
 
     /// Runs `work` with the connection and waits for its answer. A database error is
     /// described as [`Db::connect`] describes one, `doing` saying what was being done.
+    /// A statement outside a transaction commits as the connection's commits do.
     pub fn call<T: Send + 'static>(
         &self,
         doing: &str,
@@ -259,7 +278,8 @@ impl Pool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
             Some(db) => Ok(db),
-            None => Db::connect(url).map(std::sync::Arc::new),
+            // A lease's writes are mostly not durable ([`Commit::Deferred`]).
+            None => Db::connect_as(url, Commit::Deferred).map(std::sync::Arc::new),
         }
     }
 
@@ -346,10 +366,15 @@ impl Db {
             Lost(Uuid),
             Other(anyhow::Error),
         }
+        let switch = match (self.commits, commit) {
+            (Commit::Durable, Commit::Deferred) => Some("SET LOCAL synchronous_commit TO off"),
+            (Commit::Deferred, Commit::Durable) => Some("SET LOCAL synchronous_commit TO on"),
+            _ => None,
+        };
         let outcome = self.call(doing, move |client| {
             let mut tx = client.transaction()?;
-            if commit == Commit::Deferred {
-                tx.batch_execute("SET LOCAL synchronous_commit TO off")?;
+            if let Some(switch) = switch {
+                tx.batch_execute(switch)?;
             }
             match work(&mut tx) {
                 Ok(value) => {

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The user the tests connect as (initdb's superuser; local connections are trusted).
@@ -21,6 +21,12 @@ pub const PASSWORD_USER: &str = "agentq_pw";
 pub struct Server {
     pub port: u16,
 }
+
+/// Whether the server flushes as a production one does (fsync, synchronous_commit and
+/// full_page_writes on: the server's defaults), for the benchmarks, whose figures are
+/// for such a server; set before the first [`server`] call. The tests' server does not
+/// flush: its data dies with the tests, and the suites run several times faster.
+pub static FLUSHES: AtomicBool = AtomicBool::new(false);
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static PID: AtomicU32 = AtomicU32::new(0);
@@ -179,14 +185,18 @@ fn start() -> Result<Server, String> {
     // The server's parent is this thread, which never ends before the process does.
     std::thread::spawn(move || {
         let mut postgres = Command::new(bin.join("postgres"));
+        postgres.arg("-D").arg(&db_dir).args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ]);
+        if !FLUSHES.load(Ordering::Relaxed) {
+            postgres
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
         postgres
-            .arg("-D")
-            .arg(&db_dir)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            // A test server's data dies with the tests: nothing needs to survive a
-            // crash, and the suites run several times faster without the flushes.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", socket_dir.display()))
             .current_dir(&socket_dir)

@@ -567,6 +567,41 @@ fn a_follower_sees_what_is_appended_after_its_position() {
 
 #[test]
 #[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
+fn a_follower_goes_on_from_where_a_crashed_server_took_the_log_back_to() {
+    let url = server::new_database();
+    let home = home_with_agent();
+    let store = open(&url, home.path());
+    let id = new_session(&store);
+    for text in ["one", "two", "three"] {
+        send(&store, id, text);
+    }
+    let session = store.session(id);
+    let mut feed = session.follow(agentq::store::Position::START).unwrap();
+    let seqs = |lines: &[agentq::store::LogLine]| -> Vec<u64> {
+        lines
+            .iter()
+            .map(|l| l.event.as_ref().unwrap().seq)
+            .collect()
+    };
+    assert_eq!(seqs(&feed.read().unwrap()), [1, 2, 3, 4]);
+    // What a server that stopped before flushing events 3 and 4 comes back with.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    db.execute(
+        "DELETE FROM events WHERE session_id = $1 AND seq > 2",
+        &[&id],
+    )
+    .unwrap();
+    db.execute("UPDATE sessions SET last_seq = 2 WHERE id = $1", &[&id])
+        .unwrap();
+    assert!(feed.read().unwrap().is_empty());
+    send(&store, id, "written again");
+    let again = feed.read().unwrap();
+    assert_eq!(seqs(&again), [3], "seq 3, written anew, is not skipped");
+    assert!(String::from_utf8_lossy(&again[0].raw).contains("written again"));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
 fn workers_are_live_while_registered_and_slots_are_limited() {
     let (_home, store) = setup();
     let me = worker::this_worker();
