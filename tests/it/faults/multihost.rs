@@ -1077,11 +1077,24 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Cuts the link of the namespace the owner runs in.
-struct Partition<'a>(&'a Netns);
+/// Cuts the link of the namespace the owner runs in; `url` is the database's, to
+/// check the owner reaches it through the link.
+struct Partition<'a>(&'a Netns, &'a str);
 
 impl Cut for Partition<'_> {
     fn cut(&mut self, _: &Logged) {
+        let through_the_link = count(
+            &mut client(self.1),
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partitioned'
+                 AND client_addr = '{}'",
+                self.0.ns_addr()
+            ),
+        );
+        assert!(
+            through_the_link > 0,
+            "the owner is not connected through the veth"
+        );
         self.0.set_link(false);
     }
     fn restore(&mut self, _: &Logged) {
@@ -1134,7 +1147,7 @@ fn a_worker_cut_off_by_a_partition_past_its_lease_commits_nothing_after_the_take
             &owner_host,
             &spawn_owner,
             &taker,
-            &mut Partition(&netns),
+            &mut Partition(&netns, &url),
             moment,
             logs.path(),
             &mut fenced,
@@ -1207,6 +1220,10 @@ fn workers_on_three_hosts_reconnect_after_the_database_restarts_and_lose_nothing
             .iter()
             .all(|w| w.log_text().contains("lost the connection"))
     });
+    // Down past the lease, so that the owners come back to leases that expired.
+    if let Some(left) = LEASE_TIME.checked_sub(stopped_at.elapsed()) {
+        std::thread::sleep(left);
+    }
     pg.start_again()
         .unwrap_or_else(|why| panic!("starting the server again: {why}"));
     let outage = stopped_at.elapsed();
