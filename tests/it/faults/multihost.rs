@@ -603,6 +603,10 @@ CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON events FOR EACH ROW EXE
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON keys FOR EACH ROW EXECUTE FUNCTION audit_write();
 "#;
 
+/// Messages of a fenced session: the owner is cut off in one of them, and the worker
+/// taking over completes what is left.
+const FENCE_MESSAGES: usize = 3;
+
 /// Streams a word every 60 ms and spends 400 ms in each tool call before its effect:
 /// long enough to catch a worker in either.
 fn fence_agent(messages: usize) -> String {
@@ -739,13 +743,19 @@ fn fence_round(
 ) {
     let mut db = client(url);
     let id = client_host.env.new_session("effects");
-    let text = "message 0 of the fenced session".to_owned();
-    let message = client_host.env.send(&id, &text);
+    // Several, so that a moment missed comes again in a later message.
+    let sent: Vec<Sent> = (0..FENCE_MESSAGES)
+        .map(|k| {
+            let text = format!("message {k} of the fenced session");
+            let id = client_host.env.send(&id, &text);
+            Sent { id, text }
+        })
+        .collect();
     let mut owner_worker = spawn_owner(logs);
     let pid = owner_worker.pid();
     // Cut off at the moment wanted, tried again when it passed before the cut landed.
     let epoch = loop {
-        wait_until("the owner to be at the moment wanted", LONG, || {
+        wait_until(&format!("the owner to be {moment:?}"), LONG, || {
             let Some((who, _, state)) = owner(&mut db, &id) else {
                 return false;
             };
@@ -780,10 +790,12 @@ fn fence_round(
 
     let mut taker_worker = taker.worker(logs, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !session_log(&mut db, &id)
+    while session_log(&mut db, &id)
         .values
         .iter()
-        .any(|e| e["type"] == "execution.finished")
+        .filter(|e| e["type"] == "execution.finished")
+        .count()
+        < FENCE_MESSAGES
     {
         if Instant::now() >= deadline {
             let activity: Vec<String> = db
@@ -799,7 +811,7 @@ fn fence_round(
                 .collect();
             cut.restore(&owner_worker);
             panic!(
-                "{moment:?}: the other worker did not complete the message within 60 s; \
+                "{moment:?}: the other worker did not complete the messages within 60 s; \
                  the database's connections:\n  {}\nits log:\n{}",
                 activity.join("\n  "),
                 taker_worker.log_text()
@@ -889,7 +901,7 @@ fn fence_round(
         &mut db,
         &[owner_host, taker],
         std::slice::from_ref(&id),
-        &[vec![Sent { id: message, text }]],
+        &[sent],
         &|text| format!("done: {text}"),
         true,
         &mut tally,
@@ -939,7 +951,7 @@ fn a_worker_stopped_past_its_lease_commits_nothing_after_the_takeover() {
     }
     let started = Instant::now();
     let url = server::new_database();
-    let agent = fence_agent(1);
+    let agent = fence_agent(FENCE_MESSAGES);
     let client_host = Host::new(&url, "client", &[("effects", &agent)]);
     let owner_host = Host::new(&url, "stopped", &[("effects", &agent)]);
     let taker = Host::new(&url, "taker", &[("effects", &agent)]);
@@ -1121,7 +1133,7 @@ fn a_worker_cut_off_by_a_partition_past_its_lease_commits_nothing_after_the_take
     let url = pg.new_database("127.0.0.1");
     // The same database, as the namespace reaches it.
     let inside_url = url.replace("127.0.0.1", &netns.host_addr());
-    let agent = fence_agent(1);
+    let agent = fence_agent(FENCE_MESSAGES);
     let client_host = Host::new(&url, "client", &[("effects", &agent)]);
     let owner_host = Host::new(&inside_url, "partitioned", &[("effects", &agent)]);
     let taker = Host::new(&url, "taker", &[("effects", &agent)]);
