@@ -35,6 +35,8 @@ use agentq::worker::{self, Shutdown, WorkerOptions};
 #[path = "support/pg.rs"]
 mod pg;
 #[path = "../tests/it/postgres/server.rs"]
+// The bench uses the shared server only; the private ones are the fault tests'.
+#[allow(dead_code)]
 mod pg_server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentq");

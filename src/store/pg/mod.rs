@@ -60,7 +60,15 @@ impl DbUrl {
 
     fn config(&self) -> postgres::Config {
         // Checked by `parse`.
-        self.url.parse().unwrap_or_default()
+        let mut config: postgres::Config = self.url.parse().unwrap_or_default();
+        // The URL's own `options` come last, so that a setting of its own wins.
+        let options = format!(
+            "-c idle_in_transaction_session_timeout={} {}",
+            IDLE_IN_TRANSACTION.as_millis(),
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim_end());
+        config
     }
 }
 
@@ -103,6 +111,15 @@ pub fn redact(url: &str) -> String {
     }
     shown
 }
+
+/// How long the server lets a connection sit inside a transaction without a statement
+/// before it ends the connection. agentq's transactions never wait between their
+/// statements, so one that does is a client that stalled (stopped, partitioned, its
+/// host frozen) while holding a session's row locked (`SELECT … FOR UPDATE`): without
+/// this, the worker taking the expired lease over would wait on that lock for as long
+/// as the stall lasts, forever for a host that never comes back. Ended, the
+/// transaction commits nothing, and the stalled owner finds its connection gone.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 
 /// A call's work, given the connection, or `None` when there is none to give (it
 /// broke, and could not be made again in [`RECONNECT_FOR`]).

@@ -31,6 +31,8 @@ mod hostile_processes;
 mod hostile_secrets;
 mod hostile_text;
 mod hostile_values;
+// Workers on several hosts over one Postgres database (issue 18).
+mod multihost;
 
 // ---------------------------------------------------------------------------------
 // Helpers: the report line, the random kill schedule, processes
@@ -727,6 +729,13 @@ fn effects_agent(messages: usize) -> String {
 
 /// [`effects_agent`] whose tool appends to `log` (a shell word, run in the workspace).
 fn effects_agent_appending_to(messages: usize, log: &str) -> String {
+    paced_effects_agent(messages, log, WORD_DELAY_MS, 0)
+}
+
+/// [`effects_agent_appending_to`] streaming a word every `word_delay_ms`, its tool
+/// taking `tool_ms` before its effect: slow enough for a test to stop a worker
+/// mid-stream or mid-tool.
+fn paced_effects_agent(messages: usize, log: &str, word_delay_ms: u64, tool_ms: u64) -> String {
     let mut toml = String::from(
         r#"name = "effects"
 description = "Three steps per message, with side effects"
@@ -741,18 +750,18 @@ provider = "scripted"
             toml,
             r#"[[model.script]]
 text = "message {k} step 1 {words}"
-delay_ms = {WORD_DELAY_MS}
+delay_ms = {word_delay_ms}
 tool_calls = [{{ name = "effect", arguments = {{ mark = "{one}" }} }}]
 [[model.script]]
 text = "message {k} step 2 {words}"
-delay_ms = {WORD_DELAY_MS}
+delay_ms = {word_delay_ms}
 tool_calls = [
   {{ name = "effect", arguments = {{ mark = "{two_a}" }} }},
   {{ name = "effect", arguments = {{ mark = "{two_b}" }} }},
 ]
 [[model.script]]
 text = "done: {{input}}"
-delay_ms = {WORD_DELAY_MS}
+delay_ms = {word_delay_ms}
 "#
         );
     }
@@ -763,9 +772,14 @@ max_steps = 10
 [[tools.command]]
 name = "effect"
 description = "Appends its arguments to a log, one line per call"
-argv = ["sh", "-c", 'line=$(cat); printf "%s\n" "$line" >> {log}']
+argv = ["sh", "-c", 'line=$(cat); {pause}printf "%s\n" "$line" >> {log}']
 timeout = "20s"
-"#
+"#,
+        pause = if tool_ms == 0 {
+            String::new()
+        } else {
+            format!("sleep {}.{:03}; ", tool_ms / 1000, tool_ms % 1000)
+        }
     );
     toml
 }
