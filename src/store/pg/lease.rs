@@ -156,6 +156,16 @@ impl PgLease {
         })
     }
 
+    /// Runs `work`, which only reads, in a transaction of the connection's commits:
+    /// with nothing written there is nothing to flush, and nothing to switch.
+    fn read<T: Send + 'static>(
+        &self,
+        doing: &str,
+        work: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, TxError> + Send + 'static,
+    ) -> Result<T> {
+        self.db.transaction_as(doing, Commit::Deferred, work)
+    }
+
     fn now(&self) -> Timestamp {
         self.store.clock.now()
     }
@@ -223,7 +233,7 @@ impl PgLease {
         current: &CurrentExecution,
     ) -> Result<Execution> {
         let exec_id = current.execution_id;
-        let record = self.db.transaction("reading an execution in", {
+        let record = self.read("reading an execution in", {
             let id = self.id;
             move |tx| read_execution(tx, id, exec_id)
         })?;
@@ -445,7 +455,7 @@ impl Lease for PgLease {
     /// lease is released (and found by the next scan in any case).
     fn next(&mut self) -> Result<Next> {
         self.running = None;
-        let (meta, state, head) = self.db.transaction("reading the inbox in", {
+        let (meta, state, head) = self.read("reading the inbox in", {
             let id = self.id;
             move |tx| {
                 // One statement, one snapshot: the documents and the inbox's head.
@@ -495,8 +505,7 @@ impl Lease for PgLease {
 
     fn meta(&self) -> Result<SessionMeta> {
         let id = self.id;
-        self.db
-            .transaction("reading a session in", move |tx| read_meta(tx, id))
+        self.read("reading a session in", move |tx| read_meta(tx, id))
     }
 
     fn paused(&mut self) -> bool {
@@ -506,7 +515,7 @@ impl Lease for PgLease {
 
     fn history(&self, mark: TranscriptMark) -> Result<Vec<TranscriptLine>> {
         let id = self.id;
-        self.db.transaction("reading a transcript in", move |tx| {
+        self.read("reading a transcript in", move |tx| {
             read_transcript(tx, id, mark)
         })
     }
