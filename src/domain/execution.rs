@@ -170,4 +170,39 @@ impl Execution {
             suspended: false,
         }
     }
+
+    /// The execution in progress as the state names it, for one whose record was not
+    /// written yet (a record is first written when the execution is resumed, suspended
+    /// or settled): running, for `worker` (the session's owner, when it is known).
+    pub fn running_from(
+        current: &super::state::CurrentExecution,
+        session_id: Uuid,
+        worker: Option<WorkerInfo>,
+    ) -> Execution {
+        Execution {
+            v: super::FORMAT_VERSION,
+            id: current.execution_id,
+            session_id,
+            message_id: current.message_id,
+            message_seq: current.message_seq,
+            status: ExecStatus::Running,
+            stop_reason: None,
+            attempts: current.attempts,
+            steps: current.steps,
+            usage: current.usage,
+            started_at: current.started_at,
+            finished_at: None,
+            duration_ms: None,
+            response: None,
+            error: None,
+            exit_code: None,
+            cost_usd: None,
+            worker: worker.unwrap_or_else(|| WorkerInfo {
+                pid: 0,
+                host: "unknown".to_owned(),
+            }),
+            retry_of: None,
+            suspended: false,
+        }
+    }
 }
