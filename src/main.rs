@@ -43,12 +43,14 @@ fn main() -> ExitCode {
         eprintln!("agentq: {}", one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
-    // The commands that keep no sessions open no database.
+    // The commands that keep no sessions open no database; every other but `init`
+    // (which makes one) works in a home, and refuses a directory that is not one.
     let context = match cli.command {
         Command::Schema(_) | Command::Completions { .. } => {
             Context::with_files(cli.home.clone(), out)
         }
-        _ => Context::new(cli.home.clone(), cli.store.clone(), out),
+        Command::Init => Context::new(cli.home.clone(), cli.store.clone(), out),
+        _ => Context::in_home(cli.home.clone(), cli.store.clone(), out),
     };
     let result = context.and_then(|ctx| {
         let code = commands::dispatch(&ctx, cli.command)?;

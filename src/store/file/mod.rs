@@ -67,13 +67,18 @@ pub struct FileStore {
     pub(crate) ids: Arc<dyn IdGen>,
 }
 
+/// Where the file store keeps the sessions of `home`.
+pub(crate) fn sessions_dir_in(home: &Path) -> PathBuf {
+    home.join("sessions")
+}
+
 impl FileStore {
     pub fn new(home: PathBuf, clock: Arc<dyn Clock>, ids: Arc<dyn IdGen>) -> FileStore {
         FileStore { home, clock, ids }
     }
 
     pub(crate) fn sessions_dir(&self) -> PathBuf {
-        self.home.join("sessions")
+        sessions_dir_in(&self.home)
     }
 
     /// `sessions/.ready/`: one empty marker per session with pending inbox entries.
@@ -291,10 +296,6 @@ impl crate::store::Store for FileStore {
 
     fn describe(&self) -> String {
         self.sessions_dir().display().to_string()
-    }
-
-    fn exists(&self) -> bool {
-        self.sessions_dir().exists()
     }
 
     fn migrated(&self) -> Option<crate::store::pg::schema::Migrated> {

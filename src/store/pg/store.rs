@@ -296,11 +296,6 @@ impl Store for PgStore {
         self.db.url().to_string()
     }
 
-    fn exists(&self) -> bool {
-        // Opening the store made its tables.
-        true
-    }
-
     fn migrated(&self) -> Option<schema::Migrated> {
         Some(self.migrated)
     }
