@@ -292,6 +292,14 @@ pub fn open(
     }
 }
 
+/// Lets go of the holds this process has on sessions, for an exit that skips their
+/// release (a worker's second signal), waiting at most `within`: a database lease
+/// would otherwise stay held until it expires, where a file store's lock ends with
+/// the process.
+pub fn release_before_exit(within: std::time::Duration) {
+    pg::release_all(within);
+}
+
 /// Files a session's owner keeps on its own host, beside the store: the workspace
 /// directories and the record of running commands ([`LocalFiles`]). Written with the
 /// store's own primitives, so they share its modes and its temp-file names (which the

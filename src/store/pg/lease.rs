@@ -60,8 +60,8 @@ struct Running {
 impl PgLease {
     /// Takes the lease of session `id` if it is free or expired.
     pub(super) fn claim(store: &PgStore, id: Uuid, worker: &WorkerInfo) -> Result<Claimed> {
-        let owner = format!("{}:{}:{}", worker.host, worker.pid, store.ids.new_id());
-        let info = serde_json::to_value(worker)?;
+        let owner = owner_value(store, worker);
+        let info = super::takeover::last_owner(worker)?;
         let lease = store.lease_secs();
         // Taken before the claim: the lease runs from the database's `now()` of the
         // claim, and the owner must not count it as held for longer than the database
@@ -89,7 +89,10 @@ impl PgLease {
         })?;
         let epoch = match claimed {
             None => return Ok(Claimed::Gone),
-            Some(-1) => return Ok(Claimed::Busy),
+            Some(-1) => match super::takeover::take_over_ended(store, id, worker)? {
+                Some(epoch) => epoch,
+                None => return Ok(Claimed::Busy),
+            },
             Some(epoch) => epoch,
         };
         let local = local_files(store, id);
@@ -113,6 +116,7 @@ impl PgLease {
         let renewer = store
             .renewing
             .then(|| Renewer::start(db.clone(), id, epoch, store.lease, asked));
+        super::held::add(&db, id, epoch);
         Ok(Claimed::Owned(Box::new(PgLease {
             store: store.clone(),
             db,
@@ -311,11 +315,17 @@ impl PgLease {
             return Ok(());
         }
         self.released = true;
+        super::held::remove(self.id, self.epoch);
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
         release_row(&self.db, self.id, self.epoch)
     }
+}
+
+/// A claim's `owner`: the worker, and a nonce of this claim's own.
+pub(super) fn owner_value(store: &PgStore, worker: &WorkerInfo) -> String {
+    format!("{}:{}:{}", worker.host, worker.pid, store.ids.new_id())
 }
 
 /// The workspace and process record of session `id` on this host.
@@ -329,7 +339,7 @@ fn local_files(store: &PgStore, id: Uuid) -> LocalFiles {
 
 /// Clears the owner of the row, if `epoch` still holds it, and announces the session
 /// again if its inbox is not empty.
-fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
+pub(super) fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
     db.transaction("releasing a session in", move |tx| {
         tx.execute(
             "UPDATE sessions SET owner = NULL, lease_until = NULL WHERE id = $1 AND epoch = $2",
