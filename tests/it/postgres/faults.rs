@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 use super::server;
 use crate::it::*;
 
+/// An answer of thirty words streamed at 100 ms each.
+const SLOW_AGENT: &str = r#"
+name = "slow"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30"
+delay_ms = 100
+"#;
+
 /// A client on the database at `url` as the trusted superuser, for the test's setup.
 fn admin(url: &str) -> ::postgres::Client {
     ::postgres::Client::connect(url, ::postgres::NoTls).expect("the admin connection")
@@ -126,18 +136,8 @@ fn a_worker_whose_connections_are_cut_mid_execution_connects_again_and_completes
     password_role(&plain);
     let url = as_user(&plain, server::PASSWORD_USER, PASSWORD);
     let env = TestEnv::on_store(&url);
-    // Thirty words at 100 ms each: three seconds of streaming to cut into.
-    env.write_agent(
-        "slow",
-        r#"
-name = "slow"
-[model]
-provider = "scripted"
-[[model.script]]
-text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30"
-delay_ms = 100
-"#,
-    );
+    // Three seconds of streaming to cut into.
+    env.write_agent("slow", SLOW_AGENT);
     let id = env.new_session("slow");
     let worker = env.spawn_worker(&[]);
     env.send(&id, "take long");
@@ -205,18 +205,8 @@ delay_ms = 100
 fn a_worker_whose_lease_was_taken_over_while_it_was_stopped_says_so_and_goes_on() {
     let env = TestEnv::on_store(&server::new_database());
     std::fs::write(env.home().join("agentq.toml"), "[store]\nlease = \"2s\"\n").unwrap();
-    // Thirty words at 100 ms each: long enough to be stopped in, and resumed.
-    env.write_agent(
-        "slow",
-        r#"
-name = "slow"
-[model]
-provider = "scripted"
-[[model.script]]
-text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30"
-delay_ms = 100
-"#,
-    );
+    // Three seconds of streaming: long enough to be stopped in, and resumed.
+    env.write_agent("slow", SLOW_AGENT);
     let id = env.new_session("slow");
     env.send(&id, "take long");
     let log = env.home().join("first.log");

@@ -102,6 +102,14 @@ fn owned(store: &dyn Store, id: Uuid) -> agentq::store::Owned {
     }
 }
 
+/// An event an owner may append, to see whether its writes are still taken.
+fn processing() -> EventPayload {
+    EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
+        status: agentq::domain::event::AgentStatus::Processing,
+        previous_status: agentq::domain::event::AgentStatus::Idle,
+    })
+}
+
 /// The runtime the async parts run on (the test server's client must not be).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -467,13 +475,7 @@ fn an_expired_lease_is_taken_over_and_its_owner_can_write_nothing() {
     let before = types(&other, id);
 
     let err = first
-        .append(
-            Some(claim.execution.id),
-            EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
-                status: agentq::domain::event::AgentStatus::Processing,
-                previous_status: agentq::domain::event::AgentStatus::Idle,
-            }),
-        )
+        .append(Some(claim.execution.id), processing())
         .unwrap_err();
     assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
     let mut state = claim.state.clone();
@@ -585,13 +587,7 @@ fn a_lease_whose_process_ended_on_this_host_is_taken_over_at_once_under_the_fenc
     let mut second = owned(&store, id);
     let before = types(&store, id);
     let err = first
-        .append(
-            Some(claim.execution.id),
-            EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
-                status: agentq::domain::event::AgentStatus::Processing,
-                previous_status: agentq::domain::event::AgentStatus::Idle,
-            }),
-        )
+        .append(Some(claim.execution.id), processing())
         .unwrap_err();
     assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
     assert_eq!(types(&store, id), before, "the fence holds");
@@ -718,13 +714,7 @@ fn an_owner_whose_renewals_fail_for_as_long_as_the_lease_writes_nothing_more() {
     let (tx, rx) = std::sync::mpsc::channel();
     let execution = claim.execution.id;
     std::thread::spawn(move || {
-        let written = owner.append(
-            Some(execution),
-            EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
-                status: agentq::domain::event::AgentStatus::Processing,
-                previous_status: agentq::domain::event::AgentStatus::Idle,
-            }),
-        );
+        let written = owner.append(Some(execution), processing());
         let _ = tx.send(written.map_err(|e| e.downcast_ref::<LeaseLost>().is_some()));
     });
     let answer = rx
