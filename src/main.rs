@@ -12,7 +12,7 @@ use clap::Parser;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::{FormatFields, format};
 
-use agentq::cli::{Cli, Command, WorkerArgs};
+use agentq::cli::{Cli, Command, StoreCommand, WorkerArgs};
 use agentq::commands::{self, Context};
 use agentq::eprintln;
 use agentq::error;
@@ -43,12 +43,17 @@ fn main() -> ExitCode {
         eprintln!("agentq: {}", one_line(&message, ERROR_CAP));
         return ExitCode::from(error::exit::USAGE);
     }
-    // The commands that keep no sessions open no database.
+    // The commands that keep no sessions open no database. Every other works in a
+    // home, and refuses a directory that is not one, but `init`, which makes one, and
+    // `store migrate`, which touches only the database (a deploy step, from anywhere).
     let context = match cli.command {
         Command::Schema(_) | Command::Completions { .. } => {
             Context::with_files(cli.home.clone(), out)
         }
-        _ => Context::new(cli.home.clone(), cli.store.clone(), out),
+        Command::Init | Command::Store(StoreCommand::Migrate { .. }) => {
+            Context::new(cli.home.clone(), cli.store.clone(), out)
+        }
+        _ => Context::in_home(cli.home.clone(), cli.store.clone(), out),
     };
     let result = context.and_then(|ctx| {
         let code = commands::dispatch(&ctx, cli.command)?;

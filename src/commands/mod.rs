@@ -50,6 +50,22 @@ impl Context {
     /// `store` is `--store` (or `AGENTQ_STORE`); without it, `[store] url` in
     /// `agentq.toml`, else the files under `sessions/`.
     pub fn new(home: Option<PathBuf>, store: Option<String>, out: Output) -> Result<Context> {
+        Context::open(home, store, out, false)
+    }
+
+    /// [`Context::new`] for a command that works in a home (every one but `init`,
+    /// which makes one): a directory that is not a home is refused before the store
+    /// is opened ([`require_home`]).
+    pub fn in_home(home: Option<PathBuf>, store: Option<String>, out: Output) -> Result<Context> {
+        Context::open(home, store, out, true)
+    }
+
+    fn open(
+        home: Option<PathBuf>,
+        store: Option<String>,
+        out: Output,
+        home_required: bool,
+    ) -> Result<Context> {
         let home = match home {
             Some(home) => home,
             None => std::env::current_dir().context("finding the current directory")?,
@@ -59,6 +75,9 @@ impl Context {
             Some(url) => Some(url),
             None => store_in_config(&home)?,
         };
+        if home_required {
+            require_home(&home, url.as_deref())?;
+        }
         let lease = HomeConfig::store_lease(&home.config_path())?;
         let store = crate::store::open(
             url.as_deref(),
@@ -76,37 +95,6 @@ impl Context {
         Context::new(home, Some(crate::store::FILES.to_owned()), out)
     }
 
-    /// Refuses a home that is not one, naming it: a cron line with `--home /typo` must
-    /// fail, not find nothing to do forever (nor create `sessions/` wherever it runs).
-    /// A home is a directory with `agents/`, `sessions/` or `agentq.toml`, as
-    /// `agentq init` leaves it.
-    pub fn require_home(&self) -> Result<()> {
-        let home = self.home.root();
-        let shown = home.display();
-        let make_one = format!("`agentq --home {shown} init` makes one");
-        match std::fs::metadata(home) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                usage_bail!("the home {shown} is not a directory; check --home and AGENTQ_HOME")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                usage_bail!(
-                    "the home {shown} does not exist; check --home and AGENTQ_HOME, or {make_one}"
-                )
-            }
-            Err(e) => usage_bail!("cannot use the home {shown}: {e}"),
-        }
-        let marked = self.home.agents_dir().exists()
-            || self.store.exists()
-            || self.home.config_path().exists();
-        if !marked {
-            usage_bail!(
-                "{shown} is not an agentq home (no agents/, sessions/ or agentq.toml); check --home and AGENTQ_HOME, or {make_one}"
-            );
-        }
-        Ok(())
-    }
-
     /// `agentq.toml`, read when a command needs it.
     pub fn config(&self) -> Result<HomeConfig> {
         Ok(HomeConfig::load(&self.home.config_path())?)
@@ -116,18 +104,44 @@ impl Context {
 /// Runs one command and returns its exit code. An error from a damaged file of the
 /// session a command names says what gets the user out of it.
 pub fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
-    // Every command but these works in a home; `init` makes one.
-    if !matches!(
-        command,
-        Command::Init | Command::Schema(_) | Command::Completions { .. }
-    ) {
-        ctx.require_home()?;
-    }
     let session = session_of(&command).map(str::to_owned);
     run_command(ctx, command).map_err(|err| match session {
         Some(id) => advice::explain_damage(err, &id),
         None => advice::advise(err),
     })
+}
+
+/// Refuses a home that is not one, naming it: a cron line with `--home /typo` must
+/// fail, not find nothing to do forever (nor create `sessions/` wherever it runs).
+/// A home is a directory with `agents/`, `agentq.toml`, or the sessions of the file
+/// store (`sessions/`), as `agentq init` leaves it ([`crate::store::marks_home`]).
+/// Checked before the store is opened: the same refusal (exit 2) whichever store
+/// `url` names, and no database is connected to for a directory that is not a home.
+fn require_home(home: &Home, url: Option<&str>) -> Result<()> {
+    let root = home.root();
+    let shown = root.display();
+    let make_one = format!("`agentq --home {shown} init` makes one");
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            usage_bail!("the home {shown} is not a directory; check --home and AGENTQ_HOME")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            usage_bail!(
+                "the home {shown} does not exist; check --home and AGENTQ_HOME, or {make_one}"
+            )
+        }
+        Err(e) => usage_bail!("cannot use the home {shown}: {e}"),
+    }
+    let marked = home.agents_dir().exists()
+        || home.config_path().exists()
+        || crate::store::marks_home(url, root);
+    if !marked {
+        usage_bail!(
+            "{shown} is not an agentq home (no agents/, sessions/ or agentq.toml); check --home and AGENTQ_HOME, or {make_one}"
+        );
+    }
+    Ok(())
 }
 
 /// `[store] url` of `agentq.toml`, read alone: the rest of the file is checked by the

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::Context;
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
 use crate::plural::count;
-use crate::store::{Session, WorkerRecord};
+use crate::store::{InboxCounts, Session, WorkerRecord};
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line};
 use crate::time::{Timestamp, human_duration};
 
@@ -29,8 +29,12 @@ struct Status {
     running: Vec<Running>,
     failed_last_24h: Vec<Failure>,
     workers: Vec<WorkerRecord>,
-    /// Sessions that could not be read, with why.
+    /// Sessions (or the workers) that could not be read, with why.
     unreadable: Vec<String>,
+    /// The workers could not be listed (said in `unreadable`): none listed is not none
+    /// running.
+    #[serde(skip)]
+    workers_unknown: bool,
 }
 
 #[derive(Serialize, Clone)]
@@ -96,22 +100,33 @@ fn gather(ctx: &Context) -> Status {
         sessions: Vec::new(),
         running: Vec::new(),
         failed_last_24h: Vec::new(),
-        workers: store.live_workers().unwrap_or_default(),
+        workers: Vec::new(),
         unreadable: Vec::new(),
+        workers_unknown: false,
     };
-    let ids = match store.session_ids() {
-        Ok(ids) => ids,
-        Err(e) => {
-            status.unreadable.push(format!("{}: {e}", store.describe()));
-            return status;
+    match store.session_ids() {
+        Ok(ids) => {
+            for id in ids {
+                if let Err(e) = gather_session(&*store.session(id), now, &mut status) {
+                    let e = super::advice::explain_damage(e, &id.to_string());
+                    status
+                        .unreadable
+                        .push(format!("session {id}: {}", crate::error::render(&e)));
+                }
+            }
         }
-    };
-    for id in ids {
-        if let Err(e) = gather_session(&*store.session(id), now, &mut status) {
-            let e = super::advice::explain_damage(e, &id.to_string());
+        Err(e) => status.unreadable.push(format!("{}: {e}", store.describe())),
+    }
+    // Listed after the sessions: a worker registers before it claims, so every owner
+    // named above is among the workers listed now. Listed first, a worker starting
+    // meanwhile would be seen owning an execution and missing from the workers.
+    match store.live_workers() {
+        Ok(workers) => status.workers = workers,
+        Err(e) => {
+            status.workers_unknown = true;
             status
                 .unreadable
-                .push(format!("session {id}: {}", crate::error::render(&e)));
+                .push(format!("workers: {}", crate::error::render(&e)));
         }
     }
     status
@@ -124,8 +139,14 @@ fn gather_session(session: &dyn Session, now: Timestamp, status: &mut Status) ->
     let id = session.id();
     // Plain: the damage is worded once, for the whole line (see `gather`).
     let meta = session.plain_meta()?;
-    // The message being run is counted under `running`, not as waiting.
-    let counts = session.inbox_counts()?;
+    // The message being run is counted under `running`, not as waiting: one look at
+    // the execution in progress decides both, or a claim between two looks would
+    // count its message twice (waiting, then running).
+    let running = session.running_execution();
+    let counts = InboxCounts::of(
+        session.inbox()?.iter(),
+        running.as_ref().map(|exec| exec.message_id),
+    );
     if counts.waiting > 0 {
         status.pending += counts.waiting;
         status.sessions.push(SessionPending {
@@ -149,7 +170,7 @@ fn gather_session(session: &dyn Session, now: Timestamp, status: &mut Status) ->
         }
     }
     if let Ok(state) = session.plain_state()
-        && let Some(exec) = session.running_execution()
+        && let Some(exec) = running
         && let Some(current) = state.current
     {
         status.running.push(Running {
@@ -199,6 +220,13 @@ fn print(out: &mut impl Write, s: &Status) -> Result<()> {
 }
 
 fn print_workers(out: &mut impl Write, s: &Status) -> Result<()> {
+    if s.workers_unknown {
+        writeln!(
+            out,
+            "workers   unknown: they could not be listed (see below)"
+        )?;
+        return Ok(());
+    }
     if s.workers.is_empty() {
         writeln!(
             out,

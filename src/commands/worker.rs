@@ -80,6 +80,8 @@ async fn handle_signals(shutdown: Arc<Shutdown>) {
             // stays readable; the interrupted step is repeated by the next worker. No
             // command may outlive the worker: exit skips the calls' own clean-up.
             crate::tools::process::kill_all();
+            // Nor may a lease outlive it, keeping the next worker waiting.
+            crate::store::release_before_exit(std::time::Duration::from_secs(2));
             std::process::exit(i32::from(exit::CANCELLED));
         }
     }

@@ -138,8 +138,8 @@ pub struct Execution {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
 }
-/// The execution a worker begins for an inbox entry: running, its attempt counted.
 impl Execution {
+    /// The execution a worker begins for an inbox entry: running, its attempt counted.
     pub fn for_entry(
         entry: &super::inbox::InboxEntry,
         id: Uuid,
@@ -148,17 +148,65 @@ impl Execution {
         now: Timestamp,
     ) -> Execution {
         Execution {
+            retry_of: entry.retry_of(),
+            ..Execution::running(
+                id,
+                session_id,
+                (entry.id, entry.seq),
+                entry.attempts + 1,
+                now,
+                worker,
+            )
+        }
+    }
+
+    /// The execution in progress as the state names it, for one whose record was not
+    /// written yet (a record is first written when the execution is resumed, suspended
+    /// or settled): running, for `worker` (the session's owner, when it is known).
+    pub fn running_from(
+        current: &super::state::CurrentExecution,
+        session_id: Uuid,
+        worker: Option<WorkerInfo>,
+    ) -> Execution {
+        let worker = worker.unwrap_or_else(|| WorkerInfo {
+            pid: 0,
+            host: "unknown".to_owned(),
+        });
+        Execution {
+            steps: current.steps,
+            usage: current.usage,
+            ..Execution::running(
+                current.execution_id,
+                session_id,
+                (current.message_id, current.message_seq),
+                current.attempts,
+                current.started_at,
+                worker,
+            )
+        }
+    }
+
+    /// A running execution of `message` (its id and seq), with no step taken yet.
+    fn running(
+        id: Uuid,
+        session_id: Uuid,
+        (message_id, message_seq): (Uuid, u64),
+        attempts: u32,
+        started_at: Timestamp,
+        worker: WorkerInfo,
+    ) -> Execution {
+        Execution {
             v: super::FORMAT_VERSION,
             id,
             session_id,
-            message_id: entry.id,
-            message_seq: entry.seq,
+            message_id,
+            message_seq,
             status: ExecStatus::Running,
             stop_reason: None,
-            attempts: entry.attempts + 1,
+            attempts,
             steps: 0,
             usage: Usage::default(),
-            started_at: now,
+            started_at,
             finished_at: None,
             duration_ms: None,
             response: None,
@@ -166,7 +214,7 @@ impl Execution {
             exit_code: None,
             cost_usd: None,
             worker,
-            retry_of: entry.retry_of(),
+            retry_of: None,
             suspended: false,
         }
     }

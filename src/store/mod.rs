@@ -120,10 +120,6 @@ pub trait Store: Send + Sync {
     /// `sessions/` directory).
     fn describe(&self) -> String;
 
-    /// Whether the store was set up in this home (by `agentq init` or a first session):
-    /// one of the marks that make a directory a home.
-    fn exists(&self) -> bool;
-
     /// Makes what a home's sessions need (`agentq init`), leaving what exists as it is.
     /// `created` is told, as each is made, where the things a user would look for are;
     /// returns whether anything was made at all.
@@ -259,6 +255,19 @@ pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 /// What `[store] lease` must be, in the words of every refusal.
 pub const LEASE_RANGE: &str = "at least 1s and at most 8784h (a year), such as \"30s\"";
 
+/// Whether the store `url` names (as [`open`] takes it) marks `home` as a home: the
+/// files do, once `agentq init` or a first session made `sessions/`; a database keeps
+/// nothing in the home, which is then marked by its own files only (`agents/`,
+/// `agentq.toml`), as on every host of a database store. Asked before the store is
+/// opened, so a directory that is not a home is refused the same way (exit 2)
+/// whichever store is named, without connecting to a database for it.
+pub fn marks_home(url: Option<&str>, home: &std::path::Path) -> bool {
+    match url {
+        None | Some(FILES) => file::sessions_dir_in(home).exists(),
+        Some(_) => false,
+    }
+}
+
 /// Opens the store a home's sessions are kept in: `None` or [`FILES`] for the files
 /// under `<home>/sessions/`, a `postgres://` URL for a database (whose schema is
 /// created or migrated on first use). `lease` is `[store] lease`: how long a database
@@ -281,6 +290,14 @@ pub fn open(
             }))
         }
     }
+}
+
+/// Lets go of the holds this process has on sessions, for an exit that skips their
+/// release (a worker's second signal), waiting at most `within`: a database lease
+/// would otherwise stay held until it expires, where a file store's lock ends with
+/// the process.
+pub fn release_before_exit(within: std::time::Duration) {
+    pg::release_all(within);
 }
 
 /// Files a session's owner keeps on its own host, beside the store: the workspace

@@ -310,9 +310,34 @@ fn processes() -> Vec<Process> {
         .collect()
 }
 
-fn start_time(pid: i32) -> Option<u64> {
+/// When process `pid` started (clock ticks since boot), as `/proc/PID/stat` says.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     Some(parse_stat(&stat)?.2)
+}
+
+/// Whether the process `pid` that started at `started` (as [`start_time`] gave it)
+/// has ended: no process has its pid, or the one that has it now is a zombie or
+/// started at another time (the pid was reused). A process this one may not look
+/// at (`/proc` mounted with `hidepid`) has not ended, as far as it can tell.
+pub(crate) fn ended(pid: i32, started: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks that `pid` names a
+    // process (a positive pid names one process, never a group).
+    if unsafe { libc::kill(pid, 0) } == -1
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat))
+    {
+        Some((state, _, start)) => matches!(state, 'Z' | 'X') || start != started,
+        None => false,
+    }
 }
 
 /// The state, process group and start time in `/proc/PID/stat`: fields 3, 5 and 22,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 pub use shutdown::Shutdown;
@@ -300,6 +300,12 @@ impl Scheduler {
                     self.deferred.insert(id);
                 }
             }
+            // Expected under the fence (this worker was paused or cut off past its
+            // lease): the session goes on elsewhere, nothing here failed.
+            Err(err) if is_lease_lost(&err) => {
+                warn!(session = %id, "another worker took session {id} over; stopped its execution here");
+                self.deferred.insert(id);
+            }
             Err(err) => {
                 error!(session = %id, "skipping the session until the next full scan: {}; repair or remove that file, or remove the session with `agentq session rm {id}`", crate::error::render(&err));
                 report.errors += 1;
@@ -327,7 +333,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Whether an error means the disk is full or read-only, for every session alike.
+/// Whether the session's lease was taken over by another worker.
+fn is_lease_lost(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<crate::store::LeaseLost>().is_some())
+}
+
 /// A store error that may pass by itself (exit 75).
 fn is_temporary(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
@@ -337,6 +348,7 @@ fn is_temporary(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Whether an error means the disk is full or read-only, for every session alike.
 fn is_storage_full(err: &anyhow::Error) -> bool {
     use std::io::ErrorKind;
     err.chain()

@@ -173,13 +173,19 @@ fn worker_once_on_an_empty_home_exits_0() {
 #[test]
 fn worker_once_in_a_directory_that_is_not_a_home_is_an_error() {
     // A directory that is not a home is an error, not an idle worker (issue 15).
-    let Some(empty) = TestEnv::files_only_empty(
-        "the home marker: with a store URL any directory is a home (PgStore::exists is true)",
-    ) else {
-        return;
-    };
-    let err = empty.fails(&["worker", "--once"], 2);
-    assert!(err.contains("not an agentq home"), "{err}");
+    // On Postgres too: a database keeps nothing in the home, which its own files mark.
+    let empty = TestEnv::empty();
+    for args in [
+        &["worker", "--once"][..],
+        &["session", "list"],
+        &["status"],
+        &["session", "new", "--agent", "echo"],
+    ] {
+        let err = empty.fails(args, 2);
+        assert!(err.contains("not an agentq home"), "{args:?}: {err}");
+    }
+    empty.ok(&["init"]);
+    empty.worker_once();
 }
 
 #[test]
@@ -448,11 +454,7 @@ fn a_paused_session_waits_until_it_is_resumed() {
 
 #[test]
 fn a_worker_killed_mid_execution_is_resumed_by_the_next_one() {
-    let Some(env) = TestEnv::files_only(
-        "bug: a killed worker's Postgres lease holds until it expires (30 s), so the next worker does not resume at once",
-    ) else {
-        return;
-    };
+    let env = TestEnv::new();
     env.write_agent("slow", SLOW_AGENT);
     let id = env.new_session("slow");
     env.send(&id, "survive this");

@@ -67,13 +67,18 @@ pub struct FileStore {
     pub(crate) ids: Arc<dyn IdGen>,
 }
 
+/// Where the file store keeps the sessions of `home`.
+pub(crate) fn sessions_dir_in(home: &Path) -> PathBuf {
+    home.join("sessions")
+}
+
 impl FileStore {
     pub fn new(home: PathBuf, clock: Arc<dyn Clock>, ids: Arc<dyn IdGen>) -> FileStore {
         FileStore { home, clock, ids }
     }
 
     pub(crate) fn sessions_dir(&self) -> PathBuf {
-        self.home.join("sessions")
+        sessions_dir_in(&self.home)
     }
 
     /// `sessions/.ready/`: one empty marker per session with pending inbox entries.
@@ -291,10 +296,6 @@ impl crate::store::Store for FileStore {
 
     fn describe(&self) -> String {
         self.sessions_dir().display().to_string()
-    }
-
-    fn exists(&self) -> bool {
-        self.sessions_dir().exists()
     }
 
     fn migrated(&self) -> Option<crate::store::pg::schema::Migrated> {
@@ -544,34 +545,12 @@ impl SessionDir {
         let current = state.current.as_ref()?;
         match self.read_execution(current.execution_id) {
             Ok(exec) => (!exec.status.is_terminal()).then_some(exec),
-            Err(ReadError::NotFound { .. }) => Some(Execution {
-                v: crate::domain::FORMAT_VERSION,
-                id: current.execution_id,
-                session_id: self.id,
-                message_id: current.message_id,
-                message_seq: current.message_seq,
-                status: crate::domain::execution::ExecStatus::Running,
-                stop_reason: None,
-                attempts: current.attempts,
-                steps: current.steps,
-                usage: current.usage,
-                started_at: current.started_at,
-                finished_at: None,
-                duration_ms: None,
-                response: None,
-                error: None,
-                exit_code: None,
-                cost_usd: None,
+            Err(ReadError::NotFound { .. }) => Some(Execution::running_from(
+                current,
+                self.id,
                 // The worker that claimed it wrote who it is into the lock file.
-                worker: self
-                    .lock_owner()
-                    .unwrap_or(crate::domain::execution::WorkerInfo {
-                        pid: 0,
-                        host: "unknown".to_owned(),
-                    }),
-                retry_of: None,
-                suspended: false,
-            }),
+                self.lock_owner(),
+            )),
             Err(_) => None,
         }
     }

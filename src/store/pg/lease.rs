@@ -61,8 +61,8 @@ struct Running {
 impl PgLease {
     /// Takes the lease of session `id` if it is free or expired.
     pub(super) fn claim(store: &PgStore, id: Uuid, worker: &WorkerInfo) -> Result<Claimed> {
-        let owner = format!("{}:{}:{}", worker.host, worker.pid, store.ids.new_id());
-        let info = serde_json::to_value(worker)?;
+        let owner = owner_value(store, worker);
+        let info = super::takeover::last_owner(worker)?;
         let lease = store.lease_secs();
         // Taken before the claim: the lease runs from the database's `now()` of the
         // claim, and the owner must not count it as held for longer than the database
@@ -95,6 +95,14 @@ impl PgLease {
         });
         let epoch = match claimed {
             Ok(Some(epoch)) if epoch != -1 => epoch,
+            // Busy: taken over at once if its owner's process ended on this host.
+            Ok(Some(_)) => match super::takeover::take_over_ended(store, id, worker) {
+                Ok(Some(epoch)) => epoch,
+                other => {
+                    store.pool.give(db);
+                    return other.map(|_| Claimed::Busy);
+                }
+            },
             other => {
                 store.pool.give(db);
                 return match other.map_err(anyhow::Error::from)? {
@@ -119,6 +127,7 @@ impl PgLease {
         let renewer = store
             .renewing
             .then(|| Renewer::start(db.clone(), id, epoch, store.lease, asked));
+        super::held::add(&db, id, epoch);
         Ok(Claimed::Owned(Box::new(PgLease {
             store: store.clone(),
             db,
@@ -330,6 +339,7 @@ impl PgLease {
             return Ok(());
         }
         self.released = true;
+        super::held::remove(self.id, self.epoch);
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
@@ -337,6 +347,11 @@ impl PgLease {
         self.store.pool.give(self.db.clone());
         released
     }
+}
+
+/// A claim's `owner`: the worker, and a nonce of this claim's own.
+pub(super) fn owner_value(store: &PgStore, worker: &WorkerInfo) -> String {
+    format!("{}:{}:{}", worker.host, worker.pid, store.ids.new_id())
 }
 
 /// The workspace and process record of session `id` on this host.
@@ -350,7 +365,7 @@ fn local_files(store: &PgStore, id: Uuid) -> LocalFiles {
 
 /// Clears the owner of the row, if `epoch` still holds it, and announces the session
 /// again if its inbox is not empty.
-fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
+pub(super) fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
     // Not durable: a release a crash lost is a lease that expires.
     db.transaction_as("releasing a session in", Commit::Deferred, move |tx| {
         tx.execute(

@@ -18,13 +18,17 @@
 //! closure and waits for the answer, as a file write waits for the disk.
 
 pub(crate) mod events;
+mod held;
 mod import;
 mod lease;
 pub mod schema;
 mod session;
 mod store;
+mod takeover;
 
 pub use store::PgStore;
+
+pub(crate) use held::release_all;
 
 use std::fmt;
 use std::sync::mpsc;

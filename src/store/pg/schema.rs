@@ -11,7 +11,8 @@
 //! `events` (the exact NDJSON line, so `watch --json` prints the same bytes, with its
 //! `type` beside it for the searches by type; key `(session_id, seq)`), `keys`
 //! (idempotency keys) and `workers` (a heartbeat each). `sessions.last_owner` is the
-//! worker (`{pid, host}`) that took the lease last, kept after it is released.
+//! worker (`{pid, host}`) that took the lease last, kept after it is released, with
+//! the process that holds it (`process`, optional: see `takeover`).
 
 use super::Db;
 use crate::error::UserError;

@@ -10,9 +10,8 @@ use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL, PgFeed};
 use super::{PgStore, TxError};
-use crate::domain::FORMAT_VERSION;
 use crate::domain::event::{EventPayload, RawEvent, SessionStatusChanged};
-use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
+use crate::domain::execution::{Execution, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, TranscriptMark};
@@ -217,31 +216,7 @@ fn running_from(
     let current = state.current.as_ref()?;
     match record {
         Some(exec) => (!exec.status.is_terminal()).then_some(exec),
-        None => Some(Execution {
-            v: FORMAT_VERSION,
-            id: current.execution_id,
-            session_id: session,
-            message_id: current.message_id,
-            message_seq: current.message_seq,
-            status: ExecStatus::Running,
-            stop_reason: None,
-            attempts: current.attempts,
-            steps: current.steps,
-            usage: current.usage,
-            started_at: current.started_at,
-            finished_at: None,
-            duration_ms: None,
-            response: None,
-            error: None,
-            exit_code: None,
-            cost_usd: None,
-            worker: owner.unwrap_or(WorkerInfo {
-                pid: 0,
-                host: "unknown".to_owned(),
-            }),
-            retry_of: None,
-            suspended: false,
-        }),
+        None => Some(Execution::running_from(current, session, owner)),
     }
 }
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::events::{self, INBOX_CHANNEL};
 use super::lease::PgLease;
 use super::session::PgSession;
+use super::takeover::{OwnerProcess, process_of};
 use super::{Db, DbUrl, Pool, TxError, schema};
 use crate::domain::event::{EventPayload, SessionCreated};
 use crate::domain::execution::WorkerInfo;
@@ -159,17 +160,31 @@ impl Store for PgStore {
 
     fn pending(&self, _full: bool) -> Result<Vec<Uuid>> {
         // One query finds them all, so the cheap look and the full scan are the same.
-        let rows = self.db.call("looking for pending messages in", |c| {
+        // Sessions whose lease is held by a process of this boot come too, with it:
+        // those whose owner has ended are taken over at once (`takeover`).
+        let boot = OwnerProcess::this_boot().map(str::to_owned);
+        let rows = self.db.call("looking for pending messages in", move |c| {
             c.query(
-                "SELECT s.id FROM sessions s
-                 WHERE (s.owner IS NULL OR s.lease_until < now())
+                "SELECT s.id,
+                        CASE WHEN s.owner IS NOT NULL AND s.lease_until >= now()
+                             THEN s.last_owner END
+                 FROM sessions s
+                 WHERE (s.owner IS NULL OR s.lease_until < now()
+                        OR s.last_owner->'process'->>'boot_id' = $1)
                    AND s.meta->>'status' <> 'paused'
                    AND EXISTS (SELECT 1 FROM inbox i WHERE i.session_id = s.id)
                  ORDER BY s.id",
-                &[],
+                &[&boot],
             )
         })?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        Ok(rows
+            .iter()
+            .filter(|row| match row.get::<_, Option<serde_json::Value>>(1) {
+                None => true,
+                Some(held) => process_of(Some(held)).is_some_and(|p| p.is_gone()),
+            })
+            .map(|row| row.get(0))
+            .collect())
     }
 
     fn notify_pending(&self, wake: Box<dyn Fn() + Send + Sync>) -> Option<Guard> {
@@ -298,11 +313,6 @@ impl Store for PgStore {
 
     fn describe(&self) -> String {
         self.db.url().to_string()
-    }
-
-    fn exists(&self) -> bool {
-        // Opening the store made its tables.
-        true
     }
 
     fn migrated(&self) -> Option<schema::Migrated> {

@@ -561,11 +561,18 @@ fn a_home_that_does_not_exist_or_is_not_one_is_refused_by_every_command() {
                     .any(|a| a.starts_with("--help") || a == "--version")
         })
         .collect();
+    // A database named for the sessions changes nothing: the home is refused before
+    // any store is opened, even one that cannot be reached (port 9: nothing listens).
+    let stores = [None, Some("postgres://agentq@127.0.0.1:9/agentq")];
     for (home, says) in homes {
         let before = snapshot(dir.path());
         for args in &commands {
-            for by_env in [false, true] {
+            for (by_env, store) in [(false, stores[0]), (true, stores[0]), (false, stores[1])] {
                 let mut cmd = std::process::Command::cargo_bin("agentq").unwrap();
+                match store {
+                    Some(url) => cmd.env("AGENTQ_STORE", url),
+                    None => cmd.env_remove("AGENTQ_STORE"),
+                };
                 if by_env {
                     cmd.env("AGENTQ_HOME", home);
                 } else {
@@ -578,7 +585,11 @@ fn a_home_that_does_not_exist_or_is_not_one_is_refused_by_every_command() {
                     .stdin(Stdio::null())
                     .output()
                     .unwrap();
-                let what = format!("agentq {} in {}", args.join(" "), home.display());
+                let what = format!(
+                    "agentq {} in {} (store {store:?})",
+                    args.join(" "),
+                    home.display()
+                );
                 assert_refused(&out, 2, &[&home.display().to_string(), says], &what);
                 checked += 1;
             }

@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 use super::server;
 use crate::it::*;
 
+/// An answer of thirty words streamed at 100 ms each.
+const SLOW_AGENT: &str = r#"
+name = "slow"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30"
+delay_ms = 100
+"#;
+
 /// A client on the database at `url` as the trusted superuser, for the test's setup.
 fn admin(url: &str) -> ::postgres::Client {
     ::postgres::Client::connect(url, ::postgres::NoTls).expect("the admin connection")
@@ -126,18 +136,8 @@ fn a_worker_whose_connections_are_cut_mid_execution_connects_again_and_completes
     password_role(&plain);
     let url = as_user(&plain, server::PASSWORD_USER, PASSWORD);
     let env = TestEnv::on_store(&url);
-    // Thirty words at 100 ms each: three seconds of streaming to cut into.
-    env.write_agent(
-        "slow",
-        r#"
-name = "slow"
-[model]
-provider = "scripted"
-[[model.script]]
-text = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30"
-delay_ms = 100
-"#,
-    );
+    // Three seconds of streaming to cut into.
+    env.write_agent("slow", SLOW_AGENT);
     let id = env.new_session("slow");
     let worker = env.spawn_worker(&[]);
     env.send(&id, "take long");
@@ -198,4 +198,77 @@ delay_ms = 100
         log.contains(&format!("{}:***@", server::PASSWORD_USER)),
         "{log}"
     );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
+fn a_worker_whose_lease_was_taken_over_while_it_was_stopped_says_so_and_goes_on() {
+    let env = TestEnv::on_store(&server::new_database());
+    std::fs::write(env.home().join("agentq.toml"), "[store]\nlease = \"2s\"\n").unwrap();
+    // Three seconds of streaming: long enough to be stopped in, and resumed.
+    env.write_agent("slow", SLOW_AGENT);
+    let id = env.new_session("slow");
+    env.send(&id, "take long");
+    let log = env.home().join("first.log");
+    let first = env.spawn_worker(&["--log-file", log.to_str().unwrap()]);
+    let first_pid = u64::from(first.child.id());
+    wait_until("the first worker streaming", LONG, || {
+        !env.events_of(&id, "agent.stream.chunk").is_empty()
+    });
+    first.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let second = env.spawn_worker(&[]);
+    let second_pid = u64::from(second.child.id());
+    wait_until("the second worker resuming it", LONG, || {
+        env.events_of(&id, "execution.started").len() == 2
+    });
+    // A stopped worker is alive: its lease is taken once it runs out, not at once.
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(1),
+        "taken after {:?}",
+        stopped.elapsed()
+    );
+    let starts = env.payloads(&id, "execution.started");
+    assert_eq!(starts[1]["worker"]["pid"], second_pid);
+    assert_eq!(starts[1]["attempt"], 2);
+
+    // Woken, the first worker finds its lease gone: it stops that execution, says so,
+    // and counts no failure.
+    first.signal(libc::SIGCONT);
+    let took = format!("another worker took session {id} over; stopped its execution here");
+    wait_until("the first worker noticing", LONG, || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains(&took))
+    });
+    wait_until("the second worker finishing it", LONG, || {
+        !env.finished(&id).is_empty()
+    });
+    second.signal(15);
+    assert_eq!(code(&second.wait(LONG)), 0);
+    let done = env.finished(&id);
+    assert_eq!(done.len(), 1, "settled once");
+    assert_eq!(done[0]["status"], "completed");
+    assert_eq!(env.events_of(&id, "agent.message.completed").len(), 1);
+
+    // It goes on with other sessions.
+    let other = env.new_session("echo");
+    env.send(&other, "still here");
+    wait_until("the first worker running another session", LONG, || {
+        !env.finished(&other).is_empty()
+    });
+    assert_eq!(
+        env.payloads(&other, "execution.started")[0]["worker"]["pid"],
+        first_pid
+    );
+    first.signal(15);
+    let out = first.wait(LONG);
+    assert_eq!(
+        code(&out),
+        0,
+        "a lost lease is no failure: {}",
+        describe(&out)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains(&took)).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(!text.contains("repair or remove"), "{text}");
 }

@@ -102,6 +102,14 @@ fn owned(store: &dyn Store, id: Uuid) -> agentq::store::Owned {
     }
 }
 
+/// An event an owner may append, to see whether its writes are still taken.
+fn processing() -> EventPayload {
+    EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
+        status: agentq::domain::event::AgentStatus::Processing,
+        previous_status: agentq::domain::event::AgentStatus::Idle,
+    })
+}
+
 /// The runtime the async parts run on (the test server's client must not be).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -467,13 +475,7 @@ fn an_expired_lease_is_taken_over_and_its_owner_can_write_nothing() {
     let before = types(&other, id);
 
     let err = first
-        .append(
-            Some(claim.execution.id),
-            EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
-                status: agentq::domain::event::AgentStatus::Processing,
-                previous_status: agentq::domain::event::AgentStatus::Idle,
-            }),
-        )
+        .append(Some(claim.execution.id), processing())
         .unwrap_err();
     assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
     let mut state = claim.state.clone();
@@ -499,6 +501,105 @@ fn an_expired_lease_is_taken_over_and_its_owner_can_write_nothing() {
     assert!(
         other.session(id).owner().is_some(),
         "the lost lease let go of nothing"
+    );
+    second.release().unwrap();
+}
+
+/// How a claim records process `pid` of this host as a lease's owner (in
+/// `last_owner.process`), read from `/proc` as the claim reads it.
+fn owner_process(pid: u32) -> serde_json::Value {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    serde_json::json!({
+        "boot_id": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim(),
+        "pid_ns": std::fs::read_link("/proc/self/ns/pid").unwrap().to_str().unwrap(),
+        "pid": pid,
+        "started": fields[19].parse::<u64>().unwrap(),
+    })
+}
+
+/// Makes the lease of session `id` look held by `process` (as [`owner_process`]).
+fn held_by(url: &str, id: Uuid, process: &serde_json::Value) {
+    let mut db = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE sessions SET last_owner = jsonb_set(last_owner, '{process}', $2)
+             WHERE id = $1 AND owner IS NOT NULL",
+            &[&id, process],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
+fn a_lease_whose_process_ended_on_this_host_is_taken_over_at_once_under_the_fence() {
+    let home = home_with_agent();
+    let url = server::new_database();
+    let store = open(&url, home.path());
+    let id = new_session(&store);
+    send(&store, id, "hello");
+    let mut first = owned(&store, id);
+    let Next::Run(claim) = first.next().unwrap() else {
+        panic!("a message to run")
+    };
+    let busy = |why: &str| {
+        assert!(!store.pending(true).unwrap().contains(&id), "{why}");
+        assert!(
+            matches!(
+                store.claim(id, &worker::this_worker()).unwrap(),
+                Claimed::Busy
+            ),
+            "{why}"
+        );
+    };
+    busy("held by this process, alive");
+
+    // Another process of this host, alive (stopped or not), keeps it: only its lease
+    // running out would free the session.
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let process = owner_process(other.id());
+    held_by(&url, id, &process);
+    busy("held by a live process");
+    other.kill().unwrap();
+    other.wait().unwrap();
+
+    // That process ended: but seen from another boot (another host) or another pid
+    // namespace, the pid says nothing, and the lease is waited for.
+    for (key, elsewhere) in [("boot_id", "another-boot"), ("pid_ns", "pid:[1]")] {
+        let mut moved = process.clone();
+        moved[key] = elsewhere.into();
+        held_by(&url, id, &moved);
+        busy(key);
+    }
+
+    // Seen from here, it is gone: the session is pending again and taken over at once.
+    held_by(&url, id, &process);
+    assert!(store.pending(true).unwrap().contains(&id));
+    let mut second = owned(&store, id);
+    let before = types(&store, id);
+    let err = first
+        .append(Some(claim.execution.id), processing())
+        .unwrap_err();
+    assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
+    assert_eq!(types(&store, id), before, "the fence holds");
+    let Next::Run(resumed) = second.next().unwrap() else {
+        panic!("the message again")
+    };
+    assert_eq!(resumed.execution.id, claim.execution.id);
+    assert_eq!(resumed.execution.attempts, 2, "the crash counted");
+    drop(first);
+    assert!(
+        store.session(id).owner().is_some(),
+        "the old lease let go of nothing"
     );
     second.release().unwrap();
 }
@@ -648,13 +749,7 @@ fn an_owner_whose_renewals_fail_for_as_long_as_the_lease_writes_nothing_more() {
     let (tx, rx) = std::sync::mpsc::channel();
     let execution = claim.execution.id;
     std::thread::spawn(move || {
-        let written = owner.append(
-            Some(execution),
-            EventPayload::AgentStatus(agentq::domain::event::AgentStatusChanged {
-                status: agentq::domain::event::AgentStatus::Processing,
-                previous_status: agentq::domain::event::AgentStatus::Idle,
-            }),
-        );
+        let written = owner.append(Some(execution), processing());
         let _ = tx.send(written.map_err(|e| e.downcast_ref::<LeaseLost>().is_some()));
     });
     let answer = rx
