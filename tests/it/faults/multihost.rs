@@ -601,6 +601,15 @@ CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON executions FOR EACH ROW
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON transcript FOR EACH ROW EXECUTE FUNCTION audit_write();
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON events FOR EACH ROW EXECUTE FUNCTION audit_write();
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON keys FOR EACH ROW EXECUTE FUNCTION audit_write();
+-- An owner's transactions are a few milliseconds long (its events are single
+-- statements): a transcript line, always written inside one, takes 150 ms here, so the
+-- moment "holding the row" lasts long enough to be caught.
+CREATE FUNCTION slow_line() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.15);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER slow AFTER INSERT ON transcript FOR EACH ROW EXECUTE FUNCTION slow_line();
 "#;
 
 /// Messages of a fenced session: the owner is cut off in one of them, and the worker
@@ -645,13 +654,14 @@ fn owner(db: &mut ::postgres::Client, id: &str) -> Option<(u32, i64, Value)> {
     })
 }
 
-/// Whether a connection of `app` is inside a transaction, between its statements.
+/// Whether a connection of `app` is inside a transaction: between its statements, or
+/// in the 150 ms of a transcript line (`slow_line`).
 fn in_transaction(db: &mut ::postgres::Client, app: &str) -> bool {
     count(
         db,
         &format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'
-             AND state = 'idle in transaction'"
+             AND (state = 'idle in transaction' OR wait_event = 'PgSleep')"
         ),
     ) > 0
 }
