@@ -493,6 +493,25 @@ struct Tally {
 }
 
 impl Tally {
+    /// What the audits counted, as the suite's summary line reports it.
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("interrupted_tools", self.interrupted_tools),
+            ("messages", self.messages),
+            ("completed", self.completed),
+            ("duplicates", self.duplicates),
+            ("losses", self.losses),
+            ("not_completed", self.not_completed),
+            ("out_of_order", self.out_of_order),
+            ("seq_gaps", self.seq_gaps),
+            ("unparsable", self.unparsable),
+            ("rerun_tools", self.rerun_tools),
+            ("extra_calls", self.extra_calls),
+            ("missing_effects", self.missing_effects),
+            ("problems", self.problems.len() as u64),
+        ]
+    }
+
     fn problem(&mut self, text: String) {
         if self.problems.len() < 40 {
             self.problems.push(text);
@@ -1232,24 +1251,14 @@ fn kill_9_at_random_moments_loses_duplicates_and_reruns_nothing() {
             ("mid_write", kills.mid_write),
             ("mid_checkpoint", kills.mid_checkpoint),
             ("deferred", kills.deferred),
-            ("interrupted_tools", tally.interrupted_tools),
-            ("messages", tally.messages),
-            ("completed", tally.completed),
-            ("duplicates", tally.duplicates),
-            ("losses", tally.losses),
-            ("not_completed", tally.not_completed),
-            ("out_of_order", tally.out_of_order),
-            ("seq_gaps", tally.seq_gaps),
-            ("unparsable", tally.unparsable),
-            ("rerun_tools", tally.rerun_tools),
-            ("extra_calls", tally.extra_calls),
-            ("missing_effects", tally.missing_effects),
             ("json_files", files.json_files),
             ("temp_leftovers", files.temp_leftovers),
-            ("problems", tally.problems.len() as u64),
             ("killing_ms", killing.as_millis() as u64),
             ("total_ms", started.elapsed().as_millis() as u64),
-        ],
+        ]
+        .into_iter()
+        .chain(tally.counts())
+        .collect::<Vec<_>>(),
     );
 
     // Which kills the messages behind a problem lived through.
