@@ -156,6 +156,14 @@ fn stop_now(sink: &mut dyn Sink, deadline: Option<Timestamp>) -> Option<Stop> {
     })
 }
 
+/// A shutdown asked for while tools ran, even if no stop check saw it: a second signal
+/// kills the commands itself (`tools::process::kill_all`), and a command that ends so
+/// must not be taken for one that failed by itself (its result would be kept, and the
+/// resumed step would not answer it as interrupted).
+fn shut_down_meanwhile(sink: &mut dyn Sink) -> Option<Stop> {
+    sink.stop_requested().filter(|stop| *stop == Stop::Shutdown)
+}
+
 /// Runs steps until the execution settles. `history` holds the settled transcript
 /// messages, `state.current` the execution (its settled steps and usage, and a step
 /// left open by a crash). Errors are failures to record (disk), not failures of the
@@ -573,6 +581,7 @@ impl Loop<'_> {
                 }
             }
         };
+        let cut = cut.or_else(|| shut_down_meanwhile(&mut *self.sink));
         let shutdown = cut == Some(Stop::Shutdown);
         let mut outputs = Vec::with_capacity(results.len());
         for (call, (output, duration_ms)) in calls.iter().zip(results) {
@@ -607,6 +616,7 @@ impl Loop<'_> {
             cut.is_some()
         };
         let output = invoke(run, call, &mut self.state.todos, &mut stop).await;
+        let cut = cut.or_else(|| shut_down_meanwhile(&mut *self.sink));
         let output = match cut {
             Some(Stop::Shutdown) => None,
             _ => Some(output),
