@@ -60,6 +60,11 @@ pub trait Sink: Send {
     /// Whether to stop (cancel or shutdown), asked between text chunks, tool calls and
     /// steps.
     fn stop_requested(&mut self) -> Option<Stop>;
+    /// Whether the worker is shutting down, whatever else is asked: a cancel queued
+    /// beside it must not hide it (see [`shut_down_meanwhile`]).
+    fn shutting_down(&mut self) -> bool {
+        self.stop_requested() == Some(Stop::Shutdown)
+    }
     /// Whether the session was paused, asked between steps: the execution then waits,
     /// at its checkpoint, for `session resume`.
     fn paused(&mut self) -> bool {
@@ -161,7 +166,7 @@ fn stop_now(sink: &mut dyn Sink, deadline: Option<Timestamp>) -> Option<Stop> {
 /// must not be taken for one that failed by itself (its result would be kept, and the
 /// resumed step would not answer it as interrupted).
 fn shut_down_meanwhile(sink: &mut dyn Sink) -> Option<Stop> {
-    sink.stop_requested().filter(|stop| *stop == Stop::Shutdown)
+    sink.shutting_down().then_some(Stop::Shutdown)
 }
 
 /// Runs steps until the execution settles. `history` holds the settled transcript

@@ -397,6 +397,11 @@ impl Sink for LeaseSink<'_> {
         }
     }
 
+    /// The flag alone: no look at the inbox for a cancel.
+    fn shutting_down(&mut self) -> bool {
+        self.shutdown.is_requested()
+    }
+
     fn now(&self) -> Timestamp {
         self.clock.now()
     }
