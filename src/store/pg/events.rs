@@ -12,6 +12,7 @@ use anyhow::Result;
 use postgres::fallible_iterator::FallibleIterator;
 use uuid::Uuid;
 
+use super::prepared::Prepared;
 use super::{Db, TxError};
 use crate::domain::FORMAT_VERSION;
 use crate::domain::event::{Event, EventPayload, RawEvent};
@@ -37,7 +38,7 @@ pub(crate) fn append_all(
     now: Timestamp,
 ) -> Result<u64, TxError> {
     let n = payloads.len() as i64;
-    let row = tx.query_opt(
+    let row = tx.row_opt(
         "UPDATE sessions SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
         &[&session, &n],
     )?;
@@ -61,7 +62,7 @@ pub(crate) fn append_all(
         seqs.push(seq);
     }
     // All the rows and the notification in one statement: an event is a round trip.
-    tx.execute(
+    tx.run(
         "WITH inserted AS (
              INSERT INTO events (session_id, seq, type, body)
              SELECT $1, e.seq, e.type, e.body
@@ -109,7 +110,7 @@ pub(crate) fn append_fenced(
     let row = db.call("appending an event in", move |c| {
         // The seqs are known only once the row is locked, so the server writes each
         // into its line: `head`, the seq, then the rest of the line.
-        c.query_opt(
+        c.row_opt(
             "WITH s AS (
                  UPDATE sessions SET last_seq = last_seq + $2
                  WHERE id = $1 AND epoch = $3 RETURNING last_seq
@@ -148,7 +149,7 @@ pub(crate) fn notify(
     channel: &str,
     session: Uuid,
 ) -> Result<(), postgres::Error> {
-    tx.execute(
+    tx.run(
         "SELECT pg_notify($1, $2)",
         &[&channel, &session.to_string()],
     )
@@ -159,7 +160,7 @@ pub(crate) fn notify(
 pub(crate) fn last_of(db: &Db, session: Uuid, types: &[&str]) -> Result<Option<(u64, RawEvent)>> {
     let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
     let row = db.call("reading the event log in", move |c| {
-        c.query_opt(
+        c.row_opt(
             "SELECT seq, body FROM events WHERE session_id = $1 AND type = ANY($2)
              ORDER BY seq DESC LIMIT 1",
             &[&session, &types],
@@ -205,7 +206,7 @@ impl EventFeed for PgFeed {
     fn read(&mut self) -> Result<Vec<LogLine>> {
         let (session, after) = (self.session, self.after as i64);
         let rows = self.db.call("reading the event log in", move |c| {
-            c.query(
+            c.rows(
                 "SELECT s.last_seq, e.seq, e.body FROM sessions s
                  LEFT JOIN LATERAL (
                      SELECT seq, body FROM events
@@ -258,7 +259,7 @@ impl EventFeed for PgFeed {
         // An error is no proof that it is gone: the next read says what is wrong.
         self.db
             .call("looking for a session in", move |c| {
-                c.query_one(
+                c.row(
                     "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
                     &[&session],
                 )

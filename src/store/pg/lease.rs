@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL};
+use super::prepared::Prepared;
 use super::session::{
     append_transcript, doc, read_execution, read_meta, read_transcript, transcript_rows,
     write_execution, write_meta, write_state,
@@ -74,24 +75,22 @@ impl PgLease {
         // not fsynced: the first durable write makes it so, and a claim a crash lost
         // leaves the message in the inbox.
         let claimed = db.call("claiming a session in", move |c| {
-            let row = c.query_opt(
-                "UPDATE sessions
-                 SET owner = $2, epoch = epoch + 1,
-                     lease_until = now() + make_interval(secs => $3), last_owner = $4
-                 WHERE id = $1 AND (owner IS NULL OR lease_until < now())
-                 RETURNING epoch",
+            // One statement whether it is taken or not: the new epoch, or none when the
+            // lease is held (or the session gone, which tells the two apart).
+            let row = c.row(
+                "WITH claimed AS (
+                     UPDATE sessions
+                     SET owner = $2, epoch = epoch + 1,
+                         lease_until = now() + make_interval(secs => $3), last_owner = $4
+                     WHERE id = $1 AND (owner IS NULL OR lease_until < now())
+                     RETURNING epoch
+                 )
+                 SELECT (SELECT epoch FROM claimed),
+                        EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
                 &[&id, &owner, &lease, &info],
             )?;
-            if let Some(row) = row {
-                return Ok(Some(row.get::<_, i64>(0)));
-            }
-            let exists: bool = c
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
-                    &[&id],
-                )?
-                .get(0);
-            Ok(exists.then_some(-1))
+            let (epoch, exists): (Option<i64>, bool) = (row.get(0), row.get(1));
+            Ok(epoch.or(exists.then_some(-1)))
         });
         let epoch = match claimed {
             Ok(Some(epoch)) if epoch != -1 => epoch,
@@ -154,7 +153,7 @@ impl PgLease {
             return Err(anyhow::Error::new(LeaseLost { session: id }));
         }
         self.db.transaction_as(doing, commit, move |tx| {
-            let row = tx.query_opt(
+            let row = tx.row_opt(
                 "SELECT epoch FROM sessions WHERE id = $1 FOR UPDATE",
                 &[&id],
             )?;
@@ -165,14 +164,14 @@ impl PgLease {
         })
     }
 
-    /// Runs `work`, which only reads, in a transaction of the connection's commits:
-    /// with nothing written there is nothing to flush, and nothing to switch.
+    /// Runs `work`, one statement that only reads, on the lease's connection
+    /// ([`Db::read`]).
     fn read<T: Send + 'static>(
         &self,
         doing: &str,
-        work: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, TxError> + Send + 'static,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, TxError> + Send + 'static,
     ) -> Result<T> {
-        self.db.transaction_as(doing, Commit::Deferred, work)
+        self.db.read(doing, work)
     }
 
     fn now(&self) -> Timestamp {
@@ -368,12 +367,12 @@ fn local_files(store: &PgStore, id: Uuid) -> LocalFiles {
 pub(super) fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
     // Not durable: a release a crash lost is a lease that expires.
     db.transaction_as("releasing a session in", Commit::Deferred, move |tx| {
-        tx.execute(
+        tx.run(
             "UPDATE sessions SET owner = NULL, lease_until = NULL WHERE id = $1 AND epoch = $2",
             &[&id, &epoch],
         )?;
         let waiting: bool = tx
-            .query_one(
+            .row(
                 "SELECT EXISTS (SELECT 1 FROM inbox WHERE session_id = $1)",
                 &[&id],
             )?
@@ -390,7 +389,7 @@ fn delete_entry(
     id: Uuid,
     message: Uuid,
 ) -> Result<(), TxError> {
-    tx.execute(
+    tx.run(
         "DELETE FROM inbox WHERE session_id = $1 AND id = $2",
         &[&id, &message],
     )?;
@@ -423,7 +422,7 @@ fn finish(
     }
     if recovering {
         let written = tx
-            .query_opt(
+            .row_opt(
                 "SELECT body FROM events WHERE session_id = $1 AND type = 'execution.finished'
                  ORDER BY seq DESC LIMIT 1",
                 &[&id],
@@ -474,7 +473,7 @@ impl Lease for PgLease {
             let id = self.id;
             move |tx| {
                 // One statement, one snapshot: the documents and the inbox's head.
-                let Some(row) = tx.query_opt(
+                let Some(row) = tx.row_opt(
                     "SELECT s.meta, s.state,
                             (SELECT i.entry FROM inbox i WHERE i.session_id = s.id
                              ORDER BY i.seq LIMIT 1)
@@ -614,7 +613,7 @@ impl Lease for PgLease {
                 let mut dirty = false;
                 if let Some(max) = obeyed.iter().max() {
                     // The cancel entries it obeyed leave the inbox with it.
-                    tx.execute(
+                    tx.run(
                         "DELETE FROM inbox WHERE session_id = $1 AND seq = ANY($2)",
                         &[&id, &obeyed],
                     )?;
@@ -685,7 +684,7 @@ fn renew_row(db: &Db, id: Uuid, epoch: i64, lease: Duration) -> Result<bool> {
     // Durable, so the lease the owner counts on is the one a crashed server comes back
     // with (it costs a flush every third of the lease).
     let renewed = db.transaction_as("renewing a lease in", Commit::Durable, move |tx| {
-        Ok(tx.execute(
+        Ok(tx.run(
             "UPDATE sessions SET lease_until = now() + make_interval(secs => $3)
              WHERE id = $1 AND epoch = $2",
             &[&id, &epoch, &secs],
@@ -789,7 +788,7 @@ impl CancelWatch {
         self.checked = Some(Instant::now());
         let after = self.after_seq as i64;
         let found = db.call("looking for a cancel in", move |c| {
-            c.query(
+            c.rows(
                 "SELECT seq FROM inbox WHERE session_id = $1 AND seq > $2
                  AND entry->>'kind' = 'cancel' ORDER BY seq",
                 &[&id, &after],

@@ -21,6 +21,7 @@ pub(crate) mod events;
 mod held;
 mod import;
 mod lease;
+mod prepared;
 pub mod schema;
 mod session;
 mod store;
@@ -207,6 +208,7 @@ impl Db {
                 };
                 for job in queue {
                     if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        prepared::forget();
                         client = reconnect(&config, &shown);
                     }
                     job(client.as_mut());
@@ -240,7 +242,11 @@ impl Db {
     ) -> Result<T, UserError> {
         let (answer_tx, answer_rx) = mpsc::channel();
         let job: Job = Box::new(move |client| {
-            let _ = answer_tx.send(client.map(work));
+            let answer = client.map(work);
+            if let Some(Err(_)) = answer {
+                prepared::forget();
+            }
+            let _ = answer_tx.send(answer);
         });
         let lost =
             || UserError::unavailable(format!("lost the connection to {} while {doing}", self.url));
@@ -383,29 +389,49 @@ impl Db {
         commit: Commit,
         work: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, TxError> + Send + 'static,
     ) -> anyhow::Result<T> {
-        enum Refused {
-            Lost(Uuid),
-            Other(anyhow::Error),
-        }
         let switch = match (self.commits, commit) {
             (Commit::Durable, Commit::Deferred) => Some("SET LOCAL synchronous_commit TO off"),
             (Commit::Deferred, Commit::Durable) => Some("SET LOCAL synchronous_commit TO on"),
             _ => None,
         };
-        let outcome = self.call(doing, move |client| {
+        self.refusable(doing, move |client| {
             let mut tx = client.transaction()?;
             if let Some(switch) = switch {
                 tx.batch_execute(switch)?;
             }
-            match work(&mut tx) {
-                Ok(value) => {
-                    tx.commit()?;
-                    Ok(Ok(value))
-                }
-                Err(TxError::Db(err)) => Err(err),
-                Err(TxError::Lost(session)) => Ok(Err(Refused::Lost(session))),
-                Err(TxError::Other(err)) => Ok(Err(Refused::Other(err))),
-            }
+            let value = work(&mut tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Runs `work`, which only reads, outside a transaction: for one statement, whose
+    /// snapshot is its own, a transaction would only add a round trip before it and
+    /// one after. Its errors are told as [`Db::transaction_as`] tells them.
+    pub(crate) fn read<T: Send + 'static>(
+        &self,
+        doing: &str,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, TxError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.refusable(doing, work)
+    }
+
+    /// [`Db::call`] for work that may also refuse: a lost lease, or an error of its
+    /// own, which are passed on as they are.
+    fn refusable<T: Send + 'static>(
+        &self,
+        doing: &str,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, TxError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        enum Refused {
+            Lost(Uuid),
+            Other(anyhow::Error),
+        }
+        let outcome = self.call(doing, move |client| match work(client) {
+            Ok(value) => Ok(Ok(value)),
+            Err(TxError::Db(err)) => Err(err),
+            Err(TxError::Lost(session)) => Ok(Err(Refused::Lost(session))),
+            Err(TxError::Other(err)) => Ok(Err(Refused::Other(err))),
         })?;
         match outcome {
             Ok(value) => Ok(value),

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL, PgFeed};
+use super::prepared::Prepared;
 use super::{PgStore, TxError};
 use crate::domain::event::{EventPayload, RawEvent, SessionStatusChanged};
 use crate::domain::execution::{Execution, WorkerInfo};
@@ -52,7 +53,7 @@ pub(super) fn lock_session(
     session: Uuid,
 ) -> Result<(i64, SessionMeta, AgentState), TxError> {
     let row = tx
-        .query_opt(
+        .row_opt(
             "SELECT epoch, meta, state FROM sessions WHERE id = $1 FOR UPDATE",
             &[&session],
         )?
@@ -66,14 +67,14 @@ pub(super) fn lock_session(
 
 pub(super) fn read_meta(c: &mut impl GenericClient, session: Uuid) -> Result<SessionMeta, TxError> {
     let row = c
-        .query_opt("SELECT meta FROM sessions WHERE id = $1", &[&session])?
+        .row_opt("SELECT meta FROM sessions WHERE id = $1", &[&session])?
         .ok_or_else(|| gone(session))?;
     doc(row.get(0), "session.json", session)
 }
 
 pub(super) fn read_state(c: &mut impl GenericClient, session: Uuid) -> Result<AgentState, TxError> {
     let row = c
-        .query_opt("SELECT state FROM sessions WHERE id = $1", &[&session])?
+        .row_opt("SELECT state FROM sessions WHERE id = $1", &[&session])?
         .ok_or_else(|| gone(session))?;
     doc(row.get(0), "state.json", session)
 }
@@ -83,7 +84,7 @@ pub(super) fn read_execution(
     session: Uuid,
     id: Uuid,
 ) -> Result<Option<Execution>, TxError> {
-    match c.query_opt(
+    match c.row_opt(
         "SELECT record FROM executions WHERE session_id = $1 AND id = $2",
         &[&session, &id],
     )? {
@@ -94,7 +95,7 @@ pub(super) fn read_execution(
 
 pub(super) fn write_execution(c: &mut impl GenericClient, exec: &Execution) -> Result<(), TxError> {
     let record = serde_json::to_value(exec)?;
-    c.execute(
+    c.run(
         "INSERT INTO executions (session_id, id, record) VALUES ($1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
         &[&exec.session_id, &exec.id, &record],
@@ -108,7 +109,7 @@ pub(super) fn write_meta(
     meta: &SessionMeta,
 ) -> Result<(), TxError> {
     let meta = serde_json::to_value(meta)?;
-    c.execute(
+    c.run(
         "UPDATE sessions SET meta = $2 WHERE id = $1",
         &[&session, &meta],
     )?;
@@ -121,7 +122,7 @@ pub(super) fn write_state(
     state: &AgentState,
 ) -> Result<(), TxError> {
     let state = serde_json::to_value(state)?;
-    c.execute(
+    c.run(
         "UPDATE sessions SET state = $2 WHERE id = $1",
         &[&session, &state],
     )?;
@@ -134,7 +135,7 @@ pub(super) fn read_transcript(
     session: Uuid,
     mark: TranscriptMark,
 ) -> Result<Vec<TranscriptLine>, TxError> {
-    let lines = c.query(
+    let lines = c.rows(
         "SELECT body FROM transcript WHERE session_id = $1 AND line < $2 ORDER BY line",
         &[&session, &(mark.lines as i64)],
     )?;
@@ -164,13 +165,13 @@ pub(super) fn append_transcript(
     mark: TranscriptMark,
     lines: &[(serde_json::Value, u64)],
 ) -> Result<TranscriptMark, TxError> {
-    c.execute(
+    c.run(
         "DELETE FROM transcript WHERE session_id = $1 AND line >= $2",
         &[&session, &(mark.lines as i64)],
     )?;
     let mut next = mark;
     for (body, bytes) in lines {
-        c.execute(
+        c.run(
             "INSERT INTO transcript (session_id, line, body) VALUES ($1, $2, $3)",
             &[&session, &(next.lines as i64), body],
         )?;
@@ -196,7 +197,7 @@ pub(super) fn read_inbox(
     c: &mut impl GenericClient,
     session: Uuid,
 ) -> Result<Vec<InboxEntry>, TxError> {
-    c.query(
+    c.rows(
         "SELECT entry FROM inbox WHERE session_id = $1 ORDER BY seq",
         &[&session],
     )?
@@ -237,7 +238,7 @@ impl PgSession {
             .store
             .db
             .call("reading the owner of a session in", move |c| {
-                c.query_opt(
+                c.row_opt(
                     "SELECT last_owner FROM sessions WHERE id = $1
                      AND (NOT $2 OR (owner IS NOT NULL AND lease_until > now()))",
                     &[&id, &live],
@@ -269,7 +270,7 @@ impl Session for PgSession {
 
     fn executions(&self) -> Result<Vec<Execution>> {
         self.call("reading the executions in", |c, id| {
-            Ok(c.query(
+            Ok(c.rows(
                 "SELECT record FROM executions WHERE session_id = $1 ORDER BY id",
                 &[&id],
             )?
@@ -376,7 +377,7 @@ impl Session for PgSession {
         self.call("removing a session in", |tx, id| {
             lock_session(tx, id)?;
             let owned: bool = tx
-                .query_one(
+                .row(
                     "SELECT owner IS NOT NULL AND lease_until > now() FROM sessions WHERE id = $1",
                     &[&id],
                 )?
@@ -387,7 +388,7 @@ impl Session for PgSession {
                     .into());
             }
             // Its inbox, executions, transcript, events and keys go with it (cascade).
-            tx.execute("DELETE FROM sessions WHERE id = $1", &[&id])?;
+            tx.run("DELETE FROM sessions WHERE id = $1", &[&id])?;
             Ok(())
         })?;
         // The workspace this host kept for it, if any.
@@ -403,7 +404,7 @@ impl Session for PgSession {
     fn events_end(&self) -> Result<Position> {
         let id = self.id;
         let row = self.store.db.call("reading the event log in", move |c| {
-            c.query_opt("SELECT last_seq FROM sessions WHERE id = $1", &[&id])
+            c.row_opt("SELECT last_seq FROM sessions WHERE id = $1", &[&id])
         })?;
         Ok(Position(row.map_or(0, |row| row.get::<_, i64>(0) as u64)))
     }
@@ -444,7 +445,7 @@ fn enqueue_in(
         );
     }
     if let Some(key) = &new.key
-        && let Some(row) = tx.query_opt(
+        && let Some(row) = tx.row_opt(
             "SELECT message_id FROM keys WHERE session_id = $1 AND key = $2",
             &[&id, key],
         )?
@@ -467,12 +468,12 @@ fn enqueue_in(
         attempts: 0,
     };
     let doc = serde_json::to_value(&entry)?;
-    tx.execute(
+    tx.run(
         "INSERT INTO inbox (session_id, seq, id, entry) VALUES ($1, $2, $3, $4)",
         &[&id, &(seq as i64), &entry.id, &doc],
     )?;
     if let Some(key) = &entry.key {
-        tx.execute(
+        tx.run(
             "INSERT INTO keys (session_id, key, message_id) VALUES ($1, $2, $3)",
             &[&id, key, &entry.id],
         )?;
@@ -503,13 +504,13 @@ fn next_seq(
     state: &AgentState,
 ) -> Result<u64, TxError> {
     let inbox: i64 = tx
-        .query_one(
+        .row(
             "SELECT coalesce(max(seq), 0) FROM inbox WHERE session_id = $1",
             &[&id],
         )?
         .get(0);
     let logged: i64 = tx
-        .query_opt(
+        .row_opt(
             "SELECT (body::jsonb -> 'payload' ->> 'seq')::bigint FROM events
              WHERE session_id = $1 AND type = 'message.queued' ORDER BY seq DESC LIMIT 1",
             &[&id],

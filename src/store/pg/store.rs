@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL};
 use super::lease::PgLease;
+use super::prepared::Prepared;
 use super::session::PgSession;
 use super::takeover::{OwnerProcess, process_of};
 use super::{Db, DbUrl, Pool, TxError, schema};
@@ -127,7 +128,7 @@ impl Store for PgStore {
         let registered = db.transaction("registering the worker in", move |tx| {
             // One registration at a time, so two workers never take the same slot.
             tx.batch_execute("LOCK TABLE workers IN EXCLUSIVE MODE")?;
-            tx.execute(
+            tx.run(
                 "DELETE FROM workers WHERE heartbeat < now() - make_interval(secs => $1)",
                 &[&lease],
             )?;
@@ -135,7 +136,7 @@ impl Store for PgStore {
                 None => None,
                 Some(max) => {
                     let held: Vec<i32> = tx
-                        .query("SELECT slot FROM workers WHERE slot IS NOT NULL", &[])?
+                        .rows("SELECT slot FROM workers WHERE slot IS NOT NULL", &[])?
                         .iter()
                         .map(|row| row.get(0))
                         .collect();
@@ -145,7 +146,7 @@ impl Store for PgStore {
                     }
                 }
             };
-            tx.execute(
+            tx.run(
                 "INSERT INTO workers (id, pid, host, started_at, slot, heartbeat)
                  VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000), $5, now())",
                 &[&row_id, &pid, &host, &(started as f64), &slot],
@@ -164,7 +165,7 @@ impl Store for PgStore {
         // those whose owner has ended are taken over at once (`takeover`).
         let boot = OwnerProcess::this_boot().map(str::to_owned);
         let rows = self.db.call("looking for pending messages in", move |c| {
-            c.query(
+            c.rows(
                 "SELECT s.id,
                         CASE WHEN s.owner IS NOT NULL AND s.lease_until >= now()
                              THEN s.last_owner END
@@ -220,7 +221,7 @@ impl Store for PgStore {
         let meta_doc = serde_json::to_value(&meta)?;
         let state_doc = serde_json::to_value(AgentState::default())?;
         self.db.transaction("creating a session in", move |tx| {
-            tx.execute(
+            tx.run(
                 "INSERT INTO sessions (id, meta, state) VALUES ($1, $2, $3)",
                 &[&id, &meta_doc, &state_doc],
             )?;
@@ -242,7 +243,7 @@ impl Store for PgStore {
             let exists: bool = self
                 .db
                 .call("looking for a session in", move |c| {
-                    c.query_one(
+                    c.row(
                         "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
                         &[&id],
                     )
@@ -285,7 +286,7 @@ impl Store for PgStore {
     fn session_ids(&self) -> Result<Vec<Uuid>> {
         // v7 ids are time-ordered: by id is oldest first.
         let rows = self.db.call("listing the sessions in", |c| {
-            c.query("SELECT id FROM sessions ORDER BY id", &[])
+            c.rows("SELECT id FROM sessions ORDER BY id", &[])
         })?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
@@ -293,7 +294,7 @@ impl Store for PgStore {
     fn live_workers(&self) -> Result<Vec<WorkerRecord>> {
         let lease = self.lease_secs();
         let rows = self.db.call("listing the workers in", move |c| {
-            c.query(
+            c.rows(
                 "SELECT pid, host, (extract(epoch FROM started_at) * 1000)::bigint, slot
                  FROM workers WHERE heartbeat >= now() - make_interval(secs => $1)
                  ORDER BY started_at, id",
@@ -363,13 +364,13 @@ impl Heartbeat {
                 {
                     let id = id.clone();
                     if let Err(err) = db.call("refreshing the worker's heartbeat in", move |c| {
-                        c.execute("UPDATE workers SET heartbeat = now() WHERE id = $1", &[&id])
+                        c.run("UPDATE workers SET heartbeat = now() WHERE id = $1", &[&id])
                     }) {
                         tracing::warn!("{}", err.message);
                     }
                 }
                 let _ = db.call("unregistering the worker in", move |c| {
-                    c.execute("DELETE FROM workers WHERE id = $1", &[&id])
+                    c.run("DELETE FROM workers WHERE id = $1", &[&id])
                 });
             })?;
         Ok(Heartbeat {

@@ -18,6 +18,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::PgStore;
+use super::prepared::Prepared;
 use crate::domain::execution::WorkerInfo;
 
 /// A lease owner's process, as its kernel knows it.
@@ -121,7 +122,7 @@ pub(super) fn take_over_ended(
     );
     let lease = store.lease_secs();
     let taken = store.db.call("taking over a session in", move |c| {
-        let Some(row) = c.query_opt(
+        let Some(row) = c.row_opt(
             "SELECT owner, epoch, last_owner FROM sessions
              WHERE id = $1 AND owner IS NOT NULL AND lease_until >= now()",
             &[&id],
@@ -136,7 +137,7 @@ pub(super) fn take_over_ended(
         };
         // Conditioned on what was seen: a claimer that took it meanwhile (the lease
         // expired, or it saw the death too) raised the epoch, and this takes nothing.
-        let taken = c.query_opt(
+        let taken = c.row_opt(
             "UPDATE sessions
              SET owner = $2, epoch = epoch + 1,
                  lease_until = now() + make_interval(secs => $3), last_owner = $4
