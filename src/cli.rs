@@ -140,6 +140,12 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 
+    /// Serve the HTTP API and the live chat page over the home's sessions
+    #[command(
+        after_help = "The API (JSON) is under /api/, the chat page at /; see the README's `agentq serve`.\n\nExamples:\n  agentq serve --worker                       # http://127.0.0.1:8700/, processing too\n  agentq serve --listen 127.0.0.1:0           # a free port, printed on stdout\n  agentq serve --listen 0.0.0.0:8700 --token-file /etc/agentq/token"
+    )]
+    Serve(ServeArgs),
+
     /// One shot: queue a message, process it here, render it, print the answer
     #[command(
         after_help = "Examples:\n  agentq run --agent demo \"What is in the notes?\"\n  agentq run --agent demo --file prompt.md\n  id=$(agentq session new --agent demo)\n  agentq run --session \"$id\" \"And then?\""
@@ -366,6 +372,28 @@ pub struct WorkerArgs {
     /// Write the log to this file instead of stderr
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on; port 0 picks a free one
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8700")]
+    pub listen: std::net::SocketAddr,
+    /// Also run a worker in this process (otherwise any worker on the same store answers)
+    #[arg(long)]
+    pub worker: bool,
+    /// With --worker: sessions processed at the same time
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "worker", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// With --worker: scan on this interval instead of using file notifications
+    #[arg(long, value_name = "DURATION", requires = "worker", value_parser = limit)]
+    pub poll: Option<Duration>,
+    /// A file holding the API's bearer token; required to listen off loopback
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Let pages from this origin (e.g. https://app.example.com) call the API (CORS); none by default
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 /// unless asked with `-v`; coloured when stderr is (`ansi`).
 fn init_logging(cli: &Cli, ansi: bool) -> Result<(), String> {
     let base = match cli.command {
-        Command::Worker(_) => tracing::Level::INFO,
+        Command::Worker(_) | Command::Serve(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,
     };
     let level = match cli.verbose {

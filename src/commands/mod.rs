@@ -8,10 +8,12 @@ mod advice;
 pub mod agents;
 pub mod cancel;
 pub mod init;
+mod listing;
 pub mod retry;
 pub mod run;
 pub mod schema;
 pub mod send;
+pub mod serve;
 pub mod session;
 pub mod status;
 pub mod store;
@@ -214,6 +216,7 @@ fn run_command(ctx: &Context, command: Command) -> Result<u8> {
         Command::Worker(args) => worker::run(ctx, args),
         Command::Watch(args) => watch::run(ctx, args),
         Command::Run(args) => run::run(ctx, args),
+        Command::Serve(args) => serve::run(ctx, args),
         Command::Status { json } => status::run(ctx, json),
         Command::Store(cmd) => store::run(ctx, cmd),
         Command::Schema(what) => schema::run(ctx, what),

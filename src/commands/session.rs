@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::Context;
 use super::advice::{advise, explain_damage};
+use super::listing::{Listed, listed};
 use crate::agent::Budgets;
 use crate::cli::{SessionCommand, SessionNewArgs, StatusFilter};
 use crate::definition;
-use crate::domain::Usage;
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::{SessionMeta, SessionStatus};
@@ -21,7 +21,7 @@ use crate::error::{Remedy, UserError};
 use crate::plural::count;
 use crate::store::{NewSession, Session};
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
-use crate::time::{Timestamp, human_duration};
+use crate::time::human_duration;
 use uuid::Uuid;
 
 pub fn run(ctx: &Context, command: SessionCommand) -> Result<u8> {
@@ -95,41 +95,6 @@ fn new(ctx: &Context, args: SessionNewArgs) -> Result<u8> {
         writeln!(ctx.out.stdout(), "{}", meta.id)?;
     }
     Ok(0)
-}
-
-/// A session as listed: its record and how many entries wait in its inbox.
-#[derive(Serialize)]
-struct Listed {
-    id: Uuid,
-    agent: String,
-    title: Option<String>,
-    status: SessionStatus,
-    messages: u64,
-    pending: usize,
-    usage: Usage,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-}
-
-fn listed(session: &dyn Session) -> Result<Listed> {
-    let meta = session.meta()?;
-    let pending = session.inbox_counts()?;
-    Ok(Listed {
-        id: session.id(),
-        pending: pending.messages(),
-        agent: meta.agent,
-        title: meta.title,
-        status: meta.status,
-        // Settled messages are counted in session.json, waiting ones are entries.
-        messages: meta.counters.messages + pending.messages() as u64,
-        usage: meta.usage,
-        created_at: meta.created_at,
-        // `send` does not touch session.json, so its `updated_at` alone would miss
-        // the newest message.
-        updated_at: pending
-            .newest
-            .map_or(meta.updated_at, |t| t.max(meta.updated_at)),
-    })
 }
 
 fn list(ctx: &Context, status: Option<StatusFilter>, json: bool) -> Result<u8> {

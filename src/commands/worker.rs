@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     let (store, home) = (ctx.store.clone(), ctx.home.clone());
     runtime.block_on(async move {
         let shutdown = Arc::new(Shutdown::default());
-        tokio::spawn(handle_signals(shutdown.clone()));
+        tokio::spawn(worker::on_signals(shutdown.clone()));
         let report = worker::run(store, home, options, shutdown).await?;
         info!(
             settled = report.settled,
@@ -53,36 +53,4 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
             processing
         })
     })
-}
-
-async fn handle_signals(shutdown: Arc<Shutdown>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    let mut received = 0;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        received += 1;
-        if received == 1 {
-            info!(
-                "stopping: no new claims; running executions stop now at a checkpoint, their commands killed (signal again to exit at once)"
-            );
-            shutdown.trigger();
-        } else {
-            // Every file is replaced atomically or appended whole, so what is on disk
-            // stays readable; the interrupted step is repeated by the next worker. No
-            // command may outlive the worker: exit skips the calls' own clean-up.
-            crate::tools::process::kill_all();
-            // Nor may a lease outlive it, keeping the next worker waiting.
-            crate::store::release_before_exit(std::time::Duration::from_secs(2));
-            std::process::exit(i32::from(exit::CANCELLED));
-        }
-    }
 }

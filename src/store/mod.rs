@@ -211,6 +211,12 @@ pub trait Session: Send + Sync {
 
     /// Follows the event log from `from` as it grows.
     fn follow(&self, from: Position) -> Result<Box<dyn EventFeed>>;
+
+    /// Reads the event log from `from` as [`Session::follow`] does, for a reader that
+    /// wants what is there now (a replay): nothing is set up to hear of new events, so
+    /// a thousand replays cost a thousand reads and nothing more, and its `wait` only
+    /// polls.
+    fn replay(&self, from: Position) -> Result<Box<dyn EventFeed>>;
 }
 
 /// A place in a session's event log, for following it from there. Opaque: the file

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-pub use shutdown::Shutdown;
+pub use shutdown::{Shutdown, on_signals};
 
 use crate::domain::execution::WorkerInfo;
 use crate::home::Home;

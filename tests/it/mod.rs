@@ -1,4 +1,5 @@
 mod agent_loop;
+mod browser;
 mod env;
 mod fake_server;
 mod faults;
@@ -10,6 +11,7 @@ mod postgres;
 mod providers;
 mod real;
 mod refusals;
+mod serve;
 mod store_cmd;
 mod watching;
 mod workers;

@@ -25,10 +25,20 @@ pub use crate::store::LogLine as Line;
 impl Follower {
     /// Starts following at byte `offset` of the session's log.
     pub fn open(dir: &SessionDir, offset: u64) -> Result<Follower> {
+        Follower::open_as(dir, offset, true)
+    }
+
+    /// [`Follower::open`] for reading what the log holds now: no notification watch
+    /// (a thread and an inotify instance each), so waiting only polls.
+    pub fn unwatched(dir: &SessionDir, offset: u64) -> Result<Follower> {
+        Follower::open_as(dir, offset, false)
+    }
+
+    fn open_as(dir: &SessionDir, offset: u64, watched: bool) -> Result<Follower> {
         let path = dir.events_path();
         let reader = LogReader::open_at(&path, offset)?;
         let (tx, wake) = mpsc::unbounded_channel();
-        let watcher = watch(&dir.path, tx);
+        let watcher = if watched { watch(&dir.path, tx) } else { None };
         Ok(Follower {
             path,
             reader,
@@ -52,7 +62,13 @@ impl Follower {
     /// Waits until the log may have grown (a notification, or the poll interval).
     pub async fn wait(&mut self) {
         tokio::select! {
-            _ = self.wake.recv() => {}
+            heard = self.wake.recv() => {
+                // No one left to tell (no watch could be set up, or none was wanted):
+                // the poll is all there is.
+                if heard.is_none() {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
             () = tokio::time::sleep(POLL) => {}
         }
         // Several notifications for one write are common; one read handles them all.

@@ -200,6 +200,19 @@ impl PgFeed {
             wake,
         }
     }
+
+    /// [`PgFeed::open`] for reading what the log holds now: no listening connection
+    /// of its own, so waiting only polls.
+    pub(crate) fn unheard(db: std::sync::Arc<Db>, session: Uuid, after: u64) -> PgFeed {
+        // The sender is dropped: `wait` falls back to its poll.
+        let (_, wake) = tokio::sync::mpsc::unbounded_channel();
+        PgFeed {
+            db,
+            session,
+            after,
+            wake,
+        }
+    }
 }
 
 impl EventFeed for PgFeed {
@@ -247,7 +260,13 @@ impl EventFeed for PgFeed {
     fn wait(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             tokio::select! {
-                _ = self.wake.recv() => {}
+                heard = self.wake.recv() => {
+                    // No one left to tell (no watch could be set up, or none was wanted):
+                    // the poll is all there is.
+                    if heard.is_none() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
                 () = tokio::time::sleep(POLL) => {}
             }
             while self.wake.try_recv().is_ok() {}

@@ -425,6 +425,14 @@ impl Session for PgSession {
             from.0,
         )))
     }
+
+    fn replay(&self, from: Position) -> Result<Box<dyn EventFeed>> {
+        Ok(Box::new(PgFeed::unheard(
+            Arc::clone(&self.store.db),
+            self.id,
+            from.0,
+        )))
+    }
 }
 
 /// `send`, `cancel`, `retry` in the caller's transaction: the key looked up, the entry

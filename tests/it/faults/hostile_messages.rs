@@ -631,7 +631,7 @@ fn every_help_example_parses_names_sessions_by_a_whole_id_and_runs() {
 
     // Each example, run as written in a home with a worker, `$id` a new session. Not
     // run: those that go on until stopped (a worker without --once, a watch without
-    // --exit-on-idle), those that write into the user's shell set-up, and those that
+    // --exit-on-idle, a server: tests/it/serve.rs runs it), those that write into the user's shell set-up, and those that
     // name a database (`store migrate|copy` on Postgres: tests/it/postgres/copy.rs).
     std::fs::write(env.home().join("prompt.md"), "a prompt").unwrap();
     let _worker = env.spawn_worker(&[]);
@@ -639,7 +639,8 @@ fn every_help_example_parses_names_sessions_by_a_whole_id_and_runs() {
     for line in &lines {
         let command = line.split(" #").next().unwrap();
         let endless = (command.contains("agentq worker") && !command.contains("--once"))
-            || (command.contains("agentq watch") && !command.contains("--exit-on-idle"));
+            || (command.contains("agentq watch") && !command.contains("--exit-on-idle"))
+            || command.contains("agentq serve");
         if endless || command.contains("completions") || command.contains("postgres://") {
             continue;
         }
