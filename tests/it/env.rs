@@ -527,3 +527,24 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     }
     found
 }
+
+/// Living (not zombie) processes whose process group is `group`.
+pub fn group_members(group: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                    let fields: Vec<&str> = rest.split_whitespace().collect();
+                    fields.len() > 3
+                        && !matches!(fields[0], "Z" | "X")
+                        && fields[2].parse::<i32>().ok() == Some(group)
+                })
+            })
+        })
+        .collect()
+}

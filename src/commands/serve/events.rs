@@ -30,13 +30,13 @@ const BACKLOG: usize = 1024;
 /// How often an idle stream sends a comment, so proxies and browsers keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// One event, as read from the log.
+/// One event, as read from the log and as sent.
 #[derive(Debug)]
 pub struct Line {
     pub seq: u64,
-    pub kind: String,
-    /// The event's line, without its newline.
-    pub raw: Bytes,
+    /// The event as one SSE message: `id:` the seq, `event:` the type, `data:` the
+    /// line. Made once, by whoever read the line; every client sends the same bytes.
+    pub frame: Bytes,
 }
 
 impl Line {
@@ -46,22 +46,15 @@ impl Line {
         while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             raw.pop();
         }
+        let head = format!("id: {}\nevent: {}\ndata: ", event.seq, event.kind);
+        let mut frame = Vec::with_capacity(head.len() + raw.len() + 2);
+        frame.extend_from_slice(head.as_bytes());
+        frame.extend_from_slice(&raw);
+        frame.extend_from_slice(b"\n\n");
         Some(Line {
             seq: event.seq,
-            kind: event.kind,
-            raw: Bytes::from(raw),
+            frame: Bytes::from(frame),
         })
-    }
-
-    /// The line as one SSE message: `id:` the seq, `event:` the type, `data:` the line.
-    pub fn frame(&self) -> Bytes {
-        let mut frame = Vec::with_capacity(self.raw.len() + self.kind.len() + 40);
-        frame.extend_from_slice(
-            format!("id: {}\nevent: {}\ndata: ", self.seq, self.kind).as_bytes(),
-        );
-        frame.extend_from_slice(&self.raw);
-        frame.extend_from_slice(b"\n\n");
-        Bytes::from(frame)
     }
 }
 
@@ -165,7 +158,7 @@ impl Hub {
                         if line.seq <= sent {
                             continue;
                         }
-                        if out.send(line.frame()).await.is_err() {
+                        if out.send(line.frame.clone()).await.is_err() {
                             return;
                         }
                         sent = line.seq;
@@ -224,7 +217,7 @@ async fn catch_up(
             if line.seq <= *sent {
                 continue;
             }
-            out.send(line.frame()).await.map_err(|_| ())?;
+            out.send(line.frame).await.map_err(|_| ())?;
             *sent = line.seq;
         }
     }

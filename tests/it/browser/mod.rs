@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::it::{Background, LONG, TestEnv, wait_until};
+use crate::it::{Background, LONG, TestEnv, group_members, wait_until};
 use webdriver::{Browser, ENTER, screenshots};
 
 /// `word1 word2 … wordN`: an answer long enough to stream for a while, whose every
@@ -69,12 +69,18 @@ fn tool_then_streaming_agent(name: &str, answer: &str, delay_ms: u64) -> String 
 struct Serve {
     url: String,
     log: Arc<Mutex<Vec<u8>>>,
-    _process: Background,
+    /// Killed when dropped; `None` once stopped.
+    process: Option<Background>,
 }
 
 impl Serve {
     fn start(env: &TestEnv) -> Serve {
-        let mut process = env.spawn(&["serve", "--listen", "127.0.0.1:0", "--worker"]);
+        Serve::start_on(env, "127.0.0.1:0")
+    }
+
+    /// [`Serve::start`] listening on `listen` (a server restarted on its port).
+    fn start_on(env: &TestEnv, listen: &str) -> Serve {
+        let mut process = env.spawn(&["serve", "--listen", listen, "--worker"]);
         let stdout = process.child.stdout.take().expect("serve's piped stdout");
         let mut stderr = process.child.stderr.take().expect("serve's piped stderr");
         // Both pipes are drained to the end, so a chatty server never blocks on them.
@@ -118,7 +124,16 @@ impl Serve {
         Serve {
             url,
             log,
-            _process: process,
+            process: Some(process),
+        }
+    }
+
+    /// Stops it as a person would (SIGTERM) and waits until it has exited.
+    fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.signal(15);
+            let out = process.wait(LONG);
+            assert_eq!(out.status.code(), Some(0), "agentq serve stopped badly");
         }
     }
 }
@@ -190,7 +205,6 @@ impl Page {
         b.send_keys(&message, &format!("{text}{ENTER}"));
     }
 
-    /// Waits until the conversation shows some of the answer.
     /// Waits until the beginning of `answer` (not all of it) is on the page.
     fn wait_for_partial_answer(&self, answer: &str) -> View {
         self.browser
@@ -348,6 +362,53 @@ fn reloading_the_page_mid_answer_resumes_the_conversation_without_duplicates() {
 
     let done = page.wait_for_finished_answer();
     assert_eq!(done.users, ["Survive a reload."]);
+    assert_eq!(done.agents, 1, "{done:?}");
+    assert_eq!(done.text.trim(), answer);
+    assert_eq!(done.all.matches(&answer).count(), 1, "{:?}", done.all);
+    assert_eq!(page.env.responses(&id), [answer]);
+}
+
+#[test]
+#[ignore = "needs Chromium: scripts/chromium test runs it"]
+fn the_page_reconnects_after_the_server_restarts_and_shows_nothing_twice() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let answer = format!("Interrupted and resumed: {}.", words(50));
+    let env = TestEnv::new();
+    env.write_agent("slow", &streaming_agent("slow", &answer, 100));
+    // A port of its own, free now, for both lives of the server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Serve::start_on(&env, &listen);
+    browser.goto(&server.url);
+    let mut page = Page {
+        browser,
+        _server: server,
+        env,
+    };
+    let id = page.new_session("slow");
+    page.send("Keep going across a restart.");
+    let before = page.wait_for_partial_answer(&answer);
+    assert!(!before.done, "{before:?}");
+
+    // Stopped mid-answer (the execution suspended at a checkpoint), then started again.
+    page._server.stop();
+    page.browser
+        .wait_for("the page to see the server gone", LONG, |b| {
+            let state = b.execute(
+                "return document.querySelector('#connection').dataset.state;",
+                &[],
+            );
+            (state != "live").then_some(())
+        });
+    page._server = Serve::start_on(&page.env, &listen);
+
+    let done = page.wait_for_finished_answer();
+    assert_eq!(done.users, ["Keep going across a restart."]);
     assert_eq!(done.agents, 1, "{done:?}");
     assert_eq!(done.text.trim(), answer);
     assert_eq!(done.all.matches(&answer).count(), 1, "{:?}", done.all);
@@ -593,26 +654,6 @@ impl Drop for StaticPage {
     }
 }
 
-/// The processes still running in process group `group`.
-fn group_members(group: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                    let fields: Vec<&str> = rest.split_whitespace().collect();
-                    fields.len() > 3
-                        && !matches!(fields[0], "Z" | "X")
-                        && fields[2].parse::<u32>().ok() == Some(group)
-                })
-            })
-        })
-        .collect()
-}
-
 /// The processes whose command line names `needle` (Chromium's crash handler runs in
 /// a session of its own, outside chromedriver's group, but names its database under
 /// the browser's home).
@@ -703,19 +744,19 @@ fn the_webdriver_client_drives_a_local_page() {
     let scratch = b.scratch_dir();
     assert!(scratch.join("profile").is_dir());
     assert!(
-        group_members(driver).len() > 1,
+        group_members(driver as i32).len() > 1,
         "no browser in chromedriver's group"
     );
     let crash_handlers = processes_naming(&scratch.display().to_string());
     assert!(
         crash_handlers
             .iter()
-            .any(|pid| !group_members(driver).contains(pid)),
+            .any(|pid| !group_members(driver as i32).contains(&(*pid as i32))),
         "no process outside chromedriver's group names the scratch directory"
     );
     drop(b);
     wait_until("chromedriver and Chromium to exit", LONG, || {
-        group_members(driver).is_empty()
+        group_members(driver as i32).is_empty()
     });
     wait_until("Chromium's crash handler to exit", LONG, || {
         processes_naming(&scratch.display().to_string()).is_empty()

@@ -90,27 +90,6 @@ read_only = {read_only}
     )
 }
 
-/// Living (not zombie) processes whose process group is `group`.
-fn members(group: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                    let fields: Vec<&str> = rest.split_whitespace().collect();
-                    fields.len() > 3
-                        && !matches!(fields[0], "Z" | "X")
-                        && fields[2].parse::<i32>().ok() == Some(group)
-                })
-            })
-        })
-        .collect()
-}
-
 /// Sends a signal to a process of a command (not a child of the test).
 fn signal_pid(pid: i32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` was just read as a
@@ -180,7 +159,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             runs(&workspace)
                 .first()
                 // The command, its grandchild and its watchdog.
-                .is_some_and(|g| members(*g).len() >= 3)
+                .is_some_and(|g| group_members(*g).len() >= 3)
         },
     );
     let group = runs(&workspace)[0];
@@ -204,7 +183,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
         }
         End::Sigkill | End::RunSigkill => signal(pid, libc::SIGKILL),
         End::SigkillWithoutWatchdog => {
-            let watchdog = members(group)
+            let watchdog = group_members(group)
                 .into_iter()
                 .find(|p| {
                     std::fs::read(format!("/proc/{p}/cmdline"))
@@ -232,7 +211,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
         wait_until(
             &format!("{what}: the group dying with it"),
             PROMPTLY,
-            || members(group).is_empty(),
+            || group_members(group).is_empty(),
         );
     } else if end == End::SigkillWithoutWatchdog {
         // The command itself still dies with the worker; its grandchild is left for
@@ -242,7 +221,10 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             PROMPTLY,
             || !alive(group),
         );
-        assert!(!members(group).is_empty(), "{what}: nothing left to find");
+        assert!(
+            !group_members(group).is_empty(),
+            "{what}: nothing left to find"
+        );
     } else {
         assert!(took < PROMPTLY, "{what}: stopped after {took:?}");
         let expected: &[i32] = match end {
@@ -257,7 +239,7 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
             "{what}: exit {status:?}, expected {expected:?}:\n{text}"
         );
         wait_until(&format!("{what}: the group gone"), PROMPTLY, || {
-            members(group).is_empty()
+            group_members(group).is_empty()
         });
     }
     if matches!(
@@ -292,9 +274,9 @@ fn end_while_a_command_runs(end: End, child: Child) -> u64 {
     let out = env.run(&["worker", "--once"]);
     assert_eq!(code(&out), 0, "{what}: {}", describe(&out));
     assert!(
-        members(group).is_empty(),
+        group_members(group).is_empty(),
         "{what}: left running after the next claim: {:?}",
-        members(group)
+        group_members(group)
     );
     let done = env.finished(&id);
     assert_eq!(done.len(), 1, "{what}: {done:?}");
@@ -344,7 +326,9 @@ argv = ["sh", "-c", "echo $$ >> runs; sleep 30 & sleep 30 & exit 0"]
     env.worker_once();
     assert!(started.elapsed() < PROMPTLY, "the pipes were not held open");
     let group = runs(&workspace)[0];
-    wait_until("the group gone", PROMPTLY, || members(group).is_empty());
+    wait_until("the group gone", PROMPTLY, || {
+        group_members(group).is_empty()
+    });
     assert_eq!(env.responses(&id), vec!["started"]);
     1
 }
