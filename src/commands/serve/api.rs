@@ -240,7 +240,8 @@ async fn existing(app: &App, id: &str) -> Result<Box<dyn Session>, Refusal> {
 
 /// `GET /api/sessions[?status=S][&limit=N][&before=ID]`: newest first, a page at a
 /// time, so a store of ten thousand sessions answers as fast as one of ten: only the
-/// page's sessions are read. `next` is the `before` of the following page.
+/// page's sessions are read (and their ids found in a listing the store keeps while
+/// nothing changes). `next` is the `before` of the following page.
 async fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, Refusal> {
     let status = match query_param(query, "status") {
         None | Some("") => None,

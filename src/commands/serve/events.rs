@@ -222,3 +222,88 @@ async fn catch_up(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::inbox::EntryKind;
+    use crate::ids::V7Ids;
+    use crate::store::{NewEntry, NewSession};
+    use crate::time::SystemClock;
+
+    fn seq_of(frame: &Bytes) -> u64 {
+        let text = std::str::from_utf8(frame).unwrap();
+        let id = text.lines().next().unwrap().strip_prefix("id: ").unwrap();
+        id.parse().unwrap()
+    }
+
+    #[test]
+    fn a_client_that_falls_behind_the_broadcast_is_caught_up_from_the_log_without_a_gap() {
+        let home = tempfile::tempdir().unwrap();
+        let store = crate::store::open(
+            None,
+            None,
+            home.path(),
+            Arc::new(SystemClock),
+            Arc::new(V7Ids),
+        )
+        .unwrap();
+        let id = store
+            .create_session(NewSession {
+                agent: "a".to_owned(),
+                title: None,
+                config: Default::default(),
+                events: Default::default(),
+                agent_hash: String::new(),
+            })
+            .unwrap()
+            .id;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let shutdown = Arc::new(Shutdown::default());
+            let hub = Hub::new(store.clone(), shutdown.clone());
+            // A client with room for one frame, which reads nothing while the log grows.
+            let (tx, mut slow) = mpsc::channel(1);
+            let streaming = tokio::spawn(hub.clone().stream(store.session(id), 0, tx));
+            assert_eq!(seq_of(&slow.recv().await.unwrap()), 1, "session.created");
+            // A second subscriber that keeps up tells when the reader has sent it all.
+            let mut watcher = hub.subscribe(id).unwrap();
+            let added = BACKLOG as u64 + 500;
+            let session = store.session(id);
+            for i in 0..added {
+                tokio::task::block_in_place(|| {
+                    session.enqueue(NewEntry {
+                        kind: EntryKind::User,
+                        content: format!("message {i}"),
+                        key: None,
+                        metadata: Default::default(),
+                        raise_session_tokens: 0,
+                    })
+                })
+                .unwrap();
+            }
+            let last = 1 + added;
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while watcher.recv().await.map(|line| line.seq) != Ok(last) {}
+            })
+            .await
+            .expect("the reader sends every line");
+            // The slow client is now more than the broadcast holds behind.
+            let mut seqs = vec![1];
+            while seqs.last() != Some(&last) {
+                let frame = tokio::time::timeout(Duration::from_secs(30), slow.recv())
+                    .await
+                    .expect("the slow client gets the rest")
+                    .unwrap();
+                seqs.push(seq_of(&frame));
+            }
+            assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+            shutdown.trigger();
+            streaming.await.unwrap();
+        });
+    }
+}

@@ -65,7 +65,25 @@ pub struct FileStore {
     home: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: Arc<dyn IdGen>,
+    /// The last listing of `sessions/`, for a long-lived user (`serve`) that lists often.
+    listed: Arc<std::sync::Mutex<Option<Listed>>>,
 }
+
+/// Session ids as `sessions/` held them, and when the directory had last changed then.
+struct Listed {
+    modified: std::time::SystemTime,
+    at: std::time::Instant,
+    ids: Vec<Uuid>,
+}
+
+/// How long a listing is trusted while the directory's time says nothing changed: a
+/// bound on what a file system with a coarse or skewed clock could hide.
+const LISTING_KEPT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A listing is kept only once the directory's last change is at least this old: a
+/// change in the same tick of a coarse file-system clock (Linux stamps with the
+/// scheduler tick) would leave its time as it was, unseen.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the file store keeps the sessions of `home`.
 pub(crate) fn sessions_dir_in(home: &Path) -> PathBuf {
@@ -74,7 +92,12 @@ pub(crate) fn sessions_dir_in(home: &Path) -> PathBuf {
 
 impl FileStore {
     pub fn new(home: PathBuf, clock: Arc<dyn Clock>, ids: Arc<dyn IdGen>) -> FileStore {
-        FileStore { home, clock, ids }
+        FileStore {
+            home,
+            clock,
+            ids,
+            listed: Arc::default(),
+        }
     }
 
     pub(crate) fn sessions_dir(&self) -> PathBuf {
@@ -95,9 +118,30 @@ impl FileStore {
     }
 
     /// Every session id in the home, oldest first. Entries that are not ids are ignored.
+    ///
+    /// Listing ten thousand sessions reads ten thousand directory entries (about 10 ms
+    /// here), so the last listing is kept while `sessions/` has not changed since: its
+    /// modification time moves whenever a session is made or removed (not when one is
+    /// written to, which happens inside it). A listing taken right after a change is
+    /// not kept ([`SETTLED`]), nor any for longer than [`LISTING_KEPT`].
     pub(crate) fn list_ids(&self) -> io::Result<Vec<Uuid>> {
-        let mut ids = uuid_entries(&self.sessions_dir())?;
+        let dir = self.sessions_dir();
+        let modified = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+        let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(kept), Some(modified)) = (listed.as_ref(), modified)
+            && kept.modified == modified
+            && kept.at.elapsed() < LISTING_KEPT
+        {
+            return Ok(kept.ids.clone());
+        }
+        let mut ids = uuid_entries(&dir)?;
         ids.sort_unstable();
+        let settled = modified.filter(|m| m.elapsed().is_ok_and(|age| age >= SETTLED));
+        *listed = settled.map(|modified| Listed {
+            modified,
+            at: std::time::Instant::now(),
+            ids: ids.clone(),
+        });
         Ok(ids)
     }
 
@@ -592,5 +636,55 @@ impl SessionDir {
         }
         records.sort_by_key(|e| e.id);
         Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets `dir`'s modification time `seconds` into the past, as if it last changed then.
+    fn age(dir: &Path, seconds: i64) {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let then = libc::timespec {
+            tv_sec: now - seconds,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid C string and two timespecs, as utimensat expects.
+        let done =
+            unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [then, then].as_ptr(), 0) };
+        assert_eq!(done, 0, "utimensat");
+    }
+
+    #[test]
+    fn a_kept_listing_sees_every_session_made_or_removed_since() {
+        let home = tempfile::tempdir().unwrap();
+        let store = FileStore::new(
+            home.path().to_owned(),
+            Arc::new(crate::time::SystemClock),
+            Arc::new(crate::ids::V7Ids),
+        );
+        let sessions = store.sessions_dir();
+        let first = Uuid::now_v7();
+        std::fs::create_dir_all(sessions.join(first.to_string())).unwrap();
+        age(&sessions, 10);
+        assert_eq!(store.list_ids().unwrap(), [first]);
+        assert!(
+            store.listed.lock().unwrap().is_some(),
+            "a settled listing is kept"
+        );
+        // Made after the kept listing: the directory's time moves, the listing is redone.
+        let second = Uuid::now_v7();
+        std::fs::create_dir(sessions.join(second.to_string())).unwrap();
+        assert_eq!(store.list_ids().unwrap(), [first, second]);
+        age(&sessions, 10);
+        assert_eq!(store.list_ids().unwrap(), [first, second]);
+        std::fs::remove_dir(sessions.join(first.to_string())).unwrap();
+        assert_eq!(store.list_ids().unwrap(), [second]);
     }
 }
