@@ -257,7 +257,7 @@ impl Scheduler {
     /// Starts draining backlog sessions up to the concurrency limit; returns how many.
     fn start_drains(&mut self) -> usize {
         let mut spawned = 0;
-        for id in ring_from_random_start(&self.backlog) {
+        for id in self.backlog.clone() {
             if self.active.len() >= self.options.concurrency.max(1) {
                 break;
             }
@@ -323,24 +323,6 @@ impl Scheduler {
             }
         }
     }
-}
-
-/// The sessions of `backlog`, from one chosen at random on to the end and round to
-/// it again: workers that found the same sessions (a notification wakes them all) then
-/// mostly claim different ones, where in one order they would all race for the first
-/// and all but one find it busy, a wasted round trip each.
-fn ring_from_random_start(backlog: &BTreeSet<Uuid>) -> Vec<Uuid> {
-    if backlog.is_empty() {
-        return Vec::new();
-    }
-    // The low bits of a v7 id are random.
-    let start = (Uuid::now_v7().as_u128() as u64 % backlog.len() as u64) as usize;
-    let (mut ring, before): (Vec<Uuid>, Vec<Uuid>) = (
-        backlog.iter().skip(start).copied().collect(),
-        backlog.iter().take(start).copied().collect(),
-    );
-    ring.extend(before);
-    ring
 }
 
 /// Sleeps until `deadline`; forever without one.
