@@ -22,6 +22,7 @@ use crate::cli::{
     AgentsCommand, CancelArgs, Command, SendArgs, SessionCommand, SessionNewArgs, StatusFilter,
 };
 use crate::commands::Context;
+use crate::commands::listing::{Listed, listed};
 use crate::domain::session::{EventsPreset, SessionStatus};
 use crate::error::{ExitKind, UserError};
 use crate::home::Home;
@@ -278,13 +279,11 @@ async fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, Refusal>
             .filter(|id| before.is_none_or(|b| *id < b));
         for id in newest_first {
             if rows.len() == limit {
-                next = rows
-                    .last()
-                    .map(|row: &super::super::listing::Listed| row.id);
+                next = rows.last().map(|row: &Listed| row.id);
                 break;
             }
             // One damaged session is left out of the page, as `session list` skips it.
-            match super::super::listing::listed(&*store.session(id)) {
+            match listed(&*store.session(id)) {
                 Ok(row) if status.is_none_or(|s| s.matches(row.status)) => rows.push(row),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(session = %id, "listing skips a session: {err:#}"),
@@ -365,7 +364,7 @@ async fn send(app: &App, id: &str, request: Request<Incoming>) -> Result<Respons
             ),
         ));
     }
-    refuse_closed(&*session, "takes no new messages").await?;
+    refuse_closed(&*session, "takes no new messages")?;
     let args = SendArgs {
         id: session.id().to_string(),
         text: Some(body.content),
@@ -382,7 +381,8 @@ async fn send(app: &App, id: &str, request: Request<Incoming>) -> Result<Respons
 }
 
 /// 409 when the session is closed: what it asks of the session cannot be done now.
-async fn refuse_closed(session: &dyn Session, what: &str) -> Result<(), Refusal> {
+/// One read of `session.json`, in place (the request's task may block that long).
+fn refuse_closed(session: &dyn Session, what: &str) -> Result<(), Refusal> {
     let id = session.id();
     let meta = tokio::task::block_in_place(|| session.meta()).map_err(|err| refusal_of(&err))?;
     if meta.status == SessionStatus::Closed {
@@ -412,11 +412,11 @@ async fn change(
         }
         "close" => SessionCommand::Close { id },
         "pause" => {
-            refuse_closed(&*session, "cannot be paused").await?;
+            refuse_closed(&*session, "cannot be paused")?;
             SessionCommand::Pause { id }
         }
         _ => {
-            refuse_closed(&*session, "cannot be resumed").await?;
+            refuse_closed(&*session, "cannot be resumed")?;
             SessionCommand::Resume { id }
         }
     };
