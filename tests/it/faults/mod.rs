@@ -625,7 +625,12 @@ fn audit_events(
                     tally.problem(format!(
                         "session {id}: message {} finished {:?}",
                         message.id,
-                        mine.iter().map(|p| &p["status"]).collect::<Vec<_>>()
+                        mine.iter()
+                            .map(|p| format!(
+                                "{} ({}: {})",
+                                p["status"], p["stop_reason"], p["error"]
+                            ))
+                            .collect::<Vec<_>>()
                     ));
                 }
             }

@@ -215,6 +215,21 @@ fn log_problems(logs: &[(String, String)], strict: bool) -> Vec<String> {
         .collect()
 }
 
+/// The workers' log lines about the sessions the audit's problems name (at most 60),
+/// so that a failure says what the workers did with them.
+fn logs_about(problems: &[String], logs: &[(String, String)]) -> String {
+    let sessions: Vec<&str> = problems
+        .iter()
+        .filter_map(|p| p.strip_prefix("session ")?.split(':').next())
+        .collect();
+    logs.iter()
+        .flat_map(|(host, log)| log.lines().map(move |line| (host, line)))
+        .filter(|(_, line)| sessions.iter().any(|s| line.contains(s)))
+        .take(60)
+        .map(|(host, line)| format!("{host}: {line}\n"))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------
 // 4 hosts × 100 sessions × 10 messages
 
@@ -305,9 +320,10 @@ fn four_hosts_over_one_database_run_100_sessions_of_10_messages_once_in_order() 
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(
         tally.problems.is_empty(),
-        "{} problems:\n{}",
+        "{} problems:\n{}\nwhat the workers said about them:\n{}",
         tally.problems.len(),
-        tally.problems.join("\n")
+        tally.problems.join("\n"),
+        logs_about(&tally.problems, &worker_logs)
     );
     assert_eq!(tally.messages, (RACE_SESSIONS * RACE_MESSAGES) as u64);
     assert_eq!(tally.completed, tally.messages);
@@ -545,9 +561,10 @@ fn kill_9_of_workers_on_four_hosts_loses_duplicates_and_reruns_nothing() {
     assert!(exited.is_empty(), "{replay}: {exited:?}");
     assert!(
         tally.problems.is_empty(),
-        "{replay}: {} problems:\n{}",
+        "{replay}: {} problems:\n{}\nwhat the workers said about them:\n{}",
         tally.problems.len(),
-        tally.problems.join("\n")
+        tally.problems.join("\n"),
+        logs_about(&tally.problems, &worker_logs)
     );
     assert_eq!(tally.messages, total as u64, "{replay}");
     assert_eq!(tally.completed, tally.messages, "{replay}");
@@ -1314,9 +1331,10 @@ fn workers_on_three_hosts_reconnect_after_the_database_restarts_and_lose_nothing
     );
     assert!(
         tally.problems.is_empty(),
-        "{} problems:\n{}",
+        "{} problems:\n{}\nwhat the workers said about them:\n{}",
         tally.problems.len(),
-        tally.problems.join("\n")
+        tally.problems.join("\n"),
+        logs_about(&tally.problems, &worker_logs)
     );
     assert_eq!(tally.messages, total as u64);
     assert_eq!(tally.completed, tally.messages);
