@@ -625,6 +625,7 @@ fn step_lines() -> Vec<TranscriptLine> {
         message_id: None,
         execution_id: None,
         step: Some(1),
+        feedback: None,
         timestamp: agentq::time::Timestamp(0),
         state: None,
     };

@@ -1,5 +1,6 @@
 //! The agent loop: inference, tool calls, tool results back to the model, until the
-//! model answers without tool calls or a limit stops it.
+//! model answers without tool calls (and the agent's `[[checks]]` pass: `verify.rs`) or
+//! a limit stops it.
 //!
 //! The loop does no I/O of its own. It talks to a [`Sink`] that records events and
 //! checkpoints, so the worker backs it with the store and tests with memory. After
@@ -9,6 +10,7 @@
 
 pub mod budget;
 pub mod compact;
+mod verify;
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -21,7 +23,7 @@ use crate::domain::event::{
     ContextCompacted, Continuation, EventPayload, ProviderRetry, StepCompleted, StepStarted,
     StreamChunk, ToolCompleted, ToolStarted,
 };
-use crate::domain::execution::{ErrorInfo, ExecStatus, StopReason};
+use crate::domain::execution::{CheckResult, ErrorInfo, ExecStatus, StopReason};
 use crate::domain::session::EventsPreset;
 use crate::domain::state::{AgentState, Compaction, CurrentExecution, OpenStep};
 use crate::domain::transcript::{Message, ToolCall, TranscriptLine};
@@ -92,15 +94,29 @@ pub struct Outcome {
     pub stop_reason: StopReason,
     pub response: Option<String>,
     pub error: Option<ErrorInfo>,
+    /// The agent's `[[checks]]` as their last round left them (none ran: empty).
+    pub checks: Vec<CheckResult>,
 }
 
 impl Outcome {
+    /// A failure for `reason`, with its error message and where it happened.
+    pub fn failed(reason: StopReason, message: String, context: Option<String>) -> Outcome {
+        Outcome {
+            status: ExecStatus::Failed,
+            stop_reason: reason,
+            response: None,
+            error: Some(ErrorInfo { message, context }),
+            checks: Vec::new(),
+        }
+    }
+
     fn completed(response: String) -> Outcome {
         Outcome {
             status: ExecStatus::Completed,
             stop_reason: StopReason::Completed,
             response: Some(response),
             error: None,
+            checks: Vec::new(),
         }
     }
 
@@ -110,6 +126,7 @@ impl Outcome {
             stop_reason: reason,
             response: None,
             error: None,
+            checks: Vec::new(),
         }
     }
 
@@ -120,15 +137,11 @@ impl Outcome {
             // `agent.message.completed` is written by whoever settles the execution,
             // together with its last events.
             StopReason::Completed => Outcome::completed(answer),
-            StopReason::Error => Outcome {
-                status: ExecStatus::Failed,
-                stop_reason: StopReason::Error,
-                response: None,
-                error: Some(ErrorInfo {
-                    message: error.unwrap_or_else(|| "a tool failed".to_owned()),
-                    context: Some(format!("step {step}")),
-                }),
-            },
+            StopReason::Error => Outcome::failed(
+                StopReason::Error,
+                error.unwrap_or_else(|| "a tool failed".to_owned()),
+                Some(format!("step {step}")),
+            ),
             limit => Outcome::stopped(limit),
         }
     }
@@ -188,11 +201,7 @@ pub async fn run(
     let specs = run.tools.specs();
     let tool_names = run.tools.names();
     let deadline = run.budgets.deadline(current(state)?.started_at);
-    if let Some(answer) = settled_answer(history, current(state)?) {
-        // Resumed after the final step settled but before the execution did: the
-        // answer is there, no model call is needed.
-        return Ok(LoopEnd::Settled(Outcome::completed(answer)));
-    }
+    let resumed_answer = settled_answer(history, current(state)?);
     let mut execution = Loop {
         run,
         specs,
@@ -202,6 +211,14 @@ pub async fn run(
         state,
         sink,
     };
+    if let Some(answer) = resumed_answer {
+        // Resumed after the final step settled but before the execution did: the
+        // answer is there, no model call is needed, but its checks (if any) run
+        // again: whether they passed was never recorded.
+        if let ControlFlow::Break(end) = execution.verify(answer).await? {
+            return Ok(end);
+        }
+    }
     loop {
         if let ControlFlow::Break(end) = execution.step().await? {
             return Ok(end);
@@ -258,7 +275,15 @@ impl Loop<'_> {
         if let Some(end) = self.settle_step(&step, &tool_calls, &ran)? {
             return Ok(ControlFlow::Break(end));
         }
-        self.decide(step.number, content, &tool_calls, &ran)
+        match self.decide(step.number, content, &tool_calls, &ran)? {
+            // The answer is settled and the budgets were judged: the checks decide.
+            ControlFlow::Break(LoopEnd::Settled(Outcome {
+                stop_reason: StopReason::Completed,
+                response: Some(answer),
+                ..
+            })) => self.verify(answer).await,
+            flow => Ok(flow),
+        }
     }
 
     /// What keeps a new step from starting: a paused session waits at its checkpoint,
@@ -764,6 +789,7 @@ impl Loop<'_> {
             message_id: None,
             execution_id: Some(self.run.execution_id),
             step: Some(step),
+            feedback: None,
             timestamp: self.sink.now(),
             state: None,
         }
@@ -1009,6 +1035,7 @@ fn cancelled() -> Outcome {
         stop_reason: StopReason::UserRequested,
         response: None,
         error: None,
+        checks: Vec::new(),
     }
 }
 
@@ -1019,15 +1046,11 @@ fn provider_failure(err: &ProviderError, step: u32) -> Outcome {
         ProviderError::Interrupted => (StopReason::Error, None),
     };
     let status_text = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
-    Outcome {
-        status: ExecStatus::Failed,
-        stop_reason: reason,
-        response: None,
-        error: Some(ErrorInfo {
-            message: format!("model provider error{status_text}: {err}"),
-            context: Some(format!("step {step}")),
-        }),
-    }
+    Outcome::failed(
+        reason,
+        format!("model provider error{status_text}: {err}"),
+        Some(format!("step {step}")),
+    )
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

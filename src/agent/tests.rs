@@ -12,6 +12,9 @@ struct Memory {
     events: Vec<EventPayload>,
     transcript: Vec<TranscriptLine>,
     checkpoints: usize,
+    /// Per checkpoint: how many lines it appended, and the failed check rounds its
+    /// state counted.
+    checkpointed: Vec<(usize, u32)>,
     /// Stop requested once this many events were recorded.
     stop_after: Option<(usize, Stop)>,
 }
@@ -26,6 +29,8 @@ impl Sink for Memory {
         lines: Vec<TranscriptLine>,
         state: &mut AgentState,
     ) -> anyhow::Result<()> {
+        let rounds = state.current.as_ref().map_or(0, |c| c.failed_check_rounds);
+        self.checkpointed.push((lines.len(), rounds));
         self.transcript.extend(lines);
         state.transcript.lines = self.transcript.len() as u64;
         self.checkpoints += 1;
@@ -89,6 +94,7 @@ impl Harness {
                 usage: Usage::default(),
                 started_at: Timestamp(0),
                 failed_steps_in_a_row: 0,
+                failed_check_rounds: 0,
                 open_step: None,
             }),
             ..AgentState::default()
@@ -755,6 +761,7 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
             usage: Usage::new(10, 2),
             started_at: Timestamp(0),
             failed_steps_in_a_row: 0,
+            failed_check_rounds: 0,
             open_step: Some(crate::domain::state::OpenStep {
                 finish_reason: Some("tool_calls".into()),
                 usage: Usage::new(10, 2),
@@ -824,6 +831,7 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
             usage: Usage::default(),
             started_at: Timestamp(0),
             failed_steps_in_a_row: 0,
+            failed_check_rounds: 0,
             open_step: None,
         }),
         ..AgentState::default()
@@ -900,4 +908,129 @@ fn a_shutdown_cuts_a_running_command_and_its_resumed_step_never_runs_it_again() 
         };
         assert!(*is_error && content.starts_with("interrupted"), "{content}");
     }
+}
+
+/// Answers at once, then writes the file the check looks for, then answers again.
+const CHECKED: &str = r#"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Done."
+[[model.script]]
+text = "Fixing."
+tool_calls = [{ name = "write_file", arguments = { path = "ok.txt", content = "ok" } }]
+[[model.script]]
+text = "Done now."
+[tools]
+builtin = ["write_file"]
+[[checks]]
+name = "ok"
+argv = ["sh", "-c", "echo 'ok.txt is missing' >&2; test -f ok.txt"]
+"#;
+
+fn checks_of(sink: &Memory) -> Vec<(String, u32, bool)> {
+    sink.events
+        .iter()
+        .filter_map(|e| match e {
+            EventPayload::CheckCompleted(c) => Some((c.name.clone(), c.round, c.success)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_check_goes_back_to_the_model_in_one_checkpoint_with_its_round() {
+    let h = Harness::new(CHECKED);
+    let mut sink = Memory::default();
+    let (end, state) = h.run(&mut sink, "go");
+    let outcome = outcome(end);
+    assert_eq!(outcome.status, ExecStatus::Completed);
+    assert_eq!(outcome.response.as_deref(), Some("Done now."));
+    assert_eq!(outcome.checks.len(), 1);
+    assert!(outcome.checks[0].success);
+    assert_eq!(outcome.checks[0].exit_code, Some(0));
+    assert_eq!(
+        checks_of(&sink),
+        [("ok".to_owned(), 1, false), ("ok".to_owned(), 2, true)]
+    );
+    assert_eq!(state.model_calls, 3);
+    let feedback = &sink.transcript[1];
+    assert_eq!(
+        feedback.feedback,
+        Some(crate::domain::transcript::Feedback::Check)
+    );
+    let Message::User { content } = &feedback.message else {
+        panic!("{feedback:?}")
+    };
+    assert!(
+        content.contains("The check `ok`") && content.contains("ok.txt is missing"),
+        "{content}"
+    );
+    // The answer's checkpoint, then the feedback line alone with the round counted.
+    assert_eq!(&sink.checkpointed[..2], [(1, 0), (1, 1)]);
+    assert_eq!(state.current.unwrap().failed_check_rounds, 1);
+}
+
+#[test]
+fn a_resumed_answer_runs_its_round_of_checks_again_without_a_model_call() {
+    let h = Harness::new(&CHECKED.replace("test -f ok.txt", "false"));
+    let history = vec![
+        Message::User {
+            content: "go".into(),
+        },
+        Message::Assistant {
+            content: "Done.".into(),
+            tool_calls: vec![],
+        },
+    ];
+    let state = AgentState {
+        model_calls: 5,
+        current: Some(CurrentExecution {
+            execution_id: Uuid::nil(),
+            message_id: Uuid::nil(),
+            message_seq: 0,
+            previous_execution: None,
+            attempts: 2,
+            steps: 5,
+            usage: Usage::default(),
+            started_at: Timestamp(0),
+            failed_steps_in_a_row: 0,
+            failed_check_rounds: 2,
+            open_step: None,
+        }),
+        ..AgentState::default()
+    };
+    let mut sink = Memory::default();
+    let (end, state) = h.run_from(&mut sink, history, state);
+    let outcome = outcome(end);
+    assert_eq!(outcome.status, ExecStatus::Failed);
+    assert_eq!(outcome.stop_reason, StopReason::ChecksFailed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.message.contains("`ok` (exit code: 1") && error.message.contains("3 rounds"),
+        "{error:?}"
+    );
+    assert_eq!(checks_of(&sink), [("ok".to_owned(), 3, false)]);
+    assert_eq!(state.model_calls, 5, "no model call");
+    assert_eq!(sink.checkpoints, 0, "the last round is not sent back");
+}
+
+#[test]
+fn a_shutdown_during_a_check_kills_it_and_suspends_with_the_round_unrecorded() {
+    let h = Harness::new(&CHECKED.replace("test -f ok.txt", "sleep 30"));
+    // step.started, one chunk, step.completed, check.started: then the shutdown.
+    let mut sink = Memory {
+        stop_after: Some((4, Stop::Shutdown)),
+        ..Memory::default()
+    };
+    let started = Instant::now();
+    let (end, state) = h.run(&mut sink, "go");
+    assert_eq!(end, LoopEnd::Suspended);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(sink.checkpointed, [(1, 0)], "the answer alone");
+    assert_eq!(state.current.unwrap().failed_check_rounds, 0);
+    assert!(matches!(
+        sink.events.last(),
+        Some(EventPayload::CheckCompleted(c)) if !c.success && c.output_summary.contains("runs again")
+    ));
 }

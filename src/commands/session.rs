@@ -502,6 +502,21 @@ fn print_last(out: &mut impl Write, e: &Execution) -> Result<()> {
     if let Some(error) = &e.error {
         writeln!(out, "error     {}", one_line(&error.message, ERROR_CAP))?;
     }
+    if !e.checks.is_empty() {
+        let shown: Vec<String> = e
+            .checks
+            .iter()
+            .map(|c| {
+                let name = one_line(&c.name, FIELD_CAP);
+                if c.success {
+                    format!("✓ {name}")
+                } else {
+                    format!("✗ {name} ({})", crate::render::check_exit(c.exit_code))
+                }
+            })
+            .collect();
+        writeln!(out, "checks    {}", shown.join(", "))?;
+    }
     Ok(())
 }
 
@@ -516,6 +531,10 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let mut out = ctx.out.human();
     for line in &lines {
         match &line.message {
+            // A line agentq wrote for the model (failed checks) is not the user's.
+            Message::User { content } if line.feedback.is_some() => {
+                writeln!(out, "checks: {}", sanitize(content))?
+            }
             Message::User { content } => writeln!(out, "user: {}", sanitize(content))?,
             Message::Assistant {
                 content,

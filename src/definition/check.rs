@@ -4,13 +4,13 @@
 //! home's config, whose providers and servers it may name.
 //!
 //! Every problem is reported, in the order of the keys: `[model]`, its script, the
-//! tool choice, then `[tools]` and its commands.
+//! tool choice, then `[tools]` and its commands, then `[[checks]]`.
 
 use std::path::Path;
 
 use toml::Value;
 
-use super::{AgentDef, BUILTIN_TOOLS, CommandToolDef, ToolChoice, check_name};
+use super::{AgentDef, BUILTIN_TOOLS, CheckDef, CommandToolDef, ToolChoice, check_name};
 use crate::config::{HomeConfig, ProviderKind};
 use crate::validate::{
     PROVIDERS, Problem, check_base_url, check_env_name, check_env_pass, check_relative, is_name,
@@ -25,6 +25,9 @@ pub(super) fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem>
     check_tools(def, home, &mut problems);
     for (i, command) in def.tools.command.iter().enumerate() {
         check_command(def, i, command, &mut problems);
+    }
+    for (i, check) in def.checks.iter().enumerate() {
+        check_check(def, i, check, &mut problems);
     }
     problems
 }
@@ -262,6 +265,37 @@ fn check_command(def: &AgentDef, i: usize, command: &CommandToolDef, problems: &
     }
 }
 
+/// `[[checks]]` number `i`: a name no other check has (events and `execution.finished`
+/// tell them apart by it), a program, and a working directory inside the workspace.
+fn check_check(def: &AgentDef, i: usize, check: &CheckDef, problems: &mut Vec<Problem>) {
+    let key = |field: &str| format!("checks[{i}].{field}");
+    if !is_name(&check.name) {
+        problems.push(Problem::new(
+            key("name"),
+            format!(
+                "`{}` is not a check name: use letters, digits, `-` and `_`",
+                check.name.escape_default()
+            ),
+        ));
+    } else if def.checks[..i].iter().any(|c| c.name == check.name) {
+        problems.push(Problem::new(
+            key("name"),
+            format!("`{}` is already the name of another check", check.name),
+        ));
+    }
+    if check.argv.first().is_none_or(|p| p.is_empty()) {
+        problems.push(Problem::new(
+            key("argv"),
+            "needs at least the program to run",
+        ));
+    }
+    if let Some(cwd) = &check.cwd
+        && let Err(message) = check_relative(cwd)
+    {
+        problems.push(Problem::new(key("cwd"), message));
+    }
+}
+
 /// `[tools] workspace`: "session", or a directory under the home that is not agentq's
 /// own (an agent able to write `agents/` or `sessions/` could grant itself new tools,
 /// raise its own limits or touch other sessions).
@@ -299,6 +333,61 @@ fn known_servers(home: &HomeConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_need_a_unique_name_a_program_and_a_working_directory_inside_the_workspace() {
+        let text = r#"
+            name = "ci"
+            [model]
+            provider = "scripted"
+            [[model.script]]
+            text = "done"
+            [[checks]]
+            name = "tests"
+            argv = ["cargo", "test"]
+            [[checks]]
+            name = "tests"
+            argv = []
+            cwd = "../outside"
+            [[checks]]
+            name = "a b"
+            argv = [""]
+            cwd = "/etc"
+        "#;
+        let source = super::super::Source {
+            path: "agents/ci.toml".into(),
+            text: text.to_owned(),
+        };
+        let problems = source
+            .load(&Default::default(), &HomeConfig::default())
+            .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "checks[1].name",
+                "checks[1].argv",
+                "checks[1].cwd",
+                "checks[2].name",
+                "checks[2].argv",
+                "checks[2].cwd"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("another check"),
+            "{problems:?}"
+        );
+
+        let unknown = source.text.replace("cwd = \"/etc\"", "shell = true");
+        let problems = super::super::Source {
+            text: unknown,
+            ..source
+        }
+        .load(&Default::default(), &HomeConfig::default())
+        .unwrap_err();
+        assert_eq!(problems[0].key, "checks[2].shell", "{problems:?}");
+    }
 
     #[test]
     fn workspaces_stay_under_the_home() {

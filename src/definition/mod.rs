@@ -46,6 +46,9 @@ pub struct AgentDef {
     pub limits: Limits,
     #[serde(default)]
     pub tools: ToolsConfig,
+    /// `[[checks]]`: what must pass before an answer completes the execution.
+    #[serde(default)]
+    pub checks: Vec<CheckDef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +182,10 @@ pub struct Limits {
     /// Steps in a row whose tool calls all failed before the execution fails.
     #[serde(default = "default_max_consecutive_errors")]
     pub max_consecutive_errors: u32,
+    /// Rounds of `[[checks]]` that may fail before the execution fails
+    /// (`checks_failed`); the last one's failure is not sent back to the model.
+    #[serde(default = "default_max_check_rounds")]
+    pub max_check_rounds: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -199,11 +206,16 @@ impl Default for Limits {
             max_cost_usd: None,
             on_tool_error: ToolErrorPolicy::default(),
             max_consecutive_errors: default_max_consecutive_errors(),
+            max_check_rounds: default_max_check_rounds(),
         }
     }
 }
 
 fn default_max_consecutive_errors() -> u32 {
+    3
+}
+
+fn default_max_check_rounds() -> u32 {
     3
 }
 
@@ -274,6 +286,38 @@ pub struct CommandToolDef {
     /// the step's other read-only calls, and a resumed execution may run it again.
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// `[[checks]]`: a program that says whether the work is done, run in the workspace
+/// when the model answers, exactly as a declared command runs (no shell, scrubbed
+/// environment, own process group, capped output, timeout). Exit code 0 passes.
+/// Checks run again on every round and when an execution is resumed, so they must
+/// be idempotent.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckDef {
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+    /// Working directory, relative to the workspace.
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+impl CheckDef {
+    /// The check as a declared command, so it runs through the same code as one.
+    pub fn as_command(&self) -> CommandToolDef {
+        CommandToolDef {
+            name: self.name.clone(),
+            description: String::new(),
+            argv: self.argv.clone(),
+            parameters: None,
+            timeout: self.timeout,
+            cwd: self.cwd.clone(),
+            read_only: false,
+        }
+    }
 }
 
 impl Default for ToolsConfig {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
 use super::Usage;
-use super::execution::{ExecStatus, StopReason, WorkerInfo};
+use super::execution::{CheckResult, ExecStatus, StopReason, WorkerInfo};
 use super::session::{EventsPreset, SessionStatus};
 use crate::time::Timestamp;
 
@@ -127,6 +127,8 @@ event_payloads! {
     Continuation(Continuation) = "agent.continuation",
     ProviderRetry(ProviderRetry) = "provider.retry",
     ContextCompacted(ContextCompacted) = "context.compacted",
+    CheckStarted(CheckStarted) = "agent.check.started",
+    CheckCompleted(CheckCompleted) = "agent.check.completed",
     MessageCompleted(MessageCompleted) = "agent.message.completed",
     ExecutionFinished(ExecutionFinished) = "execution.finished",
 }
@@ -286,6 +288,26 @@ pub struct ContextCompacted {
     pub summarized: bool,
 }
 
+/// A `[[checks]]` entry starts, after the model answered. `round` counts the rounds of
+/// checks of the execution from 1; a resumed execution runs its round again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CheckStarted {
+    pub name: String,
+    pub round: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CheckCompleted {
+    pub name: String,
+    pub round: u32,
+    pub success: bool,
+    /// `None` when it did not exit by itself (timeout, signal, stop) or could not start.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// The end of its output on one line (the model is given all of it).
+    pub output_summary: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageCompleted {
     pub message_id: Uuid,
@@ -318,6 +340,9 @@ pub struct ExecutionFinished {
     /// US dollars, when `agentq.toml` prices the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<FinishedCost>,
+    /// The agent's `[[checks]]` as their last round left them; absent without checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -362,6 +387,7 @@ pub fn closing_events(
             execution,
             session: session.cost_usd.unwrap_or(execution),
         }),
+        checks: exec.checks.clone(),
     }));
     last
 }

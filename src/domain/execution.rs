@@ -53,6 +53,8 @@ pub enum StopReason {
     /// overrides) is gone or invalid, or `agentq.toml` is (exit 2, as for the command
     /// line that names such an agent).
     InvalidDefinition,
+    /// `[[checks]]` still failed after `max_check_rounds` rounds.
+    ChecksFailed,
 }
 
 impl StopReason {
@@ -68,6 +70,7 @@ impl StopReason {
             StopReason::ProviderUnavailable => "provider_unavailable",
             StopReason::TooManyAttempts => "too_many_attempts",
             StopReason::InvalidDefinition => "invalid_definition",
+            StopReason::ChecksFailed => "checks_failed",
         }
     }
 }
@@ -97,6 +100,17 @@ pub struct ErrorInfo {
     /// Where it happened, for example `step 2, tool read_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+}
+
+/// How a `[[checks]]` entry ended in the last round an execution ran its checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CheckResult {
+    pub name: String,
+    pub success: bool,
+    /// `None` when it did not exit by itself (killed at its timeout, by a signal) or
+    /// could not start.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -137,6 +151,9 @@ pub struct Execution {
     /// new attempt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// The agent's `[[checks]]` as the last round left them; empty without checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
 }
 impl Execution {
     /// The execution a worker begins for an inbox entry: running, its attempt counted.
@@ -216,6 +233,7 @@ impl Execution {
             worker,
             retry_of: None,
             suspended: false,
+            checks: Vec::new(),
         }
     }
 }

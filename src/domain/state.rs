@@ -43,6 +43,10 @@ pub struct CurrentExecution {
     /// (States written before agentq counted steps counted calls under the old name.)
     #[serde(default, alias = "consecutive_errors")]
     pub failed_steps_in_a_row: u32,
+    /// Rounds of `[[checks]]` that failed and went back to the model, for
+    /// `max_check_rounds`. Checkpointed with the feedback line that ends the round.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_check_rounds: u32,
     /// Step `steps + 1`, when the model's answer is in the transcript but its tool
     /// calls are not all answered yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +109,10 @@ pub struct AgentState {
 
 fn one() -> u32 {
     1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl AgentState {

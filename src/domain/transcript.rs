@@ -79,6 +79,14 @@ pub enum Message {
     },
 }
 
+/// What a user line written by agentq itself (not by `send`) tells the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feedback {
+    /// `[[checks]]` failed after the model answered; the line holds their output.
+    Check,
+}
+
 /// One line of `transcript.ndjson`: a message and where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TranscriptLine {
@@ -89,9 +97,13 @@ pub struct TranscriptLine {
     pub message_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<Uuid>,
-    /// The step that produced the line; absent on user lines.
+    /// The step that produced the line (on a feedback line, the step whose answer it
+    /// judges); absent on the user's own lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
+    /// On a user line agentq wrote for the model: what it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
     pub timestamp: Timestamp,
     /// On the last line of a checkpoint: the agent state that checkpoint settles. The
     /// line is made durable before `state.json` is written (without fsync), so a worker

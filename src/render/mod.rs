@@ -50,6 +50,15 @@ pub trait Renderer {
 
 /// The summary line of a finished execution, shared by both renderings:
 /// `completed · 2 steps · 375 tokens · $0.0012 · 1.5s · exit 0`.
+/// How a failed check ended, in a few words: `exit 1`, or `no exit code` when it was
+/// killed (timeout, signal, stop) or could not start.
+pub fn check_exit(code: Option<i32>) -> String {
+    match code {
+        Some(code) => format!("exit {code}"),
+        None => "no exit code".to_owned(),
+    }
+}
+
 pub fn footer(p: &ExecutionFinished) -> String {
     let mut text = p.status.as_str().to_owned();
     if let Some(reason) = p.stop_reason

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::{Renderer, footer};
-use crate::domain::event::{Event, EventPayload, ToolCompleted, ToolStarted};
+use crate::domain::event::{CheckCompleted, Event, EventPayload, ToolCompleted, ToolStarted};
 use crate::domain::execution::ExecStatus;
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
 use crate::time::human_duration;
@@ -124,6 +124,9 @@ fn style(payload: &EventPayload) -> Style {
     match payload {
         EventPayload::ToolCompleted(p) if p.success => Style::Good,
         EventPayload::ToolCompleted(_) => Style::Bad,
+        EventPayload::CheckCompleted(p) if p.success => Style::Good,
+        EventPayload::CheckCompleted(_) => Style::Bad,
+        EventPayload::CheckStarted(_) => Style::Plain,
         EventPayload::ExecutionFinished(p) if p.status == ExecStatus::Completed => Style::Strong,
         EventPayload::ExecutionFinished(_) => Style::Bad,
         EventPayload::ToolStarted(_) | EventPayload::ExecutionStarted(_) => Style::Plain,
@@ -194,6 +197,12 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             p.before_tokens,
             p.after_tokens
         ),
+        EventPayload::CheckStarted(p) => format!(
+            "→ check {} (round {})",
+            one_line(&p.name, FIELD_CAP),
+            p.round
+        ),
+        EventPayload::CheckCompleted(p) => check_completed(p),
         EventPayload::ExecutionFinished(p) => {
             let mut text = format!("■ {}", footer(p));
             if let Some(error) = &p.error {
@@ -235,6 +244,20 @@ fn tool_completed(p: &ToolCompleted) -> String {
             one_line(&preview(error, 200), FIELD_CAP)
         ),
     }
+}
+
+/// `✓ check tests (1.2s)`, or `✗ check tests (1.2s): exit 1 — ` and the end of its output.
+fn check_completed(p: &CheckCompleted) -> String {
+    let name = one_line(&p.name, FIELD_CAP);
+    let took = human_duration(p.duration_ms);
+    if p.success {
+        return format!("✓ check {name} ({took})");
+    }
+    format!(
+        "✗ check {name} ({took}): {} — {}",
+        super::check_exit(p.exit_code),
+        one_line(&p.output_summary, FIELD_CAP)
+    )
 }
 
 #[cfg(test)]
@@ -314,6 +337,33 @@ mod tests {
     }
 
     #[test]
+    fn a_check_is_a_line_when_it_starts_and_one_with_its_outcome() {
+        use crate::domain::event::{CheckCompleted, CheckStarted};
+        let completed = |success, exit_code| {
+            EventPayload::CheckCompleted(CheckCompleted {
+                name: "tests".into(),
+                round: 2,
+                success,
+                exit_code,
+                duration_ms: 1200,
+                output_summary: "test result: FAILED\n".into(),
+            })
+        };
+        let text = render(vec![
+            EventPayload::CheckStarted(CheckStarted {
+                name: "tests".into(),
+                round: 2,
+            }),
+            completed(false, Some(101)),
+            completed(true, Some(0)),
+        ]);
+        assert_eq!(
+            text,
+            "→ check tests (round 2)\n✗ check tests (1.2s): exit 101 — test result: FAILED␊\n✓ check tests (1.2s)\n"
+        );
+    }
+
+    #[test]
     fn control_characters_never_reach_the_output() {
         let text = render(vec![chunk("\x1b]0;title\x07\x1b[31mred")]);
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
@@ -343,6 +393,7 @@ mod tests {
                 error: error.map(str::to_owned),
                 message_id: None,
                 cost_usd: None,
+                checks: Vec::new(),
             })
         };
         let events = vec![

@@ -18,8 +18,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::wrap::Wrap;
 use super::{Renderer, footer};
 use crate::domain::event::{
-    Event, EventPayload, ExecutionFinished, ExecutionStarted, MessageCompleted, ToolCompleted,
-    ToolStarted,
+    CheckCompleted, Event, EventPayload, ExecutionFinished, ExecutionStarted, MessageCompleted,
+    ToolCompleted, ToolStarted,
 };
 use crate::domain::execution::ExecStatus;
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
@@ -225,6 +225,32 @@ impl<W: Write> TerminalRenderer<W> {
         Ok(())
     }
 
+    /// `  ✓ check tests · 1.2s`, or with how it failed and the end of its output.
+    fn check_completed(&mut self, p: &CheckCompleted) -> io::Result<()> {
+        let (mark, style) = if p.success {
+            ("✓", Style::new().green())
+        } else {
+            ("✗", Style::new().red())
+        };
+        let mut text = format!(
+            "{INDENT}{} check {} · {}",
+            self.paint(&style, mark),
+            one_line(&p.name, FIELD_CAP),
+            human_duration(p.duration_ms)
+        );
+        if !p.success {
+            let why = format!(
+                "{}: {}",
+                super::check_exit(p.exit_code),
+                one_line(&p.output_summary, FIELD_CAP)
+            );
+            text.push_str(&format!(" — {}", self.paint(&Style::new().red(), &why)));
+        }
+        self.line(&text)?;
+        self.set_status("checking".to_owned());
+        Ok(())
+    }
+
     fn message_completed(&mut self, p: &MessageCompleted) -> io::Result<()> {
         // Not streamed (the minimal preset): the answer is shown whole.
         if !self.streamed && !p.response.is_empty() {
@@ -298,6 +324,15 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
             }
             EventPayload::ToolStarted(p) => self.tool_started(p)?,
             EventPayload::ToolCompleted(p) => self.tool_completed(p)?,
+            EventPayload::CheckStarted(p) => {
+                self.end_text()?;
+                self.set_status(format!(
+                    "checking {} · round {}",
+                    one_line(&p.name, FIELD_CAP),
+                    p.round
+                ));
+            }
+            EventPayload::CheckCompleted(p) => self.check_completed(p)?,
             EventPayload::ProviderRetry(p) => {
                 self.note(&format!(
                     "↻ model call failed ({}); retry {} in {}",
@@ -454,6 +489,7 @@ mod tests {
                 execution: c,
                 session: c * 3.0,
             }),
+            checks: Vec::new(),
         })
     }
 
@@ -570,6 +606,42 @@ mod tests {
                 "  alpha beta gamma delta",
                 "  epsilon zeta eta theta",
                 "  iota kappa",
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn checks_are_lines_with_their_outcome_and_the_end_of_a_failures_output() {
+        use crate::domain::event::{CheckCompleted, CheckStarted};
+        let check = |round, success, exit_code, summary: &str| {
+            vec![
+                EventPayload::CheckStarted(CheckStarted {
+                    name: "tests".into(),
+                    round,
+                }),
+                EventPayload::CheckCompleted(CheckCompleted {
+                    name: "tests".into(),
+                    round,
+                    success,
+                    exit_code,
+                    duration_ms: 1200,
+                    output_summary: summary.into(),
+                }),
+            ]
+        };
+        let mut events = vec![started(false, 1), step(1)];
+        events.extend(check(1, false, Some(101), "test result: FAILED\x1b[2J"));
+        events.extend(check(2, false, None, "timed out after 1s and was killed"));
+        events.extend(check(3, true, Some(0), "ok"));
+        let text = render(80, events);
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("check")).collect();
+        assert_eq!(
+            lines,
+            [
+                "  ✗ check tests · 1.2s — exit 101: test result: FAILED␛[2J",
+                "  ✗ check tests · 1.2s — no exit code: timed out after 1s and was killed",
+                "  ✓ check tests · 1.2s",
             ],
             "{text}"
         );

@@ -178,26 +178,95 @@ pub async fn run(
     owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> ToolOutput {
-    match execute(def, workspace, arguments, env, owner, stop).await {
-        Ok(output) => output,
+    let input = serde_json::to_vec(arguments).unwrap_or_default();
+    match execute(def, workspace, &input, env, owner, stop).await {
+        Ok(run) if run.success() => ToolOutput::ok(run.report()),
+        Ok(run) => ToolOutput::error(run.report()),
         Err(message) => ToolOutput::error(message),
     }
 }
 
-async fn execute(
+/// How one run of a declared program ended, and what it wrote.
+#[derive(Debug)]
+pub struct CommandRun {
+    ended: Ended,
+    timeout: Duration,
+    pub duration_ms: u64,
+    /// Capped at [`OUTPUT_CAP`] each, with a note saying how much was cut.
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CommandRun {
+    /// Exited with status 0.
+    pub fn success(&self) -> bool {
+        matches!(&self.ended, Ended::Exited(Ok(status)) if status.success())
+    }
+
+    /// The exit code; `None` when it was killed (a signal, the timeout, a stop).
+    pub fn exit_code(&self) -> Option<i32> {
+        match &self.ended {
+            Ended::Exited(Ok(status)) => status.code(),
+            _ => None,
+        }
+    }
+
+    /// How it ended and how long it ran, on one line: `exit code: 1 (1.2s)`.
+    pub fn status_line(&self) -> String {
+        let ended = match &self.ended {
+            Ended::Exited(Ok(status)) => match status.code() {
+                Some(code) => format!("exit code: {code}"),
+                None => "exit code: none (killed by a signal)".to_owned(),
+            },
+            Ended::Exited(Err(e)) => format!("could not wait for the command: {e}"),
+            Ended::TimedOut => format!(
+                "timed out after {} and was killed",
+                crate::time::human_duration(
+                    u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)
+                )
+            ),
+            Ended::Stopped => "stopped: the execution was cancelled".to_owned(),
+        };
+        format!(
+            "{ended} ({})",
+            crate::time::human_duration(self.duration_ms)
+        )
+    }
+
+    /// What the model is told: [`CommandRun::status_line`], then the output.
+    pub fn report(&self) -> String {
+        let mut report = self.status_line();
+        for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            if !text.is_empty() {
+                report.push_str(&format!("\n--- {name}\n{text}"));
+            }
+        }
+        report
+    }
+}
+
+/// Runs the program of `def` with `input` on its standard input, to its end, its
+/// timeout, or until `stop()` says to stop. `Err` when it could not start.
+pub async fn execute(
     def: &CommandToolDef,
     workspace: &Workspace,
-    arguments: &Value,
+    input: &[u8],
     env: &EnvPolicy,
     owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
-) -> Result<ToolOutput, String> {
+) -> Result<CommandRun, String> {
     let (mut child, group) = spawn(def, workspace, env, owner)?;
     let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let started = Instant::now();
-    let (ended, stdout, stderr) = wait(&mut child, group, arguments, timeout, stop).await;
+    let (ended, stdout, stderr) = wait(&mut child, group, input, timeout, stop).await;
     let _ = child.wait().await;
-    Ok(report(&ended, timeout, started, stdout, stderr))
+    Ok(CommandRun {
+        ended,
+        timeout,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        stdout,
+        stderr,
+    })
 }
 
 /// Starts the command in its working directory, in a process group of its own.
@@ -243,21 +312,20 @@ fn spawn(
     Ok((child, group))
 }
 
-/// Feeds the arguments to the command and waits for it to exit, for `timeout` to pass
-/// or for `stop()`, reading its (capped) stdout and stderr meanwhile.
+/// Feeds `input` to the command and waits for it to exit, for `timeout` to pass or
+/// for `stop()`, reading its (capped) stdout and stderr meanwhile.
 async fn wait(
     child: &mut tokio::process::Child,
     group: Option<process::Group>,
-    arguments: &Value,
+    input: &[u8],
     timeout: Duration,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> (Ended, String, String) {
-    let input = serde_json::to_vec(arguments).unwrap_or_default();
     let mut stdin = child.stdin.take();
     let feed = async move {
         if let Some(stdin) = stdin.as_mut() {
             // A command that does not read its input closes the pipe: not an error.
-            let _ = stdin.write_all(&input).await;
+            let _ = stdin.write_all(input).await;
             let _ = stdin.shutdown().await;
         }
     };
@@ -292,43 +360,7 @@ async fn wait(
     )
 }
 
-/// What the model is told: how the command ended and how long it ran, then its output.
-fn report(
-    ended: &Ended,
-    timeout: Duration,
-    started: Instant,
-    stdout: String,
-    stderr: String,
-) -> ToolOutput {
-    let mut report = match ended {
-        Ended::Exited(Ok(status)) => match status.code() {
-            Some(code) => format!("exit code: {code}"),
-            None => "exit code: none (killed by a signal)".to_owned(),
-        },
-        Ended::Exited(Err(e)) => format!("could not wait for the command: {e}"),
-        Ended::TimedOut => format!(
-            "timed out after {} and was killed",
-            crate::time::human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
-        ),
-        Ended::Stopped => "stopped: the execution was cancelled".to_owned(),
-    };
-    report.push_str(&format!(
-        " ({})",
-        crate::time::human_duration(u64::try_from(started.elapsed().as_millis()).unwrap_or(0))
-    ));
-    for (name, text) in [("stdout", stdout), ("stderr", stderr)] {
-        if !text.is_empty() {
-            report.push_str(&format!("\n--- {name}\n{text}"));
-        }
-    }
-    let success = matches!(ended, Ended::Exited(Ok(status)) if status.success());
-    if success {
-        ToolOutput::ok(report)
-    } else {
-        ToolOutput::error(report)
-    }
-}
-
+#[derive(Debug)]
 enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,

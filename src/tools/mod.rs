@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::definition::{AgentDef, CommandToolDef};
+use crate::definition::{AgentDef, CheckDef, CommandToolDef};
 use crate::domain::state::Todo;
 use crate::provider::ToolSpec;
 use files::Workspace;
@@ -291,6 +291,25 @@ impl Toolbox {
         } else {
             format!("unknown tool `{name}`; {available}")
         }
+    }
+
+    /// Runs a `[[checks]]` entry exactly as a declared command runs, in this toolbox's
+    /// workspace, environment and process records, with nothing on its standard input.
+    /// `Err` when it could not start.
+    pub async fn run_check(
+        &self,
+        check: &CheckDef,
+        stop: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<command::CommandRun, String> {
+        command::execute(
+            &check.as_command(),
+            &self.workspace,
+            &[],
+            &self.env,
+            self.owner.as_ref(),
+            stop,
+        )
+        .await
     }
 
     /// Runs one call. Only granted tools run, and only with arguments their schema

@@ -237,6 +237,7 @@ const LIMITS: &[Field] = &[
     opt("max_consecutive_errors", Kind::Int { min: 2, max: u32::MAX as i64 }).because(
         "it counts steps whose tool calls all failed, and the model sees its errors at least once before the execution fails (on_tool_error = \"stop\" fails at the first error)",
     ),
+    opt("max_check_rounds", POSITIVE_U32),
 ];
 const COMMAND_TOOL: &[Field] = &[
     req("name", Kind::Str),
@@ -246,6 +247,12 @@ const COMMAND_TOOL: &[Field] = &[
     opt("timeout", Kind::Duration),
     opt("cwd", Kind::Str),
     opt("read_only", Kind::Bool),
+];
+const CHECK: &[Field] = &[
+    req("name", Kind::Str),
+    req("argv", Kind::StrList),
+    opt("timeout", Kind::Duration),
+    opt("cwd", Kind::Str),
 ];
 const TOOLS: &[Field] = &[
     opt("builtin", Kind::StrSet),
@@ -264,6 +271,7 @@ pub const AGENT: &[Field] = &[
     req("model", Kind::Table(MODEL)),
     opt("limits", Kind::Table(LIMITS)),
     opt("tools", Kind::Table(TOOLS)),
+    opt("checks", Kind::TableArray(CHECK)),
 ];
 
 const INBOX: &[Field] = &[opt("max_message_bytes", POSITIVE)];

@@ -14,7 +14,7 @@ use crate::config::{HomeConfig, Price};
 use crate::definition;
 use crate::domain::Usage;
 use crate::domain::event::{AgentStatus, AgentStatusChanged, EventPayload, ExecutionStarted};
-use crate::domain::execution::{self, ErrorInfo, ExecStatus, Execution, StopReason, WorkerInfo};
+use crate::domain::execution::{self, Execution, StopReason, WorkerInfo};
 use crate::domain::session::SessionMeta;
 use crate::domain::state::AgentState;
 use crate::domain::transcript::{Message, TranscriptLine};
@@ -128,15 +128,11 @@ impl Owner<'_> {
     /// The end of an execution that cannot start: it fails with the reason.
     fn cannot_run(&self, meta: &SessionMeta, err: UserError, reason: StopReason) -> LoopEnd {
         warn!(session = %self.lease.session_id(), "cannot run: {err}");
-        LoopEnd::Settled(Outcome {
-            status: ExecStatus::Failed,
-            stop_reason: reason,
-            response: None,
-            error: Some(ErrorInfo {
-                message: err.message,
-                context: Some(format!("agent {}", meta.agent)),
-            }),
-        })
+        LoopEnd::Settled(Outcome::failed(
+            reason,
+            err.message,
+            Some(format!("agent {}", meta.agent)),
+        ))
     }
 
     /// The definition with the session's overrides, and `agentq.toml`, checked as
@@ -319,18 +315,14 @@ impl Owner<'_> {
 
 /// The outcome of an execution that every attempt of was interrupted by a crash.
 fn gave_up(exec: &Execution) -> Outcome {
-    Outcome {
-        status: ExecStatus::Failed,
-        stop_reason: StopReason::TooManyAttempts,
-        response: None,
-        error: Some(ErrorInfo {
-            message: format!(
-                "gave up after {} attempts, each interrupted by a crash",
-                exec.attempts
-            ),
-            context: None,
-        }),
-    }
+    Outcome::failed(
+        StopReason::TooManyAttempts,
+        format!(
+            "gave up after {} attempts, each interrupted by a crash",
+            exec.attempts
+        ),
+        None,
+    )
 }
 
 /// Writes an outcome, and the totals the state counted, into the execution's record.
@@ -339,6 +331,7 @@ fn settle_with(exec: &mut Execution, outcome: Outcome, state: &AgentState, now: 
     exec.stop_reason = Some(outcome.stop_reason);
     exec.response = outcome.response;
     exec.error = outcome.error;
+    exec.checks = outcome.checks;
     if let Some(current) = &state.current {
         exec.steps = current.steps;
         exec.usage = current.usage;

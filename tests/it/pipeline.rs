@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use super::*;
 
+mod checks;
+
 /// An agent whose answers show which script entry (and so which model call) answered.
 const COUNTING_AGENT: &str = r#"
 name = "counting"

@@ -567,6 +567,50 @@ fn validate_reports_every_problem_with_a_key_each_on_a_line_naming_the_file() {
 }
 
 #[test]
+fn validate_checks_the_keys_of_done_when_checks() {
+    let env = TestEnv::new();
+    let checks = |body: &str| {
+        format!(
+            "name = \"ci\"\n[model]\nprovider = \"scripted\"\n[[model.script]]\ntext = \"done\"\n[limits]\nmax_check_rounds = 2\n{body}"
+        )
+    };
+    env.write_agent(
+        "ci",
+        &checks("[[checks]]\nname = \"tests\"\nargv = [\"cargo\", \"test\"]\ntimeout = \"5m\"\ncwd = \"crate\"\n"),
+    );
+    env.ok(&["agents", "validate", "agents/ci.toml"]);
+
+    env.write_agent(
+        "ci",
+        &checks(
+            "[[checks]]\nname = \"tests\"\nargv = [\"true\"]\n[[checks]]\nname = \"tests\"\nargv = []\ncwd = \"../up\"\n",
+        ),
+    );
+    let json = validate_json(&env, "agents/ci.toml", USAGE);
+    let keys: Vec<&str> = json[0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["checks[1].name", "checks[1].argv", "checks[1].cwd"]);
+
+    env.write_agent(
+        "ci",
+        &checks("[[checks]]\nname = \"tests\"\nargv = [\"true\"]\nshell = true\n")
+            .replace("max_check_rounds = 2", "max_check_rounds = 0"),
+    );
+    let json = validate_json(&env, "agents/ci.toml", USAGE);
+    let keys: Vec<&str> = json[0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["checks[0].shell", "limits.max_check_rounds"]);
+}
+
+#[test]
 fn validate_json_marks_the_definition_invalid_and_lists_its_problems() {
     let env = TestEnv::new();
     env.write_agent("broken", BROKEN_AGENT_RIGHT_NAME);

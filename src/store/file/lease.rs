@@ -378,6 +378,7 @@ impl FileLease {
                 message_id: Some(entry.id),
                 execution_id: Some(exec.id),
                 step: None,
+                feedback: None,
                 timestamp: exec.started_at,
                 state: None,
             };
@@ -399,6 +400,7 @@ impl FileLease {
             usage: Usage::default(),
             started_at: exec.started_at,
             failed_steps_in_a_row: 0,
+            failed_check_rounds: 0,
             open_step: None,
         });
         self.dir

@@ -161,6 +161,7 @@ impl SessionDir {
                 usage: exec.usage,
                 started_at: exec.started_at,
                 failed_steps_in_a_row: 0,
+                failed_check_rounds: 0,
                 // Which call was running is not known any more: the remaining calls
                 // run (the one state.json could have told about included).
                 open_step: open.then(|| OpenStep {
@@ -438,6 +439,7 @@ mod tests {
             message_id: None,
             execution_id: None,
             step: None,
+            feedback: None,
             timestamp: Timestamp(0),
             state: state.map(Box::new),
         }

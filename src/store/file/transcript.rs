@@ -146,6 +146,7 @@ mod tests {
             message_id: None,
             execution_id: None,
             step: None,
+            feedback: None,
             timestamp: Timestamp(0),
             state: None,
         }

@@ -302,6 +302,7 @@ impl PgLease {
                 message_id: Some(entry.id),
                 execution_id: Some(exec.id),
                 step: None,
+                feedback: None,
                 timestamp: exec.started_at,
                 state: None,
             }]
@@ -318,6 +319,7 @@ impl PgLease {
             usage: Usage::default(),
             started_at: exec.started_at,
             failed_steps_in_a_row: 0,
+            failed_check_rounds: 0,
             open_step: None,
         });
         // Not durable: the first checkpoint makes it so (a crash before it leaves the

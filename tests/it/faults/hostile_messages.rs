@@ -1109,6 +1109,14 @@ fn the_readmes_tour_runs_as_written_and_every_command_it_shows_parses() {
             config.push_str(block);
             continue;
         }
+        // A whole definition may open with the file it goes in: `# agents/NAME.toml…`.
+        let (block, stem) = match block
+            .strip_prefix("# agents/")
+            .and_then(|rest| rest.split_once('\n'))
+        {
+            Some((file, body)) => (body, file.split(".toml").next().unwrap_or("demo")),
+            None => (block, "demo"),
+        };
         // A block that is not a whole definition shows alternatives, blank-line apart.
         let parts: Vec<&str> = if block.starts_with("name = ") {
             vec![block]
@@ -1118,7 +1126,11 @@ fn the_readmes_tour_runs_as_written_and_every_command_it_shows_parses() {
         for (i, part) in parts.into_iter().enumerate() {
             let name = format!("readme{tomls}x{i}");
             let text = if part.starts_with("name = ") {
-                part.replacen("name = \"demo\"", &format!("name = \"{name}\""), 1)
+                part.replacen(
+                    &format!("name = \"{stem}\""),
+                    &format!("name = \"{name}\""),
+                    1,
+                )
             } else {
                 format!("name = \"{name}\"\n{part}")
             };
