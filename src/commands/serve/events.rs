@@ -180,6 +180,11 @@ impl Hub {
             }
         }
         if self.shutdown.is_requested() {
+            // What was committed before the stop and not read yet goes first: the
+            // shutdown is the stream's last word, after everything before it.
+            if catch_up(&*session, &mut sent, &out).await.is_err() {
+                return;
+            }
             let _ = out
                 .send(Bytes::from_static(b"event: shutdown\ndata: {}\n\n"))
                 .await;

@@ -81,23 +81,25 @@ pub(crate) fn append_all(
     Ok(last as u64)
 }
 
-/// Appends `payloads` as consecutive events of session `session` for its owner, if
-/// the lease's `epoch` still holds the session: one statement, so one round trip that
-/// checks the fence, takes the seqs and inserts the rows (committed as `db`'s commits
-/// are). `None` when the epoch is no longer the session's (nothing is written).
-pub(crate) fn append_fenced(
-    db: &Db,
-    session: Uuid,
-    epoch: i64,
-    execution: Option<Uuid>,
-    payloads: Vec<EventPayload>,
-    now: Timestamp,
-) -> Result<Option<u64>> {
-    let n = payloads.len() as i64;
-    let (mut kinds, mut tails) = (Vec::new(), Vec::new());
-    for payload in payloads {
-        kinds.push(payload.type_name().to_owned());
-        tails.push(body_after_seq(&Event {
+/// Events to append together, each kept as the tail of its line after the seq
+/// ([`body_head`]): the seqs are known only once the statement appending them holds
+/// the session's row, and the server writes each into its line.
+#[derive(Default, Clone)]
+pub(crate) struct Batch {
+    kinds: Vec<String>,
+    tails: Vec<String>,
+}
+
+impl Batch {
+    pub(crate) fn push(
+        &mut self,
+        session: Uuid,
+        execution: Option<Uuid>,
+        payload: EventPayload,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.kinds.push(payload.type_name().to_owned());
+        self.tails.push(body_after_seq(&Event {
             v: FORMAT_VERSION,
             seq: 0,
             session_id: session,
@@ -105,30 +107,72 @@ pub(crate) fn append_fenced(
             timestamp: now,
             payload,
         })?);
+        Ok(())
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.kinds.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+
+    /// Adds `later`'s events after these.
+    pub(crate) fn extend(&mut self, later: Batch) {
+        self.kinds.extend(later.kinds);
+        self.tails.extend(later.tails);
+    }
+
+    /// The events' types and their lines' tails, in order.
+    pub(crate) fn into_parts(self) -> (Vec<String>, Vec<String>) {
+        (self.kinds, self.tails)
+    }
+}
+
+/// Appends `events` as consecutive events of session `session` for its owner, if the
+/// lease's `epoch` still holds the session: one statement, so one round trip that
+/// checks the fence, takes the seqs and inserts the rows (committed as `db`'s commits
+/// are). `None` when the epoch is no longer the session's (nothing is written).
+pub(crate) fn append_fenced(
+    db: &Db,
+    session: Uuid,
+    epoch: i64,
+    events: Batch,
+) -> Result<Option<u64>> {
+    Ok(db.call("appending an event in", move |c| {
+        append_fenced_on(c, session, epoch, events)
+    })?)
+}
+
+/// [`append_fenced`] on a connection or in a transaction.
+pub(crate) fn append_fenced_on(
+    c: &mut impl postgres::GenericClient,
+    session: Uuid,
+    epoch: i64,
+    events: Batch,
+) -> Result<Option<u64>, postgres::Error> {
+    let n = events.len() as i64;
+    let (kinds, tails) = events.into_parts();
     let head = body_head();
-    let row = db.call("appending an event in", move |c| {
-        // The seqs are known only once the row is locked, so the server writes each
-        // into its line: `head`, the seq, then the rest of the line.
-        c.row_opt(
-            "WITH s AS (
-                 UPDATE sessions SET last_seq = last_seq + $2
-                 WHERE id = $1 AND epoch = $3 RETURNING last_seq
-             ), inserted AS (
-                 INSERT INTO events (session_id, seq, type, body)
-                 SELECT $1, s.last_seq - $2 + e.n, e.type,
-                        $6::text || (s.last_seq - $2 + e.n)::text || e.tail
-                 FROM s, unnest($4::text[], $5::text[]) WITH ORDINALITY AS e (type, tail, n)
-             )
-             SELECT s.last_seq, pg_notify($7, $1::text) FROM s",
-            &[&session, &n, &epoch, &kinds, &tails, &head, &EVENTS_CHANNEL],
-        )
-    })?;
+    let row = c.row_opt(
+        "WITH s AS (
+             UPDATE sessions SET last_seq = last_seq + $2
+             WHERE id = $1 AND epoch = $3 RETURNING last_seq
+         ), inserted AS (
+             INSERT INTO events (session_id, seq, type, body)
+             SELECT $1, s.last_seq - $2 + e.n, e.type,
+                    $6::text || (s.last_seq - $2 + e.n)::text || e.tail
+             FROM s, unnest($4::text[], $5::text[]) WITH ORDINALITY AS e (type, tail, n)
+         )
+         SELECT s.last_seq, pg_notify($7, $1::text) FROM s",
+        &[&session, &n, &epoch, &kinds, &tails, &head, &EVENTS_CHANNEL],
+    )?;
     Ok(row.map(|row| row.get::<_, i64>(0) as u64))
 }
 
 /// What every event's line starts with, up to its seq.
-fn body_head() -> String {
+pub(super) fn body_head() -> String {
     format!("{{\"v\":{FORMAT_VERSION},\"seq\":")
 }
 

@@ -22,11 +22,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::events::{self, INBOX_CHANNEL};
+use super::pending::Pending;
 use super::prepared::Prepared;
 use super::session::{
-    append_transcript, doc, read_execution, read_meta, read_transcript, transcript_rows,
-    write_execution, write_meta, write_state,
+    doc, read_execution, read_meta, read_transcript, transcript_rows, write_execution, write_meta,
+    write_state,
 };
+use super::write::{OwnerWrite, Refused, owner_write};
 use super::{Commit, Db, PgStore, TxError};
 use crate::domain::Usage;
 use crate::domain::event::{EventPayload, closing_events};
@@ -50,6 +52,8 @@ pub struct PgLease {
     local: LocalFiles,
     running: Option<Running>,
     renewer: Option<Renewer>,
+    /// The events appended and not written yet.
+    pending: Pending,
     released: bool,
 }
 
@@ -57,7 +61,18 @@ pub struct PgLease {
 struct Running {
     entry: InboxEntry,
     cancels: CancelWatch,
+    /// The session's meta as read when the message was claimed: the settling writes
+    /// the totals it computes from it, if it is still the row's.
+    meta: serde_json::Value,
+    /// The same, parsed: what [`Lease::meta`] answers while the message runs.
+    parsed: SessionMeta,
+    /// When the session was last seen not paused.
+    unpaused_at: Instant,
 }
+
+/// The claim's own read tells whether the session is paused; a look at the row is
+/// due again only this long after the last one (a pause is obeyed at a step's end).
+const PAUSE_LOOK: Duration = Duration::from_millis(50);
 
 impl PgLease {
     /// Takes the lease of session `id` if it is free or expired.
@@ -127,6 +142,7 @@ impl PgLease {
             .renewing
             .then(|| Renewer::start(db.clone(), id, epoch, store.lease, asked));
         super::held::add(&db, id, epoch);
+        let pending = Pending::start(db.clone(), id, epoch);
         Ok(Claimed::Owned(Box::new(PgLease {
             store: store.clone(),
             db,
@@ -136,6 +152,7 @@ impl PgLease {
             local,
             running: None,
             renewer,
+            pending,
             released: false,
         })))
     }
@@ -149,19 +166,45 @@ impl PgLease {
         work: impl FnOnce(&mut postgres::Transaction<'_>, Uuid) -> Result<T, TxError> + Send + 'static,
     ) -> Result<T> {
         let (id, epoch) = (self.id, self.epoch);
-        if self.renewer.as_ref().is_some_and(Renewer::lapsed) {
-            return Err(anyhow::Error::new(LeaseLost { session: id }));
-        }
+        self.check_lapsed()?;
+        self.pending.flush()?;
         self.db.transaction_as(doing, commit, move |tx| {
-            let row = tx.row_opt(
-                "SELECT epoch FROM sessions WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )?;
-            if row.is_none_or(|row| row.get::<_, i64>(0) != epoch) {
-                return Err(TxError::Lost(id));
-            }
+            fence(tx, id, epoch)?;
             work(tx, id)
         })
+    }
+
+    /// Runs `write` as one statement with the events pending ([`owner_write`]).
+    fn write_one(&self, doing: &str, write: OwnerWrite) -> Result<Result<(), Refused>> {
+        self.check_lapsed()?;
+        self.pending.with_events(|events| {
+            let mut write = write;
+            let mut all = events;
+            all.extend(std::mem::take(&mut write.events));
+            write.events = all;
+            owner_write(&self.db, doing, self.id, self.epoch, write)
+        })
+    }
+
+    /// [`Self::write_one`] for a write without the meta, which is never refused.
+    fn write_one_fenced(&self, doing: &str, write: OwnerWrite) -> Result<()> {
+        match self.write_one(doing, write)? {
+            Ok(()) => Ok(()),
+            Err(Refused::MetaChanged) => {
+                anyhow::bail!(
+                    "a write of session {} without its meta was refused",
+                    self.id
+                )
+            }
+        }
+    }
+
+    /// Fails with [`LeaseLost`] when the renewals failed for as long as the lease.
+    fn check_lapsed(&self) -> Result<()> {
+        if self.renewer.as_ref().is_some_and(Renewer::lapsed) {
+            return Err(anyhow::Error::new(LeaseLost { session: self.id }));
+        }
+        Ok(())
     }
 
     /// Runs `work`, one statement that only reads, on the lease's connection
@@ -179,7 +222,12 @@ impl PgLease {
     }
 
     /// Step 1 of the lifecycle for the entry at the head of the inbox.
-    fn claim_entry(&mut self, entry: InboxEntry, mut state: AgentState) -> Result<Next> {
+    fn claim_entry(
+        &mut self,
+        entry: InboxEntry,
+        mut state: AgentState,
+        read: Read,
+    ) -> Result<Next> {
         if state.has_moved_past(entry.seq) {
             warn!(session = %self.id, message_id = %entry.id, "an inbox entry that settled before came back; removing it");
             let message = entry.id;
@@ -221,8 +269,11 @@ impl PgLease {
             }
         };
         self.running = Some(Running {
-            cancels: CancelWatch::new(entry.seq),
+            cancels: CancelWatch::seen_at_claim(entry.seq, &read.cancels),
             entry: entry.clone(),
+            meta: read.doc,
+            parsed: read.meta,
+            unpaused_at: read.at,
         });
         Ok(Next::Run(Box::new(Claim {
             entry,
@@ -259,15 +310,14 @@ impl PgLease {
         if crate::store::restart(&mut exec, &self.worker, state) == Start::Exhausted {
             return Ok((exec, Start::Exhausted));
         }
-        let (record, written) = (exec.clone(), state.clone());
         // Not durable, as the file store's resumed record is not fsynced: the state is
         // what a resuming owner trusts, and a record lost is rebuilt from it.
-        self.write(
+        self.write_one_fenced(
             "resuming an execution in",
-            Commit::Deferred,
-            move |tx, id| {
-                write_execution(tx, &record)?;
-                write_state(tx, id, &written)
+            OwnerWrite {
+                record: Some((exec.id, serde_json::to_value(&exec)?)),
+                state: Some(serde_json::to_value(&*state)?),
+                ..OwnerWrite::default()
             },
         )?;
         Ok((exec, Start::Resumed))
@@ -322,15 +372,20 @@ impl PgLease {
             failed_check_rounds: 0,
             open_step: None,
         });
+        let mark = state.transcript;
+        state.transcript = advanced(mark, &rows);
         // Not durable: the first checkpoint makes it so (a crash before it leaves the
         // message in the inbox, unclaimed), as the file store's claim is synced with it.
-        self.write("claiming a message in", Commit::Deferred, move |tx, id| {
-            if !rows.is_empty() {
-                state.transcript = append_transcript(tx, id, state.transcript, &rows)?;
-            }
-            write_state(tx, id, &state)?;
-            Ok(state)
-        })
+        self.write_one_fenced(
+            "claiming a message in",
+            OwnerWrite {
+                lines: rows.into_iter().map(|(line, _)| line).collect(),
+                mark: mark.lines,
+                state: Some(serde_json::to_value(&state)?),
+                ..OwnerWrite::default()
+            },
+        )?;
+        Ok(state)
     }
 
     /// Lets go of the row (if it is still this lease's) and stops renewing it; an
@@ -340,13 +395,17 @@ impl PgLease {
             return Ok(());
         }
         self.released = true;
+        // What is still pending goes before the row is let go (after a settling,
+        // nothing is).
+        let flushed = self.pending.flush();
+        self.pending.stop();
         super::held::remove(self.id, self.epoch);
         if let Some(renewer) = self.renewer.take() {
             renewer.stop();
         }
         let released = release_row(&self.db, self.id, self.epoch);
         self.store.pool.give(self.db.clone());
-        released
+        flushed.and(released)
     }
 }
 
@@ -386,6 +445,99 @@ pub(super) fn release_row(db: &Db, id: Uuid, epoch: i64) -> Result<()> {
     })
 }
 
+/// What [`Lease::next`]'s read found beside the inbox's head.
+struct Read {
+    /// The meta as the row holds it, and parsed.
+    doc: serde_json::Value,
+    meta: SessionMeta,
+    /// The seqs of the `cancel` entries queued.
+    cancels: Vec<i64>,
+    /// When it was read.
+    at: Instant,
+}
+
+/// What a settling writes, for [`settle_reading_meta`].
+struct Settled {
+    exec: Execution,
+    state: AgentState,
+    message: Uuid,
+    obeyed: Vec<i64>,
+    now: Timestamp,
+}
+
+/// Settles in a transaction that locks the session's row and reads its meta: for when
+/// a command changed the meta since the claim. `pending`: the events appended before.
+fn settle_reading_meta(
+    db: &Db,
+    id: Uuid,
+    epoch: i64,
+    pending: events::Batch,
+    settled: Settled,
+) -> Result<()> {
+    let Settled {
+        exec,
+        state,
+        message,
+        obeyed,
+        now,
+    } = settled;
+    db.transaction_as("settling an execution in", Commit::Durable, move |tx| {
+        fence(tx, id, epoch)?;
+        if !pending.is_empty() {
+            events::append_fenced_on(tx, id, epoch, pending)?;
+        }
+        let mut meta = read_meta(tx, id)?;
+        let mut dirty = false;
+        if let Some(max) = obeyed.iter().max() {
+            // The cancel entries it obeyed leave the inbox with it.
+            tx.run(
+                "DELETE FROM inbox WHERE session_id = $1 AND seq = ANY($2)",
+                &[&id, &obeyed],
+            )?;
+            meta.last_message_seq = meta.last_message_seq.max(*max as u64);
+            dirty = true;
+        }
+        write_state(tx, id, &state)?;
+        write_execution(tx, &exec)?;
+        finish(tx, id, &exec, meta, dirty, false, now)?;
+        delete_entry(tx, id, message)
+    })
+}
+
+/// Locks the session's row for the transaction, if `epoch` still holds its lease.
+fn fence(tx: &mut postgres::Transaction<'_>, id: Uuid, epoch: i64) -> Result<(), TxError> {
+    let row = tx.row_opt(
+        "SELECT epoch FROM sessions WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )?;
+    if row.is_none_or(|row| row.get::<_, i64>(0) != epoch) {
+        return Err(TxError::Lost(id));
+    }
+    Ok(())
+}
+
+/// The transcript's mark once `rows` are appended after `mark`.
+fn advanced(mark: TranscriptMark, rows: &[(serde_json::Value, u64)]) -> TranscriptMark {
+    TranscriptMark {
+        lines: mark.lines + rows.len() as u64,
+        bytes: mark.bytes + rows.iter().map(|(_, bytes)| bytes).sum::<u64>(),
+    }
+}
+
+/// Adds the execution to the session totals, unless they count it already (a settling
+/// done again after a crash); whether they changed.
+fn add_totals(meta: &mut SessionMeta, exec: &Execution, now: Timestamp) -> bool {
+    if meta.last_execution == Some(exec.id) {
+        return false;
+    }
+    meta.add_execution(exec);
+    // A message settles one execution, so this counts it, as the file store does.
+    meta.counters.messages += 1;
+    meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
+    meta.updated_at = now;
+    true
+}
+
 fn delete_entry(
     tx: &mut postgres::Transaction<'_>,
     id: Uuid,
@@ -411,14 +563,7 @@ fn finish(
     recovering: bool,
     now: Timestamp,
 ) -> Result<(), TxError> {
-    if meta.last_execution != Some(exec.id) {
-        meta.add_execution(exec);
-        // A message settles one execution, so this counts it, as the file store does.
-        meta.counters.messages += 1;
-        meta.last_message_seq = meta.last_message_seq.max(exec.message_seq);
-        meta.updated_at = now;
-        dirty = true;
-    }
+    dirty |= add_totals(&mut meta, exec, now);
     if dirty {
         write_meta(tx, id, &meta)?;
     }
@@ -471,14 +616,19 @@ impl Lease for PgLease {
     /// lease is released (and found by the next scan in any case).
     fn next(&mut self) -> Result<Next> {
         self.running = None;
-        let (meta, state, head) = self.read("reading the inbox in", {
+        self.pending.flush()?;
+        let at = Instant::now();
+        let (meta, meta_doc, state, head, cancels) = self.read("reading the inbox in", {
             let id = self.id;
             move |tx| {
-                // One statement, one snapshot: the documents and the inbox's head.
+                // One statement, one snapshot: the documents, the inbox's head and the
+                // cancels queued (the running message's first look for one).
                 let Some(row) = tx.row_opt(
                     "SELECT s.meta, s.state,
                             (SELECT i.entry FROM inbox i WHERE i.session_id = s.id
-                             ORDER BY i.seq LIMIT 1)
+                             ORDER BY i.seq LIMIT 1),
+                            (SELECT array_agg(i.seq ORDER BY i.seq) FROM inbox i
+                             WHERE i.session_id = s.id AND i.entry->>'kind' = 'cancel')
                      FROM sessions s WHERE s.id = $1",
                     &[&id],
                 )?
@@ -487,13 +637,15 @@ impl Lease for PgLease {
                         anyhow::Error::from(UserError::usage(format!("no session {id}"))).into(),
                     );
                 };
-                let meta: SessionMeta = doc(row.get(0), "session.json", id)?;
+                let meta_doc: serde_json::Value = row.get(0);
+                let meta: SessionMeta = doc(meta_doc.clone(), "session.json", id)?;
                 let state: AgentState = doc(row.get(1), "state.json", id)?;
                 let head: Option<InboxEntry> = row
                     .get::<_, Option<serde_json::Value>>(2)
                     .map(|entry| doc(entry, "inbox entry", id))
                     .transpose()?;
-                Ok((meta, state, head))
+                let cancels: Option<Vec<i64>> = row.get(3);
+                Ok((meta, meta_doc, state, head, cancels.unwrap_or_default()))
             }
         })?;
         if meta.status == SessionStatus::Paused {
@@ -516,17 +668,40 @@ impl Lease for PgLease {
             })?;
             return Ok(Next::Again);
         }
-        self.claim_entry(entry, state)
+        let read = Read {
+            doc: meta_doc,
+            meta,
+            cancels,
+            at,
+        };
+        self.claim_entry(entry, state, read)
     }
 
+    /// While a message runs, the meta its claim read (it is what the execution runs
+    /// with, and a command that changes it meanwhile changes nothing the execution
+    /// reads but the status, which [`Lease::paused`] looks at).
     fn meta(&self) -> Result<SessionMeta> {
+        if let Some(running) = &self.running {
+            return Ok(running.parsed.clone());
+        }
         let id = self.id;
         self.read("reading a session in", move |tx| read_meta(tx, id))
     }
 
     fn paused(&mut self) -> bool {
-        self.meta()
-            .is_ok_and(|meta| meta.status == SessionStatus::Paused)
+        if let Some(running) = &self.running
+            && running.unpaused_at.elapsed() < PAUSE_LOOK
+        {
+            return false;
+        }
+        let id = self.id;
+        let paused = self
+            .read("reading a session in", move |tx| read_meta(tx, id))
+            .is_ok_and(|meta| meta.status == SessionStatus::Paused);
+        if let Some(running) = self.running.as_mut().filter(|_| !paused) {
+            running.unpaused_at = Instant::now();
+        }
+        paused
     }
 
     fn history(&self, mark: TranscriptMark) -> Result<Vec<TranscriptLine>> {
@@ -537,21 +712,16 @@ impl Lease for PgLease {
     }
 
     fn append(&mut self, execution: Option<Uuid>, payload: EventPayload) -> Result<u64> {
-        if self.renewer.as_ref().is_some_and(Renewer::lapsed) {
-            return Err(anyhow::Error::new(LeaseLost { session: self.id }));
+        self.check_lapsed()?;
+        // A tool's start comes before the call: written (under the fence) before it
+        // runs, so that an owner that lost its lease runs no tool.
+        let before_a_call = matches!(payload, EventPayload::ToolStarted(_));
+        self.pending.push(execution, payload, self.now())?;
+        if before_a_call {
+            self.pending.flush()?;
         }
-        // On the lease's connection, not durable: the file store does not fsync its
-        // events either, and the durable writes that follow (a checkpoint, the
-        // settling) flush them with themselves.
-        let appended = events::append_fenced(
-            &self.db,
-            self.id,
-            self.epoch,
-            execution,
-            vec![payload],
-            self.now(),
-        )?;
-        appended.ok_or_else(|| anyhow::Error::new(LeaseLost { session: self.id }))
+        // Its seq is known once it is written; no caller needs it.
+        Ok(0)
     }
 
     fn checkpoint(&mut self, mut lines: Vec<TranscriptLine>, state: &mut AgentState) -> Result<()> {
@@ -570,19 +740,15 @@ impl Lease for PgLease {
         let rows = transcript_rows(&lines)?;
         let mark = state.transcript;
         let mut next = state.clone();
-        next.transcript = TranscriptMark {
-            lines: mark.lines + rows.len() as u64,
-            bytes: mark.bytes + rows.iter().map(|(_, bytes)| bytes).sum::<u64>(),
-        };
-        let written = next.clone();
-        self.write(
+        next.transcript = advanced(mark, &rows);
+        self.write_one_fenced(
             "checkpointing in",
-            checkpoint_commit(state),
-            move |tx, id| {
-                if !rows.is_empty() {
-                    append_transcript(tx, id, mark, &rows)?;
-                }
-                write_state(tx, id, &written)
+            OwnerWrite {
+                lines: rows.into_iter().map(|(line, _)| line).collect(),
+                mark: mark.lines,
+                state: Some(serde_json::to_value(&next)?),
+                durable: checkpoint_commit(state) == Commit::Durable,
+                ..OwnerWrite::default()
             },
         )?;
         *state = next;
@@ -596,6 +762,9 @@ impl Lease for PgLease {
             .is_some_and(|running| running.cancels.requested(&db, id))
     }
 
+    /// One statement in the common case: the totals are computed from the meta read
+    /// at the claim, and written if it is still the row's; when a command changed it
+    /// meanwhile, a transaction reads it again ([`settle_reading_meta`]).
     fn settle(&mut self, exec: &Execution, state: &AgentState) -> Result<()> {
         let Some(running) = self.running.take() else {
             anyhow::bail!("settling session {} with no message claimed", self.id);
@@ -605,29 +774,45 @@ impl Lease for PgLease {
         } else {
             Vec::new()
         };
-        let (exec, state, message, now) =
-            (exec.clone(), state.clone(), running.entry.id, self.now());
-        self.write(
-            "settling an execution in",
-            Commit::Durable,
-            move |tx, id| {
-                let mut meta = read_meta(tx, id)?;
-                let mut dirty = false;
-                if let Some(max) = obeyed.iter().max() {
-                    // The cancel entries it obeyed leave the inbox with it.
-                    tx.run(
-                        "DELETE FROM inbox WHERE session_id = $1 AND seq = ANY($2)",
-                        &[&id, &obeyed],
-                    )?;
-                    meta.last_message_seq = meta.last_message_seq.max(*max as u64);
-                    dirty = true;
+        let now = self.now();
+        let mut meta: SessionMeta = serde_json::from_value(running.meta.clone())?;
+        if let Some(max) = obeyed.iter().max() {
+            meta.last_message_seq = meta.last_message_seq.max(*max as u64);
+        }
+        add_totals(&mut meta, exec, now);
+        let mut closing = events::Batch::default();
+        for payload in closing_events(exec, &meta) {
+            closing.push(self.id, Some(exec.id), payload, now)?;
+        }
+        let write = OwnerWrite {
+            state: Some(serde_json::to_value(state)?),
+            meta: Some((serde_json::to_value(&meta)?, running.meta)),
+            record: Some((exec.id, serde_json::to_value(exec)?)),
+            consumed: Some(running.entry.id),
+            cancels: obeyed.clone(),
+            durable: true,
+            ..OwnerWrite::default()
+        };
+        self.check_lapsed()?;
+        let (db, id, epoch) = (self.db.clone(), self.id, self.epoch);
+        self.pending.with_events(move |pending| {
+            let mut events = pending.clone();
+            events.extend(closing);
+            let write = OwnerWrite { events, ..write };
+            match owner_write(&db, "settling an execution in", id, epoch, write)? {
+                Ok(()) => Ok(()),
+                Err(Refused::MetaChanged) => {
+                    let settled = Settled {
+                        exec: exec.clone(),
+                        state: state.clone(),
+                        message: running.entry.id,
+                        obeyed,
+                        now,
+                    };
+                    settle_reading_meta(&db, id, epoch, pending, settled)
                 }
-                write_state(tx, id, &state)?;
-                write_execution(tx, &exec)?;
-                finish(tx, id, &exec, meta, dirty, false, now)?;
-                delete_entry(tx, id, message)
-            },
-        )
+            }
+        })
     }
 
     fn suspend(&mut self, exec: &Execution) -> Result<()> {
@@ -636,10 +821,13 @@ impl Lease for PgLease {
             suspended: true,
             ..exec.clone()
         };
-        self.write(
+        self.write_one_fenced(
             "suspending an execution in",
-            Commit::Durable,
-            move |tx, _| write_execution(tx, &suspended),
+            OwnerWrite {
+                record: Some((suspended.id, serde_json::to_value(&suspended)?)),
+                durable: true,
+                ..OwnerWrite::default()
+            },
         )
     }
 
@@ -772,11 +960,16 @@ struct CancelWatch {
 impl CancelWatch {
     const INTERVAL: Duration = Duration::from_millis(50);
 
-    fn new(after_seq: u64) -> CancelWatch {
+    /// For the message at `after_seq`, with the cancels the claim's read saw queued.
+    fn seen_at_claim(after_seq: u64, queued: &[i64]) -> CancelWatch {
         CancelWatch {
             after_seq,
-            checked: None,
-            seen: Vec::new(),
+            checked: Some(Instant::now()),
+            seen: queued
+                .iter()
+                .map(|seq| *seq as u64)
+                .filter(|seq| *seq > after_seq)
+                .collect(),
         }
     }
 

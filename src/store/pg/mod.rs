@@ -21,11 +21,13 @@ pub(crate) mod events;
 mod held;
 mod import;
 mod lease;
+mod pending;
 mod prepared;
 pub mod schema;
 mod session;
 mod store;
 mod takeover;
+mod write;
 
 pub use store::PgStore;
 

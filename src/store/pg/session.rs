@@ -156,31 +156,6 @@ pub(super) fn read_transcript(
         .collect()
 }
 
-/// Appends `lines` after `mark`, cutting off what a crashed step left past it, and
-/// returns the new mark: lines count rows, bytes count what the file store's lines
-/// would (their JSON and a newline each), so marks compare as the file store's do.
-pub(super) fn append_transcript(
-    c: &mut impl GenericClient,
-    session: Uuid,
-    mark: TranscriptMark,
-    lines: &[(serde_json::Value, u64)],
-) -> Result<TranscriptMark, TxError> {
-    c.run(
-        "DELETE FROM transcript WHERE session_id = $1 AND line >= $2",
-        &[&session, &(mark.lines as i64)],
-    )?;
-    let mut next = mark;
-    for (body, bytes) in lines {
-        c.run(
-            "INSERT INTO transcript (session_id, line, body) VALUES ($1, $2, $3)",
-            &[&session, &(next.lines as i64), body],
-        )?;
-        next.lines += 1;
-        next.bytes += bytes;
-    }
-    Ok(next)
-}
-
 /// Lines as rows: each one's JSON and the bytes its line would take in a file.
 pub(super) fn transcript_rows(lines: &[TranscriptLine]) -> Result<Vec<(serde_json::Value, u64)>> {
     lines

@@ -110,6 +110,19 @@ fn processing() -> EventPayload {
     })
 }
 
+/// A tool call's start: the event an owner writes before the call runs, not later
+/// with others, so that the fence stops a tool from running for an owner that lost
+/// its lease.
+fn tool_started() -> EventPayload {
+    EventPayload::ToolStarted(agentq::domain::event::ToolStarted {
+        tool_name: "read_file".into(),
+        tool_call_id: "call_1".into(),
+        server: None,
+        args_summary: None,
+        args: None,
+    })
+}
+
 /// The runtime the async parts run on (the test server's client must not be).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -457,6 +470,50 @@ fn a_second_claim_is_busy_until_the_first_is_released() {
 
 #[test]
 #[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
+fn an_owners_events_are_written_with_its_next_write_or_a_moment_later_in_order() {
+    let home = home_with_agent();
+    let url = server::new_database();
+    let store = open(&url, home.path());
+    let id = new_session(&store);
+    send(&store, id, "hello");
+    let mut owner = owned(&store, id);
+    let Next::Run(claim) = owner.next().unwrap() else {
+        panic!("a message to run")
+    };
+    let before = types(&store, id).len();
+    // Alone, an event is written by the lease's thread, with no further write.
+    owner
+        .append(Some(claim.execution.id), processing())
+        .unwrap();
+    crate::it::wait_until("the event to be written", Duration::from_secs(5), || {
+        types(&store, id).len() == before + 1
+    });
+    // Several, then a checkpoint: all of them, in the order appended.
+    owner
+        .append(Some(claim.execution.id), processing())
+        .unwrap();
+    owner
+        .append(Some(claim.execution.id), tool_started())
+        .unwrap();
+    let mut state = claim.state.clone();
+    owner.checkpoint(Vec::new(), &mut state).unwrap();
+    let written = events(&store, id);
+    let kinds: Vec<&str> = written[before..].iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["agent.status", "agent.status", "agent.tool.started"],
+        "{written:?}"
+    );
+    let seqs: Vec<u64> = written.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=written.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/postgres test runs it"]
 fn an_expired_lease_is_taken_over_and_its_owner_can_write_nothing() {
     let home = home_with_agent();
     let url = server::new_database();
@@ -475,9 +532,11 @@ fn an_expired_lease_is_taken_over_and_its_owner_can_write_nothing() {
     let before = types(&other, id);
 
     let err = first
-        .append(Some(claim.execution.id), processing())
+        .append(Some(claim.execution.id), tool_started())
         .unwrap_err();
     assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
+    // An event written later, with the owner's next write: that write fails.
+    let _ = first.append(Some(claim.execution.id), processing());
     let mut state = claim.state.clone();
     assert!(first.checkpoint(Vec::new(), &mut state).is_err());
     assert!(first.settle(&claim.execution, &claim.state).is_err());
@@ -587,7 +646,7 @@ fn a_lease_whose_process_ended_on_this_host_is_taken_over_at_once_under_the_fenc
     let mut second = owned(&store, id);
     let before = types(&store, id);
     let err = first
-        .append(Some(claim.execution.id), processing())
+        .append(Some(claim.execution.id), tool_started())
         .unwrap_err();
     assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
     assert_eq!(types(&store, id), before, "the fence holds");
