@@ -713,9 +713,13 @@ impl Lease for PgLease {
 
     fn append(&mut self, execution: Option<Uuid>, payload: EventPayload) -> Result<u64> {
         self.check_lapsed()?;
-        // A tool's start comes before the call: written (under the fence) before it
-        // runs, so that an owner that lost its lease runs no tool.
-        let before_a_call = matches!(payload, EventPayload::ToolStarted(_));
+        // A tool's start comes before the call, a check's before its command: written
+        // (under the fence) before they run, so that an owner that lost its lease runs
+        // neither.
+        let before_a_call = matches!(
+            payload,
+            EventPayload::ToolStarted(_) | EventPayload::CheckStarted(_)
+        );
         self.pending.push(execution, payload, self.now())?;
         if before_a_call {
             self.pending.flush()?;

@@ -7,8 +7,8 @@
 //! The fence is the same: every write of buffered events checks the lease's epoch, so
 //! an owner that lost its lease commits none of them; it learns so at its next call
 //! (or [`FLUSH_AFTER`] later). An event that comes before an action outside the
-//! database, a tool call's start, is written before the call runs
-//! ([`Pending::flush`]): no tool runs for an owner that lost its lease.
+//! database, a tool call's or a check's start, is written before the action
+//! ([`Pending::flush`]): no tool or check runs for an owner that lost its lease.
 //!
 //! Followers see an event up to [`FLUSH_AFTER`] later than they would if each were a
 //! statement of its own; the events' order, their seqs (taken when written) and their
