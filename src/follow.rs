@@ -54,6 +54,9 @@ pub struct MessageResult {
     pub response: Option<String>,
     /// The answer has no text: the model completed with nothing to say.
     pub empty: bool,
+    /// The answer as JSON, for an agent with an `[output]` schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structured: Option<serde_json::Value>,
     pub usage: Usage,
     pub steps: u32,
     pub error: Option<String>,
@@ -66,6 +69,7 @@ struct Tracker {
     execution_id: Option<Uuid>,
     response: Option<String>,
     empty: bool,
+    structured: Option<serde_json::Value>,
     claimed: bool,
 }
 
@@ -77,6 +81,7 @@ impl Tracker {
             execution_id: None,
             response: None,
             empty: false,
+            structured: None,
             claimed: false,
         }
     }
@@ -90,6 +95,7 @@ impl Tracker {
             EventPayload::MessageCompleted(p) if p.message_id == self.message_id => {
                 self.response = Some(p.response.clone());
                 self.empty = p.empty;
+                self.structured = p.structured.clone();
             }
             EventPayload::ExecutionFinished(p)
                 if p.message_id == Some(self.message_id)
@@ -114,6 +120,7 @@ impl Tracker {
             exit_code: p.exit_code,
             response: self.response.clone(),
             empty: self.empty,
+            structured: self.structured.clone(),
             usage: p.usage.execution,
             steps: p.steps,
             error: p.error.clone(),

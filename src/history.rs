@@ -171,6 +171,7 @@ mod tests {
             retry_of: retry_of.map(id),
             suspended: false,
             checks: Vec::new(),
+            structured: None,
         }
     }
 

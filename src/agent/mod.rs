@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod compact;
+mod output;
 mod verify;
 
 use std::ops::ControlFlow;
@@ -96,6 +97,8 @@ pub struct Outcome {
     pub error: Option<ErrorInfo>,
     /// The agent's `[[checks]]` as their last round left them (none ran: empty).
     pub checks: Vec<CheckResult>,
+    /// The answer as JSON, valid against the agent's `[output]` schema (none: `None`).
+    pub structured: Option<serde_json::Value>,
 }
 
 impl Outcome {
@@ -107,6 +110,7 @@ impl Outcome {
             response: None,
             error: Some(ErrorInfo { message, context }),
             checks: Vec::new(),
+            structured: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl Outcome {
             response: Some(response),
             error: None,
             checks: Vec::new(),
+            structured: None,
         }
     }
 
@@ -127,6 +132,7 @@ impl Outcome {
             response: None,
             error: None,
             checks: Vec::new(),
+            structured: None,
         }
     }
 
@@ -1036,6 +1042,7 @@ fn cancelled() -> Outcome {
         response: None,
         error: None,
         checks: Vec::new(),
+        structured: None,
     }
 }
 

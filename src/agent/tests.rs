@@ -95,6 +95,7 @@ impl Harness {
                 started_at: Timestamp(0),
                 failed_steps_in_a_row: 0,
                 failed_check_rounds: 0,
+                invalid_answers: 0,
                 open_step: None,
             }),
             ..AgentState::default()
@@ -762,6 +763,7 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
             started_at: Timestamp(0),
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
+            invalid_answers: 0,
             open_step: Some(crate::domain::state::OpenStep {
                 finish_reason: Some("tool_calls".into()),
                 usage: Usage::new(10, 2),
@@ -832,6 +834,7 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
             started_at: Timestamp(0),
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
+            invalid_answers: 0,
             open_step: None,
         }),
         ..AgentState::default()
@@ -996,6 +999,7 @@ fn a_resumed_answer_runs_its_round_of_checks_again_without_a_model_call() {
             started_at: Timestamp(0),
             failed_steps_in_a_row: 0,
             failed_check_rounds: 2,
+            invalid_answers: 0,
             open_step: None,
         }),
         ..AgentState::default()

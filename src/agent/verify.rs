@@ -1,4 +1,5 @@
 //! Done-when checks (`[[checks]]`): what decides that an answer completes the execution.
+//! (An agent with an `[output]` schema has its answer validated first: `output.rs`.)
 //!
 //! When the model answers (no tool calls, within the budgets), every check runs in turn
 //! in the workspace, exactly as a declared command runs (`Toolbox::run_check`). All
@@ -44,11 +45,18 @@ impl Loop<'_> {
     /// when the failures went back to the model for another step.
     pub(super) async fn verify(&mut self, answer: String) -> anyhow::Result<ControlFlow<LoopEnd>> {
         let run = self.run;
+        // The answer's shape first: it is cheap and changes nothing, and the checks
+        // only ever judge an answer the agent could return.
+        let structured = match self.check_output(&answer)? {
+            Ok(structured) => structured,
+            Err(flow) => return Ok(flow),
+        };
         let checks = &run.def.checks;
         if checks.is_empty() {
-            return Ok(ControlFlow::Break(LoopEnd::Settled(Outcome::completed(
-                answer,
-            ))));
+            return Ok(ControlFlow::Break(LoopEnd::Settled(Outcome {
+                structured,
+                ..Outcome::completed(answer)
+            })));
         }
         let round = self.current()?.failed_check_rounds + 1;
         let mut results = Vec::with_capacity(checks.len());
@@ -68,6 +76,7 @@ impl Loop<'_> {
         if failed.is_empty() {
             return Ok(ControlFlow::Break(LoopEnd::Settled(Outcome {
                 checks: results,
+                structured,
                 ..Outcome::completed(answer)
             })));
         }

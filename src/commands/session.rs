@@ -16,7 +16,7 @@ use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{Todo, TodoStatus};
-use crate::domain::transcript::Message;
+use crate::domain::transcript::{Feedback, Message};
 use crate::error::{Remedy, UserError};
 use crate::plural::count;
 use crate::store::{NewSession, Session};
@@ -531,9 +531,14 @@ fn messages(ctx: &Context, id: &str, json: bool) -> Result<u8> {
     let mut out = ctx.out.human();
     for line in &lines {
         match &line.message {
-            // A line agentq wrote for the model (failed checks) is not the user's.
+            // A line agentq wrote for the model (failed checks, an invalid structured
+            // answer) is not the user's.
             Message::User { content } if line.feedback.is_some() => {
-                writeln!(out, "checks: {}", sanitize(content))?
+                let tag = match line.feedback {
+                    Some(Feedback::Output) => "output",
+                    _ => "checks",
+                };
+                writeln!(out, "{tag}: {}", sanitize(content))?
             }
             Message::User { content } => writeln!(out, "user: {}", sanitize(content))?,
             Message::Assistant {

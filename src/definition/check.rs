@@ -4,13 +4,17 @@
 //! home's config, whose providers and servers it may name.
 //!
 //! Every problem is reported, in the order of the keys: `[model]`, its script, the
-//! tool choice, then `[tools]` and its commands, then `[[checks]]`.
+//! tool choice, then `[tools]` and its commands, then `[[checks]]`, then `[output]`
+//! (whose schema is read, from its file if it has one, and checked as a JSON Schema).
 
 use std::path::Path;
 
 use toml::Value;
 
-use super::{AgentDef, BUILTIN_TOOLS, CheckDef, CommandToolDef, ToolChoice, check_name};
+use super::{
+    AgentDef, BUILTIN_TOOLS, CheckDef, CommandToolDef, OutputDef, ToolChoice, check_name,
+    toml_to_json,
+};
 use crate::config::{HomeConfig, ProviderKind};
 use crate::validate::{
     PROVIDERS, Problem, check_base_url, check_env_name, check_env_pass, check_relative, is_name,
@@ -30,6 +34,52 @@ pub(super) fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem>
         check_check(def, i, check, &mut problems);
     }
     problems
+}
+
+/// `[output]`: reads its schema (inline, or from `schema_file` under `agents_dir`)
+/// into `output.resolved` and checks it is a JSON Schema a validator can be built
+/// from (its draft's meta-schema; a `$ref` outside the schema cannot be resolved).
+pub(super) fn resolve_output(output: &mut OutputDef, agents_dir: &Path) -> Vec<Problem> {
+    let (key, schema) = match (&output.schema, &output.schema_file) {
+        (Some(_), Some(_)) => {
+            return vec![Problem::new(
+                "output",
+                "give `schema` or `schema_file`, not both",
+            )];
+        }
+        (None, None) => {
+            return vec![Problem::new(
+                "output",
+                "give the answer's JSON Schema: `schema = { ... }` or `schema_file = \"NAME.json\"`",
+            )];
+        }
+        (Some(Value::String(text)), None) => (
+            "output.schema",
+            serde_json::from_str(text).map_err(|e| format!("is not JSON: {e}")),
+        ),
+        (Some(table), None) => ("output.schema", Ok(toml_to_json(table.clone()))),
+        (None, Some(file)) => ("output.schema_file", read_schema_file(file, agents_dir)),
+    };
+    let checked = schema.and_then(|schema| {
+        OutputDef::validator_for(&schema)?;
+        Ok(schema)
+    });
+    match checked {
+        Ok(schema) => {
+            output.resolved = schema;
+            Vec::new()
+        }
+        Err(message) => vec![Problem::new(key, message)],
+    }
+}
+
+/// The JSON in `schema_file`, a path relative to the `agents/` directory.
+fn read_schema_file(file: &str, agents_dir: &Path) -> Result<serde_json::Value, String> {
+    check_relative(file)?;
+    let path = agents_dir.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
 }
 
 /// The name must be the file's stem (and so a safe one).

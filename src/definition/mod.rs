@@ -21,7 +21,7 @@ use crate::time::parse_duration;
 /// for it (`definition::schema::Problem`).
 pub use crate::validate::schema;
 use crate::validate::{self, Problem, is_name};
-use check::{check_file_name, check_semantics};
+use check::{check_file_name, check_semantics, resolve_output};
 
 /// Built-in tools this version provides, by their contract names.
 pub const BUILTIN_TOOLS: &[&str] = &[
@@ -49,6 +49,40 @@ pub struct AgentDef {
     /// `[[checks]]`: what must pass before an answer completes the execution.
     #[serde(default)]
     pub checks: Vec<CheckDef>,
+    /// `[output]`: the JSON Schema the final answer must be valid against.
+    #[serde(default)]
+    pub output: Option<OutputDef>,
+}
+
+/// `[output]`: the final answer must be one JSON value valid against a JSON Schema,
+/// given inline (`schema`, a table or a string holding JSON) or in a file
+/// (`schema_file`, relative to the `agents/` directory). Exactly one of the two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputDef {
+    #[serde(default)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub schema_file: Option<String>,
+    /// The schema as JSON, read and checked when the definition is loaded.
+    #[serde(skip)]
+    pub resolved: serde_json::Value,
+}
+
+impl OutputDef {
+    /// A validator for `schema`, or why none can be built: not a valid schema for its
+    /// draft (meta-validation), or a `$ref` it cannot resolve (nothing is fetched).
+    pub fn validator_for(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+        if !(schema.is_object() || schema.is_boolean()) {
+            return Err("is not a JSON Schema: expected an object (or true/false)".to_owned());
+        }
+        jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))
+    }
+
+    /// The validator for the resolved schema (checked when the definition was loaded).
+    pub fn validator(&self) -> Result<jsonschema::Validator, String> {
+        OutputDef::validator_for(&self.resolved)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,10 +436,14 @@ impl Source {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let def: AgentDef = Value::Table(table)
+        let mut def: AgentDef = Value::Table(table)
             .try_into()
             .map_err(|e| vec![Problem::new(String::new(), e.message())])?;
-        let semantic = check_semantics(&def, home);
+        let mut semantic = check_semantics(&def, home);
+        if let Some(output) = &mut def.output {
+            let agents_dir = self.path.parent().unwrap_or(Path::new("."));
+            semantic.extend(resolve_output(output, agents_dir));
+        }
         if semantic.is_empty() {
             Ok(def)
         } else {

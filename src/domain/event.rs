@@ -316,6 +316,9 @@ pub struct MessageCompleted {
     /// with nothing in it, which a reader should see rather than an empty line.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub empty: bool,
+    /// The answer parsed as JSON, valid against the agent's `[output]` schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<serde_json::Value>,
 }
 
 /// Usage of the execution and the session's running total after it.
@@ -365,6 +368,7 @@ pub fn closing_events(
             message_id: exec.message_id,
             response: response.clone(),
             empty: response.trim().is_empty(),
+            structured: exec.structured.clone(),
         }));
     }
     last.push(EventPayload::AgentStatus(AgentStatusChanged {

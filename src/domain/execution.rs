@@ -55,6 +55,9 @@ pub enum StopReason {
     InvalidDefinition,
     /// `[[checks]]` still failed after `max_check_rounds` rounds.
     ChecksFailed,
+    /// The answer was still not JSON valid against `[output]`'s schema after
+    /// `max_check_rounds` answers.
+    InvalidOutput,
 }
 
 impl StopReason {
@@ -71,6 +74,7 @@ impl StopReason {
             StopReason::TooManyAttempts => "too_many_attempts",
             StopReason::InvalidDefinition => "invalid_definition",
             StopReason::ChecksFailed => "checks_failed",
+            StopReason::InvalidOutput => "invalid_output",
         }
     }
 }
@@ -154,6 +158,9 @@ pub struct Execution {
     /// The agent's `[[checks]]` as the last round left them; empty without checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckResult>,
+    /// The answer as JSON, when the agent has an `[output]` schema and it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<serde_json::Value>,
 }
 impl Execution {
     /// The execution a worker begins for an inbox entry: running, its attempt counted.
@@ -234,6 +241,7 @@ impl Execution {
             retry_of: None,
             suspended: false,
             checks: Vec::new(),
+            structured: None,
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct CurrentExecution {
     /// `max_check_rounds`. Checkpointed with the feedback line that ends the round.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_check_rounds: u32,
+    /// Answers that were not valid against `[output]`'s schema and went back to the
+    /// model, for `max_check_rounds`. Checkpointed with the feedback line.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub invalid_answers: u32,
     /// Step `steps + 1`, when the model's answer is in the transcript but its tool
     /// calls are not all answered yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

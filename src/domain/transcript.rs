@@ -85,6 +85,8 @@ pub enum Message {
 pub enum Feedback {
     /// `[[checks]]` failed after the model answered; the line holds their output.
     Check,
+    /// The answer was not JSON valid against `[output]`'s schema; the line holds why.
+    Output,
 }
 
 /// One line of `transcript.ndjson`: a message and where it came from.

@@ -319,6 +319,7 @@ mod tests {
                 message_id: Uuid::nil(),
                 response: r.into(),
                 empty: false,
+                structured: None,
             })
         };
         let step = EventPayload::StepStarted(StepStarted {

@@ -548,6 +548,7 @@ mod tests {
                     response: "An answer that arrives whole, long enough to be wrapped twice over."
                         .into(),
                     empty: false,
+                    structured: None,
                 }),
                 finished(
                     ExecStatus::Failed,
@@ -681,6 +682,7 @@ mod tests {
                     message_id: Uuid::nil(),
                     response: evil.into(),
                     empty: false,
+                    structured: None,
                 }),
                 finished(ExecStatus::Failed, StopReason::Error, 1, Some(evil), None),
             ],

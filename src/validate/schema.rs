@@ -84,6 +84,9 @@ pub enum Kind {
     TableArray(&'static [Field]),
     /// A table whose keys are free, such as tool arguments.
     AnyTable,
+    /// A JSON value written as a table, or as a string holding JSON (for what TOML
+    /// cannot write, such as `null`); the string's JSON is checked by its reader.
+    JsonTable,
     /// A table whose keys are free names, each holding a table of these fields, such as
     /// `[providers.NAME]`.
     TableOf(&'static [Field]),
@@ -254,6 +257,10 @@ const CHECK: &[Field] = &[
     opt("timeout", Kind::Duration),
     opt("cwd", Kind::Str),
 ];
+const OUTPUT: &[Field] = &[
+    opt("schema", Kind::JsonTable),
+    opt("schema_file", Kind::Str),
+];
 const TOOLS: &[Field] = &[
     opt("builtin", Kind::StrSet),
     opt("workspace", Kind::Str),
@@ -272,6 +279,7 @@ pub const AGENT: &[Field] = &[
     opt("limits", Kind::Table(LIMITS)),
     opt("tools", Kind::Table(TOOLS)),
     opt("checks", Kind::TableArray(CHECK)),
+    opt("output", Kind::Table(OUTPUT)),
 ];
 
 const INBOX: &[Field] = &[opt("max_message_bytes", POSITIVE)];
@@ -389,7 +397,8 @@ fn check_scalar(value: &Value, kind: Kind, path: &str, why: Option<&str>) -> Opt
     match (kind, value) {
         (Kind::Str, Value::String(_))
         | (Kind::Bool, Value::Boolean(_))
-        | (Kind::AnyTable, Value::Table(_)) => None,
+        | (Kind::AnyTable | Kind::JsonTable, Value::Table(_))
+        | (Kind::JsonTable, Value::String(_)) => None,
         (Kind::Int { min, max }, Value::Integer(n)) => {
             if *n < min {
                 out_of_range(int_range(min, max))
@@ -437,6 +446,7 @@ fn check_scalar(value: &Value, kind: Kind, path: &str, why: Option<&str>) -> Opt
         (Kind::StrList | Kind::StrSet, _) => wrong("a list of strings"),
         (Kind::Table(_) | Kind::AnyTable | Kind::TableOf(_), _) => wrong("a table"),
         (Kind::TableArray(_), _) => wrong("a list of tables"),
+        (Kind::JsonTable, _) => wrong("a table, or a string holding JSON"),
     }
 }
 

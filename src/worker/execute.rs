@@ -332,6 +332,7 @@ fn settle_with(exec: &mut Execution, outcome: Outcome, state: &AgentState, now: 
     exec.response = outcome.response;
     exec.error = outcome.error;
     exec.checks = outcome.checks;
+    exec.structured = outcome.structured;
     if let Some(current) = &state.current {
         exec.steps = current.steps;
         exec.usage = current.usage;

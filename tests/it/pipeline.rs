@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::*;
 
 mod checks;
+mod structured;
 
 /// An agent whose answers show which script entry (and so which model call) answered.
 const COUNTING_AGENT: &str = r#"

@@ -611,6 +611,92 @@ fn validate_checks_the_keys_of_done_when_checks() {
 }
 
 #[test]
+fn validate_checks_the_output_schema_itself() {
+    let env = TestEnv::new();
+    let agent = |body: &str| {
+        format!(
+            "name = \"shaped\"\n[model]\nprovider = \"scripted\"\n[[model.script]]\ntext = \"{{}}\"\n[output]\n{body}"
+        )
+    };
+    let problems = |env: &TestEnv| -> Vec<(String, String)> {
+        validate_json(env, "agents/shaped.toml", USAGE)[0]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["key"].as_str().unwrap().to_owned(),
+                    p["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // Good: a table, a string holding JSON, a file next to the definition.
+    env.write_agent(
+        "shaped",
+        &agent("schema = { type = \"object\", required = [\"n\"] }\n"),
+    );
+    env.ok(&["agents", "validate", "agents/shaped.toml"]);
+    env.write_agent(
+        "shaped",
+        &agent("schema = '{\"type\": [\"string\", \"null\"]}'\n"),
+    );
+    env.ok(&["agents", "validate", "agents/shaped.toml"]);
+    std::fs::write(
+        env.home().join("agents/answer.json"),
+        r#"{"type": "array", "items": {"type": "integer"}}"#,
+    )
+    .unwrap();
+    env.write_agent("shaped", &agent("schema_file = \"answer.json\"\n"));
+    env.ok(&["agents", "validate", "agents/shaped.toml"]);
+
+    // Broken: a schema its meta-schema refuses, a string that is not JSON, a remote
+    // `$ref` (nothing is fetched), a missing file, both keys, neither.
+    env.write_agent("shaped", &agent("schema = { type = \"integr\" }\n"));
+    let found = problems(&env);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "output.schema");
+    assert!(
+        found[0].1.contains("is not a valid JSON Schema"),
+        "{found:?}"
+    );
+    env.write_agent("shaped", &agent("schema = '{\"type\": '\n"));
+    let found = problems(&env);
+    assert_eq!(found[0].0, "output.schema");
+    assert!(found[0].1.contains("is not JSON"), "{found:?}");
+    env.write_agent(
+        "shaped",
+        &agent("schema = { \"$ref\" = \"https://example.com/answer.json\" }\n"),
+    );
+    assert_eq!(problems(&env)[0].0, "output.schema");
+    env.write_agent("shaped", &agent("schema_file = \"nowhere.json\"\n"));
+    let found = problems(&env);
+    assert_eq!(found[0].0, "output.schema_file");
+    assert!(found[0].1.contains("cannot read"), "{found:?}");
+    env.write_agent("shaped", &agent("schema_file = \"../answer.json\"\n"));
+    assert_eq!(problems(&env)[0].0, "output.schema_file");
+    env.write_agent(
+        "shaped",
+        &agent("schema = {}\nschema_file = \"answer.json\"\n"),
+    );
+    assert_eq!(problems(&env)[0].0, "output");
+    env.write_agent("shaped", &agent(""));
+    assert_eq!(problems(&env)[0].0, "output");
+    env.write_agent("shaped", &agent("schema = 3\n"));
+    assert_eq!(problems(&env)[0].0, "output.schema");
+
+    // The text refusal names the key too.
+    env.write_agent("shaped", &agent("schema = { type = \"integr\" }\n"));
+    let out = env.run(&["agents", "validate", "agents/shaped.toml"]);
+    assert_eq!(code(&out), USAGE, "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("output.schema: "),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
 fn validate_json_marks_the_definition_invalid_and_lists_its_problems() {
     let env = TestEnv::new();
     env.write_agent("broken", BROKEN_AGENT_RIGHT_NAME);

@@ -401,6 +401,7 @@ impl FileLease {
             started_at: exec.started_at,
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
+            invalid_answers: 0,
             open_step: None,
         });
         self.dir

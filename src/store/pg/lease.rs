@@ -370,6 +370,7 @@ impl PgLease {
             started_at: exec.started_at,
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
+            invalid_answers: 0,
             open_step: None,
         });
         let mark = state.transcript;
