@@ -292,17 +292,7 @@ fn check_command(def: &AgentDef, i: usize, command: &CommandToolDef, problems: &
             format!("`{}` is already the name of another tool", command.name),
         ));
     }
-    if command.argv.first().is_none_or(|p| p.is_empty()) {
-        problems.push(Problem::new(
-            key("argv"),
-            "needs at least the program to run",
-        ));
-    }
-    if let Some(cwd) = &command.cwd
-        && let Err(message) = check_relative(cwd)
-    {
-        problems.push(Problem::new(key("cwd"), message));
-    }
+    check_program(&command.argv, command.cwd.as_deref(), &key, problems);
     // Sent to the model as the function's parameters, which must be an object
     // schema; any other is refused by the server at every step.
     if let Some(parameters) = &command.parameters
@@ -333,13 +323,24 @@ fn check_check(def: &AgentDef, i: usize, check: &CheckDef, problems: &mut Vec<Pr
             format!("`{}` is already the name of another check", check.name),
         ));
     }
-    if check.argv.first().is_none_or(|p| p.is_empty()) {
+    check_program(&check.argv, check.cwd.as_deref(), &key, problems);
+}
+
+/// What a declared command and a check share: a program to run, and a working
+/// directory inside the workspace. `key` names a field of the entry.
+fn check_program(
+    argv: &[String],
+    cwd: Option<&str>,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) {
+    if argv.first().is_none_or(|p| p.is_empty()) {
         problems.push(Problem::new(
             key("argv"),
             "needs at least the program to run",
         ));
     }
-    if let Some(cwd) = &check.cwd
+    if let Some(cwd) = cwd
         && let Err(message) = check_relative(cwd)
     {
         problems.push(Problem::new(key("cwd"), message));

@@ -31,6 +31,11 @@ fn is_false(value: &bool) -> bool {
     !value
 }
 
+/// For `skip_serializing_if`: a count still at zero.
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
 impl Usage {
     pub fn new(input: u64, output: u64) -> Usage {
         Usage {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::Usage;
+use super::{Usage, is_zero};
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -145,8 +145,4 @@ impl SessionMeta {
             self.add_execution(exec);
         }
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::Usage;
+use super::{Usage, is_zero};
 use crate::time::Timestamp;
 
 /// How much of `transcript.ndjson` belongs to settled steps. Lines past this point were
@@ -113,10 +113,6 @@ pub struct AgentState {
 
 fn one() -> u32 {
     1
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 impl AgentState {

@@ -48,8 +48,6 @@ pub trait Renderer {
     fn finish(&mut self) -> io::Result<()>;
 }
 
-/// The summary line of a finished execution, shared by both renderings:
-/// `completed · 2 steps · 375 tokens · $0.0012 · 1.5s · exit 0`.
 /// How a failed check ended, in a few words: `exit 1`, or `no exit code` when it was
 /// killed (timeout, signal, stop) or could not start.
 pub fn check_exit(code: Option<i32>) -> String {
@@ -59,6 +57,8 @@ pub fn check_exit(code: Option<i32>) -> String {
     }
 }
 
+/// The summary line of a finished execution, shared by both renderings:
+/// `completed · 2 steps · 375 tokens · $0.0012 · 1.5s · exit 0`.
 pub fn footer(p: &ExecutionFinished) -> String {
     let mut text = p.status.as_str().to_owned();
     if let Some(reason) = p.stop_reason

@@ -174,21 +174,16 @@ impl PgLease {
         })
     }
 
-    /// Runs `write` as one statement with the events pending ([`owner_write`]).
-    fn write_one(&self, doing: &str, write: OwnerWrite) -> Result<Result<(), Refused>> {
-        self.check_lapsed()?;
-        self.pending.with_events(|events| {
-            let mut write = write;
-            let mut all = events;
-            all.extend(std::mem::take(&mut write.events));
-            write.events = all;
-            owner_write(&self.db, doing, self.id, self.epoch, write)
-        })
-    }
-
-    /// [`Self::write_one`] for a write without the meta, which is never refused.
+    /// Runs `write`, which holds no meta (so only the fence can refuse it), as one
+    /// statement, the events pending first ([`owner_write`]).
     fn write_one_fenced(&self, doing: &str, write: OwnerWrite) -> Result<()> {
-        match self.write_one(doing, write)? {
+        self.check_lapsed()?;
+        let written = self.pending.with_events(|mut events| {
+            events.extend(write.events);
+            let write = OwnerWrite { events, ..write };
+            owner_write(&self.db, doing, self.id, self.epoch, write)
+        })?;
+        match written {
             Ok(()) => Ok(()),
             Err(Refused::MetaChanged) => {
                 anyhow::bail!(
@@ -197,6 +192,12 @@ impl PgLease {
                 )
             }
         }
+    }
+
+    /// The session's meta as the row holds it now.
+    fn read_meta_now(&self) -> Result<SessionMeta> {
+        let id = self.id;
+        self.read("reading a session in", move |tx| read_meta(tx, id))
     }
 
     /// Fails with [`LeaseLost`] when the renewals failed for as long as the lease.
@@ -685,8 +686,7 @@ impl Lease for PgLease {
         if let Some(running) = &self.running {
             return Ok(running.parsed.clone());
         }
-        let id = self.id;
-        self.read("reading a session in", move |tx| read_meta(tx, id))
+        self.read_meta_now()
     }
 
     fn paused(&mut self) -> bool {
@@ -695,9 +695,8 @@ impl Lease for PgLease {
         {
             return false;
         }
-        let id = self.id;
         let paused = self
-            .read("reading a session in", move |tx| read_meta(tx, id))
+            .read_meta_now()
             .is_ok_and(|meta| meta.status == SessionStatus::Paused);
         if let Some(running) = self.running.as_mut().filter(|_| !paused) {
             running.unpaused_at = Instant::now();
@@ -780,7 +779,7 @@ impl Lease for PgLease {
             Vec::new()
         };
         let now = self.now();
-        let mut meta: SessionMeta = serde_json::from_value(running.meta.clone())?;
+        let mut meta = running.parsed;
         if let Some(max) = obeyed.iter().max() {
             meta.last_message_seq = meta.last_message_seq.max(*max as u64);
         }
