@@ -121,6 +121,9 @@ pub struct NamedProvider {
     pub max_attempts: Option<u32>,
     #[serde(default)]
     pub idle_timeout: Option<String>,
+    /// How this server takes a JSON Schema the answer must follow.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,6 +131,20 @@ pub struct NamedProvider {
 pub enum ProviderKind {
     Openai,
     Anthropic,
+}
+
+/// The shape in which an OpenAI-compatible server takes the JSON Schema an answer must
+/// follow (`[output]`): servers agree on the idea, not on the field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// `{"type": "json_schema", "json_schema": {"name", "schema"}}`: OpenAI's API,
+    /// vLLM, llama.cpp's own server, Ollama.
+    #[default]
+    JsonSchema,
+    /// `{"type": "json_object", "schema": …}`: llama-cpp-python's server (which refuses
+    /// the other shape) and llama.cpp's own.
+    JsonObject,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::Usage;
 use crate::domain::event::{Event, EventPayload, ExecutionFinished};
-use crate::domain::execution::{ExecStatus, StopReason};
+use crate::domain::execution::{CheckResult, ExecStatus, StopReason};
 use crate::domain::session::SessionStatus;
 use crate::error::UserError;
 use crate::render::{Renderer, TerminalRenderer};
@@ -57,6 +57,9 @@ pub struct MessageResult {
     /// The answer as JSON, for an agent with an `[output]` schema.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub structured: Option<serde_json::Value>,
+    /// The agent's `[[checks]]` as their last round left them; absent without checks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
     pub usage: Usage,
     pub steps: u32,
     pub error: Option<String>,
@@ -121,6 +124,7 @@ impl Tracker {
             response: self.response.clone(),
             empty: self.empty,
             structured: self.structured.clone(),
+            checks: p.checks.clone(),
             usage: p.usage.execution,
             steps: p.steps,
             error: p.error.clone(),

@@ -65,6 +65,7 @@ pub fn estimate(system: &str, messages: &[Message], tools: &[ToolSpec]) -> u64 {
         messages,
         tools,
         tool_choice: None,
+        output_schema: None,
         call_index: 0,
     };
     let tools: u64 = tools

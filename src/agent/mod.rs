@@ -330,6 +330,13 @@ impl Loop<'_> {
             messages: &view,
             tools: &self.specs,
             tool_choice: tool_choice(self.run.def, self.history),
+            output_schema: self
+                .run
+                .def
+                .output
+                .as_ref()
+                .filter(|output| output.constrain)
+                .map(|output| &output.resolved),
             call_index: self.state.model_calls,
         };
         let observer =
@@ -439,6 +446,7 @@ impl Loop<'_> {
             messages: &messages,
             tools: &[],
             tool_choice: None,
+            output_schema: None,
             call_index: self.state.model_calls,
         };
         // The summary is not part of the answer: its text is not streamed as chunks.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 
-use crate::config::HomeConfig;
+use crate::config::{HomeConfig, ResponseFormat};
 use crate::error::UserError;
 use crate::time::parse_duration;
 /// Also reachable here, where the commands that report a definition's problems look
@@ -64,6 +64,11 @@ pub struct OutputDef {
     pub schema: Option<Value>,
     #[serde(default)]
     pub schema_file: Option<String>,
+    /// Whether the model server is asked to keep the answer to the schema (OpenAI's
+    /// `response_format`; Anthropic's forced answer tool when the agent has no tools).
+    /// Validation holds either way; `false` for a server that refuses the request.
+    #[serde(default = "yes")]
+    pub constrain: bool,
     /// The schema as JSON, read and checked when the definition is loaded.
     #[serde(skip)]
     pub resolved: serde_json::Value,
@@ -106,6 +111,9 @@ pub struct ModelConfig {
     /// How long a stream may stay silent before the step fails.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// How the server takes the `[output]` schema (else the named provider's).
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     /// The model's context window in tokens; older turns are compacted to fit it.
     #[serde(default)]
     pub context_window: Option<u64>,
@@ -251,6 +259,10 @@ fn default_max_consecutive_errors() -> u32 {
 
 fn default_max_check_rounds() -> u32 {
     3
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_max_steps() -> u32 {

@@ -24,6 +24,9 @@ use crate::error::UserError;
 const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` is required by the API; this is used when the definition sets none.
 const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// The tool an answer that must follow a JSON Schema is given through: the Messages API
+/// has no response format, but a forced tool's input is kept to its schema.
+const ANSWER_TOOL: &str = "answer";
 
 pub struct Anthropic {
     endpoint: Endpoint,
@@ -55,7 +58,7 @@ impl Provider for Anthropic {
             let body = request_body(endpoint, &request);
             let mut response =
                 http::post_stream(&self.client, endpoint, &url, &headers, &body, observer).await?;
-            let mut turn = TurnBuilder::default();
+            let mut turn = TurnBuilder::for_request(&request);
             http::read_sse(&mut response, endpoint, observer, &mut turn).await?;
             turn.finish(&request)
         })
@@ -72,7 +75,14 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
     if !request.system.is_empty() {
         body["system"] = json!(request.system);
     }
-    if !request.tools.is_empty() {
+    if let Some(schema) = answer_schema(request) {
+        body["tools"] = json!([{
+            "name": ANSWER_TOOL,
+            "description": "Give your final answer: its input is the answer.",
+            "input_schema": schema,
+        }]);
+        body["tool_choice"] = json!({"type": "tool", "name": ANSWER_TOOL});
+    } else if !request.tools.is_empty() {
         body["tools"] = request
             .tools
             .iter()
@@ -91,6 +101,16 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
         body["temperature"] = json!(t);
     }
     body
+}
+
+/// The schema the answer is forced through [`ANSWER_TOOL`] with: only when the agent
+/// offers no tools of its own (forcing the answer tool at every step would forbid real
+/// tool calls), and only for an object schema (a tool's input is an object). Otherwise
+/// the answer is validated without the server's help.
+fn answer_schema<'a>(request: &ModelRequest<'a>) -> Option<&'a Value> {
+    request
+        .output_schema
+        .filter(|schema| request.tools.is_empty() && schema["type"] == "object")
 }
 
 /// Maps the transcript to Messages API turns: tool results travel as `tool_result`
@@ -188,9 +208,19 @@ pub struct TurnBuilder {
     stop_reason: Option<String>,
     /// `message_stop` was seen.
     pub done: bool,
+    /// The request forced [`ANSWER_TOOL`]: its input is the answer's text, streamed
+    /// as the text of an answer is.
+    answer_tool: bool,
 }
 
 impl TurnBuilder {
+    pub fn for_request(request: &ModelRequest<'_>) -> TurnBuilder {
+        TurnBuilder {
+            answer_tool: answer_schema(request).is_some(),
+            ..TurnBuilder::default()
+        }
+    }
+
     /// Takes one event's data; returns the text delta it carried (often empty).
     pub fn on_event(&mut self, data: &str) -> Result<String, ProviderError> {
         let event: Value = serde_json::from_str(data).map_err(|e| {
@@ -267,13 +297,15 @@ impl TurnBuilder {
                 text.push_str(piece);
                 return piece.to_owned();
             }
-            (Some("input_json_delta"), Some(Block::ToolUse { json, .. })) => {
-                json.push_str(
-                    delta
-                        .get("partial_json")
-                        .and_then(Value::as_str)
-                        .unwrap_or(""),
-                );
+            (Some("input_json_delta"), Some(Block::ToolUse { json, name, .. })) => {
+                let piece = delta
+                    .get("partial_json")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                json.push_str(piece);
+                if self.answer_tool && name == ANSWER_TOOL {
+                    return piece.to_owned();
+                }
             }
             // Thinking and other block kinds are not part of the answer.
             _ => {}
@@ -321,6 +353,18 @@ impl TurnBuilder {
         for block in self.blocks.into_values() {
             match block {
                 Block::Text(t) => text.push_str(&t),
+                Block::ToolUse {
+                    name,
+                    json,
+                    start_input,
+                    ..
+                } if self.answer_tool && name == ANSWER_TOOL => {
+                    if json.trim().is_empty() {
+                        text.push_str(&start_input.to_string());
+                    } else {
+                        text.push_str(&json);
+                    }
+                }
                 Block::ToolUse {
                     id,
                     name,
@@ -388,6 +432,7 @@ mod tests {
             messages: &[],
             tools: &[],
             tool_choice: None,
+            output_schema: None,
             call_index: 0,
         }
     }
@@ -491,17 +536,7 @@ mod tests {
 
     #[test]
     fn a_forced_tool_choice_is_sent_in_the_messages_api_shape() {
-        let endpoint = super::super::endpoint::Endpoint {
-            kind: super::super::endpoint::Kind::Anthropic,
-            base_url: "http://127.0.0.1:9".into(),
-            api_key: None,
-            headers: Vec::new(),
-            model: "m".into(),
-            temperature: None,
-            max_output_tokens: None,
-            retry: Default::default(),
-            idle_timeout: std::time::Duration::from_secs(1),
-        };
+        let endpoint = Endpoint::for_tests(super::super::endpoint::Kind::Anthropic);
         let tools = [crate::provider::ToolSpec {
             name: "read_file".into(),
             description: "Read".into(),
@@ -528,6 +563,74 @@ mod tests {
                 .get("tool_choice")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_answer_that_must_follow_a_schema_is_forced_through_the_answer_tool_when_no_tools_are_offered()
+     {
+        let endpoint = Endpoint::for_tests(super::super::endpoint::Kind::Anthropic);
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let constrained = ModelRequest {
+            output_schema: Some(&schema),
+            ..request()
+        };
+        let body = request_body(&endpoint, &constrained);
+        assert_eq!(body["tools"][0]["name"], ANSWER_TOOL);
+        assert_eq!(body["tools"][0]["input_schema"], schema);
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": ANSWER_TOOL})
+        );
+
+        // With tools of its own, or a schema that is not an object's, nothing is forced.
+        let tools = [crate::provider::ToolSpec {
+            name: "read_file".into(),
+            description: "Read".into(),
+            parameters: json!({"type": "object"}),
+        }];
+        let with_tools = ModelRequest {
+            tools: &tools,
+            ..constrained
+        };
+        let body = request_body(&endpoint, &with_tools);
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(body["tools"][0]["name"], "read_file");
+        assert!(body.get("tool_choice").is_none());
+        let list = json!({"type": "array"});
+        let not_an_object = ModelRequest {
+            output_schema: Some(&list),
+            ..request()
+        };
+        assert!(
+            request_body(&endpoint, &not_an_object)
+                .get("tools")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_answer_tools_input_is_the_answers_text_and_streams_as_text() {
+        let schema = json!({"type": "object"});
+        let request = ModelRequest {
+            output_schema: Some(&schema),
+            ..request()
+        };
+        let mut turn = TurnBuilder::for_request(&request);
+        let mut streamed = String::new();
+        for event in [
+            START,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"answer","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"n\": "}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"3}"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+            STOP,
+        ] {
+            streamed.push_str(&turn.on_event(event).unwrap());
+        }
+        let turn = turn.finish(&request).unwrap();
+        assert_eq!(turn.text, r#"{"n": 3}"#);
+        assert_eq!(streamed, turn.text);
+        assert!(turn.tool_calls.is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{HomeConfig, NamedProvider, ProviderKind};
+use crate::config::{HomeConfig, NamedProvider, ProviderKind, ResponseFormat};
 use crate::definition::AgentDef;
 use crate::error::UserError;
 use crate::provider::retry::RetryPolicy;
@@ -65,9 +65,28 @@ pub struct Endpoint {
     pub max_output_tokens: Option<u64>,
     pub retry: RetryPolicy,
     pub idle_timeout: Duration,
+    /// How an OpenAI-compatible server takes the answer's JSON Schema.
+    pub response_format: ResponseFormat,
 }
 
 impl Endpoint {
+    /// An endpoint of `kind` on a closed loopback port, for tests of request shapes.
+    #[cfg(test)]
+    pub fn for_tests(kind: Kind) -> Endpoint {
+        Endpoint {
+            kind,
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: None,
+            headers: Vec::new(),
+            model: "m".into(),
+            temperature: None,
+            max_output_tokens: None,
+            retry: RetryPolicy::default(),
+            idle_timeout: Duration::from_secs(1),
+            response_format: ResponseFormat::default(),
+        }
+    }
+
     /// Removes the key from a text that may quote it back.
     pub fn redact(&self, text: &str) -> String {
         match &self.api_key {
@@ -126,6 +145,10 @@ pub fn resolve(
         max_output_tokens: model.max_output_tokens,
         retry,
         idle_timeout,
+        response_format: model
+            .response_format
+            .or_else(|| named.and_then(|n| n.response_format))
+            .unwrap_or_default(),
     })
 }
 

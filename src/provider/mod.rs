@@ -41,6 +41,9 @@ pub struct ModelRequest<'a> {
     /// Whether and which tool the model must call; `None` leaves it to the server's
     /// default (which, with tools offered, is the model's own choice).
     pub tool_choice: Option<&'a ToolChoice>,
+    /// The JSON Schema the answer must follow, for a server that can keep to it
+    /// (`[output]` with `constrain`); `None` asks nothing of the server.
+    pub output_schema: Option<&'a serde_json::Value>,
     /// How many model calls the session made before this one.
     pub call_index: u64,
 }

@@ -15,6 +15,7 @@ use super::{
     BoxFuture, ModelRequest, ModelTurn, Provider, ProviderError, StreamObserver, http,
     usage_or_estimate,
 };
+use crate::config::ResponseFormat;
 use crate::definition::ToolChoice;
 use crate::domain::Usage;
 use crate::domain::transcript::{Message, ToolCall};
@@ -88,6 +89,9 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
             };
         }
     }
+    if let Some(schema) = request.output_schema {
+        body["response_format"] = response_format(endpoint.response_format, schema);
+    }
     if let Some(t) = endpoint.temperature {
         body["temperature"] = json!(t);
     }
@@ -95,6 +99,19 @@ pub fn request_body(endpoint: &Endpoint, request: &ModelRequest<'_>) -> Value {
         body["max_tokens"] = json!(max);
     }
     body
+}
+
+/// Asks the server to keep the answer to `schema`, in the shape it takes. Not `strict`:
+/// OpenAI's strict mode refuses most hand-written schemas (every property required, no
+/// `additionalProperties`), and the answer is validated anyway.
+fn response_format(format: ResponseFormat, schema: &Value) -> Value {
+    match format {
+        ResponseFormat::JsonSchema => json!({
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": false},
+        }),
+        ResponseFormat::JsonObject => json!({"type": "json_object", "schema": schema}),
+    }
 }
 
 /// Maps the transcript to Chat Completions messages, in the shapes every compatible
@@ -354,6 +371,7 @@ mod tests {
             messages: &[],
             tools: &[],
             tool_choice: None,
+            output_schema: None,
             call_index: 0,
         }
     }
@@ -364,6 +382,30 @@ mod tests {
             turn.on_data(frame)?;
         }
         turn.finish(&request())
+    }
+
+    #[test]
+    fn an_answer_that_must_follow_a_schema_asks_for_it_in_the_servers_shape() {
+        let schema = json!({"type": "object", "required": ["n"]});
+        let constrained = ModelRequest {
+            output_schema: Some(&schema),
+            ..request()
+        };
+        let mut endpoint = Endpoint::for_tests(super::super::endpoint::Kind::OpenAi);
+        assert_eq!(
+            request_body(&endpoint, &constrained)["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": false}})
+        );
+        endpoint.response_format = ResponseFormat::JsonObject;
+        assert_eq!(
+            request_body(&endpoint, &constrained)["response_format"],
+            json!({"type": "json_object", "schema": schema})
+        );
+        assert!(
+            request_body(&endpoint, &request())
+                .get("response_format")
+                .is_none()
+        );
     }
 
     #[test]
@@ -530,6 +572,7 @@ mod split_tests {
             messages: &[],
             tools: &[],
             tool_choice: None,
+            output_schema: None,
             call_index: 0,
         };
         (deltas, turn.finish(&request).unwrap())

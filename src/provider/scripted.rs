@@ -184,6 +184,7 @@ mod tests {
             messages: &messages,
             tools: &[],
             tool_choice: None,
+            output_schema: None,
             call_index,
         };
         let rt = tokio::runtime::Builder::new_current_thread()

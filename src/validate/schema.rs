@@ -217,6 +217,7 @@ const MODEL: &[Field] = &[
     opt("max_output_tokens", POSITIVE_U32),
     opt("max_attempts", POSITIVE_U32).because("it counts the first call too"),
     opt("idle_timeout", Kind::Duration),
+    opt("response_format", RESPONSE_FORMAT),
     opt("context_window", POSITIVE),
     opt(
         "compact_threshold",
@@ -260,6 +261,7 @@ const CHECK: &[Field] = &[
 const OUTPUT: &[Field] = &[
     opt("schema", Kind::JsonTable),
     opt("schema_file", Kind::Str),
+    opt("constrain", Kind::Bool),
 ];
 const TOOLS: &[Field] = &[
     opt("builtin", Kind::StrSet),
@@ -290,7 +292,10 @@ const NAMED_PROVIDER: &[Field] = &[
     opt("headers", Kind::AnyTable),
     opt("max_attempts", POSITIVE_U32).because("it counts the first call too"),
     opt("idle_timeout", Kind::Duration),
+    opt("response_format", RESPONSE_FORMAT),
 ];
+/// The shapes of `src/config.rs::ResponseFormat`.
+const RESPONSE_FORMAT: Kind = Kind::OneOf(&["json_schema", "json_object"]);
 const PRICE: &[Field] = &[
     req("input_per_mtok", ZERO_OR_MORE),
     req("output_per_mtok", ZERO_OR_MORE),

@@ -684,6 +684,19 @@ fn validate_checks_the_output_schema_itself() {
     assert_eq!(problems(&env)[0].0, "output");
     env.write_agent("shaped", &agent("schema = 3\n"));
     assert_eq!(problems(&env)[0].0, "output.schema");
+    env.write_agent(
+        "shaped",
+        &agent("schema = { type = \"object\" }\nconstrain = \"yes\"\n"),
+    );
+    assert_eq!(problems(&env)[0].0, "output.constrain");
+    env.write_agent(
+        "shaped",
+        &agent("schema = { type = \"object\" }\n")
+            .replace("[model]\n", "[model]\nresponse_format = \"xml\"\n"),
+    );
+    let found = problems(&env);
+    assert_eq!(found[0].0, "model.response_format");
+    assert!(found[0].1.contains("json_schema, json_object"), "{found:?}");
 
     // The text refusal names the key too.
     env.write_agent("shaped", &agent("schema = { type = \"integr\" }\n"));

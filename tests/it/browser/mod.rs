@@ -255,6 +255,11 @@ struct View {
     /// The text of each `.span.tool`, and how many are marked as succeeded.
     tools: Vec<String>,
     tools_ok: usize,
+    /// The text of each `.span.check`, and whether each is marked as passed.
+    checks: Vec<String>,
+    checks_ok: Vec<bool>,
+    /// The last `.msg.agent`'s text is shown as structured JSON.
+    structured: bool,
     /// The whole conversation's text.
     all: String,
 }
@@ -278,6 +283,10 @@ fn view(b: &Browser) -> View {
              usage: !!last && !!last.querySelector('.usage'),
              tools: last ? [...last.querySelectorAll('.span.tool')].map(t => t.textContent) : [],
              toolsOk: last ? last.querySelectorAll('.span.tool.ok').length : 0,
+             checks: last ? [...last.querySelectorAll('.span.check')].map(t => t.textContent) : [],
+             checksOk: last ? [...last.querySelectorAll('.span.check')]
+                 .map(t => t.classList.contains('ok')) : [],
+             structured: !!text && text.classList.contains('structured'),
              stopVisible: !!stop && !stop.hidden && stop.getClientRects().length > 0,
              all: c ? c.textContent : '',
          };",
@@ -762,4 +771,42 @@ fn the_webdriver_client_drives_a_local_page() {
         processes_naming(&scratch.display().to_string()).is_empty()
     });
     assert!(!scratch.exists(), "{scratch:?} was left behind");
+}
+
+#[test]
+#[ignore = "needs Chromium: scripts/chromium test runs it"]
+fn check_rounds_show_as_spans_and_a_structured_answer_as_its_json() {
+    // The check fails the first round (and leaves the flag it passes on), so the
+    // model answers twice; both answers are valid against the schema.
+    let agent = r#"
+name = "checked"
+[model]
+provider = "scripted"
+[[model.script]]
+text = '{"n": 1}'
+[[model.script]]
+text = '{"n": 2}'
+[[checks]]
+name = "flag"
+argv = ["sh", "-c", "test -f flag || { touch flag; echo 'no flag yet' >&2; exit 1; }"]
+[output]
+schema = { type = "object", required = ["n"], properties = { n = { type = "integer" } } }
+"#;
+    let Some(page) = Page::open("checked", agent) else {
+        return;
+    };
+    let id = page.new_session("checked");
+    page.send("Count.");
+    let done = page.wait_for_finished_answer();
+    assert_eq!(done.checks.len(), 2, "one span per round: {done:?}");
+    assert!(
+        done.checks.iter().all(|c| c.contains("check flag")),
+        "{done:?}"
+    );
+    assert_eq!(done.checks_ok, [false, true], "{done:?}");
+    assert!(done.checks[0].contains("no flag yet"), "{done:?}");
+    assert!(done.structured, "{done:?}");
+    let shown: Value = serde_json::from_str(&done.text).unwrap();
+    assert_eq!(shown, json!({"n": 2}));
+    assert_eq!(page.env.responses(&id), [r#"{"n": 2}"#]);
 }

@@ -422,3 +422,36 @@ fn assert_cut_short(completed: &Value, why: &str) {
         "its process group was killed at once: {completed}"
     );
 }
+
+#[test]
+fn run_json_and_send_wait_json_print_the_checks_as_they_ended() {
+    let env = TestEnv::new();
+    env.write_agent("stubborn", STUBBORN_AGENT);
+    let out = env.run(&["run", "--agent", "stubborn", "go", "--json"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["stop_reason"], "checks_failed", "{result}");
+    let checks = result["checks"].as_array().expect("the checks are printed");
+    assert_eq!(checks.len(), 1, "{result}");
+    assert_eq!(checks[0]["name"], "tests");
+    assert_eq!(checks[0]["success"], false);
+    assert_eq!(checks[0]["exit_code"], 101);
+
+    let id = result["session_id"].as_str().unwrap().to_owned();
+    let _worker = env.spawn_worker(&[]);
+    let out = env.run(&["send", &id, "again", "--wait", "--json", "--timeout", "60s"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["checks"][0]["name"], "tests", "{again}");
+    assert_eq!(again["checks"][0]["exit_code"], 101, "{again}");
+
+    // An agent without checks prints no `checks` at all.
+    env.write_agent(
+        "plain",
+        "name = \"plain\"\n[model]\nprovider = \"scripted\"\n[[model.script]]\ntext = \"hi\"\n",
+    );
+    let out = env.run(&["run", "--agent", "plain", "hi", "--json"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let plain: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(plain.get("checks").is_none(), "{plain}");
+}

@@ -114,3 +114,31 @@ fn through_the_gateway_three_messages_are_one_conversation() {
     assert_eq!(seen[2].body["messages"][4]["content"], THREE_MESSAGES[2]);
     assert_key_written_nowhere(&env);
 }
+
+#[test]
+#[ignore = "needs the real servers: scripts/real-server test"]
+fn through_the_gateway_an_answer_kept_to_its_schema_comes_as_the_answer_tools_input() {
+    let proxy = Proxy::to(gateway().addr);
+    let env = home_with_provider("anthropic", &proxy.url());
+    env.write_agent("cities", &structured_agent("cities"));
+
+    let result = run_json(&env, "cities", "Which city is the Eiffel Tower in?", 0);
+    assert!(result["structured"]["city"].is_string(), "{result}");
+    assert_eq!(result["steps"], 1, "no answer was sent back: {result}");
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1);
+    let body = &seen[0].body;
+    assert_eq!(body["tools"][0]["name"], "answer");
+    assert_eq!(body["tools"][0]["input_schema"], city_schema());
+    assert_eq!(
+        body["tool_choice"],
+        serde_json::json!({"type": "tool", "name": "answer"})
+    );
+    // The answer tool's input streamed as the answer's text, and no tool ran.
+    let id = result["session_id"].as_str().unwrap();
+    assert_eq!(
+        chunks(&env, id).concat(),
+        result["response"].as_str().unwrap()
+    );
+    assert!(env.payloads(id, "agent.tool.started").is_empty());
+}

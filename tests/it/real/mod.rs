@@ -78,6 +78,37 @@ workspace = "notes"
     )
 }
 
+/// The schema of [`structured_agent`]'s answers.
+pub fn city_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 40}},
+        "required": ["city"],
+        "additionalProperties": false,
+    })
+}
+
+/// An agent on the `real` provider, without tools, whose answer must be one JSON
+/// object valid against [`city_schema`] (`[output]`, constrained by default). A 135M
+/// model asked for JSON rarely writes it unaided: a valid answer at the first try is
+/// the server keeping it to the schema.
+pub fn structured_agent(name: &str) -> String {
+    format!(
+        r#"name = "{name}"
+system = "Answer with JSON only."
+[model]
+provider = "real"
+name = "{MODEL}"
+temperature = 0
+max_output_tokens = 96
+max_attempts = 1
+[output]
+schema = '''{}'''
+"#,
+        city_schema()
+    )
+}
+
 /// The real binary with the key in [`KEY_ENV`] and nothing of the developer's
 /// provider variables.
 pub fn agentq(env: &TestEnv, args: &[&str]) -> Output {

@@ -141,3 +141,50 @@ fn a_request_the_server_cannot_stream_fails_saying_what_came_back() {
     assert!(error.contains("text/event-stream"), "{error}");
     assert_eq!(proxy.seen().len(), 1, "not retried");
 }
+
+#[test]
+#[ignore = "needs the real servers: scripts/real-server test"]
+fn an_answer_kept_to_its_schema_by_the_server_is_valid_at_the_first_try() {
+    let proxy = Proxy::to(llama().addr);
+    let env = home_with_provider("openai", &format!("{}/v1", proxy.url()));
+    // llama-cpp-python takes the schema as `json_object` + `schema` (and refuses
+    // OpenAI's `json_schema` shape: see the next test).
+    let config = env.home().join("agentq.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("response_format = \"json_object\"\n");
+    std::fs::write(&config, text).unwrap();
+    env.write_agent("cities", &structured_agent("cities"));
+
+    let result = run_json(&env, "cities", "Which city is the Eiffel Tower in?", 0);
+    assert!(result["structured"]["city"].is_string(), "{result}");
+    assert_eq!(result["steps"], 1, "no answer was sent back: {result}");
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].body["response_format"],
+        json!({"type": "json_object", "schema": city_schema()})
+    );
+    let id = result["session_id"].as_str().unwrap();
+    assert_eq!(
+        chunks(&env, id).concat(),
+        result["response"].as_str().unwrap()
+    );
+}
+
+#[test]
+#[ignore = "needs the real servers: scripts/real-server test"]
+fn a_server_that_refuses_the_json_schema_shape_fails_the_step_saying_so() {
+    // The default shape is OpenAI's; llama-cpp-python's request validation refuses it
+    // (HTTP 500, naming the field), and the error tells what to change.
+    let proxy = Proxy::to(llama().addr);
+    let env = home_with_provider("openai", &format!("{}/v1", proxy.url()));
+    env.write_agent("cities", &structured_agent("cities"));
+    let result = run_json(&env, "cities", "Which city is the Eiffel Tower in?", 1);
+    let error = result["error"].as_str().unwrap();
+    assert!(
+        error.contains("response_format") && error.contains("json_object"),
+        "{error}"
+    );
+    let seen = proxy.seen();
+    assert_eq!(seen[0].body["response_format"]["type"], "json_schema");
+}

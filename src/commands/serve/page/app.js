@@ -371,7 +371,7 @@ function answer(messageId) {
   // Right after its question, even when later messages were queued before it started.
   if (question) question.after(node);
   else $('conversation').append(node);
-  a = { node, spans, text, status: null, steps: new Map(), tools: new Map(), footer: null, error: null };
+  a = { node, spans, text, status: null, steps: new Map(), tools: new Map(), checks: new Map(), footer: null, error: null };
   page.answers.set(messageId, a);
   return a;
 }
@@ -398,6 +398,20 @@ function toolSpan(a, p) {
     span.dataset.callId = p.tool_call_id;
     span.append(el('span', 'name', p.tool_name), el('span', 'args'));
     a.tools.set(p.tool_call_id, span);
+    a.spans.append(span);
+  }
+  return span;
+}
+
+// A done-when check's span, one per check and round: a failed round is followed by
+// the model's next answer, then by the checks again.
+function checkSpan(a, p) {
+  const key = `${p.name}\u0000${p.round}`;
+  let span = a.checks.get(key);
+  if (!span) {
+    span = el('span', 'span check');
+    span.append(el('span', 'name', `check ${p.name}`));
+    a.checks.set(key, span);
     a.spans.append(span);
   }
   return span;
@@ -470,6 +484,16 @@ const HANDLERS = {
     span.append(el('span', 'result', toolResultText(p)));
     if (!p.success && p.error) span.append(el('span', 'error', p.error));
   }),
+  'agent.check.started': onAnswer((a, p) => {
+    checkSpan(a, p).classList.remove('ok', 'err');
+  }),
+  'agent.check.completed': onAnswer((a, p) => {
+    const span = checkSpan(a, p);
+    span.querySelectorAll('.result, .error').forEach((n) => n.remove());
+    span.classList.add(p.success ? 'ok' : 'err');
+    span.append(el('span', 'result', toolResultText(p)));
+    if (!p.success && p.output_summary) span.append(el('span', 'error', p.output_summary));
+  }),
   'provider.retry': onAnswer((a, p) => {
     const span = el('span', 'span retry', retryText(p));
     if (p.error) span.title = p.error;
@@ -479,8 +503,11 @@ const HANDLERS = {
     if (p.content) a.text.append(document.createTextNode(p.content));
   }),
   'agent.message.completed': onAnswer((a, p) => {
-    // The whole answer replaces the chunks (the minimal preset sends none).
-    a.text.textContent = p.response ?? '';
+    // The whole answer replaces the chunks (the minimal preset sends none); an answer
+    // valid against the agent's [output] schema shows as its JSON, indented.
+    const structured = p.structured !== undefined;
+    a.text.textContent = structured ? JSON.stringify(p.structured, null, 2) : p.response ?? '';
+    a.text.classList.toggle('structured', structured);
     a.node.classList.toggle('empty', Boolean(p.empty) || !String(p.response ?? '').trim());
     a.node.classList.add('done');
   }),
