@@ -22,7 +22,8 @@ Examples:
   agentq run --agent demo \"Hello\"
 
 Exit codes: 0 completed, 1 failed, 2 usage error, 3 stopped by a limit,
-75 temporarily unavailable, 130 cancelled.";
+4 waiting for approval (--no-wait-approval), 75 temporarily unavailable,
+130 cancelled.";
 
 #[derive(Debug, Parser)]
 #[command(name = "agentq", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
@@ -91,6 +92,20 @@ pub enum Command {
         after_help = "Example:\n  agentq cancel \"$id\"   # id=$(agentq session new --agent demo)"
     )]
     Cancel(CancelArgs),
+
+    /// Approve the call a session waits on (`approval = "required"`); a worker runs it
+    #[command(
+        long_about = "Approve the call of a tool with approval = \"required\" that a session's execution is parked on: an inbox entry, so no worker needs to be running; the next worker that takes the session runs the call, once. CALL_ID (whole or a unique prefix) names the call; without it, the one waiting. Approving a call twice is a no-op; a call denied before cannot be approved. Who approved (the user and uid of this process) is recorded in the approval.decided event: an audit record, not an authentication.",
+        after_help = "Examples:\n  agentq approve \"$id\"               # the call waiting\n  agentq approve \"$id\" call_3_1 --json"
+    )]
+    Approve(ApproveArgs),
+
+    /// Deny the call a session waits on: the model gets a tool error with the reason
+    #[command(
+        long_about = "Deny the call of a tool with approval = \"required\" that a session's execution is parked on: the call never runs, and the model is told it was denied (with --reason) and carries on. An inbox entry, so no worker needs to be running. CALL_ID (whole or a unique prefix) names the call; without it, the one waiting. A call approved before cannot be denied.",
+        after_help = "Examples:\n  agentq deny \"$id\" --reason \"not on the production database\"\n  agentq deny \"$id\" call_3_1 --json"
+    )]
+    Deny(DenyArgs),
 
     /// Queue again the text of the message whose execution failed last
     #[command(
@@ -329,6 +344,10 @@ pub struct SendArgs {
     /// With --wait: give up after this long (exit 75), e.g. 30s, 5m
     #[arg(long, requires = "wait", value_name = "DURATION", value_parser = limit)]
     pub timeout: Option<Duration>,
+    /// With --wait: when a call waits for approval, exit 4 at once (with the commands
+    /// that decide it) instead of waiting for a person
+    #[arg(long, requires = "wait")]
+    pub no_wait_approval: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -337,6 +356,29 @@ pub struct SendArgs {
 pub struct CancelArgs {
     /// Session id or unique prefix
     pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    /// The call to approve (whole or unique prefix) [default: the one waiting]
+    pub call_id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// Session id or unique prefix
+    pub id: String,
+    /// The call to deny (whole or unique prefix) [default: the one waiting]
+    pub call_id: Option<String>,
+    /// Why: the model is told it with the refusal
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -418,6 +460,10 @@ pub struct WatchArgs {
     /// With --exit-on-idle: give up after this long (exit 75), e.g. 30s, 5m
     #[arg(long, requires = "exit_on_idle", value_name = "DURATION", value_parser = limit)]
     pub timeout: Option<Duration>,
+    /// With --exit-on-idle: exit 4 once the session waits for an approval and nothing
+    /// else is left to run
+    #[arg(long, requires = "exit_on_idle")]
+    pub no_wait_approval: bool,
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +480,10 @@ pub struct RunArgs {
     /// Use this existing session
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
+    /// When a call waits for approval, exit 4 at once (with the commands that decide
+    /// it); without it, run waits here for `agentq approve` or `deny`
+    #[arg(long)]
+    pub no_wait_approval: bool,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,

@@ -13,6 +13,9 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const STOPPED: u8 = 3;
+    /// `--no-wait-approval`: the execution waits for a person's approval (never the
+    /// exit code of a finished execution).
+    pub const AWAITING_APPROVAL: u8 = 4;
     pub const UNAVAILABLE: u8 = 75;
     pub const CANCELLED: u8 = 130;
 
@@ -26,7 +29,7 @@ pub mod exit {
             match code {
                 COMPLETED => 0,
                 CANCELLED => 1,
-                STOPPED => 2,
+                STOPPED | AWAITING_APPROVAL => 2,
                 UNAVAILABLE => 3,
                 USAGE => 5,
                 // FAILED, and any code this version does not know.

@@ -17,12 +17,14 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::Usage;
+use crate::domain::approval::AwaitingApproval;
 use crate::domain::event::{Event, EventPayload, ExecutionFinished};
 use crate::domain::execution::{CheckResult, ExecStatus, StopReason};
 use crate::domain::session::SessionStatus;
 use crate::error::UserError;
 use crate::render::{Renderer, TerminalRenderer};
 use crate::store::{Position, Session};
+use crate::text::{FIELD_CAP, one_line};
 
 /// The live view of a session on a terminal, its header (id, agent, title) drawn:
 /// `watch`'s default there, and `run`'s. `spinners` when stderr is a terminal.
@@ -63,6 +65,10 @@ pub struct MessageResult {
     pub usage: Usage,
     pub steps: u32,
     pub error: Option<String>,
+    /// With `--no-wait-approval`: the call the execution is parked on (it is still
+    /// `running`, and the exit code is 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<AwaitingApproval>,
 }
 
 /// Collects what the log says about one message's execution.
@@ -128,8 +134,57 @@ impl Tracker {
             usage: p.usage.execution,
             steps: p.steps,
             error: p.error.clone(),
+            awaiting_approval: None,
         }
     }
+
+    /// The call this message's execution parked on, if the event says so.
+    fn parked_on(&self, event: &Event) -> Option<AwaitingApproval> {
+        match &event.payload {
+            EventPayload::ApprovalRequested(p)
+                if self.execution_id.is_some() && event.execution_id == self.execution_id =>
+            {
+                Some(AwaitingApproval {
+                    tool_call_id: p.tool_call_id.clone(),
+                    tool_name: p.tool_name.clone(),
+                    server: p.server.clone(),
+                    step: p.step,
+                    arguments: p.arguments.clone(),
+                    requested_at: p.requested_at,
+                    deny_at: p.deny_at,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The result of an execution that waits for approval: running, exit 4.
+    fn waiting(&self, parked: AwaitingApproval) -> MessageResult {
+        MessageResult {
+            session_id: self.session_id,
+            message_id: self.message_id,
+            execution_id: self.execution_id,
+            status: ExecStatus::Running,
+            stop_reason: None,
+            exit_code: crate::error::exit::AWAITING_APPROVAL,
+            response: None,
+            empty: false,
+            structured: None,
+            usage: Usage::default(),
+            steps: parked.step.saturating_sub(1),
+            error: None,
+            awaiting_approval: Some(parked),
+        }
+    }
+}
+
+/// What a wait does when the message's execution parks on a call that needs approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnApproval {
+    /// Keep waiting (a person decides meanwhile), after saying how once.
+    Wait,
+    /// Return at once with exit code 4 (`--no-wait-approval`).
+    Return,
 }
 
 /// How long `send --wait` waits for a worker before saying that none seems to run.
@@ -143,6 +198,7 @@ pub async fn wait_for_message(
     from: Position,
     message_id: Uuid,
     timeout: Option<Duration>,
+    on_approval: OnApproval,
     mut renderer: Option<&mut dyn Renderer>,
     note: &dyn Fn(&str),
 ) -> Result<MessageResult> {
@@ -163,6 +219,18 @@ pub async fn wait_for_message(
                     r.finish()?;
                 }
                 return Ok(result);
+            }
+            if let Some(parked) = tracker.parked_on(&event) {
+                if on_approval == OnApproval::Return {
+                    if let Some(r) = renderer.as_deref_mut() {
+                        r.finish()?;
+                    }
+                    return Ok(tracker.waiting(parked));
+                }
+                // A renderer shows the event, with the commands; without one, say it.
+                if renderer.is_none() {
+                    note(&waiting_note(session.id(), &parked));
+                }
             }
         }
         if let Some(r) = renderer.as_deref_mut() {
@@ -204,7 +272,18 @@ pub async fn wait_for_message(
 /// Why what is waited for has not finished yet, for the messages of `--wait` and
 /// `--timeout`: the running execution, a paused session, or no worker.
 pub fn why_not_done(session: &dyn Session, running: bool) -> Result<String> {
-    Ok(if running {
+    let awaiting = session
+        .plain_state()
+        .ok()
+        .and_then(|state| state.current?.open_step?.awaiting);
+    Ok(if let Some(awaiting) = awaiting.filter(|_| running) {
+        format!(
+            "its execution waits for approval of `{}` ({}): {}",
+            one_line(&awaiting.tool_name, FIELD_CAP),
+            one_line(&awaiting.tool_call_id, FIELD_CAP),
+            crate::render::approval::commands(session.id(), &awaiting.tool_call_id)
+        )
+    } else if running {
         "its execution is still running".to_owned()
     } else if is_paused(session)? {
         let id = session.id();
@@ -222,6 +301,16 @@ fn is_paused(session: &dyn Session) -> Result<bool> {
 /// A `--timeout` as its messages say it: `after 30s`.
 pub fn human_limit(limit: Duration) -> String {
     crate::time::human_duration(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a wait without a renderer says, once, of a call that waits for approval.
+pub fn waiting_note(session: Uuid, parked: &AwaitingApproval) -> String {
+    format!(
+        "waiting for approval of `{}` ({}): {}",
+        one_line(&parked.tool_name, FIELD_CAP),
+        one_line(&parked.tool_call_id, FIELD_CAP),
+        crate::render::approval::commands(session, &parked.tool_call_id)
+    )
 }
 
 /// Ctrl-C while waiting; `main` exits 130 for it.

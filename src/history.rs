@@ -172,6 +172,7 @@ mod tests {
             suspended: false,
             checks: Vec::new(),
             structured: None,
+            awaiting_approval: None,
         }
     }
 

@@ -213,7 +213,10 @@ fn limit_checks(
     let usage = current.usage;
     let mut session = session_before;
     session.add(usage);
-    let elapsed = now.millis_since(current.started_at);
+    // A wait for approval is not the execution's time.
+    let elapsed = now
+        .millis_since(current.started_at)
+        .saturating_sub(current.parked_ms);
     let cost = budgets.cost(usage);
     [
         Check {

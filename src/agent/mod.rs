@@ -8,6 +8,7 @@
 //! [`Sink::checkpoint`]; a step that did not settle leaves no trace in the state, and a
 //! resumed execution repeats it from its inference, never re-running a settled tool call.
 
+mod approval;
 pub mod budget;
 pub mod compact;
 mod output;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use crate::definition::{AgentDef, ToolChoice};
 use crate::domain::Usage;
+use crate::domain::approval::{AwaitingApproval, Decision, DecisionRef};
 use crate::domain::event::{
     ContextCompacted, Continuation, EventPayload, ProviderRetry, StepCompleted, StepStarted,
     StreamChunk, ToolCompleted, ToolStarted,
@@ -72,6 +74,12 @@ pub trait Sink: Send {
     /// at its checkpoint, for `session resume`.
     fn paused(&mut self) -> bool {
         false
+    }
+    /// What was decided of a call that waits for approval (`approval.rs`): asked
+    /// before such a call runs, it runs only once this says `Approved`.
+    fn decision(&mut self, call: &DecisionRef) -> anyhow::Result<Decision> {
+        let _ = call;
+        Ok(Decision::Pending { seen_through: 0 })
     }
     fn now(&self) -> Timestamp;
 }
@@ -159,6 +167,9 @@ pub enum LoopEnd {
     Settled(Outcome),
     /// Stopped for shutdown at a safe point; the last checkpoint is where to resume.
     Suspended,
+    /// Parked on a call that waits for approval; the checkpoint names it, and the
+    /// execution resumes there once a decision is queued.
+    Parked(AwaitingApproval),
 }
 
 impl From<Stop> for LoopEnd {
@@ -206,7 +217,9 @@ pub async fn run(
 ) -> anyhow::Result<LoopEnd> {
     let specs = run.tools.specs();
     let tool_names = run.tools.names();
-    let deadline = run.budgets.deadline(current(state)?.started_at);
+    let deadline = run
+        .budgets
+        .deadline(approval::clock_start(current(state)?, sink.now()));
     let resumed_answer = settled_answer(history, current(state)?);
     let mut execution = Loop {
         run,
@@ -258,10 +271,13 @@ impl Loop<'_> {
     /// One step: the model's answer (unless the step was left open with it), its tool
     /// calls, and whether to run another. `Break` with how the loop ends.
     async fn step(&mut self) -> anyhow::Result<ControlFlow<LoopEnd>> {
-        if let Some(stop) = self.stop_now() {
+        let resuming = self.current()?.open_step.is_some();
+        // A step left open goes to its tool calls even after a stop: they are answered
+        // there (`not run: …`), so the transcript stays a valid conversation (a cancel
+        // of an execution parked on an approval, for one).
+        if !resuming && let Some(stop) = self.stop_now() {
             return Ok(ControlFlow::Break(stop.into()));
         }
-        let resuming = self.current()?.open_step.is_some();
         if !resuming && let Some(end) = self.held_before_step()? {
             return Ok(ControlFlow::Break(end));
         }
@@ -390,6 +406,7 @@ impl Loop<'_> {
             finish_reason,
             usage,
             tool_started: None,
+            awaiting: None,
         };
         current.open_step = Some(open.clone());
         if settles_the_step {
@@ -524,9 +541,16 @@ impl Loop<'_> {
                     return Ok(ran);
                 }
             }
-            let Some(outputs) = self.next_outputs(&calls[next..], ran.stop).await? else {
-                ran.stop = Some(Stop::Shutdown);
-                return Ok(ran);
+            let outputs = match self.next_outputs(&calls[next..], ran.stop).await? {
+                Outputs::Ran(outputs) => outputs,
+                Outputs::Cut => {
+                    ran.stop = Some(Stop::Shutdown);
+                    return Ok(ran);
+                }
+                Outputs::Parked(parked) => {
+                    ran.parked = Some(parked);
+                    return Ok(ran);
+                }
             };
             let answered = &calls[next..next + outputs.len()];
             next += outputs.len();
@@ -547,13 +571,13 @@ impl Loop<'_> {
 
     /// The outputs of the first of the `pending` calls, or of the read-only calls it
     /// starts, run together. After a stop nothing runs, and a call the previous worker
-    /// was running when it died is not run again. `None` when a shutdown cut the calls
-    /// short: they have no results.
+    /// was running when it died is not run again. A call that needs approval runs only
+    /// once it is approved ([`Loop::gate`]).
     async fn next_outputs(
         &mut self,
         pending: &[ToolCall],
         stop: Option<Stop>,
-    ) -> anyhow::Result<Option<Vec<ToolOutput>>> {
+    ) -> anyhow::Result<Outputs> {
         let call = &pending[0];
         let interrupted = self
             .current()?
@@ -574,18 +598,27 @@ impl Loop<'_> {
                     .take_while(|c| self.run.tools.is_read_only(&c.name))
                     .count();
                 // Cut by a shutdown: they have no results, and run again on resume.
-                return self.run_read_only(&pending[..batch]).await;
+                let ran = self.run_read_only(&pending[..batch]).await?;
+                return Ok(ran.map_or(Outputs::Cut, Outputs::Ran));
             }
+            // Before the start-mark: an approved call then runs as any other does,
+            // at most once.
+            None if self.run.tools.needs_approval(&call.name) => match self.gate(call)? {
+                approval::Gate::Run => return self.run_side_effecting_outputs(call).await,
+                approval::Gate::Answer(output) => output,
+                approval::Gate::Park(parked) => return Ok(Outputs::Parked(parked)),
+            },
             // Cut by a shutdown: the call stays marked as started, so the resumed step
             // answers it as interrupted instead of running it again.
-            None => {
-                return Ok(self
-                    .run_side_effecting(call)
-                    .await?
-                    .map(|output| vec![output]));
-            }
+            None => return self.run_side_effecting_outputs(call).await,
         };
-        Ok(Some(vec![output]))
+        Ok(Outputs::Ran(vec![output]))
+    }
+
+    /// [`Loop::run_side_effecting`], as [`Loop::next_outputs`] answers.
+    async fn run_side_effecting_outputs(&mut self, call: &ToolCall) -> anyhow::Result<Outputs> {
+        let output = self.run_side_effecting(call).await?;
+        Ok(output.map_or(Outputs::Cut, |output| Outputs::Ran(vec![output])))
     }
 
     /// Runs read-only calls at the same time. Their events keep the calls' order: every
@@ -731,6 +764,10 @@ impl Loop<'_> {
         tool_calls: &[ToolCall],
         ran: &ToolRun,
     ) -> anyhow::Result<Option<LoopEnd>> {
+        if let Some(parked) = &ran.parked {
+            // Left open, as for a shutdown: the resumed step goes on from the gate.
+            return Ok(Some(LoopEnd::Parked(parked.clone())));
+        }
         match ran.stop {
             Some(Stop::Shutdown) => return Ok(Some(LoopEnd::Suspended)),
             Some(_) => self.close_and_checkpoint(step.number)?,
@@ -980,6 +1017,18 @@ struct ToolRun {
     errors: u32,
     last_error: Option<String>,
     stop: Option<Stop>,
+    /// The call the step stopped at to wait for approval.
+    parked: Option<AwaitingApproval>,
+}
+
+/// What the next of a step's calls came to ([`Loop::next_outputs`]).
+enum Outputs {
+    /// Their results, in the order of the calls.
+    Ran(Vec<ToolOutput>),
+    /// A shutdown cut them short: they have no results.
+    Cut,
+    /// The call waits for approval: the execution parks on it.
+    Parked(AwaitingApproval),
 }
 
 /// How often running tools look whether the execution should stop.

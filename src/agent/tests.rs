@@ -96,6 +96,7 @@ impl Harness {
                 failed_steps_in_a_row: 0,
                 failed_check_rounds: 0,
                 invalid_answers: 0,
+                parked_ms: 0,
                 open_step: None,
             }),
             ..AgentState::default()
@@ -365,6 +366,7 @@ fn outcome(end: LoopEnd) -> Outcome {
     match end {
         LoopEnd::Settled(outcome) => outcome,
         LoopEnd::Suspended => panic!("suspended"),
+        LoopEnd::Parked(parked) => panic!("parked on {parked:?}"),
     }
 }
 
@@ -764,10 +766,12 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
             invalid_answers: 0,
+            parked_ms: 0,
             open_step: Some(crate::domain::state::OpenStep {
                 finish_reason: Some("tool_calls".into()),
                 usage: Usage::new(10, 2),
                 tool_started: Some("call_1_1".into()),
+                awaiting: None,
             }),
         }),
         ..AgentState::default()
@@ -835,6 +839,7 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
             invalid_answers: 0,
+            parked_ms: 0,
             open_step: None,
         }),
         ..AgentState::default()
@@ -1000,6 +1005,7 @@ fn a_resumed_answer_runs_its_round_of_checks_again_without_a_model_call() {
             failed_steps_in_a_row: 0,
             failed_check_rounds: 2,
             invalid_answers: 0,
+            parked_ms: 0,
             open_step: None,
         }),
         ..AgentState::default()

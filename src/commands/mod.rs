@@ -6,7 +6,10 @@
 
 mod advice;
 pub mod agents;
+mod approval;
+pub mod approve;
 pub mod cancel;
+pub mod deny;
 pub mod init;
 mod listing;
 pub mod retry;
@@ -199,6 +202,8 @@ fn session_of(command: &Command) -> Option<&str> {
         ) => Some(id),
         Command::Send(args) => Some(&args.id),
         Command::Cancel(args) => Some(&args.id),
+        Command::Approve(args) => Some(&args.id),
+        Command::Deny(args) => Some(&args.id),
         Command::Retry(args) => Some(&args.id),
         Command::Watch(args) => Some(&args.id),
         _ => None,
@@ -212,6 +217,8 @@ fn run_command(ctx: &Context, command: Command) -> Result<u8> {
         Command::Session(cmd) => session::run(ctx, cmd),
         Command::Send(args) => send::run(ctx, args),
         Command::Cancel(args) => cancel::run(ctx, args),
+        Command::Approve(args) => approve::run(ctx, args),
+        Command::Deny(args) => deny::run(ctx, args),
         Command::Retry(args) => retry::run(ctx, args),
         Command::Worker(args) => worker::run(ctx, args),
         Command::Watch(args) => watch::run(ctx, args),
@@ -308,6 +315,10 @@ pub fn print_result(out: &Output, result: &MessageResult, json: bool) -> Result<
     }
     if result.empty {
         out.note(crate::render::EMPTY_ANSWER);
+    }
+    if let Some(parked) = &result.awaiting_approval {
+        out.note(&crate::follow::waiting_note(result.session_id, parked));
+        return Ok(());
     }
     if result.status != ExecStatus::Completed {
         let reason = result.stop_reason.map_or("", StopReason::as_str);

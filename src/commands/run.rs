@@ -18,7 +18,7 @@ use crate::domain::execution::ExecStatus;
 use crate::domain::inbox::EntryKind;
 use crate::domain::session::{EventsPreset, SessionStatus};
 use crate::error::{UserError, exit};
-use crate::follow::{Interrupted, MessageResult, terminal_view, wait_for_message};
+use crate::follow::{Interrupted, MessageResult, OnApproval, terminal_view, wait_for_message};
 use crate::render::{PlainRenderer, Renderer};
 use crate::store::{NewEntry, NewSession, Position, Session};
 use crate::worker::{self, Shutdown};
@@ -59,11 +59,17 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         Some(Box::new(PlainRenderer::new(out.stderr())))
     };
     let note = |text: &str| out.note(text);
+    let on_approval = if args.no_wait_approval {
+        OnApproval::Return
+    } else {
+        OnApproval::Wait
+    };
     let here = run_here(
         ctx,
         &*session,
         from,
         queued.id,
+        on_approval,
         renderer.as_deref_mut().map(|r| r as &mut dyn Renderer),
         &note,
     );
@@ -145,6 +151,7 @@ async fn run_here(
     session: &dyn Session,
     from: Position,
     message_id: Uuid,
+    on_approval: OnApproval,
     renderer: Option<&mut dyn Renderer>,
     note: &dyn Fn(&str),
 ) -> Result<MessageResult> {
@@ -154,10 +161,22 @@ async fn run_here(
         let (shutdown, session_id) = (shutdown.clone(), session.id());
         tokio::spawn(async move {
             let me = worker::this_worker();
-            worker::drain(&*store, &home, session_id, &shutdown, &me, Some(message_id)).await
+            loop {
+                let drained =
+                    worker::drain(&*store, &home, session_id, &shutdown, &me, Some(message_id))
+                        .await?;
+                if !drained.parked || on_approval == OnApproval::Return {
+                    return Ok::<_, anyhow::Error>(drained);
+                }
+                // Parked: a person decides from elsewhere (`agentq approve`), and the
+                // execution goes on here once they have.
+                if !until_decided(&*store.session(session_id), &shutdown).await? {
+                    return Ok(drained);
+                }
+            }
         })
     };
-    let wait = wait_for_message(session, from, message_id, None, renderer, note);
+    let wait = wait_for_message(session, from, message_id, None, on_approval, renderer, note);
     tokio::pin!(wait);
     let mut drain = Some(drain);
     // SIGTERM (a CI step's timeout, systemd) is Ctrl-C's twin: without it the
@@ -184,4 +203,34 @@ async fn run_here(
         drain.await.context("the session task panicked")??;
     }
     waited
+}
+
+/// How often a parked `run` looks whether the call it waits on was decided.
+const DECISION_LOOK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits until the session's parked execution has something to go on with: a
+/// decision (or any entry queued after the park), its `approval_timeout`, or no park
+/// any more. False when a shutdown came first.
+async fn until_decided(session: &dyn Session, shutdown: &Shutdown) -> Result<bool> {
+    loop {
+        let awaiting = session
+            .plain_state()?
+            .current
+            .and_then(|current| current.open_step?.awaiting);
+        let Some(awaiting) = awaiting else {
+            return Ok(true);
+        };
+        let now = crate::time::Timestamp::from_system(std::time::SystemTime::now());
+        let newer = session
+            .inbox()?
+            .iter()
+            .any(|entry| entry.seq > awaiting.seen_through);
+        if newer || awaiting.deny_at.is_some_and(|deny_at| now >= deny_at) {
+            return Ok(true);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DECISION_LOOK) => {}
+            () = shutdown.wait() => return Ok(false),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::config::HomeConfig;
 use crate::domain::execution::ExecStatus;
 use crate::domain::inbox::{CONTINUE_KEY, EntryKind};
 use crate::error::UserError;
-use crate::follow::wait_for_message;
+use crate::follow::{OnApproval, wait_for_message};
 use crate::history::History;
 use crate::store::{NewEntry, Position, Session};
 
@@ -74,7 +74,20 @@ pub fn run(ctx: &Context, args: SendArgs) -> Result<u8> {
         from
     };
     let note = |text: &str| ctx.out.note(text);
-    let waited = wait_for_message(&*session, from, queued.id, timeout, None, &note);
+    let on_approval = if args.no_wait_approval {
+        OnApproval::Return
+    } else {
+        OnApproval::Wait
+    };
+    let waited = wait_for_message(
+        &*session,
+        from,
+        queued.id,
+        timeout,
+        on_approval,
+        None,
+        &note,
+    );
     let result = super::runtime(1)?.block_on(waited)?;
     print_result(&ctx.out, &result, args.json)?;
     Ok(result.exit_code)

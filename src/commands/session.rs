@@ -467,7 +467,29 @@ fn print_failed_and_todos(out: &mut impl Write, shown: &Shown) -> Result<()> {
 
 /// The execution in progress, or one a stopped worker left at a checkpoint.
 fn print_running(out: &mut impl Write, e: &Execution) -> Result<()> {
-    if e.suspended {
+    if let Some(waiting) = &e.awaiting_approval {
+        // Parked: nothing runs it until a person decides.
+        let call = one_line(&waiting.tool_call_id, FIELD_CAP);
+        writeln!(
+            out,
+            "waiting   {} · approval of `{}` {call} since {} · agentq approve {} {call}",
+            e.id,
+            crate::render::tool_label(&waiting.tool_name, waiting.server.as_deref()),
+            waiting.requested_at,
+            e.session_id,
+        )?;
+        writeln!(
+            out,
+            "          arguments: {}",
+            one_line(&waiting.arguments.to_string(), ERROR_CAP)
+        )?;
+        if let Some(deny_at) = waiting.deny_at {
+            writeln!(
+                out,
+                "          denied by itself at {deny_at} (approval_timeout)"
+            )?;
+        }
+    } else if e.suspended {
         // Left at a checkpoint by a worker that stopped: nothing runs it now.
         writeln!(
             out,

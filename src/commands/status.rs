@@ -10,6 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::Context;
+use crate::domain::approval::AwaitingApproval;
 use crate::domain::execution::{ExecStatus, StopReason, WorkerInfo};
 use crate::plural::count;
 use crate::store::{InboxCounts, Session, WorkerRecord};
@@ -64,6 +65,9 @@ struct Running {
     /// Left at a checkpoint by a worker that stopped (not one that died); nothing runs
     /// it until the next worker takes the session.
     suspended: bool,
+    /// The call it is parked on, waiting for `agentq approve` or `deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    awaiting_approval: Option<AwaitingApproval>,
     step: u32,
     attempt: u32,
     started_at: Timestamp,
@@ -182,7 +186,11 @@ fn gather_session(session: &dyn Session, now: Timestamp, status: &mut Status) ->
             step: current.steps + 1,
             attempt: exec.attempts,
             started_at: exec.started_at,
-            elapsed_ms: now.millis_since(exec.started_at),
+            // The wait for approval is no time the execution ran.
+            elapsed_ms: now
+                .millis_since(exec.started_at)
+                .saturating_sub(current.parked_ms),
+            awaiting_approval: exec.awaiting_approval,
         });
     }
     if meta.counters.failed > 0 {
@@ -285,6 +293,17 @@ fn print_running(out: &mut impl Write, r: &Running) -> Result<()> {
         Some(w) => (
             "running  ",
             format!("worker {} on {}", w.pid, one_line(&w.host, FIELD_CAP)),
+        ),
+        None if let Some(waiting) = &r.awaiting_approval => (
+            "waiting  ",
+            format!(
+                "approval of `{}` ({}) since {}: agentq approve {} {}",
+                one_line(&waiting.tool_name, FIELD_CAP),
+                one_line(&waiting.tool_call_id, FIELD_CAP),
+                waiting.requested_at,
+                r.session_id,
+                one_line(&waiting.tool_call_id, FIELD_CAP)
+            ),
         ),
         None if r.suspended => (
             "suspended",

@@ -133,6 +133,14 @@ async fn watch(
                 None => last_exit_code(session)?,
             });
         }
+        if args.no_wait_approval && waits_for_approval(session)? {
+            // The record says so only once `approval.requested` is in the log.
+            for line in follower.read()? {
+                show(out, &line, args.json, renderer, &mut last_exit)?;
+            }
+            renderer.finish()?;
+            return Ok(exit::AWAITING_APPROVAL);
+        }
         if let Some(limit) = args.timeout
             && started.elapsed() >= limit
         {
@@ -164,6 +172,26 @@ fn is_idle(session: &dyn Session) -> Result<bool> {
         .inbox()?
         .iter()
         .any(|entry| entry.kind == EntryKind::User))
+}
+
+/// Parked on a call that waits for approval, with nothing queued since that a worker
+/// would act on (a decision, a cancel, a message).
+fn waits_for_approval(session: &dyn Session) -> Result<bool> {
+    let parked = session
+        .running_execution()
+        .is_some_and(|exec| exec.awaiting_approval.is_some());
+    let Some(awaiting) = session
+        .plain_state()?
+        .current
+        .and_then(|current| current.open_step?.awaiting)
+        .filter(|_| parked)
+    else {
+        return Ok(false);
+    };
+    Ok(session
+        .inbox()?
+        .iter()
+        .all(|entry| entry.seq <= awaiting.seen_through))
 }
 
 /// The exit code of the session's last finished execution, 0 if there was none.

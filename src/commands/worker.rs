@@ -40,6 +40,7 @@ pub fn run(ctx: &Context, args: WorkerArgs) -> Result<u8> {
         info!(
             settled = report.settled,
             suspended = report.suspended,
+            parked = report.parked,
             errors = report.errors,
             "worker stopped"
         );

@@ -303,6 +303,14 @@ fn check_command(def: &AgentDef, i: usize, command: &CommandToolDef, problems: &
             "must be a JSON Schema of an object: type = \"object\", with its properties",
         ));
     }
+    // A read-only call may run again on resume and beside others: nothing a person
+    // would have to approve first.
+    if command.read_only && command.approval == super::Approval::Required {
+        problems.push(Problem::new(
+            key("approval"),
+            "a read_only command cannot require approval: remove read_only, or approval",
+        ));
+    }
 }
 
 /// `[[checks]]` number `i`: a name no other check has (events and `execution.finished`

@@ -228,6 +228,9 @@ pub struct Limits {
     /// (`checks_failed`); the last one's failure is not sent back to the model.
     #[serde(default = "default_max_check_rounds")]
     pub max_check_rounds: u32,
+    /// How long a call may wait for approval before it is denied by itself.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub approval_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -249,6 +252,7 @@ impl Default for Limits {
             on_tool_error: ToolErrorPolicy::default(),
             max_consecutive_errors: default_max_consecutive_errors(),
             max_check_rounds: default_max_check_rounds(),
+            approval_timeout: None,
         }
     }
 }
@@ -332,6 +336,18 @@ pub struct CommandToolDef {
     /// the step's other read-only calls, and a resumed execution may run it again.
     #[serde(default)]
     pub read_only: bool,
+    /// `approval = "required"`: every call waits for a person (`agentq approve`).
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Whether a declared command's calls wait for a person before they run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    #[default]
+    Never,
+    Required,
 }
 
 /// `[[checks]]`: a program that says whether the work is done, run in the workspace
@@ -362,6 +378,7 @@ impl CheckDef {
             timeout: self.timeout,
             cwd: self.cwd.clone(),
             read_only: false,
+            approval: Approval::Never,
         }
     }
 }

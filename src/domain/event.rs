@@ -129,6 +129,10 @@ event_payloads! {
     ContextCompacted(ContextCompacted) = "context.compacted",
     CheckStarted(CheckStarted) = "agent.check.started",
     CheckCompleted(CheckCompleted) = "agent.check.completed",
+    /// A call of a tool with `approval = "required"` waits for a person.
+    ApprovalRequested(super::approval::ApprovalRequested) = "approval.requested",
+    /// Written by `agentq approve` / `deny` (or by the worker, at `approval_timeout`).
+    ApprovalDecided(super::approval::ApprovalDecided) = "approval.decided",
     MessageCompleted(MessageCompleted) = "agent.message.completed",
     ExecutionFinished(ExecutionFinished) = "execution.finished",
 }
@@ -182,6 +186,8 @@ pub enum AgentStatus {
     Failed,
     Cancelled,
     Stopped,
+    /// Parked on a call that waits for approval.
+    Waiting,
 }
 
 impl From<ExecStatus> for AgentStatus {

@@ -161,6 +161,10 @@ pub struct Execution {
     /// The answer as JSON, when the agent has an `[output]` schema and it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured: Option<serde_json::Value>,
+    /// The call the execution is parked on, waiting for `agentq approve` or `deny`
+    /// (the record is then `running` and `suspended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<super::approval::AwaitingApproval>,
 }
 impl Execution {
     /// The execution a worker begins for an inbox entry: running, its attempt counted.
@@ -242,6 +246,7 @@ impl Execution {
             suspended: false,
             checks: Vec::new(),
             structured: None,
+            awaiting_approval: None,
         }
     }
 }

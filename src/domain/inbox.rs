@@ -12,6 +12,10 @@ pub enum EntryKind {
     User,
     /// A request to cancel the running execution.
     Cancel,
+    /// A person approved a call that waits for approval (`agentq approve`).
+    Approve,
+    /// A person denied it (`agentq deny`); `content` is the reason.
+    Deny,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

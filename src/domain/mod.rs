@@ -4,6 +4,7 @@
 //! loop change them. Field names are part of the on-disk contract (ARCHITECTURE.md §1-3):
 //! changes are additive, and every file carries a version `v`.
 
+pub mod approval;
 pub mod event;
 pub mod execution;
 pub mod inbox;

@@ -51,6 +51,10 @@ pub struct CurrentExecution {
     /// model, for `max_check_rounds`. Checkpointed with the feedback line.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub invalid_answers: u32,
+    /// Milliseconds spent parked waiting for approvals that were decided: not counted
+    /// against `[limits] timeout`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parked_ms: u64,
     /// Step `steps + 1`, when the model's answer is in the transcript but its tool
     /// calls are not all answered yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +70,10 @@ pub struct OpenStep {
     /// resumed, it is answered with an error rather than run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_started: Option<String>,
+    /// A call that waits for a person's approval (`approval = "required"`): the
+    /// execution is parked on it until a decision is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<super::approval::Awaiting>,
 }
 
 /// How the model sees the transcript once it outgrew the context window: the first

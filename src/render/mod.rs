@@ -7,6 +7,7 @@
 //! text) or [`one_line()`](crate::text::one_line) (a field that must keep its row);
 //! only `--json` prints lines untouched.
 
+pub mod approval;
 pub mod plain;
 pub mod terminal;
 mod wrap;

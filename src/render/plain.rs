@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use super::{Renderer, footer};
+use crate::domain::approval::Verdict;
 use crate::domain::event::{CheckCompleted, Event, EventPayload, ToolCompleted, ToolStarted};
 use crate::domain::execution::ExecStatus;
 use crate::text::{ERROR_CAP, FIELD_CAP, one_line, preview, sanitize, summarize_args};
@@ -127,6 +128,9 @@ fn style(payload: &EventPayload) -> Style {
         EventPayload::CheckCompleted(p) if p.success => Style::Good,
         EventPayload::CheckCompleted(_) => Style::Bad,
         EventPayload::CheckStarted(_) => Style::Plain,
+        EventPayload::ApprovalRequested(_) => Style::Strong,
+        EventPayload::ApprovalDecided(p) if p.decision == Verdict::Approved => Style::Good,
+        EventPayload::ApprovalDecided(_) => Style::Bad,
         EventPayload::ExecutionFinished(p) if p.status == ExecStatus::Completed => Style::Strong,
         EventPayload::ExecutionFinished(_) => Style::Bad,
         EventPayload::ToolStarted(_) | EventPayload::ExecutionStarted(_) => Style::Plain,
@@ -203,6 +207,8 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             p.round
         ),
         EventPayload::CheckCompleted(p) => check_completed(p),
+        EventPayload::ApprovalRequested(p) => super::approval::requested(event.session_id, p),
+        EventPayload::ApprovalDecided(p) => super::approval::decided(p),
         EventPayload::ExecutionFinished(p) => {
             let mut text = format!("■ {}", footer(p));
             if let Some(error) = &p.error {

@@ -333,6 +333,17 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
                 ));
             }
             EventPayload::CheckCompleted(p) => self.check_completed(p)?,
+            EventPayload::ApprovalRequested(p) => {
+                self.end_text()?;
+                let line = super::approval::requested(event.session_id, p);
+                let line = self.paint(&Style::new().bold(), &format!("{INDENT}{line}"));
+                self.line(&line)?;
+                self.set_status(format!(
+                    "waiting for approval · {}",
+                    one_line(&p.tool_name, FIELD_CAP)
+                ));
+            }
+            EventPayload::ApprovalDecided(p) => self.note(&super::approval::decided(p))?,
             EventPayload::ProviderRetry(p) => {
                 self.note(&format!(
                     "↻ model call failed ({}); retry {} in {}",

@@ -57,6 +57,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use uuid::Uuid;
 
+use crate::domain::approval::{Decision, DecisionRef};
 use crate::domain::event::{EventPayload, RawEvent};
 use crate::domain::execution::{Execution, WorkerInfo};
 use crate::domain::inbox::InboxEntry;
@@ -326,6 +327,8 @@ pub(crate) fn restart(exec: &mut Execution, worker: &WorkerInfo, state: &mut Age
         tracing::warn!(session = %exec.session_id, execution = %exec.id, attempts = exec.attempts, "every attempt was interrupted by a crash; giving up");
         return Start::Exhausted;
     }
+    // Parked or not, it runs now: the gate decides again whether the call waits.
+    exec.awaiting_approval = None;
     if exec.suspended {
         exec.suspended = false;
     } else {
@@ -380,6 +383,17 @@ pub trait Lease: Send {
     /// Whether a `cancel` was queued for the running message since it was claimed.
     fn cancel_requested(&mut self) -> bool;
 
+    /// What was decided of a call of the claimed execution that waits for approval:
+    /// the first `approve` or `deny` entry naming it, else how far the inbox was seen.
+    fn decision(&mut self, call: &DecisionRef) -> Result<Decision>;
+
+    /// Leaves the claimed execution parked on the call its record names
+    /// (`awaiting_approval`), as [`Lease::suspend`] leaves one, durably. The session is
+    /// then not claimed again until an entry newer than `seen_through` is queued (a
+    /// decision, a cancel, a message) or the call's `deny_at` passes;
+    /// [`Parked::Again`] when one was queued already, for the drain to go on with.
+    fn park(&mut self, execution: &Execution, seen_through: u64) -> Result<Parked>;
+
     /// Settles the claimed execution: `execution` carries its outcome (status, stop
     /// reason, response or error, totals) and `state` the state it ends in.
     fn settle(&mut self, execution: &Execution, state: &AgentState) -> Result<()>;
@@ -394,6 +408,15 @@ pub trait Lease: Send {
 
     /// Ends the hold, making durable what the drain left for the end.
     fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// What [`Lease::park`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Nothing new in the inbox: the session waits, and the drain ends.
+    Released,
+    /// An entry came meanwhile: the drain goes on to [`Lease::next`].
+    Again,
 }
 
 /// What [`Lease::next`] found.

@@ -465,6 +465,7 @@ mod tests {
             timeout: Some(Duration::from_millis(timeout_ms)),
             cwd: None,
             read_only: false,
+            approval: crate::definition::Approval::Never,
         }
     }
 

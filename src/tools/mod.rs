@@ -267,6 +267,14 @@ impl Toolbox {
             || self.mcp.is_read_only(name)
     }
 
+    /// Whether calls of `name` wait for a person's approval before they run (a command
+    /// declared `approval = "required"`).
+    pub fn needs_approval(&self, name: &str) -> bool {
+        self.commands
+            .iter()
+            .any(|c| c.name == name && c.approval == crate::definition::Approval::Required)
+    }
+
     /// Why `name` cannot be called, and what would make it callable: a built-in tool
     /// the definition does not list is named as such, with the key that grants it.
     fn not_granted(&self, name: &str) -> String {

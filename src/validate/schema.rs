@@ -242,6 +242,7 @@ const LIMITS: &[Field] = &[
         "it counts steps whose tool calls all failed, and the model sees its errors at least once before the execution fails (on_tool_error = \"stop\" fails at the first error)",
     ),
     opt("max_check_rounds", POSITIVE_U32),
+    opt("approval_timeout", Kind::Duration),
 ];
 const COMMAND_TOOL: &[Field] = &[
     req("name", Kind::Str),
@@ -251,6 +252,7 @@ const COMMAND_TOOL: &[Field] = &[
     opt("timeout", Kind::Duration),
     opt("cwd", Kind::Str),
     opt("read_only", Kind::Bool),
+    opt("approval", Kind::OneOf(&["never", "required"])),
 ];
 const CHECK: &[Field] = &[
     req("name", Kind::Str),

@@ -13,6 +13,7 @@ use crate::agent::{self, LoopEnd, Outcome, Sink, Stop};
 use crate::config::{HomeConfig, Price};
 use crate::definition;
 use crate::domain::Usage;
+use crate::domain::approval::{AwaitingApproval, Decision, DecisionRef};
 use crate::domain::event::{AgentStatus, AgentStatusChanged, EventPayload, ExecutionStarted};
 use crate::domain::execution::{self, Execution, StopReason, WorkerInfo};
 use crate::domain::session::SessionMeta;
@@ -21,7 +22,7 @@ use crate::domain::transcript::{Message, TranscriptLine};
 use crate::error::UserError;
 use crate::home::Home;
 use crate::provider;
-use crate::store::{Claim, Lease, Start};
+use crate::store::{Claim, Lease, Parked, Start};
 use crate::time::{Clock, Timestamp};
 use crate::tools::Toolbox;
 
@@ -32,6 +33,12 @@ pub enum Handled {
     Settled(u8),
     /// Left running for a later worker (shutdown).
     Suspended,
+    /// Parked on a call that waits for approval; `wake_at` is when its
+    /// `approval_timeout` denies it, if it has one.
+    Parked {
+        parked: Parked,
+        wake_at: Option<Timestamp>,
+    },
 }
 
 /// The owner of one session while it runs a claimed message.
@@ -85,6 +92,15 @@ impl Owner<'_> {
                 }),
             )?;
         }
+        if start == Start::Resumed && awaiting(&state).is_some() {
+            self.lease.append(
+                Some(exec.id),
+                EventPayload::AgentStatus(AgentStatusChanged {
+                    status: AgentStatus::Processing,
+                    previous_status: AgentStatus::Waiting,
+                }),
+            )?;
+        }
         let outcome = if start == Start::Exhausted {
             gave_up(&exec)
         } else {
@@ -98,6 +114,7 @@ impl Owner<'_> {
                     info!(session = %session, execution = %exec.id, "suspended at a checkpoint (shutdown or pause); it resumes from there");
                     return Ok(Handled::Suspended);
                 }
+                LoopEnd::Parked(waiting) => return self.park(exec, &state, waiting),
             }
         };
         settle_with(&mut exec, outcome, &state, self.clock.now());
@@ -114,6 +131,29 @@ impl Owner<'_> {
             exec.status,
             exec.stop_reason,
         )))
+    }
+
+    /// Leaves the execution parked on the call that waits for approval.
+    fn park(
+        &mut self,
+        mut exec: Execution,
+        state: &AgentState,
+        waiting: AwaitingApproval,
+    ) -> Result<Handled> {
+        let session = self.lease.session_id();
+        self.lease.append(
+            Some(exec.id),
+            EventPayload::AgentStatus(AgentStatusChanged {
+                status: AgentStatus::Waiting,
+                previous_status: AgentStatus::Processing,
+            }),
+        )?;
+        let seen_through = awaiting(state).map_or(0, |a| a.seen_through);
+        let wake_at = waiting.deny_at;
+        info!(session = %session, execution = %exec.id, tool = %waiting.tool_name, call = %waiting.tool_call_id, "parked: the call waits for `agentq approve {session}`");
+        exec.awaiting_approval = Some(waiting);
+        let parked = self.lease.park(&exec, seen_through)?;
+        Ok(Handled::Parked { parked, wake_at })
     }
 
     /// Whom the session's commands run for, and where their process groups are
@@ -403,4 +443,19 @@ impl Sink for LeaseSink<'_> {
     fn paused(&mut self) -> bool {
         self.lease.paused()
     }
+
+    fn decision(&mut self, call: &DecisionRef) -> Result<Decision> {
+        self.lease.decision(call)
+    }
+}
+
+/// The call the state's open step waits on, if one does.
+fn awaiting(state: &AgentState) -> Option<&crate::domain::approval::Awaiting> {
+    state
+        .current
+        .as_ref()?
+        .open_step
+        .as_ref()?
+        .awaiting
+        .as_ref()
 }

@@ -13,7 +13,7 @@ pub mod execute;
 pub mod mcp;
 mod shutdown;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ pub use shutdown::{Shutdown, on_signals};
 
 use crate::domain::execution::WorkerInfo;
 use crate::home::Home;
-use crate::store::{Claimed, Next, Store};
+use crate::store::{Claimed, Next, Parked, Store};
+use crate::time::Timestamp;
 use execute::{Handled, Owner};
 
 /// Every this many ticks, every session's inbox is listed, not only the marked ones.
@@ -53,6 +54,8 @@ pub struct WorkerOptions {
 pub struct Report {
     pub settled: u64,
     pub suspended: u64,
+    /// Executions left parked on a call that waits for approval.
+    pub parked: u64,
     /// Sessions whose processing failed (logged as they happened).
     pub errors: u64,
     /// The worst exit code of the executions settled and of those failures
@@ -125,6 +128,9 @@ struct Scheduler {
     failing: HashSet<Uuid>,
     /// Sessions found with work and not drained yet (the concurrency limit).
     backlog: BTreeSet<Uuid>,
+    /// Sessions parked on a call whose `approval_timeout` denies it then: drained
+    /// again once that time has come (the scans would find them only later).
+    timers: BTreeMap<Uuid, Timestamp>,
     /// A full scan running on a blocking thread.
     full_scan: Option<tokio::task::JoinHandle<Result<Vec<Uuid>>>>,
     ticks: u64,
@@ -151,6 +157,7 @@ impl Scheduler {
             deferred: HashSet::new(),
             failing: HashSet::new(),
             backlog: BTreeSet::new(),
+            timers: BTreeMap::new(),
             full_scan: None,
             ticks: 0,
             next_full_scan: 0,
@@ -243,6 +250,17 @@ impl Scheduler {
         // concurrency limit keeps it waiting past the next (announced-only) scan.
         let found = self.store.pending(false)?;
         self.backlog.extend(self.only(found));
+        let now = self.store.clock().now();
+        let due: Vec<Uuid> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.timers.remove(&id);
+            self.backlog.insert(id);
+        }
         Ok(())
     }
 
@@ -296,6 +314,11 @@ impl Scheduler {
                 report.settled += drained.settled;
                 report.worst = crate::error::exit::worst(report.worst, drained.worst);
                 report.suspended += u64::from(drained.suspended);
+                report.parked += u64::from(drained.parked);
+                match drained.wake_at.filter(|_| drained.parked) {
+                    Some(at) => self.timers.insert(id, at),
+                    None => self.timers.remove(&id),
+                };
                 if drained.skipped {
                     self.deferred.insert(id);
                 }
@@ -370,6 +393,10 @@ pub struct Drained {
     pub skipped: bool,
     /// The worst exit code of the executions settled ([`crate::error::exit::worst`]).
     pub worst: u8,
+    /// Its execution parked on a call that waits for approval.
+    pub parked: bool,
+    /// When that call's `approval_timeout` denies it, for the worker to come back then.
+    pub wake_at: Option<crate::time::Timestamp>,
 }
 
 /// Takes ownership of a session and runs its pending messages in `seq` order, until
@@ -441,6 +468,17 @@ async fn drain_owned(owner: &mut Owner<'_>, until: Option<Uuid>) -> Result<Drain
                     Handled::Suspended => {
                         drained.suspended = true;
                         break;
+                    }
+                    Handled::Parked { parked, wake_at } => {
+                        drained.wake_at = wake_at;
+                        match parked {
+                            // A decision (or another entry) came meanwhile.
+                            Parked::Again => continue,
+                            Parked::Released => {
+                                drained.parked = true;
+                                break;
+                            }
+                        }
                     }
                 }
             }

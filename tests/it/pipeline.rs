@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::*;
 
+mod approvals;
 mod checks;
 mod structured;
 

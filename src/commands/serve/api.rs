@@ -374,6 +374,7 @@ async fn send(app: &App, id: &str, request: Request<Incoming>) -> Result<Respons
         key,
         wait: false,
         timeout: None,
+        no_wait_approval: false,
         json: true,
     };
     let out = run(app, Command::Send(args)).await?;

@@ -16,13 +16,14 @@ use super::recover::{ensure_dir, move_aside, read_or_rebuild};
 use super::session::{OwnerLock, meta_with_remedy};
 use super::{FileStore, SessionDir, transcript};
 use crate::domain::Usage;
+use crate::domain::approval::{Decision, DecisionRef};
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::store::{Claim, Claimed, Lease, LocalFiles, Next, Start};
+use crate::store::{Claim, Claimed, Lease, LocalFiles, Next, Parked, Start};
 
 /// A worker's ownership of one session: its owner lock, its open event log, and what
 /// the claimed message has written so far.
@@ -91,8 +92,9 @@ impl Lease for FileLease {
         };
         self.looked_again = false;
         self.wrote = true;
-        if head.entry.kind == EntryKind::Cancel {
-            // Nothing is running that it could cancel.
+        if head.entry.kind == EntryKind::Cancel || head.entry.is_decision() {
+            // Nothing is running that it could cancel, or decide (a decision that came
+            // after its execution settled, or its call was answered).
             self.note_consumed(head.entry.seq)?;
             inbox::remove(&head.path)?;
             return Ok(Next::Again);
@@ -133,6 +135,21 @@ impl Lease for FileLease {
         self.running
             .as_mut()
             .is_some_and(|claimed| claimed.cancels.requested())
+    }
+
+    fn decision(&mut self, call: &DecisionRef) -> Result<Decision> {
+        Ok(super::approval::decision(&self.dir.inbox_dir(), call)?)
+    }
+
+    fn park(&mut self, exec: &Execution, seen_through: u64) -> Result<Parked> {
+        self.suspend(exec)?;
+        // The marker goes: the session has nothing to run until an entry comes, whose
+        // own marker brings it back. One queued before the marker went is seen here.
+        self.store.clear_ready(self.dir.id)?;
+        if super::approval::has_newer(&self.dir.inbox_dir(), seen_through)? {
+            return Ok(Parked::Again);
+        }
+        Ok(Parked::Released)
     }
 
     fn settle(&mut self, exec: &Execution, state: &AgentState) -> Result<()> {
@@ -402,6 +419,7 @@ impl FileLease {
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
             invalid_answers: 0,
+            parked_ms: 0,
             open_step: None,
         });
         self.dir

@@ -28,6 +28,7 @@
 //!   entry's `.ready` marker only speeds up discovery (a full scan finds the work).
 //! - Session files are 0600, directories 0700; no secret is ever written.
 
+mod approval;
 pub(crate) mod events;
 pub(crate) mod follow;
 pub(crate) mod fs;
@@ -274,7 +275,8 @@ impl crate::store::Store for FileStore {
                 // A session whose inbox cannot be listed is claimed too: its drain fails
                 // naming the path, logged once per full scan, and the others go on.
                 let dir = self.dir(id);
-                let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
+                let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty())
+                    && !approval::parked_and_quiet(&dir, self.clock.now());
                 if waiting || dir.needs_repair() {
                     ids.push(id);
                 }

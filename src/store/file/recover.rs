@@ -163,12 +163,14 @@ impl SessionDir {
                 failed_steps_in_a_row: 0,
                 failed_check_rounds: 0,
                 invalid_answers: 0,
+                parked_ms: 0,
                 // Which call was running is not known any more: the remaining calls
                 // run (the one state.json could have told about included).
                 open_step: open.then(|| OpenStep {
                     finish_reason: None,
                     usage: Default::default(),
                     tool_started: None,
+                    awaiting: None,
                 }),
             }
         });

@@ -290,6 +290,9 @@ pub(crate) fn queued_event(entry: &InboxEntry) -> EventPayload {
         EntryKind::Cancel => EventPayload::CancelRequested(CancelRequested {
             message_id: entry.id,
         }),
+        EntryKind::Approve | EntryKind::Deny => {
+            EventPayload::ApprovalDecided(crate::domain::approval::ApprovalDecided::of_entry(entry))
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use super::session::{
 use super::write::{OwnerWrite, Refused, owner_write};
 use super::{Commit, Db, PgStore, TxError};
 use crate::domain::Usage;
+use crate::domain::approval::{Decision, DecisionRef};
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
 use crate::domain::inbox::{EntryKind, InboxEntry};
@@ -38,7 +39,7 @@ use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
 use crate::error::UserError;
-use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, Next, Start};
+use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, Next, Parked, Start};
 use crate::time::Timestamp;
 
 /// A worker's lease on one session, on a connection of its own.
@@ -372,6 +373,7 @@ impl PgLease {
             failed_steps_in_a_row: 0,
             failed_check_rounds: 0,
             invalid_answers: 0,
+            parked_ms: 0,
             open_step: None,
         });
         let mark = state.transcript;
@@ -656,8 +658,9 @@ impl Lease for PgLease {
         let Some(entry) = head else {
             return Ok(Next::Empty);
         };
-        if entry.kind == EntryKind::Cancel {
-            // Nothing is running that it could cancel.
+        if entry.kind == EntryKind::Cancel || entry.is_decision() {
+            // Nothing is running that it could cancel, or decide (a decision that came
+            // after its execution settled, or its call was answered).
             let (message, seq) = (entry.id, entry.seq);
             self.write("consuming a cancel in", Commit::Deferred, move |tx, id| {
                 let mut meta = read_meta(tx, id)?;
@@ -816,6 +819,52 @@ impl Lease for PgLease {
                     settle_reading_meta(&db, id, epoch, pending, settled)
                 }
             }
+        })
+    }
+
+    fn decision(&mut self, call: &DecisionRef) -> Result<Decision> {
+        let (id, execution) = (self.id, call.execution_id.to_string());
+        let (seen_through, entries) = self.read("looking for a decision in", move |c| {
+            let row = c.row(
+                "SELECT coalesce(max(seq), 0),
+                        array_agg(entry) FILTER (
+                            WHERE entry->>'kind' IN ('approve', 'deny')
+                              AND entry->'metadata'->>'execution_id' = $2)
+                 FROM inbox WHERE session_id = $1",
+                &[&id, &execution],
+            )?;
+            let entries: Option<Vec<serde_json::Value>> = row.get(1);
+            Ok((row.get::<_, i64>(0), entries.unwrap_or_default()))
+        })?;
+        let entries: Vec<InboxEntry> = entries
+            .into_iter()
+            .filter_map(|entry| serde_json::from_value(entry).ok())
+            .collect();
+        Ok(
+            crate::domain::approval::decision_in(entries.iter(), call).unwrap_or(
+                Decision::Pending {
+                    seen_through: u64::try_from(seen_through).unwrap_or(0),
+                },
+            ),
+        )
+    }
+
+    /// The record, durably, as for a suspension; `pending()` then skips the session
+    /// until an entry newer than `seen_through` comes, and the release announces it.
+    fn park(&mut self, exec: &Execution, seen_through: u64) -> Result<Parked> {
+        self.suspend(exec)?;
+        let (id, seen) = (self.id, seen_through as i64);
+        let newer = self.read("looking at the inbox in", move |c| {
+            Ok(c.row(
+                "SELECT EXISTS (SELECT 1 FROM inbox WHERE session_id = $1 AND seq > $2)",
+                &[&id, &seen],
+            )?
+            .get::<_, bool>(0))
+        })?;
+        Ok(if newer {
+            Parked::Again
+        } else {
+            Parked::Released
         })
     }
 

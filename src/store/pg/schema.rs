@@ -23,7 +23,8 @@ const MIGRATION_LOCK: i64 = 0x6167_656e_7471;
 
 /// The migrations, in order: migration `i` brings the schema to version `i + 1`.
 /// Append only: a migration that shipped is never edited.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sessions (
     id uuid PRIMARY KEY,
     meta jsonb NOT NULL,
@@ -75,7 +76,14 @@ CREATE TABLE workers (
     slot integer,
     heartbeat timestamptz NOT NULL
 );
-"#];
+"#,
+    // 2: inbox entries of kinds `approve` and `deny` (human approval). The index serves
+    // the looks for cancels and decisions; the version is what matters: an agentq that
+    // does not know those kinds refuses the database instead of misreading its rows.
+    r#"
+CREATE INDEX inbox_not_user ON inbox (session_id, seq) WHERE entry->>'kind' <> 'user';
+"#,
+];
 
 /// The schema version this binary writes.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;

@@ -161,6 +161,8 @@ impl Store for PgStore {
 
     fn pending(&self, _full: bool) -> Result<Vec<Uuid>> {
         // One query finds them all, so the cheap look and the full scan are the same.
+        // A session parked on an approval has nothing to run until an entry newer than
+        // its park comes, or its `deny_at` passes.
         // Sessions whose lease is held by a process of this boot come too, with it:
         // those whose owner has ended are taken over at once (`takeover`).
         let boot = OwnerProcess::this_boot().map(str::to_owned);
@@ -174,6 +176,12 @@ impl Store for PgStore {
                         OR s.last_owner->'process'->>'boot_id' = $1)
                    AND s.meta->>'status' <> 'paused'
                    AND EXISTS (SELECT 1 FROM inbox i WHERE i.session_id = s.id)
+                   AND NOT coalesce(
+                       (s.state #>> '{current,open_step,awaiting,seen_through}')::bigint
+                           >= (SELECT max(i.seq) FROM inbox i WHERE i.session_id = s.id)
+                       AND coalesce((s.state #>> '{current,open_step,awaiting,deny_at}')::timestamptz
+                                    > now(), true),
+                       false)
                  ORDER BY s.id",
                 &[&boot],
             )
