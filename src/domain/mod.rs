@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod execution;
+pub mod hook;
 pub mod inbox;
 pub mod session;
 pub mod state;

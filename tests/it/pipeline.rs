@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::*;
 
 mod checks;
+mod hooks;
 mod structured;
 
 /// An agent whose answers show which script entry (and so which model call) answered.

@@ -275,7 +275,7 @@ impl crate::store::Store for FileStore {
                 // naming the path, logged once per full scan, and the others go on.
                 let dir = self.dir(id);
                 let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty());
-                if waiting || dir.needs_repair() {
+                if waiting || dir.needs_owner() {
                     ids.push(id);
                 }
             }

@@ -162,7 +162,9 @@ impl Store for PgStore {
     fn pending(&self, _full: bool) -> Result<Vec<Uuid>> {
         // One query finds them all, so the cheap look and the full scan are the same.
         // Sessions whose lease is held by a process of this boot come too, with it:
-        // those whose owner has ended are taken over at once (`takeover`).
+        // those whose owner has ended are taken over at once (`takeover`). A state
+        // holding completion hooks is work too: a worker killed after a settling left
+        // them, with nothing in the inbox.
         let boot = OwnerProcess::this_boot().map(str::to_owned);
         let rows = self.db.call("looking for pending messages in", move |c| {
             c.rows(
@@ -173,7 +175,8 @@ impl Store for PgStore {
                  WHERE (s.owner IS NULL OR s.lease_until < now()
                         OR s.last_owner->'process'->>'boot_id' = $1)
                    AND s.meta->>'status' <> 'paused'
-                   AND EXISTS (SELECT 1 FROM inbox i WHERE i.session_id = s.id)
+                   AND (EXISTS (SELECT 1 FROM inbox i WHERE i.session_id = s.id)
+                        OR s.state ? 'hooks')
                  ORDER BY s.id",
                 &[&boot],
             )
