@@ -1,10 +1,12 @@
 //! Completion hooks (`[hooks] on_finish`): after an execution settles, a program gets
-//! its `execution.finished` line on stdin, at least once, even across a worker killed
-//! in between; a hook never changes the execution's outcome. On
+//! its `execution.finished` line on stdin, or a URL gets it POSTed (retried, keyed by
+//! the execution's id), at least once, even across a worker killed in between; a hook
+//! never changes the execution's outcome, and a `url_env` URL is written nowhere. On
 //! both stores: hooks live in the session's state, which both keep.
 
 use serde_json::Value;
 
+use crate::it::fake_server::{FakeServer, Reply};
 use crate::it::*;
 
 /// An agent that answers at once and has `hooks` (TOML for `[[hooks.on_finish]]`).
@@ -284,6 +286,202 @@ fn a_worker_stopped_during_a_hook_leaves_it_pending_and_uncounted() {
     );
 }
 
+/// A webhook on the fake server: its URL with a secret in the path and the query.
+fn webhook(server: &FakeServer) -> String {
+    format!("{}/services/T000/B000?token=s3cr3t", server.url())
+}
+
+#[test]
+fn a_url_hook_is_retried_after_a_500_with_one_idempotency_key() {
+    let server = FakeServer::start(vec![
+        Reply::error(500, "try later"),
+        Reply::json(503, serde_json::json!({})).header("Retry-After", "0"),
+        Reply::json(200, serde_json::json!({"ok": true})),
+    ]);
+    let env = TestEnv::new();
+    let id = session_with(
+        &env,
+        &format!("[[hooks.on_finish]]\nurl = \"{}\"\n", webhook(&server)),
+    );
+    env.worker_once();
+
+    let line = finished_line(&env, &id);
+    let finished: Value = serde_json::from_str(&line).unwrap();
+    let exec_id = finished["execution_id"].as_str().unwrap();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    for request in &requests {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/services/T000/B000?token=s3cr3t");
+        assert_eq!(request.header("idempotency-key"), Some(exec_id));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.body, finished, "the execution.finished line");
+    }
+    let hooks = hook_events(&env, &id);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    let p = &hooks[0]["payload"];
+    assert_eq!(hooks[0]["type"], "hook.completed", "{p}");
+    assert_eq!(
+        (&p["kind"], &p["attempts"], &p["http_status"]),
+        (&Value::from("url"), &Value::from(3), &Value::from(200))
+    );
+    assert_eq!(p["target"], server.url(), "scheme and host only");
+    assert!(
+        env.raw_events(&id).iter().all(|l| !l.contains("s3cr3t")),
+        "the URL's path and query are in no event"
+    );
+}
+
+#[test]
+fn a_4xx_is_not_retried_and_hook_failed_leaves_exit_0() {
+    let server = FakeServer::start(vec![Reply::error(404, "no such hook")]);
+    let env = TestEnv::new();
+    let id = session_with(
+        &env,
+        &format!(
+            "[[hooks.on_finish]]\nurl = \"{}\"\nmax_attempts = 4\n",
+            webhook(&server)
+        ),
+    );
+    env.worker_once_exiting(0);
+
+    assert_eq!(server.request_count(), 1, "a 404 is final");
+    let hooks = hook_events(&env, &id);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["type"], "hook.failed");
+    let p = &hooks[0]["payload"];
+    assert_eq!(
+        (&p["http_status"], &p["attempts"]),
+        (&Value::from(404), &Value::from(1))
+    );
+    assert_eq!(p["error"], "HTTP 404");
+    assert_eq!(env.finished(&id)[0]["exit_code"], 0);
+    assert_eq!(env.executions(&id)[0]["exit_code"], 0);
+    assert_eq!(state_hooks(&env, &id), Value::Null);
+}
+
+#[test]
+fn a_url_hook_gives_up_after_max_attempts() {
+    let server = FakeServer::start(vec![
+        Reply::json(429, serde_json::json!({})).header("Retry-After", "0"),
+    ]);
+    let env = TestEnv::new();
+    let id = session_with(
+        &env,
+        &format!(
+            "[[hooks.on_finish]]\nurl = \"{}\"\nmax_attempts = 2\n",
+            webhook(&server)
+        ),
+    );
+    env.worker_once_exiting(0);
+
+    assert_eq!(server.request_count(), 2);
+    let hooks = hook_events(&env, &id);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["type"], "hook.failed");
+    let p = &hooks[0]["payload"];
+    assert_eq!(
+        (&p["http_status"], &p["attempts"]),
+        (&Value::from(429), &Value::from(2))
+    );
+}
+
+#[test]
+fn a_worker_killed_between_settle_and_hook_runs_it_once_later_with_the_same_key() {
+    // The first POST is held unanswered: the worker is killed while it waits.
+    let server = FakeServer::start(vec![
+        Reply::silent(),
+        Reply::json(200, serde_json::json!({})),
+    ]);
+    let env = TestEnv::new();
+    let id = session_with(
+        &env,
+        &format!("[[hooks.on_finish]]\nurl = \"{}\"\n", webhook(&server)),
+    );
+    let worker = env.spawn_worker(&[]);
+    wait_until("the hook's first POST", LONG, || {
+        server.request_count() == 1
+    });
+    worker.signal(9);
+    worker.wait(LONG);
+    assert_eq!(env.finished(&id).len(), 1, "settled before the hook");
+    assert!(hook_events(&env, &id).is_empty());
+
+    env.worker_once();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "delivered again, once: {requests:?}");
+    let exec_id = env.finished_line_id(&id);
+    for request in &requests {
+        assert_eq!(request.header("idempotency-key"), Some(exec_id.as_str()));
+    }
+    let hooks = hook_events(&env, &id);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["type"], "hook.completed");
+    assert_eq!(hooks[0]["payload"]["attempts"], 2);
+    assert_eq!(env.finished(&id).len(), 1);
+    assert_eq!(env.executions(&id)[0]["exit_code"], 0);
+    assert_eq!(state_hooks(&env, &id), Value::Null);
+    env.worker_once();
+    assert_eq!(server.request_count(), 2, "nothing left to deliver");
+}
+
+#[test]
+fn a_url_env_webhook_is_written_to_no_file() {
+    let server = FakeServer::start(vec![Reply::json(200, serde_json::json!({}))]);
+    let secret = "XXXXsecretXXXX";
+    let url = format!("{}/services/T000/B000/{secret}", server.url());
+    let refused = format!("{}/{secret}", fake_server_refused());
+    let env = TestEnv::new();
+    let id = session_with(
+        &env,
+        r#"
+[[hooks.on_finish]]
+url_env = "AGENTQ_TEST_WEBHOOK_URL"
+[[hooks.on_finish]]
+url_env = "AGENTQ_TEST_DOWN_WEBHOOK_URL"
+max_attempts = 1
+[[hooks.on_finish]]
+url_env = "AGENTQ_TEST_UNSET_WEBHOOK_URL"
+"#,
+    );
+    let log = worker_once_with(
+        &env,
+        &[
+            ("AGENTQ_TEST_WEBHOOK_URL", &url),
+            ("AGENTQ_TEST_DOWN_WEBHOOK_URL", &refused),
+        ],
+    );
+
+    assert_eq!(server.request_count(), 1);
+    assert_eq!(
+        server.request(0).path,
+        format!("/services/T000/B000/{secret}")
+    );
+    let kinds: Vec<Value> = hook_events(&env, &id)
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(kinds, ["hook.completed", "hook.failed", "hook.failed"]);
+    let unset = &hook_events(&env, &id)[2]["payload"];
+    assert!(
+        unset["error"]
+            .as_str()
+            .unwrap()
+            .contains("AGENTQ_TEST_UNSET_WEBHOOK_URL"),
+        "{unset}"
+    );
+    assert_eq!(
+        files_containing(env.home(), secret.as_bytes()),
+        Vec::<String>::new(),
+        "no file under the home holds the URL"
+    );
+    for line in env.raw_events(&id) {
+        assert!(!line.contains(secret), "{line}");
+    }
+    assert!(!env.state(&id).to_string().contains(secret));
+    assert!(!log.contains(secret), "nor the worker's log: {log}");
+}
+
 #[test]
 fn agents_validate_refuses_bad_hook_definitions() {
     let env = TestEnv::new();
@@ -321,4 +519,19 @@ on_finish = [
     );
     // A session of it cannot be made either.
     env.fails(&["session", "new", "--agent", "hooked"], 2);
+}
+
+impl TestEnv {
+    /// The id of the session's only execution, from its `execution.finished`.
+    fn finished_line_id(&self, id: &str) -> String {
+        let line: Value = serde_json::from_str(&finished_line(self, id)).unwrap();
+        line["execution_id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A URL on 127.0.0.1 where nothing listens.
+fn fake_server_refused() -> String {
+    crate::it::fake_server::refused_url()
+        .trim_end_matches("/v1")
+        .to_owned()
 }
