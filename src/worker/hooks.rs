@@ -68,15 +68,27 @@ enum Attempt {
     CutShort,
 }
 
+/// When [`deliver`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum When {
+    /// As the drain starts: the hooks are an earlier owner's, which may have died
+    /// during one.
+    DrainStart,
+    /// Right after this owner settled an execution.
+    Settled,
+}
+
 /// Delivers every hook the state holds whose execution has settled, in order, until
 /// done or a shutdown.
-pub(super) async fn deliver(owner: &mut Owner<'_>) -> Result<()> {
+pub(super) async fn deliver(owner: &mut Owner<'_>, when: When) -> Result<()> {
     let mut pending = owner.lease.hooks()?;
     if pending.is_empty() {
         return Ok(());
     }
-    // A command hook a killed worker left running goes first, as a command does.
-    crate::tools::process::kill_leftovers(&owner.commands());
+    if when == When::DrainStart {
+        // A command hook a killed worker left running goes first, as a command does.
+        crate::tools::process::kill_leftovers(&owner.commands());
+    }
     let mut i = 0;
     while i < pending.len() && !owner.shutdown.is_requested() {
         let Some(line) = owner.lease.finished_line(pending[i].execution_id)? else {

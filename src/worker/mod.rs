@@ -423,7 +423,7 @@ async fn drain_owned(owner: &mut Owner<'_>, until: Option<Uuid>) -> Result<Drain
     // it is fixed (the worker refuses to start on one that is broken already).
     crate::config::HomeConfig::load(&owner.home.config_path())?;
     // What a worker that died after a settling left undelivered.
-    hooks::deliver(owner).await?;
+    hooks::deliver(owner, hooks::When::DrainStart).await?;
     while !owner.shutdown.is_requested() {
         owner.lease.renew()?;
         let (message, code) = match owner.lease.next()? {
@@ -448,7 +448,7 @@ async fn drain_owned(owner: &mut Owner<'_>, until: Option<Uuid>) -> Result<Drain
                 }
             }
         };
-        hooks::deliver(owner).await?;
+        hooks::deliver(owner, hooks::When::Settled).await?;
         drained.settled += 1;
         drained.worst = crate::error::exit::worst(drained.worst, code);
         if until == Some(message) {

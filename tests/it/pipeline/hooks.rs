@@ -65,6 +65,14 @@ fn worker_once_with(env: &TestEnv, vars: &[(&str, &str)]) -> String {
     stderr(&out)
 }
 
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+    })
+}
+
 fn state_hooks(env: &TestEnv, id: &str) -> Value {
     env.state(id).get("hooks").cloned().unwrap_or(Value::Null)
 }
@@ -220,10 +228,10 @@ argv = ["sh", "-c", "echo \"any $AGENTQ_EXECUTION_ID\" >> hooks.log"]
 }
 
 /// A command hook that blocks on its first attempt (until killed) and returns at once
-/// on the others, counting its attempts in `attempts.txt`.
+/// on the others, counting its attempts in `attempts.txt` (and its pids in `pids.txt`).
 const BLOCKING_HOOK: &str = r#"
 [[hooks.on_finish]]
-argv = ["sh", "-c", "echo $AGENTQ_HOOK_ATTEMPT >> attempts.txt; if [ $AGENTQ_HOOK_ATTEMPT = 1 ]; then sleep 60; fi"]
+argv = ["sh", "-c", "echo $$ >> pids.txt; echo $AGENTQ_HOOK_ATTEMPT >> attempts.txt; if [ $AGENTQ_HOOK_ATTEMPT = 1 ]; then sleep 60; fi"]
 timeout = "90s"
 "#;
 
@@ -262,6 +270,14 @@ fn pending_hooks_are_found_with_an_empty_inbox_and_no_marker() {
     assert_eq!(hooks[0]["payload"]["attempts"], 2);
     let attempts = std::fs::read_to_string(env.workspace(&id).join("attempts.txt")).unwrap();
     assert_eq!(attempts, "1\n2\n");
+    let pids = std::fs::read_to_string(env.workspace(&id).join("pids.txt")).unwrap();
+    let first: i32 = pids.lines().next().unwrap().parse().unwrap();
+    // Its `sleep 60` would outlive this wait, had it not been killed.
+    wait_until(
+        "the attempt the killed worker left running to be killed",
+        LONG,
+        || !alive(first),
+    );
     assert_eq!(state_hooks(&env, &id), Value::Null);
     assert_eq!(env.finished(&id).len(), 1, "the execution is not run again");
     assert_eq!(env.executions(&id)[0]["exit_code"], 0);
