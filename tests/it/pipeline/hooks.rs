@@ -272,7 +272,8 @@ fn pending_hooks_are_found_with_an_empty_inbox_and_no_marker() {
     assert_eq!(attempts, "1\n2\n");
     let pids = std::fs::read_to_string(env.workspace(&id).join("pids.txt")).unwrap();
     let first: i32 = pids.lines().next().unwrap().parse().unwrap();
-    // Its `sleep 60` would outlive this wait, had it not been killed.
+    // Its `sleep 60` would outlive this wait, had it not been killed with its worker
+    // (the death signal) or by the next owner (the record of its process group).
     wait_until(
         "the attempt the killed worker left running to be killed",
         LONG,
