@@ -170,6 +170,7 @@ impl Tracker {
             response: None,
             empty: false,
             structured: None,
+            checks: Vec::new(),
             usage: Usage::default(),
             steps: parked.step.saturating_sub(1),
             error: None,

@@ -4,7 +4,7 @@
 //! home's config, whose providers and servers it may name.
 //!
 //! Every problem is reported, in the order of the keys: `[model]`, its script, the
-//! tool choice, then `[tools]` and its commands, then `[[checks]]`, then `[output]`
+//! tool choice, then `[tools]` and its commands, then `[[checks]]`, `[hooks]`, then `[output]`
 //! (whose schema is read, from its file if it has one, and checked as a JSON Schema).
 
 use std::path::Path;
@@ -33,6 +33,7 @@ pub(super) fn check_semantics(def: &AgentDef, home: &HomeConfig) -> Vec<Problem>
     for (i, check) in def.checks.iter().enumerate() {
         check_check(def, i, check, &mut problems);
     }
+    super::hooks::check_hooks(def, &mut problems);
     problems
 }
 

@@ -6,6 +6,7 @@
 //! home's config (`check.rs`).
 
 mod check;
+pub mod hooks;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub struct AgentDef {
     /// `[output]`: the JSON Schema the final answer must be valid against.
     #[serde(default)]
     pub output: Option<OutputDef>,
+    /// `[hooks]`: what runs once an execution has settled.
+    #[serde(default)]
+    pub hooks: hooks::HooksDef,
 }
 
 /// `[output]`: the final answer must be one JSON value valid against a JSON Schema,

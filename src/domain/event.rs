@@ -135,6 +135,10 @@ event_payloads! {
     ApprovalDecided(super::approval::ApprovalDecided) = "approval.decided",
     MessageCompleted(MessageCompleted) = "agent.message.completed",
     ExecutionFinished(ExecutionFinished) = "execution.finished",
+    /// Session-level (after `execution.finished`, which stays an execution's last event).
+    HookCompleted(HookReport) = "hook.completed",
+    /// Session-level, as `hook.completed`.
+    HookFailed(HookReport) = "hook.failed",
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -352,6 +356,31 @@ pub struct ExecutionFinished {
     /// The agent's `[[checks]]` as their last round left them; absent without checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckResult>,
+}
+
+/// A completion hook (`[hooks] on_finish`) delivered, or given up on. Written with the
+/// envelope's `execution_id` null: the execution is named here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HookReport {
+    pub execution_id: Uuid,
+    /// Its place in `on_finish`, from 0.
+    pub hook: u32,
+    /// `command` or `url`.
+    pub kind: String,
+    /// The program's name, or the URL's scheme and host: never its path or query,
+    /// where webhooks keep their secrets.
+    pub target: String,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Of the last attempt.
+    pub duration_ms: u64,
+    /// Why it failed (`hook.failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -7,6 +7,7 @@
 pub mod approval;
 pub mod event;
 pub mod execution;
+pub mod hook;
 pub mod inbox;
 pub mod session;
 pub mod state;

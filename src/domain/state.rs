@@ -117,6 +117,9 @@ pub struct AgentState {
     /// The agent's task list (`todo_write`), shown by `session show`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub todos: Vec<Todo>,
+    /// Completion hooks of settled executions not delivered yet (`domain::hook`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<super::hook::PendingHook>,
 }
 
 fn one() -> u32 {
@@ -145,6 +148,7 @@ impl Default for AgentState {
             current: None,
             compaction: None,
             todos: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 }

@@ -58,6 +58,28 @@ pub fn check_exit(code: Option<i32>) -> String {
     }
 }
 
+/// A completion hook's line, shared by both renderings: `✓ hook 0: command notify
+/// (12ms)`, or `✗ hook 1: url https://hooks.example.com, 5 attempts (2s): HTTP 503`.
+pub fn hook_line(p: &crate::domain::event::HookReport) -> String {
+    let mark = if p.error.is_none() { '✓' } else { '✗' };
+    let attempts = if p.attempts > 1 {
+        format!(", {} attempts", p.attempts)
+    } else {
+        String::new()
+    };
+    let mut text = format!(
+        "{mark} hook {}: {} {}{attempts} ({})",
+        p.hook,
+        p.kind,
+        one_line(&p.target, FIELD_CAP),
+        crate::time::human_duration(p.duration_ms)
+    );
+    if let Some(error) = &p.error {
+        text.push_str(&format!(": {}", one_line(error, FIELD_CAP)));
+    }
+    text
+}
+
 /// The summary line of a finished execution, shared by both renderings:
 /// `completed · 2 steps · 375 tokens · $0.0012 · 1.5s · exit 0`.
 pub fn footer(p: &ExecutionFinished) -> String {

@@ -133,6 +133,8 @@ fn style(payload: &EventPayload) -> Style {
         EventPayload::ApprovalDecided(_) => Style::Bad,
         EventPayload::ExecutionFinished(p) if p.status == ExecStatus::Completed => Style::Strong,
         EventPayload::ExecutionFinished(_) => Style::Bad,
+        EventPayload::HookCompleted(_) => Style::Good,
+        EventPayload::HookFailed(_) => Style::Bad,
         EventPayload::ToolStarted(_) | EventPayload::ExecutionStarted(_) => Style::Plain,
         _ => Style::Dim,
     }
@@ -216,6 +218,7 @@ fn describe(event: &Event, payload: &EventPayload) -> Option<(Style, String)> {
             }
             text
         }
+        EventPayload::HookCompleted(p) | EventPayload::HookFailed(p) => super::hook_line(p),
         EventPayload::AgentStatus(_)
         | EventPayload::StepCompleted(_)
         | EventPayload::StreamChunk(_)

@@ -374,6 +374,9 @@ impl<W: Write> Renderer for TerminalRenderer<W> {
             }
             EventPayload::MessageCompleted(p) => self.message_completed(p)?,
             EventPayload::ExecutionFinished(p) => self.execution_finished(p)?,
+            EventPayload::HookCompleted(p) | EventPayload::HookFailed(p) => {
+                self.note(&super::hook_line(p))?;
+            }
             EventPayload::SessionCreated(_)
             | EventPayload::AgentStatus(_)
             | EventPayload::StepCompleted(_) => {}

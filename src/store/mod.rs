@@ -60,6 +60,7 @@ use uuid::Uuid;
 use crate::domain::approval::{Decision, DecisionRef};
 use crate::domain::event::{EventPayload, RawEvent};
 use crate::domain::execution::{Execution, WorkerInfo};
+use crate::domain::hook::PendingHook;
 use crate::domain::inbox::InboxEntry;
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, TranscriptMark};
@@ -408,6 +409,22 @@ pub trait Lease: Send {
 
     /// Ends the hold, making durable what the drain left for the end.
     fn release(self: Box<Self>) -> Result<()>;
+
+    // Completion hooks (`crate::worker::hooks`): the settling writes an execution's
+    // into the state with the rest of it; these read and shrink that list between
+    // messages, never while one is claimed.
+
+    /// The completion hooks the session's state holds, not delivered yet.
+    fn hooks(&mut self) -> Result<Vec<PendingHook>>;
+
+    /// Replaces the hooks the state holds (one delivered or given up on leaves, one
+    /// about to be attempted counts it). Not durable at once: a change lost with a
+    /// power failure only delivers a hook again, which at-least-once allows.
+    fn save_hooks(&mut self, hooks: &[PendingHook]) -> Result<()>;
+
+    /// The `execution.finished` line of `execution`, byte for byte as the log holds
+    /// it (without its `\n`); `None` while it is not written.
+    fn finished_line(&mut self, execution: Uuid) -> Result<Option<String>>;
 }
 
 /// What [`Lease::park`] left.

@@ -255,7 +255,20 @@ pub async fn execute(
     owner: Option<&process::Owner>,
     stop: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<CommandRun, String> {
-    let (mut child, group) = spawn(def, workspace, env, owner)?;
+    execute_with(def, workspace, input, (env, &[]), owner, stop).await
+}
+
+/// [`execute`], the variables `set` added to what `env` passes (agentq's own, such as
+/// a completion hook's `AGENTQ_EXECUTION_ID`).
+pub async fn execute_with(
+    def: &CommandToolDef,
+    workspace: &Workspace,
+    input: &[u8],
+    (env, set): (&EnvPolicy, &[(&str, String)]),
+    owner: Option<&process::Owner>,
+    stop: &mut (dyn FnMut() -> bool + Send),
+) -> Result<CommandRun, String> {
+    let (mut child, group) = spawn(def, workspace, (env, set), owner)?;
     let timeout = def.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let started = Instant::now();
     let (ended, stdout, stderr) = wait(&mut child, group, input, timeout, stop).await;
@@ -273,7 +286,7 @@ pub async fn execute(
 fn spawn(
     def: &CommandToolDef,
     workspace: &Workspace,
-    env: &EnvPolicy,
+    (env, set): (&EnvPolicy, &[(&str, String)]),
     owner: Option<&process::Owner>,
 ) -> Result<(tokio::process::Child, Option<process::Group>), String> {
     // The same resolution as the file tools': no symlink out, no file taken for a
@@ -290,6 +303,7 @@ fn spawn(
         .current_dir(&cwd)
         .env_clear()
         .envs(env.environment(std::env::vars_os()))
+        .envs(set.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -260,6 +260,16 @@ const CHECK: &[Field] = &[
     opt("timeout", Kind::Duration),
     opt("cwd", Kind::Str),
 ];
+const HOOK: &[Field] = &[
+    opt("argv", Kind::StrList),
+    opt("url", Kind::Str),
+    opt("url_env", Kind::Str),
+    opt("when", Kind::StrSet),
+    opt("timeout", Kind::Duration),
+    opt("max_attempts", POSITIVE_U32).because("it counts the first attempt too"),
+    opt("cwd", Kind::Str),
+];
+const HOOKS: &[Field] = &[opt("on_finish", Kind::TableArray(HOOK))];
 const OUTPUT: &[Field] = &[
     opt("schema", Kind::JsonTable),
     opt("schema_file", Kind::Str),
@@ -284,6 +294,7 @@ pub const AGENT: &[Field] = &[
     opt("tools", Kind::Table(TOOLS)),
     opt("checks", Kind::TableArray(CHECK)),
     opt("output", Kind::Table(OUTPUT)),
+    opt("hooks", Kind::Table(HOOKS)),
 ];
 
 const INBOX: &[Field] = &[opt("max_message_bytes", POSITIVE)];

@@ -11,7 +11,7 @@ use super::Shutdown;
 use super::mcp::McpPool;
 use crate::agent::{self, LoopEnd, Outcome, Sink, Stop};
 use crate::config::{HomeConfig, Price};
-use crate::definition;
+use crate::definition::{self, hooks};
 use crate::domain::Usage;
 use crate::domain::approval::{AwaitingApproval, Decision, DecisionRef};
 use crate::domain::event::{AgentStatus, AgentStatusChanged, EventPayload, ExecutionStarted};
@@ -101,14 +101,14 @@ impl Owner<'_> {
                 }),
             )?;
         }
-        let outcome = if start == Start::Exhausted {
-            gave_up(&exec)
+        let (outcome, hooks) = if start == Start::Exhausted {
+            (gave_up(&exec), self.hooks_now())
         } else {
-            let (end, price) = self.run_loop(&exec, &mut state).await?;
+            let (end, price, hooks) = self.run_loop(&exec, &mut state).await?;
             exec.cost_usd =
                 price.map(|p| p.cost(state.current.as_ref().map_or(Usage::default(), |c| c.usage)));
             match end {
-                LoopEnd::Settled(outcome) => outcome,
+                LoopEnd::Settled(outcome) => (outcome, hooks),
                 LoopEnd::Suspended => {
                     self.lease.suspend(&exec)?;
                     info!(session = %session, execution = %exec.id, "suspended at a checkpoint (shutdown or pause); it resumes from there");
@@ -118,6 +118,8 @@ impl Owner<'_> {
             }
         };
         settle_with(&mut exec, outcome, &state, self.clock.now());
+        // Written with the settling, so a crash after it leaves them to deliver.
+        hooks.add_to(&mut state, &exec);
         self.lease.settle(&exec, &state)?;
         info!(
             session = %session,
@@ -158,7 +160,7 @@ impl Owner<'_> {
 
     /// Whom the session's commands run for, and where their process groups are
     /// recorded while they run.
-    fn commands(&self) -> crate::tools::process::Owner {
+    pub(super) fn commands(&self) -> crate::tools::process::Owner {
         crate::tools::process::Owner {
             session: self.lease.session_id(),
             record: self.lease.local().processes,
@@ -198,14 +200,7 @@ impl Owner<'_> {
         home: &HomeConfig,
     ) -> Result<Prepared, UserError> {
         let provider = provider::for_agent(&def, home)?;
-        let named = home.providers.get(&def.model.provider);
-        let key_env = def
-            .model
-            .api_key_env
-            .iter()
-            .chain(named.and_then(|p| p.api_key_env.as_ref()))
-            .cloned()
-            .collect();
+        let key_env = key_env(&def, home);
         let price = def
             .model
             .name
@@ -221,10 +216,10 @@ impl Owner<'_> {
         })
     }
 
-    /// The directory the agent's file tools are confined to. A workspace under the home
-    /// must stay there once symlinks are followed, and out of agentq's own files.
-    fn workspace(&self, def: &definition::AgentDef) -> Result<std::path::PathBuf, UserError> {
-        let rel = def.tools.workspace.as_str();
+    /// The directory the agent's file tools are confined to (`rel`, its `[tools]
+    /// workspace`). A workspace under the home must stay there once symlinks are
+    /// followed, and out of agentq's own files.
+    pub(super) fn workspace(&self, rel: &str) -> Result<std::path::PathBuf, UserError> {
         if rel == "session" {
             // The session's own directory; a symlink swapped in for it is not followed.
             let path = self.lease.local().workspace;
@@ -278,11 +273,24 @@ impl Owner<'_> {
         Ok(real)
     }
 
+    /// The hooks of the definition as it is now, for an execution that ends without
+    /// running (none if it cannot be read).
+    fn hooks_now(&self) -> hooks::Snapshot {
+        let loaded = self
+            .lease
+            .meta()
+            .ok()
+            .and_then(|meta| self.definition(&meta).ok());
+        loaded.map_or_else(hooks::Snapshot::default, |(def, _, home)| {
+            hooks::Snapshot::of(&def, key_env(&def, &home))
+        })
+    }
+
     async fn run_loop(
         &mut self,
         exec: &Execution,
         state: &mut AgentState,
-    ) -> Result<(LoopEnd, Option<Price>)> {
+    ) -> Result<(LoopEnd, Option<Price>, hooks::Snapshot)> {
         let meta = self.lease.meta()?;
         let (def, source, home) = match self.definition(&meta) {
             Ok(loaded) => loaded,
@@ -290,9 +298,11 @@ impl Owner<'_> {
                 return Ok((
                     self.cannot_run(&meta, err, StopReason::InvalidDefinition),
                     None,
+                    hooks::Snapshot::default(),
                 ));
             }
         };
+        let hooks = hooks::Snapshot::of(&def, key_env(&def, &home));
         let Prepared {
             def,
             source_hash,
@@ -301,7 +311,7 @@ impl Owner<'_> {
             key_env,
         } = match self.prepare(def, &source, &home) {
             Ok(ready) => ready,
-            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
+            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None, hooks)),
         };
         if source_hash != meta.agent_hash {
             warn!(
@@ -310,9 +320,9 @@ impl Owner<'_> {
                 "the agent definition changed since the session was created; this execution uses the current one"
             );
         }
-        let workspace = match self.workspace(&def) {
+        let workspace = match self.workspace(&def.tools.workspace) {
             Ok(path) => path,
-            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
+            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None, hooks)),
         };
         let commands = self.commands();
         let mcp = self
@@ -321,7 +331,7 @@ impl Owner<'_> {
             .await;
         let mcp = match mcp {
             Ok(tools) => tools,
-            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None)),
+            Err(err) => return Ok((self.cannot_run(&meta, err, StopReason::Error), None, hooks)),
         };
         let tools = Toolbox::for_agent(workspace, &def)
             .withholding(key_env)
@@ -349,8 +359,20 @@ impl Owner<'_> {
             shutdown: self.shutdown,
         };
         let end = agent::run(&run, &mut history, state, &mut sink).await?;
-        Ok((end, price))
+        Ok((end, price, hooks))
     }
+}
+
+/// The variables the agent's keys are read from: its own `api_key_env` and its named
+/// provider's. Withheld from its commands (and its hooks).
+fn key_env(def: &definition::AgentDef, home: &HomeConfig) -> Vec<String> {
+    let named = home.providers.get(&def.model.provider);
+    def.model
+        .api_key_env
+        .iter()
+        .chain(named.and_then(|p| p.api_key_env.as_ref()))
+        .cloned()
+        .collect()
 }
 
 /// The outcome of an execution that every attempt of was interrupted by a crash.

@@ -10,6 +10,7 @@
 //! notification or a lost marker delays work but never loses it.
 
 pub mod execute;
+mod hooks;
 pub mod mcp;
 mod shutdown;
 
@@ -448,6 +449,8 @@ async fn drain_owned(owner: &mut Owner<'_>, until: Option<Uuid>) -> Result<Drain
     // from here on; they stay queued instead, the error naming the file, and run once
     // it is fixed (the worker refuses to start on one that is broken already).
     crate::config::HomeConfig::load(&owner.home.config_path())?;
+    // What a worker that died after a settling left undelivered.
+    hooks::deliver(owner, hooks::When::DrainStart).await?;
     while !owner.shutdown.is_requested() {
         owner.lease.renew()?;
         let (message, code) = match owner.lease.next()? {
@@ -483,6 +486,7 @@ async fn drain_owned(owner: &mut Owner<'_>, until: Option<Uuid>) -> Result<Drain
                 }
             }
         };
+        hooks::deliver(owner, hooks::When::Settled).await?;
         drained.settled += 1;
         drained.worst = crate::error::exit::worst(drained.worst, code);
         if until == Some(message) {

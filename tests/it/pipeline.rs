@@ -8,6 +8,7 @@ use super::*;
 
 mod approvals;
 mod checks;
+mod hooks;
 mod structured;
 
 /// An agent whose answers show which script entry (and so which model call) answered.

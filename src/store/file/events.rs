@@ -278,6 +278,33 @@ fn find_last(path: &Path, types: &[&str]) -> io::Result<Option<(u64, RawEvent)>>
     Ok(None)
 }
 
+/// The last line of type `kind` written for execution `execution`, as it is in the
+/// log (without its `\n`), reading backwards from the end.
+pub fn last_line_of(path: &Path, kind: &str, execution: Uuid) -> io::Result<Option<Vec<u8>>> {
+    find_line_of(path, kind, execution).at(path)
+}
+
+fn find_line_of(path: &Path, kind: &str, execution: Uuid) -> io::Result<Option<Vec<u8>>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let Some(last_newline) = find_last_newline(&mut file, len)? else {
+        return Ok(None);
+    };
+    let id = execution.to_string();
+    let mut lines = ReverseLines::new(file, last_newline + 1);
+    while let Some((_, line)) = lines.next_line()? {
+        if contains(&line, kind.as_bytes())
+            && contains(&line, id.as_bytes())
+            && let Some(event) = parse_line(&line)
+            && event.kind == kind
+            && event.execution_id == Some(execution)
+        {
+            return Ok(Some(line));
+        }
+    }
+    Ok(None)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-use super::events::{EventLog, offset_of_last};
+use super::events::{EventLog, last_line_of, offset_of_last};
 use super::fs::{Durable, ReadError, UnsyncedSwaps};
 use super::inbox::{self, InboxFile};
 use super::recover::{ensure_dir, move_aside, read_or_rebuild};
@@ -19,6 +19,7 @@ use crate::domain::Usage;
 use crate::domain::approval::{Decision, DecisionRef};
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
+use crate::domain::hook::PendingHook;
 use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
@@ -41,6 +42,9 @@ pub struct FileLease {
     wrote: bool,
     unsynced: UnsyncedSwaps,
     running: Option<Running>,
+    /// The completion hooks `state.json` holds, as this owner last read or wrote them
+    /// (it is their only writer).
+    hooks: Vec<PendingHook>,
 }
 
 /// What the lease knows of the message it claimed.
@@ -176,6 +180,7 @@ impl Lease for FileLease {
             self.dir
                 .write_state(state, Durable::Now, &mut self.unsynced)?;
         }
+        self.hooks.clone_from(&state.hooks);
         // The record is the commit point; the state keeps naming the message.
         self.dir.write_execution(exec)?;
         self.finish(exec, false)?;
@@ -198,6 +203,36 @@ impl Lease for FileLease {
             workspace: self.dir.workspace_dir(),
             processes: self.dir.path.join("processes.json"),
         }
+    }
+
+    fn hooks(&mut self) -> Result<Vec<PendingHook>> {
+        Ok(self.hooks.clone())
+    }
+
+    fn save_hooks(&mut self, hooks: &[PendingHook]) -> Result<()> {
+        if self.running.is_some() {
+            anyhow::bail!(
+                "saving the hooks of session {} while a message runs",
+                self.dir.id
+            );
+        }
+        let mut state = self
+            .dir
+            .read_state()
+            .with_context(|| format!("reading the state of session {}", self.dir.id))?;
+        state.hooks = hooks.to_vec();
+        // Not fsynced: a change lost with a power failure only delivers a hook again,
+        // which at-least-once allows. Synced when the lease is released.
+        self.dir
+            .write_state(&state, Durable::Later, &mut self.unsynced)?;
+        self.wrote = true;
+        self.hooks = state.hooks;
+        Ok(())
+    }
+
+    fn finished_line(&mut self, execution: Uuid) -> Result<Option<String>> {
+        let line = last_line_of(&self.dir.events_path(), "execution.finished", execution)?;
+        Ok(line.map(|line| String::from_utf8_lossy(&line).into_owned()))
     }
 
     fn release(mut self: Box<Self>) -> Result<()> {
@@ -240,7 +275,7 @@ impl FileLease {
             return Ok(Claimed::Busy);
         };
         let mut unsynced = UnsyncedSwaps::default();
-        recover_files(store, &dir, &mut unsynced)?;
+        let state = recover_files(store, &dir, &mut unsynced)?;
         let log = dir.open_events(store.clock.clone())?;
         Ok(Claimed::Owned(Box::new(FileLease {
             store: store.clone(),
@@ -252,6 +287,7 @@ impl FileLease {
             wrote: false,
             unsynced,
             running: None,
+            hooks: state.hooks,
         })))
     }
 
@@ -462,11 +498,12 @@ impl FileLease {
 
 /// Moves a corrupt `session.json` or `state.json` aside and rebuilds it from the
 /// session's logs, so one damaged session neither stops the worker nor stays stuck.
+/// Returns the state as it now is.
 pub(super) fn recover_files(
     store: &FileStore,
     dir: &SessionDir,
     unsynced: &mut UnsyncedSwaps,
-) -> Result<()> {
+) -> Result<AgentState> {
     for sub in [dir.inbox_dir(), dir.executions_dir()] {
         if let Some(aside) = ensure_dir(&sub, store.clock.now())? {
             error!(session = %dir.id, "{} was not a directory; moved it to {} and made the directory again", sub.display(), aside.display());
@@ -506,7 +543,7 @@ pub(super) fn recover_files(
     if removed > 0 {
         info!(session = %dir.id, removed, "removed temp files left by killed writers");
     }
-    Ok(())
+    Ok(state)
 }
 
 /// Notices `cancel` entries queued after the running message. The inbox is listed at

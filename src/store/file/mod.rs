@@ -277,7 +277,7 @@ impl crate::store::Store for FileStore {
                 let dir = self.dir(id);
                 let waiting = inbox::entry_names(&dir.inbox_dir()).map_or(true, |n| !n.is_empty())
                     && !approval::parked_and_quiet(&dir, self.clock.now());
-                if waiting || dir.needs_repair() {
+                if waiting || dir.needs_owner() {
                     ids.push(id);
                 }
             }

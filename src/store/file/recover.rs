@@ -184,6 +184,7 @@ impl SessionDir {
             current,
             compaction: None,
             todos: Vec::new(),
+            hooks: Vec::new(),
         })
     }
 
@@ -353,13 +354,16 @@ impl SessionDir {
         Ok(Some((rebuilt, message)))
     }
 
-    /// Whether a file a worker repairs is damaged: `session.json` or `state.json`
-    /// missing or corrupt (or a directory), or the transcript shorter than the state's
-    /// mark. A cheap check, for the worker's full scan: a damaged session with nothing
-    /// in its inbox is claimed anyway, to be repaired, instead of waiting for a
-    /// message that `send` could not queue. (Lines garbled inside the transcript are
-    /// found by whoever reads it, who marks the session ready for the same claim.)
-    pub(crate) fn needs_repair(&self) -> bool {
+    /// Whether the session needs an owner though its inbox may be empty: a file a
+    /// worker repairs is damaged (`session.json` or `state.json` missing or corrupt,
+    /// or a directory; the transcript shorter than the state's mark), or the state
+    /// holds completion hooks to deliver (a worker killed after a settling left them,
+    /// and the marker may be gone). A cheap check, for the worker's full scan: such a
+    /// session with nothing in its inbox is claimed anyway, to be repaired (instead of
+    /// waiting for a message that `send` could not queue) or to deliver its hooks.
+    /// (Lines garbled inside the transcript are found by whoever reads it, who marks
+    /// the session ready for the same claim.)
+    pub(crate) fn needs_owner(&self) -> bool {
         let rebuilt = |r: Result<(), ReadError>| {
             matches!(
                 r,
@@ -373,7 +377,7 @@ impl SessionDir {
             Err(ReadError::Corrupt { .. } | ReadError::NotFound { .. }) => true,
             Ok(state) => {
                 let len = std::fs::metadata(self.transcript_path()).map_or(0, |m| m.len());
-                len < state.transcript.bytes
+                len < state.transcript.bytes || !state.hooks.is_empty()
             }
             Err(_) => false,
         }

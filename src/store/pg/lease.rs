@@ -34,6 +34,7 @@ use crate::domain::Usage;
 use crate::domain::approval::{Decision, DecisionRef};
 use crate::domain::event::{EventPayload, closing_events};
 use crate::domain::execution::{ExecStatus, Execution, WorkerInfo};
+use crate::domain::hook::PendingHook;
 use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
@@ -56,6 +57,9 @@ pub struct PgLease {
     /// The events appended and not written yet.
     pending: Pending,
     released: bool,
+    /// The completion hooks the state holds, as this owner last read or wrote them;
+    /// `None` until read (the claim tells whether there are any).
+    hooks: Option<Vec<PendingHook>>,
 }
 
 /// The message claimed, and the cancels queued for it.
@@ -102,17 +106,20 @@ impl PgLease {
                      RETURNING epoch
                  )
                  SELECT (SELECT epoch FROM claimed),
-                        EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
+                        EXISTS (SELECT 1 FROM sessions WHERE id = $1),
+                        COALESCE((SELECT state ? 'hooks' FROM sessions WHERE id = $1), false)",
                 &[&id, &owner, &lease, &info],
             )?;
             let (epoch, exists): (Option<i64>, bool) = (row.get(0), row.get(1));
-            Ok(epoch.or(exists.then_some(-1)))
+            // Whether the state holds completion hooks, so a drain reads them only then.
+            let hooks: bool = row.get(2);
+            Ok(epoch.or(exists.then_some(-1)).map(|epoch| (epoch, hooks)))
         });
-        let epoch = match claimed {
-            Ok(Some(epoch)) if epoch != -1 => epoch,
+        let (epoch, hooks) = match claimed {
+            Ok(Some((epoch, hooks))) if epoch != -1 => (epoch, hooks),
             // Busy: taken over at once if its owner's process ended on this host.
             Ok(Some(_)) => match super::takeover::take_over_ended(store, id, worker) {
-                Ok(Some(epoch)) => epoch,
+                Ok(Some(epoch)) => (epoch, true),
                 other => {
                     store.pool.give(db);
                     return other.map(|_| Claimed::Busy);
@@ -155,6 +162,7 @@ impl PgLease {
             renewer,
             pending,
             released: false,
+            hooks: (!hooks).then(Vec::new),
         })))
     }
 
@@ -800,6 +808,8 @@ impl Lease for PgLease {
             durable: true,
             ..OwnerWrite::default()
         };
+        // What the state holds once this commits (a failed write ends the drain).
+        self.hooks = Some(state.hooks.clone());
         self.check_lapsed()?;
         let (db, id, epoch) = (self.db.clone(), self.id, self.epoch);
         self.pending.with_events(move |pending| {
@@ -890,6 +900,63 @@ impl Lease for PgLease {
 
     fn release(mut self: Box<Self>) -> Result<()> {
         self.let_go()
+    }
+
+    fn hooks(&mut self) -> Result<Vec<PendingHook>> {
+        if let Some(hooks) = &self.hooks {
+            return Ok(hooks.clone());
+        }
+        let id = self.id;
+        let hooks = self.read("reading the hooks of a session in", move |c| {
+            let row = c.row(
+                "SELECT COALESCE(state->'hooks', '[]'::jsonb) FROM sessions WHERE id = $1",
+                &[&id],
+            )?;
+            doc::<Vec<PendingHook>>(row.get(0), "state.json", id)
+        })?;
+        self.hooks = Some(hooks.clone());
+        Ok(hooks)
+    }
+
+    fn save_hooks(&mut self, hooks: &[PendingHook]) -> Result<()> {
+        if self.running.is_some() {
+            anyhow::bail!(
+                "saving the hooks of session {} while a message runs",
+                self.id
+            );
+        }
+        let value = serde_json::to_value(hooks)?;
+        // Deferred, as a checkpoint is: a change lost with the server only delivers a
+        // hook again. The key goes when the list is empty, as the file's state omits it.
+        self.write(
+            "saving the hooks of a session in",
+            Commit::Deferred,
+            move |tx, id| {
+                tx.run(
+                    "UPDATE sessions SET state = CASE WHEN jsonb_array_length($2::jsonb) = 0
+                     THEN state - 'hooks' ELSE jsonb_set(state, '{hooks}', $2::jsonb) END
+                 WHERE id = $1",
+                    &[&id, &value],
+                )?;
+                Ok(())
+            },
+        )?;
+        self.hooks = Some(hooks.to_vec());
+        Ok(())
+    }
+
+    fn finished_line(&mut self, execution: Uuid) -> Result<Option<String>> {
+        let id = self.id;
+        let exec = execution.to_string();
+        self.read("reading an execution's last event in", move |c| {
+            let row = c.row_opt(
+                "SELECT body FROM events WHERE session_id = $1 AND type = 'execution.finished'
+                   AND (body::jsonb)->>'execution_id' = $2
+                 ORDER BY seq DESC LIMIT 1",
+                &[&id, &exec],
+            )?;
+            Ok(row.map(|row| row.get(0)))
+        })
     }
 }
 

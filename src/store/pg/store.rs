@@ -164,7 +164,9 @@ impl Store for PgStore {
         // A session parked on an approval has nothing to run until an entry newer than
         // its park comes, or its `deny_at` passes.
         // Sessions whose lease is held by a process of this boot come too, with it:
-        // those whose owner has ended are taken over at once (`takeover`).
+        // those whose owner has ended are taken over at once (`takeover`). A state
+        // holding completion hooks is work too: a worker killed after a settling left
+        // them, with nothing in the inbox.
         let boot = OwnerProcess::this_boot().map(str::to_owned);
         let rows = self.db.call("looking for pending messages in", move |c| {
             c.rows(
@@ -175,13 +177,14 @@ impl Store for PgStore {
                  WHERE (s.owner IS NULL OR s.lease_until < now()
                         OR s.last_owner->'process'->>'boot_id' = $1)
                    AND s.meta->>'status' <> 'paused'
-                   AND EXISTS (SELECT 1 FROM inbox i WHERE i.session_id = s.id)
-                   AND NOT coalesce(
-                       (s.state #>> '{current,open_step,awaiting,seen_through}')::bigint
-                           >= (SELECT max(i.seq) FROM inbox i WHERE i.session_id = s.id)
-                       AND coalesce((s.state #>> '{current,open_step,awaiting,deny_at}')::timestamptz
-                                    > now(), true),
-                       false)
+                   AND ((EXISTS (SELECT 1 FROM inbox i WHERE i.session_id = s.id)
+                         AND NOT coalesce(
+                             (s.state #>> '{current,open_step,awaiting,seen_through}')::bigint
+                                 >= (SELECT max(i.seq) FROM inbox i WHERE i.session_id = s.id)
+                             AND coalesce((s.state #>> '{current,open_step,awaiting,deny_at}')::timestamptz
+                                          > now(), true),
+                             false))
+                        OR s.state ? 'hooks')
                  ORDER BY s.id",
                 &[&boot],
             )
