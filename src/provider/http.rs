@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::endpoint::Endpoint;
-use super::retry::{Attempts, CHECK_EVERY, parse_retry_after};
+use super::retry::{Attempts, CHECK_EVERY, retry_after};
 use super::sse::{Decoder, SseParser};
 use super::{ProviderError, StreamObserver};
 use crate::error::UserError;
@@ -116,16 +116,7 @@ pub async fn post_stream(
             Some(Ok(response)) if response.status().is_success() => return Ok(response),
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        parse_retry_after(
-                            v,
-                            crate::time::Timestamp::from_system(std::time::SystemTime::now()).0,
-                        )
-                    });
+                let retry_after = retry_after(&response);
                 let text = until_done(response.text(), observer)
                     .await?
                     .unwrap_or_default();

@@ -136,6 +136,15 @@ impl RetryPolicy {
     }
 }
 
+/// The wait a response's `Retry-After` header asks for, if it has a readable one.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get("retry-after")?.to_str().ok()?;
+    parse_retry_after(
+        value,
+        crate::time::Timestamp::from_system(std::time::SystemTime::now()).0,
+    )
+}
+
 /// Parses a `Retry-After` value: seconds, or an HTTP date (relative to `now_ms`).
 pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
     let value = value.trim();

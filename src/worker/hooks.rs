@@ -33,7 +33,7 @@ use crate::definition::EnvMode;
 use crate::definition::{Approval, CommandToolDef};
 use crate::domain::event::{EventPayload, HookReport};
 use crate::domain::hook::{HookSpec, HookTarget, PendingHook};
-use crate::provider::retry::{RetryPolicy, jitter, parse_retry_after};
+use crate::provider::retry::{RetryPolicy, jitter, retry_after};
 use crate::tools::command::{self, EnvPolicy};
 use crate::tools::files::Workspace;
 
@@ -358,16 +358,7 @@ async fn post(shutdown: &Shutdown, hook: &PendingHook, url: &str, line: &str) ->
                     http_status: Some(status),
                 };
             }
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    parse_retry_after(
-                        v,
-                        crate::time::Timestamp::from_system(std::time::SystemTime::now()).0,
-                    )
-                });
+            let retry_after = retry_after(&response);
             let error = format!("HTTP {status}");
             if matches!(status, 408 | 425 | 429 | 500..=599) {
                 Attempt::Retry {
