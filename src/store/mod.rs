@@ -423,8 +423,21 @@ pub trait Lease: Send {
     fn save_hooks(&mut self, hooks: &[PendingHook]) -> Result<()>;
 
     /// The `execution.finished` line of `execution`, byte for byte as the log holds
-    /// it (without its `\n`); `None` while it is not written.
-    fn finished_line(&mut self, execution: Uuid) -> Result<Option<String>>;
+    /// it (without its `\n`), or why there is none.
+    fn finished_line(&mut self, execution: Uuid) -> Result<FinishedLine>;
+}
+
+/// What [`Lease::finished_line`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishedLine {
+    /// The line, as the log holds it.
+    Written(String),
+    /// The execution is not settled (a crash between the state and the record, on
+    /// the files): it is resumed and settled again, which writes the line.
+    Unsettled,
+    /// The execution is settled, yet the log lacks the line: a log damaged and set
+    /// aside by a repair. Nothing will write it any more.
+    Missing,
 }
 
 /// What [`Lease::park`] left.

@@ -34,6 +34,7 @@ use crate::definition::{Approval, CommandToolDef};
 use crate::domain::event::{EventPayload, HookReport};
 use crate::domain::hook::{HookSpec, HookTarget, PendingHook};
 use crate::provider::retry::{RetryPolicy, jitter, retry_after};
+use crate::store::FinishedLine;
 use crate::tools::command::{self, EnvPolicy};
 use crate::tools::files::Workspace;
 
@@ -91,15 +92,25 @@ pub(super) async fn deliver(owner: &mut Owner<'_>, when: When) -> Result<()> {
     }
     let mut i = 0;
     while i < pending.len() && !owner.shutdown.is_requested() {
-        let Some(line) = owner.lease.finished_line(pending[i].execution_id)? else {
-            // Not settled yet: a crash between the state and the record, on the files.
-            // The execution is resumed and settled again, which replaces its hooks.
-            i += 1;
-            continue;
-        };
-        let Some(report) = deliver_one(owner, &mut pending, i, &line).await? else {
-            // Cut short by a shutdown: it stays, for the next owner.
-            break;
+        let report = match owner.lease.finished_line(pending[i].execution_id)? {
+            FinishedLine::Written(line) => {
+                let Some(report) = deliver_one(owner, &mut pending, i, &line).await? else {
+                    // Cut short by a shutdown: it stays, for the next owner.
+                    break;
+                };
+                report
+            }
+            FinishedLine::Unsettled => {
+                // The execution is resumed and settled again, which replaces its hooks.
+                i += 1;
+                continue;
+            }
+            // Kept, it would bring a worker back to the session at every full scan
+            // for a delivery that can never happen.
+            FinishedLine::Missing => not_delivered(
+                &pending[i],
+                "its execution.finished line is missing from the session's log (a damaged log was set aside); not delivered",
+            ),
         };
         let delivered = report.error.is_none();
         let payload = if delivered {
@@ -116,6 +127,21 @@ pub(super) async fn deliver(owner: &mut Owner<'_>, when: When) -> Result<()> {
         owner.lease.save_hooks(&pending)?;
     }
     Ok(())
+}
+
+/// The report of a hook given up on before an attempt.
+fn not_delivered(hook: &PendingHook, error: &str) -> HookReport {
+    HookReport {
+        execution_id: hook.execution_id,
+        hook: hook.index,
+        kind: hook.spec.target.kind().to_owned(),
+        target: describe(&hook.spec.target),
+        attempts: hook.attempts,
+        exit_code: None,
+        http_status: None,
+        duration_ms: 0,
+        error: Some(error.to_owned()),
+    }
 }
 
 /// Attempts hook `i` of `pending` until it is delivered or given up on (its report),

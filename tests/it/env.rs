@@ -254,6 +254,26 @@ impl TestEnv {
         .collect()
     }
 
+    /// Damages the session's log as a repair that set a torn tail aside leaves it:
+    /// every line from the first event of type `kind` on is gone (the files), or
+    /// the events of that type (Postgres, whose log has no tail to lose).
+    pub fn lose_events_from(&self, id: &str, kind: &str) {
+        if self.store.is_none() {
+            let path = self.session_dir(id).join("events.ndjson");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let at = text
+                .find(&format!("\"type\":\"{kind}\""))
+                .unwrap_or_else(|| panic!("no {kind} event in {}", path.display()));
+            let line_start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+            std::fs::write(&path, &text[..line_start]).unwrap();
+            return;
+        }
+        // `kind` is the test's own constant, never input.
+        let sql =
+            format!("DELETE FROM events WHERE session_id = $1::text::uuid AND type = '{kind}'");
+        self.query(&sql, id);
+    }
+
     /// The session's agent state (`state.json`, or the `state` column).
     pub fn state(&self, id: &str) -> Value {
         if self.store.is_none() {

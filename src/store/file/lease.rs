@@ -24,7 +24,7 @@ use crate::domain::inbox::{EntryKind, InboxEntry};
 use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
-use crate::store::{Claim, Claimed, Lease, LocalFiles, Next, Parked, Start};
+use crate::store::{Claim, Claimed, FinishedLine, Lease, LocalFiles, Next, Parked, Start};
 
 /// A worker's ownership of one session: its owner lock, its open event log, and what
 /// the claimed message has written so far.
@@ -230,9 +230,20 @@ impl Lease for FileLease {
         Ok(())
     }
 
-    fn finished_line(&mut self, execution: Uuid) -> Result<Option<String>> {
-        let line = last_line_of(&self.dir.events_path(), "execution.finished", execution)?;
-        Ok(line.map(|line| String::from_utf8_lossy(&line).into_owned()))
+    fn finished_line(&mut self, execution: Uuid) -> Result<FinishedLine> {
+        if let Some(line) = last_line_of(&self.dir.events_path(), "execution.finished", execution)?
+        {
+            return Ok(FinishedLine::Written(
+                String::from_utf8_lossy(&line).into_owned(),
+            ));
+        }
+        // The state is written before the record: a hook whose record still runs
+        // belongs to a settling a crash cut short, which the next claim redoes.
+        match self.dir.read_execution(execution) {
+            Ok(record) if !record.status.is_terminal() => Ok(FinishedLine::Unsettled),
+            Ok(_) | Err(ReadError::NotFound { .. }) => Ok(FinishedLine::Missing),
+            Err(err) => Err(err.into()),
+        }
     }
 
     fn release(mut self: Box<Self>) -> Result<()> {

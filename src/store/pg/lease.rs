@@ -40,7 +40,9 @@ use crate::domain::session::{SessionMeta, SessionStatus};
 use crate::domain::state::{AgentState, CurrentExecution, TranscriptMark};
 use crate::domain::transcript::{Message, TranscriptLine};
 use crate::error::UserError;
-use crate::store::{Claim, Claimed, Lease, LeaseLost, LocalFiles, Next, Parked, Start};
+use crate::store::{
+    Claim, Claimed, FinishedLine, Lease, LeaseLost, LocalFiles, Next, Parked, Start,
+};
 use crate::time::Timestamp;
 
 /// A worker's lease on one session, on a connection of its own.
@@ -945,7 +947,9 @@ impl Lease for PgLease {
         Ok(())
     }
 
-    fn finished_line(&mut self, execution: Uuid) -> Result<Option<String>> {
+    /// The settling writes the state, the record and the line in one transaction: a
+    /// line that is not there is missing for good.
+    fn finished_line(&mut self, execution: Uuid) -> Result<FinishedLine> {
         let id = self.id;
         let exec = execution.to_string();
         self.read("reading an execution's last event in", move |c| {
@@ -955,7 +959,9 @@ impl Lease for PgLease {
                  ORDER BY seq DESC LIMIT 1",
                 &[&id, &exec],
             )?;
-            Ok(row.map(|row| row.get(0)))
+            Ok(row.map_or(FinishedLine::Missing, |row| {
+                FinishedLine::Written(row.get(0))
+            }))
         })
     }
 }

@@ -286,6 +286,33 @@ fn pending_hooks_are_found_with_an_empty_inbox_and_no_marker() {
 }
 
 #[test]
+fn a_hook_whose_finished_line_a_damaged_log_lost_is_given_up_once() {
+    let env = TestEnv::new();
+    let id = session_with(&env, BLOCKING_HOOK);
+    kill_a_worker_during_the_first_attempt(&env, &id);
+    // The log loses its last lines (the settled execution's `execution.finished`
+    // among them), as a repair that set a damaged tail aside leaves it.
+    env.lose_events_from(&id, "execution.finished");
+
+    env.worker_once();
+    let hooks = hook_events(&env, &id);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["type"], "hook.failed");
+    let error = hooks[0]["payload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("execution.finished line is missing"),
+        "{error}"
+    );
+    assert_eq!(state_hooks(&env, &id), Value::Null, "given up, not kept");
+    let attempts = std::fs::read_to_string(env.workspace(&id).join("attempts.txt")).unwrap();
+    assert_eq!(attempts, "1\n", "no attempt without the line to give it");
+
+    // Nothing brings a worker back to the session.
+    env.worker_once();
+    assert_eq!(hook_events(&env, &id).len(), 1);
+}
+
+#[test]
 fn a_worker_stopped_during_a_hook_leaves_it_pending_and_uncounted() {
     let env = TestEnv::new();
     let id = session_with(&env, BLOCKING_HOOK);
