@@ -87,7 +87,7 @@ impl Loop<'_> {
     }
 
     /// Parks on `call`: the state names it (durably: a checkpoint without lines), and
-    /// the first park of it reports it.
+    /// the first park of it reports it, or the next one if a crash came in between.
     fn park(
         &mut self,
         call: &ToolCall,
@@ -96,7 +96,6 @@ impl Loop<'_> {
         seen_through: u64,
         now: Timestamp,
     ) -> anyhow::Result<AwaitingApproval> {
-        let first = waiting.is_none();
         let timeout = self.run.def.limits.approval_timeout;
         let awaiting = match waiting {
             Some(waiting) => Awaiting {
@@ -109,8 +108,10 @@ impl Loop<'_> {
                 requested_at: now,
                 deny_at: timeout.map(|t| plus(now, t.as_millis())),
                 seen_through,
+                unreported: true,
             },
         };
+        let report = awaiting.unreported;
         let parked = AwaitingApproval {
             tool_call_id: call.id.clone(),
             tool_name: call.name.clone(),
@@ -125,7 +126,7 @@ impl Loop<'_> {
         }
         // Before the event: whoever acts on `approval.requested` finds the call waiting.
         self.sink.checkpoint(Vec::new(), self.state)?;
-        if first {
+        if report {
             let (arguments, arguments_truncated) = capped_arguments(&call.arguments);
             self.sink
                 .emit(EventPayload::ApprovalRequested(ApprovalRequested {
@@ -138,6 +139,13 @@ impl Loop<'_> {
                     requested_at: parked.requested_at,
                     deny_at: parked.deny_at,
                 }))?;
+            // A crash before this checkpoint writes the event again at the next park:
+            // twice in the log rather than never.
+            let open = current_mut(self.state)?.open_step.as_mut();
+            if let Some(awaiting) = open.and_then(|open| open.awaiting.as_mut()) {
+                awaiting.unreported = false;
+            }
+            self.sink.checkpoint(Vec::new(), self.state)?;
         }
         Ok(parked)
     }

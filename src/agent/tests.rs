@@ -17,10 +17,15 @@ struct Memory {
     checkpointed: Vec<(usize, u32)>,
     /// Stop requested once this many events were recorded.
     stop_after: Option<(usize, Stop)>,
+    /// Events of this type fail to be written, as if the worker died right there.
+    crash_at: Option<&'static str>,
 }
 
 impl Sink for Memory {
     fn emit(&mut self, payload: EventPayload) -> anyhow::Result<()> {
+        if self.crash_at == Some(payload.type_name()) {
+            anyhow::bail!("killed before writing {}", payload.type_name());
+        }
         self.events.push(payload);
         Ok(())
     }
@@ -63,6 +68,28 @@ fn agent(body: &str) -> AgentDef {
     .unwrap()
 }
 
+/// The state of an execution about to take its first step.
+fn fresh_state() -> AgentState {
+    AgentState {
+        current: Some(CurrentExecution {
+            execution_id: Uuid::nil(),
+            message_id: Uuid::nil(),
+            message_seq: 0,
+            previous_execution: None,
+            attempts: 1,
+            steps: 0,
+            usage: Usage::default(),
+            started_at: Timestamp(0),
+            failed_steps_in_a_row: 0,
+            failed_check_rounds: 0,
+            invalid_answers: 0,
+            parked_ms: 0,
+            open_step: None,
+        }),
+        ..AgentState::default()
+    }
+}
+
 struct Harness {
     def: AgentDef,
     workspace: tempfile::TempDir,
@@ -83,28 +110,10 @@ impl Harness {
     }
 
     fn run(&self, sink: &mut Memory, input: &str) -> (LoopEnd, AgentState) {
-        let state = AgentState {
-            current: Some(CurrentExecution {
-                execution_id: Uuid::nil(),
-                message_id: Uuid::nil(),
-                message_seq: 0,
-                previous_execution: None,
-                attempts: 1,
-                steps: 0,
-                usage: Usage::default(),
-                started_at: Timestamp(0),
-                failed_steps_in_a_row: 0,
-                failed_check_rounds: 0,
-                invalid_answers: 0,
-                parked_ms: 0,
-                open_step: None,
-            }),
-            ..AgentState::default()
-        };
         let history = vec![Message::User {
             content: input.into(),
         }];
-        self.run_from(sink, history, state)
+        self.run_from(sink, history, fresh_state())
     }
 
     /// Runs from a given history and state, as a worker resuming an execution does.
@@ -114,6 +123,17 @@ impl Harness {
         mut history: Vec<Message>,
         mut state: AgentState,
     ) -> (LoopEnd, AgentState) {
+        let end = self.try_run(sink, &mut history, &mut state).unwrap();
+        (end, state)
+    }
+
+    /// Runs on `history` and `state`, leaving them as the loop did, failed or not.
+    fn try_run(
+        &self,
+        sink: &mut Memory,
+        history: &mut Vec<Message>,
+        state: &mut AgentState,
+    ) -> anyhow::Result<LoopEnd> {
         let provider = Scripted::new(
             self.def.model.script.clone(),
             crate::provider::retry::RetryPolicy::with_max_attempts(self.def.model.max_attempts),
@@ -136,10 +156,8 @@ impl Harness {
             .enable_all()
             .build()
             .unwrap();
-        let end = rt
-            .block_on(super::run(&run, &mut history, &mut state, sink))
-            .unwrap();
-        (end, state)
+        let end = rt.block_on(super::run(&run, history, state, sink));
+        end
     }
 }
 
@@ -1043,4 +1061,63 @@ fn a_shutdown_during_a_check_kills_it_and_suspends_with_the_round_unrecorded() {
         sink.events.last(),
         Some(EventPayload::CheckCompleted(c)) if !c.success && c.output_summary.contains("runs again")
     ));
+}
+
+const GATED: &str = r#"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Deploying."
+tool_calls = [{ name = "deploy", arguments = { target = "prod" } }]
+[[model.script]]
+text = "Done."
+[[tools.command]]
+name = "deploy"
+description = "Deploy"
+argv = ["true"]
+approval = "required"
+"#;
+
+#[test]
+fn a_park_cut_short_before_its_event_reports_it_at_the_next_park() {
+    let h = Harness::new(GATED);
+    let mut sink = Memory {
+        crash_at: Some("approval.requested"),
+        ..Memory::default()
+    };
+    let mut history = vec![Message::User {
+        content: "go".into(),
+    }];
+    let mut state = fresh_state();
+    h.try_run(&mut sink, &mut history, &mut state)
+        .expect_err("the worker dies after the park's checkpoint");
+    let awaiting = |state: &AgentState| {
+        let open = state.current.as_ref().unwrap().open_step.as_ref().unwrap();
+        open.awaiting.clone().expect("parked")
+    };
+    assert!(awaiting(&state).unreported, "the state says so");
+
+    sink.crash_at = None;
+    let end = h.try_run(&mut sink, &mut history, &mut state).unwrap();
+    assert!(matches!(end, LoopEnd::Parked(_)), "{end:?}");
+    assert_eq!(
+        sink.types()
+            .iter()
+            .filter(|t| **t == "approval.requested")
+            .count(),
+        1,
+        "{:?}",
+        sink.types()
+    );
+    assert!(!awaiting(&state).unreported);
+
+    // A third park (a worker that finds nothing decided) writes nothing more.
+    h.try_run(&mut sink, &mut history, &mut state).unwrap();
+    assert_eq!(
+        sink.types()
+            .iter()
+            .filter(|t| **t == "approval.requested")
+            .count(),
+        1
+    );
 }

@@ -26,6 +26,13 @@ pub struct Awaiting {
     /// The highest inbox seq the gate had seen when it parked: only a newer entry (a
     /// decision, a cancel, a message) is a reason to claim the session again.
     pub seen_through: u64,
+    /// Parked, but `approval.requested` is not in the log yet: the state names the
+    /// call before the event is written (whoever acts on the event finds the call
+    /// waiting), so a worker killed in between leaves this set, and the next park
+    /// writes the event. Absent (false) once it is written, as in states from before
+    /// this field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreported: bool,
 }
 
 /// The waiting call as the execution record (and `session show`, `status`) shows it.
