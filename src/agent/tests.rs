@@ -68,6 +68,15 @@ fn agent(body: &str) -> AgentDef {
     .unwrap()
 }
 
+/// The state of an execution resumed after `model_calls` model calls, changed by
+/// `edit`.
+fn resumed_state(model_calls: u64, edit: impl FnOnce(&mut CurrentExecution)) -> AgentState {
+    let mut state = fresh_state();
+    state.model_calls = model_calls;
+    edit(state.current.as_mut().unwrap());
+    state
+}
+
 /// The state of an execution about to take its first step.
 fn fresh_state() -> AgentState {
     AgentState {
@@ -156,8 +165,7 @@ impl Harness {
             .enable_all()
             .build()
             .unwrap();
-        let end = rt.block_on(super::run(&run, history, state, sink));
-        end
+        rt.block_on(super::run(&run, history, state, sink))
     }
 }
 
@@ -770,30 +778,15 @@ fn a_resumed_step_runs_only_unanswered_calls_and_never_reruns_a_started_one() {
             tool_calls: calls,
         },
     ];
-    let state = AgentState {
-        model_calls: 1,
-        current: Some(CurrentExecution {
-            execution_id: Uuid::nil(),
-            message_id: Uuid::nil(),
-            message_seq: 0,
-            previous_execution: None,
-            attempts: 1,
-            steps: 0,
+    let state = resumed_state(1, |current| {
+        current.usage = Usage::new(10, 2);
+        current.open_step = Some(crate::domain::state::OpenStep {
+            finish_reason: Some("tool_calls".into()),
             usage: Usage::new(10, 2),
-            started_at: Timestamp(0),
-            failed_steps_in_a_row: 0,
-            failed_check_rounds: 0,
-            invalid_answers: 0,
-            parked_ms: 0,
-            open_step: Some(crate::domain::state::OpenStep {
-                finish_reason: Some("tool_calls".into()),
-                usage: Usage::new(10, 2),
-                tool_started: Some("call_1_1".into()),
-                awaiting: None,
-            }),
-        }),
-        ..AgentState::default()
-    };
+            tool_started: Some("call_1_1".into()),
+            awaiting: None,
+        });
+    });
     let mut sink = Memory::default();
     let (end, state) = h.run_from(&mut sink, history, state);
     assert_eq!(outcome(end).response.as_deref(), Some("Done: go"));
@@ -843,25 +836,7 @@ fn a_resumed_execution_whose_last_step_answered_settles_without_a_model_call() {
             tool_calls: vec![],
         },
     ];
-    let state = AgentState {
-        model_calls: 2,
-        current: Some(CurrentExecution {
-            execution_id: Uuid::nil(),
-            message_id: Uuid::nil(),
-            message_seq: 0,
-            previous_execution: None,
-            attempts: 1,
-            steps: 1,
-            usage: Usage::default(),
-            started_at: Timestamp(0),
-            failed_steps_in_a_row: 0,
-            failed_check_rounds: 0,
-            invalid_answers: 0,
-            parked_ms: 0,
-            open_step: None,
-        }),
-        ..AgentState::default()
-    };
+    let state = resumed_state(2, |current| current.steps = 1);
     let mut sink = Memory::default();
     let (end, state) = h.run_from(&mut sink, history, state);
     assert_eq!(outcome(end).response.as_deref(), Some("Already answered."));
@@ -1009,25 +984,11 @@ fn a_resumed_answer_runs_its_round_of_checks_again_without_a_model_call() {
             tool_calls: vec![],
         },
     ];
-    let state = AgentState {
-        model_calls: 5,
-        current: Some(CurrentExecution {
-            execution_id: Uuid::nil(),
-            message_id: Uuid::nil(),
-            message_seq: 0,
-            previous_execution: None,
-            attempts: 2,
-            steps: 5,
-            usage: Usage::default(),
-            started_at: Timestamp(0),
-            failed_steps_in_a_row: 0,
-            failed_check_rounds: 2,
-            invalid_answers: 0,
-            parked_ms: 0,
-            open_step: None,
-        }),
-        ..AgentState::default()
-    };
+    let state = resumed_state(5, |current| {
+        current.attempts = 2;
+        current.steps = 5;
+        current.failed_check_rounds = 2;
+    });
     let mut sink = Memory::default();
     let (end, state) = h.run_from(&mut sink, history, state);
     let outcome = outcome(end);
