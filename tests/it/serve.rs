@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Background, TestEnv, wait_until};
+use super::{Background, LONG, TestEnv, wait_until};
 
 /// An agent whose answer streams in slowly, word by word, after one tool call.
 const SLOW_AGENT: &str = r#"
@@ -767,4 +767,349 @@ fn blocking<T>(read: impl FnOnce() -> T) -> T {
 /// How many file descriptors process `pid` holds open.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// An agent whose model first calls `release` (a command that needs a person's
+/// approval and notes each run in `released.txt`), then answers with its result.
+const GATED_AGENT: &str = r#"
+name = "gated"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Releasing."
+tool_calls = [{ name = "release", arguments = { version = "1.4.2", channel = "stable" } }]
+[[model.script]]
+text = "Released: {input}"
+[[tools.command]]
+name = "release"
+description = "Publish a release"
+argv = ["sh", "-c", "echo run >> released.txt; echo published"]
+approval = "required"
+"#;
+
+/// A home with the gated agent and a session whose execution is parked on its call
+/// (`call_1_1`), by a worker that has exited since.
+fn parked_session() -> (TestEnv, String) {
+    let env = TestEnv::new();
+    env.write_agent("gated", GATED_AGENT);
+    let id = env.new_session("gated");
+    env.send(&id, "ship 1.4.2");
+    env.worker_once();
+    assert_eq!(env.payloads(&id, "approval.requested").len(), 1, "parked");
+    (env, id)
+}
+
+/// How many times the gated command ran in the session's workspace.
+fn releases(env: &TestEnv, id: &str) -> usize {
+    std::fs::read_to_string(env.workspace(id).join("released.txt"))
+        .map_or(0, |runs| runs.lines().count())
+}
+
+#[test]
+fn approve_over_the_api_lets_the_next_worker_run_the_call_once() {
+    let (env, id) = parked_session();
+    let server = Server::start(&env, &[]);
+    let url = |path: &str| server.url(&format!("/api/sessions/{id}{path}"));
+    runtime().block_on(async {
+        let client = client();
+        // The session as the API shows it names the waiting call with its arguments.
+        let (status, shown) = call(client.get(url(""))).await;
+        assert_eq!(status, 200);
+        let waiting = &shown["running"]["awaiting_approval"];
+        assert_eq!(waiting["tool_call_id"], "call_1_1", "{shown}");
+        assert_eq!(waiting["tool_name"], "release");
+        assert_eq!(
+            waiting["arguments"],
+            json!({ "version": "1.4.2", "channel": "stable" })
+        );
+
+        let (status, approved) = post(&client, url("/approve"), json!({})).await;
+        assert_eq!(status, 202, "{approved}");
+        assert_eq!(approved["decision"], "approved");
+        assert_eq!(approved["tool_call_id"], "call_1_1");
+        assert_eq!(approved["tool_name"], "release");
+        assert_eq!(approved["session_id"], id.as_str());
+        assert_eq!(approved["duplicate"], false);
+        assert!(
+            approved["by"]["user"]
+                .as_str()
+                .is_some_and(|u| !u.is_empty())
+        );
+        // The CLI's answer to the same decision: the same object, said again.
+        let mut again = blocking(|| env.json(&["approve", &id, "call_1_1", "--json"]));
+        assert_eq!(again["duplicate"], true);
+        again["duplicate"] = json!(false);
+        assert_eq!(again, approved);
+        // Named by the call's id, and as an empty body: still the same decision.
+        let (status, named) =
+            post(&client, url("/approve"), json!({ "call_id": "call_1_1" })).await;
+        assert_eq!(
+            (status, &named["duplicate"]),
+            (202, &json!(true)),
+            "{named}"
+        );
+        assert_eq!(named["entry_id"], approved["entry_id"]);
+        let (status, empty) = call(
+            client
+                .post(url("/approve"))
+                .header("content-type", "application/json"),
+        )
+        .await;
+        assert_eq!(
+            (status, &empty["duplicate"]),
+            (202, &json!(true)),
+            "{empty}"
+        );
+        // Approved once: a denial comes too late, as on the command line (exit 2).
+        let (status, refused) = post(&client, url("/deny"), json!({ "reason": "no" })).await;
+        assert_eq!(
+            (status, error_code(&refused).as_str()),
+            (422, "invalid_input")
+        );
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("already approved")
+        );
+    });
+    let decided = env.payloads(&id, "approval.decided");
+    assert_eq!(decided.len(), 1, "one decision: {decided:?}");
+    assert_eq!(decided[0]["decision"], "approved");
+    assert_eq!(releases(&env, &id), 0, "a decision runs nothing by itself");
+
+    env.worker_once();
+    assert_eq!(releases(&env, &id), 1);
+    assert_eq!(env.finished(&id)[0]["status"], "completed");
+    assert_eq!(env.responses(&id), ["Released: ship 1.4.2"]);
+    env.worker_once();
+    assert_eq!(releases(&env, &id), 1, "run once");
+    runtime().block_on(async {
+        // Nothing waits any more.
+        let (status, refused) = post(&client(), url("/approve"), json!({})).await;
+        assert_eq!(
+            (status, error_code(&refused).as_str()),
+            (422, "invalid_input")
+        );
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no call waiting")
+        );
+    });
+}
+
+#[test]
+fn deny_over_the_api_gives_the_model_the_reason_as_a_tool_error() {
+    let (env, id) = parked_session();
+    let server = Server::start(&env, &["--worker"]);
+    runtime().block_on(async {
+        let client = client();
+        let (status, denied) = post(
+            &client,
+            server.url(&format!("/api/sessions/{id}/deny")),
+            json!({ "call_id": "call_1_1", "reason": "not before the freeze ends" }),
+        )
+        .await;
+        assert_eq!(status, 202, "{denied}");
+        assert_eq!(denied["decision"], "denied");
+        assert_eq!(denied["duplicate"], false);
+        // The server's own worker takes the session again and answers the model.
+        wait_until("the execution finishes", LONG, || {
+            blocking(|| !env.finished(&id).is_empty())
+        });
+        let (status, approve) = post(
+            &client,
+            server.url(&format!("/api/sessions/{id}/approve")),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&approve).as_str()),
+            (422, "invalid_input")
+        );
+    });
+    assert_eq!(releases(&env, &id), 0, "a denied call never runs");
+    let decided = &env.payloads(&id, "approval.decided")[0];
+    assert_eq!(decided["decision"], "denied", "{decided}");
+    assert_eq!(decided["reason"], "not before the freeze ends");
+    let tool = &env.tool_messages(&id)[0];
+    assert_eq!(tool["is_error"], true, "{tool}");
+    assert!(
+        tool["content"]
+            .as_str()
+            .unwrap()
+            .contains("not before the freeze ends"),
+        "{tool}"
+    );
+    assert_eq!(env.finished(&id)[0]["status"], "completed");
+    assert_eq!(env.responses(&id), ["Released: ship 1.4.2"]);
+}
+
+#[test]
+fn approve_and_deny_refusals_have_their_statuses_and_queue_nothing() {
+    let (env, id) = parked_session();
+    std::fs::write(
+        env.home().join("agentq.toml"),
+        "[inbox]\nmax_message_bytes = 100\n",
+    )
+    .unwrap();
+    let idle = env.new_session("echo");
+    let server = Server::start(&env, &[]);
+    let inbox_before = env.inbox_len(&id);
+    runtime().block_on(async {
+        let client = client();
+        let missing = "01a23d19-98b2-7322-b3db-4e781a4ab8c0";
+        let route =
+            |session: &str, action: &str| server.url(&format!("/api/sessions/{session}/{action}"));
+        let json_post = |url: String, body: String| {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+        };
+        let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+            (
+                json_post(route(missing, "approve"), "{}".into()),
+                404,
+                "not_found",
+            ),
+            (
+                json_post(route(missing, "deny"), "{}".into()),
+                404,
+                "not_found",
+            ),
+            (
+                json_post(route(&id[..8], "approve"), "{}".into()),
+                400,
+                "invalid_request",
+            ),
+            // Nothing waits in this session.
+            (
+                json_post(route(&idle, "approve"), "{}".into()),
+                422,
+                "invalid_input",
+            ),
+            (
+                json_post(route(&idle, "deny"), "{}".into()),
+                422,
+                "invalid_input",
+            ),
+            // Not the call that waits.
+            (
+                json_post(
+                    route(&id, "approve"),
+                    json!({ "call_id": "call_9_9" }).to_string(),
+                ),
+                422,
+                "invalid_input",
+            ),
+            (
+                json_post(
+                    route(&id, "deny"),
+                    json!({ "call_id": "call_9_9" }).to_string(),
+                ),
+                422,
+                "invalid_input",
+            ),
+            // `approve` takes no reason, as the command has no --reason.
+            (
+                json_post(
+                    route(&id, "approve"),
+                    json!({ "reason": "sure" }).to_string(),
+                ),
+                400,
+                "invalid_request",
+            ),
+            (
+                json_post(route(&id, "deny"), "{not json".into()),
+                400,
+                "invalid_request",
+            ),
+            (
+                json_post(
+                    route(&id, "deny"),
+                    json!({ "reason": "x".repeat(101) }).to_string(),
+                ),
+                413,
+                "too_large",
+            ),
+            (
+                json_post(route(&id, "deny"), "x".repeat(2 * 1024 * 1024)),
+                413,
+                "too_large",
+            ),
+            // A form post from another site: refused before anything is read.
+            (
+                client
+                    .post(route(&id, "approve"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(""),
+                415,
+                "unsupported_media_type",
+            ),
+            (client.get(route(&id, "approve")), 405, "method_not_allowed"),
+            (client.get(route(&id, "deny")), 405, "method_not_allowed"),
+        ];
+        for (request, expected, code) in cases {
+            let (status, body) = call(request).await;
+            assert_eq!(
+                (status, error_code(&body).as_str()),
+                (expected, code),
+                "{body}"
+            );
+        }
+    });
+    assert_eq!(
+        env.inbox_len(&id),
+        inbox_before,
+        "nothing refused was queued"
+    );
+    assert!(env.payloads(&id, "approval.decided").is_empty());
+    assert_eq!(
+        env.json(&["session", "show", &id, "--json"])["running"]["awaiting_approval"]["tool_call_id"],
+        "call_1_1",
+        "still waiting"
+    );
+}
+
+#[test]
+fn approve_and_deny_need_the_token_when_one_is_set() {
+    let (env, id) = parked_session();
+    let token = "approval-t0ken-0123456789abcdef";
+    let token_file = env.home().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let server = Server::start(&env, &["--token-file", token_file.to_str().unwrap()]);
+    runtime().block_on(async {
+        let client = client();
+        for action in ["approve", "deny"] {
+            let url = server.url(&format!("/api/sessions/{id}/{action}"));
+            for request in [
+                client.post(&url),
+                client.post(&url).header("authorization", "Bearer wrong"),
+            ] {
+                let (status, body) = call(
+                    request
+                        .header("content-type", "application/json")
+                        .body("{}"),
+                )
+                .await;
+                assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"));
+            }
+        }
+        assert!(blocking(|| env
+            .payloads(&id, "approval.decided")
+            .is_empty()));
+        let (status, approved) = call(
+            client
+                .post(server.url(&format!("/api/sessions/{id}/approve")))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+        assert_eq!(status, 202, "{approved}");
+        assert_eq!(approved["decision"], "approved");
+    });
 }

@@ -3,7 +3,9 @@
 //! the CLI cannot drift apart, and a script may use either. What the CLI cannot say in
 //! an exit code the routes check first, to answer with the right HTTP status: a full
 //! id (a prefix is ambiguous over HTTP, where ids come from earlier answers), a
-//! session that exists (404), one that is closed (409).
+//! session that exists (404), one that is closed (409). `approve` and `deny` are the
+//! CLI commands too, so a decision made on the page is the one `agentq approve` makes
+//! (the same inbox entry, the same refusals).
 
 use std::sync::Arc;
 
@@ -16,10 +18,13 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::events::Hub;
-use super::http::{Body, Refusal, json, json_body, no_store, printed_json, query_param};
+use super::http::{
+    Body, Refusal, json, json_body, json_body_or_default, no_store, printed_json, query_param,
+};
 use super::page;
 use crate::cli::{
-    AgentsCommand, CancelArgs, Command, SendArgs, SessionCommand, SessionNewArgs, StatusFilter,
+    AgentsCommand, ApproveArgs, CancelArgs, Command, DenyArgs, SendArgs, SessionCommand,
+    SessionNewArgs, StatusFilter,
 };
 use crate::commands::Context;
 use crate::commands::listing::{Listed, listed};
@@ -165,6 +170,8 @@ async fn api(
                 action @ ("close" | "pause" | "resume" | "cancel"),
             ],
         ) => change(app, id, action, request).await,
+        (&Method::POST, ["sessions", id, "approve"]) => approve(app, id, request).await,
+        (&Method::POST, ["sessions", id, "deny"]) => deny(app, id, request).await,
         (&Method::GET, ["sessions", id, "events"]) => events(app, id, &request).await,
         (_, ["agents" | "status" | "sessions"])
         | (_, ["sessions", _])
@@ -173,7 +180,8 @@ async fn api(
             [
                 "sessions",
                 _,
-                "messages" | "events" | "close" | "pause" | "resume" | "cancel",
+                "messages" | "events" | "close" | "pause" | "resume" | "cancel" | "approve"
+                | "deny",
             ],
         ) => Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -429,6 +437,69 @@ async fn change(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EmptyBody {}
+
+/// `approve`'s body: which call (whole id or unique prefix); the one waiting if none.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    call_id: Option<String>,
+}
+
+/// `deny`'s body: which call, and why (the model is told).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/sessions/{id}/approve` `{call_id?}`: `approve --json`, 202 (queued, as a
+/// cancel is: the next worker that takes the session runs the call). Nothing waiting,
+/// another call named, or a call denied before: 422, as they exit 2.
+async fn approve(
+    app: &App,
+    id: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let session = existing(app, id).await?;
+    let body: ApproveBody = json_body_or_default(request, app.body_cap()).await?;
+    let args = ApproveArgs {
+        id: session.id().to_string(),
+        call_id: body.call_id,
+        json: true,
+    };
+    let out = run(app, Command::Approve(args)).await?;
+    Ok(printed_json(StatusCode::ACCEPTED, out))
+}
+
+/// `POST /api/sessions/{id}/deny` `{call_id?, reason?}`: `deny --json`, 202; refused as
+/// `approve` is, and a reason over the inbox's limit on a message is 413.
+async fn deny(app: &App, id: &str, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    let session = existing(app, id).await?;
+    let body: DenyBody = json_body_or_default(request, app.body_cap()).await?;
+    let reason_bytes = body.reason.as_deref().map_or(0, str::len);
+    if reason_bytes > app.max_message_bytes {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the reason is {reason_bytes} bytes; the inbox takes at most {} ([inbox] max_message_bytes)",
+                app.max_message_bytes
+            ),
+        ));
+    }
+    let args = DenyArgs {
+        id: session.id().to_string(),
+        call_id: body.call_id,
+        reason: body.reason,
+        json: true,
+    };
+    let out = run(app, Command::Deny(args)).await?;
+    Ok(printed_json(StatusCode::ACCEPTED, out))
+}
 
 /// `GET /api/sessions/{id}/events[?after=SEQ]`: the log as Server-Sent Events, after
 /// `Last-Event-ID` (what a browser's `EventSource` sends when it reconnects) or `after`.

@@ -103,6 +103,27 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
     cap: usize,
 ) -> Result<T, Refusal> {
+    let body = body_bytes(request, cap).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Refusal::bad_request(format!("the body is not valid: {e}")))
+}
+
+/// [`json_body`] for a route whose fields are all optional: an empty body (still
+/// declared as JSON, for the same reason) is the default.
+pub async fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(
+    request: Request<Incoming>,
+    cap: usize,
+) -> Result<T, Refusal> {
+    let body = body_bytes(request, cap).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| Refusal::bad_request(format!("the body is not valid: {e}")))
+}
+
+/// The bytes of a body declared as JSON, at most `cap` of them.
+async fn body_bytes(request: Request<Incoming>, cap: usize) -> Result<Bytes, Refusal> {
     let declared = request
         .headers()
         .get(CONTENT_TYPE)
@@ -132,8 +153,7 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
         }
         Err(err) => return Err(Refusal::bad_request(format!("cannot read the body: {err}"))),
     };
-    serde_json::from_slice(&body)
-        .map_err(|e| Refusal::bad_request(format!("the body is not valid: {e}")))
+    Ok(body)
 }
 
 /// `Cache-Control: no-store` on an answer that must not be kept (the API's).

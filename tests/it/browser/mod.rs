@@ -810,3 +810,183 @@ schema = { type = "object", required = ["n"], properties = { n = { type = "integ
     assert_eq!(shown, json!({"n": 2}));
     assert_eq!(page.env.responses(&id), [r#"{"n": 2}"#]);
 }
+
+/// An agent whose model calls `release` (a command with `approval = "required"` that
+/// notes each run in `released.txt`) with arguments holding markup, then answers.
+const GATED_AGENT: &str = r#"
+name = "gated"
+[model]
+provider = "scripted"
+[[model.script]]
+text = "Releasing now."
+tool_calls = [{ name = "release", arguments = { version = "2.0.1", note = "<b>big</b> one" } }]
+[[model.script]]
+text = "Release finished for: {input}"
+delay_ms = 20
+[[tools.command]]
+name = "release"
+description = "Publish a release"
+argv = ["sh", "-c", "echo run >> released.txt; echo published"]
+approval = "required"
+"#;
+
+/// The approval panels of the conversation, read in one script.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Approval {
+    call_id: String,
+    state: String,
+    head: String,
+    args: String,
+    /// Whether its Approve and Deny buttons are on the page.
+    buttons: bool,
+    decision: String,
+    /// The status span of the answer it belongs to.
+    status: String,
+}
+
+fn approvals(b: &Browser) -> Vec<Approval> {
+    let v = b.execute(
+        "return [...document.querySelectorAll('#conversation .approval')].map(p => {
+             const text = s => { const e = p.querySelector(s); return e ? e.textContent : ''; };
+             const answer = p.closest('.msg.agent');
+             const status = answer && answer.querySelector('.span.status');
+             return {
+                 callId: p.dataset.callId || '',
+                 state: p.dataset.state || '',
+                 head: text('.approval-head'),
+                 args: text('.approval-args'),
+                 buttons: !!p.querySelector('button.approve') && !!p.querySelector('button.deny'),
+                 decision: text('.approval-decision'),
+                 status: status ? status.textContent : '',
+             };
+         });",
+        &[],
+    );
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("the approval panels {v}: {e}"))
+}
+
+/// Waits until the one approval panel is in `state`.
+fn wait_for_approval(b: &Browser, state: &str) -> Approval {
+    b.wait_for(&format!("an approval panel {state}"), LONG, |b| {
+        let mut shown = approvals(b);
+        (shown.len() == 1 && shown[0].state == state).then(|| shown.remove(0))
+    })
+}
+
+/// How many times the gated command ran.
+fn releases(env: &TestEnv, id: &str) -> usize {
+    std::fs::read_to_string(env.workspace(id).join("released.txt"))
+        .map_or(0, |runs| runs.lines().count())
+}
+
+#[test]
+#[ignore = "needs Chromium: scripts/chromium test runs it"]
+fn a_call_waiting_for_approval_shows_with_its_arguments_and_approve_runs_it() {
+    let Some(page) = Page::open("gated", GATED_AGENT) else {
+        return;
+    };
+    let id = page.new_session("gated");
+    page.send("Ship 2.0.1.");
+
+    let waiting = wait_for_approval(&page.browser, "waiting");
+    page.browser
+        .screenshot(&screenshots().join("serve-approval-waiting.png"));
+    assert_eq!(waiting.call_id, "call_1_1", "{waiting:?}");
+    assert!(waiting.head.contains("release"), "{waiting:?}");
+    let args: Value = serde_json::from_str(&waiting.args).expect("the arguments as JSON");
+    assert_eq!(
+        args,
+        json!({ "version": "2.0.1", "note": "<b>big</b> one" })
+    );
+    assert!(waiting.buttons, "{waiting:?}");
+    assert_eq!(waiting.status, "waiting for approval", "{waiting:?}");
+    assert_eq!(
+        releases(&page.env, &id),
+        0,
+        "nothing ran before the approval"
+    );
+
+    // A page loaded while the call waits shows it too, from the log alone.
+    page.browser.execute("location.reload();", &[]);
+    page.browser.wait_for("the session reopened", LONG, |b| {
+        (view(b).session == id).then_some(())
+    });
+    let reloaded = wait_for_approval(&page.browser, "waiting");
+    assert_eq!(reloaded.args, waiting.args);
+    assert!(reloaded.buttons, "{reloaded:?}");
+    assert_eq!(
+        page.browser.execute(
+            "return document.querySelectorAll('#conversation b').length;",
+            &[]
+        ),
+        0,
+        "the arguments' markup is text"
+    );
+
+    page.browser
+        .click(&page.browser.find("#conversation .approval button.approve"));
+    let done = page.wait_for_finished_answer();
+    assert_eq!(done.text.trim(), "Release finished for: Ship 2.0.1.");
+    assert_eq!(done.tools_ok, 1, "the call ran and succeeded: {done:?}");
+    let approved = wait_for_approval(&page.browser, "approved");
+    assert!(
+        approved.decision.starts_with("approved by "),
+        "{approved:?}"
+    );
+    assert!(
+        !approved.buttons,
+        "the buttons go once decided: {approved:?}"
+    );
+    assert!(!approved.head.contains("Waiting"), "{approved:?}");
+    page.browser
+        .screenshot(&screenshots().join("serve-approval-approved.png"));
+    assert_eq!(releases(&page.env, &id), 1, "run once");
+    assert_eq!(
+        page.env.payloads(&id, "approval.decided")[0]["decision"],
+        "approved"
+    );
+}
+
+#[test]
+#[ignore = "needs Chromium: scripts/chromium test runs it"]
+fn deny_on_the_page_sends_the_reason_and_the_call_never_runs() {
+    let Some(page) = Page::open("gated", GATED_AGENT) else {
+        return;
+    };
+    let id = page.new_session("gated");
+    page.send("Ship 2.0.1.");
+    wait_for_approval(&page.browser, "waiting");
+
+    let reason = page.browser.find("#conversation .approval input.reason");
+    page.browser.click(&reason);
+    page.browser.send_keys(&reason, "<i>after</i> the freeze");
+    page.browser
+        .click(&page.browser.find("#conversation .approval button.deny"));
+    let denied = wait_for_approval(&page.browser, "denied");
+    assert!(
+        denied.decision.starts_with("denied by ")
+            && denied.decision.ends_with(": <i>after</i> the freeze"),
+        "{denied:?}"
+    );
+    assert!(!denied.buttons, "{denied:?}");
+    let done = page.wait_for_finished_answer();
+    assert_eq!(done.text.trim(), "Release finished for: Ship 2.0.1.");
+    assert_eq!(done.tools_ok, 0, "{done:?}");
+    assert_eq!(releases(&page.env, &id), 0, "a denied call never runs");
+    let tool = &page.env.tool_messages(&id)[0];
+    assert_eq!(tool["is_error"], true, "{tool}");
+    assert!(
+        tool["content"]
+            .as_str()
+            .unwrap()
+            .contains("<i>after</i> the freeze")
+    );
+    assert_eq!(
+        page.browser.execute(
+            "return document.querySelectorAll('#conversation i').length;",
+            &[]
+        ),
+        0
+    );
+}

@@ -43,7 +43,25 @@ function toolResultText(p) {
 }
 
 function statusText(status) {
-  return status === 'processing' ? 'processing…' : String(status ?? '');
+  if (status === 'processing') return 'processing…';
+  if (status === 'waiting') return 'waiting for approval';
+  return String(status ?? '');
+}
+
+// A waiting call's arguments as the approval panel shows them: indented JSON, or the
+// cut text itself when the event carries them truncated.
+function argumentsText(p) {
+  if (p.arguments_truncated && typeof p.arguments === 'string') return `${p.arguments} …`;
+  return p.arguments === undefined ? '' : JSON.stringify(p.arguments, null, 2);
+}
+
+// What `approval.decided` says, for the panel: approved or denied, and by whom.
+function decisionText(p) {
+  const who = p.by && p.by.user;
+  if (who === 'approval_timeout') return 'denied: no decision in time (approval_timeout)';
+  const verdict = p.decision === 'approved' ? 'approved' : 'denied';
+  const by = who ? ` by ${who}` : '';
+  return p.decision !== 'approved' && p.reason ? `${verdict}${by}: ${p.reason}` : `${verdict}${by}`;
 }
 
 // A transcript message's content as text (a string, or a list of text parts).
@@ -114,6 +132,7 @@ const page = {
   answers: new Map(), // message_id -> {node, spans, text, status, steps, tools, footer, error}
   execs: new Map(), // execution_id -> message_id
   running: new Set(), // executions started and not finished
+  approvals: new Map(), // `${execution_id} ${tool_call_id}` -> {node, label, actions, decision, executionId}
   texts: new Map(), // message_id -> full user text (ids are unique, so kept across sessions)
   fetching: false,
   refetch: false,
@@ -238,7 +257,7 @@ function openSession(id) {
   if (id === page.sessionId) return;
   closeStream();
   Object.assign(page, { sessionId: id, lastSeq: 0, retries: 0, shutdownSeen: false });
-  for (const map of [page.users, page.answers, page.execs, page.running]) map.clear();
+  for (const map of [page.users, page.answers, page.execs, page.running, page.approvals]) map.clear();
   const conv = $('conversation');
   conv.replaceChildren();
   conv.dataset.sessionId = id;
@@ -417,6 +436,76 @@ function checkSpan(a, p) {
   return span;
 }
 
+// A call that waits for a person (`approval = "required"`): the tool, its arguments
+// whole, and Approve / Deny (with an optional reason) calling the API's routes of those
+// names; `approval.decided` then replaces the buttons with the decision. The DOM the
+// browser tests select on: `.approval[data-call-id][data-state]`, `.approval-args`,
+// `button.approve`, `button.deny`, `input.reason`, `.approval-decision`.
+function approvalPanel(a, executionId, p) {
+  const key = `${executionId} ${p.tool_call_id}`;
+  let panel = page.approvals.get(key);
+  if (panel) return panel;
+  // What the model said before the call stays above the panel, as before a step.
+  if (a.text.textContent.trim()) {
+    a.text.before(el('p', 'said', a.text.textContent));
+    a.text.textContent = '';
+  }
+  const node = el('div', 'approval');
+  node.dataset.callId = p.tool_call_id;
+  node.dataset.state = 'waiting';
+  node.setAttribute('role', 'group');
+  node.setAttribute('aria-label', `Approval of ${p.tool_name}`);
+  const head = el('p', 'approval-head');
+  const label = el('span', 'label', 'Waiting for approval: ');
+  head.append(label, el('span', 'name', p.tool_name));
+  if (p.server) head.append(document.createTextNode(` (${p.server})`));
+  head.append(el('span', 'call', p.tool_call_id));
+  const args = el('pre', 'approval-args', argumentsText(p));
+  node.append(head, args);
+  if (p.deny_at) node.append(el('p', 'approval-note', `denied by itself at ${p.deny_at}`));
+  const actions = el('div', 'approval-actions');
+  const approve = el('button', 'approve', 'Approve');
+  const reason = el('input', 'reason');
+  reason.type = 'text';
+  reason.placeholder = 'Reason (optional)';
+  reason.setAttribute('aria-label', 'Reason for denying (optional)');
+  const deny = el('button', 'deny', 'Deny');
+  approve.type = deny.type = 'button';
+  actions.append(approve, reason, deny);
+  const decision = el('p', 'approval-decision');
+  decision.hidden = true;
+  node.append(actions, decision);
+  const id = page.sessionId;
+  const decide = async (action, body) => {
+    approve.disabled = deny.disabled = reason.disabled = true;
+    try {
+      await api('POST', `/api/sessions/${enc(id)}/${action}`, body);
+      clearError();
+    } catch (err) {
+      showError(err);
+      approve.disabled = deny.disabled = reason.disabled = false;
+    }
+  };
+  approve.addEventListener('click', () => decide('approve', { call_id: p.tool_call_id }));
+  deny.addEventListener('click', () => {
+    const why = reason.value.trim();
+    decide('deny', why ? { call_id: p.tool_call_id, reason: why } : { call_id: p.tool_call_id });
+  });
+  a.text.before(node);
+  panel = { node, label, actions, decision, executionId };
+  page.approvals.set(key, panel);
+  return panel;
+}
+
+// The panel's end: its buttons go, what became of the call stays.
+function settleApproval(panel, state, text) {
+  panel.node.dataset.state = state;
+  panel.label.textContent = 'Approval asked for: ';
+  panel.actions.remove();
+  panel.decision.textContent = text;
+  panel.decision.hidden = false;
+}
+
 function updateStop() {
   $('stop').hidden = page.running.size === 0;
 }
@@ -484,6 +573,17 @@ const HANDLERS = {
     span.append(el('span', 'result', toolResultText(p)));
     if (!p.success && p.error) span.append(el('span', 'error', p.error));
   }),
+  'approval.requested'(p, event) {
+    const executionId = event.execution_id;
+    if (!executionId) return;
+    onAnswer((a) => approvalPanel(a, executionId, p))(p, event);
+  },
+  'approval.decided'(p, event) {
+    const panel = page.approvals.get(`${p.execution_id ?? event.execution_id} ${p.tool_call_id}`);
+    if (panel && panel.node.dataset.state === 'waiting') {
+      settleApproval(panel, p.decision === 'approved' ? 'approved' : 'denied', decisionText(p));
+    }
+  },
   'agent.check.started': onAnswer((a, p) => {
     checkSpan(a, p).classList.remove('ok', 'err');
   }),
@@ -514,6 +614,12 @@ const HANDLERS = {
   'execution.finished'(p, event) {
     page.running.delete(event.execution_id ?? p.message_id);
     updateStop();
+    // A call still waiting when its execution ended (cancelled, say) waits no more.
+    for (const panel of page.approvals.values()) {
+      if (panel.executionId === event.execution_id && panel.node.dataset.state === 'waiting') {
+        settleApproval(panel, 'ended', 'not decided: the execution ended');
+      }
+    }
     refreshMessages();
     refreshSessionsSoon();
     onAnswer((a) => {
@@ -603,7 +709,7 @@ function boot() {
 }
 
 if (typeof module === 'object' && module.exports) {
-  module.exports = { humanDuration, footerText, retryText, toolResultText, statusText, contentText, userTexts, eventsUrl, sessionFromHash, sessionLabel, backoff, errorText };
+  module.exports = { humanDuration, footerText, retryText, toolResultText, statusText, argumentsText, decisionText, contentText, userTexts, eventsUrl, sessionFromHash, sessionLabel, backoff, errorText };
 } else if (document.readyState === 'loading') {
   document.addEventListener('DOMContentLoaded', boot);
 } else {
