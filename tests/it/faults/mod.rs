@@ -33,6 +33,8 @@ mod hostile_text;
 mod hostile_values;
 // Workers on several hosts over one Postgres database (issue 18).
 mod multihost;
+// kill -9 around parked approvals and completion hooks (issue 20).
+mod unattended;
 
 // ---------------------------------------------------------------------------------
 // Helpers: the report line, the random kill schedule, processes
