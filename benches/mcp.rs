@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentq::mcp::{Server, ServerSpec, Transport};
+use agentq::mcp::{Approval, Server, ServerSpec, Transport};
 use agentq::tools::{ToolContext, Toolbox};
 use serde_json::json;
 
@@ -46,6 +46,8 @@ fn spec(dir: &Path) -> ServerSpec {
         tool_timeout: Duration::from_secs(10),
         enabled_tools: None,
         disabled_tools: Vec::new(),
+        approval: Approval::Never,
+        approval_tools: Vec::new(),
     }
 }
 

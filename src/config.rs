@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::definition::Approval;
 use crate::error::UserError;
 use crate::validate::{
     self, PROVIDERS, Problem, check_base_url, check_env_name, check_env_pass, check_relative,
@@ -78,6 +79,14 @@ pub struct McpServerConfig {
     pub enabled_tools: Option<Vec<String>>,
     #[serde(default)]
     pub disabled_tools: Vec<String>,
+    /// `approval = "required"`: every call of every tool of the server waits for a
+    /// person (`agentq approve`), as a declared command with it does.
+    #[serde(default)]
+    pub approval: Approval,
+    /// The tools (by the server's own names) whose calls wait for a person, when not
+    /// all of them do.
+    #[serde(default)]
+    pub approval_tools: Vec<String>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     /// A server that cannot start fails the execution instead of only its tools.
@@ -415,19 +424,38 @@ impl McpServerConfig {
         found
     }
 
-    /// `enabled_tools` and `disabled_tools` may not both name a tool.
+    /// `enabled_tools` and `disabled_tools` may not both name a tool, and
+    /// `approval_tools` names only tools the model is given: a name it cannot be
+    /// given is a mistake that would leave the tool meant ungated.
     fn tool_list_problems(&self) -> Vec<(String, String)> {
-        let enabled = self.enabled_tools.as_deref().unwrap_or_default();
-        self.disabled_tools
+        let enabled = self.enabled_tools.as_deref();
+        let mut found: Vec<(String, String)> = self
+            .disabled_tools
             .iter()
-            .filter(|tool| enabled.contains(tool))
+            .filter(|tool| enabled.unwrap_or_default().contains(tool))
             .map(|tool| {
                 (
                     "disabled_tools".to_owned(),
                     format!("`{tool}` is in enabled_tools too; keep it in one of them"),
                 )
             })
-            .collect()
+            .collect();
+        for (i, tool) in self.approval_tools.iter().enumerate() {
+            let field = format!("approval_tools[{i}]");
+            let message = if tool.starts_with("mcp__") {
+                format!(
+                    "`{tool}` is the name the model sees; use the server's own name for the tool (what follows `mcp__<server>__`)"
+                )
+            } else if self.disabled_tools.contains(tool) {
+                format!("`{tool}` is in disabled_tools: the model is never given it")
+            } else if enabled.is_some_and(|enabled| !enabled.contains(tool)) {
+                format!("`{tool}` is not in enabled_tools: the model is never given it")
+            } else {
+                continue;
+            };
+            found.push((field, message));
+        }
+        found
     }
 }
 
@@ -516,6 +544,28 @@ required = true
         let search = &config.mcp_servers["search"];
         assert_eq!(search.http_headers["X-Team"], "blue");
         assert!(search.required);
+        assert_eq!(time.approval, Approval::Never, "the default");
+        assert!(time.approval_tools.is_empty());
+    }
+
+    #[test]
+    fn an_mcp_server_gates_all_its_tools_or_the_ones_approval_tools_names() {
+        let config = load(
+            r#"
+[mcp_servers.all]
+command = "a"
+approval = "required"
+[mcp_servers.some]
+command = "a"
+enabled_tools = ["read", "write"]
+approval_tools = ["write"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.mcp_servers["all"].approval, Approval::Required);
+        let some = &config.mcp_servers["some"];
+        assert_eq!(some.approval, Approval::Never);
+        assert_eq!(some.approval_tools, ["write"]);
     }
 
     #[test]
@@ -557,6 +607,26 @@ required = true
             (
                 "[mcp_servers.x]\ncommand = \"a\"\nenabled_tools = [\"t\"]\ndisabled_tools = [\"t\"]\n",
                 "in enabled_tools too",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\ndisabled_tools = [\"t\"]\napproval_tools = [\"t\"]\n",
+                "mcp_servers.x.approval_tools[0]: `t` is in disabled_tools: the model is never given it",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\nenabled_tools = [\"t\"]\napproval_tools = [\"t\", \"u\"]\n",
+                "mcp_servers.x.approval_tools[1]: `u` is not in enabled_tools: the model is never given it",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\napproval_tools = [\"mcp__x__t\"]\n",
+                "mcp_servers.x.approval_tools[0]: `mcp__x__t` is the name the model sees; use the server's own name",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\napproval_tools = [\"t\", \"t\"]\n",
+                "mcp_servers.x.approval_tools",
+            ),
+            (
+                "[mcp_servers.x]\ncommand = \"a\"\napproval = \"always\"\n",
+                "`approval = \"always\"`): unknown variant `always`, expected `never` or `required`",
             ),
             ("[mcp_servers.a__b]\ncommand = \"a\"\n", "not a server name"),
             (

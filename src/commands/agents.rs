@@ -192,9 +192,14 @@ fn show(ctx: &Context, name: &str, json: bool) -> Result<u8> {
                     )?;
                     for tool in &server.tools {
                         let read_only = if tool.read_only { " (read-only)" } else { "" };
+                        let gated = if tool.needs_approval {
+                            " (approval required)"
+                        } else {
+                            ""
+                        };
                         writeln!(
                             out,
-                            "#   {}{read_only}: {}",
+                            "#   {}{read_only}{gated}: {}",
                             one_line(&tool.name, FIELD_CAP),
                             one_line(&tool.description, FIELD_CAP)
                         )?;
@@ -229,6 +234,8 @@ struct ShownTool {
     server_tool: String,
     description: String,
     read_only: bool,
+    /// Its calls wait for a person (`approval` / `approval_tools` of the server).
+    needs_approval: bool,
     input_schema: serde_json::Value,
 }
 
@@ -246,6 +253,7 @@ impl ShownServer {
                         server_tool: t.name.clone(),
                         description: t.description.clone(),
                         read_only: t.read_only,
+                        needs_approval: t.needs_approval,
                         input_schema: t.input_schema.clone(),
                     })
                     .collect(),

@@ -131,7 +131,17 @@ impl Server {
                 headers,
             } => start_http(spec, url, bearer_token.as_deref(), headers).await,
         };
-        started.map_err(|why| StartError {
+        let why = match started {
+            Ok(server) => match ungated(spec, &server.tools) {
+                None => return Ok(server),
+                Some(why) => {
+                    server.stop().await;
+                    why
+                }
+            },
+            Err(why) => why,
+        };
+        Err(StartError {
             server: spec.name.clone(),
             why,
         })
@@ -462,9 +472,33 @@ async fn connect(
             description: cap_description(tool.description.as_deref().unwrap_or("")),
             input_schema: clean_schema(&Value::Object(tool.input_schema.as_ref().clone())),
             read_only: tool.annotations.and_then(|a| a.read_only_hint) == Some(true),
+            needs_approval: spec.needs_approval(&tool.name),
         });
     }
     Ok((connection, tools))
+}
+
+/// Why the server must not be used although it started: `approval_tools` names a
+/// tool it does not offer, so the tool meant (misspelt, renamed by a new version)
+/// would run without anyone's approval.
+fn ungated(spec: &ServerSpec, tools: &[McpTool]) -> Option<String> {
+    let unknown = spec
+        .approval_tools
+        .iter()
+        .find(|name| !tools.iter().any(|tool| &tool.name == *name))?;
+    let mut offered: Vec<&str> = tools.iter().map(|tool| tool.name.as_str()).collect();
+    if offered.len() > 10 {
+        offered.truncate(10);
+        offered.push("…");
+    }
+    Some(format!(
+        "approval_tools names `{unknown}`, which is not one of the tools it offers ({})",
+        if offered.is_empty() {
+            "none".to_owned()
+        } else {
+            offered.join(", ")
+        }
+    ))
 }
 
 /// Why the handshake failed: the HTTP status or the innermost cause (a refused

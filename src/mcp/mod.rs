@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::definition::Approval;
 pub use client::{Server, StartError};
 pub use names::exposed_name;
 pub use schema::clean_schema;
@@ -48,6 +49,18 @@ pub struct ServerSpec {
     /// Only these tools, if given.
     pub enabled_tools: Option<Vec<String>>,
     pub disabled_tools: Vec<String>,
+    /// `approval = "required"`: every tool's calls wait for a person.
+    pub approval: Approval,
+    /// The tools (the server's names) whose calls wait for a person; each must be
+    /// one the server lists, or the server does not start.
+    pub approval_tools: Vec<String>,
+}
+
+impl ServerSpec {
+    /// Whether calls of the server's tool `tool` (its own name) wait for a person.
+    pub fn needs_approval(&self, tool: &str) -> bool {
+        self.approval == Approval::Required || self.approval_tools.iter().any(|t| t == tool)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +96,11 @@ pub struct McpTool {
     /// [`clean_schema`] of the server's input schema.
     pub input_schema: serde_json::Value,
     /// The server marks it read-only (`annotations.readOnlyHint`): only then may a
-    /// resumed execution call it again.
+    /// resumed execution call it again, and only then may it run alongside other
+    /// calls, unless it needs approval.
     pub read_only: bool,
+    /// Its calls wait for a person (`approval` or `approval_tools` of its server).
+    pub needs_approval: bool,
 }
 
 impl McpTool {

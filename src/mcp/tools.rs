@@ -59,6 +59,11 @@ impl ToolSource for McpTools {
         self.find(exposed).is_some_and(|(_, tool)| tool.read_only)
     }
 
+    fn needs_approval(&self, exposed: &str) -> bool {
+        self.find(exposed)
+            .is_some_and(|(_, tool)| tool.needs_approval)
+    }
+
     fn server_of(&self, exposed: &str) -> Option<&str> {
         self.find(exposed)
             .map(|(_, tool)| tool.server.as_str())

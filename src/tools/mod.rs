@@ -137,6 +137,11 @@ pub trait ToolSource: Send + Sync {
     /// Whether calls of the tool may run alongside others (it changes nothing).
     fn is_read_only(&self, name: &str) -> bool;
 
+    /// Whether calls of the tool wait for a person's approval before they run.
+    fn needs_approval(&self, _name: &str) -> bool {
+        false
+    }
+
     /// The server a tool comes from, for events and `watch`.
     fn server_of(&self, name: &str) -> Option<&str>;
 
@@ -260,19 +265,24 @@ impl Toolbox {
     }
 
     /// True for tools that change nothing, which may run concurrently: the read-only
-    /// built-ins and the commands declared `read_only`.
+    /// built-ins, the commands declared `read_only` and the MCP tools their server
+    /// marks so. Never for a tool that needs approval, whatever its server says: a
+    /// read-only batch runs without passing the gate.
     pub fn is_read_only(&self, name: &str) -> bool {
-        self.builtins.iter().any(|t| t.name == name && t.read_only)
+        let read_only = self.builtins.iter().any(|t| t.name == name && t.read_only)
             || self.commands.iter().any(|c| c.name == name && c.read_only)
-            || self.mcp.is_read_only(name)
+            || self.mcp.is_read_only(name);
+        read_only && !self.needs_approval(name)
     }
 
     /// Whether calls of `name` wait for a person's approval before they run (a command
-    /// declared `approval = "required"`).
+    /// declared `approval = "required"`, a tool of an MCP server with `approval` or
+    /// `approval_tools`).
     pub fn needs_approval(&self, name: &str) -> bool {
         self.commands
             .iter()
             .any(|c| c.name == name && c.approval == crate::definition::Approval::Required)
+            || self.mcp.needs_approval(name)
     }
 
     /// Why `name` cannot be called, and what would make it callable: a built-in tool
@@ -701,5 +711,60 @@ mod tests {
             let out = call(&toolbox, tool, args.clone());
             assert!(!out.is_error, "{tool} {args}: {}", out.content);
         }
+    }
+
+    /// MCP-like tools, all marked read-only by their server; `gated` need approval.
+    struct Annotated {
+        gated: &'static [&'static str],
+    }
+
+    impl ToolSource for Annotated {
+        fn specs(&self) -> Vec<ToolSpec> {
+            Vec::new()
+        }
+
+        fn names(&self) -> Vec<String> {
+            vec!["mcp__s__look".to_owned(), "mcp__s__peek".to_owned()]
+        }
+
+        fn is_read_only(&self, _: &str) -> bool {
+            true
+        }
+
+        fn needs_approval(&self, name: &str) -> bool {
+            self.gated.contains(&name)
+        }
+
+        fn server_of(&self, _: &str) -> Option<&str> {
+            Some("s")
+        }
+
+        fn call<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Value,
+            _: &'a mut (dyn FnMut() -> bool + Send),
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ToolOutput>> + Send + 'a>>
+        {
+            Box::pin(std::future::ready(Some(ToolOutput::ok("seen"))))
+        }
+    }
+
+    #[test]
+    fn a_source_tool_that_needs_approval_is_never_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let toolbox = Toolbox::new(dir.path().to_owned(), &[], Vec::new()).with_mcp(Annotated {
+            gated: &["mcp__s__look"],
+        });
+        assert!(toolbox.needs_approval("mcp__s__look"));
+        assert!(
+            !toolbox.is_read_only("mcp__s__look"),
+            "batched with read-only calls, it would run without passing the gate"
+        );
+        assert!(!toolbox.needs_approval("mcp__s__peek"));
+        assert!(toolbox.is_read_only("mcp__s__peek"));
+        assert!(
+            !Toolbox::new(dir.path().to_owned(), &[], Vec::new()).needs_approval("mcp__s__look")
+        );
     }
 }

@@ -329,6 +329,8 @@ const MCP_SERVER: &[Field] = &[
     opt("tool_timeout", Kind::Duration),
     opt("enabled_tools", Kind::StrSet),
     opt("disabled_tools", Kind::StrSet),
+    opt("approval", Kind::OneOf(&["never", "required"])),
+    opt("approval_tools", Kind::StrSet),
     opt("enabled", Kind::Bool),
     opt("required", Kind::Bool),
 ];

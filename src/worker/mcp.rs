@@ -175,6 +175,8 @@ pub fn spec(
         tool_timeout: duration(&config.tool_timeout, DEFAULT_TOOL_TIMEOUT)?,
         enabled_tools: config.enabled_tools.clone(),
         disabled_tools: config.disabled_tools.clone(),
+        approval: config.approval,
+        approval_tools: config.approval_tools.clone(),
     })
 }
 

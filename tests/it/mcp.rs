@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use agentq::mcp::{Server, ServerSpec, Transport};
+use agentq::mcp::{Approval, Server, ServerSpec, Transport};
 use serde_json::json;
 
 /// The test server, built once per run: `cargo test` builds examples with the other
@@ -56,6 +56,8 @@ fn stdio(name: &str, dir: &Path) -> ServerSpec {
         tool_timeout: Duration::from_secs(10),
         enabled_tools: None,
         disabled_tools: Vec::new(),
+        approval: Approval::Never,
+        approval_tools: Vec::new(),
     }
 }
 
@@ -373,6 +375,8 @@ async fn the_http_transport_lists_and_calls_tools() {
         tool_timeout: Duration::from_secs(10),
         enabled_tools: None,
         disabled_tools: Vec::new(),
+        approval: Approval::Never,
+        approval_tools: Vec::new(),
     };
     let result = Server::start(&spec, None).await;
     let server = match result {
@@ -469,6 +473,8 @@ async fn an_http_server_that_refuses_the_token_says_so() {
         tool_timeout: Duration::from_secs(5),
         enabled_tools: None,
         disabled_tools: Vec::new(),
+        approval: Approval::Never,
+        approval_tools: Vec::new(),
     };
     let err = Server::start(&spec, None).await.err().expect("no start");
     assert_eq!(

@@ -344,3 +344,157 @@ fn a_crashed_server_fails_its_calls_until_the_next_claim_starts_it_again() {
     assert_eq!(starts, 2, "{:?}", notes(&notes_dir));
     assert_eq!(env.responses(&id), ["done", "done", "done"]);
 }
+
+/// `count` (side-effecting: it counts its runs in the count file), then `echo` (which
+/// its server marks read-only), in one step.
+const COUNT_THEN_ECHO: &str = "{ name = \"mcp__t__count\", arguments = {} }, { name = \"mcp__t__echo\", arguments = { text = \"seen\" } }";
+
+/// How many times the server ran `count`.
+fn counted(notes: &Path) -> usize {
+    std::fs::read_to_string(notes.join("count")).map_or(0, |c| c.lines().count())
+}
+
+fn tools_started(env: &TestEnv, id: &str) -> Vec<String> {
+    env.payloads(id, "agent.tool.started")
+        .iter()
+        .map(|p| p["tool_name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_mcp_server_with_approval_required_parks_its_tool_calls() {
+    let (env, notes_dir) = home_with_server("approval = \"required\"");
+    env.write_agent("user", &calling_agent("user", COUNT_THEN_ECHO));
+    let id = env.new_session("user");
+    env.send(&id, "go");
+    env.worker_once();
+
+    let requested = env.payloads(&id, "approval.requested");
+    assert_eq!(requested.len(), 1, "{requested:?}");
+    assert_eq!(requested[0]["tool_name"], "mcp__t__count");
+    assert_eq!(requested[0]["server"], "t", "{requested:?}");
+    assert_eq!(requested[0]["tool_call_id"], "call_1_1");
+    assert_eq!(counted(&notes_dir), 0, "nothing ran");
+    assert_eq!(tools_started(&env, &id), Vec::<String>::new());
+    assert!(env.finished(&id).is_empty(), "not settled");
+    assert!(env.unowned(&id), "the session was released");
+    assert_eq!(test_servers_running(env.home()), Vec::<u32>::new());
+
+    env.ok(&["approve", &id]);
+    assert_eq!(counted(&notes_dir), 0, "a decision runs nothing by itself");
+    env.worker_once();
+    assert_eq!(counted(&notes_dir), 1);
+    // `echo` is read-only by its server's word, and gated all the same: never run in
+    // a read-only batch, past the gate.
+    let requested = env.payloads(&id, "approval.requested");
+    assert_eq!(requested.len(), 2, "{requested:?}");
+    assert_eq!(requested[1]["tool_name"], "mcp__t__echo");
+    assert_eq!(requested[1]["tool_call_id"], "call_1_2");
+    assert_eq!(tools_started(&env, &id), ["mcp__t__count"]);
+
+    env.ok(&["deny", &id, "--reason", "no echoes today"]);
+    env.worker_once();
+    assert_eq!(env.responses(&id), ["done"], "the model went on");
+    let results = tool_results(&env, &id);
+    assert_eq!(results[0], ("1".to_owned(), false), "{results:?}");
+    assert!(
+        results[1].1
+            && results[1].0.contains("`mcp__t__echo` was denied by")
+            && results[1].0.ends_with(": no echoes today"),
+        "{results:?}"
+    );
+    assert_eq!(
+        tools_started(&env, &id),
+        ["mcp__t__count"],
+        "a denied call never runs"
+    );
+    assert_eq!(env.finished(&id)[0]["status"], "completed");
+
+    env.worker_once();
+    assert_eq!(counted(&notes_dir), 1, "run once");
+    assert_eq!(env.inbox_len(&id), 0);
+    assert_eq!(test_servers_running(env.home()), Vec::<u32>::new());
+    env.assert_gapless(&id);
+}
+
+#[test]
+fn approval_tools_gates_only_the_tools_it_names() {
+    let (env, notes_dir) = home_with_server("approval_tools = [\"count\"]");
+    env.write_agent(
+        "user",
+        &calling_agent(
+            "user",
+            "{ name = \"mcp__t__echo\", arguments = { text = \"seen\" } }, { name = \"mcp__t__count\", arguments = {} }",
+        ),
+    );
+    let shown = env.ok(&["agents", "show", "user"]);
+    assert!(
+        shown.contains("#   mcp__t__count (approval required): ")
+            && shown.contains("#   mcp__t__echo (read-only): "),
+        "{shown}"
+    );
+    let tools = env.json(&["agents", "show", "user", "--json"])["mcp_servers"][0]["tools"].clone();
+    let gated: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["needs_approval"] == true)
+        .map(|t| t["server_tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(gated, ["count"]);
+
+    let id = env.new_session("user");
+    env.send(&id, "go");
+    env.worker_once();
+    // `echo` ran at once; `count` waits.
+    assert_eq!(tools_started(&env, &id), ["mcp__t__echo"]);
+    let requested = env.payloads(&id, "approval.requested");
+    assert_eq!(requested.len(), 1, "{requested:?}");
+    assert_eq!(requested[0]["tool_name"], "mcp__t__count");
+    assert_eq!(requested[0]["tool_call_id"], "call_1_2");
+    assert_eq!(counted(&notes_dir), 0);
+
+    env.ok(&["approve", &id, "call_1_2"]);
+    env.worker_once();
+    assert_eq!(counted(&notes_dir), 1);
+    assert_eq!(env.responses(&id), ["done"]);
+    assert_eq!(
+        tool_results(&env, &id),
+        [("seen".to_owned(), false), ("1".to_owned(), false)]
+    );
+    // The read-only call that ran before the park was not made again.
+    assert_eq!(tools_started(&env, &id), ["mcp__t__echo", "mcp__t__count"]);
+}
+
+#[test]
+fn approval_tools_naming_a_tool_the_server_lacks_keeps_the_server_from_starting() {
+    // A misspelt name would leave `count` ungated: the server is not used at all.
+    let (env, notes_dir) = home_with_server("approval_tools = [\"cuont\"]");
+    env.write_agent(
+        "user",
+        &calling_agent("user", "{ name = \"mcp__t__count\", arguments = {} }"),
+    );
+    let out = env.run(&["agents", "show", "user"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("# MCP server t: did not start: ")
+            && stdout(&out).contains(
+                "approval_tools names `cuont`, which is not one of the tools it offers (echo, fail,"
+            ),
+        "{}",
+        describe(&out)
+    );
+    let id = env.new_session("user");
+    env.send(&id, "go");
+    env.worker_once();
+    assert_eq!(env.responses(&id), ["done"]);
+    let results = tool_results(&env, &id);
+    assert!(
+        results[0].1
+            && results[0].0.contains("`t` is not available")
+            && results[0].0.contains("approval_tools names `cuont`"),
+        "{results:?}"
+    );
+    assert_eq!(counted(&notes_dir), 0);
+    assert_eq!(test_servers_running(env.home()), Vec::<u32>::new());
+}
