@@ -237,8 +237,22 @@ impl Lease for FileLease {
                 String::from_utf8_lossy(&line).into_owned(),
             ));
         }
-        // The state is written before the record: a hook whose record still runs
-        // belongs to a settling a crash cut short, which the next claim redoes.
+        // A settling is written state (hooks included), record, line, then the inbox
+        // entry's removal. Cut short anywhere before the removal, the message is still
+        // queued and the state still names the execution: the next claim resumes or
+        // finishes it, writing the line, and delivers the hooks then. Only a settling
+        // that went as far as the removal and has no line lost it to damage.
+        let redone = self
+            .dir
+            .read_state()
+            .ok()
+            .and_then(|state| state.current)
+            .is_some_and(|current| {
+                current.execution_id == execution && self.queued(current.message_id)
+            });
+        if redone {
+            return Ok(FinishedLine::Unsettled);
+        }
         match self.dir.read_execution(execution) {
             Ok(record) if !record.status.is_terminal() => Ok(FinishedLine::Unsettled),
             Ok(_) | Err(ReadError::NotFound { .. }) => Ok(FinishedLine::Missing),
@@ -266,6 +280,15 @@ impl Drop for FileLease {
 }
 
 impl FileLease {
+    /// Whether message `id` is still in the inbox (an unreadable listing counts as
+    /// yes: a hook is kept rather than given up on a guess).
+    fn queued(&self, id: Uuid) -> bool {
+        let name_ends = format!("-{id}.json");
+        inbox::entry_names(&self.dir.inbox_dir()).map_or(true, |names| {
+            names.iter().any(|name| name.ends_with(&name_ends))
+        })
+    }
+
     /// Records that entries up to `seq` left the inbox without an execution; that
     /// rewrite of `session.json` syncs the session's directory.
     fn note_consumed(&mut self, seq: u64) -> Result<()> {

@@ -957,8 +957,17 @@ fn audit_hooks(
                 let gave_up = failed.get(&(execution.clone(), hook)).copied().unwrap_or(0);
                 if n == 0 || done == 0 || gave_up > 0 {
                     hooks.undelivered += 1;
+                    let why: Vec<String> = events_of(env, id, "hook.failed")
+                        .iter()
+                        .map(|event| &event["payload"])
+                        .filter(|p| {
+                            p["execution_id"].as_str() == Some(execution.as_str())
+                                && p["hook"].as_u64() == Some(hook)
+                        })
+                        .map(|p| p["error"].as_str().unwrap_or("").to_owned())
+                        .collect();
                     tally.problem(format!(
-                        "session {id}: hook {hook} of execution {execution}: {n} deliveries, {done} hook.completed, {gave_up} hook.failed"
+                        "session {id}: hook {hook} of execution {execution}: {n} deliveries, {done} hook.completed, {gave_up} hook.failed {why:?}"
                     ));
                 }
                 hooks.duplicate_deliveries += (n as u64).saturating_sub(1);

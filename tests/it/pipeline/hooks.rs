@@ -313,6 +313,42 @@ fn a_hook_whose_finished_line_a_damaged_log_lost_is_given_up_once() {
 }
 
 #[test]
+fn a_hook_whose_settling_was_cut_before_its_finished_line_is_delivered_not_given_up() {
+    let Some(env) = TestEnv::files_only(
+        "a database settles the record and its line in one transaction: nothing in between",
+    ) else {
+        return;
+    };
+    let id = session_with(&env, BLOCKING_HOOK);
+    let inbox = env.session_dir(&id).join("inbox");
+    let entry = std::fs::read_dir(&inbox)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let queued = std::fs::read(&entry).unwrap();
+    kill_a_worker_during_the_first_attempt(&env, &id);
+    // As a kill after the terminal record and before `execution.finished` leaves it:
+    // no line, the message still in the inbox, the hooks pending in the state.
+    env.lose_events_from(&id, "execution.finished");
+    std::fs::write(&entry, queued).unwrap();
+
+    env.worker_once();
+    let hooks = hook_events(&env, &id);
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["type"], "hook.completed", "{hooks:?}");
+    finished_line(&env, &id);
+    let attempts = std::fs::read_to_string(env.workspace(&id).join("attempts.txt")).unwrap();
+    assert_eq!(
+        attempts, "1\n2\n",
+        "delivered by the worker that finished the settling"
+    );
+    assert_eq!(env.inbox_len(&id), 0);
+    assert_eq!(state_hooks(&env, &id), Value::Null);
+}
+
+#[test]
 fn a_worker_stopped_during_a_hook_leaves_it_pending_and_uncounted() {
     let env = TestEnv::new();
     let id = session_with(&env, BLOCKING_HOOK);
