@@ -929,45 +929,41 @@ fn audit_hooks(
             }
             ran.entry(execution).or_default().push(attempt);
         }
-        let reported = |kind: &str| -> HashMap<(String, u64), u64> {
-            let mut count = HashMap::new();
+        // Each hook's reports of one kind, by execution and hook: their errors (none
+        // for `hook.completed`), one per event.
+        let reported = |kind: &str| -> HashMap<(String, u64), Vec<String>> {
+            let mut found: HashMap<_, Vec<String>> = HashMap::new();
             for event in events_of(env, id, kind) {
                 let p = &event["payload"];
                 let key = (
                     p["execution_id"].as_str().unwrap_or("").to_owned(),
                     p["hook"].as_u64().unwrap_or(u64::MAX),
                 );
-                *count.entry(key).or_default() += 1;
+                let error = p["error"].as_str().unwrap_or("").to_owned();
+                found.entry(key).or_default().push(error);
             }
-            count
+            found
         };
         let completed = reported("hook.completed");
         let failed = reported("hook.failed");
-        hooks.completed_events += completed.values().sum::<u64>();
+        hooks.completed_events += completed
+            .values()
+            .map(|each| each.len() as u64)
+            .sum::<u64>();
         for (execution, event) in &finished {
             hooks.executions += 1;
             known.insert(execution.clone());
             let runs = ran.get(execution).map_or(&[][..], Vec::as_slice);
             let posts = posted.get(execution).map_or(&[][..], Vec::as_slice);
             for (hook, n) in [(0u64, runs.len()), (1, posts.len())] {
-                let done = completed
-                    .get(&(execution.clone(), hook))
-                    .copied()
-                    .unwrap_or(0);
-                let gave_up = failed.get(&(execution.clone(), hook)).copied().unwrap_or(0);
-                if n == 0 || done == 0 || gave_up > 0 {
+                let key = (execution.clone(), hook);
+                let done = completed.get(&key).map_or(0, Vec::len);
+                let why = failed.get(&key).map_or(&[][..], Vec::as_slice);
+                if n == 0 || done == 0 || !why.is_empty() {
                     hooks.undelivered += 1;
-                    let why: Vec<String> = events_of(env, id, "hook.failed")
-                        .iter()
-                        .map(|event| &event["payload"])
-                        .filter(|p| {
-                            p["execution_id"].as_str() == Some(execution.as_str())
-                                && p["hook"].as_u64() == Some(hook)
-                        })
-                        .map(|p| p["error"].as_str().unwrap_or("").to_owned())
-                        .collect();
                     tally.problem(format!(
-                        "session {id}: hook {hook} of execution {execution}: {n} deliveries, {done} hook.completed, {gave_up} hook.failed {why:?}"
+                        "session {id}: hook {hook} of execution {execution}: {n} deliveries, {done} hook.completed, {} hook.failed {why:?}",
+                        why.len()
                     ));
                 }
                 hooks.duplicate_deliveries += (n as u64).saturating_sub(1);
